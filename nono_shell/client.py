@@ -1,0 +1,128 @@
+"""``nono-shell``: hand the command, its cwd, environment and stdio fds to the supervisor; exit as it did.
+
+Never runs anything itself: on any failure it prints one line and exits 125 (fail closed).
+"""
+
+from __future__ import annotations
+
+import _signal
+import _socket
+import os
+import struct
+import sys
+
+from nono_shell import protocol, transport
+from nono_shell.personality import shell_for
+
+__all__ = ["main", "EXIT_FAILURE", "FORWARDED_SIGNALS"]
+
+EXIT_FAILURE = 125
+# _signal and _socket rather than signal and socket: those import enum, 7 ms of every command's start-up.
+FORWARDED_SIGNALS = (
+    _signal.SIGHUP,
+    _signal.SIGINT,
+    _signal.SIGQUIT,
+    _signal.SIGTERM,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+    _signal.SIGALRM,
+    _signal.SIGWINCH,
+    _signal.SIGCONT,
+)
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class _Failure(Exception):
+    pass
+
+
+def _connect(path: str) -> _socket.socket:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise _Failure(f"supervisor unreachable at {path}: {e.strerror}") from None
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
+    if uid != os.getuid():
+        sock.close()
+        raise _Failure(f"refusing supervisor at {path}: it runs as uid {uid}, not {os.getuid()}")
+    return sock
+
+
+def _tty_state(stdio: list[int]) -> dict[str, object]:
+    state: dict[str, object] = {"isatty": [fd for fd in stdio if os.isatty(fd)]}
+    for fd in stdio:
+        try:
+            state["winsize"] = list(os.get_terminal_size(fd))
+            break
+        except OSError:
+            continue
+    return state
+
+
+def _open_std_fds() -> list[int]:
+    """The std fds this process actually has open (a closed one stays closed for the command)."""
+    present = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        present.append(fd)
+    return present
+
+
+def run(argv: list[str]) -> int:
+    path = os.environ.get("NONO_SOCKET")
+    if not path:
+        raise _Failure("NONO_SOCKET is not set; refusing to run unsandboxed")
+    stdio = _open_std_fds()
+    request = protocol.RunRequest(
+        shell=shell_for(argv[0]),
+        argv=argv,
+        cwd=os.getcwd(),
+        env=dict(os.environ),
+        stdio=stdio,
+        tty=_tty_state(stdio),
+    )
+    sock = _connect(path)
+    conversation = protocol.Conversation("client")
+    decoder = protocol.Decoder()
+    try:
+        transport.send(sock, request, stdio)
+    except OSError as e:
+        raise _Failure(f"cannot send the command to the supervisor: {e.strerror}") from None
+
+    def forward(signo: int, _frame: object) -> None:
+        try:
+            transport.send(sock, protocol.Signal(signo))
+        except OSError:
+            pass  # the supervisor is gone; the receive loop reports it
+
+    for signo in FORWARDED_SIGNALS:
+        _signal.signal(signo, forward)
+    while True:
+        try:
+            message = transport.receive(sock, decoder)
+            conversation.receive(message)
+        except transport.Closed:
+            raise _Failure("the supervisor went away; the command was killed") from None
+        except (OSError, protocol.ProtocolError) as e:
+            raise _Failure(f"protocol error: {e}") from None
+        if isinstance(message, protocol.Refused):
+            raise _Failure(message.reason)
+        if isinstance(message, protocol.Exited):
+            return message.status()
+
+
+def main() -> None:
+    """Console entry point; also what the bash-named shims run."""
+    try:
+        status = run(list(sys.argv))
+    except _Failure as e:
+        os.write(2, f"nono-shell: {e}\n".encode(errors="replace"))
+        status = EXIT_FAILURE
+    except KeyboardInterrupt:
+        status = 128 + _signal.SIGINT
+    sys.exit(status)

@@ -1,0 +1,287 @@
+"""The wire protocol between nono-shell and the supervisor, sans-IO.
+
+A frame is a 4-byte big-endian length and a UTF-8 JSON object with a ``type``. Strings that came from
+the OS (argv, environment, paths) travel as ``os.fsdecode`` text (surrogateescape), so arbitrary bytes
+survive. File descriptors travel beside the first frame (SCM_RIGHTS, see ``transport``); this module
+owns no socket. Both sides import it, so it uses only the standard library and stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import struct
+
+try:
+    # The C accelerator behind json.dumps/json.loads. Importing the json package would also import re,
+    # enum and functools: 10 ms of the 25 ms start-up budget of every command (bench/bench_startup.py).
+    from _json import encode_basestring_ascii as _quote
+    from _json import make_encoder as _make_encoder
+    from _json import make_scanner as _make_scanner
+except ImportError:  # pragma: no cover - CPython always has _json; other interpreters take the slow path
+    _make_encoder = None
+
+__all__ = [
+    "MAX_FRAME",
+    "ProtocolError",
+    "RunRequest",
+    "Signal",
+    "Started",
+    "Exited",
+    "Refused",
+    "Decoder",
+    "Conversation",
+    "encode",
+]
+
+# ARG_MAX on Linux is a quarter of the stack limit (2 MiB by default) for argv and environment together;
+# JSON escaping can at most triple non-ASCII bytes. Anything larger is not a real command: refuse it
+# before buffering it (test_oversized_frame_is_refused_before_buffering).
+MAX_FRAME = 8 * 1024 * 1024
+MAX_FDS = 3  # stdin, stdout, stderr; a request carrying more is malformed
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise ProtocolError(what)
+
+
+def _str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+class _Message:
+    """A frozen, validated message. (Not a dataclass: importing dataclasses costs 7 ms of start-up.)"""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def _set(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self._fields}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.as_dict() == self.as_dict()
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({inner})"
+
+
+class RunRequest(_Message):
+    """Run ``argv`` with the real ``shell`` in ``cwd``; ``stdio`` names the std fds sent beside it."""
+
+    __slots__ = _fields = ("shell", "argv", "cwd", "env", "stdio", "tty")
+
+    def __init__(
+        self,
+        shell: str,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        stdio: list[int] | None = None,
+        tty: dict[str, object] | None = None,
+    ) -> None:
+        stdio = [0, 1, 2] if stdio is None else stdio
+        tty = {} if tty is None else tty
+        _check(shell in ("bash", "sh", "dash", "zsh"), "run: unknown shell")
+        _check(_str_list(argv) and len(argv) >= 1, "run: argv must be a non-empty list of strings")
+        _check(isinstance(cwd, str) and cwd.startswith("/"), "run: cwd must be an absolute path")
+        _check(
+            isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
+            "run: env must map strings to strings",
+        )
+        _check(
+            isinstance(stdio, list)
+            and len(set(stdio)) == len(stdio) <= MAX_FDS
+            and all(type(v) is int and v in (0, 1, 2) for v in stdio),
+            "run: stdio must list distinct fds among 0, 1, 2",
+        )
+        _check(isinstance(tty, dict), "run: tty must be an object")
+        self._set(shell=shell, argv=argv, cwd=cwd, env=env, stdio=stdio, tty=tty)
+
+
+class Signal(_Message):
+    """Deliver ``signo`` to the command's process group."""
+
+    __slots__ = _fields = ("signo",)
+
+    def __init__(self, signo: int) -> None:
+        _check(type(signo) is int and 1 <= signo <= 64, "signal: signo out of range")
+        self._set(signo=signo)
+
+
+class Started(_Message):
+    __slots__ = _fields = ("command",)
+
+    def __init__(self, command: str) -> None:
+        _check(isinstance(command, str), "started: command must be a string")
+        self._set(command=command)
+
+
+class Exited(_Message):
+    """The command ended: ``code`` if it exited, ``signal`` if a signal killed it."""
+
+    __slots__ = _fields = ("code", "signal")
+
+    def __init__(self, code: int = 0, signal: int = 0) -> None:
+        _check(type(code) is int and 0 <= code <= 255, "exited: code out of range")
+        _check(type(signal) is int and 0 <= signal <= 64, "exited: signal out of range")
+        self._set(code=code, signal=signal)
+
+    def status(self) -> int:
+        """The shell-visible status: the exit code, or 128+N for a death by signal N."""
+        return 128 + self.signal if self.signal else self.code
+
+
+class Refused(_Message):
+    """The supervisor would not or could not run the command; nothing ran."""
+
+    __slots__ = _fields = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        _check(isinstance(reason, str), "refused: reason must be a string")
+        self._set(reason=reason)
+
+
+_TYPES: dict[str, type] = {
+    "run": RunRequest,
+    "signal": Signal,
+    "started": Started,
+    "exited": Exited,
+    "refused": Refused,
+}
+_NAMES = {cls: name for name, cls in _TYPES.items()}
+Message = RunRequest | Signal | Started | Exited | Refused
+
+
+class _ScanContext:
+    """What the C scanner reads from a JSONDecoder: strict parsing, no hooks (plain dicts and lists)."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> object:
+        raise ProtocolError(f"malformed frame: {name} is not JSON")
+
+
+if _make_encoder is not None:
+    # Exactly json.dumps(obj, separators=(",", ":"), allow_nan=False) and json.loads(text, strict=True).
+    _encode_json = _make_encoder(None, None, _quote, None, ":", ",", False, False, False)
+
+    def _dumps(obj: object) -> str:
+        return "".join(_encode_json(obj, 0))
+
+    def _loads(text: str) -> object:
+        try:
+            obj, end = _make_scanner(_ScanContext)(text, 0)
+        except StopIteration:
+            raise ValueError("not a JSON value") from None
+        if end != len(text):
+            raise ValueError("extra data after the JSON value")
+        return obj
+else:  # pragma: no cover
+    import json
+
+    def _dumps(obj: object) -> str:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+    def _loads(text: str) -> object:
+        return json.loads(text)
+
+
+def encode(message: Message) -> bytes:
+    body = _dumps({"type": _NAMES[type(message)], **message.as_dict()}).encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return _HEADER.pack(len(body)) + body
+
+
+def _decode_body(body: bytes) -> Message:
+    try:
+        obj = _loads(body.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(f"malformed frame: {e}") from None
+    _check(isinstance(obj, dict), "malformed frame: not an object")
+    cls = _TYPES.get(obj.pop("type", None))
+    _check(cls is not None, "malformed frame: unknown type")
+    try:
+        return cls(**obj)
+    except TypeError as e:
+        raise ProtocolError(f"malformed frame: {e}") from None
+
+
+class Decoder:
+    """Buffers bytes fed from a socket and yields whole messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+
+    def next_message(self) -> Message | None:
+        """The next whole message, or None until more bytes are fed."""
+        if len(self._buffer) < _HEADER.size:
+            return None
+        (length,) = _HEADER.unpack_from(self._buffer)
+        end = _HEADER.size + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[_HEADER.size : end])
+        del self._buffer[:end]
+        return _decode_body(body)
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered but not yet a whole message (nonzero at EOF means a truncated frame)."""
+        return len(self._buffer)
+
+
+# The lifecycle of one connection, from the side that *receives*. Each role lists which message types it
+# accepts in each state and the state that follows; anything else is a ProtocolError.
+_TRANSITIONS: dict[str, dict[tuple[str, type], str]] = {
+    "supervisor": {
+        ("new", RunRequest): "running",
+        ("running", Signal): "running",
+    },
+    "client": {
+        ("new", Started): "running",
+        ("new", Refused): "done",
+        ("running", Exited): "done",
+        ("running", Refused): "done",
+    },
+}
+
+
+class Conversation:
+    """The state of one connection for one role (``supervisor`` or ``client``)."""
+
+    def __init__(self, role: str) -> None:
+        self._table = _TRANSITIONS[role]
+        self.state = "new"
+
+    def receive(self, message: Message) -> None:
+        following = self._table.get((self.state, type(message)))
+        if following is None:
+            raise ProtocolError(f"unexpected {_NAMES[type(message)]} message in state {self.state}")
+        self.state = following

@@ -1,0 +1,286 @@
+"""``nono-supervisor``: parse, validate everything, then act. Exit codes are decided here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from supervisor import paths
+from supervisor.errors import NonoError, SandboxError, UsageError
+from supervisor.policy import GRANT_LISTS, PROMPT_MODES, Policy, PolicyOptions
+from supervisor.session import Session
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (CONTRACT)
+        raise UsageError(message)
+
+
+def _add_policy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="default", help="built-in profile name or a TOML file")
+    for key, (access, kind) in GRANT_LISTS.items():
+        flag = "--" + key.replace("_", "-")
+        parser.add_argument(flag, dest=key, action="append", default=[], metavar="PATH",
+                            help=f"grant {access} on a {'file' if kind == 'file' else 'directory tree'}")
+    parser.add_argument("--deny", action="append", default=[], metavar="PATH", help="deny inside an allowed tree")
+    parser.add_argument("--net-block", action="store_true", help="no network for sandboxed commands")
+    parser.add_argument("--prompt", choices=PROMPT_MODES, default=None)
+    parser.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
+    parser.add_argument("--dry-run", action="store_true", help="print the effective policy and run nothing")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _options(args: argparse.Namespace) -> PolicyOptions:
+    return PolicyOptions(
+        profile=args.profile,
+        net_block=args.net_block,
+        prompt=args.prompt,
+        **{key: tuple(getattr(args, key)) for key in (*GRANT_LISTS, "deny")},
+    )
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="nono-supervisor", description="Per-command OS sandboxes for an agent's shell commands.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="start a supervisor and the agent CMD under it")
+    _add_policy_options(run)
+    run.add_argument("--no-interpose", action="store_true", help="do not preload the interposition library")
+    serve = sub.add_parser("serve", help="a foreground supervisor with no agent")
+    serve.add_argument("--socket", type=Path, required=True)
+    _add_policy_options(serve)
+    exec_ = sub.add_parser("exec", help="run one command in a per-command sandbox")
+    _add_policy_options(exec_)
+    policy = sub.add_parser("policy", help="print the effective policy")
+    _add_policy_options(policy)
+    policy.add_argument("--format", choices=("text", "json", "landlock", "seatbelt"), default="text")
+    log = sub.add_parser("log", help="read the audit log")
+    log.add_argument("--denials", action="store_true")
+    log.add_argument("--json", action="store_true")
+    log.add_argument("--command", dest="command_id", metavar="ID")
+    log.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
+    shims = sub.add_parser("shims", help="create the bash-named shims in DIR")
+    shims.add_argument("dir", type=Path)
+    sub.add_parser("doctor", help="report what this machine can enforce")
+    return parser
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``run``/``exec`` take ``[OPTIONS] -- CMD [ARGS]``: everything after the first ``--`` is the command."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def _session(args: argparse.Namespace, **kw: object) -> Session:
+    return Session.create(_options(args), audit_path=args.audit_log, **kw)
+
+
+def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
+    if fmt == "json":
+        print(json.dumps(policy.to_json(), indent=2))
+    elif fmt == "seatbelt":
+        from supervisor.macos.seatbelt import generate_profile
+
+        macos = session.policy_for("macos")
+        print(generate_profile(macos), end="")
+    elif fmt == "landlock":
+        print(json.dumps(_landlock_plan(session).to_json(), indent=2))
+    else:
+        print(f"profile: {policy.profile} ({', '.join(policy.sources)})")
+        print(f"workdir: {policy.workdir}\ntmpdir:  {policy.tmpdir}")
+        for grant in policy.grants:
+            print(f"  {grant.access:5} {grant.kind:4} {policy.display(grant.path)}  [{grant.source}]")
+        for deny in policy.denies:
+            print(f"  deny       {policy.display(deny.path)}  [{deny.rule}]")
+        for path in policy.protected:
+            print(f"  no-write   {policy.display(path)}  [never-grantable]")
+        print(f"network: {'blocked' if policy.net_block else 'allowed'}")
+        print(f"prompt:  {policy.prompt}")
+        if sys.platform.startswith("linux"):
+            for note in _landlock_plan(session).notes:
+                print(f"note: {note}")
+
+
+def _landlock_plan(session: Session):
+    from supervisor.linux.kernel import probe
+    from supervisor.linux.landlock import compile_plan
+
+    return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    session = _session(args)
+    try:
+        _print_policy(session.policy, args.format, session)
+    finally:
+        session.close()
+    return 0
+
+
+def _require_command(command: list[str], name: str) -> None:
+    if not command:
+        raise UsageError(f"{name}: missing '-- CMD [ARGS]'")
+
+
+def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
+    from supervisor.backend import start_sandboxed
+    from supervisor.launcher import status_code
+
+    session = _session(args)
+    try:
+        if args.dry_run:
+            _print_policy(session.policy, "text", session)
+            return 0
+        _require_command(command, "exec")
+        env = session.command_env(session.env)
+        path = command[0] if "/" in command[0] else _which(command[0], env)
+        if path is None:
+            print(f"nono-supervisor: {command[0]}: command not found", file=sys.stderr)
+            return 127
+        process = start_sandboxed(session, path, command, env, os.getcwd(), (0, 1, 2))
+        forward = lambda signo, _frame: process.signal(signo)  # noqa: E731
+        for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signo, forward)
+        session.audit.write(command=session.next_command_id(), event="start", argv=command, cwd=os.getcwd(),
+                            pid=process.pid)
+        return status_code(process.wait())
+    finally:
+        session.close()
+
+
+def _which(name: str, env: dict[str, str]) -> str | None:
+    import shutil
+
+    return shutil.which(name, path=env.get("PATH"))
+
+
+def _serve(session: Session, socket_path: Path, verbose: int):
+    from supervisor.server import Server
+
+    return Server(session, socket_path, verbose)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    socket_path = args.socket.absolute()
+    parent = socket_path.parent
+    if not parent.is_dir() or (parent.stat().st_mode & 0o077) or parent.stat().st_uid != os.getuid():
+        raise UsageError(f"--socket: {parent} must be an existing directory of yours with mode 0700")
+    session = _session(args)
+    try:
+        if args.dry_run:
+            _print_policy(session.policy, "text", session)
+            return 0
+        server = _serve(session, socket_path, args.verbose)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+            socket_path.unlink(missing_ok=True)
+        return 0
+    finally:
+        session.close()
+
+
+def _interpose_library(args: argparse.Namespace) -> Path | None:
+    if args.no_interpose:
+        return None
+    from supervisor import interpose
+
+    library = interpose.library_path()
+    if library is None:
+        raise SandboxError("the interposition library is not built. Hint: reinstall with pip, or --no-interpose")
+    problem = interpose.check_loadable(library)
+    if problem:
+        raise SandboxError(f"the interposition library cannot be loaded: {problem}")
+    return library
+
+
+def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
+    from supervisor.launcher import run_agent
+
+    if args.dry_run:
+        return _cmd_policy(argparse.Namespace(**vars(args), format="text"))
+    _require_command(command, "run")
+    library = _interpose_library(args)
+    session = _session(args, shims=True)
+    try:
+        socket_path = session.runtime_dir / "socket"
+        server = _serve(session, socket_path, args.verbose)
+        server.start()
+        try:
+            return run_agent(session, socket_path, command, library)
+        finally:
+            server.close()
+    finally:
+        session.close()
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    path = args.audit_log or paths.audit_log_path()
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if args.denials and record.get("decision") != "deny":
+            continue
+        if args.command_id and record.get("command") != args.command_id:
+            continue
+        if args.json:
+            print(line)
+        else:
+            what = record.get("event") or f"{record.get('decision')} {record.get('op')} {record.get('path')}"
+            print(f"{record.get('time')} {record.get('command')} {what} {' '.join(record.get('argv') or [])}")
+    return 0
+
+
+def _cmd_shims(args: argparse.Namespace) -> int:
+    from supervisor.shims import write_shims
+
+    for path in write_shims(args.dir.absolute()):
+        print(path)
+    return 0
+
+
+def _cmd_doctor(_args: argparse.Namespace) -> int:
+    from supervisor.doctor import report
+
+    return report()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options, command = _split_command(argv)
+    try:
+        args = _build_parser().parse_args(options)
+        handler = {
+            "run": lambda: _cmd_run(args, command),
+            "exec": lambda: _cmd_exec(args, command),
+            "serve": lambda: _cmd_serve(args),
+            "policy": lambda: _cmd_policy(args),
+            "log": lambda: _cmd_log(args),
+            "shims": lambda: _cmd_shims(args),
+            "doctor": lambda: _cmd_doctor(args),
+        }[args.command]
+        if command and args.command not in ("run", "exec"):
+            raise UsageError(f"{args.command}: unexpected command after '--'")
+        status = handler()
+    except NonoError as e:
+        print(f"nono-supervisor: {e}", file=sys.stderr)
+        status = e.exit_code
+    sys.exit(status)

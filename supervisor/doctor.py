@@ -1,0 +1,48 @@
+"""``doctor``: what this machine can enforce, and whether every route into nono-shell is in place."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nono_shell.personality import SHELLS
+from supervisor.session import find_real_shell
+
+__all__ = ["report"]
+
+
+def _line(ok: bool | None, what: str, detail: str) -> None:
+    mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
+    print(f"[{mark}] {what}: {detail}")
+
+
+def report() -> int:
+    """Print one line per capability; 0 when the per-command sandbox can be enforced here, else 1."""
+    if not sys.platform.startswith("linux"):
+        _line(False, "platform", f"{sys.platform}: no enforcing backend in this build")
+        return 1
+    from supervisor import interpose
+    from supervisor.linux.kernel import probe
+
+    k = probe()
+    abi = k.landlock_abi
+    _line(abi >= 1, "landlock", f"ABI {abi}" if abi else "unavailable (needs Linux >= 5.13, lsm=landlock)")
+    features = {2: "refer", 3: "truncate", 4: "tcp bind/connect", 5: "ioctl_dev", 6: "signal+abstract-unix scoping"}
+    for need, name in features.items():
+        _line(abi >= need or None, f"landlock {name}", "enforced" if abi >= need else f"not enforced (ABI {need})")
+    _line(k.seccomp_notify or None, "seccomp user notification", "available" if k.seccomp_notify else "missing")
+    _line(k.seccomp_addfd or None, "seccomp ADDFD+SEND", "available" if k.seccomp_addfd else "missing (5.14)")
+    _line(k.seccomp_sync_wakeup or None, "seccomp SYNC_WAKE_UP", "available" if k.seccomp_sync_wakeup else "missing")
+    _line(k.user_namespaces or None, "user namespaces", "available" if k.user_namespaces else "disabled")
+    library = interpose.library_path()
+    problem = interpose.check_loadable(library) if library else "not built"
+    _line(problem is None or None, "interposition library", str(library) if problem is None else problem)
+    for name in SHELLS:
+        real = find_real_shell(name, os.environ.get("PATH", ""))
+        _line(real is not None or None, f"real {name}", real or "not found (commands for it are refused)")
+    shims = os.environ.get("NONO_SHIM_DIR")
+    if shims:
+        _line(os.path.isfile(os.path.join(shims, "bash")), "shims", shims)
+    else:
+        _line(None, "shims", "not in a nono session (NONO_SHIM_DIR unset); `run` creates its own")
+    return 0 if abi >= 1 else 1

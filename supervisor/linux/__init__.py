@@ -1,0 +1,1 @@
+"""Linux backend: Landlock baseline and the sandbox spawner."""

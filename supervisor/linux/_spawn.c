@@ -1,0 +1,452 @@
+/*
+ * Start one sandboxed command: fork, then only raw syscalls until exec.
+ *
+ * Why C: the supervisor has threads, so a Python preexec_fn could deadlock on a lock another thread held
+ * at fork time (KERNEL-NOTES "fork safety"). Everything is prepared by the caller before the fork: argv,
+ * envp and path bytes, the Landlock ruleset fd, the seccomp BPF program. The child may not allocate.
+ * The keeper reports "pid:N;" (the command's pid, which is also its process group) and a failed step
+ * reports "stage:errno;" over a CLOEXEC pipe; EOF on that pipe means exec happened
+ * (CPython's _posixsubprocess.c is the model).
+ *
+ * Process shape:
+ *
+ *   supervisor thread ── keeper (new session, subreaper, not sandboxed, runs no foreign code)
+ *                            └── command (own process group; NO_NEW_PRIVS → Landlock → seccomp → exec)
+ *
+ * The keeper exists so that a command tree never outlives the supervisor (CONTRACT: no orphan remains):
+ * it learns of the supervisor's death through PR_SET_PDEATHSIG and of a kill request through
+ * KILL_TREE_SIGNAL, and then SIGKILLs its process group and every descendant (it is their subreaper, so
+ * double-forked daemons stay below it). It stays outside the Landlock domain so the command cannot
+ * signal or ptrace it (Landlock scoping). It exits with the command's status when the command ends.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef PR_SET_CHILD_SUBREAPER
+#define PR_SET_CHILD_SUBREAPER 36
+#endif
+
+/* Sent by the supervisor to the keeper: kill the whole command tree now. Real-time, so it can never be
+ * one of the signals forwarded from the agent (those go to the process group and the keeper ignores them). */
+#define KILL_TREE_SIGNAL (SIGRTMIN + 3)
+/* The keeper is not in the command's process group, but a hangup of the terminal or a stray signal must
+ * not kill it before it has mirrored the command's status. */
+static const int forwarded_signals[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1,
+                                        SIGUSR2, SIGALRM, SIGWINCH, SIGPIPE};
+/* Bounded: a command tree deeper or wider than this is killed in further rounds. */
+#define MAX_TREE 4096
+
+static volatile sig_atomic_t kill_requested;
+
+static void on_kill_request(int signo) {
+    (void)signo;
+    kill_requested = 1;
+}
+
+/* Append a decimal number to buf at *n. Async-signal-safe (no stdio). */
+static void put_number(char *buf, size_t *n, long value) {
+    char digits[24];
+    size_t d = 0;
+    do {
+        digits[d++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value && d < sizeof digits);
+    while (d)
+        buf[(*n)++] = digits[--d];
+}
+
+/* Tell the parent "key:number;" over the CLOEXEC pipe (one write < PIPE_BUF, so it arrives whole). */
+static void report(int errpipe, const char *key, long value) {
+    char buf[80];
+    size_t n = 0;
+    while (key[n] && n < 40) {
+        buf[n] = key[n];
+        n++;
+    }
+    buf[n++] = ':';
+    put_number(buf, &n, value);
+    buf[n++] = ';';
+    if (write(errpipe, buf, n) < 0) {
+        /* nobody left to tell */
+    }
+}
+
+/* A step failed before exec: report "stage:errno;" and exit. */
+static void _Noreturn fail(int errpipe, const char *stage, int err) {
+    report(errpipe, stage, err);
+    _exit(127);
+}
+
+/* Read one decimal pid list from /proc/PID/task/PID/children into pids[]; returns how many were added. */
+static int read_children(pid_t pid, pid_t *pids, int room) {
+    char path[80] = "/proc/", buf[4096];
+    size_t at = 6;
+    int n = 0, fd;
+    ssize_t len;
+    put_number(path, &at, pid);
+    memcpy(path + at, "/task/", 6);
+    at += 6;
+    put_number(path, &at, pid);
+    memcpy(path + at, "/children", 10);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    len = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (len <= 0)
+        return 0;
+    buf[len] = 0;
+    for (char *p = buf; *p && n < room;) {
+        long value = 0;
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        while (*p >= '0' && *p <= '9')
+            value = value * 10 + (*p++ - '0');
+        if (value > 0)
+            pids[n++] = (pid_t)value;
+        while (*p && *p != ' ')
+            p++;
+    }
+    return n;
+}
+
+/* SIGKILL the command's process group and every descendant (stopped first so none forks away meanwhile). */
+static void kill_tree(pid_t command) {
+    static pid_t tree[MAX_TREE];
+    for (int round = 0; round < 8; round++) {
+        int count = read_children(getpid(), tree, MAX_TREE);
+        kill(-command, SIGKILL);
+        for (int i = 0; i < count && count < MAX_TREE; i++)
+            count += read_children(tree[i], tree + count, MAX_TREE - count);
+        if (count == 0)
+            return;
+        for (int i = 0; i < count; i++)
+            kill(tree[i], SIGSTOP);
+        for (int i = 0; i < count; i++)
+            kill(tree[i], SIGKILL);
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+    }
+}
+
+struct plan {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int stdio[3];
+    int ruleset_fd;
+    int landlock_flags;
+    struct sock_fprog prog;
+    int seccomp_flags;
+    int listener_sock;
+    int errpipe;
+    int ctty;
+    pid_t supervisor;
+};
+
+static void close_all_but(const int *keep, int nkeep) {
+    /* keep[] is sorted ascending; close every gap between kept fds. */
+    unsigned int from = 3;
+    for (int i = 0; i < nkeep; i++) {
+        if (keep[i] < 0 || (unsigned int)keep[i] < from)
+            continue;
+        if ((unsigned int)keep[i] > from)
+            syscall(SYS_close_range, from, (unsigned int)keep[i] - 1, 0);
+        from = (unsigned int)keep[i] + 1;
+    }
+    syscall(SYS_close_range, from, ~0U, 0);
+}
+
+static void sort_fds(int *fds, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && fds[j - 1] > fds[j]; j--) {
+            int t = fds[j];
+            fds[j] = fds[j - 1];
+            fds[j - 1] = t;
+        }
+}
+
+/* The command: runs in the keeper's session; every step below happens before any foreign code runs. */
+static void _Noreturn exec_command(const struct plan *p) {
+    sigset_t none;
+    struct sigaction ignore = {.sa_handler = SIG_IGN};
+    /* 0. Own process group, in the terminal's foreground when there is one: signals the supervisor
+     *    forwards go to this group, never to the keeper. */
+    if (setpgid(0, 0) != 0)
+        fail(p->errpipe, "setpgid", errno);
+    if (p->ctty) {
+        sigaction(SIGTTOU, &ignore, NULL);
+        if (tcsetpgrp(0, getpid()) != 0)
+            fail(p->errpipe, "tcsetpgrp", errno);
+    }
+    /* 1. Default signal handling and an empty mask: the supervisor's ignored SIGPIPE/SIGXFSZ and a thread's
+     *    blocked mask would otherwise survive exec (`yes | head` must die of SIGPIPE, as under bash). */
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    /* 2. no_new_privs: required by Landlock and seccomp for an unprivileged caller, and stops a setuid
+     *    binary from regaining what the sandbox takes away. Never skipped, even as root. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        fail(p->errpipe, "no_new_privs", errno);
+
+    /* 3. Landlock: the static baseline; from here on the filesystem is what the policy grants. */
+    if (p->ruleset_fd >= 0) {
+        if (syscall(SYS_landlock_restrict_self, p->ruleset_fd, p->landlock_flags) != 0)
+            fail(p->errpipe, "landlock_restrict_self", errno);
+        close(p->ruleset_fd);
+    }
+
+    /* 4. seccomp: the dynamic layer. The listener goes to the supervisor and is closed here: a command
+     *    holding its own listener could answer its own notifications (KERNEL-NOTES). */
+    if (p->prog.len) {
+        long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &p->prog);
+        if (listener < 0)
+            fail(p->errpipe, "seccomp", errno);
+        if (p->listener_sock >= 0) {
+            char byte = 'L';
+            struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+            union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+            } control;
+            struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                                 .msg_controllen = sizeof control.buf};
+            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+            int fd = (int)listener;
+            cmsg->cmsg_level = SOL_SOCKET;
+            cmsg->cmsg_type = SCM_RIGHTS;
+            cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+            if (sendmsg(p->listener_sock, &msg, MSG_NOSIGNAL) != 1)
+                fail(p->errpipe, "send_listener", errno);
+            close(p->listener_sock);
+        }
+        if (listener >= 0)
+            close((int)listener);
+    }
+
+    /* 5. exec: with a seccomp listener this is the first trapped call, answered by the supervisor. */
+    execve(p->path, p->argv, p->envp);
+    fail(p->errpipe, "exec", errno);
+}
+
+/* The keeper: waits for the command and mirrors its status; kills the tree when told or orphaned. */
+static void _Noreturn keep(const struct plan *p, pid_t command) {
+    int status = 0;
+    for (;;) {
+        pid_t pid;
+        if (kill_requested || getppid() != p->supervisor) {
+            kill_tree(command);
+            kill_requested = 0;
+        }
+        pid = waitpid(-1, &status, 0);
+        if (pid == command)
+            break;
+        if (pid < 0 && errno == ECHILD)
+            _exit(127);
+    }
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        struct sigaction dfl = {.sa_handler = SIG_DFL};
+        sigset_t just;
+        sigaction(sig, &dfl, NULL);
+        sigemptyset(&just);
+        sigaddset(&just, sig);
+        sigprocmask(SIG_UNBLOCK, &just, NULL);
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* the command already dumped core if it was going to */
+        kill(getpid(), sig);
+        _exit(128 + sig);
+    }
+    _exit(WEXITSTATUS(status));
+}
+
+static void _Noreturn child(const struct plan *p) {
+    int moved[3];
+    int keep_fds[4];
+    pid_t command;
+    struct sigaction ignore = {.sa_handler = SIG_IGN}, request = {.sa_handler = on_kill_request};
+
+    /* a. Die with the supervisor: the kernel tells us when the forking thread goes away. The getppid()
+     *    check closes the race where it died before the prctl. */
+    sigemptyset(&request.sa_mask);
+    sigaction(KILL_TREE_SIGNAL, &request, NULL);
+    if (prctl(PR_SET_PDEATHSIG, KILL_TREE_SIGNAL, 0, 0, 0) != 0)
+        fail(p->errpipe, "pdeathsig", errno);
+    if (getppid() != p->supervisor)
+        _exit(127);
+
+    /* b. Own session: the agent's terminal signals reach the command only through the supervisor. */
+    if (setsid() < 0)
+        fail(p->errpipe, "setsid", errno);
+
+    /* c. stdio: the fds nono-shell passed, placed on 0, 1, 2 (moved high first so none clobbers another). */
+    for (int i = 0; i < 3; i++) {
+        moved[i] = -1;
+        if (p->stdio[i] >= 0 && (moved[i] = fcntl(p->stdio[i], F_DUPFD_CLOEXEC, 10)) < 0)
+            fail(p->errpipe, "dup", errno);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (moved[i] >= 0) {
+            if (dup2(moved[i], i) < 0)
+                fail(p->errpipe, "dup2", errno);
+        } else {
+            close(i);
+        }
+    }
+    if (p->ctty && ioctl(0, TIOCSCTTY, 0) != 0)
+        fail(p->errpipe, "controlling_tty", errno);
+
+    /* d. Close every other fd the supervisor had open (sockets of other commands, listeners, the
+     *    terminal): nothing of the supervisor leaks into the command. */
+    keep_fds[0] = p->ruleset_fd;
+    keep_fds[1] = p->listener_sock;
+    keep_fds[2] = p->errpipe;
+    keep_fds[3] = -1;
+    sort_fds(keep_fds, 4);
+    close_all_but(keep_fds, 4);
+
+    if (p->cwd && chdir(p->cwd) != 0)
+        fail(p->errpipe, "chdir", errno);
+
+    /* e. Keeper: subreaper, survives forwarded signals, kills the tree on request. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+        fail(p->errpipe, "subreaper", errno);
+    command = fork();
+    if (command < 0)
+        fail(p->errpipe, "fork", errno);
+    if (command == 0)
+        exec_command(p);
+    for (size_t i = 0; i < sizeof forwarded_signals / sizeof forwarded_signals[0]; i++)
+        sigaction(forwarded_signals[i], &ignore, NULL);
+    report(p->errpipe, "pid", command);
+    close(p->errpipe);
+    for (int fd = 0; fd < 3; fd++)
+        close(fd); /* only the command holds the client's stdio: EOF and SIGPIPE behave as under bash */
+    if (p->ruleset_fd >= 0)
+        close(p->ruleset_fd);
+    if (p->listener_sock >= 0)
+        close(p->listener_sock);
+    keep(p, command);
+}
+
+/* Convert a list of bytes into a NULL-terminated char* array (pointers into the bytes objects). */
+static char **byte_list(PyObject *list, const char *what) {
+    Py_ssize_t n;
+    char **out;
+    if (!PyList_Check(list)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of bytes", what);
+        return NULL;
+    }
+    n = PyList_GET_SIZE(list);
+    out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (!out)
+        return (char **)PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (!PyBytes_Check(item) || (Py_ssize_t)strlen(PyBytes_AS_STRING(item)) != PyBytes_GET_SIZE(item)) {
+            PyMem_Free(out);
+            PyErr_Format(PyExc_ValueError, "%s items must be bytes without NUL", what);
+            return NULL;
+        }
+        out[i] = PyBytes_AS_STRING(item);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(spawn_doc,
+             "spawn(path, argv, envp, cwd, stdio, ruleset_fd, landlock_flags, bpf, seccomp_flags,\n"
+             "      listener_sock, errpipe, ctty) -> keeper pid\n\n"
+             "Fork a keeper and a sandboxed command (see the module comment). All arguments are prepared\n"
+             "by the caller; the child makes only raw syscalls. Read errpipe to EOF to learn whether the\n"
+             "exec happened: it carries 'pid:N;' and, if a step failed, 'stage:errno;'.");
+
+static PyObject *spawn(PyObject *self, PyObject *args) {
+    PyObject *path, *argv_list, *envp_list, *cwd, *stdio, *bpf;
+    struct plan p;
+    char **argv = NULL, **envp = NULL;
+    pid_t pid;
+    int saved_errno;
+    (void)self;
+
+    memset(&p, 0, sizeof p);
+    if (!PyArg_ParseTuple(args, "SOOOOiiSiiip", &path, &argv_list, &envp_list, &cwd, &stdio, &p.ruleset_fd,
+                          &p.landlock_flags, &bpf, &p.seccomp_flags, &p.listener_sock, &p.errpipe, &p.ctty))
+        return NULL;
+    if (!PyArg_ParseTuple(stdio, "iii", &p.stdio[0], &p.stdio[1], &p.stdio[2]))
+        return NULL;
+    if (PyBytes_GET_SIZE(bpf) % sizeof(struct sock_filter) != 0 ||
+        PyBytes_GET_SIZE(bpf) / (Py_ssize_t)sizeof(struct sock_filter) > BPF_MAXINSNS) {
+        PyErr_SetString(PyExc_ValueError, "bpf is not a whole BPF program");
+        return NULL;
+    }
+    p.prog.len = (unsigned short)(PyBytes_GET_SIZE(bpf) / sizeof(struct sock_filter));
+    p.prog.filter = (struct sock_filter *)PyBytes_AS_STRING(bpf);
+    p.path = PyBytes_AS_STRING(path);
+    p.cwd = cwd == Py_None ? NULL : PyBytes_AsString(cwd);
+    if (cwd != Py_None && !p.cwd)
+        return NULL;
+    if (!(argv = byte_list(argv_list, "argv")) || !(envp = byte_list(envp_list, "envp")))
+        goto out;
+    p.argv = argv;
+    p.envp = envp;
+    p.supervisor = getpid();
+
+    pid = fork();
+    if (pid == 0)
+        child(&p);
+    saved_errno = errno;
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    if (pid < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong((long)pid);
+out:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    return NULL;
+}
+
+static PyObject *kill_tree_signal(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(KILL_TREE_SIGNAL);
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"kill_tree_signal", kill_tree_signal, METH_NOARGS, "The signal that asks a keeper to kill its tree."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spawn", "Sandboxed fork+exec, raw syscalls only.",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit__spawn(void) { return PyModule_Create(&module); }

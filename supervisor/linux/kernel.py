@@ -1,0 +1,67 @@
+"""What this kernel can enforce, probed once and shared by the sandbox and ``doctor``."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from functools import cache
+
+from supervisor.linux.landlock import abi_version
+
+__all__ = ["KernelSupport", "probe"]
+
+_SYS_SECCOMP = 317
+_SECCOMP_GET_ACTION_AVAIL = 2
+_SECCOMP_RET_USER_NOTIF = 0x7FC00000
+
+
+def _release() -> tuple[int, int]:
+    parts = os.uname().release.split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _seccomp_notify_available() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    action = ctypes.c_uint32(_SECCOMP_RET_USER_NOTIF)
+    return libc.syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
+
+
+def _user_namespaces() -> bool:
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                return False
+        with open("/proc/sys/kernel/unprivileged_userns_clone") as f:
+            return f.read().strip() != "0"
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class KernelSupport:
+    release: tuple[int, int]
+    landlock_abi: int
+    seccomp_notify: bool
+    seccomp_addfd: bool  # SECCOMP_IOCTL_NOTIF_ADDFD with SEND: Linux 5.14
+    seccomp_sync_wakeup: bool  # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: Linux 6.6
+    user_namespaces: bool
+
+
+@cache
+def probe() -> KernelSupport:
+    release = _release()
+    notify = _seccomp_notify_available()
+    return KernelSupport(
+        release=release,
+        landlock_abi=abi_version(),
+        seccomp_notify=notify,
+        seccomp_addfd=notify and release >= (5, 14),
+        seccomp_sync_wakeup=notify and release >= (6, 6),
+        user_namespaces=_user_namespaces(),
+    )

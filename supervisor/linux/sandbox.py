@@ -1,0 +1,125 @@
+"""Start one command in its own Linux sandbox: prepare everything here, apply it in the child (``_spawn``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from supervisor.errors import SandboxError
+from supervisor.linux import _spawn
+from supervisor.linux.landlock import LandlockPlan, create_ruleset
+
+__all__ = ["Launch", "Process", "start"]
+
+KILL_TREE_SIGNAL = _spawn.kill_tree_signal()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to exec and with which fds; all bytes, built before the fork."""
+
+    path: bytes
+    argv: list[bytes]
+    envp: list[bytes]
+    cwd: bytes | None
+    stdio: tuple[int, int, int]  # fds to place on 0, 1, 2 (-1: leave closed)
+    ctty: bool = False  # make stdin the controlling terminal (the agent's pty)
+
+    @classmethod
+    def build(
+        cls, path: str, argv: list[str], env: dict[str, str], cwd: str | None, stdio: tuple[int, int, int], **kw: bool
+    ) -> Launch:
+        return cls(
+            path=os.fsencode(path),
+            argv=[os.fsencode(a) for a in argv],
+            envp=[os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items() if "=" not in k and k],
+            cwd=os.fsencode(cwd) if cwd else None,
+            stdio=stdio,
+            **kw,
+        )
+
+
+@dataclass
+class Process:
+    """A running sandboxed command: its keeper (our child, mirrors the status) and its process group."""
+
+    keeper: int
+    pid: int
+    status: int | None = None
+
+    def signal(self, signo: int) -> None:
+        """Deliver to the command's process group (what nono-shell forwards)."""
+        try:
+            os.killpg(self.pid, signo)
+        except ProcessLookupError:
+            pass
+
+    def kill_tree(self) -> None:
+        """Ask the keeper to SIGKILL the command and every descendant (the client went away)."""
+        try:
+            os.kill(self.keeper, KILL_TREE_SIGNAL)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        """Block until the command ends; a raw wait status (the keeper mirrors the command's)."""
+        if self.status is None:
+            _, self.status = os.waitpid(self.keeper, 0)
+        return self.status
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.keeper, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status
+
+
+def _parse_report(text: str) -> tuple[int, str | None]:
+    pid, failure = 0, None
+    for item in filter(None, text.split(";")):
+        key, _, value = item.partition(":")
+        if key == "pid" and value.isdigit():
+            pid = int(value)
+        elif value.isdigit():
+            failure = f"{key}: {os.strerror(int(value))}"
+        else:
+            failure = f"unreadable report from the sandbox child: {item!r}"
+    return pid, failure
+
+
+def start(plan: LandlockPlan, launch: Launch) -> Process:
+    """Fork keeper and command, apply ``plan``, exec. Raises SandboxError (nothing ran) on any failure."""
+    ruleset = create_ruleset(plan)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        keeper = _spawn.spawn(
+            launch.path,
+            launch.argv,
+            launch.envp,
+            launch.cwd,
+            launch.stdio,
+            ruleset,
+            0,
+            b"",
+            0,
+            -1,
+            write_end,
+            launch.ctty,
+        )
+    except OSError as e:
+        raise SandboxError(f"fork: {e.strerror}") from None
+    finally:
+        os.close(write_end)
+        os.close(ruleset)
+    chunks = []
+    with os.fdopen(read_end, "rb") as report:
+        while chunk := report.read(256):
+            chunks.append(chunk)
+    pid, failure = _parse_report(b"".join(chunks).decode(errors="replace"))
+    process = Process(keeper, pid)
+    if failure or not pid:
+        process.kill_tree()
+        process.wait()
+        raise SandboxError(f"sandbox setup failed at {failure or 'keeper'}; nothing was run")
+    return process

@@ -1,0 +1,40 @@
+"""Where nono-shell keeps its own files, per the XDG base directories of the user running it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["config_dir", "state_dir", "audit_log_path", "grants_path", "package_dirs"]
+
+
+def _xdg(var: str, fallback: str, env: dict[str, str] | os._Environ[str]) -> Path:
+    value = env.get(var)
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path(env.get("HOME", os.path.expanduser("~"))) / fallback
+
+
+def config_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config", env) / "nono-shell"
+
+
+def state_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state", env) / "nono-shell"
+
+
+def audit_log_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    return state_dir(env) / "audit.jsonl"
+
+
+def grants_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    return config_dir(env) / "grants.toml"
+
+
+def package_dirs() -> tuple[Path, ...]:
+    """The installed code of nono-shell itself: readable by commands (nested routing), never writable."""
+    import nono_shell
+
+    import supervisor
+
+    return (Path(nono_shell.__file__).resolve().parent, Path(supervisor.__file__).resolve().parent)

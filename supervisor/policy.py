@@ -1,0 +1,281 @@
+"""Profiles, the security list and command-line grants, resolved into one effective ``Policy``.
+
+Pure: reads TOML files, never touches the kernel. Backends compile a ``Policy`` into their own plan
+(``linux.landlock.compile_plan``, ``macos.seatbelt.generate_profile``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Context",
+    "Deny",
+    "Grant",
+    "Policy",
+    "PolicyOptions",
+    "resolve_policy",
+    "security_groups",
+    "GRANT_LISTS",
+    "PROMPT_MODES",
+]
+
+# List key -> (access, kind). "allow" is read+write.
+GRANT_LISTS: dict[str, tuple[str, str]] = {
+    "allow": ("allow", "dir"),
+    "read": ("read", "dir"),
+    "write": ("write", "dir"),
+    "allow_file": ("allow", "file"),
+    "read_file": ("read", "file"),
+    "write_file": ("write", "file"),
+}
+PROMPT_MODES = ("auto", "tty", "after", "never")
+_PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt"}
+_SECTION_KEYS = {
+    "filesystem": set(GRANT_LISTS) | {"deny"},
+    "network": {"block"},
+    "prompt": {"mode", "timeout"},
+}
+_MAX_EXTENDS_DEPTH = 16  # a chain longer than this is a cycle or a mistake
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where the expansions point, and the paths no policy may make writable (CONTRACT: never grantable)."""
+
+    workdir: str
+    home: str
+    tmpdir: str
+    platform: str = "linux"
+    config_dir: str = ""
+    protected: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grant:
+    path: str
+    access: str  # read | write | allow
+    kind: str  # dir | file
+    source: str  # where it came from: "profile default", "--read", "group:system_read", ...
+
+
+@dataclass(frozen=True)
+class Deny:
+    path: str
+    rule: str  # "group:deny_credentials", "--deny", ...
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """The policy flags of run/serve/exec/policy, exactly as the user gave them."""
+
+    profile: str = "default"
+    allow: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    allow_file: tuple[str, ...] = ()
+    read_file: tuple[str, ...] = ()
+    write_file: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    net_block: bool = False
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    profile: str
+    grants: tuple[Grant, ...]
+    denies: tuple[Deny, ...]
+    protected: tuple[str, ...]
+    net_block: bool
+    prompt: str
+    prompt_timeout: float
+    workdir: str
+    home: str
+    tmpdir: str
+    platform: str
+    sources: tuple[str, ...] = field(default=())  # the profile files read, base first
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def display(self, path: str) -> str:
+        """A path as the user wrote it: under $HOME with ``~``."""
+        if path == self.home:
+            return "~"
+        if self.home and path.startswith(self.home.rstrip("/") + "/"):
+            return "~" + path[len(self.home.rstrip("/")) :]
+        return path
+
+
+def expand(raw: str, ctx: Context, where: str) -> str:
+    """``~``, ``$HOME``, ``$WORKDIR``, ``$TMPDIR`` and relative paths (against the workdir), normalised."""
+    if not isinstance(raw, str) or not raw:
+        raise UsageError(f"{where}: expected a path, got {raw!r}")
+    value = raw
+    if value == "~" or value.startswith("~/"):
+        value = ctx.home + value[1:]
+    for name, replacement in (("HOME", ctx.home), ("WORKDIR", ctx.workdir), ("TMPDIR", ctx.tmpdir)):
+        value = value.replace("${" + name + "}", replacement).replace("$" + name, replacement)
+    if "$" in value or value.startswith("~"):
+        raise UsageError(f"{where}: cannot expand {raw!r} (known: ~, $HOME, $WORKDIR, $TMPDIR)")
+    return os.path.normpath(os.path.join(ctx.workdir, value))
+
+
+def security_groups(platform: str) -> dict[str, tuple[str, ...]]:
+    """The groups of the shipped security list, for one platform (common entries first)."""
+    data = tomllib.loads(resources.files("supervisor").joinpath("data/security.toml").read_text())
+    groups: dict[str, list[str]] = {}
+    for section in ("common", platform):
+        for name, paths in data.get(section, {}).get("groups", {}).items():
+            groups.setdefault(name, []).extend(paths)
+    return {name: tuple(paths) for name, paths in groups.items()}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read profile: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: invalid TOML: {e}") from e
+
+
+def _validate(data: dict[str, Any], origin: str) -> None:
+    for key, value in data.items():
+        if key not in _PROFILE_KEYS:
+            raise UsageError(f"{origin}: unknown key '{key}'")
+        if key in _SECTION_KEYS:
+            if not isinstance(value, dict):
+                raise UsageError(f"{origin}: '{key}' must be a table")
+            for sub in value:
+                if sub not in _SECTION_KEYS[key]:
+                    raise UsageError(f"{origin}: unknown key '{key}.{sub}'")
+    for key in list(GRANT_LISTS) + ["deny"]:
+        value = data.get("filesystem", {}).get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{origin}: 'filesystem.{key}' must be a list of paths")
+    block = data.get("network", {}).get("block", False)
+    if not isinstance(block, bool):
+        raise UsageError(f"{origin}: 'network.block' must be true or false")
+    mode = data.get("prompt", {}).get("mode", "auto")
+    if mode not in PROMPT_MODES:
+        raise UsageError(f"{origin}: 'prompt.mode' must be one of {', '.join(PROMPT_MODES)}")
+    timeout = data.get("prompt", {}).get("timeout", 60)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise UsageError(f"{origin}: 'prompt.timeout' must be a positive number of seconds")
+
+
+def _find_profile(name: str, ctx: Context, relative_to: Path | None) -> tuple[str, Path | None]:
+    """A profile name or path -> (label, file); file None means the built-in of that name."""
+    if "/" in name or name.endswith(".toml"):
+        path = Path(os.path.expanduser(name))
+        if not path.is_absolute():
+            path = (relative_to or Path(ctx.workdir)) / path
+        return str(path), path
+    if ctx.config_dir:
+        user = Path(ctx.config_dir) / "profiles" / f"{name}.toml"
+        if user.is_file():
+            return str(user), user
+    builtin = resources.files("supervisor").joinpath(f"data/profiles/{name}.toml")
+    if not builtin.is_file():
+        raise UsageError(f"--profile: no profile named '{name}'")
+    return f"built-in {name}", None
+
+
+def _load_chain(name: str, ctx: Context) -> list[tuple[str, dict[str, Any]]]:
+    """The profile and everything it extends, base first."""
+    chain: list[tuple[str, dict[str, Any]]] = []
+    relative_to: Path | None = None
+    seen: set[str] = set()
+    while name:
+        label, path = _find_profile(name, ctx, relative_to)
+        if label in seen or len(chain) >= _MAX_EXTENDS_DEPTH:
+            raise UsageError(f"{label}: 'extends' forms a cycle")
+        seen.add(label)
+        if path is None:
+            text = resources.files("supervisor").joinpath(f"data/profiles/{name}.toml").read_text()
+            data = tomllib.loads(text)
+        else:
+            data = _read_toml(path)
+            relative_to = path.parent
+        _validate(data, label)
+        chain.append((label, data))
+        extends = data.get("extends", "")
+        if not isinstance(extends, str):
+            raise UsageError(f"{label}: 'extends' must be a profile name or path")
+        name = extends
+    chain.reverse()
+    return chain
+
+
+def _entries(values: Iterable[str], groups: Mapping[str, tuple[str, ...]], origin: str) -> list[tuple[str, str]]:
+    """Expand ``group:NAME`` entries -> (raw path, source label)."""
+    out: list[tuple[str, str]] = []
+    for value in values:
+        if value.startswith("group:"):
+            group = value[len("group:") :]
+            if group not in groups:
+                raise UsageError(f"{origin}: unknown group '{group}'")
+            out.extend((path, value) for path in groups[group])
+        else:
+            out.append((value, origin))
+    return out
+
+
+def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
+    """Profile chain, then the flags on top: the effective policy for one platform."""
+    groups = security_groups(ctx.platform)
+    chain = _load_chain(options.profile, ctx)
+    grants: list[Grant] = []
+    denies: list[Deny] = []
+    net_block = False
+    prompt = "auto"
+    timeout: float = 60
+    for label, data in chain:
+        fs = data.get("filesystem", {})
+        for key, (access, kind) in GRANT_LISTS.items():
+            for raw, source in _entries(fs.get(key, []), groups, f"profile {label}"):
+                grants.append(Grant(expand(raw, ctx, f"{label}: filesystem.{key}"), access, kind, source))
+        for raw, source in _entries(fs.get("deny", []), groups, f"profile {label}"):
+            denies.append(Deny(expand(raw, ctx, f"{label}: filesystem.deny"), source))
+        net_block = data.get("network", {}).get("block", net_block)
+        prompt = data.get("prompt", {}).get("mode", prompt)
+        timeout = data.get("prompt", {}).get("timeout", timeout)
+    for key, (access, kind) in GRANT_LISTS.items():
+        flag = "--" + key.replace("_", "-")
+        for raw in getattr(options, key):
+            grants.append(Grant(expand(raw, ctx, flag), access, kind, flag))
+    denies.extend(Deny(expand(raw, ctx, "--deny"), "--deny") for raw in options.deny)
+    if options.prompt is not None:
+        if options.prompt not in PROMPT_MODES:
+            raise UsageError(f"--prompt: must be one of {', '.join(PROMPT_MODES)}")
+        prompt = options.prompt
+    return Policy(
+        profile=options.profile,
+        grants=tuple(dict.fromkeys(grants)),
+        denies=tuple(dict.fromkeys(denies)),
+        protected=tuple(os.path.normpath(p) for p in ctx.protected),
+        net_block=net_block or options.net_block,
+        prompt=prompt,
+        prompt_timeout=float(timeout),
+        workdir=ctx.workdir,
+        home=ctx.home,
+        tmpdir=ctx.tmpdir,
+        platform=ctx.platform,
+        sources=tuple(label for label, _ in chain),
+    )

@@ -1,0 +1,138 @@
+"""One supervisor session: its policy, private directories, real shells and audit log."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nono_shell.personality import SHELLS
+from supervisor import paths
+from supervisor.audit import AuditLog
+from supervisor.policy import Context, Grant, Policy, PolicyOptions, resolve_policy
+
+__all__ = ["Session", "find_real_shell", "is_nono_shim"]
+
+_FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def is_nono_shim(path: str) -> bool:
+    """True for our own shims and console script: the supervisor must never run one as the real shell."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"nono_shell" in head
+
+
+def find_real_shell(name: str, search_path: str, exclude: tuple[str, ...] = ()) -> str | None:
+    """The first ``name`` on ``search_path`` that is a real program: not in ``exclude``, not a shim."""
+    for directory in search_path.split(os.pathsep) + _FALLBACK_PATH.split(os.pathsep):
+        if not directory or os.path.realpath(directory) in exclude:
+            continue
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate) and not is_nono_shim(candidate):
+            return candidate
+    return None
+
+
+def _private_dir(prefix: str, parent: str | None) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent)).resolve()
+
+
+@dataclass
+class Session:
+    options: PolicyOptions
+    workdir: str
+    env: dict[str, str]
+    runtime_dir: Path
+    tmpdir: Path
+    id: str = field(default_factory=lambda: secrets.token_hex(4))
+    shims_dir: Path | None = None
+    audit_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.home = self.env.get("HOME") or os.path.expanduser("~")
+        self.policy: Policy = resolve_policy(self.options, self.context("linux"))
+        exclude = tuple(os.path.realpath(p) for p in (self.shims_dir,) if p)
+        self.shells = {
+            name: shell
+            for name in SHELLS
+            if (shell := find_real_shell(name, self.env.get("PATH", ""), exclude)) is not None
+        }
+        self.audit = AuditLog(self.audit_path or paths.audit_log_path(self.env), self.id)
+        self._ids = itertools.count(1)
+        self._id_lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls, options: PolicyOptions, env: dict[str, str] | None = None, *, shims: bool = False, **kw: object
+    ) -> Session:
+        """A session with fresh private runtime and temp directories (0700, removed by ``close``), and with
+        ``shims``, its own bash-named shims in the runtime directory."""
+        from supervisor.shims import write_shims
+
+        env = dict(os.environ if env is None else env)
+        runtime_parent = env.get("XDG_RUNTIME_DIR")
+        if not (runtime_parent and os.path.isdir(runtime_parent) and os.access(runtime_parent, os.W_OK)):
+            runtime_parent = None
+        runtime_dir = _private_dir("nono-shell-run-", runtime_parent)
+        tmpdir = _private_dir("nono-shell-tmp-", None)
+        workdir = str(kw.pop("workdir", None) or os.getcwd())
+        if shims:
+            kw["shims_dir"] = runtime_dir / "shims"
+            write_shims(runtime_dir / "shims")
+        return cls(options, workdir, env, runtime_dir, tmpdir, **kw)  # type: ignore[arg-type]
+
+    def policy_for(self, platform: str) -> Policy:
+        """The same options resolved for another platform (``policy --format seatbelt`` on Linux)."""
+        return resolve_policy(self.options, self.context(platform))
+
+    def context(self, platform: str) -> Context:
+        return Context(
+            workdir=self.workdir,
+            home=self.home,
+            tmpdir=str(self.tmpdir),
+            platform=platform,
+            config_dir=str(paths.config_dir(self.env)),
+            protected=self.protected_paths(),
+        )
+
+    def protected_paths(self) -> tuple[str, ...]:
+        """CONTRACT "never grantable": nono-shell's own files, code and sockets."""
+        own = [paths.config_dir(self.env), paths.state_dir(self.env), self.runtime_dir, *paths.package_dirs()]
+        if self.shims_dir:
+            own.append(self.shims_dir)
+        if self.audit_path:
+            own.append(self.audit_path)
+        return tuple(str(p) for p in own)
+
+    def route_grants(self) -> list[Grant]:
+        """Read+exec of what nono-shell itself needs inside a sandbox (nested routing), computed at start."""
+        needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+        needed.update(str(p) for p in paths.package_dirs())
+        if self.shims_dir:
+            needed.add(str(self.shims_dir))
+        return [Grant(p, "read", "dir", "route") for p in sorted(needed)]
+
+    def command_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The environment a sandboxed command gets: the caller's, with the session's private temp dir."""
+        env = dict(env)
+        for name in ("TMPDIR", "TMP", "TEMP"):
+            env[name] = str(self.tmpdir)
+        return env
+
+    def next_command_id(self) -> str:
+        with self._id_lock:
+            return f"{self.id}-{next(self._ids)}"
+
+    def close(self) -> None:
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""The bash-named shims: tiny launchers that run nono-shell under the name of the shell they replace."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nono_shell
+
+__all__ = ["SHIM_NAMES", "write_shims"]
+
+SHIM_NAMES = ("bash", "sh", "dash", "zsh", "nono-shell")
+
+# -I: ignore PYTHON* variables and the user site (the agent controls the environment); -S: skip site
+# processing, which is most of an interpreter's start-up (DESIGN budget: nono-shell -c true within 25 ms
+# of bash). The package's own directory is put on sys.path instead.
+_TEMPLATE = """#!{python} -IS
+# nono-shell shim: runs the command in the supervisor's per-command sandbox. Generated; do not edit.
+import sys
+sys.path.insert(0, {root!r})
+from nono_shell.client import main
+main()
+"""
+
+
+def write_shims(directory: Path) -> list[Path]:
+    """Write (atomically, mode 0755) one shim per shell name into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    root = str(Path(nono_shell.__file__).resolve().parent.parent)
+    text = _TEMPLATE.format(python=sys.executable, root=root)
+    written = []
+    for name in SHIM_NAMES:
+        target = directory / name
+        temporary = directory / f".{name}.tmp{os.getpid()}"
+        temporary.write_text(text)
+        temporary.chmod(0o755)
+        os.replace(temporary, target)
+        written.append(target)
+    return written
