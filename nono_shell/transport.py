@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from _socket import MSG_CMSG_CLOEXEC, SCM_RIGHTS, SOL_SOCKET, CMSG_LEN
+from _socket import CMSG_LEN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET
 
 from nono_shell.protocol import MAX_FDS, Decoder, Message, ProtocolError, encode
 
@@ -41,17 +41,18 @@ def receive(sock, decoder: Decoder, fds: list[int] | None = None) -> Message:
         message = decoder.next_message()
         if message is not None:
             return message
-        data, ancillary, _flags, _addr = sock.recvmsg(_CHUNK, CMSG_LEN(MAX_FDS * _FD.size), MSG_CMSG_CLOEXEC)
+        data, ancillary, flags, _addr = sock.recvmsg(_CHUNK, CMSG_LEN(MAX_FDS * _FD.size), MSG_CMSG_CLOEXEC)
         received = [
             fd
             for level, kind, payload in ancillary
             if level == SOL_SOCKET and kind == SCM_RIGHTS
             for (fd,) in _FD.iter_unpack(payload[: len(payload) - len(payload) % _FD.size])
         ]
-        if fds is None or len(fds) + len(received) > MAX_FDS:
+        too_many = flags & MSG_CTRUNC or (fds is not None and len(fds) + len(received) > MAX_FDS)
+        if fds is None or too_many:
             for fd in received:
                 os.close(fd)
-            if fds is not None:
+            if too_many:
                 raise ProtocolError("too many file descriptors")
         else:
             fds.extend(received)

@@ -16,6 +16,7 @@ from nono_shell.personality import SHELLS
 from supervisor import paths
 from supervisor.audit import AuditLog
 from supervisor.policy import Context, Grant, Policy, PolicyOptions, resolve_policy
+from supervisor.shims import package_root, write_shims
 
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
@@ -77,7 +78,6 @@ class Session:
     ) -> Session:
         """A session with fresh private runtime and temp directories (0700, removed by ``close``), and with
         ``shims``, its own bash-named shims in the runtime directory."""
-        from supervisor.shims import write_shims
 
         env = dict(os.environ if env is None else env)
         runtime_parent = env.get("XDG_RUNTIME_DIR")
@@ -118,6 +118,7 @@ class Session:
         """Read+exec of what nono-shell itself needs inside a sandbox (nested routing), computed at start."""
         needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
         needed.update(str(p) for p in paths.package_dirs())
+        needed.add(package_root())  # the shims import from here: the import system must list it
         if self.shims_dir:
             needed.add(str(self.shims_dir))
         return [Grant(p, "read", "dir", "route") for p in sorted(needed)]

@@ -19,16 +19,24 @@ _TEMPLATE = """#!{python} -IS
 # nono-shell shim: runs the command in the supervisor's per-command sandbox. Generated; do not edit.
 import sys
 sys.path.insert(0, {root!r})
-from nono_shell.client import main
+try:
+    from nono_shell.client import main
+except ImportError as e:
+    sys.stderr.write(f"nono-shell: cannot load nono-shell from {root!r}: {{e}}\\n")
+    sys.exit(125)
 main()
 """
+
+
+def package_root() -> str:
+    """The directory holding ``nono_shell/``: site-packages, or the checkout of an editable install."""
+    return str(Path(nono_shell.__file__).resolve().parent.parent)
 
 
 def write_shims(directory: Path) -> list[Path]:
     """Write (atomically, mode 0755) one shim per shell name into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    root = str(Path(nono_shell.__file__).resolve().parent.parent)
-    text = _TEMPLATE.format(python=sys.executable, root=root)
+    text = _TEMPLATE.format(python=sys.executable, root=package_root())
     written = []
     for name in SHIM_NAMES:
         target = directory / name
