@@ -53,6 +53,8 @@ def _build_parser() -> _Parser:
     run.add_argument("--no-interpose", action="store_true", help="do not preload the interposition library")
     serve = sub.add_parser("serve", help="a foreground supervisor with no agent")
     serve.add_argument("--socket", type=Path, required=True)
+    serve.add_argument("--shims", type=Path, default=None, metavar="DIR",
+                       help="write the shims here and let sandboxed commands run them (nested routing)")
     _add_policy_options(serve)
     exec_ = sub.add_parser("exec", help="run one command in a per-command sandbox")
     _add_policy_options(exec_)
@@ -172,7 +174,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     parent = socket_path.parent
     if not parent.is_dir() or (parent.stat().st_mode & 0o077) or parent.stat().st_uid != os.getuid():
         raise UsageError(f"--socket: {parent} must be an existing directory of yours with mode 0700")
-    session = _session(args)
+    session = _session(args, shims=args.shims or False)
     try:
         if args.dry_run:
             _print_policy(session.policy, "text", session)

@@ -74,10 +74,11 @@ class Session:
 
     @classmethod
     def create(
-        cls, options: PolicyOptions, env: dict[str, str] | None = None, *, shims: bool = False, **kw: object
+        cls, options: PolicyOptions, env: dict[str, str] | None = None, *, shims: Path | bool = False, **kw: object
     ) -> Session:
-        """A session with fresh private runtime and temp directories (0700, removed by ``close``), and with
-        ``shims``, its own bash-named shims in the runtime directory."""
+        """A session with fresh private runtime and temp directories (0700, removed by ``close``). With
+        ``shims``, bash-named shims are written (``True``: into the runtime directory) and granted read+exec
+        to every command, so that a nested ``bash`` is routed again."""
 
         env = dict(os.environ if env is None else env)
         runtime_parent = env.get("XDG_RUNTIME_DIR")
@@ -87,8 +88,8 @@ class Session:
         tmpdir = _private_dir("nono-shell-tmp-", None)
         workdir = str(kw.pop("workdir", None) or os.getcwd())
         if shims:
-            kw["shims_dir"] = runtime_dir / "shims"
-            write_shims(runtime_dir / "shims")
+            kw["shims_dir"] = runtime_dir / "shims" if shims is True else Path(shims).absolute()
+            write_shims(kw["shims_dir"])  # type: ignore[arg-type]
         return cls(options, workdir, env, runtime_dir, tmpdir, **kw)  # type: ignore[arg-type]
 
     def policy_for(self, platform: str) -> Policy:

@@ -147,13 +147,14 @@ def start_supervisor(home: Home, *flags: str) -> Supervisor:
     run_dir = home.root / "run"
     run_dir.mkdir(mode=0o700)
     shims = home.root / "shims"
+    shims.mkdir()
     user = home.owner == NOBODY
     if user:
         os.chown(run_dir, NOBODY, NOBODY)
-    home.run([SUPERVISOR, "shims", str(shims)], user=user, check=True)
+        os.chown(shims, NOBODY, NOBODY)
     socket_path = run_dir / "socket"
     stderr_path = home.root / "supervisor.err"
-    argv = [SUPERVISOR, "serve", "--socket", str(socket_path), "-v", *flags]
+    argv = [SUPERVISOR, "serve", "--socket", str(socket_path), "--shims", str(shims), "-v", *flags]
     with open(stderr_path, "wb") as err:
         process = subprocess.Popen(as_nobody(argv) if user else argv, cwd=home.work, env=home.env, stderr=err)
     deadline = time.monotonic() + 20
