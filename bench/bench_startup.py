@@ -35,7 +35,9 @@ def main() -> None:
         socket_path = run_dir / "socket"
         env = dict(os.environ, XDG_STATE_HOME=str(Path(top, "state")))
         subprocess.run([supervisor, "shims", Path(top, "shims")], check=True, capture_output=True, env=env)
-        server = subprocess.Popen([supervisor, "serve", "--socket", socket_path], env=env, stderr=subprocess.PIPE)
+        server = subprocess.Popen(
+            [supervisor, "serve", "--socket", socket_path], env=env, stderr=subprocess.PIPE
+        )
         try:
             while not socket_path.exists():
                 time.sleep(0.01)

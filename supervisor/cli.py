@@ -26,9 +26,17 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="default", help="built-in profile name or a TOML file")
     for key, (access, kind) in GRANT_LISTS.items():
         flag = "--" + key.replace("_", "-")
-        parser.add_argument(flag, dest=key, action="append", default=[], metavar="PATH",
-                            help=f"grant {access} on a {'file' if kind == 'file' else 'directory tree'}")
-    parser.add_argument("--deny", action="append", default=[], metavar="PATH", help="deny inside an allowed tree")
+        parser.add_argument(
+            flag,
+            dest=key,
+            action="append",
+            default=[],
+            metavar="PATH",
+            help=f"grant {access} on a {'file' if kind == 'file' else 'directory tree'}",
+        )
+    parser.add_argument(
+        "--deny", action="append", default=[], metavar="PATH", help="deny inside an allowed tree"
+    )
     parser.add_argument("--net-block", action="store_true", help="no network for sandboxed commands")
     parser.add_argument("--prompt", choices=PROMPT_MODES, default=None)
     parser.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
@@ -46,15 +54,22 @@ def _options(args: argparse.Namespace) -> PolicyOptions:
 
 
 def _build_parser() -> _Parser:
-    parser = _Parser(prog="nono-supervisor", description="Per-command OS sandboxes for an agent's shell commands.")
+    parser = _Parser(
+        prog="nono-supervisor", description="Per-command OS sandboxes for an agent's shell commands."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start a supervisor and the agent CMD under it")
     _add_policy_options(run)
     run.add_argument("--no-interpose", action="store_true", help="do not preload the interposition library")
     serve = sub.add_parser("serve", help="a foreground supervisor with no agent")
     serve.add_argument("--socket", type=Path, required=True)
-    serve.add_argument("--shims", type=Path, default=None, metavar="DIR",
-                       help="write the shims here and let sandboxed commands run them (nested routing)")
+    serve.add_argument(
+        "--shims",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the shims here and let sandboxed commands run them (nested routing)",
+    )
     _add_policy_options(serve)
     exec_ = sub.add_parser("exec", help="run one command in a per-command sandbox")
     _add_policy_options(exec_)
@@ -150,8 +165,9 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         forward = lambda signo, _frame: process.signal(signo)  # noqa: E731
         for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signo, forward)
-        session.audit.write(command=session.next_command_id(), event="start", argv=command, cwd=os.getcwd(),
-                            pid=process.pid)
+        session.audit.write(
+            command=session.next_command_id(), event="start", argv=command, cwd=os.getcwd(), pid=process.pid
+        )
         return status_code(process.wait())
     finally:
         session.close()
@@ -201,7 +217,9 @@ def _interpose_library(args: argparse.Namespace) -> Path | None:
 
     library = interpose.library_path()
     if library is None:
-        raise SandboxError("the interposition library is not built. Hint: reinstall with pip, or --no-interpose")
+        raise SandboxError(
+            "the interposition library is not built. Hint: reinstall with pip, or --no-interpose"
+        )
     problem = interpose.check_loadable(library)
     if problem:
         raise SandboxError(f"the interposition library cannot be loaded: {problem}")

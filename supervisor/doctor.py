@@ -27,12 +27,28 @@ def report() -> int:
     k = probe()
     abi = k.landlock_abi
     _line(abi >= 1, "landlock", f"ABI {abi}" if abi else "unavailable (needs Linux >= 5.13, lsm=landlock)")
-    features = {2: "refer", 3: "truncate", 4: "tcp bind/connect", 5: "ioctl_dev", 6: "signal+abstract-unix scoping"}
+    features = {
+        2: "refer",
+        3: "truncate",
+        4: "tcp bind/connect",
+        5: "ioctl_dev",
+        6: "signal+abstract-unix scoping",
+    }
     for need, name in features.items():
-        _line(abi >= need or None, f"landlock {name}", "enforced" if abi >= need else f"not enforced (ABI {need})")
-    _line(k.seccomp_notify or None, "seccomp user notification", "available" if k.seccomp_notify else "missing")
+        _line(
+            abi >= need or None,
+            f"landlock {name}",
+            "enforced" if abi >= need else f"not enforced (ABI {need})",
+        )
+    _line(
+        k.seccomp_notify or None, "seccomp user notification", "available" if k.seccomp_notify else "missing"
+    )
     _line(k.seccomp_addfd or None, "seccomp ADDFD+SEND", "available" if k.seccomp_addfd else "missing (5.14)")
-    _line(k.seccomp_sync_wakeup or None, "seccomp SYNC_WAKE_UP", "available" if k.seccomp_sync_wakeup else "missing")
+    _line(
+        k.seccomp_sync_wakeup or None,
+        "seccomp SYNC_WAKE_UP",
+        "available" if k.seccomp_sync_wakeup else "missing",
+    )
     _line(k.user_namespaces or None, "user namespaces", "available" if k.user_namespaces else "disabled")
     library = interpose.library_path()
     problem = interpose.check_loadable(library) if library else "not built"

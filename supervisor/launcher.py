@@ -95,7 +95,9 @@ def _proxy(master: int, process) -> int:
         with TtyGuard(0):
             while master in watching:
                 try:
-                    readable, _, _ = select.select(watching, [], [], 0.5 if process.poll() is not None else None)
+                    readable, _, _ = select.select(
+                        watching, [], [], 0.5 if process.poll() is not None else None
+                    )
                 except InterruptedError:
                     continue
                 if not readable and process.poll() is not None:

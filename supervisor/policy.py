@@ -223,7 +223,9 @@ def _load_chain(name: str, ctx: Context) -> list[tuple[str, dict[str, Any]]]:
     return chain
 
 
-def _entries(values: Iterable[str], groups: Mapping[str, tuple[str, ...]], origin: str) -> list[tuple[str, str]]:
+def _entries(
+    values: Iterable[str], groups: Mapping[str, tuple[str, ...]], origin: str
+) -> list[tuple[str, str]]:
     """Expand ``group:NAME`` entries -> (raw path, source label)."""
     out: list[tuple[str, str]] = []
     for value in values:

@@ -112,14 +112,16 @@ class Server:
         try:
             process = start_sandboxed(self.session, shell, request.argv, env, request.cwd, stdio)
         except NonoError as e:
-            self.session.audit.write(command=command, event="refused", argv=request.argv, cwd=request.cwd,
-                                     reason=str(e))
+            self.session.audit.write(
+                command=command, event="refused", argv=request.argv, cwd=request.cwd, reason=str(e)
+            )
             raise _Refuse(str(e)) from None
         for fd in fds:
             os.close(fd)
         fds.clear()
-        self.session.audit.write(command=command, event="start", argv=request.argv, cwd=request.cwd,
-                                 pid=process.pid, shell=shell)
+        self.session.audit.write(
+            command=command, event="start", argv=request.argv, cwd=request.cwd, pid=process.pid, shell=shell
+        )
         _try_send(conn, protocol.Started(command))
         status = self._supervise(conn, decoder, conversation, process)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0

@@ -74,7 +74,12 @@ class Session:
 
     @classmethod
     def create(
-        cls, options: PolicyOptions, env: dict[str, str] | None = None, *, shims: Path | bool = False, **kw: object
+        cls,
+        options: PolicyOptions,
+        env: dict[str, str] | None = None,
+        *,
+        shims: Path | bool = False,
+        **kw: object,
     ) -> Session:
         """A session with fresh private runtime and temp directories (0700, removed by ``close``). With
         ``shims``, bash-named shims are written (``True``: into the runtime directory) and granted read+exec

@@ -32,7 +32,15 @@ def can_drop_privileges() -> bool:
 
 def as_nobody(argv: list[str]) -> list[str]:
     """Run ``argv`` as uid/gid 65534 with no supplementary groups and no capabilities."""
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all", "--", *argv]
+    return [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--",
+        *argv,
+    ]
 
 
 @dataclass
@@ -126,7 +134,11 @@ class Supervisor:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**self.home.env, "NONO_SOCKET": str(self.socket), "PATH": f"{self.shims}:{self.home.env['PATH']}"}
+        return {
+            **self.home.env,
+            "NONO_SOCKET": str(self.socket),
+            "PATH": f"{self.shims}:{self.home.env['PATH']}",
+        }
 
     def shell(self, *args: str, name: str = "bash", **kw) -> subprocess.CompletedProcess:
         """Run the shim named ``name`` (e.g. ``bash -c CMD``) through this supervisor."""

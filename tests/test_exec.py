@@ -46,7 +46,9 @@ def test_private_tmpdir_is_writable_but_tmp_is_not(home):
     script = 'echo x > "$TMPDIR/f" && echo tmpdir-ok; echo y > /tmp/nono-test-escape-$$ ; echo rc=$?'
     result = home.run([SUPERVISOR, "exec", "--", "bash", "-c", script])
     assert "tmpdir-ok" in result.stdout and "rc=1" in result.stdout
-    twin = home.run(["bash", "-c", "echo y > /tmp/nono-test-twin-$$ && echo rc=$? && rm /tmp/nono-test-twin-$$"])
+    twin = home.run(
+        ["bash", "-c", "echo y > /tmp/nono-test-twin-$$ && echo rc=$? && rm /tmp/nono-test-twin-$$"]
+    )
     assert "rc=0" in twin.stdout
 
 

@@ -9,13 +9,19 @@ import sys
 
 import pytest
 
-from conftest import NONO_SHELL, NOBODY, as_nobody
+from conftest import NOBODY, NONO_SHELL, as_nobody
 
 
 def _run(home, env_extra: dict[str, str], marker) -> subprocess.CompletedProcess:
     env = {**home.env, **env_extra}
-    return subprocess.run([NONO_SHELL, "-c", f"touch {marker}"], env=env, cwd=home.work,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [NONO_SHELL, "-c", f"touch {marker}"],
+        env=env,
+        cwd=home.work,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def _assert_refused(result, marker) -> None:
@@ -52,9 +58,13 @@ def test_socket_owned_by_another_uid(home):
     (home.root / "theirs").mkdir()
     os.chown(home.root / "theirs", NOBODY, NOBODY)
     path = home.root / "theirs" / "nobody.sock"
-    code = ("import socket,time,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen();"
-            "print('ready', flush=True); c=s.accept()[0]; time.sleep(5)")
-    listener = subprocess.Popen(as_nobody([sys.executable, "-c", code, str(path)]), stdout=subprocess.PIPE, text=True)
+    code = (
+        "import socket,time,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen();"
+        "print('ready', flush=True); c=s.accept()[0]; time.sleep(5)"
+    )
+    listener = subprocess.Popen(
+        as_nobody([sys.executable, "-c", code, str(path)]), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert listener.stdout.readline().strip() == "ready"
         os.chmod(path, 0o777)

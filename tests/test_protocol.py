@@ -29,7 +29,9 @@ def _frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-@pytest.mark.parametrize("message", [REQUEST, Signal(2), Started("s-1"), Exited(3), Exited(signal=9), Refused("no")])
+@pytest.mark.parametrize(
+    "message", [REQUEST, Signal(2), Started("s-1"), Exited(3), Exited(signal=9), Refused("no")]
+)
 def test_every_message_round_trips_fed_byte_by_byte(message):
     decoder = Decoder()
     data = encode(message)
@@ -176,7 +178,11 @@ def test_protocol_module_imports_nothing_heavy():
 
     code = "import sys; import nono_shell.client; print(sorted(sys.modules))"
     root = os.path.dirname(os.path.dirname(protocol.__file__))
-    out = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {root!r}); {code}"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {root!r}); {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for heavy in ("'json'", "'re'", "'enum'", "'dataclasses'", "'socket'", "'typing'"):
         assert heavy not in out, heavy

@@ -78,7 +78,11 @@ def test_killing_the_supervisor_kills_the_command_tree(home):
     pidfile = home.work / "pids"
     client = subprocess.Popen(
         [str(sup.shims / "bash"), "-c", f"sleep 300 & echo $! > {pidfile}; echo $$ >> {pidfile}; wait"],
-        env=sup.env, cwd=home.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=sup.env,
+        cwd=home.work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert wait_until(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 2)
     pids = [int(p) for p in pidfile.read_text().split()]
@@ -95,9 +99,17 @@ def test_killing_the_client_kills_the_command_tree(supervisor):
     home = supervisor.home
     pidfile = home.work / "pids"
     script = f"(setsid sleep 300 & echo $! > {pidfile}.daemon); sleep 300 & echo $! > {pidfile}; wait"
-    client = subprocess.Popen([str(supervisor.shims / "bash"), "-c", script], env=supervisor.env, cwd=home.work)
-    assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()
-                      and os.path.exists(f"{pidfile}.daemon") and open(f"{pidfile}.daemon").read().strip())
+    client = subprocess.Popen(
+        [str(supervisor.shims / "bash"), "-c", script], env=supervisor.env, cwd=home.work
+    )
+    assert wait_until(
+        lambda: (
+            pidfile.exists()
+            and pidfile.read_text().strip()
+            and os.path.exists(f"{pidfile}.daemon")
+            and open(f"{pidfile}.daemon").read().strip()
+        )
+    )
     pids = [int(pidfile.read_text()), int(open(f"{pidfile}.daemon").read())]
     client.kill()
     client.wait()
@@ -113,7 +125,12 @@ def _raw_connect(path) -> socket.socket:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"\x00\x00\x00\x05hello", b"\xff\xff\xff\xff", b"\x00\x00\x00\x02{}", b"\x00\x00\x00\x1a{\"type\":\"signal\",\"signo\":2}"],
+    [
+        b"\x00\x00\x00\x05hello",
+        b"\xff\xff\xff\xff",
+        b"\x00\x00\x00\x02{}",
+        b'\x00\x00\x00\x1a{"type":"signal","signo":2}',
+    ],
     ids=["not-json", "oversized", "no-type", "signal-first"],
 )
 def test_malformed_messages_get_a_refusal_and_the_supervisor_keeps_serving(supervisor, payload):
@@ -134,8 +151,14 @@ def test_other_uid_is_refused_by_the_supervisor(supervisor):
     supervisor.socket.chmod(0o777)
     marker = supervisor.home.root / "ran-as-nobody"
     env = dict(supervisor.env)
-    result = subprocess.run(as_nobody([str(supervisor.shims / "bash"), "-c", f"touch {marker}"]),
-                            env=env, cwd="/", capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        as_nobody([str(supervisor.shims / "bash"), "-c", f"touch {marker}"]),
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 125
     assert not marker.exists()
     assert result.stderr.startswith("nono-shell: ") and result.stderr.count("\n") == 1

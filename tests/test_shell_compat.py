@@ -69,21 +69,27 @@ def test_isatty_is_preserved_through_a_pty(supervisor):
     probe = 'for fd in 0 1 2; do [ -t $fd ] && printf "tty$fd "; done; echo'
     real = pexpect.spawn("bash", ["-c", probe], env=supervisor.env, encoding="utf-8", timeout=20)
     real.expect(pexpect.EOF)
-    ours = pexpect.spawn(str(supervisor.shims / "bash"), ["-c", probe], env=supervisor.env, encoding="utf-8",
-                         timeout=20)
+    ours = pexpect.spawn(
+        str(supervisor.shims / "bash"), ["-c", probe], env=supervisor.env, encoding="utf-8", timeout=20
+    )
     ours.expect(pexpect.EOF)
     assert real.before.strip() == "tty0 tty1 tty2"
     assert ours.before.strip() == real.before.strip()
 
 
 def test_isatty_false_on_pipes(supervisor):
-    probe = '[ -t 1 ] && echo tty || echo notty'
+    probe = "[ -t 1 ] && echo tty || echo notty"
     assert supervisor.shell("-c", probe).stdout == "notty\n"
 
 
 def test_ctrl_c_is_forwarded_to_the_command(supervisor):
-    child = pexpect.spawn(str(supervisor.shims / "bash"), ["-c", "echo ready; sleep 30; echo not-reached"],
-                          env=supervisor.env, encoding="utf-8", timeout=20)
+    child = pexpect.spawn(
+        str(supervisor.shims / "bash"),
+        ["-c", "echo ready; sleep 30; echo not-reached"],
+        env=supervisor.env,
+        encoding="utf-8",
+        timeout=20,
+    )
     child.expect("ready")
     child.sendintr()
     child.expect(pexpect.EOF)

@@ -131,7 +131,8 @@ class LandlockPlan:
         return {
             "abi": self.abi,
             "handled_fs": rights_names(self.handled_fs),
-            "handled_net": ["bind_tcp"] * bool(self.handled_net & 1) + ["connect_tcp"] * bool(self.handled_net & 2),
+            "handled_net": ["bind_tcp"] * bool(self.handled_net & 1)
+            + ["connect_tcp"] * bool(self.handled_net & 2),
             "scoped": ["abstract_unix_socket"] * bool(self.scoped & 1) + ["signal"] * bool(self.scoped & 2),
             "rules": [{"path": r.path, "rights": rights_names(r.rights), "why": r.why} for r in self.rules],
             "notes": list(self.notes),
@@ -187,7 +188,9 @@ class _Compiler:
         try:
             names = sorted(os.listdir(path))
         except OSError as e:
-            self.notes.append(f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above")
+            self.notes.append(
+                f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above"
+            )
             return
         for name in names:
             child = os.path.join(path, name)
@@ -207,7 +210,9 @@ def compile_plan(policy: Policy, abi: int, extra: Iterable[Grant] = ()) -> Landl
     for grant in (*policy.grants, *extra):
         path = os.path.realpath(grant.path)
         if not os.path.exists(path):
-            compiler.notes.append(f"{policy.display(grant.path)}: does not exist, not granted ({grant.source})")
+            compiler.notes.append(
+                f"{policy.display(grant.path)}: does not exist, not granted ({grant.source})"
+            )
             continue
         rights = _rights(grant)
         inside = [c for c in carves if _under(path, c.path)]
@@ -229,7 +234,8 @@ def compile_plan(policy: Policy, abi: int, extra: Iterable[Grant] = ()) -> Landl
     if policy.net_block:
         if abi < 4:
             raise SandboxError(
-                f"--net-block needs Landlock ABI 4 (Linux 6.7); this kernel has ABI {abi}. Hint: drop --net-block"
+                f"--net-block needs Landlock ABI 4 (Linux 6.7); this kernel has ABI {abi}."
+                " Hint: drop --net-block"
             )
         handled_net = ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP
         notes.append("network: TCP bind/connect denied by Landlock; UDP and raw sockets are not restricted")

@@ -27,7 +27,13 @@ class Launch:
 
     @classmethod
     def build(
-        cls, path: str, argv: list[str], env: dict[str, str], cwd: str | None, stdio: tuple[int, int, int], **kw: bool
+        cls,
+        path: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        stdio: tuple[int, int, int],
+        **kw: bool,
     ) -> Launch:
         return cls(
             path=os.fsencode(path),
