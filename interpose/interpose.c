@@ -460,7 +460,9 @@ static int nono_execve(const char *path, char *const argv[], char *const envp[])
 
 /* glibc's execvp runs a file the kernel refuses (ENOEXEC: no "#!") with /bin/sh, inside libc where no hook
    sees it; we do the same through the launcher, so that shell is routed too. */
-__attribute__((noinline)) static int nono_exec_sh_fallback(const char *path, char *const argv[], char *const envp[])
+/* noinline: its argv copy is on the stack only on this rare path, not in every execvp's frame. */
+__attribute__((noinline)) static int nono_exec_sh_fallback(const char *path, char *const argv[],
+                                                         char *const envp[])
 {
     const char *av[NONO_MAX_ARGV];
     size_t argc = nono_veclen(argv), m = 0;
