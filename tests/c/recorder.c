@@ -1,8 +1,9 @@
 /*
  * recorder: stands in for a nono-shell shim in tests/test_interpose.py. Appends one JSON line to
- * recorder.log beside its own binary (argv exactly as received, AT_EXECFN, and the environment the
- * interposer must keep, the fds it inherited), then exits 42, a status no real shell command in the tests produces. The log's
- * place comes from /proc/self/exe, not from the environment, so a spawn with a scrubbed env still records.
+ * recorder.log beside its own binary (argv exactly as received, AT_EXECFN, the environment the
+ * interposer must keep, the fds it inherited), then exits 42, a status no real shell command in the
+ * tests produces. The log's place comes from /proc/self/exe, not from the environment, so a spawn with a
+ * scrubbed env still records.
  *
  * Written in C, not sh: a shim that is itself a shell script would be a shell spawn, and a Python one
  * would lose argv[0] (the kernel replaces it with the interpreter for "#!" files).
@@ -62,7 +63,9 @@ static void put_fds(FILE *f)
 
 int main(int argc, char **argv)
 {
-    static const char *const keys[] = {"LD_PRELOAD", "NONO_SOCKET", "NONO_SHIM_DIR", "NONO_SHELLS", "REC_TAG"};
+    static const char *const keys[] = {
+        "LD_PRELOAD", "NONO_SOCKET", "NONO_SHIM_DIR", "NONO_SHELLS", "REC_TAG",
+    };
     const char *real = getenv("REC_EXEC_REAL"), *depth = getenv("REC_DEPTH");
     char log[4096], *line = NULL, *slash;
     ssize_t n;
