@@ -1,0 +1,1 @@
+"""macOS backend: the Seatbelt profile compiler, the sandbox_init runner and the denial log monitor."""
