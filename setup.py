@@ -11,7 +11,11 @@ if sys.platform.startswith("linux"):
 if sys.platform.startswith("linux") or sys.platform == "darwin":
     # Preloaded into the agent (LD_PRELOAD / DYLD_INSERT_LIBRARIES); not a Python module, never imported.
     ext_modules.append(
-        Extension("supervisor._interpose", ["interpose/interpose.c"], libraries=["dl"] if sys.platform != "darwin" else [])
+        Extension(
+            "supervisor._interpose",
+            ["interpose/interpose.c"],
+            libraries=["dl"] if sys.platform != "darwin" else [],
+        )
     )
 
 setup(ext_modules=ext_modules)
