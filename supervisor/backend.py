@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from supervisor.errors import SandboxError
 from supervisor.policy import Policy
 from supervisor.session import Session
 
-__all__ = ["start_sandboxed"]
+__all__ = ["start_sandboxed", "finish"]
+
+# After the command exits, how long its notify loop may take to answer what is still in flight before
+# the denial report is written. Processes the command left running keep their loop; they are not waited for.
+_DRAIN_SECONDS = 0.2
 
 
 def start_sandboxed(
@@ -21,12 +26,47 @@ def start_sandboxed(
     *,
     ctty: bool = False,
     policy: Policy | None = None,
-):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, pid, keeper)
-    """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it."""
+    on_decision: Callable[[str, object], None] | None = None,
+    trap: bool = True,
+):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, pid, keeper, notify)
+    """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
+
+    With ``trap``, path syscalls are also sent to the supervisor (seccomp user notification on Linux), so
+    denials are seen and reported through ``on_decision(decision, denial)`` and grants Landlock cannot
+    express are carried out by the supervisor.
+    """
     if sys.platform.startswith("linux"):
-        from supervisor.linux import landlock, sandbox
+        from supervisor.linux import landlock, sandbox, seccomp
         from supervisor.linux.kernel import probe
 
-        plan = landlock.compile_plan(policy or session.policy, probe().landlock_abi, session.route_grants())
-        return sandbox.start(plan, sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty))
+        support = probe()
+        policy = policy or session.policy
+        extra = session.route_grants() + session.terminal_grants(stdio)
+        plan = landlock.compile_plan(policy, support.landlock_abi, extra)
+        launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty)
+        if not trap:
+            return sandbox.start(plan, launch)
+        if not (support.seccomp_notify and support.seccomp_addfd):
+            raise SandboxError(
+                "seccomp user notification with ADDFD is not available (needs Linux >= 5.14)."
+                " Hint: --no-trap runs with Landlock alone"
+            )
+        from supervisor.linux.notify import NotifyLoop
+
+        rights = landlock.RightsIndex(plan)
+        access = session.access_index(policy)
+
+        def start_loop(listener: int) -> NotifyLoop:
+            loop = NotifyLoop(listener, rights, access, on_decision or (lambda *_: None))
+            loop.start()
+            return loop
+
+        return sandbox.start(plan, launch, (seccomp.build_program(), seccomp.FILTER_FLAGS), start_loop)
     raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
+
+
+def finish(process) -> None:
+    """Let the command's decision stream settle so that its report is complete."""
+    loop = getattr(process, "notify", None)
+    if loop is not None:
+        loop.join(_DRAIN_SECONDS)

@@ -40,6 +40,11 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--net-block", action="store_true", help="no network for sandboxed commands")
     parser.add_argument("--prompt", choices=PROMPT_MODES, default=None)
     parser.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
+    parser.add_argument(
+        "--no-trap",
+        action="store_true",
+        help="Landlock only: no seccomp notification (no denial reports, no dynamic grants)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the effective policy and run nothing")
     parser.add_argument("-v", "--verbose", action="count", default=0)
 
@@ -96,7 +101,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _session(args: argparse.Namespace, **kw: object) -> Session:
-    return Session.create(_options(args), audit_path=args.audit_log, **kw)
+    return Session.create(_options(args), audit_path=args.audit_log, trap=not args.no_trap, **kw)
 
 
 def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
@@ -147,8 +152,9 @@ def _require_command(command: list[str], name: str) -> None:
 
 
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
-    from supervisor.backend import start_sandboxed
+    from supervisor.backend import finish, start_sandboxed
     from supervisor.launcher import status_code
+    from supervisor.report import CommandReport
 
     session = _session(args)
     try:
@@ -161,14 +167,20 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         if path is None:
             print(f"nono-supervisor: {command[0]}: command not found", file=sys.stderr)
             return 127
-        process = start_sandboxed(session, path, command, env, os.getcwd(), (0, 1, 2))
+        command_id = session.next_command_id()
+        report = CommandReport(session.audit, session.policy, command_id, command, os.getcwd())
+        process = start_sandboxed(
+            session, path, command, env, os.getcwd(), (0, 1, 2), on_decision=report.record, trap=session.trap
+        )
+        report.pid = process.pid
         forward = lambda signo, _frame: process.signal(signo)  # noqa: E731
         for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signo, forward)
-        session.audit.write(
-            command=session.next_command_id(), event="start", argv=command, cwd=os.getcwd(), pid=process.pid
-        )
-        return status_code(process.wait())
+        session.audit.write(command=command_id, event="start", argv=command, cwd=os.getcwd(), pid=process.pid)
+        status = process.wait()
+        finish(process)
+        report.write_to(2)
+        return status_code(status)
     finally:
         session.close()
 

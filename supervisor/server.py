@@ -16,8 +16,9 @@ from pathlib import Path
 
 from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
-from supervisor.backend import start_sandboxed
+from supervisor.backend import finish, start_sandboxed
 from supervisor.errors import NonoError
+from supervisor.report import CommandReport
 from supervisor.session import Session
 
 __all__ = ["Server"]
@@ -109,13 +110,25 @@ class Server:
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
         command = self.session.next_command_id()
         env = self.session.command_env(request.env)
+        report = CommandReport(self.session.audit, self.session.policy, command, request.argv, request.cwd)
         try:
-            process = start_sandboxed(self.session, shell, request.argv, env, request.cwd, stdio)
+            process = start_sandboxed(
+                self.session,
+                shell,
+                request.argv,
+                env,
+                request.cwd,
+                stdio,
+                on_decision=report.record,
+                trap=self.session.trap,
+            )
         except NonoError as e:
             self.session.audit.write(
                 command=command, event="refused", argv=request.argv, cwd=request.cwd, reason=str(e)
             )
             raise _Refuse(str(e)) from None
+        report.pid = process.pid
+        stderr = os.dup(stdio[2]) if stdio[2] >= 0 else -1  # for the denial lines at the end
         for fd in fds:
             os.close(fd)
         fds.clear()
@@ -123,7 +136,14 @@ class Server:
             command=command, event="start", argv=request.argv, cwd=request.cwd, pid=process.pid, shell=shell
         )
         _try_send(conn, protocol.Started(command))
-        status = self._supervise(conn, decoder, conversation, process)
+        try:
+            status = self._supervise(conn, decoder, conversation, process)
+            finish(process)
+            if stderr >= 0:
+                report.write_to(stderr)
+        finally:
+            if stderr >= 0:
+                os.close(stderr)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
         signo = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         self.session.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nono_shell.personality import SHELLS
 from supervisor import paths
+from supervisor.access import AccessIndex
 from supervisor.audit import AuditLog
 from supervisor.policy import Context, Grant, Policy, PolicyOptions, resolve_policy
 from supervisor.shims import package_root, write_shims
@@ -58,6 +59,7 @@ class Session:
     id: str = field(default_factory=lambda: secrets.token_hex(4))
     shims_dir: Path | None = None
     audit_path: Path | None = None
+    trap: bool = True  # seccomp user notification on top of Landlock (False: --no-trap, Landlock only)
 
     def __post_init__(self) -> None:
         self.home = self.env.get("HOME") or os.path.expanduser("~")
@@ -69,6 +71,8 @@ class Session:
             if (shell := find_real_shell(name, self.env.get("PATH", ""), exclude)) is not None
         }
         self.audit = AuditLog(self.audit_path or paths.audit_log_path(self.env), self.id)
+        self._access: dict[int, AccessIndex] = {}
+        self._own_terminals = {os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
 
@@ -96,6 +100,13 @@ class Session:
             kw["shims_dir"] = runtime_dir / "shims" if shims is True else Path(shims).absolute()
             write_shims(kw["shims_dir"])  # type: ignore[arg-type]
         return cls(options, workdir, env, runtime_dir, tmpdir, **kw)  # type: ignore[arg-type]
+
+    def access_index(self, policy: Policy) -> AccessIndex:
+        """The policy's intent for concrete paths, built once per policy (realpath of every entry)."""
+        cached = self._access.get(id(policy))
+        if cached is None or cached.policy is not policy:
+            cached = self._access[id(policy)] = AccessIndex(policy)
+        return cached
 
     def policy_for(self, platform: str) -> Policy:
         """The same options resolved for another platform (``policy --format seatbelt`` on Linux)."""
@@ -128,6 +139,17 @@ class Session:
         if self.shims_dir:
             needed.add(str(self.shims_dir))
         return [Grant(p, "read", "dir", "route") for p in sorted(needed)]
+
+    def terminal_grants(self, stdio: tuple[int, int, int]) -> list[Grant]:
+        """The terminal a command was handed on its stdio may also be reopened by name (programs open
+        ``ttyname(0)``); never the supervisor's own terminal (CONTRACT: never grantable)."""
+        grants = []
+        for fd in stdio:
+            if fd >= 0 and os.isatty(fd):
+                name = os.ttyname(fd)
+                if name not in self._own_terminals:
+                    grants.append(Grant(name, "allow", "file", "terminal"))
+        return grants
 
     def command_env(self, env: dict[str, str]) -> dict[str, str]:
         """The environment a sandboxed command gets: the caller's, with the session's private temp dir."""

@@ -26,6 +26,7 @@ __all__ = [
     "compile_plan",
     "create_ruleset",
     "rights_names",
+    "RightsIndex",
 ]
 
 # include/uapi/linux/landlock.h
@@ -137,6 +138,30 @@ class LandlockPlan:
             "rules": [{"path": r.path, "rights": rights_names(r.rights), "why": r.why} for r in self.rules],
             "notes": list(self.notes),
         }
+
+
+class RightsIndex:
+    """What the Landlock baseline grants on a path: the union of the rules on it and its ancestors.
+
+    Lexical (no syscalls): the notify loop's fast path. It may only be used to *allow* (CONTINUE), which is
+    safe whatever the path really is, because the kernel then applies the same Landlock rules itself.
+    """
+
+    def __init__(self, plan: LandlockPlan) -> None:
+        self._rules = {rule.path: rule.rights for rule in plan.rules}
+        self.handled = plan.handled_fs
+
+    def rights(self, path: str) -> int:
+        rules = self._rules
+        granted = rules.get(path, 0)
+        while len(path) > 1:
+            path = path[: path.rindex("/")] or "/"
+            granted |= rules.get(path, 0)
+        return granted
+
+    def allows(self, path: str, needed: int) -> bool:
+        needed &= self.handled  # a right this kernel does not handle is not restricted by it
+        return self.rights(path) & needed == needed
 
 
 @dataclass(frozen=True)

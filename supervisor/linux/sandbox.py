@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervisor.errors import SandboxError
@@ -52,6 +54,7 @@ class Process:
     keeper: int
     pid: int
     status: int | None = None
+    notify: object | None = None  # the command's NotifyLoop, when seccomp is on
 
     def signal(self, signo: int) -> None:
         """Deliver to the command's process group (what nono-shell forwards)."""
@@ -94,10 +97,22 @@ def _parse_report(text: str) -> tuple[int, str | None]:
     return pid, failure
 
 
-def start(plan: LandlockPlan, launch: Launch) -> Process:
-    """Fork keeper and command, apply ``plan``, exec. Raises SandboxError (nothing ran) on any failure."""
+def start(
+    plan: LandlockPlan,
+    launch: Launch,
+    seccomp: tuple[bytes, int] | None = None,
+    on_listener: Callable[[int], object] | None = None,
+) -> Process:
+    """Fork keeper and command, apply ``plan`` (and the ``seccomp`` program and flags), exec.
+
+    ``on_listener(fd)`` receives the seccomp listener before the command execs and must start answering
+    it: the exec itself is the first trapped syscall (KERNEL-NOTES "deadlock trap"). Raises SandboxError
+    (nothing ran) on any failure.
+    """
     ruleset = create_ruleset(plan)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    program, flags = seccomp or (b"", 0)
     try:
         keeper = _spawn.spawn(
             launch.path,
@@ -107,23 +122,37 @@ def start(plan: LandlockPlan, launch: Launch) -> Process:
             launch.stdio,
             ruleset,
             0,
-            b"",
-            0,
-            -1,
+            program,
+            flags,
+            theirs.fileno() if seccomp else -1,
             write_end,
             launch.ctty,
         )
     except OSError as e:
+        os.close(read_end)
         raise SandboxError(f"fork: {e.strerror}") from None
     finally:
         os.close(write_end)
         os.close(ruleset)
+        theirs.close()
+    notify = None
+    if seccomp:
+        with ours:
+            _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_CMSG_CLOEXEC)
+        if fds and on_listener is not None:
+            notify = on_listener(fds[0])
+        elif fds:
+            os.close(fds[0])
+    else:
+        ours.close()
     chunks = []
     with os.fdopen(read_end, "rb") as report:
         while chunk := report.read(256):
             chunks.append(chunk)
     pid, failure = _parse_report(b"".join(chunks).decode(errors="replace"))
-    process = Process(keeper, pid)
+    process = Process(keeper, pid, notify=notify)
+    if seccomp and notify is None and not failure:
+        failure = "seccomp listener: not received"
     if failure or not pid:
         process.kill_tree()
         process.wait()

@@ -1,0 +1,90 @@
+"""What the policy intends for one concrete path: allowed, or denied and by which rule.
+
+Backends enforce a compiled approximation (Landlock rules, a Seatbelt profile); this is the intent they
+approximate, used where the supervisor decides a single operation itself (an emulated open, a prompt, the
+wording of a denial). Pure: no syscalls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from supervisor.policy import Policy
+
+__all__ = ["Verdict", "AccessIndex", "OPS", "flag_for"]
+
+# Contract operations -> the access they need from a grant ("read" or "write").
+OPS = {
+    "read": "read",
+    "exec": "read",
+    "write": "write",
+    "create": "write",
+    "delete": "write",
+    "connect": "write",
+    "bind": "write",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    rule: str  # the grant's source when allowed; the deny rule, "never-grantable" or "not granted" when not
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+class AccessIndex:
+    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._grants = [(_real(g.path), g) for g in policy.grants]
+        self._denies = [(_real(d.path), d.rule) for d in policy.denies]
+        self._protected = [_real(p) for p in policy.protected]
+
+    def denied_below(self, path: str) -> list[tuple[str, str]]:
+        """Denied and never-grantable nodes strictly inside ``path``: moving or removing it moves them."""
+        inside = [(d, rule) for d, rule in self._denies if d != path and _under(d, path)]
+        protected = [(p, "never-grantable") for p in self._protected if p != path and _under(p, path)]
+        return inside + protected
+
+    def verdict(self, path: str, op: str) -> Verdict:
+        need = OPS[op]
+        if need == "write" and any(_under(path, p) for p in self._protected):
+            return Verdict(False, "never-grantable")
+        deny = max(
+            ((d, rule) for d, rule in self._denies if _under(path, d)), key=lambda x: len(x[0]), default=None
+        )
+        best = None
+        for root, grant in self._grants:
+            if grant.access not in (need, "allow"):
+                continue
+            covers = path == root if grant.kind == "file" else _under(path, root)
+            if covers and (best is None or len(root) > len(best[0])):
+                best = (root, grant)
+        if deny is not None:
+            # Only an explicit grant at or below the denied node overrides it (CONTRACT: --read-file
+            # ~/.aws/credentials beats deny_credentials); group grants never do.
+            if best is None or best[1].source.startswith("group:") or not _under(best[0], deny[0]):
+                return Verdict(False, deny[1])
+        if best is None:
+            return Verdict(False, "not granted")
+        return Verdict(True, best[1].source)
+
+
+def flag_for(op: str, display_path: str, is_dir: bool) -> str:
+    """The policy option that would grant ``op`` on the path (CONTRACT: the ``to allow:`` hint)."""
+    if op in ("create", "delete"):
+        return f"--write {os.path.dirname(display_path) or '/'}"
+    if op in ("read", "exec"):
+        return f"--read {display_path}" if is_dir else f"--read-file {display_path}"
+    if op in ("connect", "bind"):
+        return f"--allow-file {display_path}"
+    return f"--write {display_path}" if is_dir else f"--write-file {display_path}"
