@@ -272,6 +272,8 @@ class NotifyLoop(threading.Thread):
             decision = handler(trap, tid, paths, args)
         except OSError as e:
             decision = Deny(e.errno or errno.EACCES)
+        except Exception:  # noqa: BLE001 - a handler bug denies this one syscall; it never lets it through
+            decision = Deny(errno.EACCES)
         if isinstance(decision, Inject) and not self._still_valid(nid):
             os.close(decision.fd)  # emulation took time and the request is gone: inject nothing
             return
