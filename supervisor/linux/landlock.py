@@ -248,12 +248,13 @@ def compile_plan(policy: Policy, abi: int, extra: Iterable[Grant] = ()) -> Landl
         rights &= ~_protected_removal(path, protected)
         compiler.emit(path, rights, applicable, grant.source)
     notes = list(compiler.notes)
+    granted = [os.path.realpath(g.path) for g in policy.grants]
     for carve in carves:
-        covered = [g for g in policy.grants if _under(carve.path, os.path.realpath(g.path))]
-        if covered:
+        if any(_under(carve.path, root) and carve.path != root for root in granted):
             notes.append(
-                f"deny {policy.display(carve.path)} ({carve.rule}): enforced by Landlock, by granting the"
-                " siblings along its path; new entries directly in those parent directories are not creatable"
+                f"deny {policy.display(carve.path)} ({carve.rule}): Landlock grants the siblings along its"
+                " path; creating, removing or listing directly in its parent directories is carried out by"
+                " the supervisor (seccomp), or refused with --no-trap"
             )
     handled_net = 0
     if policy.net_block:
