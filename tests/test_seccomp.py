@@ -75,8 +75,13 @@ def test_continue_never_widens_after_path_swap(request, user):
     assert dict(item.split("=") for item in result.stdout.split())["leaked"] == "0"
     benign_only = _exec(home, racer, argv[1], argv[1], KEY_MARKER, "3000", flags=("--allow", "~"), user=user)
     assert benign_only.stdout.split() == ["opened=3000", "leaked=0"]  # the flipped-to file is readable
-    twin = home.run(argv, user=user)
-    assert int(dict(item.split("=") for item in twin.stdout.split())["leaked"]) > 0
+    # The twin: without the sandbox the same race reaches the key (scheduling decides how often: retry).
+    for _attempt in range(10):
+        twin = home.run(argv, user=user)
+        if int(dict(item.split("=") for item in twin.stdout.split())["leaked"]) > 0:
+            break
+    else:
+        pytest.fail("the race never reached the key even without the sandbox: the test proves nothing")
 
 
 SYMLINK_SWAP = """
