@@ -27,13 +27,15 @@ def start_sandboxed(
     ctty: bool = False,
     policy: Policy | None = None,
     on_decision: Callable[[str, object], None] | None = None,
+    consent: Callable[[str, str, str, bool], bool] | None = None,
     trap: bool = True,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
     With ``trap``, path syscalls are also sent to the supervisor (seccomp user notification on Linux), so
     denials are seen and reported through ``on_decision(decision, denial)`` and grants Landlock cannot
-    express are carried out by the supervisor.
+    express are carried out by the supervisor; ``consent(op, path, rule, is_dir)`` may let a human allow
+    what the policy denies, while the syscall waits.
     """
     if sys.platform.startswith("linux"):
         from supervisor.linux import landlock, sandbox, seccomp
@@ -57,7 +59,7 @@ def start_sandboxed(
         access = session.access_index(policy)
 
         def start_loop(listener: int) -> NotifyLoop:
-            loop = NotifyLoop(listener, rights, access, on_decision or (lambda *_: None))
+            loop = NotifyLoop(listener, rights, access, on_decision or (lambda *_: None), consent)
             loop.start()
             return loop
 

@@ -86,6 +86,9 @@ def _build_parser() -> _Parser:
     log.add_argument("--json", action="store_true")
     log.add_argument("--command", dest="command_id", metavar="ID")
     log.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
+    grants = sub.add_parser("grants", help="show or remove persistent grants")
+    grants.add_argument("action", nargs="?", choices=("list", "revoke"), default="list")
+    grants.add_argument("id", nargs="?")
     shims = sub.add_parser("shims", help="create the bash-named shims in DIR")
     shims.add_argument("dir", type=Path)
     sub.add_parser("doctor", help="report what this machine can enforce")
@@ -153,7 +156,9 @@ def _require_command(command: list[str], name: str) -> None:
 
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from supervisor.backend import finish, start_sandboxed
+    from supervisor.consent import Consent
     from supervisor.launcher import status_code
+    from supervisor.prompt import Prompter
     from supervisor.report import CommandReport
 
     session = _session(args)
@@ -169,8 +174,19 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
             return 127
         command_id = session.next_command_id()
         report = CommandReport(session.audit, session.policy, command_id, command, os.getcwd())
+        session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
+        asker = session.prompter if session.prompt_mode() == "tty" else None
+        consent = Consent(session, command_id, " ".join(command), asker)
         process = start_sandboxed(
-            session, path, command, env, os.getcwd(), (0, 1, 2), on_decision=report.record, trap=session.trap
+            session,
+            path,
+            command,
+            env,
+            os.getcwd(),
+            (0, 1, 2),
+            on_decision=report.record,
+            consent=consent.allows,
+            trap=session.trap,
         )
         report.pid = process.pid
         forward = lambda signo, _frame: process.signal(signo)  # noqa: E731
@@ -207,6 +223,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.dry_run:
             _print_policy(session.policy, "text", session)
             return 0
+        from supervisor.prompt import Prompter
+
+        session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         server = _serve(session, socket_path, args.verbose)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
@@ -281,6 +300,22 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grants(args: argparse.Namespace) -> int:
+    from supervisor.grants import GrantStore
+
+    store = GrantStore(paths.grants_path())
+    if args.action == "revoke":
+        if not args.id:
+            raise UsageError("grants revoke: missing ID")
+        if not store.revoke(args.id):
+            raise UsageError(f"grants revoke: no grant with id {args.id!r}")
+        print(f"revoked {args.id}")
+        return 0
+    for g in store.load():
+        print(f"{g.id}  {g.access:5} {g.kind:4} {g.path!r}  expires {g.expires or 'never'}  ({g.command!r})")
+    return 0
+
+
 def _cmd_shims(args: argparse.Namespace) -> int:
     from supervisor.shims import write_shims
 
@@ -307,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             "policy": lambda: _cmd_policy(args),
             "log": lambda: _cmd_log(args),
             "shims": lambda: _cmd_shims(args),
+            "grants": lambda: _cmd_grants(args),
             "doctor": lambda: _cmd_doctor(args),
         }[args.command]
         if command and args.command not in ("run", "exec"):

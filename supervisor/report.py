@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
+from dataclasses import dataclass
 
 from supervisor.access import flag_for
 from supervisor.audit import AuditLog
 from supervisor.policy import Policy
 
-__all__ = ["CommandReport"]
+__all__ = ["CommandReport", "Denied"]
+
+_SYS_PIDFD_GETFD = 438
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _steal_fd(pid: int, fd: int) -> int:
+    """A duplicate of ``fd`` of process ``pid`` (same open file: offsets and O_APPEND are shared)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return got
+    finally:
+        os.close(pidfd)
+
+
+@dataclass(frozen=True)
+class Denied:
+    op: str
+    path: str
+    rule: str
+    is_dir: bool
 
 
 class CommandReport:
@@ -42,15 +68,35 @@ class CommandReport:
             with self._lock:
                 self._denials.setdefault((what.op, what.path), (what.rule, what.is_dir))
 
+    def denials(self) -> list[Denied]:
+        with self._lock:
+            return [Denied(op, path, rule, is_dir) for (op, path), (rule, is_dir) in self._denials.items()]
+
     def lines(self) -> list[str]:
         """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT)."""
-        with self._lock:
-            items = list(self._denials.items())
-        out = []
-        for (op, path), (rule, is_dir) in items:
-            shown = self.policy.display(path)
-            out.append(f"nono: denied {op} {shown} [{rule}]; to allow: {flag_for(op, shown, is_dir)}")
-        return out
+        return [self._line(d) for d in self.denials()]
+
+    def _line(self, d: Denied) -> str:
+        shown = self.policy.display(d.path)
+        return f"nono: denied {d.op} {shown} [{d.rule}]; to allow: {flag_for(d.op, shown, d.is_dir)}"
+
+    def tell_process(self, decision: str, what) -> None:
+        """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight
+        to the stderr of the process that was denied, while it is still waiting for its syscall."""
+        first = decision == "deny" and (what.op, what.path) not in self._denials
+        self.record(decision, what)
+        if not first or not what.pid:
+            return
+        try:
+            stderr = _steal_fd(what.pid, 2)
+        except OSError:
+            return  # gone, or not ours to reach: the audit log has it
+        try:
+            os.write(stderr, (self._line(Denied(what.op, what.path, what.rule, what.is_dir)) + "\n").encode())
+        except OSError:
+            pass
+        finally:
+            os.close(stderr)
 
     def write_to(self, fd: int) -> None:
         text = "".join(line + "\n" for line in self.lines())

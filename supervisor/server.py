@@ -12,12 +12,19 @@ import socket
 import struct
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
+from nono_shell.personality import command_text
+from supervisor.access import OPS
 from supervisor.backend import finish, start_sandboxed
+from supervisor.consent import Consent
 from supervisor.errors import NonoError
+from supervisor.launcher import status_code
+from supervisor.policy import Grant
+from supervisor.prompt import Question
 from supervisor.report import CommandReport
 from supervisor.session import Session
 
@@ -109,48 +116,90 @@ class Server:
             raise _Refuse(f"no real {request.shell} found on this machine")
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
         command = self.session.next_command_id()
-        env = self.session.command_env(request.env)
-        report = CommandReport(self.session.audit, self.session.policy, command, request.argv, request.cwd)
-        try:
-            process = start_sandboxed(
-                self.session,
-                shell,
-                request.argv,
-                env,
-                request.cwd,
-                stdio,
-                on_decision=report.record,
-                trap=self.session.trap,
-            )
-        except NonoError as e:
-            self.session.audit.write(
-                command=command, event="refused", argv=request.argv, cwd=request.cwd, reason=str(e)
-            )
-            raise _Refuse(str(e)) from None
-        report.pid = process.pid
-        stderr = os.dup(stdio[2]) if stdio[2] >= 0 else -1  # for the denial lines at the end
-        for fd in fds:
-            os.close(fd)
-        fds.clear()
-        self.session.audit.write(
-            command=command, event="start", argv=request.argv, cwd=request.cwd, pid=process.pid, shell=shell
-        )
-        _try_send(conn, protocol.Started(command))
-        try:
-            status = self._supervise(conn, decoder, conversation, process)
-            finish(process)
-            if stderr >= 0:
-                report.write_to(stderr)
-        finally:
-            if stderr >= 0:
-                os.close(stderr)
+        status = self._run(conn, decoder, conversation, request, shell, stdio, command)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
         signo = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        self.session.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)
         _try_send(conn, protocol.Exited(code=code, signal=signo))
 
-    def _supervise(self, conn, decoder, conversation, process) -> int:
-        """Forward signals until the command ends; if the client goes away, kill the command's tree."""
+    def _run(self, conn, decoder, conversation, request, shell, stdio, command) -> int:
+        """Run the command; with ``--prompt after``, ask about its denials once it failed and run it again
+        with what the human granted, on the same fds (DESIGN: "after the fact")."""
+        mode = self.session.prompt_mode()
+        text = command_text(request.argv)
+        consent = Consent(self.session, command, text, self.session.prompter if mode == "tty" else None)
+        env = self.session.command_env(request.env)
+        policy = None
+        for attempt in range(2):
+            report = CommandReport(
+                self.session.audit, self.session.policy, command, request.argv, request.cwd
+            )
+            try:
+                process = start_sandboxed(
+                    self.session,
+                    shell,
+                    request.argv,
+                    env,
+                    request.cwd,
+                    stdio,
+                    policy=policy,
+                    on_decision=report.record,
+                    consent=consent.allows,
+                    trap=self.session.trap,
+                )
+            except NonoError as e:
+                self.session.audit.write(
+                    command=command, event="refused", argv=request.argv, cwd=request.cwd, reason=str(e)
+                )
+                raise _Refuse(str(e)) from None
+            report.pid = process.pid
+            self.session.audit.write(
+                command=command,
+                event="start",
+                argv=request.argv,
+                cwd=request.cwd,
+                pid=process.pid,
+                shell=shell,
+                attempt=attempt,
+            )
+            if attempt == 0:
+                _try_send(conn, protocol.Started(command))
+            status, client_alive = self._supervise(conn, decoder, conversation, process)
+            finish(process)
+            if stdio[2] >= 0:
+                report.write_to(stdio[2])
+            self.session.audit.write(
+                command=command,
+                event="exit",
+                pid=process.pid,
+                code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0,
+                signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
+            )
+            if mode != "after" or attempt or not client_alive or status_code(status) == 0:
+                return status
+            granted = self._ask_after(consent, report)
+            if not granted:
+                return status
+            policy = replace(self.session.policy, grants=self.session.policy.grants + tuple(granted))
+        return status
+
+    def _ask_after(self, consent: Consent, report: CommandReport) -> list[Grant]:
+        """One question per denial of the failed command; the grants for its retry."""
+        granted = []
+        for denial in report.denials():
+            if denial.rule == "never-grantable":
+                continue
+            question = Question(
+                consent.command_text, denial.op, self.session.policy.display(denial.path), denial.rule
+            )
+            answer = self.session.prompter.ask(question)
+            consent.record(denial.op, denial.path, denial.rule, denial.is_dir, answer)
+            if answer != "deny":
+                granted.append(Grant(denial.path, OPS[denial.op], "dir" if denial.is_dir else "file", "user"))
+        return granted
+
+    def _supervise(self, conn, decoder, conversation, process) -> tuple[int, bool]:
+        """Forward signals until the command ends; if the client goes away, kill the command's tree.
+        Returns the wait status and whether the client is still there."""
         conn.settimeout(None)
         pidfd = os.pidfd_open(process.keeper)
         try:
@@ -166,7 +215,7 @@ class Server:
                         client_alive = False
                         poller.unregister(conn)
                         process.kill_tree()
-            return process.wait()
+            return process.wait(), client_alive
         finally:
             os.close(pidfd)
 

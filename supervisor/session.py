@@ -9,14 +9,16 @@ import shutil
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nono_shell.personality import SHELLS
 from supervisor import paths
 from supervisor.access import AccessIndex
 from supervisor.audit import AuditLog
+from supervisor.grants import GrantStore, to_policy_grants
 from supervisor.policy import Context, Grant, Policy, PolicyOptions, resolve_policy
+from supervisor.prompt import Prompter
 from supervisor.shims import package_root, write_shims
 
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
@@ -63,7 +65,9 @@ class Session:
 
     def __post_init__(self) -> None:
         self.home = self.env.get("HOME") or os.path.expanduser("~")
-        self.policy: Policy = resolve_policy(self.options, self.context("linux"))
+        self.policy: Policy = self.policy_for("linux")
+        self.prompter: Prompter | None = None
+        self._grant_lock = threading.Lock()
         exclude = tuple(os.path.realpath(p) for p in (self.shims_dir,) if p)
         self.shells = {
             name: shell
@@ -108,9 +112,31 @@ class Session:
             cached = self._access[id(policy)] = AccessIndex(policy)
         return cached
 
+    def prompt_mode(self) -> str:
+        """When a denial may become a question: ``tty`` (held syscall), ``after`` (retry), or ``never``."""
+        mode = self.policy.prompt
+        if self.prompter is None or mode == "never":
+            return "never"
+        return "tty" if mode == "auto" else mode
+
+    def add_grant(
+        self, path: str, access: str, kind: str, *, persist: bool = False, command: str = ""
+    ) -> None:
+        """A human's session (or ``persist``: always) grant: every later command's policy includes it."""
+        with self._grant_lock:
+            grant = Grant(path, access, kind, "user")
+            self.policy = replace(self.policy, grants=self.policy.grants + (grant,))
+        if persist:  # after the session grant: a store that cannot be written still leaves the session's
+            GrantStore(paths.grants_path(self.env)).add(
+                path, access, kind, command=command, protected=self.protected_paths()
+            )
+
     def policy_for(self, platform: str) -> Policy:
-        """The same options resolved for another platform (``policy --format seatbelt`` on Linux)."""
-        return resolve_policy(self.options, self.context(platform))
+        """The options resolved for ``platform`` (``policy --format seatbelt`` on Linux), with the stored
+        grants: persistent ("always") answers apply from the start of every later session."""
+        policy = resolve_policy(self.options, self.context(platform))
+        stored = GrantStore(paths.grants_path(self.env)).load()
+        return replace(policy, grants=policy.grants + tuple(to_policy_grants(stored)))
 
     def context(self, platform: str) -> Context:
         return Context(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import select
 import struct
@@ -99,6 +100,7 @@ class Denial:
     path: str
     rule: str
     is_dir: bool = False
+    pid: int = 0  # the thread that asked
 
 
 # ---- reading the target ----------------------------------------------------------------------------------
@@ -205,18 +207,21 @@ class NotifyLoop(threading.Thread):
         rights: RightsIndex,
         access: AccessIndex,
         on_decision: Callable[[str, Denial], None],
+        consent: Callable[[str, str, str, bool, Callable[[], bool]], bool] | None = None,
     ) -> None:
         super().__init__(name=f"nono-notify-{listener}", daemon=True)
         self.listener = listener
         self.rights = rights
         self.access = access
         self.on_decision = on_decision
+        self.consent = consent  # the human, asked while the syscall waits (or None)
         self._reader = _Reader()
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
         self._resp = bytearray(_RESP.size)
         self._id = bytearray(_ID.size)
         self._addfd = bytearray(_ADDFD.size)
+        self._current = self._tid = 0
         self._handlers = {
             nr: (trap, getattr(self, f"_on_{trap.kind}")) for nr, trap in _trap_numbers().items()
         }
@@ -259,6 +264,7 @@ class NotifyLoop(threading.Thread):
             self._respond(nid, Deny(errno.ENOSYS))
             return
         trap, handler = entry
+        self._current, self._tid = nid, tid  # for a question held on this syscall, and for its report
         paths = []
         for dirfd_arg, path_arg in trap.paths:
             path = read_child_path(
@@ -332,11 +338,18 @@ class NotifyLoop(threading.Thread):
         return CONTINUE if self.rights.allows(path, needed) else None
 
     def _deny(self, op: str, path: str, rule: str, is_dir: bool = False) -> Deny:
-        return Deny(errno.EACCES, Denial(op, path, rule, is_dir))
+        return Deny(errno.EACCES, Denial(op, path, rule, is_dir, self._tid))
 
     def _check(self, op: str, path: str) -> Deny | None:
+        """None if the policy, or failing that the human, allows ``op`` on the resolved ``path``."""
         verdict = self.access.verdict(path, op)
-        return None if verdict.allowed else self._deny(op, path, verdict.rule, os.path.isdir(path))
+        if verdict.allowed:
+            return None
+        is_dir = os.path.isdir(path)
+        alive = functools.partial(self._still_valid, self._current)
+        if self.consent is not None and self.consent(op, path, verdict.rule, is_dir, alive):
+            return None
+        return self._deny(op, path, verdict.rule, is_dir)
 
     def _on_open(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
         path = paths[0]
