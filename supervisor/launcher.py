@@ -63,7 +63,7 @@ def run_agent(session: Session, socket_path: Path, argv: list[str], interpose: P
     """
     env = agent_env(session, socket_path, interpose)
     try:
-        path = _resolve(argv[0], env)
+        path = _resolve(argv[0], session.env)  # the real program: the shims are for what the agent runs
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         return 127
@@ -72,7 +72,7 @@ def run_agent(session: Session, socket_path: Path, argv: list[str], interpose: P
     text = " ".join(argv)
     report = CommandReport(session.audit, session.policy, "agent", argv, session.workdir)
     asker = session.prompter if session.prompt_mode() == "tty" else None
-    consent = Consent(session, "agent", text, asker)
+    consent = Consent(session, "agent", text, asker, per_process=True)
     start = functools.partial(
         start_sandboxed,
         session,

@@ -47,7 +47,7 @@ _PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt"}
 _SECTION_KEYS = {
     "filesystem": set(GRANT_LISTS) | {"deny"},
     "network": {"block"},
-    "prompt": {"mode", "timeout"},
+    "prompt": {"mode", "timeout", "quiet"},
 }
 _MAX_EXTENDS_DEPTH = 16  # a chain longer than this is a cycle or a mistake
 
@@ -108,6 +108,7 @@ class Policy:
     tmpdir: str
     platform: str
     sources: tuple[str, ...] = field(default=())  # the profile files read, base first
+    prompt_quiet: tuple[str, ...] = ()  # deny rules whose denials are final without a question
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +176,9 @@ def _validate(data: dict[str, Any], origin: str) -> None:
     mode = data.get("prompt", {}).get("mode", "auto")
     if mode not in PROMPT_MODES:
         raise UsageError(f"{origin}: 'prompt.mode' must be one of {', '.join(PROMPT_MODES)}")
+    quiet = data.get("prompt", {}).get("quiet", [])
+    if not isinstance(quiet, list) or not all(isinstance(q, str) and q.startswith("group:") for q in quiet):
+        raise UsageError(f"{origin}: 'prompt.quiet' must be a list of group:NAME")
     timeout = data.get("prompt", {}).get("timeout", 60)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise UsageError(f"{origin}: 'prompt.timeout' must be a positive number of seconds")
@@ -248,6 +252,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
     net_block = False
     prompt = "auto"
     timeout: float = 60
+    quiet: list[str] = []
     for label, data in chain:
         fs = data.get("filesystem", {})
         for key, (access, kind) in GRANT_LISTS.items():
@@ -258,6 +263,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         net_block = data.get("network", {}).get("block", net_block)
         prompt = data.get("prompt", {}).get("mode", prompt)
         timeout = data.get("prompt", {}).get("timeout", timeout)
+        quiet += data.get("prompt", {}).get("quiet", [])
     for key, (access, kind) in GRANT_LISTS.items():
         flag = "--" + key.replace("_", "-")
         for raw in getattr(options, key):
@@ -280,4 +286,5 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         tmpdir=ctx.tmpdir,
         platform=ctx.platform,
         sources=tuple(label for label, _ in chain),
+        prompt_quiet=tuple(dict.fromkeys(quiet)),
     )

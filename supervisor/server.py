@@ -186,7 +186,7 @@ class Server:
         """One question per denial of the failed command; the grants for its retry."""
         granted = []
         for denial in report.denials():
-            if denial.rule == "never-grantable":
+            if denial.rule == "never-grantable" or denial.rule in self.session.policy.prompt_quiet:
                 continue
             question = Question(
                 consent.command_text, denial.op, self.session.policy.display(denial.path), denial.rule

@@ -207,7 +207,7 @@ class NotifyLoop(threading.Thread):
         rights: RightsIndex,
         access: AccessIndex,
         on_decision: Callable[[str, Denial], None],
-        consent: Callable[[str, str, str, bool, Callable[[], bool]], bool] | None = None,
+        consent: Callable[..., bool] | None = None,
     ) -> None:
         super().__init__(name=f"nono-notify-{listener}", daemon=True)
         self.listener = listener
@@ -347,7 +347,7 @@ class NotifyLoop(threading.Thread):
             return None
         is_dir = os.path.isdir(path)
         alive = functools.partial(self._still_valid, self._current)
-        if self.consent is not None and self.consent(op, path, verdict.rule, is_dir, alive):
+        if self.consent is not None and self.consent(op, path, verdict.rule, is_dir, alive, self._tid):
             return None
         return self._deny(op, path, verdict.rule, is_dir)
 
