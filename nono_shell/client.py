@@ -116,10 +116,15 @@ def run(argv: list[str]) -> int:
             return message.status()
 
 
-def main() -> None:
-    """Console entry point; also what the bash-named shims run."""
+def main(from_shim: bool = False) -> None:
+    """Console entry point; also what the bash-named shims run (``from_shim``)."""
+    argv = list(sys.argv)
+    if from_shim:
+        # The kernel put the shim's own path in argv[0] when it ran the script; the caller's name for
+        # the shell is gone. Its basename is what `bash -c 'echo $0'` shows, without the runtime dir.
+        argv[0] = os.path.basename(argv[0])
     try:
-        status = run(list(sys.argv))
+        status = run(argv)
     except _Failure as e:
         os.write(2, f"nono-shell: {e}\n".encode(errors="replace"))
         status = EXIT_FAILURE

@@ -24,7 +24,7 @@ try:
 except ImportError as e:
     sys.stderr.write(f"nono-shell: cannot load nono-shell from {root!r}: {{e}}\\n")
     sys.exit(125)
-main()
+main(from_shim=True)
 """
 
 

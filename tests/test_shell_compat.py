@@ -104,3 +104,10 @@ def test_closed_stdin_stays_closed(supervisor):
         return supervisor.home.run(["bash", "-c", outer], env=supervisor.env).stdout
 
     assert closed_stdin("bash") == closed_stdin(str(supervisor.shims / "bash")) == "rc=1\n"
+
+
+def test_dollar_zero_names_the_shell_not_the_shim_path(supervisor):
+    result = supervisor.shell("-c", "echo $0; no-such-command-nono")
+    assert result.stdout == "bash\n"
+    assert result.stderr.startswith("bash: line 1: no-such-command-nono")
+    assert str(supervisor.shims) not in result.stderr
