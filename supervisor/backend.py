@@ -59,7 +59,9 @@ def start_sandboxed(
         access = session.access_index(policy)
 
         def start_loop(listener: int) -> NotifyLoop:
-            loop = NotifyLoop(listener, rights, access, on_decision or (lambda *_: None), consent)
+            loop = NotifyLoop(
+                listener, rights, access, on_decision or (lambda *_: None), consent, session.own_sockets()
+            )
             loop.start()
             return loop
 

@@ -44,7 +44,7 @@ class Consent:
         False when the waiting syscall is gone (the command was killed): the question is then withdrawn."""
         if rule == "never-grantable" or rule in self.session.policy.prompt_quiet:
             return False
-        if op in ("read", "exec") and not os.path.lexists(path):
+        if op in ("read", "exec", "connect") and not os.path.lexists(path):
             return False  # a probe for an optional file (~/.inputrc): the answer could only be ENOENT
         key = self._key(op, path, tid)
         with self._lock:

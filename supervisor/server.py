@@ -43,6 +43,7 @@ class Server:
     def __init__(self, session: Session, socket_path: Path, verbose: int = 0) -> None:
         self.session = session
         self.socket_path = socket_path
+        session.socket_path = socket_path
         self.verbose = verbose
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket is ours alone; the 0700 directory is the real fence

@@ -62,6 +62,7 @@ class Session:
     shims_dir: Path | None = None
     audit_path: Path | None = None
     trap: bool = True  # seccomp user notification on top of Landlock (False: --no-trap, Landlock only)
+    socket_path: Path | None = None  # where this session's supervisor listens, if it does
 
     def __post_init__(self) -> None:
         self.home = self.env.get("HOME") or os.path.expanduser("~")
@@ -165,6 +166,10 @@ class Session:
         if self.shims_dir:
             needed.add(str(self.shims_dir))
         return [Grant(p, "read", "dir", "route") for p in sorted(needed)]
+
+    def own_sockets(self) -> frozenset[str]:
+        """Unix sockets every sandboxed process may connect to: the supervisor's (nested nono-shell)."""
+        return frozenset([os.path.realpath(self.socket_path)] if self.socket_path else [])
 
     def terminal_grants(self, stdio: tuple[int, int, int]) -> list[Grant]:
         """The terminal a command was handed on its stdio may also be reopened by name (programs open

@@ -19,6 +19,7 @@ import fcntl
 import functools
 import os
 import select
+import socket
 import struct
 import threading
 from collections.abc import Callable
@@ -146,6 +147,14 @@ class _Reader:
             return None
         return self.buffer.raw[:got]
 
+    def read_exactly(self, tid: int, address: int, size: int) -> bytes | None:
+        """``size`` bytes at ``address`` (any size), or None if they are not all readable."""
+        buffer = ctypes.create_string_buffer(size)
+        local = _IoVec(ctypes.addressof(buffer), size)
+        remote = _IoVec(address, size)
+        got = _libc.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        return buffer.raw[:size] if got == size else None
+
     def read_path(self, tid: int, address: int) -> bytes | None:
         data = self.read(tid, address)
         if data is None:
@@ -208,6 +217,7 @@ class NotifyLoop(threading.Thread):
         access: AccessIndex,
         on_decision: Callable[[str, Denial], None],
         consent: Callable[..., bool] | None = None,
+        allowed_sockets: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(name=f"nono-notify-{listener}", daemon=True)
         self.listener = listener
@@ -215,6 +225,7 @@ class NotifyLoop(threading.Thread):
         self.access = access
         self.on_decision = on_decision
         self.consent = consent  # the human, asked while the syscall waits (or None)
+        self.allowed_sockets = allowed_sockets  # the supervisor's own socket: nested routing
         self._reader = _Reader()
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
@@ -481,6 +492,69 @@ class NotifyLoop(threading.Thread):
         emulate.link(src, dst)
         return Value(0, Denial("create", dst, "policy"))
 
+    def _on_connect(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
+        def connect(sock: int, address: bytes) -> int:
+            return _libc.connect(sock, address, len(address))
+
+        return self._unix_destination(tid, args[0], args[1], args[2], connect)
+
+    def _on_sendto(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
+        size = args[2]
+        if size > MAX_DATAGRAM:
+            return Deny(errno.EMSGSIZE)
+        data = self._reader.read_exactly(tid, args[1], size) if size else b""
+        if data is None:
+            return Deny(errno.EFAULT)
+
+        def sendto(sock: int, address: bytes) -> int:
+            return _libc.sendto(sock, data, len(data), args[3] & 0xFFFFFFFF, address, len(address))
+
+        return self._unix_destination(tid, args[0], args[4], args[5], sendto)
+
+    def _unix_destination(
+        self, tid: int, fd: int, address: int, length: int, act: Callable[[int, bytes], int]
+    ) -> Decision:
+        """Decide a socket destination. Only a unix socket's path needs us: the socket's own family is read
+        from the socket (it cannot change), so a sockaddr swapped in memory cannot turn TCP into unix."""
+        sock = _target_fd(tid, fd & 0xFFFFFFFF)
+        try:
+            if _domain(sock) != socket.AF_UNIX:
+                # Not a unix socket: the kernel's own rules (Landlock TCP rules under --net-block) apply.
+                return CONTINUE
+            raw = self._reader.read(tid, address, min(length, _SOCKADDR_UN_MAX))
+            if raw is None or len(raw) < 3 or struct.unpack_from("=H", raw)[0] != socket.AF_UNIX:
+                return Deny(errno.EACCES if raw else errno.EFAULT)
+            name = raw[2:]
+            if name[:1] == b"\0":
+                # Abstract: connecting from here would step out of the command's Landlock scope, and a
+                # CONTINUE could be swapped for a path. Refused.
+                return self._deny("connect", "@" + os.fsdecode(name[1:].split(b"\0")[0]), "abstract socket")
+            path = os.fsdecode(name.split(b"\0")[0])
+            if not path.startswith("/"):
+                path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
+            real = os.path.realpath(path)
+            if not os.path.exists(real):
+                return Deny(errno.ENOENT)  # as the kernel would say (Landlock does not hide existence either)
+            if real not in self.allowed_sockets:
+                denied = self._check("connect", real)
+                if denied:
+                    return denied
+            # Connect through an O_PATH fd on the checked inode, not the path: a symlink swapped in after
+            # the check cannot redirect it.
+            pinned = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if os.readlink(f"/proc/self/fd/{pinned}") != real:
+                    return Deny(errno.EACCES)
+                address_bytes = struct.pack("=H", socket.AF_UNIX) + f"/proc/self/fd/{pinned}".encode() + b"\0"
+                result = act(sock, address_bytes)
+                if result < 0:
+                    return Deny(ctypes.get_errno())
+                return Value(result, Denial("connect", real, "policy"))
+            finally:
+                os.close(pinned)
+        finally:
+            os.close(sock)
+
     def _on_truncate(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
         fast = self._continue(paths[0], _A["truncate"] | _A["write_file"])
         if fast:
@@ -493,11 +567,51 @@ class NotifyLoop(threading.Thread):
         return Value(0, Denial("write", real, "policy"))
 
 
+def _domain(sock: int) -> int:
+    value = ctypes.c_int(0)
+    size = ctypes.c_uint(ctypes.sizeof(value))
+    if _libc.getsockopt(sock, socket.SOL_SOCKET, _SO_DOMAIN, ctypes.byref(value), ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return value.value
+
+
 @cache
 def _trap_numbers() -> dict[int, Trap]:
     import pyseccomp
 
     return {pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name): trap for trap in TRAPS}
+
+
+# Datagrams the supervisor sends on a command's behalf are read from its memory first; larger ones are
+# refused (EMSGSIZE) rather than buffered without bound.
+MAX_DATAGRAM = 256 * 1024
+_SOCKADDR_UN_MAX = 110  # sa_family_t + sun_path[108]
+_SO_DOMAIN = 39
+_SYS_PIDFD_GETFD = 438
+_libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.sendto.restype = ctypes.c_ssize_t
+_libc.sendto.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+]
+
+
+def _target_fd(tid: int, fd: int) -> int:
+    """A duplicate of the target's ``fd`` (the same open socket: connecting it connects theirs)."""
+    pidfd = os.pidfd_open(tid)
+    try:
+        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return got
+    finally:
+        os.close(pidfd)
 
 
 def _open_rights(flags: int) -> int:

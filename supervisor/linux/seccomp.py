@@ -30,6 +30,7 @@ class Trap:
     paths: tuple[tuple[int | None, int], ...]
     flags_arg: int | None = None  # open flags, unlinkat/renameat2/linkat/execveat flags
     mode_arg: int | None = None
+    nonzero_arg: int | None = None  # trap only when this argument is not 0 (decided in BPF, race-free)
 
 
 TRAPS: tuple[Trap, ...] = (
@@ -53,6 +54,10 @@ TRAPS: tuple[Trap, ...] = (
     Trap("symlink", "symlink", ((None, 1),)),
     Trap("symlinkat", "symlink", ((1, 2),)),
     Trap("truncate", "truncate", ((None, 0),)),
+    # Unix sockets reach unsandboxed processes (ssh-agent, docker.sock) and Landlock < ABI 9 cannot stop
+    # them: the destination is decided here. sendto only with an address (a register, so no race).
+    Trap("connect", "connect", ()),
+    Trap("sendto", "sendto", (), nonzero_arg=4),
 )
 
 # Syscalls that step around the path traps, refused outright with EPERM.
@@ -76,7 +81,10 @@ def build_program() -> bytes:
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     for trap in TRAPS:
-        flt.add_rule(pyseccomp.NOTIFY, trap.name)
+        if trap.nonzero_arg is None:
+            flt.add_rule(pyseccomp.NOTIFY, trap.name)
+        else:
+            flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(trap.nonzero_arg, pyseccomp.NE, 0))
     for name in BLOCKED:
         flt.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
     for request in BLOCKED_IOCTLS:
