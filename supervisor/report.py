@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from dataclasses import dataclass
@@ -12,22 +11,6 @@ from supervisor.audit import AuditLog
 from supervisor.policy import Policy
 
 __all__ = ["CommandReport", "Denied"]
-
-_SYS_PIDFD_GETFD = 438
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _steal_fd(pid: int, fd: int) -> int:
-    """A duplicate of ``fd`` of process ``pid`` (same open file: offsets and O_APPEND are shared)."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if got < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return got
-    finally:
-        os.close(pidfd)
 
 
 @dataclass(frozen=True)
@@ -88,7 +71,9 @@ class CommandReport:
         if not first or not what.pid:
             return
         try:
-            stderr = _steal_fd(what.pid, 2)
+            from supervisor.linux.notify import target_fd  # only the Linux backend reports a pid
+
+            stderr = target_fd(what.pid, 2)
         except OSError:
             return  # gone, or not ours to reach: the audit log has it
         try:

@@ -9,11 +9,12 @@ and ``O_CREAT``/``O_TRUNC`` cannot act outside what was checked (DESIGN.md invar
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 __all__ = ["open_checked", "remove", "mkdir", "symlink", "rename", "link", "truncate"]
 
@@ -70,56 +71,39 @@ def open_checked(real: str, flags: int, mode: int, recheck: Callable[[str], obje
     return fd
 
 
-def remove(real: str, directory: bool) -> None:
+@contextlib.contextmanager
+def _in_parent(real: str) -> Iterator[tuple[int, str]]:
     parent, name = _open_parent(real)
     try:
-        (os.rmdir if directory else os.unlink)(name, dir_fd=parent)
+        yield parent, name
     finally:
         os.close(parent)
+
+
+def remove(real: str, directory: bool) -> None:
+    with _in_parent(real) as (parent, name):
+        (os.rmdir if directory else os.unlink)(name, dir_fd=parent)
 
 
 def mkdir(real: str, mode: int) -> None:
-    parent, name = _open_parent(real)
-    try:
+    with _in_parent(real) as (parent, name):
         os.mkdir(name, mode, dir_fd=parent)
-    finally:
-        os.close(parent)
 
 
 def symlink(target: str, real: str) -> None:
-    parent, name = _open_parent(real)
-    try:
+    with _in_parent(real) as (parent, name):
         os.symlink(target, name, dir_fd=parent)
-    finally:
-        os.close(parent)
 
 
 def rename(src: str, dst: str, flags: int) -> None:
-    src_parent, src_name = _open_parent(src)
-    try:
-        dst_parent, dst_name = _open_parent(dst)
-        try:
-            if (
-                _libc.renameat2(src_parent, os.fsencode(src_name), dst_parent, os.fsencode(dst_name), flags)
-                != 0
-            ):
-                raise _fail(ctypes.get_errno())
-        finally:
-            os.close(dst_parent)
-    finally:
-        os.close(src_parent)
+    with _in_parent(src) as (src_parent, src_name), _in_parent(dst) as (dst_parent, dst_name):
+        if _libc.renameat2(src_parent, os.fsencode(src_name), dst_parent, os.fsencode(dst_name), flags) != 0:
+            raise _fail(ctypes.get_errno())
 
 
 def link(src: str, dst: str) -> None:
-    src_parent, src_name = _open_parent(src)
-    try:
-        dst_parent, dst_name = _open_parent(dst)
-        try:
-            os.link(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False)
-        finally:
-            os.close(dst_parent)
-    finally:
-        os.close(src_parent)
+    with _in_parent(src) as (src_parent, src_name), _in_parent(dst) as (dst_parent, dst_name):
+        os.link(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False)
 
 
 def truncate(real: str, length: int, recheck: Callable[[str], object]) -> None:

@@ -31,7 +31,7 @@ from supervisor.linux import emulate
 from supervisor.linux.landlock import ACCESS_FS, RightsIndex
 from supervisor.linux.seccomp import TRAPS, Trap
 
-__all__ = ["NotifyLoop", "Denial", "Decision", "read_child_path"]
+__all__ = ["NotifyLoop", "Denial", "Decision", "read_child_path", "target_fd"]
 
 # KERNEL-NOTES.md: ioctl numbers and struct layouts, checked on the CI kernel.
 _IOCTL_RECV = 0xC0502100
@@ -516,7 +516,7 @@ class NotifyLoop(threading.Thread):
     ) -> Decision:
         """Decide a socket destination. Only a unix socket's path needs us: the socket's own family is read
         from the socket (it cannot change), so a sockaddr swapped in memory cannot turn TCP into unix."""
-        sock = _target_fd(tid, fd & 0xFFFFFFFF)
+        sock = target_fd(tid, fd & 0xFFFFFFFF)
         try:
             if _domain(sock) != socket.AF_UNIX:
                 # Not a unix socket: the kernel's own rules (Landlock TCP rules under --net-block) apply.
@@ -601,7 +601,7 @@ _libc.sendto.argtypes = [
 ]
 
 
-def _target_fd(tid: int, fd: int) -> int:
+def target_fd(tid: int, fd: int) -> int:
     """A duplicate of the target's ``fd`` (the same open socket: connecting it connects theirs)."""
     pidfd = os.pidfd_open(tid)
     try:
