@@ -215,11 +215,13 @@ def test_tiocsti_from_the_agent_cannot_answer_its_own_question(home):
         "print(open(__import__('os').path.expanduser('~/.aws/credentials')).read())"
     )
     child = _spawn(home, "run", "--no-interpose", "--prompt", "tty", "--", "python3", "-c", code)
-    child.expect_exact("refused 1")
-    child.expect_exact(QUESTION)
+    child.expect_exact(QUESTION)  # the agent's output may wait behind the question (the proxy is paused)
+    seen = child.before
     child.send("d")
     child.expect(pexpect.EOF)
-    assert SECRET not in child.before
+    seen += child.before
+    assert "refused 1" in seen and "\ntyped" not in seen
+    assert SECRET not in seen
 
 
 def test_sandbox_cannot_write_the_grant_store(home):
