@@ -127,7 +127,13 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         for path in policy.protected:
             print(f"  no-write   {policy.display(path)}  [never-grantable]")
         print(f"network: {'blocked' if policy.net_block else 'allowed'}")
-        print(f"prompt:  {policy.prompt}")
+        print(f"prompt:  {policy.prompt} (now: {session.prompt_mode()})")
+        layers = (
+            "Landlock only (--no-trap): no reports, no emulated grants"
+            if not session.trap
+            else ("Landlock + seccomp user notification (reports, emulated grants, questions)")
+        )
+        print(f"enforced by: {layers}")
         if sys.platform.startswith("linux"):
             for note in _landlock_plan(session).notes:
                 print(f"note: {note}")

@@ -123,3 +123,22 @@ def test_unknown_flag_and_bad_profile_are_usage_errors_on_one_line(home, tmp_pat
         assert len(result.stderr.strip().splitlines()) == 1
     result = home.run([SUPERVISOR, "exec", "--profile", str(bad), "--", "true"])
     assert str(bad) in result.stderr and "filesystem.frobnicate" in result.stderr
+
+
+def test_log_reads_denials_by_command_and_as_json(home):
+    home.run([SUPERVISOR, "exec", "--", "cat", str(home.key)])
+    home.run([SUPERVISOR, "exec", "--", "true"])
+    import json
+
+    lines = home.run([SUPERVISOR, "log", "--denials", "--json"]).stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["path"] for r in records] == [str(home.key)] and records[0]["decision"] == "deny"
+    command = records[0]["command"]
+    text = home.run([SUPERVISOR, "log", "--command", command]).stdout
+    assert str(home.key) in text and "start" in text
+    assert home.run([SUPERVISOR, "log"]).stdout.count("start") == 2
+
+
+def test_policy_says_what_enforces_it(home):
+    assert "seccomp" in home.run([SUPERVISOR, "policy"]).stdout
+    assert "Landlock only" in home.run([SUPERVISOR, "policy", "--no-trap"]).stdout
