@@ -122,11 +122,15 @@ class Policy:
         return path
 
 
-def expand(raw: str, ctx: Context, where: str) -> str:
+def expand(raw: str, ctx: Context, where: str, grant: bool = True) -> str:
     """``~``, ``$HOME``, ``$WORKDIR``, ``$TMPDIR`` and relative paths (against the workdir), normalised."""
     if not isinstance(raw, str) or not raw:
         raise UsageError(f"{where}: expected a path, got {raw!r}")
     value = raw
+    uses_home = value == "~" or value.startswith("~/") or "$HOME" in value or "${HOME}" in value
+    if grant and uses_home and (not ctx.home or os.path.normpath(ctx.home) == "/"):
+        # An empty HOME would turn "--allow ~" into "--allow /". (A deny of "/.ssh" is harmless.)
+        raise UsageError(f"{where}: {raw!r} needs $HOME, which is unset or '/'")
     if value == "~" or value.startswith("~/"):
         value = ctx.home + value[1:]
     for name, replacement in (("HOME", ctx.home), ("WORKDIR", ctx.workdir), ("TMPDIR", ctx.tmpdir)):
@@ -259,7 +263,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
             for raw, source in _entries(fs.get(key, []), groups, f"profile {label}"):
                 grants.append(Grant(expand(raw, ctx, f"{label}: filesystem.{key}"), access, kind, source))
         for raw, source in _entries(fs.get("deny", []), groups, f"profile {label}"):
-            denies.append(Deny(expand(raw, ctx, f"{label}: filesystem.deny"), source))
+            denies.append(Deny(expand(raw, ctx, f"{label}: filesystem.deny", grant=False), source))
         net_block = data.get("network", {}).get("block", net_block)
         prompt = data.get("prompt", {}).get("mode", prompt)
         timeout = data.get("prompt", {}).get("timeout", timeout)
@@ -268,7 +272,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         flag = "--" + key.replace("_", "-")
         for raw in getattr(options, key):
             grants.append(Grant(expand(raw, ctx, flag), access, kind, flag))
-    denies.extend(Deny(expand(raw, ctx, "--deny"), "--deny") for raw in options.deny)
+    denies.extend(Deny(expand(raw, ctx, "--deny", grant=False), "--deny") for raw in options.deny)
     if options.prompt is not None:
         if options.prompt not in PROMPT_MODES:
             raise UsageError(f"--prompt: must be one of {', '.join(PROMPT_MODES)}")

@@ -142,3 +142,9 @@ def test_log_reads_denials_by_command_and_as_json(home):
 def test_policy_says_what_enforces_it(home):
     assert "seccomp" in home.run([SUPERVISOR, "policy"]).stdout
     assert "Landlock only" in home.run([SUPERVISOR, "policy", "--no-trap"]).stdout
+
+
+def test_allow_home_with_an_empty_home_is_refused_not_widened_to_root(home):
+    env = {**home.env, "HOME": ""}
+    result = home.run([SUPERVISOR, "exec", "--allow", "~", "--", "cat", "/etc/hostname"], env=env)
+    assert result.returncode == 2 and "$HOME" in result.stderr
