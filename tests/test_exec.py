@@ -148,3 +148,20 @@ def test_allow_home_with_an_empty_home_is_refused_not_widened_to_root(home):
     env = {**home.env, "HOME": ""}
     result = home.run([SUPERVISOR, "exec", "--allow", "~", "--", "cat", "/etc/hostname"], env=env)
     assert result.returncode == 2 and "$HOME" in result.stderr
+
+
+def test_sandboxed_root_has_no_capabilities_and_cannot_read_the_supervisors_environ(home):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("only root has capabilities to drop")
+    supervisor_pid = 'awk "{print \\$4}" /proc/$PPID/stat'  # the command's parent is the keeper
+    script = f"grep CapEff /proc/self/status; cat /proc/$({supervisor_pid})/environ; echo rc=$?"
+    env = {**home.env, "NONO_TEST_SUPERVISOR_SECRET": "env-secret-9b1"}
+    result = home.run([SUPERVISOR, "exec", "--", "bash", "-c", script], env=env)
+    assert "CapEff:\t0000000000000000" in result.stdout
+    assert "env-secret-9b1" not in result.stdout and "rc=1" in result.stdout
+    # Twin: an unsandboxed process of the same user reads another's environ (here a child's, which holds it).
+    twin_script = "grep CapEff /proc/self/status; sleep 5 & sleep 0.2; cat /proc/$!/environ; kill $!"
+    twin = home.run(["bash", "-c", twin_script], env=env)
+    assert "CapEff:\t0000000000000000" not in twin.stdout and "env-secret-9b1" in twin.stdout

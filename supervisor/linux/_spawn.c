@@ -215,6 +215,16 @@ static void _Noreturn exec_command(const struct plan *p) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         fail(p->errpipe, "no_new_privs", errno);
 
+    /* 2b. Root keeps its capabilities across exec unless the bounding set is empty: CAP_SYS_PTRACE would let
+     *     it read the supervisor's /proc/PID/environ, CAP_DAC_OVERRIDE other users' files, CAP_SYS_ADMIN
+     *     mount over the policy. A sandboxed root is uid 0 with no capabilities. (An unprivileged caller
+     *     has none to drop, and no CAP_SETPCAP to drop them with.) */
+    if (geteuid() == 0) {
+        for (int cap = 0; cap <= 63; cap++)
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+                fail(p->errpipe, "capbset_drop", errno);
+    }
+
     /* 3. Landlock: the static baseline; from here on the filesystem is what the policy grants. */
     if (p->ruleset_fd >= 0) {
         if (syscall(SYS_landlock_restrict_self, p->ruleset_fd, p->landlock_flags) != 0)
