@@ -29,8 +29,10 @@ def start_sandboxed(
     on_decision: Callable[[str, object], None] | None = None,
     consent: Callable[[str, str, str, bool], bool] | None = None,
     trap: bool = True,
-):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, pid, keeper, notify)
+):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
+
+    Linux: Landlock (+ seccomp user notification). macOS: a Seatbelt profile (``supervisor.macos.launch``).
 
     With ``trap``, path syscalls are also sent to the supervisor (seccomp user notification on Linux), so
     denials are seen and reported through ``on_decision(decision, denial)`` and grants Landlock cannot
@@ -66,6 +68,16 @@ def start_sandboxed(
             return loop
 
         return sandbox.start(plan, launch, (seccomp.build_program(), seccomp.FILTER_FLAGS), start_loop)
+    if sys.platform == "darwin":
+        # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
+        # to act on. Denials come from ``log stream`` once the command has ended (supervisor.macos.launch).
+        # ``session.policy`` is resolved for Linux; ``macos.launch.macos_policy`` re-resolves it for macOS
+        # and carries over the grants a human added to it.
+        from supervisor.macos import launch as macos_launch
+
+        return macos_launch.start(
+            session, policy or session.policy, path, argv, env, cwd, stdio, ctty=ctty, on_decision=on_decision
+        )
     raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
 
 

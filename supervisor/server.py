@@ -202,15 +202,15 @@ class Server:
         """Forward signals until the command ends; if the client goes away, kill the command's tree.
         Returns the wait status and whether the client is still there."""
         conn.settimeout(None)
-        pidfd = os.pidfd_open(process.keeper)
+        exit_fd = process.exit_fd()  # readable once the command has ended (a pidfd on Linux, a pipe on macOS)
         try:
             poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
+            poller.register(exit_fd, select.POLLIN)
             poller.register(conn, select.POLLIN)
             client_alive = True
             while process.poll() is None:
                 for fd, _events in poller.poll():
-                    if fd == pidfd or not client_alive:
+                    if fd == exit_fd or not client_alive:
                         continue
                     if not self._client_message(conn, decoder, conversation, process):
                         client_alive = False
@@ -218,7 +218,7 @@ class Server:
                         process.kill_tree()
             return process.wait(), client_alive
         finally:
-            os.close(pidfd)
+            os.close(exit_fd)
 
     def _client_message(self, conn, decoder, conversation, process) -> bool:
         """Handle what the client sent; False when the client is gone or broke the protocol."""

@@ -76,6 +76,11 @@ class Process:
             _, self.status = os.waitpid(self.keeper, 0)
         return self.status
 
+    def exit_fd(self) -> int:
+        """A new fd, the caller's to close, that polls readable once the command has ended: a pidfd of the
+        keeper (which mirrors the command's exit)."""
+        return os.pidfd_open(self.keeper)
+
     def poll(self) -> int | None:
         if self.status is None:
             pid, status = os.waitpid(self.keeper, os.WNOHANG)

@@ -13,9 +13,10 @@ Parent (``spawn``), in order:
   3. Write the plan to R, then read W until EOF: EOF means exec happened; a line means a step failed.
 
 Child (``main``), in order:
-  1. Read the plan, close its fd; mark the status fd close-on-exec.
+  1. Read the plan, close its fd; mark the status fd close-on-exec. With ``ctty``, make stdin the
+     controlling terminal (the parent started the helper in a new session).
   2. ``sandbox_init(profile, 0, &err)``: from here on the process and everything it execs is confined.
-  3. ``execve`` the command.
+  3. ``execve`` the command (``program``, or ``argv[0]``), in place: its pid is the helper's.
 
 The helper's own environment is minimal and its interpreter isolated (``-I``) because until step 2 it runs
 unconfined in the command's working directory: DYLD_INSERT_LIBRARIES, PYTHONPATH or a ``supervisor/``
@@ -46,6 +47,7 @@ __all__ = [
     "load_libsandbox",
     "prepare",
     "apply_and_exec",
+    "take_terminal",
     "helper_argv",
     "spawn",
     "Started",
@@ -132,21 +134,41 @@ def load_libsandbox(
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything the child needs, built in the parent: the profile, the program's path, argv and env."""
+    """Everything the child needs, built in the parent: the profile, the program's path, argv and env.
+
+    ``program`` is the file to exec when it is not ``argv[0]`` (the supervisor runs the real shell with the
+    shim's argv, ``$0`` included); ``ctty`` makes the inherited stdin the command's controlling terminal
+    (the agent's pty under ``run``).
+    """
 
     profile: str
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    program: str = ""
+    ctty: bool = False
 
     def __post_init__(self) -> None:
-        if not self.argv or not os.path.isabs(self.argv[0]):
-            raise SandboxError("launch plan: argv[0] must be an absolute path")
-        if "\0" in self.profile or any("\0" in a for a in self.argv):
-            raise SandboxError("launch plan: NUL byte in the profile or argv")
+        if not self.argv:
+            raise SandboxError("launch plan: empty argv")
+        if not os.path.isabs(self.executable):
+            what = "program" if self.program else "argv[0]"
+            raise SandboxError(f"launch plan: {what} must be an absolute path")
+        if "\0" in self.profile or "\0" in self.program or any("\0" in a for a in self.argv):
+            raise SandboxError("launch plan: NUL byte in the profile, program or argv")
+
+    @property
+    def executable(self) -> str:
+        """The file execve gets."""
+        return self.program or self.argv[0]
 
     def encode(self) -> bytes:
         # Non-UTF-8 argv/env bytes arrive as lone surrogates (surrogateescape); JSON carries them as \udcXX.
-        return json.dumps({"profile": self.profile, "argv": self.argv, "env": self.env}).encode("ascii")
+        raw = {"profile": self.profile, "argv": self.argv, "env": self.env}
+        if self.program:
+            raw["program"] = self.program
+        if self.ctty:
+            raw["ctty"] = True
+        return json.dumps(raw).encode("ascii")
 
     @classmethod
     def decode(cls, data: bytes) -> LaunchPlan:
@@ -156,22 +178,40 @@ class LaunchPlan:
                 profile=str(raw["profile"]),
                 argv=tuple(str(a) for a in raw["argv"]),
                 env=tuple((str(k), str(v)) for k, v in raw["env"]),
+                program=str(raw.get("program", "")),
+                ctty=raw.get("ctty", False) is True,
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SandboxError(f"launch plan: unreadable ({e})") from e
 
 
-def prepare(profile: str, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> LaunchPlan:
-    """The plan for one command. PATH lookup happens here, in the parent, with the command's PATH."""
+def prepare(
+    profile: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+    *,
+    program: str | None = None,
+    ctty: bool = False,
+) -> LaunchPlan:
+    """The plan for one command. PATH lookup happens here, in the parent, with the command's PATH.
+
+    With ``program`` (the supervisor's case: it already found the real shell), that file is exec'd and
+    ``argv`` is kept as given, ``argv[0]`` included; a relative ``program`` is relative to ``cwd``.
+    """
     if not argv:
         raise SandboxError("no command to run")
+    if program is not None:
+        if not os.path.isabs(program):
+            program = os.path.normpath(os.path.join(cwd, program))
+        return LaunchPlan(profile, tuple(argv), tuple(env.items()), program=program, ctty=ctty)
     program = argv[0]
     if "/" not in program:
         found = shutil.which(program, path=env.get("PATH", os.defpath))
         program = found if found else program
     if not os.path.isabs(program):
         program = os.path.normpath(os.path.join(cwd, program))
-    return LaunchPlan(profile, (program, *argv[1:]), tuple(env.items()))
+    return LaunchPlan(profile, (program, *argv[1:]), tuple(env.items()), ctty=ctty)
 
 
 def _exec_target(plan: LaunchPlan, lib: Libsandbox | None, sandbox_exec: str) -> tuple[str, list[str]]:
@@ -181,12 +221,33 @@ def _exec_target(plan: LaunchPlan, lib: Libsandbox | None, sandbox_exec: str) ->
         error = lib.init(plan.profile)
         if error is not None:
             raise SandboxError(f"sandbox_init refused the profile: {error.strip()}")
-        return plan.argv[0], list(plan.argv)
+        return plan.executable, list(plan.argv)
     # No sandbox_init (a libsandbox without the symbol): the same profile through sandbox-exec, which
     # calls it for us. Both missing means there is nothing to enforce the policy with: run nothing.
+    # (sandbox-exec execs its own argv[0], so a separate ``program`` costs the command its argv[0] here.)
     if not os.access(sandbox_exec, os.X_OK):
         raise SandboxError(f"neither sandbox_init ({LIBSANDBOX}) nor {sandbox_exec} is available")
-    return sandbox_exec, [sandbox_exec, "-p", plan.profile, "--", *plan.argv]
+    return sandbox_exec, [sandbox_exec, "-p", plan.profile, "--", plan.executable, *plan.argv[1:]]
+
+
+# TIOCSCTTY from <sys/ttycom.h> (_IO('t', 97)), for a Python whose termios module lacks the name.
+_TIOCSCTTY_DARWIN = 0x20007461
+
+
+def take_terminal(fd: int = 0) -> None:
+    """Make ``fd`` (a terminal) the controlling terminal of this process, a session leader without one.
+
+    The helper is started in a new session (``start_new_session``); BSD does not hand a terminal to a
+    session on open, so it is asked for, as the Linux spawner does with the same ioctl.
+    """
+    import fcntl
+    import termios
+
+    request = getattr(termios, "TIOCSCTTY", _TIOCSCTTY_DARWIN)
+    try:
+        fcntl.ioctl(fd, request, 0)
+    except OSError as e:
+        raise SandboxError(f"cannot make fd {fd} the controlling terminal: {e.strerror or e}") from None
 
 
 def apply_and_exec(
@@ -197,6 +258,8 @@ def apply_and_exec(
     sandbox_exec: str = SANDBOX_EXEC,
 ) -> NoReturn:
     """Steps 2 and 3 in the child. Raises SandboxError (nothing ran) or OSError (exec failed)."""
+    if plan.ctty:
+        take_terminal(0)  # set up before the sandbox, as the Linux spawner does; the command finds it ready
     path, argv = _exec_target(plan, lib, sandbox_exec)
     # Step 3: become the command. The sandbox survives exec; the status fd does not (CLOEXEC).
     execve(path, argv, dict(plan.env))
@@ -255,7 +318,7 @@ def main(
         return EXIT_SANDBOX
     except OSError as e:
         _report(status_fd, "exec", e.errno or 0, e.strerror or str(e))
-        name = plan.argv[0] if plan is not None else "command"
+        name = plan.executable if plan is not None else "command"
         sys.stderr.write(f"nono-shell: {name}: {e.strerror or e}\n")
         return EXIT_NOTFOUND if e.errno == 2 else EXIT_NOEXEC
 
