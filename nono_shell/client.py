@@ -8,7 +8,6 @@ from __future__ import annotations
 import _signal
 import _socket
 import os
-import struct
 import sys
 
 from nono_shell import protocol, transport
@@ -29,7 +28,6 @@ FORWARDED_SIGNALS = (
     _signal.SIGWINCH,
     _signal.SIGCONT,
 )
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class _Failure(Exception):
@@ -37,13 +35,13 @@ class _Failure(Exception):
 
 
 def _connect(path: str) -> _socket.socket:
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | transport.SOCK_CLOEXEC)
     try:
         sock.connect(path)
     except OSError as e:
         sock.close()
         raise _Failure(f"supervisor unreachable at {path}: {e.strerror}") from None
-    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
+    uid = transport.peer_uid(sock)
     if uid != os.getuid():
         sock.close()
         raise _Failure(f"refusing supervisor at {path}: it runs as uid {uid}, not {os.getuid()}")

@@ -6,16 +6,32 @@ which skips importing socket.py and enum to keep every command's start-up short)
 
 from __future__ import annotations
 
+import _socket
 import os
 import struct
-from _socket import CMSG_LEN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET
+from _socket import CMSG_LEN, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET
 
 from nono_shell.protocol import MAX_FDS, Decoder, Message, ProtocolError, encode
 
-__all__ = ["send", "receive", "Closed"]
+__all__ = ["send", "receive", "Closed", "peer_uid", "SOCK_CLOEXEC"]
 
 _CHUNK = 65536
 _FD = struct.Struct("i")
+# Linux sets close-on-exec atomically; macOS has neither flag (its fds are made CLOEXEC by the caller).
+SOCK_CLOEXEC = getattr(_socket, "SOCK_CLOEXEC", 0)
+_MSG_CMSG_CLOEXEC = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+_UCRED = struct.Struct("3i")  # Linux struct ucred: pid, uid, gid
+_XUCRED = struct.Struct("IIh")  # macOS struct xucred: version, uid, ngroups (groups follow)
+_SOL_LOCAL, _LOCAL_PEERCRED = 0, 1
+
+
+def peer_uid(sock) -> int:
+    """The uid of the process at the other end of a connected Unix socket, from the kernel."""
+    if hasattr(_socket, "SO_PEERCRED"):
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
+        return uid
+    raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, 76)  # sizeof(struct xucred) with 16 groups
+    return _XUCRED.unpack_from(raw)[1]
 
 
 class Closed(Exception):
@@ -41,7 +57,7 @@ def receive(sock, decoder: Decoder, fds: list[int] | None = None) -> Message:
         message = decoder.next_message()
         if message is not None:
             return message
-        data, ancillary, flags, _addr = sock.recvmsg(_CHUNK, CMSG_LEN(MAX_FDS * _FD.size), MSG_CMSG_CLOEXEC)
+        data, ancillary, flags, _addr = sock.recvmsg(_CHUNK, CMSG_LEN(MAX_FDS * _FD.size), _MSG_CMSG_CLOEXEC)
         received = [
             fd
             for level, kind, payload in ancillary

@@ -117,7 +117,7 @@ class _Proxy:
     PAUSE_ACK_SECONDS = 2.0
 
     def __init__(self) -> None:
-        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
+        self._wake_read, self._wake_write = os.pipe()  # non-inheritable by default (PEP 446)
         self._asking = threading.Event()
         self._idle = threading.Event()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
 import sys
 import threading
 from dataclasses import replace
@@ -30,7 +29,6 @@ from supervisor.session import Session
 
 __all__ = ["Server"]
 
-_UCRED = struct.Struct("3i")
 # A client that connects and never sends its request would hold a thread forever.
 FIRST_MESSAGE_TIMEOUT = 30.0
 
@@ -45,7 +43,7 @@ class Server:
         self.socket_path = socket_path
         session.socket_path = socket_path
         self.verbose = verbose
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | transport.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket is ours alone; the 0700 directory is the real fence
         try:
             self._listener.bind(str(socket_path))
@@ -98,7 +96,7 @@ class Server:
             conn.close()
 
     def _serve_one(self, conn: socket.socket, fds: list[int]) -> None:
-        _pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        uid = transport.peer_uid(conn)
         if uid != os.getuid():
             raise _Refuse(f"peer uid {uid} is not the supervisor's uid {os.getuid()}")
         conversation = protocol.Conversation("supervisor")

@@ -66,7 +66,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self.home = self.env.get("HOME") or os.path.expanduser("~")
-        self.policy: Policy = self.policy_for("linux")
+        self.policy: Policy = self.policy_for("macos" if sys.platform == "darwin" else "linux")
         self.prompter: Prompter | None = None
         self._grant_lock = threading.Lock()
         exclude = tuple(os.path.realpath(p) for p in (self.shims_dir,) if p)
@@ -118,6 +118,8 @@ class Session:
         mode = self.policy.prompt
         if self.prompter is None or mode == "never":
             return "never"
+        if not sys.platform.startswith("linux"):
+            return "after"  # only the Linux backend can hold a syscall while the human answers
         return "tty" if mode == "auto" else mode
 
     def add_grant(
