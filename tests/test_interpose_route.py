@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_interpose import C_METHODS
 
 import nono_shell
 import supervisor
@@ -176,18 +177,8 @@ PYTHON_SPAWNS = {
 # Every hooked libc function, by how spawn_all names the program (a path, or a name for a PATH search).
 C_SPAWNS = {
     f"c-{method}": Spawn(_c(method, prog), "bash", BASH_C)
-    for method, prog in {
-        "execve": "/bin/bash",
-        "execv": "/bin/bash",
-        "execvp": "bash",
-        "execvpe": "bash",
-        "execl": "/bin/bash",
-        "execlp": "bash",
-        "execle": "/bin/bash",
-        "fexecve": "/bin/bash",
-        "posix_spawn": "/bin/bash",
-        "posix_spawnp": "bash",
-    }.items()
+    for method, prog in C_METHODS.items()
+    if prog is not None
 }
 # system() and popen() run their command with libc's "sh -c".
 C_SPAWNS.update({f"c-{method}": Spawn(_c(method, "-", "sh"), "sh", BASH_C) for method in ("system", "popen")})
