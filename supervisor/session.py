@@ -24,6 +24,7 @@ from supervisor.shims import package_root, write_shims
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
 _FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
+_ACCESS_CACHE_SIZE = 16
 
 
 def is_nono_shim(path: str) -> bool:
@@ -110,6 +111,8 @@ class Session:
         """The policy's intent for concrete paths, built once per policy (realpath of every entry)."""
         cached = self._access.get(id(policy))
         if cached is None or cached.policy is not policy:
+            if len(self._access) >= _ACCESS_CACHE_SIZE:
+                self._access.clear()  # every grant makes a new policy: keep the cache from growing for ever
             cached = self._access[id(policy)] = AccessIndex(policy)
         return cached
 

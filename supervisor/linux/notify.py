@@ -233,9 +233,7 @@ class NotifyLoop(threading.Thread):
         self._id = bytearray(_ID.size)
         self._addfd = bytearray(_ADDFD.size)
         self._current = self._tid = 0
-        self._handlers = {
-            nr: (trap, getattr(self, f"_on_{trap.kind}")) for nr, trap in _trap_numbers().items()
-        }
+        self._handlers = _dispatch_table()
         self.sync_wakeup = self._set_sync_wakeup()
 
     def _set_sync_wakeup(self) -> bool:
@@ -274,7 +272,7 @@ class NotifyLoop(threading.Thread):
         if entry is None:  # the filter and this table come from one list; this is a bug, fail closed
             self._respond(nid, Deny(errno.ENOSYS))
             return
-        trap, handler = entry
+        trap, handler = entry  # an unbound method: no per-loop table, no self -> dict -> self cycle
         self._current, self._tid = nid, tid  # for a question held on this syscall, and for its report
         paths = []
         for dirfd_arg, path_arg in trap.paths:
@@ -288,7 +286,7 @@ class NotifyLoop(threading.Thread):
         if not self._still_valid(nid):
             return  # the target moved on (signal, death): nothing to answer
         try:
-            decision = handler(trap, tid, paths, args)
+            decision = handler(self, trap, tid, paths, args)
         except OSError as e:
             decision = Deny(e.errno or errno.EACCES)
         except Exception:  # noqa: BLE001 - a handler bug denies this one syscall; it never lets it through
@@ -577,10 +575,17 @@ def _domain(sock: int) -> int:
 
 
 @cache
-def _trap_numbers() -> dict[int, Trap]:
+def _dispatch_table() -> dict[int, tuple[Trap, Callable]]:
+    """Syscall number -> (trap, NotifyLoop handler), built from the same list as the filter."""
     import pyseccomp
 
-    return {pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name): trap for trap in TRAPS}
+    return {
+        pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name): (
+            trap,
+            getattr(NotifyLoop, f"_on_{trap.kind}"),
+        )
+        for trap in TRAPS
+    }
 
 
 # Datagrams the supervisor sends on a command's behalf are read from its memory first; larger ones are
