@@ -71,9 +71,9 @@ class CommandReport:
         if not first or not what.pid:
             return
         try:
-            from supervisor.linux.notify import target_fd  # only the Linux backend reports a pid
+            from supervisor.linux.kernel import pidfd_getfd  # only the Linux backend reports a pid
 
-            stderr = target_fd(what.pid, 2)
+            stderr = pidfd_getfd(what.pid, 2)
         except OSError:
             return  # gone, or not ours to reach: the audit log has it
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import threading
 
@@ -175,5 +176,55 @@ def test_sendto_a_datagram_socket_outside_the_policy_is_denied(home):
         assert result.stdout.split() == ["refused", "13"]
         twin = home.run([sys.executable, "-c", code, path])
         assert twin.stdout.strip() == "sent" and server.recv(10) == b"hello"
+    finally:
+        server.close()
+
+
+SENDMSG = r"""
+import array, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+os.write(w, b"through-the-passed-fd")
+try:
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))]
+    n = s.sendmsg([b"with-fd"], rights, 0, sys.argv[1])
+    print("sent", n)
+except OSError as e:
+    print("refused", e.errno)
+"""
+
+
+def _dgram_server(path) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    os.chmod(str(path), 0o777)
+    server.settimeout(5)
+    return server
+
+
+def test_sendmsg_to_a_datagram_socket_outside_the_policy_is_denied_and_its_twin_sends(home):
+    path = home.root / "dgram.sock"
+    server = _dgram_server(path)
+    try:
+        result = home.run([SUPERVISOR, "exec", "--", sys.executable, "-c", SENDMSG, str(path)])
+        assert result.stdout.split() == ["refused", "13"]
+        twin = home.run([sys.executable, "-c", SENDMSG, str(path)])
+        assert twin.stdout.split() == ["sent", "7"]
+        assert server.recv(100) == b"with-fd"
+    finally:
+        server.close()
+
+
+def test_sendmsg_to_a_granted_datagram_socket_is_sent_by_the_supervisor_with_its_fds(home):
+    path = home.work / "dgram.sock"
+    server = _dgram_server(path)
+    try:
+        result = home.run([SUPERVISOR, "exec", "--", sys.executable, "-c", SENDMSG, "dgram.sock"])
+        assert result.stdout.split() == ["sent", "7"], result.stderr
+        data, ancillary, _flags, _addr = server.recvmsg(100, socket.CMSG_LEN(4))
+        assert data == b"with-fd"
+        (passed,) = struct.unpack("i", ancillary[0][2][:4])
+        assert os.read(passed, 100) == b"through-the-passed-fd"
+        os.close(passed)
     finally:
         server.close()

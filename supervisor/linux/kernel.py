@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 from functools import cache
 
 from supervisor.linux.landlock import abi_version
 
-__all__ = ["KernelSupport", "probe"]
+__all__ = ["KernelSupport", "probe", "pidfd_getfd"]
 
 _SYS_SECCOMP = 317
+_SYS_PIDFD_GETFD = 438
+_libc = ctypes.CDLL(None, use_errno=True)
 _SECCOMP_GET_ACTION_AVAIL = 2
 _SECCOMP_RET_USER_NOTIF = 0x7FC00000
 
@@ -25,9 +28,8 @@ def _release() -> tuple[int, int]:
 
 
 def _seccomp_notify_available() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
     action = ctypes.c_uint32(_SECCOMP_RET_USER_NOTIF)
-    return libc.syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
+    return _libc.syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
 
 
 def _user_namespaces() -> bool:
@@ -65,3 +67,30 @@ def probe() -> KernelSupport:
         seccomp_sync_wakeup=notify and release >= (6, 6),
         user_namespaces=_user_namespaces(),
     )
+
+
+def _thread_group(tid: int) -> int:
+    with open(f"/proc/{tid}/status") as status:
+        for line in status:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(tid)
+
+
+def pidfd_getfd(tid: int, fd: int) -> int:
+    """A duplicate (O_CLOEXEC) of descriptor ``fd`` of thread ``tid``'s process: the same open file, so its
+    offset, flags and socket state are shared. Needs ptrace access to the target (our own descendants)."""
+    try:
+        pidfd = os.pidfd_open(tid)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        pidfd = os.pidfd_open(_thread_group(tid))  # a thread that is not its group's leader
+    try:
+        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return got
+    finally:
+        os.close(pidfd)

@@ -28,10 +28,11 @@ from functools import cache
 
 from supervisor.access import AccessIndex
 from supervisor.linux import emulate
+from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import ACCESS_FS, RightsIndex
 from supervisor.linux.seccomp import TRAPS, Trap
 
-__all__ = ["NotifyLoop", "Denial", "Decision", "read_child_path", "target_fd"]
+__all__ = ["NotifyLoop", "Denial", "Decision", "read_child_path"]
 
 # KERNEL-NOTES.md: ioctl numbers and struct layouts, checked on the CI kernel.
 _IOCTL_RECV = 0xC0502100
@@ -491,7 +492,8 @@ class NotifyLoop(threading.Thread):
         return Value(0, Denial("create", dst, "policy"))
 
     def _on_connect(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        def connect(sock: int, address: bytes) -> int:
+        def connect(sock: int, target: str) -> int:
+            address = _sockaddr_un(target)
             return _libc.connect(sock, address, len(address))
 
         return self._unix_destination(tid, args[0], args[1], args[2], connect)
@@ -504,17 +506,90 @@ class NotifyLoop(threading.Thread):
         if data is None:
             return Deny(errno.EFAULT)
 
-        def sendto(sock: int, address: bytes) -> int:
+        def sendto(sock: int, target: str) -> int:
+            address = _sockaddr_un(target)
             return _libc.sendto(sock, data, len(data), args[3] & 0xFFFFFFFF, address, len(address))
 
         return self._unix_destination(tid, args[0], args[4], args[5], sendto)
 
+    def _on_sendmsg(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
+        """Only a unix *datagram* socket picks its destination per message; the kernel ignores or refuses
+        an address on stream and seqpacket sockets, whose peer connect() decided. A datagram message is
+        sent by the supervisor from what it read once: nothing swapped in memory later is sent anywhere."""
+        sock = pidfd_getfd(tid, args[0] & 0xFFFFFFFF)
+        try:
+            if _domain(sock) != socket.AF_UNIX or _sockopt(sock, _SO_TYPE) != socket.SOCK_DGRAM:
+                return CONTINUE
+        finally:
+            os.close(sock)
+        message = self._read_message(tid, args[1])
+        if isinstance(message, Deny):
+            return message
+        data, fds, name, namelen = message
+        try:
+
+            def sendmsg(sock: int, target: str | None) -> int:
+                with socket.socket(fileno=os.dup(sock)) as own:
+                    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+                    return own.sendmsg(
+                        [data], ancillary if fds else [], args[2] & 0xFFFFFFFF, *filter(None, [target])
+                    )
+
+            if not name or not namelen:
+                connected = pidfd_getfd(tid, args[0] & 0xFFFFFFFF)
+                try:
+                    return Value(sendmsg(connected, None))  # to the peer connect() already decided
+                finally:
+                    os.close(connected)
+            return self._unix_destination(tid, args[0], name, namelen, sendmsg)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _read_message(self, tid: int, address: int) -> Deny | tuple[bytes, list[int], int, int]:
+        """A struct msghdr of the target, read once: its bytes, its SCM_RIGHTS fds (as ours), its name."""
+        header = self._reader.read_exactly(tid, address, _MSGHDR.size)
+        if header is None:
+            return Deny(errno.EFAULT)
+        name, namelen, iov, iovlen, control, controllen, _flags = _MSGHDR.unpack(header)
+        if iovlen > _MAX_IOV:
+            return Deny(errno.EMSGSIZE)
+        vectors = self._reader.read_exactly(tid, iov, iovlen * _IOVEC.size) if iovlen else b""
+        if vectors is None:
+            return Deny(errno.EFAULT)
+        parts = list(_IOVEC.iter_unpack(vectors))
+        if sum(length for _base, length in parts) > MAX_DATAGRAM:
+            return Deny(errno.EMSGSIZE)
+        chunks = [self._reader.read_exactly(tid, base, length) if length else b"" for base, length in parts]
+        if any(chunk is None for chunk in chunks):
+            return Deny(errno.EFAULT)
+        fds: list[int] = []
+        if controllen:
+            raw = self._reader.read_exactly(tid, control, min(controllen, _MAX_CONTROL))
+            if raw is None:
+                return Deny(errno.EFAULT)
+            offset = 0
+            while offset + _CMSGHDR.size <= len(raw):
+                length, level, kind = _CMSGHDR.unpack_from(raw, offset)
+                if length < _CMSGHDR.size or offset + length > len(raw):
+                    break
+                if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
+                    for fd in fds:
+                        os.close(fd)
+                    return Deny(errno.EINVAL)  # only descriptors can be passed on the command's behalf
+                payload = raw[offset + _CMSGHDR.size : offset + length]
+                for (target,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4]):
+                    fds.append(pidfd_getfd(tid, target))
+                offset += (length + 7) & ~7
+        return b"".join(chunks), fds, name, namelen
+
     def _unix_destination(
-        self, tid: int, fd: int, address: int, length: int, act: Callable[[int, bytes], int]
+        self, tid: int, fd: int, address: int, length: int, act: Callable[[int, str], int]
     ) -> Decision:
         """Decide a socket destination. Only a unix socket's path needs us: the socket's own family is read
-        from the socket (it cannot change), so a sockaddr swapped in memory cannot turn TCP into unix."""
-        sock = target_fd(tid, fd & 0xFFFFFFFF)
+        from the socket (it cannot change), so a sockaddr swapped in memory cannot turn TCP into unix.
+        ``act(sock, target)`` performs the operation on the command's socket towards ``target``."""
+        sock = pidfd_getfd(tid, fd & 0xFFFFFFFF)
         try:
             if _domain(sock) != socket.AF_UNIX:
                 # Not a unix socket: the kernel's own rules (Landlock TCP rules under --net-block) apply.
@@ -537,14 +612,13 @@ class NotifyLoop(threading.Thread):
                 denied = self._check("connect", real)
                 if denied:
                     return denied
-            # Connect through an O_PATH fd on the checked inode, not the path: a symlink swapped in after
+            # Reach it through an O_PATH fd on the checked inode, not the path: a symlink swapped in after
             # the check cannot redirect it.
             pinned = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 if os.readlink(f"/proc/self/fd/{pinned}") != real:
                     return Deny(errno.EACCES)
-                address_bytes = struct.pack("=H", socket.AF_UNIX) + f"/proc/self/fd/{pinned}".encode() + b"\0"
-                result = act(sock, address_bytes)
+                result = act(sock, f"/proc/self/fd/{pinned}")
                 if result < 0:
                     return Deny(ctypes.get_errno())
                 return Value(result, Denial("connect", real, "policy"))
@@ -565,13 +639,21 @@ class NotifyLoop(threading.Thread):
         return Value(0, Denial("write", real, "policy"))
 
 
-def _domain(sock: int) -> int:
+def _sockopt(sock: int, option: int) -> int:
     value = ctypes.c_int(0)
     size = ctypes.c_uint(ctypes.sizeof(value))
-    if _libc.getsockopt(sock, socket.SOL_SOCKET, _SO_DOMAIN, ctypes.byref(value), ctypes.byref(size)) != 0:
+    if _libc.getsockopt(sock, socket.SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return value.value
+
+
+def _domain(sock: int) -> int:
+    return _sockopt(sock, _SO_DOMAIN)
+
+
+def _sockaddr_un(path: str) -> bytes:
+    return struct.pack("=H", socket.AF_UNIX) + os.fsencode(path) + b"\0"
 
 
 @cache
@@ -593,7 +675,12 @@ def _dispatch_table() -> dict[int, tuple[Trap, Callable]]:
 MAX_DATAGRAM = 256 * 1024
 _SOCKADDR_UN_MAX = 110  # sa_family_t + sun_path[108]
 _SO_DOMAIN = 39
-_SYS_PIDFD_GETFD = 438
+_SO_TYPE = 3
+_MSGHDR = struct.Struct("=QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags: 56 bytes
+_IOVEC = struct.Struct("=QQ")
+_CMSGHDR = struct.Struct("=Qii")  # len, level, type
+_MAX_IOV = 1024  # UIO_MAXIOV
+_MAX_CONTROL = 4096
 _libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.sendto.restype = ctypes.c_ssize_t
 _libc.sendto.argtypes = [
@@ -604,19 +691,6 @@ _libc.sendto.argtypes = [
     ctypes.c_char_p,
     ctypes.c_uint,
 ]
-
-
-def target_fd(tid: int, fd: int) -> int:
-    """A duplicate of the target's ``fd`` (the same open socket: connecting it connects theirs)."""
-    pidfd = os.pidfd_open(tid)
-    try:
-        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if got < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return got
-    finally:
-        os.close(pidfd)
 
 
 def _open_rights(flags: int) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervisor.errors import SandboxError
 from supervisor.linux import _spawn
+from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import LandlockPlan, create_ruleset
 
 __all__ = ["Launch", "Process", "start"]
@@ -89,6 +91,26 @@ class Process:
         return self.status
 
 
+_WHERE = struct.Struct("=qq")  # the command's pid and its listener fd number
+
+
+def _take_listener(ours: socket.socket, on_listener: Callable[[int], object] | None) -> object | None:
+    """Copy the command's seccomp listener out of it (pidfd_getfd), start answering it, then let the
+    command go on to close its copy and exec. None if the command failed before handing it over."""
+    where = ours.recv(_WHERE.size, socket.MSG_WAITALL)
+    if len(where) != _WHERE.size:
+        return None  # it died first: the error pipe says where
+    pid, fd = _WHERE.unpack(where)
+    listener = pidfd_getfd(pid, fd)
+    if on_listener is None:
+        os.close(listener)  # nobody will answer: its trapped syscalls fail (ENOSYS), which is closed
+        notify = None
+    else:
+        notify = on_listener(listener)
+    ours.sendall(b"k")
+    return notify
+
+
 def _parse_report(text: str) -> tuple[int, str | None]:
     pid, failure = 0, None
     for item in filter(None, text.split(";")):
@@ -143,11 +165,7 @@ def start(
     notify = None
     if seccomp:
         with ours:
-            _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_CMSG_CLOEXEC)
-        if fds and on_listener is not None:
-            notify = on_listener(fds[0])
-        elif fds:
-            os.close(fds[0])
+            notify = _take_listener(ours, on_listener)
     else:
         ours.close()
     chunks = []

@@ -58,6 +58,7 @@ TRAPS: tuple[Trap, ...] = (
     # them: the destination is decided here. sendto only with an address (a register, so no race).
     Trap("connect", "connect", ()),
     Trap("sendto", "sendto", (), nonzero_arg=4),
+    Trap("sendmsg", "sendmsg", ()),  # the address is in memory: datagram messages are sent by the supervisor
 )
 
 # Syscalls that step around the path traps, refused outright with EPERM.
