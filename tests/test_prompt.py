@@ -10,7 +10,7 @@ import time
 import pexpect
 import pytest
 
-from conftest import FAKE_AWS, SUPERVISOR, Home, start_supervisor
+from conftest import FAKE_AWS, SUPERVISOR, Home
 
 SECRET = "nono-test-aws-secret-41d2"
 QUESTION = "wants to read ~/.aws/credentials"
@@ -120,19 +120,6 @@ def test_no_terminal_means_no_question_and_final_denials(home):
     assert result.returncode == 1 and SECRET not in result.stdout
     assert "[o]nce" not in result.stdout + result.stderr
     assert "nono: denied read ~/.aws/credentials" in result.stderr
-
-
-def _stty(home: Home, inner: str) -> tuple[str, str, str]:
-    script = f"stty -a; echo ==; {inner}; echo ==; stty -a"
-    child = pexpect.spawn(
-        "bash",
-        ["--norc", "--noprofile", "-c", script],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=60,
-    )
-    return child, script
 
 
 def test_terminal_is_restored_after_a_question_and_after_the_agent_is_killed_mid_question(home):
@@ -257,5 +244,10 @@ def test_prompt_never_in_a_terminal_asks_nothing(home, mode):
     assert "Permission denied" in child.before
 
 
-def test_fixture_sanity():
-    assert start_supervisor
+def test_exec_in_a_terminal_asks_the_same_way(home):
+    child = _spawn(home, "exec", "--", "cat", str(home.aws))
+    child.expect_exact(QUESTION)
+    child.send("o")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert SECRET in child.before and child.exitstatus == 0
