@@ -18,6 +18,8 @@ def _line(ok: bool | None, what: str, detail: str) -> None:
 
 def report() -> int:
     """Print one line per capability; 0 when the per-command sandbox can be enforced here, else 1."""
+    if sys.platform == "darwin":
+        return _report_macos()
     if not sys.platform.startswith("linux"):
         _line(False, "platform", f"{sys.platform}: no enforcing backend in this build")
         return 1
@@ -62,3 +64,23 @@ def report() -> int:
     else:
         _line(None, "shims", "not in a nono session (NONO_SHIM_DIR unset); `run` creates its own")
     return 0 if abi >= 1 else 1
+
+
+def _report_macos() -> int:
+    """Seatbelt through sandbox_init (or sandbox-exec); no in-flight layer: denials lead to a retry prompt."""
+    import shutil
+
+    from supervisor.macos.runner import load_libsandbox
+
+    native = load_libsandbox() is not None
+    fallback = shutil.which("sandbox-exec")
+    _line(
+        native or (None if fallback else False), "seatbelt sandbox_init", "available" if native else "missing"
+    )
+    _line(bool(fallback) or None, "sandbox-exec fallback", fallback or "missing")
+    _line(
+        shutil.which("log") is not None or None,
+        "log stream (denial detection)",
+        shutil.which("log") or "missing",
+    )
+    return 0 if native or fallback else 1
