@@ -357,4 +357,9 @@ def main(argv: list[str] | None = None) -> None:
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         status = e.exit_code
+    except BrokenPipeError:
+        # `policy | head`: stop quietly, as a shell tool would. (SIGPIPE stays ignored: the supervisor
+        # writes to sockets whose clients may be gone.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 128 + signal.SIGPIPE
     sys.exit(status)
