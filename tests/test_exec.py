@@ -165,3 +165,16 @@ def test_sandboxed_root_has_no_capabilities_and_cannot_read_the_supervisors_envi
     twin_script = "grep CapEff /proc/self/status; sleep 5 & sleep 0.2; cat /proc/$!/environ; kill $!"
     twin = home.run(["bash", "-c", twin_script], env=env)
     assert "CapEff:\t0000000000000000" not in twin.stdout and "env-secret-9b1" in twin.stdout
+
+
+def test_system_secrets_are_denied_even_to_a_sandboxed_root(home):
+    import os
+
+    if os.geteuid() != 0 or not os.path.exists("/etc/shadow"):
+        pytest.skip("needs root (its owner) and /etc/shadow")
+    result = home.run([SUPERVISOR, "exec", "--", "cat", "/etc/shadow"])
+    assert result.returncode == 1 and "root:" not in result.stdout
+    assert "[group:deny_system_secrets]" in result.stderr
+    assert "root:" in home.run(["cat", "/etc/shadow"]).stdout  # the twin
+    listing = home.run([SUPERVISOR, "exec", "--", "ls", "/etc"])  # its directory is still listable
+    assert listing.returncode == 0 and "hostname" in listing.stdout.split()
