@@ -15,9 +15,6 @@ from functools import cache
 __all__ = ["TRAPS", "BLOCKED", "Trap", "FILTER_FLAGS", "build_program"]
 
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-# A pending notification is not interrupted by a signal once the supervisor has received it, so an
-# emulated open cannot be half done when the target moves on (5.19).
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 FILTER_FLAGS = SECCOMP_FILTER_FLAG_NEW_LISTENER
 
 

@@ -333,12 +333,6 @@ class LogMonitor:
                 except queue.Full:
                     box.dropped += 1
 
-    def drain(self, marker: str) -> list[Denial]:
-        """What has arrived for ``marker`` so far, without unregistering it."""
-        with self._lock:
-            box = self._boxes.get(marker)
-        return list(_drain(box.queue)) if box else []
-
     def collect(
         self, marker: str, *, stderr: str = "", cwd: str | None = None, grace: float = 0.0
     ) -> list[Denial]:
