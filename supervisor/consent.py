@@ -42,7 +42,7 @@ class Consent:
     ) -> bool:
         """Whether the human allows ``op`` on ``path``, which the policy denied by ``rule``. ``alive()`` turns
         False when the waiting syscall is gone (the command was killed): the question is then withdrawn."""
-        if rule == "never-grantable" or rule in self.session.policy.prompt_quiet:
+        if not self.askable(rule):
             return False
         if op in ("read", "exec", "connect") and not os.path.lexists(path):
             return False  # a probe for an optional file (~/.inputrc): the answer could only be ENOENT
@@ -60,6 +60,10 @@ class Consent:
         answer = self.prompter.ask(question, already=lambda: self._answered(op, path), alive=alive)
         self.record(op, path, rule, is_dir, answer, tid)
         return answer != "deny"
+
+    def askable(self, rule: str) -> bool:
+        """Whether a denial by ``rule`` may become a question at all (never-grantable and quiet ones not)."""
+        return rule != "never-grantable" and rule not in self.session.policy.prompt_quiet
 
     def _answered(self, op: str, path: str) -> str | None:
         return "session" if self.session.access_index(self.session.policy).verdict(path, op).allowed else None

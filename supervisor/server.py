@@ -116,8 +116,7 @@ class Server:
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
         command = self.session.next_command_id()
         status = self._run(conn, decoder, conversation, request, shell, stdio, command)
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
-        signo = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        code, signo = _exit_parts(status)
         _try_send(conn, protocol.Exited(code=code, signal=signo))
 
     def _run(self, conn, decoder, conversation, request, shell, stdio, command) -> int:
@@ -166,13 +165,8 @@ class Server:
             finish(process)
             if stdio[2] >= 0:
                 report.write_to(stdio[2])
-            self.session.audit.write(
-                command=command,
-                event="exit",
-                pid=process.pid,
-                code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0,
-                signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
-            )
+            code, signo = _exit_parts(status)
+            self.session.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)
             if mode != "after" or attempt or not client_alive or status_code(status) == 0:
                 return status
             granted = self._ask_after(consent, report)
@@ -185,7 +179,7 @@ class Server:
         """One question per denial of the failed command; the grants for its retry."""
         granted = []
         for denial in report.denials():
-            if denial.rule == "never-grantable" or denial.rule in self.session.policy.prompt_quiet:
+            if not consent.askable(denial.rule):
                 continue
             question = Question(
                 consent.command_text, denial.op, self.session.policy.display(denial.path), denial.rule
@@ -233,6 +227,14 @@ class Server:
             self._log(f"client broke the protocol mid-command: {e}")
             return False
         return True
+
+
+def _exit_parts(status: int) -> tuple[int, int]:
+    """A wait status as (exit code, terminating signal): what ``Exited`` and the audit log carry."""
+    return (
+        os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0,
+        os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
+    )
 
 
 def _try_send(conn: socket.socket, message: protocol.Message) -> None:

@@ -426,19 +426,17 @@ class NotifyLoop(threading.Thread):
         return None
 
     def _on_unlink(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        rmdir = trap.flags_arg is not None and args[trap.flags_arg] & _AT_REMOVEDIR
-        needed = _A["remove_dir"] if rmdir else _A["remove_file"]
-        decision, real = self._parent_action("delete", paths[0], needed)
-        if decision is not None:
-            return decision
-        emulate.remove(real, directory=bool(rmdir))
-        return Value(0, Denial("delete", real, "policy"))
+        rmdir = trap.flags_arg is not None and bool(args[trap.flags_arg] & _AT_REMOVEDIR)
+        return self._remove(paths[0], directory=rmdir)
 
     def _on_rmdir(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        decision, real = self._parent_action("delete", paths[0], _A["remove_dir"])
+        return self._remove(paths[0], directory=True)
+
+    def _remove(self, path: str, directory: bool) -> Decision:
+        decision, real = self._parent_action("delete", path, _A["remove_dir" if directory else "remove_file"])
         if decision is not None:
             return decision
-        emulate.remove(real, directory=True)
+        emulate.remove(real, directory=directory)
         return Value(0, Denial("delete", real, "policy"))
 
     def _on_mkdir(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
