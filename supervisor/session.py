@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
@@ -163,14 +164,18 @@ class Session:
             own.append(self.audit_path)
         return tuple(str(p) for p in own)
 
-    def route_grants(self) -> list[Grant]:
-        """Read+exec of what nono-shell itself needs inside a sandbox (nested routing), computed at start."""
+    @functools.cached_property
+    def _route(self) -> tuple[Grant, ...]:
         needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
         needed.update(str(p) for p in paths.package_dirs())
         needed.add(package_root())  # the shims import from here: the import system must list it
         if self.shims_dir:
             needed.add(str(self.shims_dir))
-        return [Grant(p, "read", "dir", "route") for p in sorted(needed)]
+        return tuple(Grant(p, "read", "dir", "route") for p in sorted(needed))
+
+    def route_grants(self) -> list[Grant]:
+        """Read+exec of what nono-shell itself needs inside a sandbox (nested routing), computed once."""
+        return list(self._route)
 
     def own_sockets(self) -> frozenset[str]:
         """Unix sockets every sandboxed process may connect to: the supervisor's (nested nono-shell)."""
