@@ -14,8 +14,11 @@ SHIM_NAMES = ("bash", "sh", "dash", "zsh", "nono-shell")
 
 # -I: ignore PYTHON* variables and the user site (the agent controls the environment); -S: skip site
 # processing, which is most of an interpreter's start-up (DESIGN budget: nono-shell -c true within 25 ms
-# of bash). The package's own directory is put on sys.path instead.
-_TEMPLATE = """#!{python} -IS
+# of bash). The package's own directory is put on sys.path instead. -B: never write bytecode. A shim runs
+# inside a sandbox (the agent's under `run`, a command's when nested), where the package is
+# never-grantable: caching the bytecode there would be a denial, reported into the agent's output. The
+# bytecode the supervisor cached for its own imports of the same modules is still read.
+_TEMPLATE = """#!{python} -IBS
 # nono-shell shim: runs the command in the supervisor's per-command sandbox. Generated; do not edit.
 import sys
 sys.path.insert(0, {root!r})
