@@ -6,6 +6,7 @@ temp dir that is world-traversable, so the same fixtures serve the unprivileged 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -26,13 +27,27 @@ FAKE_AWS = "[default]\naws_secret_access_key = nono-test-aws-secret-41d2\n"
 NOBODY = 65534
 
 
-def can_drop_privileges() -> bool:
-    return os.geteuid() == 0 and shutil.which("setpriv") is not None
+CHECKOUT = Path(__file__).resolve().parent.parent
+# What uid 65534 must reach: the interpreter, the venv, the checkout (editable install, built extensions)
+# and the temp dir the test homes live in. tests/nobody_ns.py makes each reachable in a mount namespace of
+# the command's own, where every directory on the way that uid 65534 cannot search (a 0700 /root holding a
+# pyenv build, a clone under /root) is covered by a tmpfs holding only the entries on the way.
+NOBODY_REACHES = (sys.base_prefix, sys.prefix, sys.executable, str(CHECKOUT), tempfile.gettempdir())
+REQUIRE_NOBODY = "NONO_TEST_REQUIRE_NOBODY"  # =1 (CI): what would skip the runs as uid 65534 fails instead
 
 
 def as_nobody(argv: list[str]) -> list[str]:
-    """Run ``argv`` as uid/gid 65534 with no supplementary groups and no capabilities."""
+    """Run ``argv`` as uid/gid 65534 with no supplementary groups and no capabilities.
+
+    The one place these command lines are built: a root-run wrapper enters a private mount namespace in
+    which uid 65534 can reach ``NOBODY_REACHES`` (nothing on the machine changes), then execs setpriv.
+    """
     return [
+        sys.executable,
+        "-IBS",
+        str(Path(__file__).with_name("nobody_ns.py")),
+        *NOBODY_REACHES,
+        "--",
         "setpriv",
         f"--reuid={NOBODY}",
         f"--regid={NOBODY}",
@@ -41,6 +56,37 @@ def as_nobody(argv: list[str]) -> list[str]:
         "--",
         *argv,
     ]
+
+
+@functools.cache
+def nobody_unavailable() -> str | None:
+    """Why nothing can be run as uid 65534 here (one line), or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root to drop to uid 65534"
+    if shutil.which("setpriv") is None:
+        return "needs setpriv (util-linux) to drop to uid 65534"
+    probe = subprocess.run(
+        as_nobody([sys.executable, "-c", "import nono_shell.client, supervisor.linux._spawn"]),
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"]
+        return f"cannot run {sys.executable} as uid 65534: {lines[-1]}"
+    return None
+
+
+def require_nobody() -> None:
+    """Skip a test that runs things as uid 65534 where that is impossible; fail instead under CI's flag."""
+    reason = nobody_unavailable()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_NOBODY) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_NOBODY}=1: the runs as uid 65534 may not be skipped)", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass
@@ -117,8 +163,7 @@ def home() -> Home:
 
 @pytest.fixture
 def nobody_home() -> Home:
-    if not can_drop_privileges():
-        pytest.skip("needs root and setpriv to drop to an unprivileged uid")
+    require_nobody()
     h = make_home(owner=NOBODY)
     yield h
     shutil.rmtree(h.root, ignore_errors=True)

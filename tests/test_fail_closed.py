@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import NOBODY, NONO_SHELL, as_nobody
+from conftest import NOBODY, NONO_SHELL, as_nobody, require_nobody
 
 
 def _run(home, env_extra: dict[str, str], marker) -> subprocess.CompletedProcess:
@@ -53,8 +53,7 @@ def test_missing_socket(home):
 
 
 def test_socket_owned_by_another_uid(home):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a listener as another uid")
+    require_nobody()  # creates a listener as another uid
     (home.root / "theirs").mkdir()
     os.chown(home.root / "theirs", NOBODY, NOBODY)
     path = home.root / "theirs" / "nobody.sock"

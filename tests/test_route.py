@@ -9,7 +9,16 @@ import threading
 
 import pytest
 
-from conftest import FAKE_KEY, NOBODY, SUPERVISOR, as_nobody, pid_alive, start_supervisor, wait_until
+from conftest import (
+    FAKE_KEY,
+    NOBODY,
+    SUPERVISOR,
+    as_nobody,
+    pid_alive,
+    require_nobody,
+    start_supervisor,
+    wait_until,
+)
 
 NESTED = 'bash -c "cat ~/.ssh/id_rsa"; echo rc=$?'
 
@@ -145,8 +154,7 @@ def test_malformed_messages_get_a_refusal_and_the_supervisor_keeps_serving(super
 
 
 def test_other_uid_is_refused_by_the_supervisor(supervisor):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to connect as another uid")
+    require_nobody()  # connects as another uid
     supervisor.socket.parent.chmod(0o755)
     supervisor.socket.chmod(0o777)
     marker = supervisor.home.root / "ran-as-nobody"
