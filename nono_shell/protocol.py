@@ -231,17 +231,30 @@ def _decode_body(body: bytes) -> Message:
 
 
 class Decoder:
-    """Buffers bytes fed from a socket and yields whole messages."""
+    """Buffers bytes fed from a socket and yields whole messages.
 
-    def __init__(self) -> None:
+    ``max_frame`` is the largest frame accepted (checked as soon as a header is in, before its body is
+    buffered); a reader may lower it, e.g. the supervisor once the first request is in.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = bytearray()
+        self.max_frame = max_frame
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(self._buffer)
-            if length > MAX_FRAME:
-                raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+            if length > self.max_frame:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame}-byte limit")
+
+    def needed(self) -> int:
+        """Bytes still missing before the next whole frame is buffered; 0 when ``next_message`` has one.
+        A reader that reads no more than this never buffers past the frame it is waiting for."""
+        if len(self._buffer) < _HEADER.size:
+            return _HEADER.size - len(self._buffer)
+        (length,) = _HEADER.unpack_from(self._buffer)
+        return max(0, _HEADER.size + length - len(self._buffer))
 
     def next_message(self) -> Message | None:
         """The next whole message, or None until more bytes are fed."""

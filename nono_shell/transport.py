@@ -13,7 +13,7 @@ from _socket import CMSG_LEN, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET
 
 from nono_shell.protocol import MAX_FDS, Decoder, Message, ProtocolError, encode
 
-__all__ = ["send", "receive", "Closed", "peer_uid", "SOCK_CLOEXEC"]
+__all__ = ["send", "receive", "receive_chunk", "Closed", "peer_credentials", "peer_uid", "SOCK_CLOEXEC"]
 
 _CHUNK = 65536
 _FD = struct.Struct("i")
@@ -25,13 +25,19 @@ _XUCRED = struct.Struct("IIh")  # macOS struct xucred: version, uid, ngroups (gr
 _SOL_LOCAL, _LOCAL_PEERCRED = 0, 1
 
 
+def peer_credentials(sock) -> tuple[int, int]:
+    """(pid, uid) of the process that connected the other end of a Unix socket, from the kernel. The pid
+    is 0 where the kernel does not say (macOS here, or a peer outside our pid namespace)."""
+    if hasattr(_socket, "SO_PEERCRED"):
+        pid, uid, _gid = _UCRED.unpack(sock.getsockopt(SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
+        return pid, uid
+    raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, 76)  # sizeof(struct xucred) with 16 groups
+    return 0, _XUCRED.unpack_from(raw)[1]
+
+
 def peer_uid(sock) -> int:
     """The uid of the process at the other end of a connected Unix socket, from the kernel."""
-    if hasattr(_socket, "SO_PEERCRED"):
-        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
-        return uid
-    raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, 76)  # sizeof(struct xucred) with 16 groups
-    return _XUCRED.unpack_from(raw)[1]
+    return peer_credentials(sock)[1]
 
 
 class Closed(Exception):
@@ -57,21 +63,29 @@ def receive(sock, decoder: Decoder, fds: list[int] | None = None) -> Message:
         message = decoder.next_message()
         if message is not None:
             return message
-        data, ancillary, flags, _addr = sock.recvmsg(_CHUNK, CMSG_LEN(MAX_FDS * _FD.size), _MSG_CMSG_CLOEXEC)
-        received = [
-            fd
-            for level, kind, payload in ancillary
-            if level == SOL_SOCKET and kind == SCM_RIGHTS
-            for (fd,) in _FD.iter_unpack(payload[: len(payload) - len(payload) % _FD.size])
-        ]
-        too_many = flags & MSG_CTRUNC or (fds is not None and len(fds) + len(received) > MAX_FDS)
-        if fds is None or too_many:
-            for fd in received:
-                os.close(fd)
-            if too_many:
-                raise ProtocolError("too many file descriptors")
-        else:
-            fds.extend(received)
+        data = receive_chunk(sock, fds)
         if not data:
             raise Closed(truncated=decoder.pending > 0)
         decoder.feed(data)
+
+
+def receive_chunk(sock, fds: list[int] | None, size: int = _CHUNK) -> bytes:
+    """One ``recvmsg`` of at most ``size`` bytes (b"" at end of stream); descriptors that came with them
+    are appended to ``fds`` (closed if None). A non-blocking socket with nothing to read raises
+    BlockingIOError, having taken nothing."""
+    data, ancillary, flags, _addr = sock.recvmsg(size, CMSG_LEN(MAX_FDS * _FD.size), _MSG_CMSG_CLOEXEC)
+    received = [
+        fd
+        for level, kind, payload in ancillary
+        if level == SOL_SOCKET and kind == SCM_RIGHTS
+        for (fd,) in _FD.iter_unpack(payload[: len(payload) - len(payload) % _FD.size])
+    ]
+    too_many = flags & MSG_CTRUNC or (fds is not None and len(fds) + len(received) > MAX_FDS)
+    if fds is None or too_many:
+        for fd in received:
+            os.close(fd)
+        if too_many:
+            raise ProtocolError("too many file descriptors")
+    else:
+        fds.extend(received)
+    return data

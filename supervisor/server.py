@@ -1,16 +1,23 @@
-"""The socket server: one thread per connection, one sandboxed command per connection.
+"""The socket server: one sandboxed command per connection.
 
-A connection that misbehaves (wrong uid, malformed or oversized frame, wrong fds) gets a ``Refused`` and
-is closed; nothing it sends can stop the server from serving everyone else.
+One intake thread accepts every connection and reads every first request that is not complete yet,
+without blocking and under the limits below; a complete request gets a thread of its own for the
+command's lifetime. A connection that misbehaves (wrong uid, malformed or oversized frame, wrong fds, too
+slow, over a limit) gets one ``Refused`` and is closed; nothing it sends can stop the server from serving
+everyone else (DESIGN: "the socket is reachable from every command").
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import select
+import selectors
 import socket
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,12 +36,75 @@ from supervisor.session import Session
 
 __all__ = ["Server"]
 
-# A client that connects and never sends its request would hold a thread forever.
-FIRST_MESSAGE_TIMEOUT = 30.0
+# ---- limits. Every command can reach the socket (nested routing), so a command can flood it. -------------
+# A first request must be complete this many seconds after accept, however it dribbles in: an absolute
+# deadline, not a per-read timeout. nono-shell writes its request right after connect (microseconds
+# later); 5 s covers a loaded machine (test_dribbler_is_cut_at_the_absolute_deadline).
+FIRST_MESSAGE_SECONDS = 5.0
+# The largest first request. The kernel execs argv + environment up to ARG_MAX (2 MiB with the default
+# 8 MiB stack) and any one string up to 128 KiB; a realistic request (a 20 KiB desktop environment and a
+# 128 KiB -c script) is under 200 KiB. 4 MiB leaves room for an ARG_MAX-sized command with escaping, and
+# is refused from its header, before any of its body is buffered (protocol.MAX_FRAME is 8 MiB).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Bytes buffered for all incomplete first requests together. Over it, the oldest incomplete request is
+# refused: a legitimate request arrives whole within milliseconds, a flood's partial frames sit. Peak
+# buffering is this plus one MAX_REQUEST_BYTES being read (test_memory_flood_keeps_the_supervisor_small).
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Connections accepted whose first request is not complete. A new one over the cap pushes out (refuses)
+# the oldest, not itself, so idle connections cannot lock everyone out until their deadline; they hold no
+# thread, only a socket and up to 3 passed fds each (test_dribble_flood_holds_no_thread_per_connection).
+MAX_PENDING = 64
+# Incomplete first requests per connecting pid (SO_PEERCRED): a nono-shell sends exactly one request, so
+# one process cannot push out everyone else's. Not applied to the supervisor's own pid, which is the
+# peer of every connection the notify layer makes on a sandboxed command's behalf (nested nono-shell, or
+# a flood from inside a command), nor to pid 0 (peer outside our pid namespace): those share MAX_PENDING.
+# Per uid: only the supervisor's own uid is served at all, so the per-uid cap is the total.
+MAX_PENDING_PER_PID = 8
+# Commands running at once. Each holds its connection's thread and a notify thread, and 6 fds, for its
+# lifetime; DESIGN budgets 50 at once, 128 leaves room for a parallel build under nested routing. Over
+# it a request is refused with a reason (test_commands_over_the_cap_are_refused_with_a_reason). Lowered
+# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 117).
+MAX_COMMANDS = 128
+_FDS_PER_COMMAND = 6  # measured: connection, 3 stdio fds, the notify listener, the exit pidfd
+_FDS_PER_PENDING = 1 + protocol.MAX_FDS
+_FD_RESERVE = 64  # the listener, the agent's pty and notify loop, emulation's pins, logs
+# Bytes of first requests held by running commands together (a request lives as long as its command).
+# A command's argv and environment cannot exceed ARG_MAX (2 MiB) or it would not exec; a typical request
+# is under 50 KiB, so 32 MiB is 16 commands of the largest kind at once, or every command of a busy
+# session. Over it a request is refused (test_requests_over_the_held_bytes_budget_are_refused).
+MAX_HELD_REQUEST_BYTES = 32 * 1024 * 1024
+# After the first request only Signal frames (about 30 bytes) come from the client.
+LATER_FRAME_BYTES = 4096
+# Connections not accepted yet wait in the kernel, at most this many; beyond it connect() waits.
+LISTEN_BACKLOG = 128
+# When accept() fails for want of fds, wait this long before accepting again (no busy loop).
+_ACCEPT_PAUSE = 0.1
+_READ_CHUNK = 256 * 1024
 
 
 class _Refuse(Exception):
     pass
+
+
+class _Pending:
+    """A connection whose first request is still coming in (owned by the intake thread)."""
+
+    __slots__ = ("conn", "pid", "deadline", "decoder", "fds")
+
+    def __init__(self, conn: socket.socket, pid: int, deadline: float) -> None:
+        self.conn = conn
+        self.pid = pid
+        self.deadline = deadline
+        self.decoder = protocol.Decoder(MAX_REQUEST_BYTES)
+        self.fds: list[int] = []
+
+
+def _command_cap() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_COMMANDS
+    room = (soft - _FD_RESERVE - MAX_PENDING * _FDS_PER_PENDING) // _FDS_PER_COMMAND
+    return max(1, min(MAX_COMMANDS, room))
 
 
 class Server:
@@ -49,9 +119,19 @@ class Server:
             self._listener.bind(str(socket_path))
         finally:
             os.umask(old_umask)
-        self._listener.listen(128)
+        self._listener.listen(LISTEN_BACKLOG)
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()  # close() wakes the intake thread through it
+        os.set_blocking(self._wake_w, False)
+        self.max_commands = _command_cap()
+        self._held_lock = threading.Lock()  # the intake reserves, a command's thread releases
+        self._running = 0  # commands with a thread
+        self._held = 0  # bytes of their requests
+        self._refusals_unlogged, self._refusal_logged = 0, float("-inf")
+        self._pending: dict[int, _Pending] = {}  # by fd, in accept order: oldest (and first deadline) first
+        self._buffered = 0  # bytes of all incomplete first requests
+        self._selector: selectors.BaseSelector | None = None
 
     def start(self) -> None:
         """Serve in a background thread (``run``); ``serve_forever`` is the foreground form."""
@@ -59,31 +139,202 @@ class Server:
         self._thread.start()
 
     def serve_forever(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                if self._closing:
-                    return
-                continue
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+        """The intake loop: accept, read first requests as they come, enforce the limits, hand complete
+        requests to a thread each. Only this thread touches ``_pending``."""
+        self._listener.setblocking(False)
+        self._selector = selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        selector.register(self._listener, selectors.EVENT_READ)
+        resume_accepting = 0.0  # while accept() is paused for want of fds
+        try:
+            while not self._closing:
+                wake_at = [resume_accepting] if resume_accepting else []
+                if self._pending:
+                    wake_at.append(next(iter(self._pending.values())).deadline)  # the oldest's is first
+                timeout = max(0.0, min(wake_at) - time.monotonic()) if wake_at else None
+                for key, _events in selector.select(timeout):
+                    if key.fileobj is self._listener:
+                        if not self._accept_some():
+                            selector.unregister(self._listener)
+                            resume_accepting = time.monotonic() + _ACCEPT_PAUSE
+                    elif key.fileobj != self._wake_r and key.fd in self._pending:
+                        self._read(self._pending[key.fd])
+                now = time.monotonic()
+                if resume_accepting and now >= resume_accepting:
+                    selector.register(self._listener, selectors.EVENT_READ)
+                    resume_accepting = 0.0
+                while self._pending and (oldest := next(iter(self._pending.values()))).deadline <= now:
+                    self._drop(oldest, f"no complete request {FIRST_MESSAGE_SECONDS:g} s after connecting")
+        finally:
+            for waiting in list(self._pending.values()):
+                self._drop(waiting, "the supervisor is shutting down")
+            selector.close()
 
     def close(self) -> None:
         self._closing = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # already woken
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)  # the intake thread closes what it holds before the fds below go
         try:
             self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    # ---- the intake: no blocking call, no thread per connection ----------------------------------------
+
+    def _accept_some(self) -> bool:
+        """Accept what is waiting (a bounded batch, then back to reading); False if out of fds."""
+        for _ in range(MAX_PENDING):
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                return True
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._log(f"cannot accept: {e.strerror}; pausing {_ACCEPT_PAUSE:g} s")
+                    return False
+                return True  # ECONNABORTED and the like: that client is gone
+            self._admit(conn)
+        return True
+
+    def _admit(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            pid, uid = transport.peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        if uid != os.getuid():
+            self._refuse(conn, [], f"peer uid {uid} is not the supervisor's uid {os.getuid()}")
+            return
+        if pid not in (0, os.getpid()):
+            same = [p for p in self._pending.values() if p.pid == pid]
+            if len(same) >= MAX_PENDING_PER_PID:
+                self._drop(same[0], f"more than {MAX_PENDING_PER_PID} incomplete requests from pid {pid}")
+        if len(self._pending) >= MAX_PENDING:
+            self._drop(
+                next(iter(self._pending.values())),
+                f"more than {MAX_PENDING} connections waiting to send their request",
+            )
+        waiting = _Pending(conn, pid, time.monotonic() + FIRST_MESSAGE_SECONDS)
+        self._pending[conn.fileno()] = waiting
+        self._selector.register(conn, selectors.EVENT_READ)
+        self._read(waiting)  # nono-shell has usually sent all of it already
+
+    def _read(self, waiting: _Pending) -> None:
+        """Read what has arrived, never past the first frame; hand it on once it is whole."""
+        decoder = waiting.decoder
+        try:
+            while need := decoder.needed():
+                before = decoder.pending
+                data = transport.receive_chunk(waiting.conn, waiting.fds, min(need, _READ_CHUNK))
+                if not data:
+                    raise transport.Closed(truncated=decoder.pending > 0)
+                try:
+                    decoder.feed(data)
+                finally:
+                    self._buffered += decoder.pending - before
+        except BlockingIOError:
+            self._trim()
+            return
+        except (protocol.ProtocolError, transport.Closed, OSError) as e:
+            self._drop(waiting, f"bad request: {e}")
+            return
+        self._hand_over(waiting)
+
+    def _trim(self) -> None:
+        while self._buffered > MAX_PENDING_BYTES and self._pending:
+            self._drop(
+                next(iter(self._pending.values())),
+                f"more than {MAX_PENDING_BYTES} bytes of incomplete requests are waiting",
+            )
+
+    def _forget(self, waiting: _Pending) -> None:
+        if self._pending.pop(waiting.conn.fileno(), None) is not waiting:
+            return  # already forgotten (an exit signal interrupted this thread mid-way)
+        self._selector.unregister(waiting.conn)
+        self._buffered -= waiting.decoder.pending
+
+    def _drop(self, waiting: _Pending, reason: str) -> None:
+        self._forget(waiting)
+        self._refuse(waiting.conn, waiting.fds, reason)
+
+    def _refuse(self, conn: socket.socket, fds: list[int], reason: str) -> None:
+        """One Refused (non-blocking: a short frame, or nothing if the client is not reading), then close."""
+        self._log_refusal(reason)
+        _try_send(conn, protocol.Refused(reason))
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+    def _log_refusal(self, reason: str) -> None:
+        """At most a line a second: a flood must not turn into a flood on (and a block of) stderr."""
+        if not self.verbose:
+            return
+        now = time.monotonic()
+        if now - self._refusal_logged < 1.0:
+            self._refusals_unlogged += 1
+            return
+        more = f" (and {self._refusals_unlogged} more since the last line)" if self._refusals_unlogged else ""
+        self._refusal_logged, self._refusals_unlogged = now, 0
+        self._log(f"refused a connection: {reason}{more}")
+
+    def _hand_over(self, waiting: _Pending) -> None:
+        """A whole first request: a thread of its own for its command, if the limits leave room."""
+        self._forget(waiting)
+        conn, fds, size = waiting.conn, waiting.fds, waiting.decoder.pending
+        reason = self._reserve(size)
+        if reason is None:
+            conn.setblocking(True)
+            try:
+                worker = threading.Thread(
+                    target=self._connection, args=(conn, waiting.decoder, fds, size), name="nono-command"
+                )
+                worker.daemon = True
+                worker.start()
+                return
+            except RuntimeError as e:  # can't start new thread
+                self._release(size)
+                conn.setblocking(False)
+                reason = f"the supervisor cannot start a thread: {e}"
+        self._refuse(conn, fds, reason)
+
+    def _reserve(self, size: int) -> str | None:
+        """Room for one more command holding a ``size``-byte request, or why not."""
+        with self._held_lock:
+            if self._running >= self.max_commands:
+                return f"{self.max_commands} commands are running, the most this supervisor runs at once"
+            if self._held + size > MAX_HELD_REQUEST_BYTES:
+                return (
+                    f"the running commands' requests hold {self._held} bytes; with this one's {size} that is"
+                    f" over the {MAX_HELD_REQUEST_BYTES}-byte limit"
+                )
+            self._running += 1
+            self._held += size
+        return None
+
+    def _release(self, size: int) -> None:
+        with self._held_lock:
+            self._running -= 1
+            self._held -= size
 
     def _log(self, text: str) -> None:
         if self.verbose:
             print(f"nono-supervisor: {text}", file=sys.stderr, flush=True)
 
-    def _connection(self, conn: socket.socket) -> None:
-        fds: list[int] = []
+    def _connection(self, conn: socket.socket, decoder: protocol.Decoder, fds: list[int], size: int) -> None:
         try:
-            self._serve_one(conn, fds)
+            self._serve_one(conn, decoder, fds)
         except _Refuse as e:
             self._log(f"refused a connection: {e}")
             _try_send(conn, protocol.Refused(str(e)))
@@ -94,19 +345,19 @@ class Server:
             for fd in fds:
                 os.close(fd)
             conn.close()
+            self._release(size)
 
-    def _serve_one(self, conn: socket.socket, fds: list[int]) -> None:
-        uid = transport.peer_uid(conn)
-        if uid != os.getuid():
-            raise _Refuse(f"peer uid {uid} is not the supervisor's uid {os.getuid()}")
+    def _serve_one(self, conn: socket.socket, decoder: protocol.Decoder, fds: list[int]) -> None:
+        """``decoder`` holds the whole first frame (the intake read it; uid and limits are checked)."""
         conversation = protocol.Conversation("supervisor")
-        decoder = protocol.Decoder()
-        conn.settimeout(FIRST_MESSAGE_TIMEOUT)
         try:
-            request = transport.receive(conn, decoder, fds)
+            request = decoder.next_message()
+            if request is None:
+                raise protocol.ProtocolError("incomplete request")  # the intake never hands one over
             conversation.receive(request)
-        except (protocol.ProtocolError, transport.Closed, OSError) as e:
+        except protocol.ProtocolError as e:
             raise _Refuse(f"bad request: {e}") from None
+        decoder.max_frame = LATER_FRAME_BYTES
         assert isinstance(request, protocol.RunRequest)
         if len(fds) != len(request.stdio):
             raise _Refuse(f"request names {len(request.stdio)} stdio fds but carried {len(fds)}")
