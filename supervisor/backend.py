@@ -62,12 +62,21 @@ def start_sandboxed(
 
         def start_loop(listener: int) -> NotifyLoop:
             loop = NotifyLoop(
-                listener, rights, access, on_decision or (lambda *_: None), consent, session.own_sockets()
+                listener,
+                rights,
+                access,
+                on_decision or (lambda *_: None),
+                consent,
+                session.own_sockets(),
+                net_block=policy.net_block,
+                own_terminals=session.own_terminals(),
+                linked_denied=lambda: session.linked_denied(policy),
             )
             loop.start()
             return loop
 
-        return sandbox.start(plan, launch, (seccomp.build_program(), seccomp.FILTER_FLAGS), start_loop)
+        program = seccomp.build_program(policy.net_block)
+        return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
         # to act on. Denials come from ``log stream`` once the command has ended (supervisor.macos.launch).

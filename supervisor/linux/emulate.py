@@ -1,114 +1,251 @@
-"""Operations the supervisor carries out on a command's behalf (a grant Landlock alone cannot express).
+"""Operations the supervisor carries out on a command's behalf, and the only way to be allowed to.
 
-Every operation works on a path the notify loop already resolved and checked, through the *parent
-directory* opened here and verified to still be that directory; the last component is then reached with
-``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`` or a ``*at`` call that does not
-follow it. A symlink or ``..`` swapped in after the check therefore fails instead of landing elsewhere,
-and ``O_CREAT``/``O_TRUNC`` cannot act outside what was checked (DESIGN.md invariant 2).
+Every operation takes a ``Permit``: proof that ``Checker.decide`` (the policy, or a human through it)
+allowed that operation on that pinned object (``resolve.Pin``). A Permit cannot be built any other way,
+so an emulation cannot run on a path that was not the one checked (DESIGN.md invariant 7). Operations act
+only through the pin: the pinned directory fd plus one component, never following a symlink there, so a
+rename, ``chdir`` or symlink swap after the decision fails instead of landing elsewhere. Opens are
+checked once more on the object actually opened (invariant 2): a second name (hard link) of a denied file
+is refused, and ``O_TRUNC`` happens only after that.
+
+Notify threads act with the command's powers, not the supervisor's: ``drop_capabilities`` clears the
+thread's effective capabilities, so a supervisor run as root cannot chmod, chown or open for a command
+what the command itself could not (DAC is the kernel's, as it would be bare).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
+import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["open_checked", "remove", "mkdir", "symlink", "rename", "link", "truncate"]
+from supervisor.access import AccessIndex, Verdict
+from supervisor.linux.resolve import Pin
 
+__all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "SETID_BITS"]
+
+SETID_BITS = stat.S_ISUID | stat.S_ISGID  # a sandboxed command never sets these (a backdoor for later)
 _SYS_OPENAT2 = 437
+_SYS_CAPGET, _SYS_CAPSET = 125, 126
+_CAP_VERSION_3 = 0x20080522
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
 _STRICT = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
 _OPEN_HOW = struct.Struct("=QQQ")
+_AT_SYMLINK_NOFOLLOW = 0x100
+_IN_DONT_FOLLOW = 0x02000000
+_FAN_MARK_DONT_FOLLOW = 0x04
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+_SEAL = object()
 
 
 def _fail(err: int) -> OSError:
     return OSError(err, os.strerror(err))
 
 
-def _openat2(dirfd: int, name: str, flags: int, mode: int) -> int:
-    how = _OPEN_HOW.pack(flags, mode, _STRICT)
-    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(name), how, len(how))
-    if fd < 0:
+def _check(result: int) -> int:
+    if result < 0:
         raise _fail(ctypes.get_errno())
-    return fd
+    return result
 
 
-def _open_parent(real: str) -> tuple[int, str]:
-    """An O_PATH fd on the parent of ``real``, checked to be that directory, and the last component."""
-    parent, name = os.path.split(real)
-    fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    if os.readlink(f"/proc/self/fd/{fd}") != parent:
-        os.close(fd)
-        raise _fail(errno.EACCES)  # the parent changed under us: refuse rather than chase it
-    return fd, name or "."
+def drop_capabilities() -> None:
+    """Clear the calling thread's effective capabilities (credentials are per thread on Linux): what the
+    supervisor then does for a command, the kernel checks as it would for the command (it has none)."""
+    header = struct.pack("=Ii", _CAP_VERSION_3, 0)
+    data = ctypes.create_string_buffer(24)
+    if _libc.syscall(_SYS_CAPGET, header, data) != 0:
+        return
+    _eff0, perm0, inh0, _eff1, perm1, inh1 = struct.unpack("=6I", data.raw)
+    if _check(_libc.syscall(_SYS_CAPSET, header, struct.pack("=6I", 0, perm0, inh0, 0, perm1, inh1))) != 0:
+        raise _fail(errno.EPERM)
 
 
-def open_checked(real: str, flags: int, mode: int, recheck: Callable[[str], object]) -> int:
-    """Open ``real`` for the command; ``recheck(opened_path)`` must return None for the fd to be kept."""
-    parent, name = _open_parent(real)
+class Permit:
+    """``op`` on ``pin`` was allowed ``by`` the policy or a human. Issued only by ``Checker.decide``."""
+
+    __slots__ = ("pin", "op", "by")
+
+    def __init__(self, seal: object, pin: Pin, op: str, by: str) -> None:
+        if seal is not _SEAL:
+            raise TypeError("a Permit is issued only by Checker.decide")
+        self.pin, self.op, self.by = pin, op, by
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """``op`` on ``path`` is denied by ``rule`` (and no human allowed it)."""
+
+    op: str
+    path: str
+    rule: str
+    is_dir: bool
+
+
+class Checker:
+    """Decides one operation on one pinned object: the policy's verdict on the pin's real path, then (for
+    what the policy denies and may be granted) the human. The only issuer of Permits."""
+
+    def __init__(
+        self,
+        access: AccessIndex,
+        ask: Callable[[str, str, str, bool], bool] | None = None,
+        linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
+    ) -> None:
+        self.access = access
+        self.ask = ask  # (op, path, rule, is_dir) -> the human allowed it
+        self.linked_denied = linked_denied  # (dev, ino) of denied files that have other names
+
+    def decide(self, op: str, pin: Pin) -> Permit | Refusal:
+        if op == "locate" or not pin.path.startswith("/"):
+            # O_PATH reads and writes nothing (Landlock grants no right to it either); an object with no
+            # path (a pipe, a socket, an anonymous inode) is the command's own.
+            return Permit(_SEAL, pin, op, "policy")
+        verdict = self.access.verdict(pin.path, op)
+        if verdict.allowed and pin.st is not None and self.is_second_name(pin.st):
+            verdict = Verdict(False, "hard link to a denied file")
+        if verdict.allowed:
+            return Permit(_SEAL, pin, op, "policy")
+        if verdict.rule != "never-grantable" and self.ask is not None:
+            if self.ask(op, pin.path, verdict.rule, pin.is_dir):
+                return Permit(_SEAL, pin, op, "user")
+        return Refusal(op, pin.path, verdict.rule, pin.is_dir)
+
+    def is_second_name(self, st: os.stat_result) -> bool:
+        """A regular file with several names, one of them denied: the path checked is not the only way to
+        the content, and the kernel's Landlock rules follow the name, not the inode."""
+        return stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and (st.st_dev, st.st_ino) in self.linked_denied()
+
+
+def _target(permit: Permit) -> tuple[str, bool]:
+    """A path for calls without an ``*at`` form, naming exactly the pinned object, and whether to follow
+    its last component (only our own fd's magic link, for the directory itself)."""
+    pin = permit.pin
+    return pin.via, not pin.name
+
+
+# ---- files and directories -------------------------------------------------------------------------------
+
+
+def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
+    """Open the pinned object for the command. The fd is checked on what was actually opened (a second
+    name of a denied file is refused) before it is kept, and only then truncated for ``O_TRUNC``."""
+    pin = permit.pin
+    opening = (flags & ~os.O_TRUNC) | os.O_CLOEXEC
+    if pin.name:
+        how = _OPEN_HOW.pack(opening, mode, _STRICT)
+        fd = _check(_libc.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
+    else:
+        fd = os.open(f"/proc/self/fd/{pin.dirfd}", opening, mode)  # the pinned directory itself
     try:
-        fd = _openat2(parent, name, (flags & ~os.O_TRUNC) | os.O_CLOEXEC, mode)
-    finally:
-        os.close(parent)
-    try:
-        opened = os.readlink(f"/proc/self/fd/{fd}")
-        if opened != real or recheck(opened) is not None:
+        opened = os.fstat(fd)
+        if checker.is_second_name(opened):
             raise _fail(errno.EACCES)
-        if flags & os.O_TRUNC:
-            os.ftruncate(fd, 0)  # only now that the object is known to be the one that was granted
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE and stat.S_ISREG(opened.st_mode):
+            os.ftruncate(fd, 0)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-@contextlib.contextmanager
-def _in_parent(real: str) -> Iterator[tuple[int, str]]:
-    parent, name = _open_parent(real)
-    try:
-        yield parent, name
-    finally:
-        os.close(parent)
+def mkdir(permit: Permit, mode: int) -> None:
+    os.mkdir(permit.pin.name, mode, dir_fd=permit.pin.dirfd)
 
 
-def remove(real: str, directory: bool) -> None:
-    with _in_parent(real) as (parent, name):
-        (os.rmdir if directory else os.unlink)(name, dir_fd=parent)
+def mknod(permit: Permit, mode: int, device: int) -> None:
+    os.mknod(permit.pin.name, mode, device, dir_fd=permit.pin.dirfd)
 
 
-def mkdir(real: str, mode: int) -> None:
-    with _in_parent(real) as (parent, name):
-        os.mkdir(name, mode, dir_fd=parent)
+def symlink(permit: Permit, target: str) -> None:
+    os.symlink(target, permit.pin.name, dir_fd=permit.pin.dirfd)
 
 
-def symlink(target: str, real: str) -> None:
-    with _in_parent(real) as (parent, name):
-        os.symlink(target, name, dir_fd=parent)
+def remove(permit: Permit, directory: bool) -> None:
+    (os.rmdir if directory else os.unlink)(permit.pin.name, dir_fd=permit.pin.dirfd)
 
 
-def rename(src: str, dst: str, flags: int) -> None:
-    with _in_parent(src) as (src_parent, src_name), _in_parent(dst) as (dst_parent, dst_name):
-        if _libc.renameat2(src_parent, os.fsencode(src_name), dst_parent, os.fsencode(dst_name), flags) != 0:
-            raise _fail(ctypes.get_errno())
+def rename(src: Permit, dst: Permit, flags: int) -> None:
+    result = _libc.renameat2(
+        src.pin.dirfd, os.fsencode(src.pin.name), dst.pin.dirfd, os.fsencode(dst.pin.name), flags
+    )
+    _check(result)
 
 
-def link(src: str, dst: str) -> None:
-    with _in_parent(src) as (src_parent, src_name), _in_parent(dst) as (dst_parent, dst_name):
-        os.link(src_name, dst_name, src_dir_fd=src_parent, dst_dir_fd=dst_parent, follow_symlinks=False)
+def link(src: Permit, dst: Permit) -> None:
+    os.link(
+        src.pin.name,
+        dst.pin.name,
+        src_dir_fd=src.pin.dirfd,
+        dst_dir_fd=dst.pin.dirfd,
+        follow_symlinks=False,
+    )
 
 
-def truncate(real: str, length: int, recheck: Callable[[str], object]) -> None:
-    fd = open_checked(real, os.O_WRONLY, 0, recheck)
+def truncate(permit: Permit, length: int, checker: Checker) -> None:
+    fd = open_file(permit, os.O_WRONLY, 0, checker)
     try:
         os.ftruncate(fd, length)
     finally:
         os.close(fd)
+
+
+# ---- metadata --------------------------------------------------------------------------------------------
+
+
+def chmod(permit: Permit, mode: int) -> None:
+    path, follow = _target(permit)
+    os.chmod(path, mode, follow_symlinks=follow)
+
+
+def chown(permit: Permit, uid: int, gid: int) -> None:
+    path, follow = _target(permit)
+    os.chown(path, uid, gid, follow_symlinks=follow)
+
+
+def utimens(permit: Permit, times: bytes | None) -> None:
+    """``times``: the command's two ``struct timespec`` as read (UTIME_NOW/OMIT kept), or None (now)."""
+    pin = permit.pin
+    name = os.fsencode(pin.name) if pin.name else os.fsencode(f"/proc/self/fd/{pin.dirfd}")
+    dirfd = pin.dirfd if pin.name else -100
+    _check(_libc.utimensat(dirfd, name, times, _AT_SYMLINK_NOFOLLOW if pin.name else 0))
+
+
+def setxattr(permit: Permit, name: str, value: bytes, flags: int) -> None:
+    path, follow = _target(permit)
+    os.setxattr(path, name, value, flags, follow_symlinks=follow)
+
+
+def removexattr(permit: Permit, name: str) -> None:
+    path, follow = _target(permit)
+    os.removexattr(path, name, follow_symlinks=follow)
+
+
+def inotify_add_watch(permit: Permit, inotify: int, mask: int) -> int:
+    """A watch is a read of the watched object's names and timing: added on the command's own inotify
+    instance (our copy shares it), on the pinned object, never following a swapped-in symlink."""
+    path, follow = _target(permit)
+    return _check(
+        _libc.inotify_add_watch(inotify, os.fsencode(path), mask | (0 if follow else _IN_DONT_FOLLOW))
+    )
+
+
+def fanotify_mark(permit: Permit, fanotify: int, flags: int, mask: int) -> None:
+    pin = permit.pin
+    name = os.fsencode(pin.name) if pin.name else None
+    _check(
+        _libc.fanotify_mark(
+            fanotify, flags | (_FAN_MARK_DONT_FOLLOW if pin.name else 0), mask, pin.dirfd, name
+        )
+    )

@@ -83,9 +83,11 @@ def pidfd_getfd(tid: int, fd: int) -> int:
     try:
         pidfd = os.pidfd_open(tid)
     except OSError as e:
-        if e.errno != errno.EINVAL:
+        # A thread that is not its group's leader: EINVAL before 6.9, ENOENT since (pidfd_open of a tid
+        # without PIDFD_THREAD). Its thread group shares the descriptor table.
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
             raise
-        pidfd = os.pidfd_open(_thread_group(tid))  # a thread that is not its group's leader
+        pidfd = os.pidfd_open(_thread_group(tid))
     try:
         got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
         if got < 0:

@@ -1,38 +1,39 @@
 """The seccomp notify loop: one thread per command, answering every trapped syscall of its process tree.
 
-Each handler returns a decision value; only ``_respond`` issues ioctls. The three answers (DESIGN.md):
-- ``CONTINUE``: the kernel runs the syscall under the command's Landlock domain. Only built by
-  ``_continue``, which checks that the Landlock baseline grants what the syscall needs (invariant 1), so a
-  path swapped in memory after our read can reach nothing the baseline does not already allow.
-- ``Deny``: an errno; recorded as a denial when it is a policy decision.
-- ``Inject``/``Value``: the supervisor performed the operation itself (an emulated open injected with
-  ADDFD+SEND, or a mkdir/unlink/rename done on the command's behalf), on a path it resolved and re-checked
-  on the object it actually opened (invariant 2).
-Every answer comes after ``NOTIF_ID_VALID`` confirmed the request is still the one we read (invariant 3).
+Every handled syscall goes one way (DESIGN.md invariant 7):
+1. **read once**: each path (and every other argument in memory) is read from the target exactly once;
+2. **fast path**: if the Landlock baseline alone grants what the syscall needs on the path as read, the
+   answer is CONTINUE and the kernel enforces it (invariant 1; only for calls Landlock covers);
+3. **resolve once, pin**: otherwise the bytes read are resolved from the target's view into a ``Pin``
+   (``resolve``), with the kernel's own errno for what would fail before any permission check;
+4. **decide on the pin**: ``Checker.decide`` gives a ``Permit`` for the pin's real path, or a ``Refusal``;
+5. **act through the pin** (``emulate``), only after NOTIF_ID_VALID (invariant 3), with the thread's
+   capabilities dropped so the kernel checks what the command itself could do.
+Handlers return decision values (``decisions``); only ``_respond`` issues ioctls.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
-import functools
 import os
 import select
-import socket
+import stat
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 
 from supervisor.access import AccessIndex
-from supervisor.linux import emulate
+from supervisor.linux import emulate, sockets
+from supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
+from supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import ACCESS_FS, RightsIndex
+from supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
 from supervisor.linux.seccomp import TRAPS, Trap
 
-__all__ = ["NotifyLoop", "Denial", "Decision", "read_child_path"]
+__all__ = ["NotifyLoop", "Denial", "Decision"]
 
 # KERNEL-NOTES.md: ioctl numbers and struct layouts, checked on the CI kernel.
 _IOCTL_RECV = 0xC0502100
@@ -48,164 +49,24 @@ _RESP = struct.Struct("=QqiI")  # id, val, error, flags: 24 bytes
 _ADDFD = struct.Struct("=QIIII")  # id, flags, srcfd, newfd, newfd_flags: 24 bytes
 _ID = struct.Struct("=Q")
 _OPEN_HOW = struct.Struct("=QQQ")  # flags, mode, resolve
+_TIMESPEC2 = struct.Struct("=qqqq")
 _AT_FDCWD = 0xFFFFFF9C  # -100 as the low 32 bits of a syscall argument
+_AT_SYMLINK_NOFOLLOW = 0x100
 _AT_REMOVEDIR = 0x200
+_AT_SYMLINK_FOLLOW = 0x400
 _AT_EMPTY_PATH = 0x1000
-PATH_MAX = 4096
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+_O_TMPFILE = 0o20000000
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_IN_DONT_FOLLOW = 0x02000000
+_FAN_MARK_DONT_FOLLOW = 0x04
+_XATTR_SIZE_MAX = 65536
+_XATTR_NAME_MAX = 255
+_MAX_WORKERS = 8  # blocking emulations (connects) in flight per command; more wait for a free worker
 
 _A = ACCESS_FS
-_O_ACCMODE, _O_WRONLY, _O_RDWR = 3, os.O_WRONLY, os.O_RDWR
-
-
-# ---- decisions -------------------------------------------------------------------------------------------
-
-
-class _Continue:
-    __slots__ = ()
-
-
-CONTINUE = _Continue()
-
-
-@dataclass(frozen=True)
-class Deny:
-    error: int
-    denial: Denial | None = None  # set when this is a policy decision to report
-
-
-@dataclass(frozen=True)
-class Value:
-    """The supervisor did it; the syscall returns ``value``."""
-
-    value: int
-    grant: Denial | None = None
-
-
-@dataclass(frozen=True)
-class Inject:
-    """The supervisor opened ``fd``; it is injected into the target as the syscall's result."""
-
-    fd: int
-    cloexec: bool
-    grant: Denial | None = None
-
-
-Decision = _Continue | Deny | Value | Inject
-
-
-@dataclass(frozen=True)
-class Denial:
-    """One (operation, path) decision worth reporting: a denial, or a grant the supervisor carried out."""
-
-    op: str
-    path: str
-    rule: str
-    is_dir: bool = False
-    pid: int = 0  # the thread that asked
-
-
-# ---- reading the target ----------------------------------------------------------------------------------
-
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.process_vm_readv.restype = ctypes.c_ssize_t
-_libc.process_vm_readv.argtypes = [
-    ctypes.c_int,
-    ctypes.POINTER(_IoVec),
-    ctypes.c_ulong,
-    ctypes.POINTER(_IoVec),
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-
-
-class _Reader:
-    """Reads NUL-terminated strings from a target, into one preallocated buffer per notify thread."""
-
-    def __init__(self) -> None:
-        self.buffer = ctypes.create_string_buffer(PATH_MAX + 1)
-        self._local = _IoVec(ctypes.addressof(self.buffer), PATH_MAX)
-        self._remote = (_IoVec * 2)()
-
-    def read(self, tid: int, address: int, size: int = PATH_MAX) -> bytes | None:
-        """``size`` bytes (or up to the first unmapped page) at ``address``; None if nothing is readable."""
-        if address == 0:
-            return None
-        # Split at the page boundary: a transfer stops at the first iovec that cannot be read whole, so a
-        # string near the end of the last mapped page is still read.
-        first = min(size, _PAGE - address % _PAGE)
-        self._remote[0].base, self._remote[0].len = address, first
-        self._remote[1].base, self._remote[1].len = address + first, size - first
-        self._local.len = size
-        count = 2 if size > first else 1
-        got = _libc.process_vm_readv(tid, ctypes.byref(self._local), 1, self._remote, count, 0)
-        if got <= 0:
-            return None
-        return self.buffer.raw[:got]
-
-    def read_exactly(self, tid: int, address: int, size: int) -> bytes | None:
-        """``size`` bytes at ``address`` (any size), or None if they are not all readable."""
-        buffer = ctypes.create_string_buffer(size)
-        local = _IoVec(ctypes.addressof(buffer), size)
-        remote = _IoVec(address, size)
-        got = _libc.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        return buffer.raw[:size] if got == size else None
-
-    def read_path(self, tid: int, address: int) -> bytes | None:
-        data = self.read(tid, address)
-        if data is None:
-            return None
-        end = data.find(b"\0")
-        return data[:end] if end >= 0 else None
-
-
-def read_child_path(reader: _Reader, tid: int, dirfd: int | None, address: int) -> str | None:
-    """The absolute, lexically normal path a syscall names, read once from the target (None: EFAULT)."""
-    raw = reader.read_path(tid, address)
-    if raw is None:
-        return None
-    path = os.fsdecode(raw)
-    if not path.startswith("/"):
-        fd = _AT_FDCWD if dirfd is None else dirfd & 0xFFFFFFFF
-        base = f"/proc/{tid}/cwd" if fd == _AT_FDCWD else f"/proc/{tid}/fd/{fd}"
-        try:
-            base = os.readlink(base)
-        except OSError:
-            return None
-        path = f"{base}/{path}" if path else base
-    # The target's /proc/self is not ours.
-    if path.startswith("/proc/self/") or path == "/proc/self":
-        path = f"/proc/{tid}" + path[len("/proc/self") :]
-    elif path.startswith("/proc/thread-self"):
-        path = f"/proc/{tid}/task/{tid}" + path[len("/proc/thread-self") :]
-    return os.path.normpath(path)
-
-
-def _resolve(path: str, follow: bool = True) -> str:
-    """The physical path: symlinks (and /proc magic links) resolved; the last one only if ``follow``."""
-    if follow:
-        return os.path.realpath(path)
-    parent, name = os.path.split(path)
-    return os.path.join(os.path.realpath(parent), name)
-
-
-def _umask(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-# ---- the loop --------------------------------------------------------------------------------------------
+_O_ACCMODE, _O_WRONLY, _O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
+_MAGIC_PREFIXES = ("/proc", "/dev/fd", "/dev/std")  # resolved in the target's view: never the fast path
+_NEVER_SETID = "setuid/setgid bits: never grantable"
 
 
 class NotifyLoop(threading.Thread):
@@ -219,6 +80,10 @@ class NotifyLoop(threading.Thread):
         on_decision: Callable[[str, Denial], None],
         consent: Callable[..., bool] | None = None,
         allowed_sockets: frozenset[str] = frozenset(),
+        *,
+        net_block: bool = False,
+        own_terminals: frozenset[str] = frozenset(),
+        linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
     ) -> None:
         super().__init__(name=f"nono-notify-{listener}", daemon=True)
         self.listener = listener
@@ -227,14 +92,21 @@ class NotifyLoop(threading.Thread):
         self.on_decision = on_decision
         self.consent = consent  # the human, asked while the syscall waits (or None)
         self.allowed_sockets = allowed_sockets  # the supervisor's own socket: nested routing
-        self._reader = _Reader()
+        self.net_block = net_block
+        self.own_terminals = own_terminals  # the supervisor's terminal: never reopened for a command
+        self.checker = Checker(access, self._ask, linked_denied)
+        # With a multi-linked denied file somewhere, no regular-file open may be CONTINUEd: Landlock
+        # follows the name, and another name of the file may lie inside a grant.
+        self._linked = bool(linked_denied())
+        self.reader = Reader()
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
-        self._resp = bytearray(_RESP.size)
-        self._id = bytearray(_ID.size)
-        self._addfd = bytearray(_ADDFD.size)
+        self._continue_resp = bytearray(_RESP.size)
         self._current = self._tid = 0
         self._handlers = _dispatch_table()
+        self._workers = threading.BoundedSemaphore(_MAX_WORKERS)
+        self._pending = 0
+        self._pending_lock = threading.Condition()
         self._set_sync_wakeup()
 
     def _set_sync_wakeup(self) -> None:
@@ -247,6 +119,9 @@ class NotifyLoop(threading.Thread):
             pass  # before 6.6: still correct, only slower
 
     def run(self) -> None:
+        # What the supervisor does for a command, it does with the command's powers (a root supervisor's
+        # CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN would otherwise reach what the command cannot).
+        emulate.drop_capabilities()
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         try:
@@ -264,8 +139,14 @@ class NotifyLoop(threading.Thread):
                         continue
                     raise
                 nid, tid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack_from(self._recv)
-                self._dispatch(nid, tid, nr, args)
+                try:
+                    self._dispatch(nid, tid, nr, args)
+                except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
+                    _debug_trace()
+                    self._respond_quietly(nid, errno.EACCES)
         finally:
+            with self._pending_lock:
+                self._pending_lock.wait_for(lambda: self._pending == 0)
             os.close(self.listener)
 
     def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
@@ -273,422 +154,773 @@ class NotifyLoop(threading.Thread):
         if entry is None:  # the filter and this table come from one list; this is a bug, fail closed
             self._respond(nid, Deny(errno.ENOSYS))
             return
-        trap, handler = entry  # an unbound method: no per-loop table, no self -> dict -> self cycle
+        trap, handler = entry  # an unbound function: no per-loop table, no self -> dict -> self cycle
         self._current, self._tid = nid, tid  # for a question held on this syscall, and for its report
-        paths = []
-        for dirfd_arg, path_arg in trap.paths:
-            path = read_child_path(
-                self._reader, tid, None if dirfd_arg is None else args[dirfd_arg], args[path_arg]
-            )
-            if path is None:
-                self._respond(nid, Deny(errno.EFAULT))
-                return
-            paths.append(path)
-        if not self._still_valid(nid):
-            return  # the target moved on (signal, death): nothing to answer
         try:
-            decision = handler(self, trap, tid, paths, args)
+            decision = handler(self, trap, tid, args)
         except OSError as e:
             decision = Deny(e.errno or errno.EACCES)
         except Exception:  # noqa: BLE001 - a handler bug denies this one syscall; it never lets it through
+            _debug_trace()
             decision = Deny(errno.EACCES)
-        if isinstance(decision, Inject) and not self._still_valid(nid):
-            os.close(decision.fd)  # emulation took time and the request is gone: inject nothing
-            return
+        if isinstance(decision, Emulate):
+            if not self._still_valid(nid):
+                decision.release()
+                return  # the target moved on (signal, death): act on nothing
+            if decision.blocking:
+                self._run_on_worker(nid, decision)
+                return
+            decision = _carry_out(decision)
         self._respond(nid, decision)
 
+    def _run_on_worker(self, nid: int, emulation: Emulate) -> None:
+        """A call that may block (connect, send on a full buffer) runs on a worker, so the command's other
+        threads are answered meanwhile. Workers start from this thread: they inherit its dropped powers."""
+        self._workers.acquire()
+        with self._pending_lock:
+            self._pending += 1
+
+        def work() -> None:
+            try:
+                self._respond(nid, _carry_out(emulation))
+            finally:
+                self._workers.release()
+                with self._pending_lock:
+                    self._pending -= 1
+                    self._pending_lock.notify_all()
+
+        threading.Thread(target=work, name=f"nono-emulate-{nid}", daemon=True).start()
+
     def _still_valid(self, nid: int) -> bool:
-        _ID.pack_into(self._id, 0, nid)
         try:
-            fcntl.ioctl(self.listener, _IOCTL_ID_VALID, self._id, True)
+            fcntl.ioctl(self.listener, _IOCTL_ID_VALID, _ID.pack(nid))
             return True
         except OSError:
             return False
 
     def _respond(self, nid: int, decision: Decision) -> None:
-        """The only place that answers the kernel."""
+        """The only place that answers the kernel (from the loop thread or a worker)."""
         try:
+            if decision is CONTINUE:
+                _RESP.pack_into(self._continue_resp, 0, nid, 0, 0, _FLAG_CONTINUE)
+                fcntl.ioctl(self.listener, _IOCTL_SEND, self._continue_resp, True)
+                return
             if isinstance(decision, Inject):
                 try:
-                    _ADDFD.pack_into(
-                        self._addfd,
-                        0,
-                        nid,
-                        _ADDFD_FLAG_SEND,
-                        decision.fd,
-                        0,
-                        os.O_CLOEXEC if decision.cloexec else 0,
-                    )
-                    fcntl.ioctl(self.listener, _IOCTL_ADDFD, self._addfd, True)
+                    cloexec = os.O_CLOEXEC if decision.cloexec else 0
+                    request = _ADDFD.pack(nid, _ADDFD_FLAG_SEND, decision.fd, 0, cloexec)
+                    fcntl.ioctl(self.listener, _IOCTL_ADDFD, request)
                 finally:
                     os.close(decision.fd)
                 self._report("grant", decision.grant)
                 return
-            if decision is CONTINUE:
-                _RESP.pack_into(self._resp, 0, nid, 0, 0, _FLAG_CONTINUE)
-            elif isinstance(decision, Value):
-                _RESP.pack_into(self._resp, 0, nid, decision.value, 0, 0)
-                self._report("grant", decision.grant)
+            if isinstance(decision, Value):
+                response, verdict, what = _RESP.pack(nid, decision.value, 0, 0), "grant", decision.grant
             else:
-                _RESP.pack_into(self._resp, 0, nid, 0, -decision.error, 0)
-                self._report("deny", decision.denial)
-            fcntl.ioctl(self.listener, _IOCTL_SEND, self._resp, True)
+                response, verdict, what = _RESP.pack(nid, 0, -decision.error, 0), "deny", decision.denial
+            fcntl.ioctl(self.listener, _IOCTL_SEND, response)  # answer first: reporting may be slow
         except OSError as e:
             if e.errno != errno.ENOENT:  # ENOENT: the target was signalled meanwhile; it will retry
                 raise
+            return
+        self._report(verdict, what)
+
+    def _respond_quietly(self, nid: int, error: int) -> None:
+        try:
+            fcntl.ioctl(self.listener, _IOCTL_SEND, _RESP.pack(nid, 0, -error, 0))
+        except OSError:
+            pass  # already answered, or gone
 
     def _report(self, decision: str, what: Denial | None) -> None:
-        if what is not None:
+        if what is None:
+            return
+        try:
             self.on_decision(decision, what)
+        except Exception:  # noqa: BLE001 - reporting (the audit log) must never stop the answering
+            pass
 
-    # ---- decisions -------------------------------------------------------------------------------------
+    # ---- the pipeline's steps --------------------------------------------------------------------------
 
-    def _continue(self, path: str, needed: int) -> _Continue | None:
+    def _read(self, tid: int, address: int) -> bytes | Deny:
+        raw = self.reader.read_string(tid, address)
+        return Deny(raw) if isinstance(raw, int) else raw
+
+    def _lexical(self, tid: int, dirfd: int | None, raw: bytes) -> str | None:
+        """The path as read, made absolute against the target's cwd or dirfd: only for the fast path
+        (anything Landlock then allows is allowed whatever the path really is). None: not for the fast
+        path (magic /proc and /dev/fd names are the target's, not ours)."""
+        path = os.fsdecode(raw)
+        if not path.startswith("/"):
+            fd = _AT_FDCWD if dirfd is None else dirfd & 0xFFFFFFFF
+            try:
+                base = os.readlink(f"/proc/{tid}/cwd" if fd == _AT_FDCWD else f"/proc/{tid}/fd/{fd}")
+            except OSError:
+                return None
+            path = f"{base}/{path}"
+        if path.startswith(_MAGIC_PREFIXES):
+            return None
+        return os.path.normpath(path)
+
+    def _continue(self, path: str | None, needed: int) -> Continue | None:
         """CONTINUE, only if the Landlock baseline alone grants ``needed`` on ``path`` (invariant 1)."""
-        return CONTINUE if self.rights.allows(path, needed) else None
+        return CONTINUE if path is not None and self.rights.allows(path, needed) else None
 
-    def _deny(self, op: str, path: str, rule: str, is_dir: bool = False) -> Deny:
-        return Deny(errno.EACCES, Denial(op, path, rule, is_dir, self._tid))
+    def _pin(self, tid: int, dirfd: int | None, raw: bytes, follow: bool, empty: bool = False):
+        return resolve_bytes(tid, dirfd, raw, follow=follow, empty_path=empty)
 
-    def _check(self, op: str, path: str) -> Deny | None:
-        """None if the policy, or failing that the human, allows ``op`` on the resolved ``path``."""
-        verdict = self.access.verdict(path, op)
-        if verdict.allowed:
-            return None
-        is_dir = os.path.isdir(path)
-        alive = functools.partial(self._still_valid, self._current)
-        if self.consent is not None and self.consent(op, path, verdict.rule, is_dir, alive, self._tid):
-            return None
-        return self._deny(op, path, verdict.rule, is_dir)
+    def _ask(self, op: str, path: str, rule: str, is_dir: bool) -> bool:
+        if self.consent is None:
+            return False
+        nid = self._current
+        return self.consent(op, path, rule, is_dir, lambda: self._still_valid(nid), self._tid)
 
-    def _on_open(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        path = paths[0]
+    def _refused(self, refusal: Refusal, error: int = errno.EACCES) -> Deny:
+        return Deny(error, Denial(refusal.op, refusal.path, refusal.rule, refusal.is_dir, self._tid))
+
+    def _decide(self, op: str, pin: Pin) -> Permit | Deny:
+        outcome = self.checker.decide(op, pin)
+        return self._refused(outcome) if isinstance(outcome, Refusal) else outcome
+
+    def _setid(self, path: str) -> Deny:
+        return Deny(errno.EPERM, Denial("write", path, _NEVER_SETID, False, self._tid))
+
+    def _fd_pin(self, tid: int, fd: int) -> Pin | Deny:
+        """The target's descriptor ``fd`` as a pin of its own: our copy (the same open file), decided on the
+        real path of the object it refers to, never on what the number means later."""
+        copy = pidfd_getfd(tid, fd & 0xFFFFFFFF)
+        try:
+            st = os.fstat(copy)
+            path = os.readlink(f"/proc/self/fd/{copy}")
+        except OSError as e:
+            os.close(copy)
+            return Deny(e.errno or errno.EBADF)
+        return Pin(copy, "", path.removesuffix(" (deleted)"), st)
+
+    def _object_of(self, tid: int, trap: Trap, args: list[int], follow: bool) -> Pin | Deny:
+        """The object a metadata call acts on: its path argument (or its fd form), pinned."""
+        if trap.path is None:
+            return self._fd_pin(tid, args[trap.fd])
+        flags = args[trap.flags] if trap.flags is not None else 0
+        if trap.name == "utimensat" and args[trap.path] == 0:
+            return self._fd_pin(tid, args[trap.dirfd])  # utimensat(fd, NULL, ...) is futimens
+        raw = self._read(tid, args[trap.path])
+        if isinstance(raw, Deny):
+            return raw
+        dirfd = args[trap.dirfd] if trap.dirfd is not None else None
+        resolved = self._pin(tid, dirfd, raw, follow, empty=bool(flags & _AT_EMPTY_PATH))
+        if isinstance(resolved, FdRef):
+            return self._fd_pin(resolved.tid, resolved.fd)
+        if not isinstance(resolved, Pin):
+            return Deny(resolved.error)
+        if not resolved.exists:
+            resolved.close()
+            return Deny(errno.ENOENT)
+        return resolved
+
+    # ---- opens -----------------------------------------------------------------------------------------
+
+    def _on_open(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        raw = self._read(tid, args[trap.path])
+        if isinstance(raw, Deny):
+            return raw
+        untrusted_how = False
         if trap.name == "openat2":
-            how = self._reader.read(tid, args[2], _OPEN_HOW.size)
-            if how is None or len(how) < _OPEN_HOW.size:
+            how = self.reader.read_exactly(tid, args[2], _OPEN_HOW.size)
+            if how is None:
                 return Deny(errno.EFAULT)
-            flags, mode, _resolve_flags = _OPEN_HOW.unpack(how)
+            flags, mode, resolve_flags = _OPEN_HOW.unpack(how)
+            if resolve_flags:
+                # RESOLVE_* restrictions are the caller's own; answered as a kernel without openat2 would,
+                # so it falls back to openat (trapped too).
+                return Deny(errno.ENOSYS)
+            untrusted_how = True  # in memory: the kernel would read it again after a CONTINUE
         elif trap.name == "creat":
             flags, mode = os.O_CREAT | os.O_WRONLY | os.O_TRUNC, args[1]
         else:
-            flags, mode = args[trap.flags_arg], args[trap.mode_arg]
-        if flags & os.O_PATH:
+            flags, mode = args[trap.flags] & 0xFFFFFFFF, args[trap.mode] & 0xFFFFFFFF
+        creating = bool(flags & (os.O_CREAT | _O_TMPFILE))
+        if creating and mode & SETID_BITS:
+            return self._setid(os.fsdecode(raw))
+        if flags & os.O_PATH and not untrusted_how:
             return CONTINUE  # Landlock grants no right to O_PATH: it reads and writes nothing
+        dirfd = args[0] if trap.dirfd is not None else None
         needed = _open_rights(flags)
-        creating = bool(flags & os.O_CREAT)
-        fast = self._continue(path, needed)
-        if fast and (not creating or self.rights.allows(os.path.dirname(path), _A["make_reg"])):
-            return fast
-        real = _resolve(path, follow=not flags & os.O_NOFOLLOW)
-        exists = os.path.lexists(real)
-        if exists and self.rights.allows(real, needed):
-            return CONTINUE
-        ops = []
-        if (flags & _O_ACCMODE) != _O_WRONLY:
-            ops.append("read")
-        if (flags & _O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
-            ops.append("write")
-        if creating and not exists:
-            ops.append("create")
-        for op in ops:
-            denied = self._check(op, real)
-            if denied:
-                return denied
-        fd = emulate.open_checked(
-            real, flags, mode & ~_umask(tid) & 0o7777, lambda p: self._check(ops[-1], p)
-        )
-        return Inject(fd, bool(flags & os.O_CLOEXEC), Denial(ops[-1], real, "policy"))
+        if not untrusted_how and (not self._linked or flags & os.O_DIRECTORY):
+            lexical = self._lexical(tid, dirfd, raw)
+            fast = self._continue(lexical, needed)
+            if fast and (not creating or self.rights.allows(os.path.dirname(lexical), _A["make_reg"])):
+                return fast
+        exclusive = flags & os.O_CREAT and flags & os.O_EXCL
+        resolved = self._pin(tid, dirfd, raw, follow=not (flags & os.O_NOFOLLOW or exclusive))
+        if isinstance(resolved, FdRef):
+            return self._reopen(resolved, flags)
+        if not isinstance(resolved, Pin):
+            return Deny(resolved.error)
+        try:
+            return self._open_pinned(resolved, flags, mode, needed, creating, tid, untrusted_how)
+        except BaseException:
+            resolved.close()
+            raise
 
-    def _on_exec(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        fast = self._continue(paths[0], _A["execute"])
+    def _open_pinned(
+        self, pin: Pin, flags: int, mode: int, needed: int, creating: bool, tid: int, untrusted: bool
+    ) -> Decision:
+        error = _open_errno(pin, flags, creating)
+        if error:
+            pin.close()
+            return Deny(error)
+        if flags & os.O_PATH:
+            return self._emulate_open(pin, ["locate"], flags, mode, tid)  # openat2 O_PATH: no content
+        if flags & _O_TMPFILE == _O_TMPFILE:
+            ops = ["create"]
+        else:
+            ops = [op for op, wanted in _open_ops(flags, pin.exists) if wanted]
+        landlock_path = pin.path if pin.exists else os.path.dirname(pin.path)
+        landlock_needed = needed if pin.exists else _A["make_reg"]
+        if (
+            not untrusted
+            and self.rights.allows(landlock_path, landlock_needed)
+            and not (self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode))
+        ):
+            pin.close()
+            return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
+        return self._emulate_open(pin, ops, flags, mode, tid)
+
+    def _emulate_open(self, pin: Pin, ops: list[str], flags: int, mode: int, tid: int) -> Decision:
+        permits = []
+        for op in ops:
+            permit = self._decide(op, pin)
+            if isinstance(permit, Deny):
+                pin.close()
+                return permit
+            permits.append(permit)
+        permit = permits[-1]
+        mode = mode & ~_umask(tid) & 0o7777
+
+        def act() -> Decision:
+            try:
+                fd = emulate.open_file(permit, flags, mode, self.checker)
+            finally:
+                pin.close()
+            return Inject(fd, bool(flags & os.O_CLOEXEC), Denial(permit.op, pin.path, permit.by))
+
+        return Emulate(act, release=pin.close)
+
+    def _reopen(self, ref: FdRef, flags: int) -> Decision:
+        """``/dev/stdout`` and kin: the target's own fd N, reopened when it asks no more than that fd's
+        access mode (it already holds the object). An O_PATH fd holds no access: its object's path decides,
+        as for any other path. Never the supervisor's own terminal."""
+        pin = self._fd_pin(ref.tid, ref.fd)
+        if isinstance(pin, Deny):
+            return Deny(errno.ENOENT if pin.error == errno.EBADF else pin.error)
+        held = fcntl.fcntl(pin.dirfd, fcntl.F_GETFL)
+        if pin.path in self.own_terminals:
+            pin.close()
+            return Deny(errno.EACCES, Denial("read", pin.path, "never-grantable", False, self._tid))
+        if held & os.O_PATH:
+            needed = _open_rights(flags)
+            return self._open_pinned(pin, flags, 0, needed, False, ref.tid, True)
+        wants_read = flags & _O_ACCMODE != _O_WRONLY
+        wants_write = flags & _O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        has_read = held & _O_ACCMODE != _O_WRONLY
+        has_write = held & _O_ACCMODE != os.O_RDONLY
+        if (wants_read and not has_read) or (wants_write and not has_write):
+            op = "write" if wants_write and not has_write else "read"
+            pin.close()
+            return Deny(
+                errno.EACCES, Denial(op, pin.path, "the descriptor is not open for it", False, self._tid)
+            )
+
+        def act() -> Decision:
+            try:
+                reopen = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)) | os.O_CLOEXEC
+                fd = os.open(f"/proc/self/fd/{pin.dirfd}", reopen)
+            finally:
+                pin.close()
+            return Inject(fd, bool(flags & os.O_CLOEXEC))
+
+        return Emulate(act, release=pin.close)
+
+    # ---- exec ------------------------------------------------------------------------------------------
+
+    def _on_exec(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        raw = self._read(tid, args[trap.path])
+        if isinstance(raw, Deny):
+            return raw
+        dirfd = args[trap.dirfd] if trap.dirfd is not None else None
+        fast = self._continue(self._lexical(tid, dirfd, raw), _A["execute"])
         if fast:
             return fast
-        real = _resolve(paths[0])
-        if self.rights.allows(real, _A["execute"]):
+        flags = args[trap.flags] if trap.flags is not None else 0
+        resolved = self._pin(tid, dirfd, raw, follow=not flags & _AT_SYMLINK_NOFOLLOW, empty=True)
+        if isinstance(resolved, FdRef):
+            return CONTINUE  # fexecve: the kernel checks Landlock's execute right on the fd's own file
+        if not isinstance(resolved, Pin):
+            return Deny(resolved.error)
+        resolved.close()
+        if not resolved.exists:
+            return Deny(errno.ENOENT)
+        if self.rights.allows(resolved.path, _A["execute"]):
+            return CONTINUE  # the kernel checks the same rule on the same file
+        # exec cannot be carried out on the command's behalf: only the baseline can allow it.
+        verdict = self.access.verdict(resolved.path, "exec")
+        rule = "outside the baseline" if verdict.allowed else verdict.rule
+        return Deny(errno.EACCES, Denial("exec", resolved.path, rule, False, self._tid))
+
+    # ---- directory entries -----------------------------------------------------------------------------
+
+    def _entry_bytes(self, tid: int, dirfd_arg: int | None, path_arg: int, args: list[int]):
+        """The (bytes, dirfd) of a directory-entry argument, read once."""
+        raw = self._read(tid, args[path_arg])
+        return raw if isinstance(raw, Deny) else (raw, args[dirfd_arg] if dirfd_arg is not None else None)
+
+    def _entry_fast(self, tid: int, entry: tuple[bytes, int | None], needed: int) -> Continue | None:
+        """CONTINUE when the Landlock baseline grants ``needed`` on the entry's parent, as read."""
+        lexical = self._lexical(tid, entry[1], entry[0])
+        return self._continue(os.path.dirname(lexical) if lexical else None, needed)
+
+    def _entry_pin(
+        self, tid: int, entry: tuple[bytes, int | None], needed: int | None
+    ) -> Pin | Continue | Deny:
+        """The entry pinned (its last component not followed); CONTINUE when, resolved, its parent's
+        Landlock rights cover ``needed`` after all (None: never)."""
+        resolved = self._pin(tid, entry[1], entry[0], follow=False)
+        if isinstance(resolved, FdRef):
+            return Deny(errno.ENOTDIR)
+        if not isinstance(resolved, Pin):
+            return Deny(resolved.error)
+        if not resolved.name:
+            resolved.close()
+            return Deny(errno.EBUSY)  # "." and ".." name no entry the call could act on alone
+        if needed is not None and self.rights.allows(os.path.dirname(resolved.path), needed):
+            resolved.close()
             return CONTINUE
-        verdict = self.access.verdict(real, "exec")
-        return self._deny("exec", real, "outside the baseline" if verdict.allowed else verdict.rule)
+        return resolved
 
-    def _parent_action(self, op: str, path: str, needed: int) -> tuple[Decision | None, str]:
-        """Fast path on the parent's rights, else the resolved path after the policy check."""
-        if self._continue(os.path.dirname(path), needed):
-            return CONTINUE, path
-        real = _resolve(path, follow=False)
-        if self.rights.allows(os.path.dirname(real), needed):
-            return CONTINUE, real
-        denied = self._check(op, real) or self._contains_denied(op, real)
-        return denied, real
+    def _entry(self, tid: int, dirfd_arg: int | None, path_arg: int, args: list[int], needed: int):
+        """Read once; CONTINUE on the parent's Landlock rights; else the entry pinned."""
+        entry = self._entry_bytes(tid, dirfd_arg, path_arg, args)
+        if isinstance(entry, Deny):
+            return entry
+        return self._entry_fast(tid, entry, needed) or self._entry_pin(tid, entry, needed)
 
-    def _contains_denied(self, op: str, real: str) -> Deny | None:
-        """Moving or removing a directory that holds a denied node would carry it out from under its rule."""
-        for denied_path, rule in self.access.denied_below(real):
-            return self._deny(op, real, f"{rule} (inside: {denied_path})", True)
-        return None
+    def _on_unlink(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        rmdir = trap.flags is not None and bool(args[trap.flags] & _AT_REMOVEDIR)
+        return self._remove(trap, tid, args, directory=rmdir)
 
-    def _on_unlink(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        rmdir = trap.flags_arg is not None and bool(args[trap.flags_arg] & _AT_REMOVEDIR)
-        return self._remove(paths[0], directory=rmdir)
+    def _on_rmdir(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        return self._remove(trap, tid, args, directory=True)
 
-    def _on_rmdir(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        return self._remove(paths[0], directory=True)
+    def _remove(self, trap: Trap, tid: int, args: list[int], directory: bool) -> Decision:
+        needed = _A["remove_dir" if directory else "remove_file"]
+        pin = self._entry(tid, trap.dirfd, trap.path, args, needed)
+        if not isinstance(pin, Pin):
+            return pin
+        if not pin.exists:
+            pin.close()
+            return Deny(errno.ENOENT)
+        permit = self._decide("delete", pin)
+        if isinstance(permit, Permit) and pin.is_dir:
+            permit = self._carries_denied("delete", pin, permit)
+        return self._act(pin, permit, lambda: emulate.remove(permit, directory))
 
-    def _remove(self, path: str, directory: bool) -> Decision:
-        decision, real = self._parent_action("delete", path, _A["remove_dir" if directory else "remove_file"])
-        if decision is not None:
-            return decision
-        emulate.remove(real, directory=directory)
-        return Value(0, Denial("delete", real, "policy"))
+    def _on_mkdir(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        pin = self._entry(tid, trap.dirfd, trap.path, args, _A["make_dir"])
+        if not isinstance(pin, Pin):
+            return pin
+        if pin.exists:
+            pin.close()
+            return Deny(errno.EEXIST)
+        permit = self._decide("create", pin)
+        mode = args[trap.mode] & ~_umask(tid) & 0o7777
+        return self._act(pin, permit, lambda: emulate.mkdir(permit, mode), is_dir=True)
 
-    def _on_mkdir(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        decision, real = self._parent_action("create", paths[0], _A["make_dir"])
-        if decision is not None:
-            return decision
-        emulate.mkdir(real, args[trap.mode_arg] & ~_umask(tid) & 0o7777)
-        return Value(0, Denial("create", real, "policy", True))
+    def _on_mknod(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        mode, device = args[trap.mode] & 0xFFFFFFFF, args[trap.mode + 1]
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        needed = {
+            stat.S_IFREG: _A["make_reg"],
+            stat.S_IFIFO: _A["make_fifo"],
+            stat.S_IFSOCK: _A["make_sock"],
+            stat.S_IFCHR: _A["make_char"],
+            stat.S_IFBLK: _A["make_block"],
+        }.get(kind)
+        if needed is None:
+            return Deny(errno.EINVAL)
+        if mode & SETID_BITS:
+            raw = self._read(tid, args[trap.path])
+            return raw if isinstance(raw, Deny) else self._setid(os.fsdecode(raw))
+        pin = self._entry(tid, trap.dirfd, trap.path, args, needed)
+        if not isinstance(pin, Pin):
+            return pin
+        if pin.exists:
+            pin.close()
+            return Deny(errno.EEXIST)
+        permit = self._decide("create", pin)
+        mode = (mode & ~stat.S_IFMT(mode) & ~_umask(tid) & 0o7777) | kind
+        return self._act(pin, permit, lambda: emulate.mknod(permit, mode, device))
 
-    def _on_symlink(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        decision, real = self._parent_action("create", paths[0], _A["make_sym"])
-        if decision is not None:
-            return decision
-        target = self._reader.read_path(tid, args[0])  # symlink and symlinkat both take the target first
-        if target is None:
-            return Deny(errno.EFAULT)
-        emulate.symlink(os.fsdecode(target), real)
-        return Value(0, Denial("create", real, "policy"))
+    def _on_symlink(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        target = self._read(tid, args[0])  # symlink and symlinkat both take the target first
+        if isinstance(target, Deny):
+            return target
+        pin = self._entry(tid, trap.dirfd, trap.path, args, _A["make_sym"])
+        if not isinstance(pin, Pin):
+            return pin
+        if pin.exists:
+            pin.close()
+            return Deny(errno.EEXIST)
+        permit = self._decide("create", pin)
+        return self._act(pin, permit, lambda: emulate.symlink(permit, os.fsdecode(target)))
 
-    def _on_rename(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        flags = args[trap.flags_arg] if trap.flags_arg is not None else 0
+    def _on_rename(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        flags = args[trap.flags] & 0xFFFFFFFF if trap.flags is not None else 0
         moving = _A["remove_file"] | _A["remove_dir"] | _A["make_reg"] | _A["make_dir"] | _A["refer"]
-        src_decision, _ = self._parent_action("delete", paths[0], moving)
-        dst_decision, _ = self._parent_action("create", paths[1], moving)
-        if src_decision is CONTINUE and dst_decision is CONTINUE:
+        ends = [
+            self._entry_bytes(tid, trap.dirfd, trap.path, args),
+            self._entry_bytes(tid, *trap.second, args),
+        ]
+        for end in ends:
+            if isinstance(end, Deny):
+                return end
+        if all(self._entry_fast(tid, end, moving) for end in ends):
             return CONTINUE  # Landlock checks both ends itself, REFER included
-        for decision in (src_decision, dst_decision):
-            if isinstance(decision, Deny):
-                return decision
-        src, dst = _resolve(paths[0], follow=False), _resolve(paths[1], follow=False)
-        denied = self._contains_denied("delete", src)
-        if denied:
-            return denied
-        emulate.rename(src, dst, flags)
-        return Value(0, Denial("create", dst, "policy"))
-
-    def _on_link(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        src = _resolve(paths[0], follow=False)
-        dst_decision, dst = self._parent_action("create", paths[1], _A["make_reg"] | _A["refer"])
-        # A hard link to a denied file is a second name for it: the source must be readable and writable
-        # under the policy, whichever way the destination is decided.
-        for op in ("read", "write"):
-            denied = self._check(op, src)
-            if denied:
-                return denied
-        if dst_decision is CONTINUE:
+        pins = [self._entry_pin(tid, end, None) for end in ends]
+        for pin in pins:
+            if isinstance(pin, Deny):
+                for other in pins:
+                    _close(other)
+                return pin
+        source, target = pins
+        error = _rename_errno(source, target, flags)
+        if error:
+            source.close()
+            target.close()
+            return Deny(error)
+        if all(self.rights.allows(os.path.dirname(p.path), moving) for p in pins):
+            source.close()
+            target.close()
             return CONTINUE
-        if isinstance(dst_decision, Deny):
-            return dst_decision
-        emulate.link(src, dst)
-        return Value(0, Denial("create", dst, "policy"))
+        # Both ends (both ways for an exchange); a moved directory must not carry a denied node with it.
+        checks = [("delete", source), ("create", target)]
+        if target.exists:
+            checks.append(("delete", target))
+        if flags & _RENAME_EXCHANGE:
+            checks.append(("create", source))
+        permits = []
+        for op, pin in checks:
+            permit = self._decide(op, pin)
+            if isinstance(permit, Permit) and op == "delete" and pin.is_dir:
+                permit = self._carries_denied(op, pin, permit)
+            if isinstance(permit, Deny):
+                source.close()
+                target.close()
+                return permit
+            permits.append(permit)
+        from_permit, to_permit = permits[0], permits[1]
 
-    def _on_connect(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        def connect(sock: int, target: str) -> int:
-            address = _sockaddr_un(target)
-            return _libc.connect(sock, address, len(address))
+        def release() -> None:
+            source.close()
+            target.close()
 
-        return self._unix_destination(tid, args[0], args[1], args[2], connect)
+        def act() -> Decision:
+            try:
+                emulate.rename(from_permit, to_permit, flags)
+            finally:
+                release()
+            return Value(0, Denial("create", f"{target.path} (from {source.path})", to_permit.by))
 
-    def _on_sendto(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        size = args[2]
-        if size > MAX_DATAGRAM:
-            return Deny(errno.EMSGSIZE)
-        data = self._reader.read_exactly(tid, args[1], size) if size else b""
+        return Emulate(act, release=release)
+
+    def _on_link(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        flags = args[trap.flags] if trap.flags is not None else 0
+        raw = self._read(tid, args[trap.path])
+        if isinstance(raw, Deny):
+            return raw
+        if flags & _AT_EMPTY_PATH:
+            return Deny(errno.ENOENT)  # linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH
+        dirfd = args[trap.dirfd] if trap.dirfd is not None else None
+        source = self._pin(tid, dirfd, raw, follow=bool(flags & _AT_SYMLINK_FOLLOW))
+        if not isinstance(source, Pin):
+            return Deny(errno.ENOTDIR if isinstance(source, FdRef) else source.error)
+        if not source.exists:
+            source.close()
+            return Deny(errno.ENOENT)
+        # A hard link is a second name for the file: the source must be readable and writable under the
+        # policy, whichever way the destination is decided.
+        for op in ("read", "write"):
+            permit = self._decide(op, source)
+            if isinstance(permit, Deny):
+                source.close()
+                return permit
+        target = self._entry(tid, *trap.second, args, _A["make_reg"] | _A["refer"])
+        if not isinstance(target, Pin):
+            source.close()
+            return target  # CONTINUE: Landlock checks the destination (and REFER) itself
+        if target.exists:
+            source.close()
+            target.close()
+            return Deny(errno.EEXIST)
+        to_permit = self._decide("create", target)
+        if isinstance(to_permit, Deny):
+            source.close()
+            target.close()
+            return to_permit
+
+        def act() -> Decision:
+            try:
+                emulate.link(permit, to_permit)
+            finally:
+                source.close()
+                target.close()
+            return Value(0, Denial("create", target.path, to_permit.by))
+
+        def release() -> None:
+            source.close()
+            target.close()
+
+        return Emulate(act, release=release)
+
+    def _on_truncate(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        raw = self._read(tid, args[trap.path])
+        if isinstance(raw, Deny):
+            return raw
+        if not self._linked:
+            fast = self._continue(self._lexical(tid, None, raw), _A["truncate"] | _A["write_file"])
+            if fast:
+                return fast
+        pin = self._pin(tid, None, raw, follow=True)
+        if isinstance(pin, FdRef):
+            pin = self._fd_pin(pin.tid, pin.fd)
+        if not isinstance(pin, Pin):
+            return pin if isinstance(pin, Deny) else Deny(pin.error)
+        if not pin.exists:
+            pin.close()
+            return Deny(errno.ENOENT)
+        if pin.is_dir:
+            pin.close()
+            return Deny(errno.EISDIR)
+        permit = self._decide("write", pin)
+        length = args[1]
+        return self._act(pin, permit, lambda: emulate.truncate(permit, length, self.checker))
+
+    def _carries_denied(self, op: str, pin: Pin, permit: Permit) -> Permit | Deny:
+        """Moving or removing a directory that holds a denied node would carry it out from under its rule."""
+        for denied_path, rule in self.access.denied_below(pin.path):
+            return Deny(
+                errno.EACCES, Denial(op, pin.path, f"{rule} (inside: {denied_path})", True, self._tid)
+            )
+        return permit
+
+    def _act(
+        self, pin: Pin, permit: Permit | Deny, action: Callable[[], object], is_dir: bool = False
+    ) -> Decision:
+        """Carry out ``action`` through the pin once the request is confirmed; the result is 0."""
+        if isinstance(permit, Deny):
+            pin.close()
+            return permit
+
+        def act() -> Decision:
+            try:
+                action()
+            finally:
+                pin.close()
+            return Value(0, Denial(permit.op, pin.path, permit.by, is_dir))
+
+        return Emulate(act, release=pin.close)
+
+    # ---- metadata --------------------------------------------------------------------------------------
+
+    def _metadata(self, trap: Trap, tid: int, args: list[int]) -> Pin | Deny:
+        flags = args[trap.flags] if trap.flags is not None else 0
+        follow = not (trap.nofollow or flags & _AT_SYMLINK_NOFOLLOW)
+        return self._object_of(tid, trap, args, follow)
+
+    def _on_chmod(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        mode = args[trap.mode] & 0o7777
+        pin = self._metadata(trap, tid, args)
+        if isinstance(pin, Deny):
+            return pin
+        if mode & SETID_BITS and not pin.is_dir:
+            pin.close()
+            return self._setid(pin.path)
+        if mode & SETID_BITS:
+            mode &= ~stat.S_ISUID  # a directory's setgid bit only makes new entries share its group
+        if pin.is_link:
+            pin.close()
+            return Deny(errno.EOPNOTSUPP)  # Linux cannot chmod a symlink itself
+        return self._write_meta(pin, lambda permit: emulate.chmod(permit, mode))
+
+    def _on_chown(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        first = 2 if trap.dirfd is not None else 1
+        uid, gid = _id_arg(args[first]), _id_arg(args[first + 1])
+        pin = self._metadata(trap, tid, args)
+        if isinstance(pin, Deny):
+            return pin
+        return self._write_meta(pin, lambda permit: emulate.chown(permit, uid, gid))
+
+    def _on_utime(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        times_arg = {"utime": 1, "utimes": 1, "futimesat": 2, "utimensat": 2}[trap.name]
+        times = self._read_times(trap.name, tid, args[times_arg])
+        if isinstance(times, Deny):
+            return times
+        pin = self._metadata(trap, tid, args)
+        if isinstance(pin, Deny):
+            return pin
+        return self._write_meta(pin, lambda permit: emulate.utimens(permit, times))
+
+    def _read_times(self, name: str, tid: int, address: int) -> bytes | None | Deny:
+        """The new times as two ``struct timespec``, read once (None: now)."""
+        if address == 0:
+            return None
+        size = {"utime": 16, "utimes": 32, "futimesat": 32, "utimensat": 32}[name]
+        data = self.reader.read_exactly(tid, address, size)
         if data is None:
             return Deny(errno.EFAULT)
+        if name == "utimensat":
+            return data
+        if name == "utime":
+            atime, mtime = struct.unpack("=qq", data)
+            return _TIMESPEC2.pack(atime, 0, mtime, 0)
+        a_sec, a_usec, m_sec, m_usec = struct.unpack("=qqqq", data)
+        if not (0 <= a_usec < 1_000_000 and 0 <= m_usec < 1_000_000):
+            return Deny(errno.EINVAL)
+        return _TIMESPEC2.pack(a_sec, a_usec * 1000, m_sec, m_usec * 1000)
 
-        def sendto(sock: int, target: str) -> int:
-            address = _sockaddr_un(target)
-            return _libc.sendto(sock, data, len(data), args[3] & 0xFFFFFFFF, address, len(address))
-
-        return self._unix_destination(tid, args[0], args[4], args[5], sendto)
-
-    def _on_sendmsg(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        """Only a unix *datagram* socket picks its destination per message; the kernel ignores or refuses
-        an address on stream and seqpacket sockets, whose peer connect() decided. A datagram message is
-        sent by the supervisor from what it read once: nothing swapped in memory later is sent anywhere."""
-        sock = pidfd_getfd(tid, args[0] & 0xFFFFFFFF)
-        try:
-            if _domain(sock) != socket.AF_UNIX or _sockopt(sock, _SO_TYPE) != socket.SOCK_DGRAM:
-                return CONTINUE
-        finally:
-            os.close(sock)
-        message = self._read_message(tid, args[1])
-        if isinstance(message, Deny):
-            return message
-        data, fds, name, namelen = message
-        try:
-
-            def sendmsg(sock: int, target: str | None) -> int:
-                with socket.socket(fileno=os.dup(sock)) as own:
-                    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                    return own.sendmsg(
-                        [data], ancillary if fds else [], args[2] & 0xFFFFFFFF, *filter(None, [target])
-                    )
-
-            if not name or not namelen:
-                connected = pidfd_getfd(tid, args[0] & 0xFFFFFFFF)
-                try:
-                    return Value(sendmsg(connected, None))  # to the peer connect() already decided
-                finally:
-                    os.close(connected)
-            return self._unix_destination(tid, args[0], name, namelen, sendmsg)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def _read_message(self, tid: int, address: int) -> Deny | tuple[bytes, list[int], int, int]:
-        """A struct msghdr of the target, read once: its bytes, its SCM_RIGHTS fds (as ours), its name."""
-        header = self._reader.read_exactly(tid, address, _MSGHDR.size)
-        if header is None:
+    def _on_setxattr(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        name = self._read(tid, args[1])
+        if isinstance(name, Deny):
+            return name
+        size = args[3]
+        if size > _XATTR_SIZE_MAX:
+            return Deny(errno.E2BIG)
+        value = self.reader.read_exactly(tid, args[2], size) if size else b""
+        if value is None:
             return Deny(errno.EFAULT)
-        name, namelen, iov, iovlen, control, controllen, _flags = _MSGHDR.unpack(header)
-        if iovlen > _MAX_IOV:
-            return Deny(errno.EMSGSIZE)
-        vectors = self._reader.read_exactly(tid, iov, iovlen * _IOVEC.size) if iovlen else b""
-        if vectors is None:
-            return Deny(errno.EFAULT)
-        parts = list(_IOVEC.iter_unpack(vectors))
-        if sum(length for _base, length in parts) > MAX_DATAGRAM:
-            return Deny(errno.EMSGSIZE)
-        chunks = [self._reader.read_exactly(tid, base, length) if length else b"" for base, length in parts]
-        if any(chunk is None for chunk in chunks):
-            return Deny(errno.EFAULT)
-        fds: list[int] = []
-        if controllen:
-            raw = self._reader.read_exactly(tid, control, min(controllen, _MAX_CONTROL))
-            if raw is None:
-                return Deny(errno.EFAULT)
-            offset = 0
-            while offset + _CMSGHDR.size <= len(raw):
-                length, level, kind = _CMSGHDR.unpack_from(raw, offset)
-                if length < _CMSGHDR.size or offset + length > len(raw):
-                    break
-                if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
-                    for fd in fds:
-                        os.close(fd)
-                    return Deny(errno.EINVAL)  # only descriptors can be passed on the command's behalf
-                payload = raw[offset + _CMSGHDR.size : offset + length]
-                for (target,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4]):
-                    fds.append(pidfd_getfd(tid, target))
-                offset += (length + 7) & ~7
-        return b"".join(chunks), fds, name, namelen
+        if not name or len(name) > _XATTR_NAME_MAX:
+            return Deny(errno.ERANGE)
+        flags = args[4] & 0xFFFFFFFF
+        pin = self._metadata(trap, tid, args)
+        if isinstance(pin, Deny):
+            return pin
+        text = os.fsdecode(name)
+        return self._write_meta(pin, lambda permit: emulate.setxattr(permit, text, value, flags))
 
-    def _unix_destination(
-        self, tid: int, fd: int, address: int, length: int, act: Callable[[int, str], int]
-    ) -> Decision:
-        """Decide a socket destination. Only a unix socket's path needs us: the socket's own family is read
-        from the socket (it cannot change), so a sockaddr swapped in memory cannot turn TCP into unix.
-        ``act(sock, target)`` performs the operation on the command's socket towards ``target``."""
-        sock = pidfd_getfd(tid, fd & 0xFFFFFFFF)
-        try:
-            if _domain(sock) != socket.AF_UNIX:
-                # Not a unix socket: the kernel's own rules (Landlock TCP rules under --net-block) apply.
-                return CONTINUE
-            raw = self._reader.read(tid, address, min(length, _SOCKADDR_UN_MAX))
-            if raw is None or len(raw) < 3 or struct.unpack_from("=H", raw)[0] != socket.AF_UNIX:
-                return Deny(errno.EACCES if raw else errno.EFAULT)
-            name = raw[2:]
-            if name[:1] == b"\0":
-                # Abstract: connecting from here would step out of the command's Landlock scope, and a
-                # CONTINUE could be swapped for a path. Refused.
-                return self._deny("connect", "@" + os.fsdecode(name[1:].split(b"\0")[0]), "abstract socket")
-            path = os.fsdecode(name.split(b"\0")[0])
-            if not path.startswith("/"):
-                path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
-            real = os.path.realpath(path)
-            if not os.path.exists(real):
-                return Deny(errno.ENOENT)  # as the kernel would say (Landlock does not hide existence either)
-            if real not in self.allowed_sockets:
-                denied = self._check("connect", real)
-                if denied:
-                    return denied
-            # Reach it through an O_PATH fd on the checked inode, not the path: a symlink swapped in after
-            # the check cannot redirect it.
-            pinned = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if os.readlink(f"/proc/self/fd/{pinned}") != real:
-                    return Deny(errno.EACCES)
-                result = act(sock, f"/proc/self/fd/{pinned}")
-                if result < 0:
-                    return Deny(ctypes.get_errno())
-                return Value(result, Denial("connect", real, "policy"))
-            finally:
-                os.close(pinned)
-        finally:
-            os.close(sock)
+    def _on_removexattr(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        name = self._read(tid, args[1])
+        if isinstance(name, Deny):
+            return name
+        pin = self._metadata(trap, tid, args)
+        if isinstance(pin, Deny):
+            return pin
+        text = os.fsdecode(name)
+        return self._write_meta(pin, lambda permit: emulate.removexattr(permit, text))
 
-    def _on_truncate(self, trap: Trap, tid: int, paths: list[str], args: list[int]) -> Decision:
-        fast = self._continue(paths[0], _A["truncate"] | _A["write_file"])
-        if fast:
-            return fast
-        real = _resolve(paths[0])
-        denied = self._check("write", real)
-        if denied:
-            return denied
-        emulate.truncate(real, args[1], lambda p: self._check("write", p))
-        return Value(0, Denial("write", real, "policy"))
+    def _write_meta(self, pin: Pin, action: Callable[[Permit], object]) -> Decision:
+        """Mode, owner, times and xattrs are the file's: changed only where the policy allows writing it."""
+        permit = self._decide("write", pin)
+        return self._act(pin, permit, lambda: action(permit))
 
+    # ---- watches ---------------------------------------------------------------------------------------
 
-def _sockopt(sock: int, option: int) -> int:
-    value = ctypes.c_int(0)
-    size = ctypes.c_uint(ctypes.sizeof(value))
-    if _libc.getsockopt(sock, socket.SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return value.value
-
-
-def _domain(sock: int) -> int:
-    return _sockopt(sock, _SO_DOMAIN)
-
-
-def _sockaddr_un(path: str) -> bytes:
-    return struct.pack("=H", socket.AF_UNIX) + os.fsencode(path) + b"\0"
-
-
-@cache
-def _dispatch_table() -> dict[int, tuple[Trap, Callable]]:
-    """Syscall number -> (trap, NotifyLoop handler), built from the same list as the filter."""
-    import pyseccomp
-
-    return {
-        pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name): (
-            trap,
-            getattr(NotifyLoop, f"_on_{trap.kind}"),
+    def _on_inotify(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        mask = args[2] & 0xFFFFFFFF
+        raw = self._read(tid, args[1])
+        if isinstance(raw, Deny):
+            return raw
+        resolved = self._pin(tid, None, raw, follow=not mask & _IN_DONT_FOLLOW)
+        return self._watch(
+            tid, args[0], resolved, lambda permit, fd: emulate.inotify_add_watch(permit, fd, mask)
         )
-        for trap in TRAPS
-    }
+
+    def _on_fanotify(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        flags, mask = args[1] & 0xFFFFFFFF, args[2]
+        if args[4] == 0:
+            resolved = self._fd_pin(tid, args[3])
+        else:
+            raw = self._read(tid, args[4])
+            if isinstance(raw, Deny):
+                return raw
+            resolved = self._pin(tid, args[3], raw, follow=not flags & _FAN_MARK_DONT_FOLLOW)
+
+        def mark(permit: Permit, fd: int) -> int:
+            emulate.fanotify_mark(permit, fd, flags, mask)
+            return 0
+
+        return self._watch(tid, args[0], resolved, mark)
+
+    def _watch(self, tid: int, notify_fd: int, resolved, add: Callable[[Permit, int], int]) -> Decision:
+        """A watch reveals the names and timing of what happens to the watched object: decided as a read,
+        added by the supervisor on the command's own instance (our copy is the same one)."""
+        if isinstance(resolved, FdRef):
+            resolved = self._fd_pin(resolved.tid, resolved.fd)
+        if isinstance(resolved, Deny):
+            return resolved
+        if not isinstance(resolved, Pin):
+            return Deny(resolved.error)
+        if not resolved.exists:
+            resolved.close()
+            return Deny(errno.ENOENT)
+        permit = self._decide("read", resolved)
+        if isinstance(permit, Deny):
+            resolved.close()
+            return permit
+        instance = pidfd_getfd(tid, notify_fd & 0xFFFFFFFF)
+
+        def act() -> Decision:
+            try:
+                return Value(add(permit, instance))
+            finally:
+                os.close(instance)
+                resolved.close()
+
+        def release() -> None:
+            os.close(instance)
+            resolved.close()
+
+        return Emulate(act, release=release)
 
 
-# Datagrams the supervisor sends on a command's behalf are read from its memory first; larger ones are
-# refused (EMSGSIZE) rather than buffered without bound.
-MAX_DATAGRAM = 256 * 1024
-_SOCKADDR_UN_MAX = 110  # sa_family_t + sun_path[108]
-_SO_DOMAIN = 39
-_SO_TYPE = 3
-_MSGHDR = struct.Struct("=QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags: 56 bytes
-_IOVEC = struct.Struct("=QQ")
-_CMSGHDR = struct.Struct("=Qii")  # len, level, type
-_MAX_IOV = 1024  # UIO_MAXIOV
-_MAX_CONTROL = 4096
-_libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.sendto.restype = ctypes.c_ssize_t
-_libc.sendto.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-]
+def _carry_out(emulation: Emulate) -> Decision:
+    try:
+        return emulation.act()
+    except OSError as e:
+        emulation.release()
+        return Deny(e.errno or errno.EACCES)
+    except Exception:  # noqa: BLE001 - an emulation bug fails this one syscall closed
+        _debug_trace()
+        emulation.release()
+        return Deny(errno.EACCES)
+
+
+def _debug_trace() -> None:
+    """A handler bug fails its syscall closed; NONO_DEBUG=1 prints where (for developers)."""
+    if os.environ.get("NONO_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+
+
+def _close(entry: object) -> None:
+    if isinstance(entry, Pin):
+        entry.close()
+
+
+def _id_arg(value: int) -> int:
+    """uid_t/gid_t -1 (0xFFFFFFFF) means "leave unchanged", as os.chown's -1."""
+    value &= 0xFFFFFFFF
+    return -1 if value == 0xFFFFFFFF else value
+
+
+def _umask(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _open_rights(flags: int) -> int:
@@ -701,3 +933,56 @@ def _open_rights(flags: int) -> int:
     if flags & os.O_TRUNC:
         needed |= _A["truncate"]
     return needed
+
+
+def _open_ops(flags: int, exists: bool) -> list[tuple[str, bool]]:
+    mode = flags & _O_ACCMODE
+    return [
+        ("read", mode != _O_WRONLY and exists),
+        ("write", exists and (mode != os.O_RDONLY or bool(flags & os.O_TRUNC))),
+        ("create", not exists),
+    ]
+
+
+def _open_errno(pin: Pin, flags: int, creating: bool) -> int:
+    """What the kernel answers an open before any permission check, in its order."""
+    tmpfile = flags & _O_TMPFILE == _O_TMPFILE
+    if not pin.exists:
+        return 0 if creating and not tmpfile else errno.ENOENT
+    if tmpfile:
+        return 0 if pin.is_dir else errno.ENOTDIR
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        return errno.EEXIST
+    if pin.is_link:
+        return errno.ELOOP  # O_NOFOLLOW met a symlink
+    if pin.is_dir and (flags & os.O_CREAT or flags & _O_ACCMODE != os.O_RDONLY):
+        return errno.EISDIR
+    if flags & os.O_DIRECTORY and not pin.is_dir:
+        return errno.ENOTDIR
+    return 0
+
+
+def _rename_errno(source: Pin, target: Pin, flags: int) -> int:
+    if not source.exists:
+        return errno.ENOENT
+    if flags & _RENAME_EXCHANGE and not target.exists:
+        return errno.ENOENT
+    if flags & _RENAME_NOREPLACE and target.exists:
+        return errno.EEXIST
+    return 0
+
+
+def handler_for(kind: str) -> Callable:
+    """A trap kind's handler: a NotifyLoop method or a socket handler (test_every_trap_has_a_handler)."""
+    return getattr(NotifyLoop, f"_on_{kind}", None) or getattr(sockets, f"on_{kind}")
+
+
+@cache
+def _dispatch_table() -> dict[int, tuple[Trap, Callable]]:
+    """Syscall number -> (trap, handler), built from the same list as the filter."""
+    import pyseccomp
+
+    return {
+        pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name): (trap, handler_for(trap.kind))
+        for trap in TRAPS
+    }

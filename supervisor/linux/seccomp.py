@@ -20,42 +20,84 @@ FILTER_FLAGS = SECCOMP_FILTER_FLAG_NEW_LISTENER
 
 @dataclass(frozen=True)
 class Trap:
-    """A syscall sent to the supervisor. ``paths`` are (dirfd arg or None, path arg) pairs."""
+    """A syscall sent to the supervisor, and where its arguments are (indexes into ``args``).
+
+    ``path``: the path argument, resolved against ``dirfd`` (None: AT_FDCWD); ``second``: the destination
+    (dirfd, path) of rename/link; ``fd``: the descriptor an fd-form call acts on (sockets, fchmod...).
+    ``nofollow``: the call never follows a symlink in the last component (lchown, unlink...).
+    ``net_block``: trapped only when the policy blocks the network.
+    """
 
     name: str
-    kind: str  # open | exec | unlink | rmdir | mkdir | rename | link | symlink | truncate
-    paths: tuple[tuple[int | None, int], ...]
-    flags_arg: int | None = None  # open flags, unlinkat/renameat2/linkat/execveat flags
-    mode_arg: int | None = None
-    nonzero_arg: int | None = None  # trap only when this argument is not 0 (decided in BPF, race-free)
+    kind: str
+    path: int | None = None
+    dirfd: int | None = None
+    second: tuple[int | None, int] | None = None
+    fd: int | None = None
+    flags: int | None = None
+    mode: int | None = None
+    nofollow: bool = False
+    nonzero: int | None = None  # trap only when this argument is not 0 (decided in BPF, race-free)
+    net_block: bool = False
 
 
 TRAPS: tuple[Trap, ...] = (
     # open, openat and openat2 together: code that falls back from openat2 on ENOSYS must still be trapped.
-    Trap("open", "open", ((None, 0),), flags_arg=1, mode_arg=2),
-    Trap("openat", "open", ((0, 1),), flags_arg=2, mode_arg=3),
-    Trap("openat2", "open", ((0, 1),), flags_arg=2),  # flags_arg points at struct open_how
-    Trap("creat", "open", ((None, 0),), mode_arg=1),
-    Trap("execve", "exec", ((None, 0),)),
-    Trap("execveat", "exec", ((0, 1),), flags_arg=4),
-    Trap("unlink", "unlink", ((None, 0),)),
-    Trap("unlinkat", "unlink", ((0, 1),), flags_arg=2),
-    Trap("rmdir", "rmdir", ((None, 0),)),
-    Trap("mkdir", "mkdir", ((None, 0),), mode_arg=1),
-    Trap("mkdirat", "mkdir", ((0, 1),), mode_arg=2),
-    Trap("rename", "rename", ((None, 0), (None, 1))),
-    Trap("renameat", "rename", ((0, 1), (2, 3))),
-    Trap("renameat2", "rename", ((0, 1), (2, 3)), flags_arg=4),
-    Trap("link", "link", ((None, 0), (None, 1))),
-    Trap("linkat", "link", ((0, 1), (2, 3)), flags_arg=4),
-    Trap("symlink", "symlink", ((None, 1),)),
-    Trap("symlinkat", "symlink", ((1, 2),)),
-    Trap("truncate", "truncate", ((None, 0),)),
-    # Unix sockets reach unsandboxed processes (ssh-agent, docker.sock) and Landlock < ABI 9 cannot stop
-    # them: the destination is decided here. sendto only with an address (a register, so no race).
-    Trap("connect", "connect", ()),
-    Trap("sendto", "sendto", (), nonzero_arg=4),
-    Trap("sendmsg", "sendmsg", ()),  # the address is in memory: datagram messages are sent by the supervisor
+    Trap("open", "open", path=0, flags=1, mode=2),
+    Trap("openat", "open", dirfd=0, path=1, flags=2, mode=3),
+    Trap("openat2", "open", dirfd=0, path=1, flags=2),  # flags points at struct open_how
+    Trap("creat", "open", path=0, mode=1),
+    Trap("execve", "exec", path=0),
+    Trap("execveat", "exec", dirfd=0, path=1, flags=4),
+    Trap("unlink", "unlink", path=0, nofollow=True),
+    Trap("unlinkat", "unlink", dirfd=0, path=1, flags=2, nofollow=True),
+    Trap("rmdir", "rmdir", path=0, nofollow=True),
+    Trap("mkdir", "mkdir", path=0, mode=1, nofollow=True),
+    Trap("mkdirat", "mkdir", dirfd=0, path=1, mode=2, nofollow=True),
+    Trap("mknod", "mknod", path=0, mode=1, nofollow=True),
+    Trap("mknodat", "mknod", dirfd=0, path=1, mode=2, nofollow=True),
+    Trap("rename", "rename", path=0, second=(None, 1), nofollow=True),
+    Trap("renameat", "rename", dirfd=0, path=1, second=(2, 3), nofollow=True),
+    Trap("renameat2", "rename", dirfd=0, path=1, second=(2, 3), flags=4, nofollow=True),
+    Trap("link", "link", path=0, second=(None, 1), nofollow=True),
+    Trap("linkat", "link", dirfd=0, path=1, second=(2, 3), flags=4, nofollow=True),
+    Trap("symlink", "symlink", path=1, nofollow=True),
+    Trap("symlinkat", "symlink", dirfd=1, path=2, nofollow=True),
+    Trap("truncate", "truncate", path=0),
+    # Metadata: Landlock has no right for these, so every one is decided as a write and carried out by the
+    # supervisor on the pinned object (never CONTINUEd: a swapped path would reach anything).
+    Trap("chmod", "chmod", path=0, mode=1),
+    Trap("fchmod", "chmod", fd=0, mode=1),
+    Trap("fchmodat", "chmod", dirfd=0, path=1, mode=2),
+    Trap("fchmodat2", "chmod", dirfd=0, path=1, mode=2, flags=3),
+    Trap("chown", "chown", path=0),
+    Trap("lchown", "chown", path=0, nofollow=True),
+    Trap("fchown", "chown", fd=0),
+    Trap("fchownat", "chown", dirfd=0, path=1, flags=4),
+    Trap("utime", "utime", path=0),
+    Trap("utimes", "utime", path=0),
+    Trap("futimesat", "utime", dirfd=0, path=1),
+    Trap("utimensat", "utime", dirfd=0, path=1, flags=3),
+    Trap("setxattr", "setxattr", path=0),
+    Trap("lsetxattr", "setxattr", path=0, nofollow=True),
+    Trap("fsetxattr", "setxattr", fd=0),
+    Trap("removexattr", "removexattr", path=0),
+    Trap("lremovexattr", "removexattr", path=0, nofollow=True),
+    Trap("fremovexattr", "removexattr", fd=0),
+    # A watch reads the names and timing of what happens in the watched directory.
+    Trap("inotify_add_watch", "inotify", fd=0, path=1),
+    Trap("fanotify_mark", "fanotify", fd=0, dirfd=3, path=4),
+    # Sockets: no answer may depend on what an fd number refers to (another thread can dup2 over it), so
+    # the supervisor performs these on its own copy of the socket it checked. sendto only with an address
+    # (a register, so no race); without one it goes to the peer connect() decided.
+    Trap("connect", "connect", fd=0),
+    Trap("bind", "bind", fd=0),
+    Trap("sendto", "sendto", fd=0, nonzero=4),
+    Trap("sendmsg", "sendmsg", fd=0),
+    Trap("sendmmsg", "sendmmsg", fd=0),
+    # --net-block: what Landlock's TCP rules cannot stop (UDP, MPTCP, raw, SCTP; listen's auto-bind).
+    Trap("socket", "socket", net_block=True),
+    Trap("listen", "listen", fd=0, net_block=True),
 )
 
 # Syscalls that step around the path traps, refused outright with EPERM.
@@ -67,24 +109,52 @@ BLOCKED: tuple[str, ...] = (
     "name_to_handle_at",
     "userfaultfd",  # could stall the supervisor's read of a path in the command's memory
 )
+# Newer than libseccomp's syscall table: answered ENOSYS, as an older kernel would, so that callers fall
+# back to the trapped forms (setxattr, removexattr).
+BLOCKED_BY_NUMBER_ENOSYS: tuple[tuple[str, int], ...] = (("setxattrat", 463), ("removexattrat", 466))
 # ioctls that push input into a terminal: a command must not type into the terminal it shares.
 BLOCKED_IOCTLS: tuple[int, ...] = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
+MSG_FASTOPEN = 0x20000000
+_IPPROTO_TCP = 6
+_TCP_FASTOPEN_CONNECT = 30
+_INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 
 
 @cache
-def build_program() -> bytes:
+def build_program(net_block: bool = False) -> bytes:
     """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed)."""
     import pyseccomp
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     for trap in TRAPS:
-        if trap.nonzero_arg is None:
+        if trap.net_block and not net_block:
+            continue
+        if trap.name == "socket":
+            for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
+                flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
+        elif trap.nonzero is None:
             flt.add_rule(pyseccomp.NOTIFY, trap.name)
         else:
-            flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(trap.nonzero_arg, pyseccomp.NE, 0))
+            flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(trap.nonzero, pyseccomp.NE, 0))
+    if net_block:
+        # TCP fast open sends a SYN with data without connect(): refused before it reaches the kernel.
+        flt.add_rule(
+            pyseccomp.ERRNO(errno.EACCES),
+            "sendto",
+            pyseccomp.Arg(3, pyseccomp.MASKED_EQ, MSG_FASTOPEN, MSG_FASTOPEN),
+            pyseccomp.Arg(4, pyseccomp.EQ, 0),
+        )
+        flt.add_rule(
+            pyseccomp.ERRNO(errno.EACCES),
+            "setsockopt",
+            pyseccomp.Arg(1, pyseccomp.EQ, _IPPROTO_TCP),
+            pyseccomp.Arg(2, pyseccomp.EQ, _TCP_FASTOPEN_CONNECT),
+        )
     for name in BLOCKED:
         flt.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+    for _name, number in BLOCKED_BY_NUMBER_ENOSYS:
+        flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), number)
     for request in BLOCKED_IOCTLS:
         # The request argument is an int in the kernel; mask to 32 bits so a high-bit variant cannot slip by.
         flt.add_rule(

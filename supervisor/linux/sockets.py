@@ -1,0 +1,494 @@
+"""Socket calls, carried out by the supervisor on the socket object it checked (DESIGN.md invariant 7).
+
+A descriptor number means nothing stable: another thread can ``dup2`` a unix socket over a TCP one
+between our check and the kernel's run of the call. So no answer here depends on what the number refers
+to later. The supervisor takes its own copy of the target's socket (``pidfd_getfd``: the same open file,
+so the same socket), decides on that copy's family and on the destination it read once, and performs
+``connect``/``sendto``/``sendmsg``/``sendmmsg``/``listen`` on the copy itself. Only ``bind`` and
+``socket`` are CONTINUEd, and only where Landlock (make_sock, TCP bind) or registers decide every outcome.
+
+Unix sockets reach processes outside every sandbox (ssh-agent, docker.sock): their path is decided as a
+``connect`` of that path by the file policy. Abstract ones are refused (Landlock's scoping would refuse
+them to the command; connecting from here would step outside it). Under ``--net-block`` no inet socket
+may reach anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+from typing import TYPE_CHECKING
+
+from supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Value
+from supervisor.linux.kernel import pidfd_getfd
+from supervisor.linux.landlock import ACCESS_FS
+from supervisor.linux.resolve import FdRef, Pin, resolve_bytes
+from supervisor.linux.seccomp import MSG_FASTOPEN, Trap
+
+if TYPE_CHECKING:
+    from supervisor.linux.notify import NotifyLoop
+
+__all__ = ["on_connect", "on_bind", "on_sendto", "on_sendmsg", "on_sendmmsg", "on_listen", "on_socket"]
+
+# Bytes the supervisor sends on a command's behalf are read from its memory first: a datagram larger than
+# this is refused (EMSGSIZE), a stream write is sent in part (a short count, which callers handle).
+MAX_SEND = 256 * 1024
+_SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
+_SUN_PATH_MAX = 108
+_MSGHDR = struct.Struct("=QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags: 56 bytes
+_MMSGHDR_SIZE = 64  # struct msghdr + unsigned msg_len, padded
+_IOVEC = struct.Struct("=QQ")
+_CMSGHDR = struct.Struct("=Qii")  # len, level, type
+_MAX_IOV = 1024  # UIO_MAXIOV
+_MAX_CONTROL = 4096
+_SO_DOMAIN, _SO_TYPE = 39, 3
+_MSG_DONTWAIT = 0x40
+_INET = (socket.AF_INET, socket.AF_INET6)
+_NET_BLOCK = "--net-block"
+
+
+class _Msg(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _Iov(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.bind.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.sendmsg.restype = ctypes.c_ssize_t
+_libc.sendmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Msg), ctypes.c_int]
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+
+
+class _Socket:
+    """Our copy of the target's socket, with what it is (read from the socket, which cannot change)."""
+
+    def __init__(self, tid: int, fd: int) -> None:
+        self.fd = pidfd_getfd(tid, fd & 0xFFFFFFFF)
+        try:
+            self.family = _sockopt(self.fd, _SO_DOMAIN)
+            self.type = _sockopt(self.fd, _SO_TYPE)
+            self.blocking = not fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        except OSError:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _sockopt(fd: int, option: int) -> int:
+    value = ctypes.c_int(0)
+    size = ctypes.c_uint(4)
+    if _libc.getsockopt(fd, socket.SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return value.value
+
+
+def _errno() -> int:
+    return ctypes.get_errno() or errno.EIO
+
+
+def _sockaddr_un(path: str) -> bytes:
+    return struct.pack("=H", socket.AF_UNIX) + os.fsencode(path) + b"\0"
+
+
+def _inet_name(raw: bytes) -> str:
+    family = struct.unpack_from("=H", raw)[0] if len(raw) >= 2 else 0
+    try:
+        if family == socket.AF_INET and len(raw) >= 8:
+            return f"{socket.inet_ntop(socket.AF_INET, raw[4:8])}:{struct.unpack_from('!H', raw, 2)[0]}"
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            return f"[{socket.inet_ntop(socket.AF_INET6, raw[8:24])}]:{struct.unpack_from('!H', raw, 2)[0]}"
+    except (OSError, ValueError):
+        pass
+    return "network"
+
+
+class _Destination:
+    """Where a connect/send goes, decided once: ``address`` is the sockaddr to use from here (for a unix
+    path: our O_PATH fd of the checked socket inode, so a rename or symlink swap cannot redirect it)."""
+
+    def __init__(self, address: bytes | None, pinned: int = -1, grant: Denial | None = None) -> None:
+        self.address, self.pinned, self.grant = address, pinned, grant
+
+    def close(self) -> None:
+        if self.pinned >= 0:
+            os.close(self.pinned)
+            self.pinned = -1
+
+
+def _destination(
+    loop: NotifyLoop, tid: int, sock: _Socket, raw: bytes | None, op: str
+) -> _Destination | Deny:
+    """Decide the destination ``raw`` (a sockaddr read once; None: the connected peer) for ``sock``."""
+    if raw is None:
+        return _Destination(None)
+    if sock.family in _INET:
+        if loop.net_block:
+            return Deny(errno.EACCES, Denial(op, _inet_name(raw), _NET_BLOCK, False, tid))
+        return _Destination(raw)
+    if sock.family != socket.AF_UNIX:
+        return _Destination(raw)  # netlink and the like: not the network, not a file
+    if len(raw) < 3 or struct.unpack_from("=H", raw)[0] != socket.AF_UNIX:
+        return Deny(errno.EINVAL)
+    name = raw[2:]
+    if name[:1] == b"\0":
+        shown = "@" + os.fsdecode(name[1:].split(b"\0")[0])
+        return Deny(errno.EPERM, Denial(op, shown, "abstract socket", False, tid))
+    resolved = resolve_bytes(tid, None, name.split(b"\0")[0], follow=True)
+    if isinstance(resolved, FdRef):
+        return Deny(errno.ECONNREFUSED)
+    if not isinstance(resolved, Pin):
+        return Deny(resolved.error)
+    try:
+        if not resolved.exists:
+            return Deny(errno.ENOENT)
+        if not stat.S_ISSOCK(resolved.st.st_mode):
+            return Deny(errno.ECONNREFUSED)
+        if resolved.path in loop.allowed_sockets:
+            grant = None
+        else:
+            permit = loop._decide("connect", resolved)
+            if isinstance(permit, Deny):
+                return permit
+            grant = Denial("connect", resolved.path, permit.by, False, tid)
+        pinned = os.open(resolved.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=resolved.dirfd)
+        if os.fstat(pinned).st_ino != resolved.st.st_ino:
+            os.close(pinned)
+            return Deny(errno.EACCES)  # swapped between the check and the pin: refuse rather than chase
+        return _Destination(_sockaddr_un(f"/proc/self/fd/{pinned}"), pinned, grant)
+    finally:
+        resolved.close()
+
+
+def _read_sockaddr(loop: NotifyLoop, tid: int, address: int, length: int) -> bytes | Deny:
+    if length > _SOCKADDR_MAX or length < 2:
+        return Deny(errno.EINVAL)
+    raw = loop.reader.read_exactly(tid, address, length)
+    return Deny(errno.EFAULT) if raw is None else raw
+
+
+def _performed(
+    sock: _Socket, destination: _Destination, blocking: bool, act, passed: list[int] | None = None
+) -> Decision:
+    """Carry out ``act(fd, address)`` on our copy once the request is confirmed; a worker when it may
+    block, so that the command's other threads are answered meanwhile. ``passed``: our copies of the
+    descriptors the message carries, closed afterwards (a copy kept would hold a pipe open for ever)."""
+    passed = passed if passed is not None else []
+
+    def release() -> None:
+        destination.close()
+        sock.close()
+        while passed:
+            os.close(passed.pop())
+
+    def run() -> Decision:
+        try:
+            result = act(sock.fd, destination.address)
+            return Deny(_errno()) if result < 0 else Value(result, destination.grant)
+        finally:
+            release()
+
+    return Emulate(run, blocking=blocking, release=release)
+
+
+def on_connect(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    sock = _Socket(tid, args[0])
+    raw = _read_sockaddr(loop, tid, args[1], args[2] & 0xFFFFFFFF)
+    if isinstance(raw, Deny):
+        sock.close()
+        return raw
+    destination = _destination(loop, tid, sock, raw, "connect")
+    if isinstance(destination, Deny):
+        sock.close()
+        return destination
+
+    def connect(fd: int, address: bytes) -> int:
+        return _libc.connect(fd, address, len(address))
+
+    return _performed(sock, destination, sock.blocking, connect)
+
+
+def on_bind(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    """A unix path is a created file (Landlock's make_sock decides it when it covers the parent; else the
+    policy, and the supervisor binds the command's socket in the pinned directory). Everything else is
+    CONTINUEd: whatever the fd turns out to be, Landlock's make_sock and TCP-bind rules (--net-block, where
+    no other inet socket can exist) decide every outcome."""
+    sock = _Socket(tid, args[0])
+    try:
+        raw = _read_sockaddr(loop, tid, args[1], args[2] & 0xFFFFFFFF)
+        if isinstance(raw, Deny):
+            return raw
+        if sock.family in _INET and loop.net_block:
+            return Deny(errno.EACCES, Denial("bind", _inet_name(raw), _NET_BLOCK, False, tid))
+        if sock.family != socket.AF_UNIX or raw[2:3] in (b"\0", b""):
+            return CONTINUE
+        path = raw[2:].split(b"\0")[0]
+        entry = (path, None)
+        fast = loop._entry_fast(tid, entry, ACCESS_FS["make_sock"])
+        if fast:
+            return fast
+        pin = loop._entry_pin(tid, entry, ACCESS_FS["make_sock"])
+        if not isinstance(pin, Pin):
+            return pin
+    except BaseException:
+        sock.close()
+        raise
+    sock_copy = sock
+    if pin.exists:
+        pin.close()
+        sock.close()
+        return Deny(errno.EADDRINUSE)
+    permit = loop._decide("create", pin)
+    if isinstance(permit, Deny):
+        pin.close()
+        sock.close()
+        return permit
+    address = _sockaddr_un(pin.via)
+    if len(address) > _SUN_PATH_MAX + 2:
+        pin.close()
+        sock.close()
+        return Deny(errno.ENAMETOOLONG)  # the pinned form is longer than the name the command gave
+
+    def release() -> None:
+        pin.close()
+        sock_copy.close()
+
+    def bind() -> Decision:
+        try:
+            if _libc.bind(sock_copy.fd, address, len(address)) != 0:
+                return Deny(_errno())
+            return Value(0, Denial("create", permit.pin.path, permit.by))
+        finally:
+            release()
+
+    return Emulate(bind, release=release)
+
+
+def on_listen(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    """--net-block only: listen() on an unbound inet socket binds a port by itself."""
+    sock = _Socket(tid, args[0])
+    if sock.family in _INET:
+        sock.close()
+        return Deny(errno.EACCES, Denial("bind", "network (listen)", _NET_BLOCK, False, tid))
+    backlog = ctypes.c_int(args[1] & 0xFFFFFFFF).value
+    return _performed(sock, _Destination(None), False, lambda fd, _a: _libc.listen(fd, backlog))
+
+
+def on_socket(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    """--net-block only (the filter sends only inet families): TCP sockets are left to Landlock's TCP
+    rules; UDP, raw, SCTP and MPTCP sockets, which Landlock cannot stop, are refused. All registers: a
+    CONTINUE here cannot be raced."""
+    kind, protocol = args[1] & 0xF, args[2] & 0xFFFFFFFF
+    if kind == socket.SOCK_STREAM and protocol in (0, socket.IPPROTO_TCP):
+        return CONTINUE
+    name = {socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}.get(
+        kind, "mptcp" if protocol == 262 else "socket"
+    )
+    return Deny(errno.EACCES, Denial("connect", f"network ({name})", _NET_BLOCK, False, tid))
+
+
+def on_sendto(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    flags = args[3] & 0xFFFFFFFF
+    sock = _Socket(tid, args[0])
+    message = _read_data(loop, tid, [(args[1], args[2])], sock)
+    raw = _read_sockaddr(loop, tid, args[4], args[5] & 0xFFFFFFFF)
+    for failed in (message, raw):
+        if isinstance(failed, Deny):
+            sock.close()
+            return failed
+    if loop.net_block and sock.family in _INET and flags & MSG_FASTOPEN:
+        sock.close()
+        return Deny(errno.EACCES, Denial("connect", _inet_name(raw), _NET_BLOCK, False, tid))
+    destination = _destination(loop, tid, sock, raw, "connect")
+    if isinstance(destination, Deny):
+        sock.close()
+        return destination
+    return _performed(
+        sock, destination, sock.blocking and not flags & _MSG_DONTWAIT, _sender(message, [], flags)
+    )
+
+
+def on_sendmsg(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    sock = _Socket(tid, args[0])
+    flags = args[2] & 0xFFFFFFFF
+    decision = _message(loop, tid, sock, args[1], flags)
+    if isinstance(decision, Deny):
+        sock.close()
+        return decision
+    destination, data, fds = decision
+    blocking = sock.blocking and not flags & _MSG_DONTWAIT
+    return _performed(sock, destination, blocking, _sender(data, fds, flags), fds)
+
+
+def on_sendmmsg(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    """Each message as sendmsg, in order; ``msg_len`` of each sent one is written back to the target, as
+    the kernel does (glibc's resolver checks it)."""
+    sock = _Socket(tid, args[0])
+    vector, count, flags = args[1], min(args[2] & 0xFFFFFFFF, _MAX_IOV), args[3] & 0xFFFFFFFF
+    prepared = []
+    for index in range(count):
+        decision = _message(loop, tid, sock, vector + index * _MMSGHDR_SIZE, flags)
+        if isinstance(decision, Deny):
+            if not prepared:
+                sock.close()
+                return decision
+            break
+        prepared.append(decision)
+
+    def release() -> None:
+        for destination, _data, fds in prepared:
+            destination.close()
+            for fd in fds:
+                os.close(fd)
+        sock.close()
+
+    def send_all() -> Decision:
+        sent = 0
+        try:
+            for index, (destination, data, fds) in enumerate(prepared):
+                result = _sender(data, fds, flags)(sock.fd, destination.address)
+                if result < 0:
+                    if sent:
+                        break
+                    return Deny(_errno())
+                _write_u32(tid, vector + index * _MMSGHDR_SIZE + _MSGHDR.size, result)
+                sent += 1
+            return Value(sent)
+        finally:
+            release()
+
+    return Emulate(send_all, blocking=sock.blocking and not flags & _MSG_DONTWAIT, release=release)
+
+
+def _message(
+    loop: NotifyLoop, tid: int, sock: _Socket, address: int, flags: int
+) -> tuple[_Destination, bytes, list[int]] | Deny:
+    """A struct msghdr of the target, read once: its destination (decided), its bytes, its SCM_RIGHTS
+    descriptors as ours."""
+    header = loop.reader.read_exactly(tid, address, _MSGHDR.size)
+    if header is None:
+        return Deny(errno.EFAULT)
+    name, namelen, iov, iovlen, control, controllen, _flags = _MSGHDR.unpack(header)
+    if iovlen > _MAX_IOV:
+        return Deny(errno.EMSGSIZE)
+    vectors = loop.reader.read_exactly(tid, iov, iovlen * _IOVEC.size) if iovlen else b""
+    if vectors is None:
+        return Deny(errno.EFAULT)
+    data = _read_data(loop, tid, list(_IOVEC.iter_unpack(vectors)), sock)
+    if isinstance(data, Deny):
+        return data
+    raw = None
+    if name and namelen and sock.type != socket.SOCK_STREAM:
+        raw = _read_sockaddr(loop, tid, name, namelen)
+        if isinstance(raw, Deny):
+            return raw
+    if loop.net_block and sock.family in _INET and (flags & MSG_FASTOPEN or raw is not None):
+        return Deny(errno.EACCES, Denial("connect", _inet_name(raw or b""), _NET_BLOCK, False, tid))
+    fds = _read_fds(loop, tid, control, controllen)
+    if isinstance(fds, Deny):
+        return fds
+    destination = _destination(loop, tid, sock, raw, "connect")
+    if isinstance(destination, Deny):
+        for fd in fds:
+            os.close(fd)
+        return destination
+    return destination, data, fds
+
+
+def _read_data(loop: NotifyLoop, tid: int, parts: list[tuple[int, int]], sock: _Socket) -> bytes | Deny:
+    total = sum(length for _base, length in parts)
+    if total > MAX_SEND and sock.type != socket.SOCK_STREAM:
+        return Deny(errno.EMSGSIZE)
+    chunks, budget = [], MAX_SEND
+    for base, length in parts:
+        take = min(length, budget)
+        chunk = loop.reader.read_exactly(tid, base, take) if take else b""
+        if chunk is None:
+            return Deny(errno.EFAULT)
+        chunks.append(chunk)
+        budget -= take
+    return b"".join(chunks)
+
+
+def _read_fds(loop: NotifyLoop, tid: int, control: int, length: int) -> list[int] | Deny:
+    """SCM_RIGHTS descriptors named in the control data, as our copies (the same open files)."""
+    if not length:
+        return []
+    raw = loop.reader.read_exactly(tid, control, min(length, _MAX_CONTROL))
+    if raw is None:
+        return Deny(errno.EFAULT)
+    fds: list[int] = []
+    offset = 0
+    while offset + _CMSGHDR.size <= len(raw):
+        size, level, kind = _CMSGHDR.unpack_from(raw, offset)
+        if size < _CMSGHDR.size or offset + size > len(raw):
+            break
+        if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
+            for fd in fds:
+                os.close(fd)
+            return Deny(errno.EINVAL)  # only descriptors can be passed on the command's behalf
+        payload = raw[offset + _CMSGHDR.size : offset + size]
+        for (target,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4]):
+            try:
+                fds.append(pidfd_getfd(tid, target))
+            except OSError:
+                for fd in fds:
+                    os.close(fd)
+                return Deny(errno.EBADF)
+        offset += (size + 7) & ~7
+    return fds
+
+
+def _sender(data: bytes, fds: list[int], flags: int):
+    """sendmsg(2) on our copy: the bytes read once, our copies of the passed fds, the decided address."""
+
+    def send(fd: int, address: bytes | None) -> int:
+        buffer = ctypes.create_string_buffer(data, len(data))
+        iov = _Iov(ctypes.addressof(buffer), len(data))
+        msg = _Msg()
+        if address is not None:
+            name = ctypes.create_string_buffer(address, len(address))
+            msg.name, msg.namelen = ctypes.addressof(name), len(address)
+        msg.iov, msg.iovlen = ctypes.addressof(iov), 1
+        if fds:
+            payload = struct.pack(f"{len(fds)}i", *fds)
+            space = _CMSGHDR.size + ((len(payload) + 7) & ~7)
+            control = ctypes.create_string_buffer(space)
+            struct.pack_into(
+                "=Qii", control, 0, _CMSGHDR.size + len(payload), socket.SOL_SOCKET, socket.SCM_RIGHTS
+            )
+            ctypes.memmove(ctypes.addressof(control) + _CMSGHDR.size, payload, len(payload))
+            msg.control, msg.controllen = ctypes.addressof(control), space
+        return _libc.sendmsg(fd, ctypes.byref(msg), flags)
+
+    return send
+
+
+def _write_u32(tid: int, address: int, value: int) -> None:
+    data = ctypes.create_string_buffer(struct.pack("=I", value), 4)
+    local = _Iov(ctypes.addressof(data), 4)
+    remote = _Iov(address, 4)
+    _libc.process_vm_writev(
+        tid, ctypes.byref(local), ctypes.c_ulong(1), ctypes.byref(remote), ctypes.c_ulong(1), 0
+    )
