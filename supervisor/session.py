@@ -7,9 +7,11 @@ import itertools
 import os
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +28,9 @@ __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
 _FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ACCESS_CACHE_SIZE = 16
+# Denied trees are walked for multi-linked files at most this often, and this far (browser profiles are big).
+_LINK_SCAN_SECONDS = 5.0
+_LINK_SCAN_LIMIT = 20_000
 
 
 def is_nono_shim(path: str) -> bool:
@@ -47,6 +52,29 @@ def find_real_shell(name: str, search_path: str, exclude: tuple[str, ...] = ()) 
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate) and not is_nono_shim(candidate):
             return candidate
     return None
+
+
+def _multi_linked(roots, limit: int = _LINK_SCAN_LIMIT) -> set[tuple[int, int]]:
+    """(dev, ino) of the regular files with several names under ``roots`` (at most ``limit`` entries)."""
+    found: set[tuple[int, int]] = set()
+    seen = 0
+    for root in roots:
+        stack = [root]
+        while stack and seen < limit:
+            path = stack.pop()
+            seen += 1
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    stack.extend(os.path.join(path, name) for name in os.listdir(path))
+                except OSError:
+                    pass
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                found.add((st.st_dev, st.st_ino))
+    return found
 
 
 def _private_dir(prefix: str, parent: str | None) -> Path:
@@ -79,6 +107,7 @@ class Session:
         }
         self.audit = AuditLog(self.audit_path or paths.audit_log_path(self.env), self.id)
         self._access: dict[int, AccessIndex] = {}
+        self._linked: dict[int, tuple[Policy, float, frozenset[tuple[int, int]]]] = {}
         self._own_terminals = {os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
@@ -176,6 +205,24 @@ class Session:
     def route_grants(self) -> list[Grant]:
         """Read+exec of what nono-shell itself needs inside a sandbox (nested routing), computed once."""
         return list(self._route)
+
+    def own_terminals(self) -> frozenset[str]:
+        """The supervisor's own terminal: never reopened for a command (CONTRACT: never grantable)."""
+        return frozenset(self._own_terminals)
+
+    def linked_denied(self, policy: Policy) -> frozenset[tuple[int, int]]:
+        """(dev, ino) of denied regular files that have more than one name. Landlock follows names, so a
+        hard link to one of them inside a grant would read through; the notify layer checks these inodes.
+        Walked once per policy and again after ``_LINK_SCAN_SECONDS`` (links made outside the sandbox)."""
+        now = time.monotonic()
+        cached = self._linked.get(id(policy))
+        if cached is not None and cached[0] is policy and now - cached[1] < _LINK_SCAN_SECONDS:
+            return cached[2]
+        found = frozenset(_multi_linked(os.path.realpath(d.path) for d in policy.denies))
+        if len(self._linked) >= _ACCESS_CACHE_SIZE:
+            self._linked.clear()
+        self._linked[id(policy)] = (policy, now, found)
+        return found
 
     def own_sockets(self) -> frozenset[str]:
         """Unix sockets every sandboxed process may connect to: the supervisor's (nested nono-shell)."""
