@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from supervisor.access import AccessIndex, Verdict
+from supervisor.access import AccessIndex
 from supervisor.linux.resolve import Pin
 
 __all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "SETID_BITS"]
@@ -107,14 +107,19 @@ class Checker:
         self.ask = ask  # (op, path, rule, is_dir) -> the human allowed it
         self.linked_denied = linked_denied  # (dev, ino) of denied files that have other names
 
-    def decide(self, op: str, pin: Pin) -> Permit | Refusal:
+    def decide(self, op: str, pin: Pin, baseline: bool = False) -> Permit | Refusal:
+        """``baseline``: the Landlock baseline alone grants this on ``pin`` (the route's own grants are
+        there and not in the policy); only the second-name check can still refuse it."""
+        if baseline and not (pin.st is not None and self.is_second_name(pin.st)):
+            return Permit(_SEAL, pin, op, "policy")
         if op == "locate" or not pin.path.startswith("/"):
             # O_PATH reads and writes nothing (Landlock grants no right to it either); an object with no
             # path (a pipe, a socket, an anonymous inode) is the command's own.
             return Permit(_SEAL, pin, op, "policy")
         verdict = self.access.verdict(pin.path, op)
         if verdict.allowed and pin.st is not None and self.is_second_name(pin.st):
-            verdict = Verdict(False, "hard link to a denied file")
+            # Not a question: the name is allowed, the content is a denied file's (grant that file itself).
+            return Refusal(op, pin.path, "hard link to a denied file", False)
         if verdict.allowed:
             return Permit(_SEAL, pin, op, "policy")
         if verdict.rule != "never-grantable" and self.ask is not None:

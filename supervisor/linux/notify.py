@@ -277,8 +277,8 @@ class NotifyLoop(threading.Thread):
     def _refused(self, refusal: Refusal, error: int = errno.EACCES) -> Deny:
         return Deny(error, Denial(refusal.op, refusal.path, refusal.rule, refusal.is_dir, self._tid))
 
-    def _decide(self, op: str, pin: Pin) -> Permit | Deny:
-        outcome = self.checker.decide(op, pin)
+    def _decide(self, op: str, pin: Pin, baseline: bool = False) -> Permit | Deny:
+        outcome = self.checker.decide(op, pin, baseline)
         return self._refused(outcome) if isinstance(outcome, Refusal) else outcome
 
     def _setid(self, path: str) -> Deny:
@@ -377,19 +377,18 @@ class NotifyLoop(threading.Thread):
             ops = [op for op, wanted in _open_ops(flags, pin.exists) if wanted]
         landlock_path = pin.path if pin.exists else os.path.dirname(pin.path)
         landlock_needed = needed if pin.exists else _A["make_reg"]
-        if (
-            not untrusted
-            and self.rights.allows(landlock_path, landlock_needed)
-            and not (self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode))
-        ):
+        baseline = self.rights.allows(landlock_path, landlock_needed)
+        if baseline and not untrusted and not (self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)):
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
-        return self._emulate_open(pin, ops, flags, mode, tid)
+        return self._emulate_open(pin, ops, flags, mode, tid, baseline)
 
-    def _emulate_open(self, pin: Pin, ops: list[str], flags: int, mode: int, tid: int) -> Decision:
+    def _emulate_open(
+        self, pin: Pin, ops: list[str], flags: int, mode: int, tid: int, baseline: bool = False
+    ) -> Decision:
         permits = []
         for op in ops:
-            permit = self._decide(op, pin)
+            permit = self._decide(op, pin, baseline)
             if isinstance(permit, Deny):
                 pin.close()
                 return permit

@@ -97,6 +97,7 @@ TRAPS: tuple[Trap, ...] = (
     Trap("sendmmsg", "sendmmsg", fd=0),
     # --net-block: what Landlock's TCP rules cannot stop (UDP, MPTCP, raw, SCTP; listen's auto-bind).
     Trap("socket", "socket", net_block=True),
+    Trap("setsockopt", "setsockopt", net_block=True),  # only TCP_FASTOPEN_CONNECT (see build_program)
     Trap("listen", "listen", fd=0, net_block=True),
 )
 
@@ -116,7 +117,6 @@ BLOCKED_BY_NUMBER_ENOSYS: tuple[tuple[str, int], ...] = (("setxattrat", 463), ("
 BLOCKED_IOCTLS: tuple[int, ...] = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
 MSG_FASTOPEN = 0x20000000
 _IPPROTO_TCP = 6
-_TCP_FASTOPEN_CONNECT = 30
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 
 
@@ -133,23 +133,21 @@ def build_program(net_block: bool = False) -> bytes:
         if trap.name == "socket":
             for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
                 flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
+        elif trap.name == "setsockopt":
+            # TCP fast open connects without connect(): the one option that reaches the network.
+            tcp, fastopen = pyseccomp.Arg(1, pyseccomp.EQ, _IPPROTO_TCP), pyseccomp.Arg(2, pyseccomp.EQ, 30)
+            flt.add_rule(pyseccomp.NOTIFY, "setsockopt", tcp, fastopen)
         elif trap.nonzero is None:
             flt.add_rule(pyseccomp.NOTIFY, trap.name)
         else:
             flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(trap.nonzero, pyseccomp.NE, 0))
     if net_block:
-        # TCP fast open sends a SYN with data without connect(): refused before it reaches the kernel.
+        # sendto(MSG_FASTOPEN) sends a SYN with data without connect(): trapped even without an address.
         flt.add_rule(
-            pyseccomp.ERRNO(errno.EACCES),
+            pyseccomp.NOTIFY,
             "sendto",
             pyseccomp.Arg(3, pyseccomp.MASKED_EQ, MSG_FASTOPEN, MSG_FASTOPEN),
             pyseccomp.Arg(4, pyseccomp.EQ, 0),
-        )
-        flt.add_rule(
-            pyseccomp.ERRNO(errno.EACCES),
-            "setsockopt",
-            pyseccomp.Arg(1, pyseccomp.EQ, _IPPROTO_TCP),
-            pyseccomp.Arg(2, pyseccomp.EQ, _TCP_FASTOPEN_CONNECT),
         )
     for name in BLOCKED:
         flt.add_rule(pyseccomp.ERRNO(errno.EPERM), name)

@@ -33,7 +33,16 @@ from supervisor.linux.seccomp import MSG_FASTOPEN, Trap
 if TYPE_CHECKING:
     from supervisor.linux.notify import NotifyLoop
 
-__all__ = ["on_connect", "on_bind", "on_sendto", "on_sendmsg", "on_sendmmsg", "on_listen", "on_socket"]
+__all__ = [
+    "on_connect",
+    "on_bind",
+    "on_sendto",
+    "on_sendmsg",
+    "on_sendmmsg",
+    "on_listen",
+    "on_socket",
+    "on_setsockopt",
+]
 
 # Bytes the supervisor sends on a command's behalf are read from its memory first: a datagram larger than
 # this is refused (EMSGSIZE), a stream write is sent in part (a short count, which callers handle).
@@ -308,9 +317,18 @@ def on_socket(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decisi
     return Deny(errno.EACCES, Denial("connect", f"network ({name})", _NET_BLOCK, False, tid))
 
 
+def on_setsockopt(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    """--net-block only, and only TCP_FASTOPEN_CONNECT (the filter sends nothing else): with it, a later
+    write connects by itself."""
+    return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _NET_BLOCK, False, tid))
+
+
 def on_sendto(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
     flags = args[3] & 0xFFFFFFFF
     sock = _Socket(tid, args[0])
+    if loop.net_block and flags & MSG_FASTOPEN and sock.family in _INET:
+        sock.close()
+        return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _NET_BLOCK, False, tid))
     message = _read_data(loop, tid, [(args[1], args[2])], sock)
     raw = _read_sockaddr(loop, tid, args[4], args[5] & 0xFFFFFFFF)
     for failed in (message, raw):
