@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from supervisor.policy import Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "flag_for"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -79,12 +79,30 @@ class AccessIndex:
         return Verdict(True, best[1].source)
 
 
-def flag_for(op: str, display_path: str, is_dir: bool) -> str:
-    """The policy option that would grant ``op`` on the path (CONTRACT: the ``to allow:`` hint)."""
-    if op in ("create", "delete"):
-        return f"--write {os.path.dirname(display_path) or '/'}"
-    if op in ("read", "exec"):
-        return f"--read {display_path}" if is_dir else f"--read-file {display_path}"
+# Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").
+_NEVER = ("never-grantable", "setuid/setgid bits: never grantable")
+# Rules where no policy flag would make the operation succeed: the line names no flag.
+_NO_FLAG = ("hard link to a denied file", "abstract socket", "the descriptor is not open for it")
+
+
+def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
+    """The end of a denial line: ``; to allow: FLAG PATH`` with the narrowest policy option that, passed,
+    makes this same operation succeed (CONTRACT), ``; never grantable``, or nothing where no flag can.
+
+    File-level for files: a grant of the parent would not beat a deny group that names the file itself
+    (``--write ~`` leaves ``~/.bashrc`` denied), and is more than was asked for. Never ``/`` or a /proc
+    path: neither is a grant anyone should be told to make.
+    """
+    if rule in _NEVER:
+        return "; never grantable"
+    if rule == "--net-block":
+        return "; to allow: run without --net-block"
+    if rule in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
+        return ""
     if op in ("connect", "bind"):
-        return f"--allow-file {display_path}"
-    return f"--write {display_path}" if is_dir else f"--write-file {display_path}"
+        flag = "--allow-file"
+    elif op in ("read", "exec"):
+        flag = "--read" if is_dir and display_path != "/" else "--read-file"
+    else:  # write, create, delete: a directory's own grant covers what is made or removed inside it
+        flag = "--write" if is_dir and display_path != "/" else "--write-file"
+    return f"; to allow: {flag} {display_path}"

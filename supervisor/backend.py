@@ -9,7 +9,20 @@ from supervisor.errors import SandboxError
 from supervisor.policy import Policy
 from supervisor.session import Session
 
-__all__ = ["start_sandboxed", "finish"]
+__all__ = ["start_sandboxed", "finish", "NO_TRAP_GIVES_UP"]
+
+# What Landlock alone cannot do, so what ``--no-trap`` gives up (printed by ``policy`` and ``doctor``).
+NO_TRAP_GIVES_UP = (
+    "unix sockets: connect/send to any socket file the user can reach (ssh-agent, gpg-agent, docker.sock)"
+    " is not mediated (Landlock before ABI 9 cannot stop it)",
+    "metadata: chmod, chown, utimes and xattrs of any file the user owns, denied and never-grantable ones"
+    " included; setuid bits can be set",
+    "hard links made outside the sandbox read through to denied files",
+    "inotify/fanotify watches on denied directories see the names and timing of what happens there",
+    "--net-block: only TCP connect/bind are refused; UDP, MPTCP, raw sockets and TCP fast open are not",
+    "no denial reports, no questions, no grants Landlock cannot express (creating or removing directly in"
+    " the parent of a denied path is refused)",
+)
 
 # After the command exits, how long its notify loop may take to answer what is still in flight before
 # the denial report is written. Processes the command left running keep their loop; they are not waited for.

@@ -134,6 +134,11 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             else ("Landlock + seccomp user notification (reports, emulated grants, questions)")
         )
         print(f"enforced by: {layers}")
+        if not session.trap:
+            from supervisor.backend import NO_TRAP_GIVES_UP
+
+            for lost in NO_TRAP_GIVES_UP:
+                print(f"not enforced with --no-trap: {lost}")
         if sys.platform.startswith("linux"):
             for note in _landlock_plan(session).notes:
                 print(f"note: {note}")

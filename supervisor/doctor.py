@@ -45,6 +45,11 @@ def report() -> int:
     _line(
         k.seccomp_notify or None, "seccomp user notification", "available" if k.seccomp_notify else "missing"
     )
+    if not (k.seccomp_notify and k.seccomp_addfd):
+        from supervisor.backend import NO_TRAP_GIVES_UP
+
+        for lost in NO_TRAP_GIVES_UP:  # only --no-trap can run here: say what it leaves open
+            _line(False, "with --no-trap only", lost)
     _line(k.seccomp_addfd or None, "seccomp ADDFD+SEND", "available" if k.seccomp_addfd else "missing (5.14)")
     _line(
         k.seccomp_sync_wakeup or None,

@@ -6,7 +6,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from supervisor.access import flag_for
+from supervisor.access import hint_for
 from supervisor.audit import AuditLog
 from supervisor.policy import Policy
 
@@ -61,7 +61,7 @@ class CommandReport:
 
     def _line(self, d: Denied) -> str:
         shown = self.policy.display(d.path)
-        return f"nono: denied {d.op} {shown} [{d.rule}]; to allow: {flag_for(d.op, shown, d.is_dir)}"
+        return f"nono: denied {d.op} {shown} [{d.rule}]{hint_for(d.op, shown, d.is_dir, d.rule)}"
 
     def tell_process(self, decision: str, what) -> None:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight

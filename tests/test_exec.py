@@ -141,7 +141,12 @@ def test_log_reads_denials_by_command_and_as_json(home):
 
 def test_policy_says_what_enforces_it(home):
     assert "seccomp" in home.run([SUPERVISOR, "policy"]).stdout
-    assert "Landlock only" in home.run([SUPERVISOR, "policy", "--no-trap"]).stdout
+    no_trap = home.run([SUPERVISOR, "policy", "--no-trap"]).stdout
+    assert "Landlock only" in no_trap
+    lost = [line for line in no_trap.splitlines() if line.startswith("not enforced with --no-trap: ")]
+    for what in ("unix sockets", "metadata", "hard links", "inotify", "UDP"):  # says what it gives up
+        assert any(what in line for line in lost), what
+    assert "not enforced with --no-trap" not in home.run([SUPERVISOR, "policy"]).stdout
 
 
 def test_allow_home_with_an_empty_home_is_refused_not_widened_to_root(home):

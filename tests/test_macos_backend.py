@@ -434,7 +434,7 @@ def test_a_recorded_log_denial_reaches_on_decision(darwin: FakeSeam, session, ho
     ]
     assert report.lines() == [
         "nono: denied read ~/.ssh/id_rsa [group:deny_credentials]; to allow: --read-file ~/.ssh/id_rsa",
-        "nono: denied create /opt/new-file [not granted]; to allow: --write /opt",
+        "nono: denied create /opt/new-file [not granted]; to allow: --write-file /opt/new-file",
     ]
     audited = [(r["op"], r["path"], r["decision"], r["rule"]) for r in home.audit() if r.get("op")]
     assert audited == [

@@ -22,6 +22,7 @@ import stat
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 
 from supervisor.access import AccessIndex
@@ -277,9 +278,12 @@ class NotifyLoop(threading.Thread):
     def _refused(self, refusal: Refusal, error: int = errno.EACCES) -> Deny:
         return Deny(error, Denial(refusal.op, refusal.path, refusal.rule, refusal.is_dir, self._tid))
 
-    def _decide(self, op: str, pin: Pin, baseline: bool = False) -> Permit | Deny:
+    def _decide(self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False) -> Permit | Deny:
+        """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's)."""
         outcome = self.checker.decide(op, pin, baseline)
-        return self._refused(outcome) if isinstance(outcome, Refusal) else outcome
+        if isinstance(outcome, Refusal):
+            return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
+        return outcome
 
     def _setid(self, path: str) -> Deny:
         return Deny(errno.EPERM, Denial("write", path, _NEVER_SETID, False, self._tid))
@@ -530,7 +534,7 @@ class NotifyLoop(threading.Thread):
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._decide("create", pin)
+        permit = self._decide("create", pin, making_dir=True)
         mode = args[trap.mode] & ~_umask(tid) & 0o7777
         return self._act(pin, permit, lambda: emulate.mkdir(permit, mode), is_dir=True)
 
