@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from supervisor.policy import Policy
+from supervisor.policy import NEVER_GRANTABLE, Policy
 
 __all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
 
@@ -71,8 +71,9 @@ class AccessIndex:
                 best = (root, grant)
         if deny is not None:
             # Only an explicit grant at or below the denied node overrides it (CONTRACT: --read-file
-            # ~/.aws/credentials beats deny_credentials); group grants never do.
-            if best is None or best[1].source.startswith("group:") or not _under(best[0], deny[0]):
+            # ~/.aws/credentials beats deny_credentials); group grants never do; a sealed path, nothing.
+            overridden = best is not None and not best[1].source.startswith("group:")
+            if deny[1] == NEVER_GRANTABLE or not (overridden and _under(best[0], deny[0])):
                 return Verdict(False, deny[1])
         if best is None:
             return Verdict(False, "not granted")

@@ -62,6 +62,7 @@ class Context:
     platform: str = "linux"
     config_dir: str = ""
     protected: tuple[str, ...] = ()
+    sealed: tuple[str, ...] = ()  # no access of any kind, whatever is granted (the supervisor's terminal)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Grant:
     access: str  # read | write | allow
     kind: str  # dir | file
     source: str  # where it came from: "profile default", "--read", "group:system_read", ...
+
+
+NEVER_GRANTABLE = "never-grantable"  # the rule of a deny no grant, flag or answer can lift
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         for raw in getattr(options, key):
             grants.append(Grant(expand(raw, ctx, flag), access, kind, flag))
     denies.extend(Deny(expand(raw, ctx, "--deny", grant=False), "--deny") for raw in options.deny)
+    denies.extend(Deny(os.path.normpath(path), NEVER_GRANTABLE) for path in ctx.sealed)
     if options.prompt is not None:
         if options.prompt not in PROMPT_MODES:
             raise UsageError(f"--prompt: must be one of {', '.join(PROMPT_MODES)}")

@@ -77,6 +77,18 @@ def _multi_linked(roots, limit: int = _LINK_SCAN_LIMIT) -> set[tuple[int, int]]:
     return found
 
 
+def _own_terminal_names() -> tuple[str, ...]:
+    """The terminal the supervisor was started on (its stdio): the human's, never a command's."""
+    names = set()
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                names.add(os.path.realpath(os.ttyname(fd)))
+        except OSError:
+            pass
+    return tuple(sorted(names))
+
+
 def _private_dir(prefix: str, parent: str | None) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=parent)).resolve()
 
@@ -182,6 +194,7 @@ class Session:
             platform=platform,
             config_dir=str(paths.config_dir(self.env)),
             protected=self.protected_paths(),
+            sealed=_own_terminal_names(),
         )
 
     def protected_paths(self) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from supervisor.errors import SandboxError
-from supervisor.policy import Grant, Policy
+from supervisor.policy import NEVER_GRANTABLE, Grant, Policy
 
 __all__ = [
     "ACCESS_FS",
@@ -241,8 +241,8 @@ def compile_plan(policy: Policy, abi: int, extra: Iterable[Grant] = ()) -> Landl
             continue
         rights = _rights(grant)
         inside = [c for c in carves if _under(path, c.path)]
-        if inside and grant.source.startswith("group:"):
-            continue  # a group grant never overrides a deny; an explicit grant of a path inside one does
+        if inside and (grant.source.startswith("group:") or any(c.rule == NEVER_GRANTABLE for c in inside)):
+            continue  # group grants never override a deny; explicit ones inside one do, unless it is sealed
         applicable = [c for c in carves if _under(c.path, path) and c.path != path]
         applicable += [c for c in protected if _under(c.path, path)]
         rights &= ~_protected_removal(path, protected)
