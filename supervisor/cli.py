@@ -12,9 +12,19 @@ from pathlib import Path
 from supervisor import paths
 from supervisor.errors import NonoError, SandboxError, UsageError
 from supervisor.policy import GRANT_LISTS, PROMPT_MODES, Policy, PolicyOptions
+from supervisor.prompt import GUARD_SECONDS
 from supervisor.session import Session
 
 __all__ = ["main"]
+
+
+ANSWER_FORM = (
+    "A question is answered by one letter and Enter: o (once: this command), s (session), a (always: "
+    "stored in grants.toml; on a path of a deny group or --deny, confirmed by typing the word always), "
+    "d (deny). Enter alone, Ctrl-C or no answer within the timeout denies; keys typed within "
+    f"{GUARD_SECONDS:g} s of the question appearing and terminal replies are ignored; anything else asks "
+    "again."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +48,12 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
         "--deny", action="append", default=[], metavar="PATH", help="deny inside an allowed tree"
     )
     parser.add_argument("--net-block", action="store_true", help="no network for sandboxed commands")
-    parser.add_argument("--prompt", choices=PROMPT_MODES, default=None)
+    parser.add_argument(
+        "--prompt",
+        choices=PROMPT_MODES,
+        default=None,
+        help="when a denial may become a question on the supervisor's terminal. " + ANSWER_FORM,
+    )
     parser.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
     parser.add_argument(
         "--no-trap",
@@ -60,7 +75,9 @@ def _options(args: argparse.Namespace) -> PolicyOptions:
 
 def _build_parser() -> _Parser:
     parser = _Parser(
-        prog="nono-supervisor", description="Per-command OS sandboxes for an agent's shell commands."
+        prog="nono-supervisor",
+        description="Per-command OS sandboxes for an agent's shell commands.",
+        epilog="Questions (--prompt tty|after): " + ANSWER_FORM,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start a supervisor and the agent CMD under it")
@@ -168,7 +185,7 @@ def _require_command(command: list[str], name: str) -> None:
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from supervisor.backend import finish, start_sandboxed
     from supervisor.consent import Consent
-    from supervisor.launcher import status_code
+    from supervisor.launcher import TerminalLease, status_code
     from supervisor.prompt import Prompter
     from supervisor.report import CommandReport
 
@@ -186,24 +203,35 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         command_id = session.next_command_id()
         report = CommandReport(session.audit, session.policy, command_id, command, os.getcwd())
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
-        asker = session.prompter if session.prompt_mode() == "tty" else None
+        asker = session.prompter if session.prompt_mode() in ("tty", "after") else None
         consent = Consent(session, command_id, " ".join(command), asker)
-        process = start_sandboxed(
-            session,
-            path,
-            command,
-            env,
-            os.getcwd(),
-            (0, 1, 2),
-            on_decision=report.record,
-            consent=consent.allows,
-            trap=session.trap,
-        )
+        consent.report = report
+        # The terminal belongs to the prompter: the command gets a pty of ours in its place (CONTRACT).
+        lease = TerminalLease.for_stdio(session, (0, 1, 2))
+        try:
+            process = start_sandboxed(
+                session,
+                path,
+                command,
+                env,
+                os.getcwd(),
+                lease.stdio if lease else (0, 1, 2),
+                ctty=bool(lease and lease.ctty),
+                on_decision=report.record,
+                consent=consent.allows,
+                trap=session.trap,
+            )
+        except BaseException:
+            if lease:
+                lease.hangup()
+            raise
         report.pid = process.pid
         forward = lambda signo, _frame: process.signal(signo)  # noqa: E731
         for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signo, forward)
         session.audit.write(command=command_id, event="start", argv=command, cwd=os.getcwd(), pid=process.pid)
+        if lease:
+            lease.run(process)  # until the command's main process exits; then the pty is hung up
         status = process.wait()
         finish(process)
         report.write_to(2)

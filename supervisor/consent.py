@@ -1,34 +1,53 @@
 """The human's say in one command: answers already given, and the question when there is none yet.
 
 Scopes (CONTRACT): ``once`` is this command, ``session`` lasts until the supervisor exits (the session's
-policy grows), ``always`` is also written to the grant store. A ``deny`` is remembered for the command so
-that it is not asked again. Never-grantable paths are never asked about.
+policy grows), ``always`` is also written to the grant store. Grants are looked up live (the session
+watches the store: a revoke reaches a running session). A ``deny`` is remembered for the session per
+(operation, path) and not asked again; a question that timed out is not asked again in the same command.
+Never-grantable paths are never asked about. The denial line of the command's report says which of these
+happened.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 from collections.abc import Callable
 
 from supervisor.access import OPS
-from supervisor.prompt import Prompter, Question
+from supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
 
-__all__ = ["Consent"]
+__all__ = ["Consent", "asker"]
+
+_MAX_ARGV = 300  # characters of a process's command line shown in a question
+
+# What a command's denial line says about a denial the human had a say in.
+NOTE_DENIED = "denied at the prompt; not asked again this session"
+NOTE_REFUSED = "denied at the prompt earlier this session"
+NOTE_TIMED_OUT = "question timed out"
 
 
 class Consent:
     def __init__(
-        self, session, command: str, command_text: str, prompter: Prompter | None, per_process: bool = False
+        self,
+        session,
+        command: str,
+        command_text: str,
+        prompter: Prompter | None,
+        per_process: bool = False,
+        routed: bool = True,
     ) -> None:
         self.session = session
         # For the agent, which lives as long as the session, "once" means the process that asked.
         self.per_process = per_process
         self.command = command
         self.command_text = command_text
+        self.routed = routed  # a command routed through nono-shell (False: the agent's own syscalls)
         self.prompter = prompter  # None: answers already given still count, but nothing is asked
+        self.report = None  # the CommandReport of the current run: notes on its denial lines
         self._once: set[tuple[str, str, int]] = set()
-        self._refused: set[tuple[str, str, int]] = set()
+        self._refused: set[tuple[str, str, int]] = set()  # timed out in this command: not asked again
         self._lock = threading.Lock()
 
     def allows(
@@ -42,53 +61,142 @@ class Consent:
     ) -> bool:
         """Whether the human allows ``op`` on ``path``, which the policy denied by ``rule``. ``alive()`` turns
         False when the waiting syscall is gone (the command was killed): the question is then withdrawn."""
-        if not self.askable(rule):
+        if rule == "never-grantable":
             return False
-        if op in ("read", "exec", "connect") and not os.path.lexists(path):
-            return False  # a probe for an optional file (~/.inputrc): the answer could only be ENOENT
         key = self._key(op, path, tid)
         with self._lock:
             if key in self._once:
                 return True
+        if self._granted(op, path):
+            return True  # a session or stored grant (now: a revoke elsewhere is seen) since this started
+        if rule in self.session.policy.prompt_quiet:
+            return False
+        if op in ("read", "exec", "connect") and not os.path.lexists(path):
+            return False  # a probe for an optional file (~/.inputrc): the answer could only be ENOENT
+        if self.session.refusal(op, path) is not None:
+            self._note(op, path, NOTE_REFUSED)
+            return False
+        with self._lock:
             if key in self._refused:
+                self._note(op, path, NOTE_TIMED_OUT)
                 return False
-        if self.session.access_index(self.session.policy).verdict(path, op).allowed:
-            return True  # a session or stored grant made since this command started
         if self.prompter is None:
             return False
-        question = Question(self.command_text, op, self.session.policy.display(path), rule)
-        answer = self.prompter.ask(question, already=lambda: self._answered(op, path), alive=alive)
+        question = Question(
+            op,
+            self.session.policy.display(path),
+            rule,
+            command=self.command_text if self.routed else "",
+            **asker(tid),
+        )
+        reused: list[str] = []
+
+        def already() -> str | None:  # answered meanwhile (another command asked about the same path)
+            earlier = self._answered(op, path)
+            if earlier is not None:
+                reused.append(earlier)
+            return earlier
+
+        answer = self.prompter.ask(question, already=already, alive=alive)
+        if reused:
+            if answer in GRANTING:
+                return True
+            self._note(op, path, NOTE_REFUSED)
+            return False
         self.record(op, path, rule, is_dir, answer, tid)
-        return answer != "deny"
+        return answer in GRANTING
 
     def askable(self, rule: str) -> bool:
         """Whether a denial by ``rule`` may become a question at all (never-grantable and quiet ones not)."""
         return rule != "never-grantable" and rule not in self.session.policy.prompt_quiet
 
+    def asked(self, op: str, path: str) -> bool:
+        """Whether the human already had a say in ``op`` on ``path`` (an after-the-fact question would be a
+        second one)."""
+        with self._lock:
+            done = any(k[:2] == (OPS[op], path) for k in self._once) or (op, path) in {
+                (o, p) for o, p, _ in self._refused
+            }
+        return done or self.session.refusal(op, path) is not None
+
+    def _granted(self, op: str, path: str) -> bool:
+        return self.session.access_index(self.session.policy).verdict(path, op).allowed
+
     def _answered(self, op: str, path: str) -> str | None:
-        return "session" if self.session.access_index(self.session.policy).verdict(path, op).allowed else None
+        if self._granted(op, path):
+            return "session"
+        refused = self.session.refusal(op, path)
+        return "deny" if refused is not None else None
 
     def _key(self, op: str, path: str, tid: int) -> tuple[str, str, int]:
         return (OPS[op], path, _process_of(tid) if self.per_process else 0)
+
+    def _note(self, op: str, path: str, note: str) -> None:
+        if self.report is not None:
+            self.report.note(op, path, note)
 
     def record(self, op: str, path: str, rule: str, is_dir: bool, answer: str, tid: int = 0) -> None:
         """Apply and log an answer (from an in-flight question or an after-the-fact one)."""
         key = self._key(op, path, tid)
         kind = "dir" if is_dir else "file"
-        with self._lock:
-            (self._refused if answer == "deny" else self._once).add(key)
+        if answer in GRANTING:
+            with self._lock:
+                self._once.add(key)
+        elif answer == "deny":
+            self.session.refuse(op, path, answer)
+            self._note(op, path, NOTE_DENIED)
+        else:  # timed out or withdrawn: nobody decided; not asked again in this command
+            with self._lock:
+                self._refused.add((op, path, key[2]))
+            if answer == TIMED_OUT:
+                self._note(op, path, NOTE_TIMED_OUT)
         if answer in ("session", "always"):
             self.session.add_grant(path, OPS[op], kind, persist=answer == "always", command=self.command_text)
+        extra = {"reason": "timed out"} if answer == TIMED_OUT else {}
+        if answer == WITHDRAWN:
+            extra = {"reason": "withdrawn: the command went away"}
         self.session.audit.write(
             command=self.command,
             argv=[self.command_text],
             op=op,
             path=path,
             rule=rule,
-            decision="deny" if answer == "deny" else "grant",
+            decision="grant" if answer in GRANTING else "deny",
             by="user",
             answer=answer,
+            **extra,
         )
+
+
+def asker(tid: int) -> dict[str, object]:
+    """Who asked, from ``/proc/TID``: the executable's name and path, the process id, its command line.
+    Nothing here is trusted for a decision; the executable link is the kernel's, the command line the
+    process's own (it is shown escaped, for recognition)."""
+    if tid <= 0:
+        return {}
+    pid = _process_of(tid)
+    exe = ""
+    try:
+        exe = os.readlink(f"/proc/{tid}/exe")
+    except OSError:
+        pass
+    name = os.path.basename(exe.removesuffix(" (deleted)")) if exe else ""
+    if not name:
+        try:
+            with open(f"/proc/{tid}/comm", "rb") as f:
+                name = os.fsdecode(f.read().rstrip(b"\n"))
+        except OSError:
+            return {"pid": pid}
+    argv = ""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(4 * _MAX_ARGV)
+        argv = shlex.join(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0"))
+    except OSError:
+        pass
+    if len(argv) > _MAX_ARGV:
+        argv = argv[: _MAX_ARGV - 1] + "…"
+    return {"program": name, "pid": pid, "exe": exe, "argv": argv}
 
 
 def _process_of(tid: int) -> int:

@@ -56,6 +56,10 @@ class StoredGrant:
         """True once ``now`` has reached ``expires``; a grant without one never expires."""
         return self.expires is not None and _parse_time(self.expires) <= _utc(now)
 
+    def expires_at(self) -> float | None:
+        """``expires`` as a Unix time (``time.time()``), None for never."""
+        return None if self.expires is None else _parse_time(self.expires).timestamp()
+
 
 def to_policy_grants(grants: list[StoredGrant]) -> list[Grant]:
     """Stored grants as policy grants (source ``grant-store``), to append to a resolved policy."""
@@ -68,6 +72,15 @@ class GrantStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    def stamp(self) -> tuple[int, int, int, int, int] | None:
+        """What changes whenever the file does (every write is a rename: a new inode; a hand edit moves
+        mtime/ctime/size): one ``stat``, cheap enough to call before every lookup. None: no file."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def load(self, now: datetime | None = None) -> list[StoredGrant]:
         """The grants in force at ``now`` (default: the current time); a missing file is an empty store."""

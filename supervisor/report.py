@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from supervisor.access import hint_for
 from supervisor.audit import AuditLog
 from supervisor.policy import Policy
+from supervisor.prompt import shown as escaped
 
 __all__ = ["CommandReport", "Denied"]
 
@@ -32,7 +33,14 @@ class CommandReport:
         self.cwd = cwd
         self.pid = 0
         self._denials: dict[tuple[str, str], tuple[str, bool]] = {}
+        self._notes: dict[tuple[str, str], str] = {}  # what the human's part was (Consent)
         self._lock = threading.Lock()
+
+    def note(self, op: str, path: str, text: str) -> None:
+        """What the denial line of (op, path) adds after its rule: "question timed out", "denied at the
+        prompt; not asked again this session"."""
+        with self._lock:
+            self._notes[(op, path)] = text
 
     def record(self, decision: str, what) -> None:
         """``decision`` is ``deny`` or ``grant``; ``what`` has ``op``, ``path``, ``rule``, ``is_dir``."""
@@ -60,8 +68,11 @@ class CommandReport:
         return [self._line(d) for d in self.denials()]
 
     def _line(self, d: Denied) -> str:
-        shown = self.policy.display(d.path)
-        return f"nono: denied {d.op} {shown} [{d.rule}]{hint_for(d.op, shown, d.is_dir, d.rule)}"
+        shown = escaped(self.policy.display(d.path))  # a file name must not redraw the agent's screen
+        with self._lock:
+            note = self._notes.get((d.op, d.path))
+        said = f" ({note})" if note else ""
+        return f"nono: denied {d.op} {shown} [{d.rule}]{said}{hint_for(d.op, shown, d.is_dir, d.rule)}"
 
     def tell_process(self, decision: str, what) -> None:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight

@@ -28,9 +28,9 @@ from supervisor.access import OPS
 from supervisor.backend import finish, start_sandboxed
 from supervisor.consent import Consent
 from supervisor.errors import NonoError
-from supervisor.launcher import status_code
+from supervisor.launcher import TerminalLease, status_code
 from supervisor.policy import Grant
-from supervisor.prompt import Question
+from supervisor.prompt import GRANTING, Question
 from supervisor.report import CommandReport
 from supervisor.session import Session
 
@@ -371,17 +371,23 @@ class Server:
         _try_send(conn, protocol.Exited(code=code, signal=signo))
 
     def _run(self, conn, decoder, conversation, request, shell, stdio, command) -> int:
-        """Run the command; with ``--prompt after``, ask about its denials once it failed and run it again
-        with what the human granted, on the same fds (DESIGN: "after the fact")."""
+        """Run the command. Questions are asked while the syscall is held (``tty``, and ``after``, which
+        prefers the hold); with ``--prompt after``, denials that could not be held (an exec) are asked about
+        once the command failed, saying that it will run again, and it is run again with what the human
+        granted, on the same fds (DESIGN: "after the fact"). A stdio fd that is the supervisor's own
+        terminal is replaced by a pty of ours, hung up when the command ends (CONTRACT)."""
         mode = self.session.prompt_mode()
         text = command_text(request.argv)
-        consent = Consent(self.session, command, text, self.session.prompter if mode == "tty" else None)
+        asker = self.session.prompter if mode in ("tty", "after") else None
+        consent = Consent(self.session, command, text, asker)
         env = self.session.command_env(request.env)
         policy = None
         for attempt in range(2):
             report = CommandReport(
                 self.session.audit, self.session.policy, command, request.argv, request.cwd
             )
+            consent.report = report
+            lease = TerminalLease.for_stdio(self.session, stdio)
             try:
                 process = start_sandboxed(
                     self.session,
@@ -389,17 +395,26 @@ class Server:
                     request.argv,
                     env,
                     request.cwd,
-                    stdio,
+                    lease.stdio if lease else stdio,
+                    ctty=bool(lease and lease.ctty),
                     policy=policy,
                     on_decision=report.record,
                     consent=consent.allows,
                     trap=self.session.trap,
                 )
             except NonoError as e:
+                if lease:
+                    lease.hangup()
                 self.session.audit.write(
                     command=command, event="refused", argv=request.argv, cwd=request.cwd, reason=str(e)
                 )
                 raise _Refuse(str(e)) from None
+            except BaseException:
+                if lease:
+                    lease.hangup()
+                raise
+            if lease:
+                lease.start(process)
             report.pid = process.pid
             self.session.audit.write(
                 command=command,
@@ -412,7 +427,11 @@ class Server:
             )
             if attempt == 0:
                 _try_send(conn, protocol.Started(command))
-            status, client_alive = self._supervise(conn, decoder, conversation, process)
+            try:
+                status, client_alive = self._supervise(conn, decoder, conversation, process)
+            finally:
+                if lease:
+                    lease.hangup()  # the main process is gone: so is the pty
             finish(process)
             if stdio[2] >= 0:
                 report.write_to(stdio[2])
@@ -427,17 +446,22 @@ class Server:
         return status
 
     def _ask_after(self, consent: Consent, report: CommandReport) -> list[Grant]:
-        """One question per denial of the failed command; the grants for its retry."""
+        """One question per denial of the failed command that was not asked about while it ran; the grants
+        for its retry. Each question says that granting runs the whole command again."""
         granted = []
         for denial in report.denials():
-            if not consent.askable(denial.rule):
+            if not consent.askable(denial.rule) or consent.asked(denial.op, denial.path):
                 continue
             question = Question(
-                consent.command_text, denial.op, self.session.policy.display(denial.path), denial.rule
+                denial.op,
+                self.session.policy.display(denial.path),
+                denial.rule,
+                command=consent.command_text,
+                rerun=True,
             )
             answer = self.session.prompter.ask(question)
             consent.record(denial.op, denial.path, denial.rule, denial.is_dir, answer)
-            if answer != "deny":
+            if answer in GRANTING:
                 granted.append(Grant(denial.path, OPS[denial.op], "dir" if denial.is_dir else "file", "user"))
         return granted
 

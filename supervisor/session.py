@@ -19,6 +19,7 @@ from nono_shell.personality import SHELLS
 from supervisor import paths
 from supervisor.access import AccessIndex
 from supervisor.audit import AuditLog
+from supervisor.errors import UsageError
 from supervisor.grants import GrantStore, to_policy_grants
 from supervisor.policy import Context, Grant, Policy, PolicyOptions, resolve_policy
 from supervisor.prompt import Prompter
@@ -28,6 +29,9 @@ __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
 _FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ACCESS_CACHE_SIZE = 16
+# How often the session looks at the grant store (one stat) for a revoke or another session's "always":
+# a revoke reaches the running session within this, and costs a clock read on every other policy lookup.
+STORE_CHECK_SECONDS = 0.25
 # Denied trees are walked for multi-linked files at most this often, and this far (browser profiles are big).
 _LINK_SCAN_SECONDS = 5.0
 _LINK_SCAN_LIMIT = 20_000
@@ -108,9 +112,19 @@ class Session:
 
     def __post_init__(self) -> None:
         self.home = self.env.get("HOME") or os.path.expanduser("~")
-        self.policy: Policy = self.policy_for("macos" if sys.platform == "darwin" else "linux")
         self.prompter: Prompter | None = None
         self._grant_lock = threading.Lock()
+        self._store = GrantStore(paths.grants_path(self.env))
+        platform = "macos" if sys.platform == "darwin" else "linux"
+        self._base = resolve_policy(self.options, self.context(platform))
+        self._user: tuple[Grant, ...] = ()  # session and always answers of this session
+        self._stored: tuple[Grant, ...] = ()
+        self._store_stamp: object = None
+        self._store_expiry: float | None = None  # wall clock of the next stored grant to expire
+        self._next_check = 0.0
+        self._policy = self._base
+        self._refresh_store(force=True)
+        self._refused: dict[tuple[str, str], str] = {}  # (op, path) -> answer: asked once per session
         exclude = tuple(os.path.realpath(p) for p in (self.shims_dir,) if p)
         self.shells = {
             name: shell
@@ -121,6 +135,7 @@ class Session:
         self._access: dict[int, AccessIndex] = {}
         self._linked: dict[int, tuple[Policy, float, frozenset[tuple[int, int]]]] = {}
         self._own_terminals = {os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)}
+        self._own_ttys = {os.fstat(fd).st_rdev for fd in (0, 1, 2) if os.isatty(fd)}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
 
@@ -167,23 +182,77 @@ class Session:
             return "after"  # only the Linux backend can hold a syscall while the human answers
         return "tty" if mode == "auto" else mode
 
+    @property
+    def policy(self) -> Policy:
+        """The session's policy now: the resolved options, this session's answers, and the grant store as
+        it is now (a revoke elsewhere takes effect within ``STORE_CHECK_SECONDS``)."""
+        self._refresh_store()
+        return self._policy
+
+    def static_policy(self) -> Policy:
+        """The policy without the grant store, for what lives as long as the session (the agent): its
+        Landlock rules cannot be taken back, so stored grants reach it only through the supervisor's live
+        check, which a revoke reaches."""
+        return self._base if not self._user else replace(self._base, grants=self._base.grants + self._user)
+
+    def _refresh_store(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return
+        with self._grant_lock:
+            if not force and now < self._next_check:
+                return
+            self._next_check = now + STORE_CHECK_SECONDS
+            stamp = self._store.stamp()
+            expired = self._store_expiry is not None and time.time() >= self._store_expiry
+            if stamp == self._store_stamp and not expired and not force:
+                return
+            try:
+                stored = self._store.load()
+            except UsageError:
+                if force:
+                    raise  # at start: a broken store is a usage error naming the file and entry
+                stored = []  # edited into something invalid mid-session: fail closed, none of them
+            self._store_stamp = stamp
+            self._store_expiry = min((g.expires_at() for g in stored if g.expires), default=None)
+            self._stored = tuple(to_policy_grants(stored))
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._policy = replace(self._base, grants=self._base.grants + self._user + self._stored)
+
     def add_grant(
         self, path: str, access: str, kind: str, *, persist: bool = False, command: str = ""
     ) -> None:
         """A human's session (or ``persist``: always) grant: every later command's policy includes it."""
         with self._grant_lock:
-            grant = Grant(path, access, kind, "user")
-            self.policy = replace(self.policy, grants=self.policy.grants + (grant,))
+            self._user += (Grant(path, access, kind, "user"),)
+            self._rebuild()
         if persist:  # after the session grant: a store that cannot be written still leaves the session's
-            GrantStore(paths.grants_path(self.env)).add(
-                path, access, kind, command=command, protected=self.protected_paths()
-            )
+            self._store.add(path, access, kind, command=command, protected=self.protected_paths())
+            self._refresh_store(force=True)
+
+    def refusal(self, op: str, path: str) -> str | None:
+        """The answer that refused ``op`` on ``path`` earlier in this session (not asked again), if any."""
+        with self._grant_lock:
+            return self._refused.get((op, path))
+
+    def refuse(self, op: str, path: str, answer: str) -> None:
+        with self._grant_lock:
+            self._refused[(op, path)] = answer
+
+    def is_own_terminal(self, fd: int) -> bool:
+        """``fd`` is the terminal the supervisor was started on (where the human answers)."""
+        try:
+            return os.isatty(fd) and os.fstat(fd).st_rdev in self._own_ttys
+        except OSError:
+            return False
 
     def policy_for(self, platform: str) -> Policy:
         """The options resolved for ``platform`` (``policy --format seatbelt`` on Linux), with the stored
         grants: persistent ("always") answers apply from the start of every later session."""
         policy = resolve_policy(self.options, self.context(platform))
-        stored = GrantStore(paths.grants_path(self.env)).load()
+        stored = self._store.load()
         return replace(policy, grants=policy.grants + tuple(to_policy_grants(stored)))
 
     def context(self, platform: str) -> Context:
