@@ -623,3 +623,31 @@ def test_curl_from_the_resolver_thread_reaches_a_local_server(home):
     finally:
         server.terminate()
         server.wait()
+
+
+TMPFILE = r"""
+import ctypes, os, sys
+where = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(where, os.O_TMPFILE | os.O_WRONLY, 0o600)
+os.write(fd, b"made anonymously\n")
+AT_FDCWD, AT_SYMLINK_FOLLOW = -100, 0x400
+name = os.path.join(where, "named").encode()
+if libc.linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, name, AT_SYMLINK_FOLLOW) != 0:
+    raise OSError(ctypes.get_errno(), "linkat")
+print(open(name).read().strip())
+"""
+
+
+@PROFILES
+def test_an_o_tmpfile_is_given_a_name_through_proc_self_fd(home, flags):
+    """The kernel's pattern for atomic files: linkat("/proc/self/fd/N", name, AT_SYMLINK_FOLLOW). Where the
+    supervisor carries the link out (--allow ~: directly in ~), it links the command's own object."""
+    for where in (home.work, home.home):
+        result = _sandboxed(home, TMPFILE, str(where), flags=("--allow", "~"))
+        assert result.returncode == 0 and "made anonymously" in result.stdout, result.stderr
+        assert (where / "named").read_text() == "made anonymously\n"
+        (where / "named").unlink()
+    denied = _sandboxed(home, TMPFILE, str(home.key.parent), flags=flags)  # the twin: not into ~/.ssh
+    assert denied.returncode != 0 and not (home.key.parent / "named").exists()
+    assert _bare(home, TMPFILE, str(home.key.parent)).returncode == 0

@@ -189,6 +189,10 @@ def rename(src: Permit, dst: Permit, flags: int) -> None:
 
 
 def link(src: Permit, dst: Permit) -> None:
+    if not src.pin.name:  # the object behind one of our fds (an O_TMPFILE): through our own magic link
+        own = f"/proc/self/fd/{src.pin.dirfd}"
+        os.link(own, dst.pin.name, dst_dir_fd=dst.pin.dirfd, follow_symlinks=True)
+        return
     os.link(
         src.pin.name,
         dst.pin.name,

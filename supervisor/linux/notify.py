@@ -644,8 +644,12 @@ class NotifyLoop(threading.Thread):
             return Deny(errno.ENOENT)  # linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
         source = self._pin(tid, dirfd, raw, follow=bool(flags & _AT_SYMLINK_FOLLOW))
+        if isinstance(source, FdRef):  # linkat("/proc/self/fd/N", ...): an O_TMPFILE given a name
+            source = self._fd_pin(source.tid, source.fd)
+            if isinstance(source, Deny):
+                return source
         if not isinstance(source, Pin):
-            return Deny(errno.ENOTDIR if isinstance(source, FdRef) else source.error)
+            return Deny(source.error)
         if not source.exists:
             source.close()
             return Deny(errno.ENOENT)
