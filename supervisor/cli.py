@@ -204,7 +204,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         report = CommandReport(session.audit, session.policy, command_id, command, os.getcwd())
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         asker = session.prompter if session.prompt_mode() in ("tty", "after") else None
-        consent = Consent(session, command_id, " ".join(command), asker)
+        consent = Consent(session, command_id, " ".join(command), asker, argv=command)
         consent.report = report
         # The terminal belongs to the prompter: the command gets a pty of ours in its place (CONTRACT).
         lease = TerminalLease.for_stdio(session, (0, 1, 2))

@@ -37,12 +37,14 @@ class Consent:
         prompter: Prompter | None,
         per_process: bool = False,
         routed: bool = True,
+        argv: list[str] | None = None,
     ) -> None:
         self.session = session
         # For the agent, which lives as long as the session, "once" means the process that asked.
         self.per_process = per_process
         self.command = command
         self.command_text = command_text
+        self.argv = list(argv) if argv is not None else [command_text]  # audit argv: always a list
         self.routed = routed  # a command routed through nono-shell (False: the agent's own syscalls)
         self.prompter = prompter  # None: answers already given still count, but nothing is asked
         self.report = None  # the CommandReport of the current run: notes on its denial lines
@@ -157,7 +159,7 @@ class Consent:
             extra = {"reason": "withdrawn: the command went away"}
         self.session.audit.write(
             command=self.command,
-            argv=[self.command_text],
+            argv=self.argv,
             op=op,
             path=path,
             rule=rule,

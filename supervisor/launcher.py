@@ -72,7 +72,7 @@ def run_agent(session: Session, socket_path: Path, argv: list[str], interpose: P
     text = " ".join(argv)
     report = CommandReport(session.audit, session.policy, "agent", argv, session.workdir)
     asker = session.prompter if session.prompt_mode() in ("tty", "after") else None
-    consent = Consent(session, "agent", text, asker, per_process=True, routed=False)
+    consent = Consent(session, "agent", text, asker, per_process=True, routed=False, argv=argv)
     consent.report = report
     start = functools.partial(
         start_sandboxed,

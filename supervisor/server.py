@@ -379,7 +379,7 @@ class Server:
         mode = self.session.prompt_mode()
         text = command_text(request.argv)
         asker = self.session.prompter if mode in ("tty", "after") else None
-        consent = Consent(self.session, command, text, asker)
+        consent = Consent(self.session, command, text, asker, argv=request.argv)
         env = self.session.command_env(request.env)
         policy = None
         for attempt in range(2):

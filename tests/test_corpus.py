@@ -31,7 +31,7 @@ CORPUS = {
     "/dev/fd/1": "echo through-fd > /dev/fd/1",
     "less -F": "echo paged | LESSHISTFILE=- less -F",
     "python -m venv": f"{PYTHON} -m venv --without-pip v && v/bin/python -c 'print(42)'",
-    "pytest": f"{PYTHON} -m pytest -q -p no:cacheprovider test_one.py | tail -1",
+    "pytest": f"{PYTHON} -m pytest -q -p no:cacheprovider test_one.py | tail -1 | cut -d' ' -f1,2",
     "pexpect": f"{PYTHON} -c \"import pexpect; c = pexpect.spawn('/bin/echo', ['pty-ok']);"
     " c.expect('pty-ok'); print('spawned')\"",
     "script": "script -qc 'echo in-script' /dev/null",

@@ -145,6 +145,10 @@ def test_prompt_after_prefers_the_held_syscall_over_a_rerun(home):
     records = home.audit()
     assert [r.get("attempt") for r in records if r.get("event") == "start" and r.get("shell")] == [0]
     assert [r.get("answer") for r in records if r.get("by") == "user"] == ["once"]
+    # Audit argv is one shape for every record: the command's argv list (issue 11, finding 7).
+    argvs = {tuple(r["argv"]) for r in records if "argv" in r and r.get("command") != "agent"}
+    assert all(isinstance(r["argv"], list) for r in records if "argv" in r)
+    assert len(argvs) == 1, argvs
 
 
 def _tool(home: Home) -> str:
