@@ -651,3 +651,28 @@ def test_an_o_tmpfile_is_given_a_name_through_proc_self_fd(home, flags):
     denied = _sandboxed(home, TMPFILE, str(home.key.parent), flags=flags)  # the twin: not into ~/.ssh
     assert denied.returncode != 0 and not (home.key.parent / "named").exists()
     assert _bare(home, TMPFILE, str(home.key.parent)).returncode == 0
+
+
+BIND = r"""
+import socket, sys
+try:
+    socket.socket(socket.AF_UNIX).bind(sys.argv[1])
+    print("result=ok")
+except OSError as e:
+    print(f"result={e.errno}")
+"""
+
+
+@USERS
+def test_bind_directly_in_home_is_carried_out_and_into_a_denied_tree_refused(request, user):
+    """Under --allow ~ the policy allows a socket file directly in ~ although Landlock cannot (~ itself only
+    has its siblings' rules): the supervisor binds the command's socket in the pinned directory."""
+    home = _home(request, user)
+    made = _sandboxed(home, BIND, str(home.home / "app.sock"), flags=("--allow", "~"), user=user)
+    assert _fields(made.stdout)["result"] == "ok", made.stderr
+    assert stat.S_ISSOCK(os.lstat(home.home / "app.sock").st_mode)
+    denied = _sandboxed(home, BIND, str(home.key.parent / "agent.sock"), flags=("--allow", "~"), user=user)
+    assert _fields(denied.stdout)["result"] == "13" and not (home.key.parent / "agent.sock").exists()
+    assert "denied create ~/.ssh/agent.sock" in denied.stderr
+    twin = _bare(home, BIND, str(home.key.parent / "agent.sock"), user=user)
+    assert _fields(twin.stdout)["result"] == "ok"
