@@ -59,7 +59,15 @@ def start_sandboxed(
         support = probe()
         policy = policy or session.policy
         extra = session.route_grants() + session.terminal_grants(stdio)
-        plan = landlock.compile_plan(policy, support.landlock_abi, extra)
+        net = None
+        if policy.net_mode == "domains":
+            if not trap:
+                raise SandboxError(
+                    "network mode domains (--allow-domain) needs the seccomp layer: the supervisor performs"
+                    " every connect to tie it to its command. Hint: drop --no-trap, or use --net-block"
+                )
+            net = session.netproxy()  # Landlock's backstop: TCP connect to the proxy's port only
+        plan = landlock.compile_plan(policy, support.landlock_abi, extra, net.ports if net else ())
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty)
         if not trap:
             return sandbox.start(plan, launch)
@@ -85,10 +93,12 @@ def start_sandboxed(
                 own_terminals=session.own_terminals(),
                 linked_denied=lambda: session.linked_denied(policy),
             )
+            if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
+                loop.net_proxy = net.client(policy, consent, argv, on_decision)
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_block)
+        program = seccomp.build_program(policy.net_mode)
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing

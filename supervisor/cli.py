@@ -11,7 +11,7 @@ from pathlib import Path
 
 from supervisor import paths
 from supervisor.errors import NonoError, SandboxError, UsageError
-from supervisor.policy import GRANT_LISTS, PROMPT_MODES, Policy, PolicyOptions
+from supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
 from supervisor.prompt import GUARD_SECONDS
 from supervisor.session import Session
 
@@ -49,6 +49,29 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--net-block", action="store_true", help="no network for sandboxed commands")
     parser.add_argument(
+        "--allow-domain",
+        dest="allow_domains",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="network by domain: commands may reach this host (*.example.com: its subdomains; HOST:PORT:"
+        " that port) through the supervisor's proxy, and nothing else not allowed",
+    )
+    parser.add_argument(
+        "--deny-domain",
+        dest="deny_domains",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="never this host (beats a less specific --allow-domain); not asked about",
+    )
+    parser.add_argument(
+        "--net-mode",
+        choices=NET_MODES,
+        default=None,
+        help="open (default), domains (only allowed hosts, through the proxy), block (as --net-block)",
+    )
+    parser.add_argument(
         "--prompt",
         choices=PROMPT_MODES,
         default=None,
@@ -68,6 +91,9 @@ def _options(args: argparse.Namespace) -> PolicyOptions:
     return PolicyOptions(
         profile=args.profile,
         net_block=args.net_block,
+        net_mode=args.net_mode,
+        allow_domains=tuple(args.allow_domains),
+        deny_domains=tuple(args.deny_domains),
         prompt=args.prompt,
         **{key: tuple(getattr(args, key)) for key in (*GRANT_LISTS, "deny")},
     )
@@ -143,7 +169,7 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             print(f"  deny       {policy.display(deny.path)}  [{deny.rule}]")
         for path in policy.protected:
             print(f"  no-write   {policy.display(path)}  [never-grantable]")
-        print(f"network: {'blocked' if policy.net_block else 'allowed'}")
+        _print_network(policy)
         print(f"prompt:  {policy.prompt} (now: {session.prompt_mode()})")
         layers = (
             "Landlock only (--no-trap): no reports, no emulated grants"
@@ -159,6 +185,28 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         if sys.platform.startswith("linux"):
             for note in _landlock_plan(session).notes:
                 print(f"note: {note}")
+
+
+def _print_network(policy: Policy) -> None:
+    if policy.net_mode == "block":
+        print("network: blocked")
+    elif policy.net_mode == "open":
+        print("network: allowed")
+    else:
+        print(
+            "network: domains (the allowed hosts only, through the supervisor's proxy on 127.0.0.1; a new"
+            " host is asked about while its connection waits)"
+        )
+        for pattern in policy.allow_domains:
+            print(f"  allow-domain   {pattern.text()}  [{pattern.source}]")
+        for pattern in policy.deny_domains:
+            print(f"  deny-domain    {pattern.text()}  [{pattern.source}]")
+        for pattern in policy.agent_domains:
+            print(f"  agent only     {pattern.text()}  [{pattern.source}]")
+        if not policy.allow_domains:
+            print("  (no host allowed to commands)")
+    if policy.net_mode != "domains" and (policy.allow_domains or policy.deny_domains):
+        print(f"note: allow_domains/deny_domains have no effect in network mode {policy.net_mode}")
 
 
 def _landlock_plan(session: Session):
@@ -351,7 +399,8 @@ def _cmd_grants(args: argparse.Namespace) -> int:
         print(f"revoked {args.id}")
         return 0
     for g in store.load():
-        print(f"{g.id}  {g.access:5} {g.kind:4} {g.path!r}  expires {g.expires or 'never'}  ({g.command!r})")
+        kind = "host" if g.kind == "domain" else g.kind  # a domain grant: host:port, asked at the proxy
+        print(f"{g.id}  {g.access:5} {kind:4} {g.path!r}  expires {g.expires or 'never'}  ({g.command!r})")
     return 0
 
 

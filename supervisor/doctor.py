@@ -57,6 +57,10 @@ def report() -> int:
         "available" if k.seccomp_sync_wakeup else "missing",
     )
     _line(k.user_namespaces or None, "user namespaces", "available" if k.user_namespaces else "disabled")
+    from supervisor.netproxy import check_bind
+
+    listening, detail = check_bind()  # --allow-domain: the session's proxy listens on loopback
+    _line(listening or None, "network proxy (domains mode)", detail)
     library = interpose.library_path()
     problem = interpose.check_loadable(library) if library else "not built"
     _line(problem is None or None, "interposition library", str(library) if problem is None else problem)

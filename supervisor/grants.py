@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import NonoError, UsageError
+from supervisor.netpolicy import Pattern, parse_pattern
 from supervisor.policy import Grant
 
 if sys.version_info >= (3, 11):
@@ -29,10 +30,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["StoredGrant", "GrantStore", "to_policy_grants", "ACCESSES", "KINDS", "SOURCE"]
+__all__ = [
+    "StoredGrant",
+    "GrantStore",
+    "to_policy_grants",
+    "to_domain_patterns",
+    "ACCESSES",
+    "KINDS",
+    "SOURCE",
+    "DOMAIN",
+]
 
 ACCESSES = ("read", "write", "allow")
 KINDS = ("file", "dir")
+# A network grant ("always" for a host): kind "domain", access "connect", path a host pattern
+# ("api.example.com:443"), decided by the supervisor's proxy; never a path of any sandbox.
+DOMAIN = "domain"
 SOURCE = "grant-store"  # Grant.source, and the audit log's `by`
 _REQUIRED = ("id", "path", "access", "kind", "created", "command")
 _KEYS = ("id", "path", "access", "kind", "created", "expires", "command")  # file order
@@ -63,7 +76,12 @@ class StoredGrant:
 
 def to_policy_grants(grants: list[StoredGrant]) -> list[Grant]:
     """Stored grants as policy grants (source ``grant-store``), to append to a resolved policy."""
-    return [Grant(g.path, g.access, g.kind, SOURCE) for g in grants]
+    return [Grant(g.path, g.access, g.kind, SOURCE) for g in grants if g.kind != DOMAIN]
+
+
+def to_domain_patterns(grants: list[StoredGrant]) -> list[Pattern]:
+    """The stored domain grants as host patterns (source ``grant-store``), for the proxy's allow-list."""
+    return [parse_pattern(g.path, SOURCE, "grants.toml") for g in grants if g.kind == DOMAIN]
 
 
 class GrantStore:
@@ -101,13 +119,16 @@ class GrantStore:
         long is returned instead of adding a duplicate. Write access at, below or above a ``protected``
         path (CONTRACT: never grantable) is refused: write on ``~`` would cover nono-shell's own config."""
         where = f"{self.path}: cannot add grant"
-        _check_path(path, where)
-        path = os.path.normpath(path)
-        if access not in ACCESSES:
-            raise UsageError(f"{where}: access must be one of {', '.join(ACCESSES)}, got {access!r}")
-        if kind not in KINDS:
-            raise UsageError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if access != "read":
+        if kind == DOMAIN:
+            path = _check_domain(path, access, where)
+        else:
+            _check_path(path, where)
+            path = os.path.normpath(path)
+            if access not in ACCESSES:
+                raise UsageError(f"{where}: access must be one of {', '.join(ACCESSES)}, got {access!r}")
+            if kind not in KINDS:
+                raise UsageError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if access != "read" and kind != DOMAIN:
             for top in protected:
                 if _overlaps(path, top):
                     raise UsageError(f"{where}: {access} on {path!r} would cover never-grantable {top!r}")
@@ -266,13 +287,18 @@ def _validate(data: dict[str, Any], origin: str) -> list[StoredGrant]:
         if not entry["id"] or entry["id"] in seen:
             raise UsageError(f"{where}: 'id' must be non-empty and unique")
         seen.add(entry["id"])
-        _check_path(entry["path"], f"{where}: 'path'")
-        if entry["access"] not in ACCESSES:
-            raise UsageError(
-                f"{where}: 'access' must be one of {', '.join(ACCESSES)}, got {entry['access']!r}"
-            )
-        if entry["kind"] not in KINDS:
-            raise UsageError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {entry['kind']!r}")
+        if entry["kind"] == DOMAIN:
+            _check_domain(entry["path"], entry["access"], f"{where}: 'path'")
+        else:
+            _check_path(entry["path"], f"{where}: 'path'")
+            if entry["access"] not in ACCESSES:
+                raise UsageError(
+                    f"{where}: 'access' must be one of {', '.join(ACCESSES)}, got {entry['access']!r}"
+                )
+            if entry["kind"] not in KINDS:
+                raise UsageError(
+                    f"{where}: 'kind' must be one of {', '.join((*KINDS, DOMAIN))}, got {entry['kind']!r}"
+                )
         for key in ("created", "expires"):
             if key in entry:
                 try:
@@ -284,7 +310,7 @@ def _validate(data: dict[str, Any], origin: str) -> list[StoredGrant]:
         grants.append(
             StoredGrant(
                 id=entry["id"],
-                path=os.path.normpath(entry["path"]),
+                path=entry["path"] if entry["kind"] == DOMAIN else os.path.normpath(entry["path"]),
                 access=entry["access"],
                 kind=entry["kind"],
                 created=entry["created"],
@@ -304,6 +330,13 @@ def _check_path(path: object, where: str) -> None:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError(f"{where}: path is not valid UTF-8 (cannot be stored): {path!r}") from None
+
+
+def _check_domain(pattern: object, access: str, where: str) -> str:
+    """A domain grant's host pattern, normalized; access must be ``connect``."""
+    if access != "connect":
+        raise UsageError(f"{where}: a domain grant's access must be 'connect', got {access!r}")
+    return parse_pattern(pattern, SOURCE, where).text()
 
 
 def _overlaps(path: str, top: str) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import UsageError
+from supervisor.netpolicy import NET_MODES, Pattern, parse_pattern
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +30,9 @@ __all__ = [
     "PolicyOptions",
     "resolve_policy",
     "security_groups",
+    "domain_groups",
+    "NET_MODES",
+    "DOMAIN_LISTS",
     "GRANT_LISTS",
     "PROMPT_MODES",
 ]
@@ -46,8 +50,14 @@ PROMPT_MODES = ("auto", "tty", "after", "never")
 _PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt"}
 _SECTION_KEYS = {
     "filesystem": set(GRANT_LISTS) | {"deny"},
-    "network": {"block"},
+    "network": {"block", "mode", "allow_domains", "deny_domains", "agent_allow_domains"},
     "prompt": {"mode", "timeout", "quiet"},
+}
+# [network] list key -> the flag that adds to it (None: profile only).
+DOMAIN_LISTS: dict[str, str | None] = {
+    "allow_domains": "--allow-domain",
+    "deny_domains": "--deny-domain",
+    "agent_allow_domains": None,  # the agent's own hosts (its API): never its commands'
 }
 _MAX_EXTENDS_DEPTH = 16  # a chain longer than this is a cycle or a mistake
 
@@ -96,6 +106,9 @@ class PolicyOptions:
     deny: tuple[str, ...] = ()
     net_block: bool = False
     prompt: str | None = None
+    allow_domains: tuple[str, ...] = ()
+    deny_domains: tuple[str, ...] = ()
+    net_mode: str | None = None  # --net-mode; None: the profile's, or domains when a domain flag is given
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,13 @@ class Policy:
     platform: str
     sources: tuple[str, ...] = field(default=())  # the profile files read, base first
     prompt_quiet: tuple[str, ...] = ()  # deny rules whose denials are final without a question
+    # The network: "open", "domains" (only the hosts allowed, through the supervisor's proxy) or "block".
+    # ``net_block`` is true for both restricted modes: every layer that blocks under --net-block blocks in
+    # domains mode too, except the route to the proxy.
+    net_mode: str = "open"
+    allow_domains: tuple[Pattern, ...] = ()
+    deny_domains: tuple[Pattern, ...] = ()
+    agent_domains: tuple[Pattern, ...] = ()  # allowed to the agent's own connections only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +174,12 @@ def security_groups(platform: str) -> dict[str, tuple[str, ...]]:
     return {name: tuple(paths) for name, paths in groups.items()}
 
 
+def domain_groups() -> dict[str, tuple[str, ...]]:
+    """The host groups of the shipped security list (``[domains]``), for ``group:NAME`` in domain lists."""
+    data = tomllib.loads(resources.files("supervisor").joinpath("data/security.toml").read_text())
+    return {name: tuple(hosts) for name, hosts in data.get("domains", {}).items()}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -178,9 +204,19 @@ def _validate(data: dict[str, Any], origin: str) -> None:
         value = data.get("filesystem", {}).get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UsageError(f"{origin}: 'filesystem.{key}' must be a list of paths")
-    block = data.get("network", {}).get("block", False)
+    network = data.get("network", {})
+    block = network.get("block", False)
     if not isinstance(block, bool):
         raise UsageError(f"{origin}: 'network.block' must be true or false")
+    if "mode" in network:
+        if network["mode"] not in NET_MODES:
+            raise UsageError(f"{origin}: 'network.mode' must be one of {', '.join(NET_MODES)}")
+        if "block" in network and block != (network["mode"] == "block"):
+            raise UsageError(f"{origin}: 'network.block' contradicts 'network.mode'")
+    for key in DOMAIN_LISTS:
+        value = network.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{origin}: 'network.{key}' must be a list of host patterns")
     mode = data.get("prompt", {}).get("mode", "auto")
     if mode not in PROMPT_MODES:
         raise UsageError(f"{origin}: 'prompt.mode' must be one of {', '.join(PROMPT_MODES)}")
@@ -251,24 +287,62 @@ def _entries(
     return out
 
 
+def _domains(values: Iterable[str], origin: str, where: str) -> list[Pattern]:
+    """Host patterns, ``group:NAME`` entries expanded from the security list's ``[domains]``."""
+    groups = domain_groups()
+    out: list[Pattern] = []
+    for value in values:
+        if value.startswith("group:"):
+            group = value[len("group:") :]
+            if group not in groups:
+                raise UsageError(f"{where}: unknown domain group '{group}'")
+            out.extend(parse_pattern(host, value, f"{where} ({value})") for host in groups[group])
+        else:
+            out.append(parse_pattern(value, origin, where))
+    return out
+
+
+def _net_mode(chain: list[tuple[str, dict[str, Any]]], options: PolicyOptions) -> str:
+    """Profiles in order (``mode``; ``block = true`` is mode block, ``false`` lifts a block), then the
+    flags: --net-block, else --net-mode, else a domain flag turns an open network into domains mode."""
+    mode = "open"
+    for _label, data in chain:
+        network = data.get("network", {})
+        if "mode" in network:
+            mode = network["mode"]
+        elif "block" in network:
+            mode = "block" if network["block"] else ("open" if mode == "block" else mode)
+    if options.net_block:
+        return "block"
+    if options.net_mode is not None:
+        if options.net_mode not in NET_MODES:
+            raise UsageError(f"--net-mode: must be one of {', '.join(NET_MODES)}")
+        return options.net_mode
+    if mode == "open" and (options.allow_domains or options.deny_domains):
+        return "domains"
+    return mode
+
+
 def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
     """Profile chain, then the flags on top: the effective policy for one platform."""
     groups = security_groups(ctx.platform)
     chain = _load_chain(options.profile, ctx)
     grants: list[Grant] = []
     denies: list[Deny] = []
-    net_block = False
     prompt = "auto"
     timeout: float = 60
     quiet: list[str] = []
+    domains: dict[str, list[Pattern]] = {key: [] for key in DOMAIN_LISTS}
     for label, data in chain:
+        for key in DOMAIN_LISTS:
+            values = data.get("network", {}).get(key, [])
+            domains[key] += _domains(values, f"profile {label}", f"{label}: network.{key}")
         fs = data.get("filesystem", {})
         for key, (access, kind) in GRANT_LISTS.items():
             for raw, source in _entries(fs.get(key, []), groups, f"profile {label}"):
                 grants.append(Grant(expand(raw, ctx, f"{label}: filesystem.{key}"), access, kind, source))
         for raw, source in _entries(fs.get("deny", []), groups, f"profile {label}"):
             denies.append(Deny(expand(raw, ctx, f"{label}: filesystem.deny", grant=False), source))
-        net_block = data.get("network", {}).get("block", net_block)
         prompt = data.get("prompt", {}).get("mode", prompt)
         timeout = data.get("prompt", {}).get("timeout", timeout)
         quiet += data.get("prompt", {}).get("quiet", [])
@@ -278,6 +352,10 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
             grants.append(Grant(expand(raw, ctx, flag), access, kind, flag))
     denies.extend(Deny(expand(raw, ctx, "--deny", grant=False), "--deny") for raw in options.deny)
     denies.extend(Deny(os.path.normpath(path), NEVER_GRANTABLE) for path in ctx.sealed)
+    for key, flag in DOMAIN_LISTS.items():
+        if flag is not None:
+            domains[key] += _domains(getattr(options, key), flag, flag)
+    net_mode = _net_mode(chain, options)
     if options.prompt is not None:
         if options.prompt not in PROMPT_MODES:
             raise UsageError(f"--prompt: must be one of {', '.join(PROMPT_MODES)}")
@@ -287,7 +365,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         grants=tuple(dict.fromkeys(grants)),
         denies=tuple(dict.fromkeys(denies)),
         protected=tuple(os.path.normpath(p) for p in ctx.protected),
-        net_block=net_block or options.net_block,
+        net_block=net_mode != "open",
         prompt=prompt,
         prompt_timeout=float(timeout),
         workdir=ctx.workdir,
@@ -296,4 +374,8 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         platform=ctx.platform,
         sources=tuple(label for label, _ in chain),
         prompt_quiet=tuple(dict.fromkeys(quiet)),
+        net_mode=net_mode,
+        allow_domains=tuple(dict.fromkeys(domains["allow_domains"])),
+        deny_domains=tuple(dict.fromkeys(domains["deny_domains"])),
+        agent_domains=tuple(dict.fromkeys(domains["agent_allow_domains"])),
     )

@@ -138,6 +138,8 @@ class Session:
         self._own_ttys = {os.fstat(fd).st_rdev for fd in (0, 1, 2) if os.isatty(fd)}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
+        self._netproxy = None  # domains mode: the session's proxy (supervisor.netproxy), started at first use
+        self._net_lock = threading.Lock()
 
     @classmethod
     def create(
@@ -326,12 +328,25 @@ class Session:
         env = dict(env)
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = str(self.tmpdir)
+        if self.policy.net_mode == "domains":  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY and their twins
+            env.update(self.netproxy().environment())
         return env
+
+    def netproxy(self):
+        """The session's network proxy (domains mode): listening on loopback from the first call on."""
+        with self._net_lock:
+            if self._netproxy is None:
+                from supervisor.netproxy import NetProxy
+
+                self._netproxy = NetProxy(self).start()
+            return self._netproxy
 
     def next_command_id(self) -> str:
         with self._id_lock:
             return f"{self.id}-{next(self._ids)}"
 
     def close(self) -> None:
+        if self._netproxy is not None:
+            self._netproxy.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -74,6 +74,7 @@ _ACCESS = {"read": READ, "write": WRITE, "allow": READ | WRITE}
 _SYS_CREATE_RULESET, _SYS_ADD_RULE = 444, 445
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
+_RULE_NET_PORT = 2  # ABI 4: struct landlock_net_port_attr { __u64 allowed_access; __u64 port; }
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -127,6 +128,7 @@ class LandlockPlan:
     scoped: int
     rules: tuple[Rule, ...]
     notes: tuple[str, ...] = field(default=())
+    connect_ports: tuple[int, ...] = ()  # TCP ports connect() may reach despite handled_net (the proxy's)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -134,6 +136,7 @@ class LandlockPlan:
             "handled_fs": rights_names(self.handled_fs),
             "handled_net": ["bind_tcp"] * bool(self.handled_net & 1)
             + ["connect_tcp"] * bool(self.handled_net & 2),
+            "net_rules": [{"port": port, "rights": ["connect_tcp"]} for port in self.connect_ports],
             "scoped": ["abstract_unix_socket"] * bool(self.scoped & 1) + ["signal"] * bool(self.scoped & 2),
             "rules": [{"path": r.path, "rights": rights_names(r.rights), "why": r.why} for r in self.rules],
             "notes": list(self.notes),
@@ -224,8 +227,12 @@ class _Compiler:
             self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
 
 
-def compile_plan(policy: Policy, abi: int, extra: Iterable[Grant] = ()) -> LandlockPlan:
-    """The rules for ``policy`` (plus ``extra`` grants the route itself needs) at Landlock ``abi``."""
+def compile_plan(
+    policy: Policy, abi: int, extra: Iterable[Grant] = (), connect_ports: Iterable[int] = ()
+) -> LandlockPlan:
+    """The rules for ``policy`` (plus ``extra`` grants the route itself needs) at Landlock ``abi``.
+    ``connect_ports``: in domains mode, the supervisor's proxy port, the one TCP port connect() may reach
+    (the kernel's backstop: the notify layer lets through only the proxy's own address)."""
     if abi < 1:
         raise SandboxError("Landlock is not available. Hint: needs Linux >= 5.13 with lsm=landlock enabled")
     mask = handled_fs(abi)
@@ -259,17 +266,27 @@ def compile_plan(policy: Policy, abi: int, extra: Iterable[Grant] = ()) -> Landl
     handled_net = 0
     if policy.net_block:
         if abi < 4:
+            flag = "--allow-domain" if policy.net_mode == "domains" else "--net-block"
             raise SandboxError(
-                f"--net-block needs Landlock ABI 4 (Linux 6.7); this kernel has ABI {abi}."
-                " Hint: drop --net-block"
+                f"{flag} needs Landlock ABI 4 (Linux 6.7); this kernel has ABI {abi}. Hint: drop {flag}"
             )
         handled_net = ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP
-        notes.append("network: TCP bind/connect denied by Landlock; UDP and raw sockets are not restricted")
+        if policy.net_mode == "domains":
+            notes.append(
+                "network: TCP connect only to the supervisor's proxy port (Landlock, any address; the"
+                " notify layer allows only the proxy's own), bind denied; UDP, raw, MPTCP refused by the"
+                " notify layer"
+            )
+        else:
+            notes.append(
+                "network: TCP bind/connect denied by Landlock; UDP and raw sockets are not restricted"
+            )
+    ports = tuple(sorted(set(connect_ports))) if handled_net else ()
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
     if not scoped:
         notes.append(f"Landlock ABI {abi} < 6: signals and abstract unix sockets are not scoped")
     rules = tuple(Rule(path, rights, why) for path, (rights, why) in sorted(compiler.rules.items()))
-    return LandlockPlan(abi, mask, handled_net, scoped, rules, tuple(notes))
+    return LandlockPlan(abi, mask, handled_net, scoped, rules, tuple(notes), ports)
 
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:
@@ -298,6 +315,9 @@ def create_ruleset(plan: LandlockPlan) -> int:
                 _syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, beneath, 0)
             finally:
                 os.close(fd)
+        for port in plan.connect_ports:
+            net_port = struct.pack("=QQ", ACCESS_NET_CONNECT_TCP, port)
+            _syscall(_SYS_ADD_RULE, ruleset, _RULE_NET_PORT, net_port, 0)
     except OSError as e:
         os.close(ruleset)
         raise SandboxError(f"landlock_add_rule: {e.strerror}") from None

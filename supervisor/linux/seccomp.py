@@ -25,7 +25,7 @@ class Trap:
     ``path``: the path argument, resolved against ``dirfd`` (None: AT_FDCWD); ``second``: the destination
     (dirfd, path) of rename/link; ``fd``: the descriptor an fd-form call acts on (sockets, fchmod...).
     ``nofollow``: the call never follows a symlink in the last component (lchown, unlink...).
-    ``net_block``: trapped only when the policy blocks the network.
+    ``net_block``: trapped only when the policy restricts the network (mode block or domains).
     """
 
     name: str
@@ -95,7 +95,8 @@ TRAPS: tuple[Trap, ...] = (
     Trap("sendto", "sendto", fd=0, nonzero=4),
     Trap("sendmsg", "sendmsg", fd=0),
     Trap("sendmmsg", "sendmmsg", fd=0),
-    # --net-block: what Landlock's TCP rules cannot stop (UDP, MPTCP, raw, SCTP; listen's auto-bind).
+    # --net-block and domains mode: what Landlock's TCP rules cannot stop (UDP, MPTCP, raw, SCTP; listen's
+    # auto-bind).
     Trap("socket", "socket", net_block=True),
     Trap("setsockopt", "setsockopt", net_block=True),  # only TCP_FASTOPEN_CONNECT (see build_program)
     Trap("listen", "listen", fd=0, net_block=True),
@@ -120,9 +121,18 @@ _IPPROTO_TCP = 6
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 
 
+def build_program(net: str | bool = "open") -> bytes:
+    """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed).
+
+    ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
+    Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only."""
+    if net not in (True, False, "open", "domains", "block"):
+        raise ValueError(f"unknown network mode {net!r}")
+    return _program(net in (True, "block", "domains"))
+
+
 @cache
-def build_program(net_block: bool = False) -> bytes:
-    """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed)."""
+def _program(net_block: bool) -> bytes:
     import pyseccomp
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)

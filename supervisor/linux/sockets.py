@@ -10,7 +10,9 @@ so the same socket), decides on that copy's family and on the destination it rea
 Unix sockets reach processes outside every sandbox (ssh-agent, docker.sock): their path is decided as a
 ``connect`` of that path by the file policy. Abstract ones are refused (Landlock's scoping would refuse
 them to the command; connecting from here would step outside it). Under ``--net-block`` no inet socket
-may reach anything.
+may reach anything; in domains mode (``--allow-domain``) a TCP socket may connect to the supervisor's proxy
+only (``loop.net_proxy``, which is told which command's socket it was), or to an address the command's
+allow-list names.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import ACCESS_FS
 from supervisor.linux.resolve import FdRef, Pin, resolve_bytes
 from supervisor.linux.seccomp import MSG_FASTOPEN, Trap
+from supervisor.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
 
 if TYPE_CHECKING:
     from supervisor.linux.notify import NotifyLoop
@@ -59,6 +62,12 @@ _SO_DOMAIN, _SO_TYPE = 39, 3
 _MSG_DONTWAIT = 0x40
 _INET = (socket.AF_INET, socket.AF_INET6)
 _NET_BLOCK = "--net-block"
+_DNS_PORT = 53
+
+
+def _net_rule(loop: NotifyLoop) -> str:
+    """The rule a restricted network's refusal names: --net-block, or domains mode (the proxy is set)."""
+    return DOMAINS_ONLY if getattr(loop, "net_proxy", None) is not None else _NET_BLOCK
 
 
 class _Msg(ctypes.Structure):
@@ -137,8 +146,11 @@ class _Destination:
     """Where a connect/send goes, decided once: ``address`` is the sockaddr to use from here (for a unix
     path: our O_PATH fd of the checked socket inode, so a rename or symlink swap cannot redirect it)."""
 
-    def __init__(self, address: bytes | None, pinned: int = -1, grant: Denial | None = None) -> None:
+    def __init__(
+        self, address: bytes | None, pinned: int = -1, grant: Denial | None = None, connected=None
+    ) -> None:
         self.address, self.pinned, self.grant = address, pinned, grant
+        self.connected = connected  # called with our copy once connect() started (the proxy's bookkeeping)
 
     def close(self) -> None:
         if self.pinned >= 0:
@@ -146,14 +158,58 @@ class _Destination:
             self.pinned = -1
 
 
-def _destination(
-    loop: NotifyLoop, tid: int, sock: _Socket, raw: bytes | None, op: str
+def _inet_address(raw: bytes) -> tuple[str, int] | None:
+    """(address, port) of an inet sockaddr, a v4-mapped IPv6 address as IPv4; None when malformed."""
+    family = struct.unpack_from("=H", raw)[0] if len(raw) >= 2 else 0
+    try:
+        if family == socket.AF_INET and len(raw) >= 16:
+            return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            address = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+            if address.startswith("::ffff:") and "." in address:
+                address = address[len("::ffff:") :]
+            return address, struct.unpack_from("!H", raw, 2)[0]
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _domains_destination(
+    proxy, tid: int, sock: _Socket, raw: bytes, op: str, connecting: bool
 ) -> _Destination | Deny:
-    """Decide the destination ``raw`` (a sockaddr read once; None: the connected peer) for ``sock``."""
+    """Domains mode: TCP to the supervisor's proxy (registered as this command's once connect() has
+    started), or to an address the command's allow-list names; nothing else, and never DNS."""
+    if struct.unpack_from("=H", raw)[0] == socket.AF_UNSPEC:
+        return _Destination(raw)  # connect(AF_UNSPEC) dissolves an association: it reaches nothing
+    address = _inet_address(raw)
+    if address is None:
+        return Deny(errno.EINVAL)
+    stream = sock.type == socket.SOCK_STREAM
+    if stream and proxy.is_proxy(*address):
+        if not connecting:
+            return _Destination(raw)  # an address on a TCP send is ignored by the kernel
+        return _Destination(raw, connected=lambda fd: proxy.register(fd, sock.family, tid))
+    name = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+    if address[1] == _DNS_PORT:
+        return Deny(errno.EACCES, Denial(op, name, RAW_DNS, False, tid))
+    allowed = proxy.direct_rule(*address) if stream and connecting else None
+    if allowed is None:
+        return Deny(errno.EACCES, Denial(op, name, DIRECT, False, tid))
+    return _Destination(raw, grant=Denial(op, name, allowed, False, tid))
+
+
+def _destination(
+    loop: NotifyLoop, tid: int, sock: _Socket, raw: bytes | None, op: str, connecting: bool = False
+) -> _Destination | Deny:
+    """Decide the destination ``raw`` (a sockaddr read once; None: the connected peer) for ``sock``.
+    ``connecting``: for connect() itself (not an addressed send)."""
     if raw is None:
         return _Destination(None)
     if sock.family in _INET:
         if loop.net_block:
+            proxy = getattr(loop, "net_proxy", None)  # domains mode (backend.start_sandboxed sets it)
+            if proxy is not None:
+                return _domains_destination(proxy, tid, sock, raw, op, connecting)
             return Deny(errno.EACCES, Denial(op, _inet_name(raw), _NET_BLOCK, False, tid))
         return _Destination(raw)
     if sock.family != socket.AF_UNIX:
@@ -227,13 +283,19 @@ def on_connect(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decis
     if isinstance(raw, Deny):
         sock.close()
         return raw
-    destination = _destination(loop, tid, sock, raw, "connect")
+    destination = _destination(loop, tid, sock, raw, "connect", connecting=True)
     if isinstance(destination, Deny):
         sock.close()
         return destination
 
     def connect(fd: int, address: bytes) -> int:
-        return _libc.connect(fd, address, len(address))
+        result = _libc.connect(fd, address, len(address))
+        if destination.connected is not None:
+            error = ctypes.get_errno()
+            if result == 0 or error == errno.EINPROGRESS:
+                destination.connected(fd)  # before the command's connect() returns
+            ctypes.set_errno(error)
+        return result
 
     return _performed(sock, destination, sock.blocking, connect)
 
@@ -249,7 +311,7 @@ def on_bind(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision
         if isinstance(raw, Deny):
             return raw
         if sock.family in _INET and loop.net_block:
-            return Deny(errno.EACCES, Denial("bind", _inet_name(raw), _NET_BLOCK, False, tid))
+            return Deny(errno.EACCES, Denial("bind", _inet_name(raw), _net_rule(loop), False, tid))
         if sock.family != socket.AF_UNIX or raw[2:3] in (b"\0", b""):
             return CONTINUE
         path = raw[2:].split(b"\0")[0]
@@ -299,7 +361,7 @@ def on_listen(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decisi
     sock = _Socket(tid, args[0])
     if sock.family in _INET:
         sock.close()
-        return Deny(errno.EACCES, Denial("bind", "network (listen)", _NET_BLOCK, False, tid))
+        return Deny(errno.EACCES, Denial("bind", "network (listen)", _net_rule(loop), False, tid))
     backlog = ctypes.c_int(args[1] & 0xFFFFFFFF).value
     return _performed(sock, _Destination(None), False, lambda fd, _a: _libc.listen(fd, backlog))
 
@@ -314,13 +376,13 @@ def on_socket(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decisi
     name = {socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}.get(
         kind, "mptcp" if protocol == 262 else "socket"
     )
-    return Deny(errno.EACCES, Denial("connect", f"network ({name})", _NET_BLOCK, False, tid))
+    return Deny(errno.EACCES, Denial("connect", f"network ({name})", _net_rule(loop), False, tid))
 
 
 def on_setsockopt(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
     """--net-block only, and only TCP_FASTOPEN_CONNECT (the filter sends nothing else): with it, a later
     write connects by itself."""
-    return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _NET_BLOCK, False, tid))
+    return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
 
 
 def on_sendto(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -328,7 +390,7 @@ def on_sendto(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decisi
     sock = _Socket(tid, args[0])
     if loop.net_block and flags & MSG_FASTOPEN and sock.family in _INET:
         sock.close()
-        return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _NET_BLOCK, False, tid))
+        return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
     message = _read_data(loop, tid, [(args[1], args[2])], sock)
     raw = _read_sockaddr(loop, tid, args[4], args[5] & 0xFFFFFFFF)
     for failed in (message, raw):
@@ -337,7 +399,7 @@ def on_sendto(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decisi
             return failed
     if loop.net_block and sock.family in _INET and flags & MSG_FASTOPEN:
         sock.close()
-        return Deny(errno.EACCES, Denial("connect", _inet_name(raw), _NET_BLOCK, False, tid))
+        return Deny(errno.EACCES, Denial("connect", _inet_name(raw), _net_rule(loop), False, tid))
     destination = _destination(loop, tid, sock, raw, "connect")
     if isinstance(destination, Deny):
         sock.close()
@@ -422,7 +484,7 @@ def _message(
         if isinstance(raw, Deny):
             return raw
     if loop.net_block and sock.family in _INET and (flags & MSG_FASTOPEN or raw is not None):
-        return Deny(errno.EACCES, Denial("connect", _inet_name(raw or b""), _NET_BLOCK, False, tid))
+        return Deny(errno.EACCES, Denial("connect", _inet_name(raw or b""), _net_rule(loop), False, tid))
     fds = _read_fds(loop, tid, control, controllen)
     if isinstance(fds, Deny):
         return fds
