@@ -143,8 +143,8 @@ class _Denial:
 
     __slots__ = ("op", "path", "rule", "is_dir", "pid")
 
-    def __init__(self, path: str, rule: str, pid: int) -> None:
-        self.op, self.path, self.rule, self.is_dir, self.pid = "connect", path, rule, False, pid
+    def __init__(self, path: str, rule: str, tid: int) -> None:
+        self.op, self.path, self.rule, self.is_dir, self.pid = "connect", path, rule, False, tid
 
 
 @dataclass
@@ -197,18 +197,20 @@ class NetClient:
         extra = list(self.policy.agent_domains) if self.agent else []
         return [*self.policy.allow_domains, *extra, *self.proxy.granted()]
 
-    def decide(self, host: str, port: int, pid: int) -> Verdict:
+    def decide(self, host: str, port: int, tid: int) -> Verdict:
         with self._lock:
-            if (_display(host, port), self._once_key(pid)) in self._once:
+            if self._once and (_display(host, port), self._once_key(tid)) in self._once:
                 return Verdict(True, "user")
         return decide(host, port, self.allow_list(), self.policy.deny_domains)
 
-    def _once_key(self, pid: int) -> int:
-        return pid if getattr(self.consent, "per_process", False) else 0
+    def _once_key(self, tid: int) -> int:
+        """For the agent (it lives as long as the session) "once" is the process that asked; else 0."""
+        return _process_of(tid) if tid and getattr(self.consent, "per_process", False) else 0
 
-    def record(self, decision: str, display: str, rule: str, pid: int) -> None:
+    def record(self, decision: str, display: str, rule: str, tid: int) -> None:
+        """``tid``: the thread whose connect() reached the proxy (what ``Denial.pid`` holds)."""
         try:
-            self.on_decision(decision, _Denial(display, rule, pid))
+            self.on_decision(decision, _Denial(display, rule, tid))
         except Exception:  # noqa: BLE001 - reporting must never break a connection
             pass
 
@@ -237,7 +239,6 @@ class NetClient:
             if display in self._withdrawn:
                 self._note(display, NOTE_TIMED_OUT)
                 return False
-        pid = _process_of(tid) if tid else 0
         routed = getattr(self.consent, "routed", True)
         question = Question("connect", display, rule, command=self.text if routed else "", **asker(tid))
 
@@ -260,7 +261,7 @@ class NetClient:
             return answer in GRANTING
         if answer in GRANTING:
             with self._lock:
-                self._once.add((display, self._once_key(pid)))
+                self._once.add((display, self._once_key(tid)))
         if answer in ("session", "always"):
             self.proxy.grant(host, port, persist=answer == "always", command=self.text)
         elif answer == "deny":
@@ -508,10 +509,9 @@ class NetProxy:
     ) -> Verdict:
         """The allow-list, else the human (the connection waits), else the denial (reported)."""
         display = _display(host, port)
-        pid = _process_of(tid) if tid else 0
-        verdict = client.decide(host, port, pid)
+        verdict = client.decide(host, port, tid)
         if verdict.allowed:
-            client.record("allow", display, verdict.rule, pid)
+            client.record("allow", display, verdict.rule, tid)
             return verdict
         if client.prompter() is not None and verdict.rule == NOT_ALLOWED and self._asking.acquire(False):
             fd = writer.get_extra_info("socket").fileno()
@@ -529,9 +529,9 @@ class NetProxy:
             finally:
                 self._asking.release()
             if allowed:
-                client.record("grant", display, "user", pid)
+                client.record("grant", display, "user", tid)
                 return Verdict(True, "user")
-        client.record("deny", display, verdict.rule, pid)
+        client.record("deny", display, verdict.rule, tid)
         return verdict
 
     async def _resolve(self, host: str, port: int) -> list[str]:
@@ -616,7 +616,7 @@ class NetProxy:
         if isinstance(upstream, str):
             local = upstream.startswith(LOCAL_ADDRESS)
             if local:
-                client.record("deny", display, upstream, _process_of(tid) if tid else 0)
+                client.record("deny", display, upstream, tid)
             text = _denial_text(display, upstream) if local else f"nono: {upstream}\n"
             await _reply(writer, 403 if local else 502, text)
             return
@@ -658,7 +658,7 @@ class NetProxy:
         upstream = await self._open_upstream(client, tid, host, port)
         if isinstance(upstream, str):
             if upstream.startswith(LOCAL_ADDRESS):
-                client.record("deny", _display(host, port), upstream, _process_of(tid) if tid else 0)
+                client.record("deny", _display(host, port), upstream, tid)
             writer.write(_socks_reply(2 if upstream.startswith(LOCAL_ADDRESS) else 5))
             return
         writer.write(_socks_reply(0))
