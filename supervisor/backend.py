@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 
 from supervisor.errors import SandboxError
 from supervisor.policy import Policy
 from supervisor.session import Session
 
-__all__ = ["start_sandboxed", "finish", "NO_TRAP_GIVES_UP"]
+__all__ = ["start_sandboxed", "finish", "plan_cache", "NO_TRAP_GIVES_UP"]
 
 # What Landlock alone cannot do, so what ``--no-trap`` gives up (printed by ``policy`` and ``doctor``).
 NO_TRAP_GIVES_UP = (
@@ -23,6 +24,21 @@ NO_TRAP_GIVES_UP = (
     "no denial reports, no questions, no grants Landlock cannot express (creating or removing directly in"
     " the parent of a denied path is refused)",
 )
+
+_plans_lock = threading.Lock()
+_plans = None
+
+
+def plan_cache():
+    """The Landlock plans (and ruleset fds) of this process, compiled once per policy (Linux)."""
+    global _plans
+    with _plans_lock:
+        if _plans is None:
+            from supervisor.linux.landlock import PlanCache
+
+            _plans = PlanCache()
+        return _plans
+
 
 # After the command exits, how long its notify loop may take to answer what is still in flight before
 # the denial report is written. Processes the command left running keep their loop; they are not waited for.
@@ -53,7 +69,7 @@ def start_sandboxed(
     what the policy denies, while the syscall waits.
     """
     if sys.platform.startswith("linux"):
-        from supervisor.linux import landlock, sandbox, seccomp
+        from supervisor.linux import sandbox, seccomp
         from supervisor.linux.kernel import probe
 
         support = probe()
@@ -67,10 +83,12 @@ def start_sandboxed(
                     " every connect to tie it to its command. Hint: drop --no-trap, or use --net-block"
                 )
             net = session.netproxy()  # Landlock's backstop: TCP connect to the proxy's port only
-        plan = landlock.compile_plan(policy, support.landlock_abi, extra, net.ports if net else ())
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty)
+        # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
+        cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
+        plan = cached.plan
         if not trap:
-            return sandbox.start(plan, launch)
+            return sandbox.start(plan, launch, ruleset=ruleset)
         if not (support.seccomp_notify and support.seccomp_addfd):
             raise SandboxError(
                 "seccomp user notification with ADDFD is not available (needs Linux >= 5.14)."
@@ -78,7 +96,7 @@ def start_sandboxed(
             )
         from supervisor.linux.notify import NotifyLoop
 
-        rights = landlock.RightsIndex(plan)
+        rights = cached.rights
         access = session.access_index(policy)
 
         def start_loop(listener: int) -> NotifyLoop:
@@ -99,7 +117,7 @@ def start_sandboxed(
             return loop
 
         program = seccomp.build_program(policy.net_mode)
-        return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop)
+        return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
         # to act on. Denials come from ``log stream`` once the command has ended (supervisor.macos.launch).

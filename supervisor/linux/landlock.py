@@ -11,7 +11,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,7 +23,9 @@ from supervisor.policy import NEVER_GRANTABLE, Grant, Policy
 
 __all__ = [
     "ACCESS_FS",
+    "CachedPlan",
     "LandlockPlan",
+    "PlanCache",
     "Rule",
     "abi_version",
     "compile_plan",
@@ -153,6 +158,18 @@ class RightsIndex:
     def __init__(self, plan: LandlockPlan) -> None:
         self._rules = {rule.path: rule.rights for rule in plan.rules}
         self.handled = plan.handled_fs
+        self._native = None
+        self._native_lock = threading.Lock()
+
+    def native(self):
+        """The same rules for the notify loop's C fast path (``_notify.Rights``), built once."""
+        with self._native_lock:
+            if self._native is None:
+                from supervisor.linux import _notify
+
+                rules = [(os.fsencode(path), rights) for path, rights in self._rules.items()]
+                self._native = _notify.Rights(rules, self.handled)
+            return self._native
 
     def rights(self, path: str) -> int:
         rules = self._rules
@@ -183,14 +200,152 @@ def _rights(grant: Grant) -> int:
     return rights & FILE_RIGHTS if grant.kind == "file" else rights
 
 
+_RACY_NS = 1_000_000_000  # a directory changed this recently may change again within the same mtime tick
+
+
+def _identity(path: str, st: os.stat_result | None) -> tuple[int, int, int, str] | None:
+    """What a lookup of ``path`` found. The inode numbers of the plan's rule paths cannot be reused while
+    the cached ruleset holds them; a symlink's inode is not held, so its text is part of its identity."""
+    if st is None:
+        return None
+    target = ""
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "\0"
+    return (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode), target)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _listing(path: str) -> tuple[int, int, int, int] | None:
+    """What changes whenever an entry of directory ``path`` is added, removed, renamed or replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _Fs:
+    """The compiler's reads of the filesystem, each noted with what would change its answer, so that a
+    cached plan is reused only while every answer still holds (``PlanCache``). Every note is taken before
+    the read it covers: a change in between makes the plan stale, never wrongly fresh.
+
+    - a path looked up (``realpath`` components, ``isdir``, ``exists``): its lstat identity (dev, inode,
+      type, a symlink's text); a missing one also notes the listing of its nearest existing ancestor;
+    - a directory listed (sibling expansion): its listing (dev, inode, mtime, ctime). The lookups of its
+      entries are covered by it (an entry cannot change its inode or type without changing the listing).
+    A listing changed within ``_RACY_NS`` of now makes the plan uncacheable: two changes within one mtime
+    tick would leave the same mtime behind.
+    """
+
+    def __init__(self) -> None:
+        self.identities: dict[str, tuple[int, int, int, str] | None] = {}
+        self.listings: dict[str, tuple[int, int, int, int] | None] = {}
+        self.uncacheable = False
+
+    def _list_stamp(self, path: str) -> tuple[int, int, int, int] | None:
+        if path not in self.listings:
+            stamp = self.listings[path] = _listing(path)
+            if stamp is not None and time.time_ns() - max(stamp[2], stamp[3]) < _RACY_NS:
+                self.uncacheable = True
+        return self.listings[path]
+
+    def _note(self, path: str) -> os.stat_result | None:
+        covered = os.path.dirname(path) in self.listings and self.listings[os.path.dirname(path)] is not None
+        st = _lstat(path)
+        if not covered and path not in self.identities:
+            self.identities[path] = _identity(path, st)
+            if st is None:
+                parent = os.path.dirname(path)
+                while self._list_stamp(parent) is None and parent not in ("/", ""):
+                    parent = os.path.dirname(parent)
+        return st
+
+    def isdir(self, path: str) -> bool:
+        st = self._note(path)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return os.path.isdir(self.realpath(path))
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def islink(self, path: str) -> bool:
+        st = self._note(path)
+        return st is not None and stat.S_ISLNK(st.st_mode)
+
+    def exists(self, path: str) -> bool:
+        st = self._note(path)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return os.path.exists(self.realpath(path))
+        return st is not None
+
+    def listdir(self, path: str) -> list[str]:
+        self._list_stamp(path)
+        return os.listdir(path)
+
+    def realpath(self, path: str) -> str:
+        """``os.path.realpath(path)`` (not strict), noting every component it looked up."""
+        if not path.startswith("/"):
+            self.uncacheable = True  # relative to the cwd: not a function of the noted paths
+        resolved, _ok = self._join("", path, {})
+        return os.path.abspath(resolved)
+
+    def _join(self, path: str, rest: str, seen: dict[str, str | None]) -> tuple[str, bool]:
+        # posixpath._joinrealpath (CPython 3.10-3.12), with each lstat noted
+        if rest.startswith("/"):
+            rest = rest[1:]
+            path = "/"
+        while rest:
+            name, _, rest = rest.partition("/")
+            if not name or name == ".":
+                continue
+            if name == "..":
+                if path:
+                    path, name = os.path.split(path)
+                    if name == "..":
+                        path = os.path.join(path, "..", "..")
+                else:
+                    path = ".."
+                continue
+            newpath = os.path.join(path, name)
+            st = self._note(newpath)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                path = newpath
+                continue
+            if newpath in seen:
+                path = seen[newpath]
+                if path is not None:
+                    continue
+                return os.path.join(newpath, rest), False
+            seen[newpath] = None
+            path, ok = self._join(path, os.readlink(newpath), seen)
+            if not ok:
+                return os.path.join(path, rest), False
+            seen[newpath] = path
+        return path, True
+
+    def still_valid(self) -> bool:
+        for path, identity in self.identities.items():
+            if _identity(path, _lstat(path)) != identity:
+                return False
+        return all(_listing(path) == stamp for path, stamp in self.listings.items())
+
+
 class _Compiler:
-    def __init__(self, mask: int) -> None:
+    def __init__(self, mask: int, fs: _Fs) -> None:
         self.mask = mask
+        self.fs = fs
         self.rules: dict[str, tuple[int, str]] = {}
         self.notes: list[str] = []
 
     def add(self, path: str, rights: int, why: str) -> None:
-        if not os.path.isdir(path):
+        if not self.fs.isdir(path):
             rights &= FILE_RIGHTS
         rights &= self.mask
         if rights:
@@ -203,7 +358,7 @@ class _Compiler:
             if carve.path == path:
                 rights &= ~carve.removed
         inner = [c for c in carves if c.path != path]
-        if not inner or not os.path.isdir(path) or os.path.islink(path):
+        if not inner or not self.fs.isdir(path) or self.fs.islink(path):
             self.add(path, rights, why)
             return
         removed_below = 0
@@ -214,7 +369,7 @@ class _Compiler:
         if not rest & self.mask:
             return
         try:
-            names = sorted(os.listdir(path))
+            names = sorted(self.fs.listdir(path))
         except OSError as e:
             self.notes.append(
                 f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above"
@@ -222,26 +377,32 @@ class _Compiler:
             return
         for name in names:
             child = os.path.join(path, name)
-            if os.path.islink(child):
+            if self.fs.islink(child):
                 continue  # a link needs no right to be followed; its target is governed by its own rules
             self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
 
 
 def compile_plan(
-    policy: Policy, abi: int, extra: Iterable[Grant] = (), connect_ports: Iterable[int] = ()
+    policy: Policy,
+    abi: int,
+    extra: Iterable[Grant] = (),
+    connect_ports: Iterable[int] = (),
+    *,
+    _fs: _Fs | None = None,
 ) -> LandlockPlan:
     """The rules for ``policy`` (plus ``extra`` grants the route itself needs) at Landlock ``abi``.
     ``connect_ports``: in domains mode, the supervisor's proxy port, the one TCP port connect() may reach
     (the kernel's backstop: the notify layer lets through only the proxy's own address)."""
     if abi < 1:
         raise SandboxError("Landlock is not available. Hint: needs Linux >= 5.13 with lsm=landlock enabled")
+    fs = _fs or _Fs()
     mask = handled_fs(abi)
-    compiler = _Compiler(mask)
-    carves = [_Carve(os.path.realpath(d.path), mask, d.rule) for d in policy.denies]
-    protected = [_Carve(os.path.realpath(p), WRITE, "never-grantable") for p in policy.protected]
+    compiler = _Compiler(mask, fs)
+    carves = [_Carve(fs.realpath(d.path), mask, d.rule) for d in policy.denies]
+    protected = [_Carve(fs.realpath(p), WRITE, "never-grantable") for p in policy.protected]
     for grant in (*policy.grants, *extra):
-        path = os.path.realpath(grant.path)
-        if not os.path.exists(path):
+        path = fs.realpath(grant.path)
+        if not fs.exists(path):
             compiler.notes.append(
                 f"{policy.display(grant.path)}: does not exist, not granted ({grant.source})"
             )
@@ -255,7 +416,7 @@ def compile_plan(
         rights &= ~_protected_removal(path, protected)
         compiler.emit(path, rights, applicable, grant.source)
     notes = list(compiler.notes)
-    granted = [os.path.realpath(g.path) for g in policy.grants]
+    granted = [fs.realpath(g.path) for g in policy.grants]
     for carve in carves:
         if any(_under(carve.path, root) and carve.path != root for root in granted):
             notes.append(
@@ -322,3 +483,69 @@ def create_ruleset(plan: LandlockPlan) -> int:
         os.close(ruleset)
         raise SandboxError(f"landlock_add_rule: {e.strerror}") from None
     return ruleset
+
+
+@dataclass(eq=False)
+class CachedPlan:
+    """One compiled plan with what the notify layer derives from it, shared by the commands of a policy."""
+
+    policy: Policy
+    plan: LandlockPlan
+    rights: RightsIndex
+    ruleset: int
+    fs: _Fs
+    extra: dict[str, object] = field(default_factory=dict)  # derived per plan by other layers (notify)
+    closed: bool = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.ruleset)
+
+
+class PlanCache:
+    """Landlock plans (and their ruleset fds) compiled once per policy and reused by every command, for as
+    long as the filesystem the compiler read is unchanged (``_Fs``: the sibling expansion depends on which
+    entries exist). Each ``get`` re-checks those notes (one lstat or stat each); any change recompiles.
+
+    A cached ruleset fd holds the inodes its rules were opened on, exactly as a fresh one opened at the
+    same moment would: Landlock rules follow inodes, and a change of any noted entry drops the cache."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._entries: dict[tuple, CachedPlan] = {}
+        self._lock = threading.Lock()
+        self.compiled = 0  # how many compiles (tests look at it)
+
+    def get(self, policy: Policy, abi: int, extra: Iterable[Grant] = (), *args: Iterable[int]):
+        """(entry, ruleset fd): the fd is the caller's to close (a dup of the cached one)."""
+        key = (id(policy), abi, tuple(extra), tuple(tuple(a) for a in args))
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry.policy is policy and entry.fs.still_valid():
+            with self._lock:
+                if not entry.closed:
+                    return entry, os.dup(entry.ruleset)
+        fs = _Fs()
+        plan = compile_plan(policy, abi, key[2], *args, _fs=fs)
+        entry = CachedPlan(policy, plan, RightsIndex(plan), create_ruleset(plan), fs)
+        with self._lock:
+            self.compiled += 1
+            if fs.uncacheable:
+                entry.closed = True  # never shared: the caller owns this fd
+                return entry, entry.ruleset
+            old = self._entries.pop(key, None)
+            if old is not None:
+                old.close()
+            if len(self._entries) >= self._size:
+                for stale in self._entries.values():
+                    stale.close()
+                self._entries.clear()
+            self._entries[key] = entry
+            return entry, os.dup(entry.ruleset)
+
+    def clear(self) -> None:
+        with self._lock:
+            for entry in self._entries.values():
+                entry.close()
+            self._entries.clear()

@@ -100,6 +100,9 @@ class NotifyLoop(threading.Thread):
         # follows the name, and another name of the file may lie inside a grant.
         self._linked = bool(linked_denied())
         self.reader = Reader()
+        self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
+        self._native = _native_loop(self, listener, rights)
+        self.native_stats: dict[str, int] = {}
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
         self._continue_resp = bytearray(_RESP.size)
@@ -123,32 +126,54 @@ class NotifyLoop(threading.Thread):
         # What the supervisor does for a command, it does with the command's powers (a root supervisor's
         # CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN would otherwise reach what the command cannot).
         emulate.drop_capabilities()
-        poller = select.poll()
-        poller.register(self.listener, select.POLLIN)
         try:
-            while True:
-                events = poller.poll()
-                if any(ev & (select.POLLHUP | select.POLLERR) for _fd, ev in events):
-                    return  # every process under the filter has exited
+            if self._native is None:
+                self._run_python()
+            else:
                 try:
-                    self._recv[:] = self._zero  # RECV wants a zeroed buffer (EINVAL otherwise)
-                    fcntl.ioctl(self.listener, _IOCTL_RECV, self._recv, True)
-                except OSError as e:
-                    # ENOENT: the target died or was signalled between poll and recv. Not fatal: a loop
-                    # that gives up here would park every later syscall of the tree forever.
-                    if e.errno in (errno.ENOENT, errno.EINTR):
-                        continue
-                    raise
-                nid, tid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack_from(self._recv)
-                try:
-                    self._dispatch(nid, tid, nr, args)
-                except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
-                    _debug_trace()
-                    self._respond_quietly(nid, errno.EACCES)
+                    self._native.serve(self._escalate)  # the GIL is taken only for what it escalates
+                finally:
+                    self.native_stats = self._native.stats()
         finally:
             with self._pending_lock:
                 self._pending_lock.wait_for(lambda: self._pending == 0)
             os.close(self.listener)
+
+    def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> None:
+        """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read."""
+        self._preread = reads
+        try:
+            self._dispatch(nid, tid, nr, list(args))
+        except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
+            _debug_trace()
+            self._respond_quietly(nid, errno.EACCES)
+        finally:
+            self._preread = ()
+
+    def _run_python(self) -> None:
+        """The loop without the C fast path (NONO_NOTIFY_NATIVE=0, or a subclass that replaces
+        ``_dispatch`` and so wants every notification)."""
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        while True:
+            events = poller.poll()
+            if any(ev & (select.POLLHUP | select.POLLERR) for _fd, ev in events):
+                return  # every process under the filter has exited
+            try:
+                self._recv[:] = self._zero  # RECV wants a zeroed buffer (EINVAL otherwise)
+                fcntl.ioctl(self.listener, _IOCTL_RECV, self._recv, True)
+            except OSError as e:
+                # ENOENT: the target died or was signalled between poll and recv. Not fatal: a loop
+                # that gives up here would park every later syscall of the tree forever.
+                if e.errno in (errno.ENOENT, errno.EINTR):
+                    continue
+                raise
+            nid, tid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack_from(self._recv)
+            try:
+                self._dispatch(nid, tid, nr, args)
+            except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
+                _debug_trace()
+                self._respond_quietly(nid, errno.EACCES)
 
     def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
         entry = self._handlers.get(nr)
@@ -243,6 +268,9 @@ class NotifyLoop(threading.Thread):
     # ---- the pipeline's steps --------------------------------------------------------------------------
 
     def _read(self, tid: int, address: int) -> bytes | Deny:
+        for where, raw in self._preread:  # read once: what the fast path read is what is decided on
+            if where == address:
+                return raw
         raw = self.reader.read_string(tid, address)
         return Deny(raw) if isinstance(raw, int) else raw
 
@@ -977,6 +1005,55 @@ def _rename_errno(source: Pin, target: Pin, flags: int) -> int:
     if flags & _RENAME_NOREPLACE and target.exists:
         return errno.EEXIST
     return 0
+
+
+_DISPATCH = NotifyLoop._dispatch  # the class itself, whatever a test later binds the name to
+
+# The C fast path's kinds (_notify.c ``enum kind``): which lexical fast path a trapped syscall has there.
+_NATIVE_KINDS = {"exec": 3, "unlink": 4, "rmdir": 5, "mkdir": 6, "mknod": 7, "symlink": 8, "rename": 9,
+                 "truncate": 10}
+
+
+def native_kind(trap: Trap) -> int:
+    """The fast path ``trap`` has in C (0: none, always the Python handler), as ``_on_<kind>`` has it."""
+    if trap.kind == "open":
+        return {"openat2": 0, "creat": 2}.get(trap.name, 1)  # openat2's open_how is in memory: never fast
+    return _NATIVE_KINDS.get(trap.kind, 0)
+
+
+@cache
+def native_table() -> dict[int, tuple[int, ...]]:
+    """Syscall number -> (kind, path, dirfd, flags, mode, path2, dirfd2) for the C loop, from ``TRAPS``
+    (the one list the filter is built from); -1 for an argument the syscall does not have."""
+
+    def index(value: int | None) -> int:
+        return -1 if value is None else value
+
+    table = {}
+    for nr, (trap, _handler) in _dispatch_table().items():
+        second = trap.second or (None, None)
+        table[nr] = (
+            native_kind(trap),
+            index(trap.path),
+            index(trap.dirfd),
+            index(trap.flags),
+            index(trap.mode),
+            index(second[1]),
+            index(second[0]),
+        )
+    return table
+
+
+def _native_loop(loop: NotifyLoop, listener: int, rights: RightsIndex):
+    """The C loop for ``loop``, or None: disabled (NONO_NOTIFY_NATIVE=0, for comparisons), not built, or a
+    subclass that replaces ``_dispatch`` (it wants to see every notification)."""
+    if os.environ.get("NONO_NOTIFY_NATIVE") == "0" or type(loop)._dispatch is not _DISPATCH:
+        return None
+    try:
+        from supervisor.linux import _notify
+    except ImportError:
+        return None
+    return _notify.Loop(listener, rights.native(), native_table(), loop._linked)
 
 
 def handler_for(kind: str) -> Callable:

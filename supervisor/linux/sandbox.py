@@ -129,14 +129,18 @@ def start(
     launch: Launch,
     seccomp: tuple[bytes, int] | None = None,
     on_listener: Callable[[int], object] | None = None,
+    *,
+    ruleset: int | None = None,
 ) -> Process:
     """Fork keeper and command, apply ``plan`` (and the ``seccomp`` program and flags), exec.
 
     ``on_listener(fd)`` receives the seccomp listener before the command execs and must start answering
-    it: the exec itself is the first trapped syscall (KERNEL-NOTES "deadlock trap"). Raises SandboxError
-    (nothing ran) on any failure.
+    it: the exec itself is the first trapped syscall (KERNEL-NOTES "deadlock trap"). ``ruleset``: a
+    ruleset fd already holding ``plan`` (``PlanCache``), which this call closes; else one is made here.
+    Raises SandboxError (nothing ran) on any failure.
     """
-    ruleset = create_ruleset(plan)
+    if ruleset is None:
+        ruleset = create_ruleset(plan)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     program, flags = seccomp or (b"", 0)

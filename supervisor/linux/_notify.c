@@ -1,0 +1,716 @@
+/*
+ * The notify loop's hot path, without the GIL: receive, read the path once, resolve it lexically, look
+ * it up in the Landlock baseline's rights, CONTINUE. Everything else goes to the Python handlers.
+ *
+ * What this answers is exactly what NotifyLoop's lexical fast path answers (supervisor/linux/notify.py):
+ * CONTINUE where the Landlock baseline alone grants what the call needs on the path as read (invariant
+ * 1: whatever the path really is, or becomes after a swap, the kernel then applies the same Landlock
+ * rules). Relative paths are made absolute against the target's cwd or dirfd read from /proc/TID/cwd and
+ * /proc/TID/fd/N; magic names (/proc, /dev/fd, /dev/std) are never fast; the path is normalised as
+ * os.path.normpath does. Anything else (a miss, a read that failed, an unusual flag, a syscall with no
+ * fast path) is handed to the Python callback with the bytes already read, so the Python pipeline decides
+ * on the same read (invariant 2), with the same decisions and the same reports as without this file.
+ *
+ * Which syscalls are trapped, and where their arguments are, is not known here: the table comes from
+ * seccomp.TRAPS (NotifyLoop builds it; test_speed_native checks it entry by entry).
+ *
+ * Threads: serve() is called from the command's NotifyLoop thread, releases the GIL for the whole loop and
+ * takes it back only to call the callback. One Loop per command; nothing here is shared between loops but
+ * the Rights table (read-only once built).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef SECCOMP_USER_NOTIF_FLAG_CONTINUE
+#define SECCOMP_USER_NOTIF_FLAG_CONTINUE 1
+#endif
+#ifndef SECCOMP_IOCTL_NOTIF_RECV
+#define SECCOMP_IOCTL_NOTIF_RECV 0xc0502100
+#define SECCOMP_IOCTL_NOTIF_SEND 0xc0182101
+#endif
+
+#define PATH_MAX_ 4096
+#define LINK_MAX_ 8192
+#define MAX_NR 1024
+#define AT_FDCWD_32 0xFFFFFF9Cu
+#define AT_REMOVEDIR_ 0x200
+#define O_TMPFILE_BIT 020000000 /* __O_TMPFILE, as notify._O_TMPFILE */
+#define SETID_BITS 06000
+
+/* Landlock rights (include/uapi/linux/landlock.h), as landlock.ACCESS_FS */
+#define LL_EXECUTE (1ull << 0)
+#define LL_WRITE_FILE (1ull << 1)
+#define LL_READ_FILE (1ull << 2)
+#define LL_READ_DIR (1ull << 3)
+#define LL_REMOVE_DIR (1ull << 4)
+#define LL_REMOVE_FILE (1ull << 5)
+#define LL_MAKE_CHAR (1ull << 6)
+#define LL_MAKE_DIR (1ull << 7)
+#define LL_MAKE_REG (1ull << 8)
+#define LL_MAKE_SOCK (1ull << 9)
+#define LL_MAKE_FIFO (1ull << 10)
+#define LL_MAKE_BLOCK (1ull << 11)
+#define LL_MAKE_SYM (1ull << 12)
+#define LL_REFER (1ull << 13)
+#define LL_TRUNCATE (1ull << 14)
+
+/* Fast-path kinds; the numbers are shared with notify._NATIVE_KINDS. */
+enum kind {
+    K_NONE = 0, /* always Python */
+    K_OPEN = 1, /* open, openat: path, dirfd, flags, mode */
+    K_CREAT = 2,
+    K_EXEC = 3,
+    K_UNLINK = 4, /* unlink, unlinkat (flags: AT_REMOVEDIR) */
+    K_RMDIR = 5,
+    K_MKDIR = 6,
+    K_MKNOD = 7,
+    K_SYMLINK = 8, /* the target (argument 0) is read first, as _on_symlink does */
+    K_RENAME = 9,
+    K_TRUNCATE = 10,
+    K_LAST = 10,
+};
+
+struct trap {
+    int8_t kind, path, dirfd, flags, mode, path2, dirfd2;
+};
+
+/* ---- Rights: the Landlock baseline's rules, as RightsIndex ------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t handled;
+    size_t mask; /* table size - 1 (a power of two) */
+    char **keys;
+    size_t *lens;
+    uint64_t *rights;
+    Py_ssize_t count;
+} Rights;
+
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static int rights_lookup(const Rights *r, const char *s, size_t n, uint64_t *out) {
+    size_t i = (size_t)hash_bytes(s, n) & r->mask;
+    while (r->keys[i]) {
+        if (r->lens[i] == n && memcmp(r->keys[i], s, n) == 0) {
+            *out = r->rights[i];
+            return 1;
+        }
+        i = (i + 1) & r->mask;
+    }
+    return 0;
+}
+
+/* RightsIndex.allows: the union of the rules on the path and on each ancestor covers ``needed``. */
+static int rights_allow(const Rights *r, const char *path, size_t n, uint64_t needed) {
+    uint64_t granted = 0, got;
+    needed &= r->handled;
+    if ((granted & needed) == needed)
+        return 1;
+    if (rights_lookup(r, path, n, &got))
+        granted |= got;
+    while (n > 1) {
+        if ((granted & needed) == needed)
+            return 1;
+        size_t cut = n - 1;
+        while (cut > 0 && path[cut] != '/')
+            cut--;
+        n = cut ? cut : 1; /* path[:rindex("/")] or "/" */
+        if (rights_lookup(r, path, n, &got))
+            granted |= got;
+    }
+    return (granted & needed) == needed;
+}
+
+static void Rights_dealloc(Rights *self) {
+    if (self->keys) {
+        for (size_t i = 0; i <= self->mask; i++)
+            PyMem_Free(self->keys[i]);
+    }
+    PyMem_Free(self->keys);
+    PyMem_Free(self->lens);
+    PyMem_Free(self->rights);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Rights(rules: list[tuple[bytes, int]], handled: int) */
+static int Rights_init(Rights *self, PyObject *args, PyObject *kw) {
+    PyObject *rules;
+    unsigned long long handled;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "O!K", &PyList_Type, &rules, &handled))
+        return -1;
+    if (self->keys) {
+        PyErr_SetString(PyExc_RuntimeError, "Rights is built once");
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(rules);
+    size_t size = 16;
+    while (size < (size_t)count * 2 + 1)
+        size *= 2;
+    self->keys = PyMem_Calloc(size, sizeof(char *));
+    self->lens = PyMem_Calloc(size, sizeof(size_t));
+    self->rights = PyMem_Calloc(size, sizeof(uint64_t));
+    self->mask = size - 1;
+    self->handled = handled;
+    if (!self->keys || !self->lens || !self->rights) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *item = PyList_GET_ITEM(rules, k);
+        const char *path;
+        Py_ssize_t n;
+        unsigned long long bits;
+        if (!PyArg_ParseTuple(item, "y#K", &path, &n, &bits))
+            return -1;
+        size_t i = (size_t)hash_bytes(path, (size_t)n) & self->mask;
+        while (self->keys[i] && !(self->lens[i] == (size_t)n && memcmp(self->keys[i], path, n) == 0))
+            i = (i + 1) & self->mask;
+        if (!self->keys[i]) {
+            self->keys[i] = PyMem_Malloc(n ? n : 1);
+            if (!self->keys[i]) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            memcpy(self->keys[i], path, n);
+            self->lens[i] = (size_t)n;
+            self->count++;
+        }
+        self->rights[i] |= bits; /* a dict keeps the last; the plan has each path once */
+    }
+    return 0;
+}
+
+static PyObject *Rights_allows(Rights *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    unsigned long long needed;
+    if (!PyArg_ParseTuple(args, "y#K", &path, &n, &needed))
+        return NULL;
+    return PyBool_FromLong(rights_allow(self, path, (size_t)n, needed));
+}
+
+static PyMethodDef Rights_methods[] = {
+    {"allows", (PyCFunction)Rights_allows, METH_VARARGS, "RightsIndex.allows on a bytes path (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RightsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.linux._notify.Rights",
+    .tp_basicsize = sizeof(Rights),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The Landlock baseline's rules (path bytes -> rights), for the C fast path.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Rights_init,
+    .tp_dealloc = (destructor)Rights_dealloc,
+    .tp_methods = Rights_methods,
+};
+
+/* ---- Loop ---------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    int listener;
+    int linked; /* a multi-linked denied file exists: no regular-file open is fast (NotifyLoop._linked) */
+    Rights *rights;
+    struct trap traps[MAX_NR];
+    unsigned long long received, continued, escalated;
+    long page;
+    /* per-loop buffers: the loop thread is the only user */
+    char raw[2][PATH_MAX_ + 1];
+    size_t raw_len[2];
+    uint64_t raw_addr[2];
+    int raw_count;
+    char link[LINK_MAX_];
+    char joined[LINK_MAX_ + PATH_MAX_ + 2];
+    char norm[LINK_MAX_ + PATH_MAX_ + 2];
+} Loop;
+
+/* Reader.read_string: the NUL-terminated string at ``address`` (at most PATH_MAX bytes read, split at
+ * the page boundary so a string at the end of the last mapped page is still read). 0 on failure:
+ * Python then reads it itself and answers EFAULT / ENAMETOOLONG as it would. */
+static int read_string(Loop *self, pid_t tid, uint64_t address, int slot) {
+    if (address == 0)
+        return 0;
+    size_t size = PATH_MAX_;
+    size_t first = (size_t)(self->page - (long)(address % (uint64_t)self->page));
+    if (first > size)
+        first = size;
+    struct iovec local = {self->raw[slot], size};
+    struct iovec remote[2] = {{(void *)(uintptr_t)address, first},
+                              {(void *)(uintptr_t)(address + first), size - first}};
+    ssize_t got = process_vm_readv(tid, &local, 1, remote, size > first ? 2 : 1, 0);
+    if (got <= 0)
+        return 0;
+    char *end = memchr(self->raw[slot], 0, (size_t)got);
+    if (!end)
+        return 0;
+    self->raw_len[slot] = (size_t)(end - self->raw[slot]);
+    self->raw_addr[slot] = address;
+    if (self->raw_count <= slot)
+        self->raw_count = slot + 1;
+    return 1;
+}
+
+static int starts(const char *s, size_t n, const char *prefix) {
+    size_t p = strlen(prefix);
+    return n >= p && memcmp(s, prefix, p) == 0;
+}
+
+/* os.path.normpath of an absolute path: one leading slash, or exactly two (POSIX keeps "//"). */
+static size_t normpath(const char *in, size_t n, char *out) {
+    size_t base = (n >= 2 && in[1] == '/' && (n == 2 || in[2] != '/')) ? 2 : 1;
+    size_t o = 0, i = 0;
+    while (o < base)
+        out[o++] = '/';
+    while (i < n) {
+        while (i < n && in[i] == '/')
+            i++;
+        size_t start = i;
+        while (i < n && in[i] != '/')
+            i++;
+        size_t len = i - start;
+        if (len == 0 || (len == 1 && in[start] == '.'))
+            continue;
+        if (len == 2 && in[start] == '.' && in[start + 1] == '.') {
+            if (o > base) { /* pop the last component; ".." at the root stays at the root */
+                while (o > base && out[o - 1] != '/')
+                    o--;
+                if (o > base)
+                    o--;
+            }
+            continue;
+        }
+        if (o > base)
+            out[o++] = '/';
+        memcpy(out + o, in + start, len);
+        o += len;
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* NotifyLoop._lexical: the path as read, absolute against the target's cwd or dirfd, normalised.
+ * Returns its length in self->norm, or 0 (not for the fast path). */
+static size_t lexical(Loop *self, pid_t tid, int has_dirfd, uint64_t dirfd_arg, int slot) {
+    const char *raw = self->raw[slot];
+    size_t n = self->raw_len[slot];
+    const char *path = raw;
+    size_t len = n;
+    if (n == 0 || raw[0] != '/') {
+        uint32_t fd = has_dirfd ? (uint32_t)(dirfd_arg & 0xFFFFFFFFu) : AT_FDCWD_32;
+        char where[64];
+        if (fd == AT_FDCWD_32)
+            snprintf(where, sizeof where, "/proc/%d/cwd", (int)tid);
+        else
+            snprintf(where, sizeof where, "/proc/%d/fd/%u", (int)tid, fd);
+        ssize_t got = readlink(where, self->link, sizeof self->link);
+        if (got <= 0 || (size_t)got >= sizeof self->link)
+            return 0;
+        if (self->link[0] != '/')
+            return 0; /* socket:[N], pipe:[N]...: Python decides (it cannot be a fast path) */
+        memcpy(self->joined, self->link, (size_t)got);
+        self->joined[got] = '/';
+        memcpy(self->joined + got + 1, raw, n);
+        path = self->joined;
+        len = (size_t)got + 1 + n;
+    }
+    if (starts(path, len, "/proc") || starts(path, len, "/dev/fd") || starts(path, len, "/dev/std"))
+        return 0;
+    return normpath(path, len, self->norm);
+}
+
+/* os.path.dirname of a normalised absolute path: the length of its head. */
+static size_t dirname_len(const char *p, size_t n) {
+    size_t i = n, j;
+    while (i > 0 && p[i - 1] != '/')
+        i--;
+    for (j = 0; j < i && p[j] == '/'; j++)
+        ;
+    if (j < i) /* not all slashes: strip the trailing ones */
+        while (i > 0 && p[i - 1] == '/')
+            i--;
+    return i;
+}
+
+static int allows_at(Loop *self, size_t n, uint64_t needed) {
+    return n && rights_allow(self->rights, self->norm, n, needed);
+}
+
+static uint64_t open_rights(uint32_t flags) {
+    uint32_t mode = flags & O_ACCMODE;
+    uint64_t needed = 0;
+    if (mode != O_WRONLY)
+        needed |= (flags & O_DIRECTORY) ? LL_READ_DIR : LL_READ_FILE;
+    if (mode == O_WRONLY || mode == O_RDWR)
+        needed |= LL_WRITE_FILE;
+    if (flags & O_TRUNC)
+        needed |= LL_TRUNCATE;
+    return needed;
+}
+
+static uint64_t arg(const struct seccomp_notif *req, int index) { return req->data.args[index]; }
+
+/* 1: CONTINUE. 0: Python decides. The order of reads and checks is the Python handler's. */
+static int fast(Loop *self, const struct seccomp_notif *req) {
+    if (req->data.nr < 0 || req->data.nr >= MAX_NR)
+        return 0;
+    const struct trap *t = &self->traps[req->data.nr];
+    pid_t tid = (pid_t)req->pid;
+    size_t n;
+    switch (t->kind) {
+    case K_OPEN:
+    case K_CREAT: {
+        uint32_t flags;
+        uint64_t mode;
+        if (!read_string(self, tid, arg(req, t->path), 0))
+            return 0;
+        if (t->kind == K_CREAT) {
+            flags = O_CREAT | O_WRONLY | O_TRUNC;
+            mode = arg(req, t->mode);
+        } else {
+            flags = (uint32_t)(arg(req, t->flags) & 0xFFFFFFFFu);
+            mode = arg(req, t->mode) & 0xFFFFFFFFu;
+        }
+        int creating = (flags & (O_CREAT | O_TMPFILE_BIT)) != 0;
+        if (creating && (mode & SETID_BITS))
+            return 0; /* refused and reported by Python */
+        if (flags & O_PATH)
+            return 1; /* Landlock grants no right to O_PATH: it reads and writes nothing */
+        if (self->linked && !(flags & O_DIRECTORY))
+            return 0;
+        n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
+        if (!allows_at(self, n, open_rights(flags)))
+            return 0;
+        return !creating || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG);
+    }
+    case K_EXEC:
+        if (!read_string(self, tid, arg(req, t->path), 0))
+            return 0;
+        n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
+        return allows_at(self, n, LL_EXECUTE);
+    case K_UNLINK:
+    case K_RMDIR:
+    case K_MKDIR:
+    case K_MKNOD:
+    case K_SYMLINK: {
+        uint64_t needed;
+        int slot = 0;
+        if (t->kind == K_UNLINK)
+            needed = (t->flags >= 0 && (arg(req, t->flags) & AT_REMOVEDIR_)) ? LL_REMOVE_DIR : LL_REMOVE_FILE;
+        else if (t->kind == K_RMDIR)
+            needed = LL_REMOVE_DIR;
+        else if (t->kind == K_MKDIR)
+            needed = LL_MAKE_DIR;
+        else if (t->kind == K_SYMLINK) {
+            needed = LL_MAKE_SYM;
+            if (!read_string(self, tid, arg(req, 0), 0))
+                return 0;
+            slot = 1;
+        } else {
+            uint32_t mode = (uint32_t)(arg(req, t->mode) & 0xFFFFFFFFu);
+            switch (mode & S_IFMT) {
+            case 0:
+            case S_IFREG:
+                needed = LL_MAKE_REG;
+                break;
+            case S_IFIFO:
+                needed = LL_MAKE_FIFO;
+                break;
+            case S_IFSOCK:
+                needed = LL_MAKE_SOCK;
+                break;
+            case S_IFCHR:
+                needed = LL_MAKE_CHAR;
+                break;
+            case S_IFBLK:
+                needed = LL_MAKE_BLOCK;
+                break;
+            default:
+                return 0; /* EINVAL, from Python */
+            }
+            if (mode & SETID_BITS)
+                return 0;
+        }
+        if (!read_string(self, tid, arg(req, t->path), slot))
+            return 0;
+        n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, slot);
+        return n && allows_at(self, dirname_len(self->norm, n), needed);
+    }
+    case K_RENAME: {
+        const uint64_t moving = LL_REMOVE_FILE | LL_REMOVE_DIR | LL_MAKE_REG | LL_MAKE_DIR | LL_REFER;
+        if (!read_string(self, tid, arg(req, t->path), 0) || !read_string(self, tid, arg(req, t->path2), 1))
+            return 0;
+        n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
+        if (!n || !allows_at(self, dirname_len(self->norm, n), moving))
+            return 0;
+        n = lexical(self, tid, t->dirfd2 >= 0, t->dirfd2 >= 0 ? arg(req, t->dirfd2) : 0, 1);
+        return n && allows_at(self, dirname_len(self->norm, n), moving);
+    }
+    case K_TRUNCATE:
+        if (!read_string(self, tid, arg(req, t->path), 0))
+            return 0;
+        if (self->linked)
+            return 0;
+        n = lexical(self, tid, 0, 0, 0);
+        return allows_at(self, n, LL_TRUNCATE | LL_WRITE_FILE);
+    default:
+        return 0;
+    }
+}
+
+static void send_continue(Loop *self, uint64_t id) {
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = id;
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    /* ENOENT: the target was signalled or died meanwhile; anything else: the request is gone too */
+    (void)ioctl(self->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+static PyObject *escalate(Loop *self, PyObject *callback, const struct seccomp_notif *req) {
+    PyObject *preread = PyTuple_New(self->raw_count);
+    if (!preread)
+        return NULL;
+    for (int i = 0; i < self->raw_count; i++) {
+        PyObject *pair = Py_BuildValue("(Ky#)", (unsigned long long)self->raw_addr[i], self->raw[i],
+                                       (Py_ssize_t)self->raw_len[i]);
+        if (!pair) {
+            Py_DECREF(preread);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(preread, i, pair);
+    }
+    const __u64 *a = req->data.args;
+    PyObject *result = PyObject_CallFunction(
+        callback, "KIi(KKKKKK)N", (unsigned long long)req->id, (unsigned int)req->pid, (int)req->data.nr,
+        (unsigned long long)a[0], (unsigned long long)a[1], (unsigned long long)a[2],
+        (unsigned long long)a[3], (unsigned long long)a[4], (unsigned long long)a[5], preread);
+    return result;
+}
+
+/* serve(callback): answer until every process under the filter has exited. */
+static PyObject *Loop_serve(Loop *self, PyObject *args) {
+    PyObject *callback;
+    if (!PyArg_ParseTuple(args, "O", &callback))
+        return NULL;
+    struct seccomp_notif req;
+    struct pollfd pfd = {self->listener, POLLIN, 0};
+    PyThreadState *ts = PyEval_SaveThread();
+    for (;;) {
+        int ready = poll(&pfd, 1, -1);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            int err = errno;
+            PyEval_RestoreThread(ts);
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (pfd.revents & (POLLHUP | POLLERR))
+            break; /* every process under the filter has exited */
+        memset(&req, 0, sizeof req); /* RECV wants a zeroed buffer */
+        if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0) {
+            if (errno == ENOENT || errno == EINTR)
+                continue; /* the target died or was signalled between poll and recv */
+            int err = errno;
+            PyEval_RestoreThread(ts);
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        self->received++;
+        self->raw_count = 0;
+        if (fast(self, &req)) {
+            self->continued++;
+            send_continue(self, req.id);
+            continue;
+        }
+        self->escalated++;
+        PyEval_RestoreThread(ts);
+        PyObject *result = escalate(self, callback, &req);
+        if (!result)
+            return NULL; /* the callback let an exception out (SystemExit...): the loop ends */
+        Py_DECREF(result);
+        ts = PyEval_SaveThread();
+    }
+    PyEval_RestoreThread(ts);
+    Py_RETURN_NONE;
+}
+
+/* decide(nr, pid, args, reads): the fast path's verdict for one made-up notification (tests): True for
+ * CONTINUE. ``reads`` stands in for the target's memory: the strings at the addresses the args name. */
+static PyObject *Loop_stats(Loop *self, PyObject *noargs) {
+    (void)noargs;
+    return Py_BuildValue("{s:K,s:K,s:K}", "received", self->received, "continued", self->continued,
+                         "escalated", self->escalated);
+}
+
+static PyObject *Loop_fast(Loop *self, PyObject *args) {
+    /* fast(nr, tid, args6): the verdict on a notification whose strings live in the calling process
+     * (tid = our own thread id): the tests compare it with the Python fast path. */
+    int nr;
+    unsigned int tid;
+    unsigned long long a[6];
+    if (!PyArg_ParseTuple(args, "iI(KKKKKK)", &nr, &tid, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5]))
+        return NULL;
+    struct seccomp_notif req;
+    memset(&req, 0, sizeof req);
+    req.pid = tid;
+    req.data.nr = nr;
+    for (int i = 0; i < 6; i++)
+        req.data.args[i] = a[i];
+    self->raw_count = 0;
+    int verdict;
+    Py_BEGIN_ALLOW_THREADS verdict = fast(self, &req);
+    Py_END_ALLOW_THREADS return PyBool_FromLong(verdict);
+}
+
+static PyObject *Loop_table(Loop *self, PyObject *noargs) {
+    (void)noargs;
+    PyObject *out = PyDict_New();
+    if (!out)
+        return NULL;
+    for (int nr = 0; nr < MAX_NR; nr++) {
+        const struct trap *t = &self->traps[nr];
+        if (t->kind < 0)
+            continue;
+        PyObject *entry = Py_BuildValue("(iiiiiii)", t->kind, t->path, t->dirfd, t->flags, t->mode, t->path2,
+                                        t->dirfd2);
+        PyObject *key = PyLong_FromLong(nr);
+        if (!entry || !key || PyDict_SetItem(out, key, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_XDECREF(key);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(entry);
+        Py_DECREF(key);
+    }
+    return out;
+}
+
+static void Loop_dealloc(Loop *self) {
+    Py_XDECREF(self->rights);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Loop(listener, rights, table: dict[nr, (kind, path, dirfd, flags, mode, path2, dirfd2)], linked) */
+static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
+    int listener, linked;
+    PyObject *rights, *table;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "iO!O!p", &listener, &RightsType, &rights, &PyDict_Type, &table, &linked))
+        return -1;
+    for (int nr = 0; nr < MAX_NR; nr++)
+        self->traps[nr].kind = -1;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        long nr = PyLong_AsLong(key);
+        int f[7];
+        if (nr == -1 && PyErr_Occurred())
+            return -1;
+        if (!PyArg_ParseTuple(value, "iiiiiii", &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6]))
+            return -1;
+        if (nr < 0 || nr >= MAX_NR || f[0] < 0 || f[0] > K_LAST) {
+            PyErr_Format(PyExc_ValueError, "bad trap table entry for syscall %ld", nr);
+            return -1;
+        }
+        for (int i = 1; i < 7; i++) {
+            if (f[i] < -1 || f[i] > 5) {
+                PyErr_Format(PyExc_ValueError, "bad argument index for syscall %ld", nr);
+                return -1;
+            }
+        }
+        int needs_path = f[0] != K_NONE;
+        if ((needs_path && f[1] < 0) || (f[0] == K_OPEN && (f[3] < 0 || f[4] < 0)) ||
+            (f[0] == K_CREAT && f[4] < 0) || (f[0] == K_MKNOD && f[4] < 0) || (f[0] == K_RENAME && f[5] < 0)) {
+            PyErr_Format(PyExc_ValueError, "incomplete trap table entry for syscall %ld", nr);
+            return -1;
+        }
+        struct trap *t = &self->traps[nr];
+        t->kind = (int8_t)f[0];
+        t->path = (int8_t)f[1];
+        t->dirfd = (int8_t)f[2];
+        t->flags = (int8_t)f[3];
+        t->mode = (int8_t)f[4];
+        t->path2 = (int8_t)f[5];
+        t->dirfd2 = (int8_t)f[6];
+    }
+    Py_INCREF(rights);
+    Py_XSETREF(self->rights, (Rights *)rights);
+    self->listener = listener;
+    self->linked = linked;
+    self->page = sysconf(_SC_PAGESIZE);
+    return 0;
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"serve", (PyCFunction)Loop_serve, METH_VARARGS,
+     "serve(callback): answer notifications until the listener hangs up; callback(nid, tid, nr, args, "
+     "reads) for everything the fast path does not CONTINUE (reads: ((address, bytes), ...) already read)."},
+    {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
+    {"fast", (PyCFunction)Loop_fast, METH_VARARGS, "fast(nr, tid, args): the fast path's verdict (tests)."},
+    {"table", (PyCFunction)Loop_table, METH_NOARGS, "The trap table as given (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.linux._notify.Loop",
+    .tp_basicsize = sizeof(Loop),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One command's notify loop: the fast path in C, everything else through a callback.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Loop_init,
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_methods = Loop_methods,
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "supervisor.linux._notify",
+    .m_doc = "The seccomp notify loop's GIL-free fast path (see notify.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__notify(void) {
+    if (PyType_Ready(&RightsType) < 0 || PyType_Ready(&LoopType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&RightsType);
+    Py_INCREF(&LoopType);
+    if (PyModule_AddObject(m, "Rights", (PyObject *)&RightsType) < 0 ||
+        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
+        PyModule_AddIntConstant(m, "K_NONE", K_NONE) < 0 || PyModule_AddIntConstant(m, "K_OPEN", K_OPEN) < 0 ||
+        PyModule_AddIntConstant(m, "K_CREAT", K_CREAT) < 0 || PyModule_AddIntConstant(m, "K_EXEC", K_EXEC) < 0 ||
+        PyModule_AddIntConstant(m, "K_UNLINK", K_UNLINK) < 0 ||
+        PyModule_AddIntConstant(m, "K_RMDIR", K_RMDIR) < 0 || PyModule_AddIntConstant(m, "K_MKDIR", K_MKDIR) < 0 ||
+        PyModule_AddIntConstant(m, "K_MKNOD", K_MKNOD) < 0 ||
+        PyModule_AddIntConstant(m, "K_SYMLINK", K_SYMLINK) < 0 ||
+        PyModule_AddIntConstant(m, "K_RENAME", K_RENAME) < 0 ||
+        PyModule_AddIntConstant(m, "K_TRUNCATE", K_TRUNCATE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,225 @@
+"""Landlock plans compiled once per policy (landlock.PlanCache): reused while the directories the compiler
+read are unchanged, recompiled the moment one of them changes. No timing here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from supervisor.linux import landlock
+from supervisor.linux.kernel import probe
+from supervisor.policy import PolicyOptions
+from supervisor.session import Session
+
+ABI = probe().landlock_abi
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Trust mtimes at once (the fixtures' directories were all just made: racy by the default rule)."""
+    monkeypatch.setattr(landlock, "_RACY_NS", 0)
+
+
+@pytest.fixture
+def session(home):
+    s = Session.create(PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work))
+    yield s
+    s.close()
+
+
+def _get(cache, session, extra=()):
+    entry, fd = cache.get(session.policy, ABI, list(extra))
+    os.close(fd)
+    return entry
+
+
+def _paths(entry) -> dict[str, int]:
+    return {rule.path: rule.rights for rule in entry.plan.rules}
+
+
+def test_one_compile_per_policy_and_the_same_plan_as_a_fresh_compile(session, settled):
+    cache = landlock.PlanCache()
+    first = _get(cache, session)
+    second, fd = cache.get(session.policy, ABI, [])
+    try:
+        assert second is first and cache.compiled == 1
+        assert fd != first.ruleset and os.fstat(fd)  # the caller's own dup of the cached ruleset
+    finally:
+        os.close(fd)
+    assert first.plan == landlock.compile_plan(session.policy, ABI)
+    assert _get(cache, session, session.route_grants()) is not first  # other extra grants: another plan
+    assert cache.compiled == 2
+
+
+def test_a_new_sibling_of_a_denied_node_recompiles(home, session, settled):
+    """--allow ~ with ~/.ssh denied grants ~'s entries one by one: a new one must be in the next plan."""
+    cache = landlock.PlanCache()
+    first = _get(cache, session)
+    new = home.home / "newdir"
+    assert str(new) not in _paths(first)
+    new.mkdir()
+    second = _get(cache, session)
+    assert second is not first and cache.compiled == 2
+    assert str(new) in _paths(second)
+    assert _get(cache, session) is second
+
+
+@pytest.mark.parametrize("change", ["remove", "replace by a symlink", "rename over", "file to dir"])
+def test_changing_an_expanded_entry_recompiles(home, session, settled, change):
+    (home.home / "entry").mkdir()
+    (home.home / "other").mkdir()
+    (home.home / "afile").write_text("x")
+    cache = landlock.PlanCache()
+    first = _get(cache, session)
+    if change == "remove":
+        (home.home / "entry").rmdir()
+    elif change == "replace by a symlink":
+        (home.home / "entry").rmdir()
+        (home.home / "entry").symlink_to(home.home / ".ssh")
+    elif change == "rename over":
+        os.rename(home.home / "other", home.home / "entry")
+    else:
+        (home.home / "afile").unlink()
+        (home.home / "afile").mkdir()
+    second = _get(cache, session)
+    assert second is not first
+    assert second.plan == landlock.compile_plan(session.policy, ABI)
+
+
+def test_a_grant_that_appears_later_recompiles(home, settled):
+    later = home.home / "later" / "deep"
+    s = Session.create(PolicyOptions(read=(str(later),)), env=home.env, workdir=str(home.work))
+    try:
+        cache = landlock.PlanCache()
+        first = _get(cache, s)
+        assert str(later) not in _paths(first)
+        assert _get(cache, s) is first
+        later.mkdir(parents=True)
+        second = _get(cache, s)
+        assert second is not first and str(later) in _paths(second)
+    finally:
+        s.close()
+
+
+def test_a_symlinked_grant_retargeted_recompiles(home, settled, tmp_path):
+    from dataclasses import replace
+
+    from supervisor.policy import Grant
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "one")
+    s = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        # a policy naming the link itself (the session's own resolution would already have followed it)
+        policy = replace(s.policy, grants=(*s.policy.grants, Grant(str(link), "read", "dir", "test")))
+        cache = landlock.PlanCache()
+        first, fd = cache.get(policy, ABI, [])
+        os.close(fd)
+        assert str(tmp_path / "one") in _paths(first)
+        link.unlink()
+        link.symlink_to(tmp_path / "two")
+        second, fd = cache.get(policy, ABI, [])
+        os.close(fd)
+        assert str(tmp_path / "two") in _paths(second) and str(tmp_path / "one") not in _paths(second)
+    finally:
+        s.close()
+
+
+def test_a_directory_changed_within_the_last_second_is_not_trusted(home, session):
+    """Two changes within one mtime tick leave the same mtime: a fresh listing is never cached."""
+    cache = landlock.PlanCache()
+    first = _get(cache, session)
+    assert first.fs.uncacheable  # ~ was just made
+    assert _get(cache, session) is not first and cache.compiled == 2
+
+
+def test_a_new_policy_object_gets_its_own_plan(session, settled, tmp_path):
+    cache = landlock.PlanCache()
+    first = _get(cache, session)
+    session.add_grant(str(tmp_path), "read", "dir")  # a human's session grant: a new policy
+    second = _get(cache, session)
+    assert second is not first and str(tmp_path) in _paths(second)
+
+
+def test_the_noted_realpath_is_os_path_realpath(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "rel").symlink_to("a/b")
+    (tmp_path / "abs").symlink_to(tmp_path / "a")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    (tmp_path / "chain").symlink_to("rel/../b")
+    (tmp_path / "dangling").symlink_to("nowhere/x")
+    (tmp_path / "a" / "up").symlink_to("../..")
+    names = ["a/b", "rel", "rel/c", "abs/b/../b", "loop1", "loop1/x", "chain", "dangling", "dangling/y",
+             "a/up/a/b", "missing/../a", "a/./b/", "a//b", ".", "a/b/../../rel/..", "abs/up", "a/up/up/up"]
+    for name in names:
+        path = f"{tmp_path}/{name}"
+        assert landlock._Fs().realpath(path) == os.path.realpath(path), name
+    assert landlock._Fs().realpath("/") == "/"
+
+
+def test_the_route_reuses_the_plan_and_a_new_directory_is_granted_at_once(home, monkeypatch):
+    """Through start_sandboxed (Landlock alone, so only the plan can grant it): the second command reuses
+    the first's plan; after a new directory appears in ~ (a sibling of the denied ~/.ssh), the next command
+    may write in it without any emulation."""
+    from supervisor import backend
+
+    monkeypatch.setattr(landlock, "_RACY_NS", 0)
+    monkeypatch.setattr(backend, "_plans", None)
+    s = Session.create(PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work),
+                       trap=False)
+
+    def run(script: str) -> int:
+        process = backend.start_sandboxed(s, "/bin/sh", ["sh", "-c", script], home.env, str(home.work),
+                                          (0, 1, 2), trap=False)
+        return os.waitstatus_to_exitcode(process.wait())
+
+    try:
+        assert run("true") == 0 and run("true") == 0
+        assert backend.plan_cache().compiled == 1
+        assert run(f"cat {home.key} 2>/dev/null") != 0  # the cached ruleset still denies the key
+        (home.home / "fresh").mkdir()
+        assert run(f"echo x > {home.home}/fresh/f") == 0
+        assert backend.plan_cache().compiled == 2
+        assert (home.home / "fresh" / "f").read_text() == "x\n"
+    finally:
+        s.close()
+        backend.plan_cache().clear()
+
+
+def test_the_plan_cache_is_per_supervisor_process_and_fds_do_not_leak(home, settled):
+    s = Session.create(PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work))
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        cache = landlock.PlanCache(size=2)
+        for i in range(6):
+            s.add_grant(str(home.root / f"g{i}"), "read", "dir")  # a new policy each time
+            _get(cache, s)
+        assert len(os.listdir("/proc/self/fd")) <= before + 2
+        cache.clear()
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        s.close()
+
+
+
+def test_a_grant_root_removed_and_made_again_recompiles(home, settled, tmp_path):
+    """The cached ruleset holds the old directory's inode, so the new one cannot get its number: the
+    lookup's identity changes, and the next command's plan names the new directory."""
+    root = tmp_path / "root"
+    root.mkdir()
+    s = Session.create(PolicyOptions(read=(str(root),)), env=home.env, workdir=str(home.work))
+    try:
+        cache = landlock.PlanCache()
+        first = _get(cache, s)
+        for _ in range(20):  # inode numbers are reused eagerly; none of these may pass for the old one
+            root.rmdir()
+            root.mkdir()
+            again = _get(cache, s)
+            assert again is not first
+            first = again
+    finally:
+        s.close()
