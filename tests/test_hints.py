@@ -73,7 +73,15 @@ def test_a_unix_socket_hint_lets_the_connect_through(home):
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(4)
-    threading.Thread(target=lambda: [server.accept() for _ in range(2)], daemon=True).start()
+    def serve() -> None:
+        for _ in range(2):
+            try:
+                server.accept()[0].close()
+            except OSError:
+                return  # closed by the test
+
+    accepting = threading.Thread(target=serve, daemon=True)
+    accepting.start()
     client = f"{sys.executable} -c \"import socket; socket.socket(socket.AF_UNIX).connect('{path}')\""
     try:
         denied = _exec(home, client)
@@ -82,7 +90,9 @@ def test_a_unix_socket_hint_lets_the_connect_through(home):
         granted = _exec(home, client, found[0].group(4), found[0].group(5))
         assert granted.returncode == 0, granted.stderr
     finally:
+        server.shutdown(socket.SHUT_RDWR)
         server.close()
+        accepting.join(5)
 
 
 def test_never_grantable_paths_name_no_flag(home):
