@@ -109,28 +109,46 @@ FLIP_OPS = ["rename", "unlink", "truncate", "open-trunc", "chmod", "utime", "set
             "mkdir", "mkfifo", "create"]
 
 
-def _ssh_state(home: Home) -> tuple:
-    return sorted(os.listdir(home.key.parent)), _snapshot(home.key)
+def _state(protected: Path) -> tuple:
+    key = protected / "id_rsa"
+    return sorted(os.listdir(protected)), _snapshot(key)
+
+
+# Where the supervisor carries operations out (Landlock alone cannot express them), and the denied
+# directory next to it: under --allow ~, directly in ~ beside ~/.ssh; under the default profile with a
+# --deny inside the workdir, directly in the workdir beside the denied directory.
+FLIP_SETUPS = {
+    "allow-home": lambda home: (home.home, home.key.parent, ("--allow", "~")),
+    "default-deny": lambda home: (home.work, home.work / "secret", ("--deny", str(home.work / "secret"))),
+}
 
 
 @pytest.mark.parametrize("op", FLIP_OPS)
+@pytest.mark.parametrize("setup", list(FLIP_SETUPS))
 @USERS
-def test_chdir_flip_never_redirects_an_emulated_operation_into_a_denied_tree(request, user, op):
-    """The check and the act are one resolution from one pinned cwd: a thread flipping the cwd between
-    ``~`` (where ``--allow ~`` lets the supervisor act) and ``~/.ssh`` cannot move the act into ``~/.ssh``."""
+def test_chdir_flip_never_redirects_an_emulated_operation_into_a_denied_tree(request, user, setup, op):
+    """The check and the act are one resolution from one pinned cwd: a thread flipping the cwd between the
+    directory where the supervisor acts and a denied one next to it cannot move the act into the latter."""
     home = _home(request, user)
-    before = _ssh_state(home)
-    args = (op, str(home.home), str(home.key.parent), "600")
-    result = _sandboxed(home, FLIP, *args, flags=("--allow", "~"), user=user)
+    allowed, denied, flags = FLIP_SETUPS[setup](home)
+    if not denied.exists():
+        denied.mkdir()
+        (denied / "id_rsa").write_text(FAKE_KEY + "\n")
+        for path in (denied, denied / "id_rsa"):
+            os.lchown(path, home.owner, home.owner)
+    before = _state(denied)
+    args = (op, str(allowed), str(denied), "600")
+    result = _sandboxed(home, FLIP, *args, flags=flags, user=user)
     assert result.returncode == 0, result.stderr
-    assert int(_fields(result.stdout)["done"]) > 0, result.stderr  # the operation itself is allowed in ~
-    assert _ssh_state(home) == before
-    # The twin: bare, the same flip lands the operation in ~/.ssh (scheduling decides how often: retry).
+    assert int(_fields(result.stdout)["done"]) > 0, result.stderr  # the operation itself is allowed there
+    assert _state(denied) == before
+    # The twin: bare, the same flip lands the operation in the denied directory (scheduling decides how
+    # often: retry).
     for _attempt in range(5):
         _bare(home, FLIP, *args, user=user)
-        if _ssh_state(home) != before:
+        if _state(denied) != before:
             return
-    pytest.fail("the flip never reached ~/.ssh even without the sandbox: the test proves nothing")
+    pytest.fail("the flip never reached the denied directory even without the sandbox: it proves nothing")
 
 
 # ---- the dup2 swap against every socket call -------------------------------------------------------------
@@ -227,15 +245,16 @@ class _Receiver:
 
 
 @pytest.mark.parametrize("call", ["connect", "sendto", "sendmsg", "sendmmsg"])
+@PROFILES
 @USERS
-def test_dup2_swap_never_reaches_a_denied_unix_socket(request, user, call):
+def test_dup2_swap_never_reaches_a_denied_unix_socket(request, user, flags, call):
     """The socket's family was checked on one object, the call ran on another: now the supervisor performs
     the call on its own copy of the socket it checked, so a swapped-in unix socket reaches nothing."""
     home = _home(request, user)
     kind = socket.SOCK_STREAM if call == "connect" else socket.SOCK_DGRAM
     receiver = _Receiver(home.key.parent / "agent.sock", kind, home.owner)
     try:
-        result = _sandboxed(home, SWAP, call, str(receiver.path), "1500", flags=("--allow", "~"), user=user)
+        result = _sandboxed(home, SWAP, call, str(receiver.path), "1500", flags=flags, user=user)
         assert result.returncode == 0, result.stderr
         time.sleep(0.3)
         assert receiver.count == 0
