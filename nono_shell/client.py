@@ -106,7 +106,9 @@ def run(argv: list[str]) -> int:
             conversation.receive(message)
         except transport.Closed:
             raise _Failure("the supervisor went away; the command was killed") from None
-        except (OSError, protocol.ProtocolError) as e:
+        except (OSError, protocol.ProtocolError, SystemError) as e:
+            # SystemError: _json's scanner, used without the json package, fails that way on a raw control
+            # character inside a string (it cannot build its JSONDecodeError); still one line and 125.
             raise _Failure(f"protocol error: {e}") from None
         if isinstance(message, protocol.Refused):
             raise _Failure(message.reason)

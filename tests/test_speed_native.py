@@ -81,17 +81,45 @@ def test_a_malformed_table_is_refused():
         _notify.Loop(-1, rights, {2: (99, 0, -1, 1, 2, -1, -1)}, False)
 
 
+ALIASES = (("/l", "/a/b"), ("/a/b/back", "/x"), ("/chain", "/l/c"), ("/loop", "/loop2"), ("/loop2", "/loop"))
+
+
 def test_the_c_rights_table_is_rights_index():
     rules = (
         Rule("/", READ, "r"), Rule("/a/b", WRITE, "w"), Rule("/a/bc", A["make_reg"], "m"), Rule("/x", 0, "z")
     )
-    plan = LandlockPlan(7, handled_fs(7), 0, 0, rules)
+    plan = LandlockPlan(7, handled_fs(7), 0, 0, rules, aliases=ALIASES)
     index = RightsIndex(plan)
     native = index.native()
-    paths = ["/", "/a", "/a/b", "/a/b/c", "/a/bc", "/a/bcd", "/a/b/c/d/e", "/x", "/x/y", "/b", "/a/b/", "//a"]
+    paths = ["/", "/a", "/a/b", "/a/b/c", "/a/bc", "/a/bcd", "/a/b/c/d/e", "/x", "/x/y", "/b", "/a/b/", "//a",
+             "/l", "/l/c", "/lx", "/l/back/y", "/chain", "/chain/d", "/loop/z", "/a/b/back"]
     bits = [*ACCESS_FS.items(), ("none", 0), ("rw", READ | WRITE)]
     for path, (name, bit) in itertools.product(paths, bits):
         assert native.allows(path.encode(), bit) == index.allows(path, bit), (path, name)
+    for path in paths:
+        assert native.dealias(path.encode()) == index.dealias(path).encode(), path
+    assert index.dealias("/chain/d") == "/a/b/c/d" and index.dealias("/l/back/y") == "/x/y"
+
+
+def test_a_symlinked_system_directory_is_looked_up_where_it_leads(tmp_path):
+    """On a merged /usr, /lib and /bin are links: the loader's opens of /lib/... and an exec of /bin/bash
+    are decided on the fast path by the rules of /usr/lib and /usr/bin, where the kernel finds them."""
+    from supervisor.linux.landlock import compile_plan
+    from supervisor.policy import PolicyOptions
+    from supervisor.session import Session
+
+    if not os.path.islink("/lib"):
+        pytest.skip("/lib is not a symlink here")
+    session = Session.create(PolicyOptions())
+    try:
+        plan = compile_plan(session.policy, 7)
+    finally:
+        session.close()
+    assert ("/lib", os.path.realpath("/lib")) in plan.aliases
+    index = RightsIndex(plan)
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    assert index.allows(libc, A["read_file"]) and index.native().allows(libc.encode(), A["read_file"])
+    assert not index.allows("/lib/x86_64-linux-gnu/libc.so.6", A["write_file"])
 
 
 # ---- the same decisions as the Python fast path --------------------------------------------------------
@@ -127,8 +155,11 @@ def tree(tmp_path, monkeypatch):
         Rule(f"{top}/w", READ | WRITE, "allow"),
         Rule(f"{top}/wx", A["execute"], "exec only"),
     )
-    # the root grants reads; x/ and the tree's top grant nothing more (deny-inside-allow's siblings)
-    return tmp_path, LandlockPlan(7, handled_fs(7), 0, 0, rules)
+    # the root grants reads; x/ and the tree's top grant nothing more (deny-inside-allow's siblings);
+    # lw and lr are links to w and r, w/back a link to x, chain a link through lw
+    aliases = ((f"{top}/lw", f"{top}/w"), (f"{top}/lr", f"{top}/r"), (f"{top}/w/back", f"{top}/x"),
+               (f"{top}/chain", f"{top}/lw/sub"))
+    return tmp_path, LandlockPlan(7, handled_fs(7), 0, 0, rules, aliases=aliases)
 
 
 def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
@@ -166,6 +197,8 @@ def _cases(top: str, dirfds: dict[str, int]):
         b"/proc/self/fd/1", b"/proc", b"/process/x", b"/dev/stdout", b"/dev/fd/0", b"/dev/null",
         b"/tmp/../proc/self/cwd", f"{top}/w/\xff\xfe".encode(errors="surrogateescape") + b"\xff",
         b"a" * 5000, f"{top}/w/".encode() + b"b" * 4000,
+        f"{top}/lw/f".encode(), f"{top}/lr/f".encode(), f"{top}/lw".encode(), b"../lw/new", b"back/f",
+        f"{top}/w/back/f".encode(), f"{top}/chain/f".encode(), f"{top}/lwx/f".encode(), b"../lr/../lw/f",
     ]
     open_flags = [
         os.O_RDONLY, os.O_WRONLY, os.O_RDWR, 3, os.O_RDONLY | os.O_DIRECTORY, os.O_WRONLY | os.O_CREAT,

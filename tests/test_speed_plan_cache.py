@@ -223,3 +223,31 @@ def test_a_grant_root_removed_and_made_again_recompiles(home, settled, tmp_path)
             first = again
     finally:
         s.close()
+
+
+def test_the_c_check_of_the_notes_is_the_python_one(home, settled, tmp_path):
+    """landlock._Fs.still_valid runs in C (_notify.Stamps): after each kind of change it answers as the
+    Python check does."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "e").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    (tmp_path / "file").write_text("x")
+    changes = [
+        lambda: None,
+        lambda: (tmp_path / "d" / "new").mkdir(),
+        lambda: (tmp_path / "link").unlink() or (tmp_path / "link").symlink_to(tmp_path / "d" / "e"),
+        lambda: (tmp_path / "file").unlink(),
+        lambda: (tmp_path / "file").mkdir(),
+        lambda: os.rename(tmp_path / "d", tmp_path / "d2"),
+        lambda: (tmp_path / "missing").mkdir(),
+    ]
+    for change in changes:
+        fs = landlock._Fs()
+        fs.realpath(str(tmp_path / "link" / "e"))
+        fs.exists(str(tmp_path / "file"))
+        fs.exists(str(tmp_path / "missing" / "deep"))
+        fs.listdir(str(tmp_path / "d")) if (tmp_path / "d").exists() else None
+        assert fs.still_valid() and fs._still_valid_python()
+        change()
+        assert fs.still_valid() == fs._still_valid_python()
+        assert fs._checker is not None and fs._checker is not False

@@ -95,7 +95,14 @@ typedef struct {
     size_t *lens;
     uint64_t *rights;
     Py_ssize_t count;
+    /* aliases: a symlinked prefix -> the real path it leads to (RightsIndex.dealias) */
+    size_t amask;
+    char **akeys, **avalues;
+    size_t *alens, *avlens;
+    Py_ssize_t acount;
 } Rights;
+
+#define MAX_ALIASES 8 /* landlock._MAX_ALIASES */
 
 static uint64_t hash_bytes(const char *s, size_t n) {
     uint64_t h = 1469598103934665603ull;
@@ -116,6 +123,51 @@ static int rights_lookup(const Rights *r, const char *s, size_t n, uint64_t *out
         i = (i + 1) & r->mask;
     }
     return 0;
+}
+
+static const char *alias_lookup(const Rights *r, const char *s, size_t n, size_t *vlen) {
+    size_t i = (size_t)hash_bytes(s, n) & r->amask;
+    while (r->akeys[i]) {
+        if (r->alens[i] == n && memcmp(r->akeys[i], s, n) == 0) {
+            *vlen = r->avlens[i];
+            return r->avalues[i];
+        }
+        i = (i + 1) & r->amask;
+    }
+    return NULL;
+}
+
+/* RightsIndex.dealias into out (room bytes); its length, or 0 if it does not fit. */
+static size_t dealias(const Rights *r, const char *path, size_t n, char *out, size_t room) {
+    if (n >= room)
+        return 0;
+    memmove(out, path, n);
+    out[n] = 0;
+    if (!r->acount)
+        return n;
+    for (int round = 0; round < MAX_ALIASES; round++) {
+        size_t prefix = n, vlen;
+        const char *target;
+        for (;;) {
+            target = alias_lookup(r, out, prefix, &vlen);
+            if (target)
+                break;
+            if (prefix <= 1)
+                return n;
+            size_t cut = prefix - 1;
+            while (cut > 0 && out[cut] != '/')
+                cut--;
+            prefix = cut ? cut : 1;
+        }
+        size_t rest = n - prefix;
+        if (vlen + rest >= room)
+            return 0;
+        memmove(out + vlen, out + prefix, rest);
+        memcpy(out, target, vlen);
+        n = vlen + rest;
+        out[n] = 0;
+    }
+    return n;
 }
 
 /* RightsIndex.allows: the union of the rules on the path and on each ancestor covers ``needed``. */
@@ -144,18 +196,35 @@ static void Rights_dealloc(Rights *self) {
         for (size_t i = 0; i <= self->mask; i++)
             PyMem_Free(self->keys[i]);
     }
+    if (self->akeys) {
+        for (size_t i = 0; i <= self->amask; i++) {
+            PyMem_Free(self->akeys[i]);
+            PyMem_Free(self->avalues[i]);
+        }
+    }
+    PyMem_Free(self->akeys);
+    PyMem_Free(self->avalues);
+    PyMem_Free(self->alens);
+    PyMem_Free(self->avlens);
     PyMem_Free(self->keys);
     PyMem_Free(self->lens);
     PyMem_Free(self->rights);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Rights(rules: list[tuple[bytes, int]], handled: int) */
+static char *copy_bytes(const char *s, Py_ssize_t n) {
+    char *out = PyMem_Malloc(n ? n : 1);
+    if (out)
+        memcpy(out, s, n);
+    return out;
+}
+
+/* Rights(rules: list[tuple[bytes, int]], handled: int, aliases: list[tuple[bytes, bytes]] = []) */
 static int Rights_init(Rights *self, PyObject *args, PyObject *kw) {
-    PyObject *rules;
+    PyObject *rules, *aliases = NULL;
     unsigned long long handled;
     (void)kw;
-    if (!PyArg_ParseTuple(args, "O!K", &PyList_Type, &rules, &handled))
+    if (!PyArg_ParseTuple(args, "O!K|O!", &PyList_Type, &rules, &handled, &PyList_Type, &aliases))
         return -1;
     if (self->keys) {
         PyErr_SetString(PyExc_RuntimeError, "Rights is built once");
@@ -196,6 +265,42 @@ static int Rights_init(Rights *self, PyObject *args, PyObject *kw) {
         }
         self->rights[i] |= bits; /* a dict keeps the last; the plan has each path once */
     }
+    Py_ssize_t acount = aliases ? PyList_GET_SIZE(aliases) : 0;
+    size_t asize = 4;
+    while (asize < (size_t)acount * 2 + 1)
+        asize *= 2;
+    self->akeys = PyMem_Calloc(asize, sizeof(char *));
+    self->avalues = PyMem_Calloc(asize, sizeof(char *));
+    self->alens = PyMem_Calloc(asize, sizeof(size_t));
+    self->avlens = PyMem_Calloc(asize, sizeof(size_t));
+    self->amask = asize - 1;
+    if (!self->akeys || !self->avalues || !self->alens || !self->avlens) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < acount; k++) {
+        const char *link, *real;
+        Py_ssize_t ln, rn;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(aliases, k), "y#y#", &link, &ln, &real, &rn))
+            return -1;
+        size_t i = (size_t)hash_bytes(link, (size_t)ln) & self->amask;
+        while (self->akeys[i] && !(self->alens[i] == (size_t)ln && memcmp(self->akeys[i], link, ln) == 0))
+            i = (i + 1) & self->amask;
+        if (!self->akeys[i]) {
+            self->acount++;
+        } else {
+            PyMem_Free(self->akeys[i]);
+            PyMem_Free(self->avalues[i]);
+        }
+        self->akeys[i] = copy_bytes(link, ln);
+        self->avalues[i] = copy_bytes(real, rn);
+        if (!self->akeys[i] || !self->avalues[i]) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->alens[i] = (size_t)ln;
+        self->avlens[i] = (size_t)rn;
+    }
     return 0;
 }
 
@@ -203,13 +308,28 @@ static PyObject *Rights_allows(Rights *self, PyObject *args) {
     const char *path;
     Py_ssize_t n;
     unsigned long long needed;
+    char out[3 * PATH_MAX_];
     if (!PyArg_ParseTuple(args, "y#K", &path, &n, &needed))
         return NULL;
-    return PyBool_FromLong(rights_allow(self, path, (size_t)n, needed));
+    size_t m = dealias(self, path, (size_t)n, out, sizeof out);
+    return PyBool_FromLong(m && rights_allow(self, out, m, needed));
+}
+
+static PyObject *Rights_dealias(Rights *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    char out[3 * PATH_MAX_];
+    if (!PyArg_ParseTuple(args, "y#", &path, &n))
+        return NULL;
+    size_t m = dealias(self, path, (size_t)n, out, sizeof out);
+    if (!m)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(out, (Py_ssize_t)m);
 }
 
 static PyMethodDef Rights_methods[] = {
     {"allows", (PyCFunction)Rights_allows, METH_VARARGS, "RightsIndex.allows on a bytes path (tests)."},
+    {"dealias", (PyCFunction)Rights_dealias, METH_VARARGS, "RightsIndex.dealias on a bytes path (tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -222,6 +342,151 @@ static PyTypeObject RightsType = {
     .tp_init = (initproc)Rights_init,
     .tp_dealloc = (destructor)Rights_dealloc,
     .tp_methods = Rights_methods,
+};
+
+/* ---- Stamps: landlock._Fs.still_valid in C ---------------------------------------------------------- */
+
+struct stamp {
+    char *path;
+    int kind;         /* 0: identity (lstat), 1: listing (stat) */
+    int present;      /* what was noted existed */
+    uint64_t a, b, c, d; /* identity: dev, ino, type; listing: dev, ino, mtime_ns, ctime_ns */
+    char *target;     /* identity of a symlink: its text */
+    size_t target_len;
+};
+
+typedef struct {
+    PyObject_HEAD
+    struct stamp *items;
+    Py_ssize_t count;
+} Stamps;
+
+static void Stamps_dealloc(Stamps *self) {
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        PyMem_Free(self->items[i].path);
+        PyMem_Free(self->items[i].target);
+    }
+    PyMem_Free(self->items);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int stamp_add(Stamps *self, PyObject *item, int kind) {
+    const char *path;
+    Py_ssize_t n;
+    PyObject *noted;
+    struct stamp *st = &self->items[self->count];
+    memset(st, 0, sizeof *st);
+    if (!PyArg_ParseTuple(item, "y#O", &path, &n, &noted))
+        return -1;
+    st->path = PyMem_Malloc(n + 1);
+    if (!st->path) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(st->path, path, n);
+    st->path[n] = 0;
+    st->kind = kind;
+    self->count++;
+    if (noted == Py_None)
+        return 0;
+    unsigned long long a, b, c;
+    if (kind == 0) {
+        const char *target;
+        Py_ssize_t tn;
+        if (!PyArg_ParseTuple(noted, "KKKy#", &a, &b, &c, &target, &tn))
+            return -1;
+        st->target = PyMem_Malloc(tn + 1);
+        if (!st->target) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(st->target, target, tn);
+        st->target_len = (size_t)tn;
+    } else {
+        unsigned long long d;
+        if (!PyArg_ParseTuple(noted, "KKKK", &a, &b, &c, &d))
+            return -1;
+        st->d = d;
+    }
+    st->present = 1;
+    st->a = a, st->b = b, st->c = c;
+    return 0;
+}
+
+/* Stamps(identities: [(path, (dev, ino, type, link text) | None)], listings: [(path, (dev, ino, mtime_ns,
+ * ctime_ns) | None)]) */
+static int Stamps_init(Stamps *self, PyObject *args, PyObject *kw) {
+    PyObject *identities, *listings;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &identities, &PyList_Type, &listings))
+        return -1;
+    if (self->items) {
+        PyErr_SetString(PyExc_RuntimeError, "Stamps is built once");
+        return -1;
+    }
+    Py_ssize_t total = PyList_GET_SIZE(identities) + PyList_GET_SIZE(listings);
+    self->items = PyMem_Calloc(total ? total : 1, sizeof(struct stamp));
+    if (!self->items) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(identities); i++)
+        if (stamp_add(self, PyList_GET_ITEM(identities, i), 0) < 0)
+            return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(listings); i++)
+        if (stamp_add(self, PyList_GET_ITEM(listings, i), 1) < 0)
+            return -1;
+    return 0;
+}
+
+static int stamp_holds(const struct stamp *st, char *link) {
+    struct stat sb;
+    if ((st->kind == 0 ? lstat(st->path, &sb) : stat(st->path, &sb)) != 0)
+        return !st->present;
+    if (!st->present)
+        return 0;
+    if ((uint64_t)sb.st_dev != st->a || (uint64_t)sb.st_ino != st->b)
+        return 0;
+    if (st->kind == 1) {
+        uint64_t mtime = (uint64_t)sb.st_mtim.tv_sec * 1000000000u + (uint64_t)sb.st_mtim.tv_nsec;
+        uint64_t ctime = (uint64_t)sb.st_ctim.tv_sec * 1000000000u + (uint64_t)sb.st_ctim.tv_nsec;
+        return mtime == st->c && ctime == st->d;
+    }
+    if ((uint64_t)(sb.st_mode & S_IFMT) != st->c)
+        return 0;
+    if (!S_ISLNK(sb.st_mode))
+        return st->target_len == 0;
+    ssize_t n = readlink(st->path, link, LINK_MAX_);
+    if (n < 0) /* as _identity: an unreadable link's text is "\0" */
+        return st->target_len == 1 && st->target[0] == 0;
+    return (size_t)n == st->target_len && memcmp(link, st->target, (size_t)n) == 0;
+}
+
+static PyObject *Stamps_valid(Stamps *self, PyObject *noargs) {
+    (void)noargs;
+    int ok = 1;
+    char *link = PyMem_RawMalloc(LINK_MAX_);
+    if (!link)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < self->count && ok; i++) ok = stamp_holds(&self->items[i], link);
+    Py_END_ALLOW_THREADS PyMem_RawFree(link);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef Stamps_methods[] = {
+    {"valid", (PyCFunction)Stamps_valid, METH_NOARGS, "Whether every noted lookup still finds the same."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StampsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.linux._notify.Stamps",
+    .tp_basicsize = sizeof(Stamps),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What a Landlock plan's compiler read of the filesystem (landlock._Fs), checked in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Stamps_init,
+    .tp_dealloc = (destructor)Stamps_dealloc,
+    .tp_methods = Stamps_methods,
 };
 
 /* ---- Loop ---------------------------------------------------------------------------------------------- */
@@ -242,6 +507,7 @@ typedef struct {
     char link[LINK_MAX_];
     char joined[LINK_MAX_ + PATH_MAX_ + 2];
     char norm[LINK_MAX_ + PATH_MAX_ + 2];
+    char real[3 * PATH_MAX_ + LINK_MAX_];
 } Loop;
 
 /* Reader.read_string: the NUL-terminated string at ``address`` (at most PATH_MAX bytes read, split at
@@ -351,8 +617,12 @@ static size_t dirname_len(const char *p, size_t n) {
     return i;
 }
 
+/* RightsIndex.allows(norm[:n], needed): through the aliases, then the rules. */
 static int allows_at(Loop *self, size_t n, uint64_t needed) {
-    return n && rights_allow(self->rights, self->norm, n, needed);
+    if (!n)
+        return 0;
+    size_t m = dealias(self->rights, self->norm, n, self->real, sizeof self->real);
+    return m && rights_allow(self->rights, self->real, m, needed);
 }
 
 static uint64_t open_rights(uint32_t flags) {
@@ -692,14 +962,16 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__notify(void) {
-    if (PyType_Ready(&RightsType) < 0 || PyType_Ready(&LoopType) < 0)
+    if (PyType_Ready(&RightsType) < 0 || PyType_Ready(&LoopType) < 0 || PyType_Ready(&StampsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     Py_INCREF(&RightsType);
     Py_INCREF(&LoopType);
+    Py_INCREF(&StampsType);
     if (PyModule_AddObject(m, "Rights", (PyObject *)&RightsType) < 0 ||
+        PyModule_AddObject(m, "Stamps", (PyObject *)&StampsType) < 0 ||
         PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
         PyModule_AddIntConstant(m, "K_NONE", K_NONE) < 0 || PyModule_AddIntConstant(m, "K_OPEN", K_OPEN) < 0 ||
         PyModule_AddIntConstant(m, "K_CREAT", K_CREAT) < 0 || PyModule_AddIntConstant(m, "K_EXEC", K_EXEC) < 0 ||

@@ -134,6 +134,9 @@ class LandlockPlan:
     rules: tuple[Rule, ...]
     notes: tuple[str, ...] = field(default=())
     connect_ports: tuple[int, ...] = ()  # TCP ports connect() may reach despite handled_net (the proxy's)
+    # Symlinks the compiler met on the policy's paths, each with the real path it resolves to (/lib ->
+    # /usr/lib on a merged /usr): the lexical fast path looks the rules up where the kernel will find them.
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -157,9 +160,28 @@ class RightsIndex:
 
     def __init__(self, plan: LandlockPlan) -> None:
         self._rules = {rule.path: rule.rights for rule in plan.rules}
+        self._aliases = dict(plan.aliases)
         self.handled = plan.handled_fs
         self._native = None
         self._native_lock = threading.Lock()
+
+    def dealias(self, path: str) -> str:
+        """``path`` with its longest symlinked prefix replaced by where the link leads, repeatedly (at
+        most ``_MAX_ALIASES`` times): a real path has none, and is returned as it is."""
+        aliases = self._aliases
+        if not aliases:
+            return path
+        for _ in range(_MAX_ALIASES):
+            prefix = path
+            while True:
+                target = aliases.get(prefix)
+                if target is not None:
+                    path = target + path[len(prefix) :]
+                    break
+                if len(prefix) <= 1:
+                    return path
+                prefix = prefix[: prefix.rindex("/")] or "/"
+        return path
 
     def native(self):
         """The same rules for the notify loop's C fast path (``_notify.Rights``), built once."""
@@ -168,7 +190,8 @@ class RightsIndex:
                 from supervisor.linux import _notify
 
                 rules = [(os.fsencode(path), rights) for path, rights in self._rules.items()]
-                self._native = _notify.Rights(rules, self.handled)
+                aliases = [(os.fsencode(link), os.fsencode(real)) for link, real in self._aliases.items()]
+                self._native = _notify.Rights(rules, self.handled, aliases)
             return self._native
 
     def rights(self, path: str) -> int:
@@ -181,7 +204,7 @@ class RightsIndex:
 
     def allows(self, path: str, needed: int) -> bool:
         needed &= self.handled  # a right this kernel does not handle is not restricted by it
-        return self.rights(path) & needed == needed
+        return self.rights(self.dealias(path)) & needed == needed
 
 
 @dataclass(frozen=True)
@@ -200,6 +223,7 @@ def _rights(grant: Grant) -> int:
     return rights & FILE_RIGHTS if grant.kind == "file" else rights
 
 
+_MAX_ALIASES = 8  # symlinked prefixes replaced in one lookup (the C fast path has the same bound)
 _RACY_NS = 1_000_000_000  # a directory changed this recently may change again within the same mtime tick
 
 
@@ -249,7 +273,9 @@ class _Fs:
     def __init__(self) -> None:
         self.identities: dict[str, tuple[int, int, int, str] | None] = {}
         self.listings: dict[str, tuple[int, int, int, int] | None] = {}
+        self.aliases: dict[str, str] = {}  # a symlink met on the way -> the real path it resolved to
         self.uncacheable = False
+        self._checker = None
 
     def _list_stamp(self, path: str) -> tuple[int, int, int, int] | None:
         if path not in self.listings:
@@ -328,9 +354,27 @@ class _Fs:
             if not ok:
                 return os.path.join(path, rest), False
             seen[newpath] = path
+            if newpath.startswith("/") and path.startswith("/"):
+                self.aliases[newpath] = os.path.normpath(path)
         return path, True
 
     def still_valid(self) -> bool:
+        """Every note still holds (one lstat, stat or readlink each; in C when it is built)."""
+        if self._checker is None:
+            try:
+                from supervisor.linux import _notify
+            except ImportError:
+                self._checker = False
+            else:
+                self._checker = _notify.Stamps(
+                    [(os.fsencode(p), i and (*i[:3], os.fsencode(i[3]))) for p, i in self.identities.items()],
+                    [(os.fsencode(p), stamp) for p, stamp in self.listings.items()],
+                )
+        if self._checker:
+            return self._checker.valid()
+        return self._still_valid_python()
+
+    def _still_valid_python(self) -> bool:
         for path, identity in self.identities.items():
             if _identity(path, _lstat(path)) != identity:
                 return False
@@ -447,7 +491,8 @@ def compile_plan(
     if not scoped:
         notes.append(f"Landlock ABI {abi} < 6: signals and abstract unix sockets are not scoped")
     rules = tuple(Rule(path, rights, why) for path, (rights, why) in sorted(compiler.rules.items()))
-    return LandlockPlan(abi, mask, handled_net, scoped, rules, tuple(notes), ports)
+    aliases = tuple(sorted(fs.aliases.items()))
+    return LandlockPlan(abi, mask, handled_net, scoped, rules, tuple(notes), ports, aliases)
 
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:
