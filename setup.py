@@ -42,6 +42,10 @@ if sys.platform.startswith("linux"):
     ext_modules.append(Extension("supervisor.linux._spawn", ["supervisor/linux/_spawn.c"]))
     # The notify loop's fast path without the GIL (see _notify.c).
     ext_modules.append(Extension("supervisor.linux._notify", ["supervisor/linux/_notify.c"]))
+    # Preloaded into commands whose plain reads are not trapped: asks again where Landlock refused one.
+    ext_modules.append(
+        Extension("supervisor.linux._readretry", ["supervisor/linux/_readretry.c"], libraries=["dl"])
+    )
 if sys.platform.startswith("linux") or sys.platform == "darwin":
     # Preloaded into the agent (LD_PRELOAD / DYLD_INSERT_LIBRARIES); not a Python module, never imported.
     ext_modules.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -58,6 +59,7 @@ def start_sandboxed(
     on_decision: Callable[[str, object], None] | None = None,
     consent: Callable[[str, str, str, bool], bool] | None = None,
     trap: bool = True,
+    untrapped_reads: bool = False,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
@@ -67,6 +69,9 @@ def start_sandboxed(
     denials are seen and reported through ``on_decision(decision, denial)`` and grants Landlock cannot
     express are carried out by the supervisor; ``consent(op, path, rule, is_dir)`` may let a human allow
     what the policy denies, while the syscall waits.
+
+    ``untrapped_reads`` (a command's, not the agent's): plain reads are left to Landlock where that loses
+    nothing a dynamically linked process could report (``_untrapped_reads``; README "Plain reads").
     """
     if sys.platform.startswith("linux"):
         from supervisor.linux import sandbox, seccomp
@@ -83,19 +88,23 @@ def start_sandboxed(
                     " every connect to tie it to its command. Hint: drop --no-trap, or use --net-block"
                 )
             net = session.netproxy()  # Landlock's backstop: TCP connect to the proxy's port only
-        launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty)
-        # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
-        cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
-        plan = cached.plan
-        if not trap:
-            return sandbox.start(plan, launch, ruleset=ruleset)
-        if not (support.seccomp_notify and support.seccomp_addfd):
+        if trap and not (support.seccomp_notify and support.seccomp_addfd):
             raise SandboxError(
                 "seccomp user notification with ADDFD is not available (needs Linux >= 5.14)."
                 " Hint: --no-trap runs with Landlock alone"
             )
         from supervisor.linux.notify import NotifyLoop
 
+        linked = trap and bool(session.linked_denied(policy))
+        reads = trap and untrapped_reads and _untrapped_reads(NotifyLoop, linked)
+        if reads:
+            env = _preloaded(env, reads)
+        launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty)
+        # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
+        cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
+        plan = cached.plan
+        if not trap:
+            return sandbox.start(plan, launch, ruleset=ruleset)
         rights = cached.rights
         access = session.access_index(policy)
 
@@ -110,13 +119,14 @@ def start_sandboxed(
                 net_block=policy.net_block,
                 own_terminals=session.own_terminals(),
                 linked_denied=lambda: session.linked_denied(policy),
+                linked=linked,
             )
             if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
                 loop.net_proxy = net.client(policy, consent, argv, on_decision)
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_mode)
+        program = seccomp.build_program(policy.net_mode, trap_reads=not reads)
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
@@ -129,6 +139,27 @@ def start_sandboxed(
             session, policy or session.policy, path, argv, env, cwd, stdio, ctty=ctty, on_decision=on_decision
         )
     raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
+
+
+def _untrapped_reads(loop_class: type, linked: bool) -> str | None:
+    """The read-retry library to preload when the command's plain reads may be left to Landlock (issue
+    13), else None: every read is trapped for a loop that must see them all (the agent's), while a denied
+    file has several names (Landlock follows names: each regular-file open must be checked on its inode),
+    where the library is not built (a denial could not be reported even where the process can), and with
+    NONO_TRAP_READS=1 in the supervisor's environment (bench/bench_speed.py's comparison)."""
+    from supervisor.linux.notify import read_retry_library, wants_every_notification
+
+    if linked or wants_every_notification(loop_class) or os.environ.get("NONO_TRAP_READS") == "1":
+        return None
+    return read_retry_library()
+
+
+def _preloaded(env: dict[str, str], library: str) -> dict[str, str]:
+    """``env`` with ``library`` in LD_PRELOAD (once: nested commands inherit it through nono-shell)."""
+    current = env.get("LD_PRELOAD", "")
+    if library in current.replace(":", " ").split():
+        return env
+    return {**env, "LD_PRELOAD": f"{current} {library}".strip()}
 
 
 def finish(process) -> None:

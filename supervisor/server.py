@@ -401,6 +401,7 @@ class Server:
                     on_decision=report.record,
                     consent=consent.allows,
                     trap=self.session.trap,
+                    untrapped_reads=True,  # a command: plain reads are Landlock's (backend)
                 )
             except NonoError as e:
                 if lease:

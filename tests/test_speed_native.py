@@ -147,6 +147,7 @@ def tree(tmp_path, monkeypatch):
         (tmp_path / name).mkdir(parents=True)
     (tmp_path / "w" / "f").write_text("x")
     (tmp_path / "r" / "f").write_text("x")
+    (tmp_path / "x" / "sink").write_text("")  # a /dev/null: writable, in a directory that is not
     monkeypatch.chdir(tmp_path / "w")
     top = str(tmp_path)
     rules = (
@@ -154,6 +155,7 @@ def tree(tmp_path, monkeypatch):
         Rule(f"{top}/r", READ, "read"),
         Rule(f"{top}/w", READ | WRITE, "allow"),
         Rule(f"{top}/wx", A["execute"], "exec only"),
+        Rule(f"{top}/x/sink", A["read_file"] | A["write_file"] | A["truncate"], "a device"),
     )
     # the root grants reads; x/ and the tree's top grant nothing more (deny-inside-allow's siblings);
     # lw and lr are links to w and r, w/back a link to x, chain a link through lw
@@ -197,6 +199,8 @@ def _cases(top: str, dirfds: dict[str, int]):
         b"/proc/self/fd/1", b"/proc", b"/process/x", b"/dev/stdout", b"/dev/fd/0", b"/dev/null",
         b"/tmp/../proc/self/cwd", f"{top}/w/\xff\xfe".encode(errors="surrogateescape") + b"\xff",
         b"a" * 5000, f"{top}/w/".encode() + b"b" * 4000,
+        f"{top}/x/sink".encode(), b"../x/sink", b"../x/sink/", f"{top}/x/nosink".encode(),
+        f"{top}/r".encode(),
         f"{top}/lw/f".encode(), f"{top}/lr/f".encode(), f"{top}/lw".encode(), b"../lw/new", b"back/f",
         f"{top}/w/back/f".encode(), f"{top}/chain/f".encode(), f"{top}/lwx/f".encode(), b"../lr/../lw/f",
     ]
@@ -306,13 +310,13 @@ def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
     script = textwrap.dedent(f"""
         import os
         for _ in range(500):
-            os.close(os.open("data", os.O_RDONLY))  # fast: the workdir is in the baseline
+            os.close(os.open("data", os.O_RDWR))  # fast: the workdir is in the baseline
         for _ in range(20):
             try:
-                os.open({str(home.key)!r}, os.O_RDONLY)
+                os.open({str(home.key)!r}, os.O_RDWR)
             except PermissionError:
                 pass
-    """)
+    """)  # O_RDWR: plain reads are not trapped at all (test_speed_reads.py)
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     seen = []
     try:
@@ -353,7 +357,7 @@ def test_a_dead_c_loop_fails_closed_mid_command(home, monkeypatch):
         for i in range(400):
             name = "/proc/self/cwd/README" if i < 200 else {str(home.work / "README")!r}
             try:
-                os.close(os.open(name, os.O_RDONLY)); ok += 1
+                os.close(os.open(name, os.O_RDWR)); ok += 1
             except OSError as e:
                 fail += 1; code = e.errno
         print(ok, fail, errno.errorcode[code] if fail else "-")
@@ -392,7 +396,7 @@ def test_what_the_c_loop_read_is_what_python_decides_on(home, monkeypatch):
 
     monkeypatch.setattr(Reader, "read_string", counting)
     script = (
-        f"import os\ntry:\n    os.open({str(home.key)!r}, os.O_RDONLY)\nexcept OSError as e:\n"
+        f"import os\ntry:\n    os.open({str(home.key)!r}, os.O_RDWR)\nexcept OSError as e:\n"
         "    print(e.errno)"
     )
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))

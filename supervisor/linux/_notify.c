@@ -670,7 +670,11 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
         if (!allows_at(self, n, open_rights(flags)))
             return 0;
-        return !creating || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG);
+        if (!creating || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
+            return 1;
+        /* NotifyLoop._may_create: a file already there is opened, not created (> /dev/null) */
+        struct stat sb;
+        return stat(self->norm, &sb) == 0 && !S_ISDIR(sb.st_mode);
     }
     case K_EXEC:
         if (!read_string(self, tid, arg(req, t->path), 0))

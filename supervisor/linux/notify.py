@@ -73,6 +73,10 @@ _NEVER_SETID = "setuid/setgid bits: never grantable"
 class NotifyLoop(threading.Thread):
     """Answers one command tree's notifications until the last process holding the filter exits."""
 
+    # A loop that must see every read (the agent's: its own reads are asked about and reported at once,
+    # static binaries included) sets this; so does any subclass that replaces ``_dispatch``.
+    every_read = False
+
     def __init__(
         self,
         listener: int,
@@ -85,6 +89,7 @@ class NotifyLoop(threading.Thread):
         net_block: bool = False,
         own_terminals: frozenset[str] = frozenset(),
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
+        linked: bool | None = None,
     ) -> None:
         super().__init__(name=f"nono-notify-{listener}", daemon=True)
         self.listener = listener
@@ -98,7 +103,7 @@ class NotifyLoop(threading.Thread):
         self.checker = Checker(access, self._ask, linked_denied)
         # With a multi-linked denied file somewhere, no regular-file open may be CONTINUEd: Landlock
         # follows the name, and another name of the file may lie inside a grant.
-        self._linked = bool(linked_denied())
+        self._linked = bool(linked_denied()) if linked is None else linked  # the filter was chosen by it
         self.reader = Reader()
         self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
         self._native = _native_loop(self, listener, rights)
@@ -294,6 +299,17 @@ class NotifyLoop(threading.Thread):
         """CONTINUE, only if the Landlock baseline alone grants ``needed`` on ``path`` (invariant 1)."""
         return CONTINUE if path is not None and self.rights.allows(path, needed) else None
 
+    def _may_create(self, lexical: str) -> bool:
+        """An O_CREAT open on the fast path: Landlock asks make_reg of the parent only where the kernel
+        creates; a file already there (``> /dev/null``) needs only what ``_open_rights`` asked (the C fast
+        path makes the same stat)."""
+        if self.rights.allows(os.path.dirname(lexical), _A["make_reg"]):
+            return True
+        try:
+            return not stat.S_ISDIR(os.stat(lexical).st_mode)
+        except (OSError, ValueError):
+            return False
+
     def _pin(self, tid: int, dirfd: int | None, raw: bytes, follow: bool, empty: bool = False):
         return resolve_bytes(tid, dirfd, raw, follow=follow, empty_path=empty)
 
@@ -380,7 +396,7 @@ class NotifyLoop(threading.Thread):
         if not untrusted_how and (not self._linked or flags & os.O_DIRECTORY):
             lexical = self._lexical(tid, dirfd, raw)
             fast = self._continue(lexical, needed)
-            if fast and (not creating or self.rights.allows(os.path.dirname(lexical), _A["make_reg"])):
+            if fast and (not creating or self._may_create(lexical)):
                 return fast
         exclusive = flags & os.O_CREAT and flags & os.O_EXCL
         resolved = self._pin(tid, dirfd, raw, follow=not (flags & os.O_NOFOLLOW or exclusive))
@@ -1008,6 +1024,23 @@ def _rename_errno(source: Pin, target: Pin, flags: int) -> int:
 
 
 _DISPATCH = NotifyLoop._dispatch  # the class itself, whatever a test later binds the name to
+
+
+def wants_every_notification(cls: type) -> bool:
+    """Whether a loop class must see every read too (so the filter traps plain reads for it)."""
+    return bool(getattr(cls, "every_read", False)) or getattr(cls, "_dispatch", None) is not _DISPATCH
+
+
+def read_retry_library() -> str | None:
+    """The library preloaded into commands whose plain reads are untrapped (``_readretry.c``), if built."""
+    import importlib.machinery
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = os.path.join(here, f"_readretry{suffix}")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 # The C fast path's kinds (_notify.c ``enum kind``): which lexical fast path a trapped syscall has there.
 _NATIVE_KINDS = {"exec": 3, "unlink": 4, "rmdir": 5, "mkdir": 6, "mknod": 7, "symlink": 8, "rename": 9,

@@ -121,18 +121,35 @@ _IPPROTO_TCP = 6
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 
 
-def build_program(net: str | bool = "open") -> bytes:
+# Plain reads: an open or openat whose flags have none of these bits asks Landlock for read_file (or nothing,
+# O_PATH) and nothing else, so Landlock alone decides every outcome. Without ``trap_reads`` the filter lets
+# them through untrapped (issue 13: 86-100% of the notifications of content-heavy work). What that gives up,
+# and what keeps it sound, is in the README ("Plain reads"); O_DIRECTORY stays trapped (listing the parent
+# of a denied node is the supervisor's), and so does openat2 (its flags are in memory).
+PLAIN_READ_EXCLUDES = (
+    os.O_WRONLY,
+    os.O_RDWR,
+    os.O_CREAT,
+    os.O_TRUNC,
+    os.O_DIRECTORY,
+    0o20000000,  # __O_TMPFILE (O_TMPFILE is it with O_DIRECTORY)
+)
+UNTRAPPED_READS = {"open": 1, "openat": 2}  # syscall -> its flags argument
+
+
+def build_program(net: str | bool = "open", *, trap_reads: bool = True) -> bytes:
     """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed).
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
-    Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only."""
+    Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
+    ``trap_reads=False``: plain reads (``PLAIN_READ_EXCLUDES``) of open and openat are not trapped."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
-    return _program(net in (True, "block", "domains"))
+    return _program(net in (True, "block", "domains"), trap_reads)
 
 
 @cache
-def _program(net_block: bool) -> bytes:
+def _program(net_block: bool, trap_reads: bool = True) -> bytes:
     import pyseccomp
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
@@ -140,7 +157,12 @@ def _program(net_block: bool) -> bytes:
     for trap in TRAPS:
         if trap.net_block and not net_block:
             continue
-        if trap.name == "socket":
+        if trap.name in UNTRAPPED_READS and not trap_reads:
+            # trapped when any one of the bits is set: rules for one syscall are ORed
+            for bit in PLAIN_READ_EXCLUDES:
+                flag = pyseccomp.Arg(UNTRAPPED_READS[trap.name], pyseccomp.MASKED_EQ, bit, bit)
+                flt.add_rule(pyseccomp.NOTIFY, trap.name, flag)
+        elif trap.name == "socket":
             for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
                 flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
         elif trap.name == "setsockopt":
