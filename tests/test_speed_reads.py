@@ -210,3 +210,31 @@ def test_the_read_retry_library_is_in_the_commands_environment_once(home):
     assert result.stdout.split("\n")[:2] == [lib, lib]
     no_trap = _exec(home, "bash", "-c", "echo \"[$LD_PRELOAD]\"", flags=("--allow", "~", "--no-trap"))
     assert no_trap.stdout == "[]\n"  # Landlock alone: nothing to ask again
+
+
+OPENAT2 = """
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = libc.syscall(437, -100, sys.argv[1].encode(), struct.pack("=QQQ", os.O_RDONLY, 0, 0), 24)
+print(("errno=%d" % ctypes.get_errno()) if fd < 0 else os.read(fd, 1 << 20).decode(errors="replace"))
+"""
+
+
+@pytest.mark.parametrize("how", ["cat", "openat2", "static"])
+@pytest.mark.parametrize("what", ["environ", "mem"])
+def test_another_processs_proc_is_never_opened_by_the_supervisor(home, readers, how, what):
+    """The supervisor's own /proc/PID/environ holds the session's secrets: Landlock's ptrace scoping
+    refuses it to the command, and the supervisor, which acts as itself, must refuse it too (a retried
+    plain read, or an openat2, is carried out by the supervisor where it is not refused)."""
+    secret = "nono-supervisor-secret-5e1"
+    env = {**home.env, "NONO_TEST_SUPERVISOR_SECRET": secret}
+    find = 'K=$(awk "{print \\$4}" /proc/$PPID/stat)'  # the keeper's parent: the supervisor
+    reader = {"cat": "cat", "openat2": f"{sys.executable} -c '{OPENAT2}'", "static": readers["static"]}[how]
+    result = _exec(home, "bash", "-c", f'{find}; {reader} /proc/$K/{what}; echo rc=$?', env=env)
+    assert secret not in result.stdout
+    assert "errno=13" in result.stdout or "Permission denied" in result.stderr, result
+    own = _exec(home, "bash", "-c", f"{reader} /proc/self/environ", env=env)  # its own: as bare
+    assert "NONO_TEST_SUPERVISOR_SECRET" in own.stdout or what == "mem"
+    twin = home.run(["bash", "-c", "sleep 5 & sleep 0.3; cat /proc/$!/environ; kill $!"], env=env)
+    assert secret in twin.stdout  # without the sandbox, a process of the same user reads it

@@ -31,7 +31,7 @@ from supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Den
 from supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import ACCESS_FS, RightsIndex
-from supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
+from supervisor.linux.resolve import FdRef, Pin, Reader, _tgid, resolve_bytes
 from supervisor.linux.seccomp import TRAPS, Trap
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
@@ -68,6 +68,7 @@ _A = ACCESS_FS
 _O_ACCMODE, _O_WRONLY, _O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
 _MAGIC_PREFIXES = ("/proc", "/dev/fd", "/dev/std")  # resolved in the target's view: never the fast path
 _NEVER_SETID = "setuid/setgid bits: never grantable"
+_FOREIGN_PROC_RULE = "another process's /proc (Landlock's ptrace scoping)"
 
 
 class NotifyLoop(threading.Thread):
@@ -324,6 +325,11 @@ class NotifyLoop(threading.Thread):
 
     def _decide(self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False) -> Permit | Deny:
         """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's)."""
+        if _foreign_proc(pin.path, self._tid):
+            # What the supervisor carries out, it does as itself, outside the command's Landlock domain:
+            # another process's /proc (the supervisor's own environ or mem included) is refused here, as
+            # Landlock's ptrace scoping refuses it to the command.
+            return Deny(errno.EACCES, Denial(op, pin.path, _FOREIGN_PROC_RULE, pin.is_dir, self._tid))
         outcome = self.checker.decide(op, pin, baseline)
         if isinstance(outcome, Refusal):
             return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
@@ -930,6 +936,14 @@ class NotifyLoop(threading.Thread):
             resolved.close()
 
         return Emulate(act, release=release)
+
+
+def _foreign_proc(path: str, tid: int) -> bool:
+    """``path`` is inside /proc/<pid> of a process other than the target's own."""
+    if not path.startswith("/proc/"):
+        return False
+    pid = path[6:].split("/", 1)[0]
+    return pid.isdigit() and int(pid) != tid and int(pid) != _tgid(tid)
 
 
 def _carry_out(emulation: Emulate) -> Decision:
