@@ -36,6 +36,7 @@ class BuildWithClient(build_ext):
                 error = e
         print(f"warning: {CLIENT} not linked ({error}); the shims use the Python client")
 
+
 ext_modules = []
 if sys.platform.startswith("linux"):
     # fork + Landlock + seccomp + exec with only raw syscalls in the child (see _spawn.c).

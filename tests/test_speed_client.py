@@ -100,7 +100,10 @@ def _run(shim: Path, args: list[str], env: dict[str, str], **kw) -> subprocess.C
 @pytest.fixture
 def env(tmp_path):
     return {
-        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp_path), "NONO_SOCKET": str(tmp_path / "s")
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(tmp_path),
+        "NONO_SOCKET": str(tmp_path / "s"),
     }
 
 
@@ -114,7 +117,7 @@ def test_the_request_is_byte_for_byte_the_python_clients(both, env, tmp_path):
         "EMPTY": "",
         "EQ": "a=b=c",
     }
-    args = ["-c", 'echo "$@"', "x", os.fsdecode(b"arg\xff\xc0\x80"), "ünï", "", "\\\"", "\x1b[31m"]
+    args = ["-c", 'echo "$@"', "x", os.fsdecode(b"arg\xff\xc0\x80"), "ünï", "", '\\"', "\x1b[31m"]
     try:
         for kind in ("c", "python"):
             result = _run(both[kind] / "bash", args, {**env, **weird}, cwd=tmp_path)
@@ -173,17 +176,30 @@ def test_closed_stdio_and_a_terminal(both, env, tmp_path):
                 import termios
 
                 fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 121, 0, 0))
-                result = subprocess.run([str(both[kind] / "bash"), "-c", "true"], env=env, stdin=secondary,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+                result = subprocess.run(
+                    [str(both[kind] / "bash"), "-c", "true"],
+                    env=env,
+                    stdin=secondary,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    timeout=30,
+                )
                 assert result.returncode == 0
             finally:
                 os.close(primary)
                 os.close(secondary)
-            assert subprocess.run(  # stdout closed: not sent
-                [str(both[kind] / "bash"), "-c", "true"], env=env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=30,
-                preexec_fn=lambda: os.close(1),
-            ).returncode == 0
+            assert (
+                subprocess.run(  # stdout closed: not sent
+                    [str(both[kind] / "bash"), "-c", "true"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL,
+                    timeout=30,
+                    preexec_fn=lambda: os.close(1),
+                ).returncode
+                == 0
+            )
         c_tty, c_closed, py_tty, py_closed = fake.requests
         assert c_tty == py_tty and c_closed == py_closed
         assert protocol._decode_body(c_tty).tty == {"isatty": [0], "winsize": [121, 33]}
@@ -282,8 +298,9 @@ def test_signals_are_forwarded_once_the_command_is_handed_over(both, env, tmp_pa
     fake = FakeSupervisor(tmp_path / "s", script)
     try:
         for kind in ("c", "python"):
-            client = subprocess.Popen([str(both[kind] / "bash"), "-c", "sleep 100"], env=env,
-                                      stderr=subprocess.PIPE)
+            client = subprocess.Popen(
+                [str(both[kind] / "bash"), "-c", "sleep 100"], env=env, stderr=subprocess.PIPE
+            )
             deadline = time.monotonic() + 20
             while len(fake.requests) < len(got) + 1 and time.monotonic() < deadline:
                 time.sleep(0.01)

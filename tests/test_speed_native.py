@@ -86,13 +86,36 @@ ALIASES = (("/l", "/a/b"), ("/a/b/back", "/x"), ("/chain", "/l/c"), ("/loop", "/
 
 def test_the_c_rights_table_is_rights_index():
     rules = (
-        Rule("/", READ, "r"), Rule("/a/b", WRITE, "w"), Rule("/a/bc", A["make_reg"], "m"), Rule("/x", 0, "z")
+        Rule("/", READ, "r"),
+        Rule("/a/b", WRITE, "w"),
+        Rule("/a/bc", A["make_reg"], "m"),
+        Rule("/x", 0, "z"),
     )
     plan = LandlockPlan(7, handled_fs(7), 0, 0, rules, aliases=ALIASES)
     index = RightsIndex(plan)
     native = index.native()
-    paths = ["/", "/a", "/a/b", "/a/b/c", "/a/bc", "/a/bcd", "/a/b/c/d/e", "/x", "/x/y", "/b", "/a/b/", "//a",
-             "/l", "/l/c", "/lx", "/l/back/y", "/chain", "/chain/d", "/loop/z", "/a/b/back"]
+    paths = [
+        "/",
+        "/a",
+        "/a/b",
+        "/a/b/c",
+        "/a/bc",
+        "/a/bcd",
+        "/a/b/c/d/e",
+        "/x",
+        "/x/y",
+        "/b",
+        "/a/b/",
+        "//a",
+        "/l",
+        "/l/c",
+        "/lx",
+        "/l/back/y",
+        "/chain",
+        "/chain/d",
+        "/loop/z",
+        "/a/b/back",
+    ]
     bits = [*ACCESS_FS.items(), ("none", 0), ("rw", READ | WRITE)]
     for path, (name, bit) in itertools.product(paths, bits):
         assert native.allows(path.encode(), bit) == index.allows(path, bit), (path, name)
@@ -159,8 +182,12 @@ def tree(tmp_path, monkeypatch):
     )
     # the root grants reads; x/ and the tree's top grant nothing more (deny-inside-allow's siblings);
     # lw and lr are links to w and r, w/back a link to x, chain a link through lw
-    aliases = ((f"{top}/lw", f"{top}/w"), (f"{top}/lr", f"{top}/r"), (f"{top}/w/back", f"{top}/x"),
-               (f"{top}/chain", f"{top}/lw/sub"))
+    aliases = (
+        (f"{top}/lw", f"{top}/w"),
+        (f"{top}/lr", f"{top}/r"),
+        (f"{top}/w/back", f"{top}/x"),
+        (f"{top}/chain", f"{top}/lw/sub"),
+    )
     return tmp_path, LandlockPlan(7, handled_fs(7), 0, 0, rules, aliases=aliases)
 
 
@@ -175,9 +202,15 @@ def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
     finally:
         session.close()
     dummy = os.open("/dev/null", os.O_RDONLY)
-    loop = notify.NotifyLoop(dummy, RightsIndex(plan), access, lambda *_: None,
-                             linked_denied=lambda: frozenset({(1, 1)}) if linked else frozenset())
+    loop = notify.NotifyLoop(
+        dummy,
+        RightsIndex(plan),
+        access,
+        lambda *_: None,
+        linked_denied=lambda: frozenset({(1, 1)}) if linked else frozenset(),
+    )
     os.close(dummy)
+
     def reached(*_args, **_kw):
         raise _Reached
 
@@ -192,22 +225,69 @@ def _strings(values: list[bytes]):
 
 def _cases(top: str, dirfds: dict[str, int]):
     paths = [
-        b"f", b"./f", b"sub/../f", b"../r/f", b"../x/f", b"../wx/f", b"../../", b"", b"sub/", b".", b"..",
-        f"{top}/w/f".encode(), f"{top}/w/../r/f".encode(), f"/{top}/w/f".encode(), f"//{top}/w/f".encode(),
-        f"{top}/w//sub/./f".encode(), f"{top}/wx".encode(), f"{top}/w".encode(), f"{top}/x/f".encode(),
-        f"{top}/r/f".encode(), f"{top}/r/sub".encode(), f"{top}/r/new".encode(), b"/", b"/etc/passwd",
-        b"/proc/self/fd/1", b"/proc", b"/process/x", b"/dev/stdout", b"/dev/fd/0", b"/dev/null",
-        b"/tmp/../proc/self/cwd", f"{top}/w/\xff\xfe".encode(errors="surrogateescape") + b"\xff",
-        b"a" * 5000, f"{top}/w/".encode() + b"b" * 4000,
-        f"{top}/x/sink".encode(), b"../x/sink", b"../x/sink/", f"{top}/x/nosink".encode(),
+        b"f",
+        b"./f",
+        b"sub/../f",
+        b"../r/f",
+        b"../x/f",
+        b"../wx/f",
+        b"../../",
+        b"",
+        b"sub/",
+        b".",
+        b"..",
+        f"{top}/w/f".encode(),
+        f"{top}/w/../r/f".encode(),
+        f"/{top}/w/f".encode(),
+        f"//{top}/w/f".encode(),
+        f"{top}/w//sub/./f".encode(),
+        f"{top}/wx".encode(),
+        f"{top}/w".encode(),
+        f"{top}/x/f".encode(),
+        f"{top}/r/f".encode(),
+        f"{top}/r/sub".encode(),
+        f"{top}/r/new".encode(),
+        b"/",
+        b"/etc/passwd",
+        b"/proc/self/fd/1",
+        b"/proc",
+        b"/process/x",
+        b"/dev/stdout",
+        b"/dev/fd/0",
+        b"/dev/null",
+        b"/tmp/../proc/self/cwd",
+        f"{top}/w/\xff\xfe".encode(errors="surrogateescape") + b"\xff",
+        b"a" * 5000,
+        f"{top}/w/".encode() + b"b" * 4000,
+        f"{top}/x/sink".encode(),
+        b"../x/sink",
+        b"../x/sink/",
+        f"{top}/x/nosink".encode(),
         f"{top}/r".encode(),
-        f"{top}/lw/f".encode(), f"{top}/lr/f".encode(), f"{top}/lw".encode(), b"../lw/new", b"back/f",
-        f"{top}/w/back/f".encode(), f"{top}/chain/f".encode(), f"{top}/lwx/f".encode(), b"../lr/../lw/f",
+        f"{top}/lw/f".encode(),
+        f"{top}/lr/f".encode(),
+        f"{top}/lw".encode(),
+        b"../lw/new",
+        b"back/f",
+        f"{top}/w/back/f".encode(),
+        f"{top}/chain/f".encode(),
+        f"{top}/lwx/f".encode(),
+        b"../lr/../lw/f",
     ]
     open_flags = [
-        os.O_RDONLY, os.O_WRONLY, os.O_RDWR, 3, os.O_RDONLY | os.O_DIRECTORY, os.O_WRONLY | os.O_CREAT,
-        os.O_RDWR | os.O_CREAT | os.O_EXCL, os.O_WRONLY | os.O_TRUNC, os.O_RDONLY | os.O_TRUNC, os.O_PATH,
-        os.O_PATH | os.O_CREAT, os.O_TMPFILE | os.O_RDWR, os.O_RDONLY | os.O_NOFOLLOW,
+        os.O_RDONLY,
+        os.O_WRONLY,
+        os.O_RDWR,
+        3,
+        os.O_RDONLY | os.O_DIRECTORY,
+        os.O_WRONLY | os.O_CREAT,
+        os.O_RDWR | os.O_CREAT | os.O_EXCL,
+        os.O_WRONLY | os.O_TRUNC,
+        os.O_RDONLY | os.O_TRUNC,
+        os.O_PATH,
+        os.O_PATH | os.O_CREAT,
+        os.O_TMPFILE | os.O_RDWR,
+        os.O_RDONLY | os.O_NOFOLLOW,
         os.O_RDONLY | (1 << 40),
     ]
     modes = [0o644, 0o4755, 0o2755 | (1 << 40)]
@@ -229,8 +309,17 @@ def _cases(top: str, dirfds: dict[str, int]):
             yield "renameat2", [b"f", path], lambda a, d=fd: [at_fdcwd, a[0], d, a[1], 1, 0]
         for name in ("unlink", "rmdir", "mkdir", "truncate"):
             yield name, [path], lambda a: [a[0], 0o755, 0, 0, 0, 0]
-        for kind in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFDIR,
-                     stat.S_IFREG | 0o4755, stat.S_IFIFO | (1 << 33)):
+        for kind in (
+            0,
+            stat.S_IFREG,
+            stat.S_IFIFO,
+            stat.S_IFSOCK,
+            stat.S_IFCHR,
+            stat.S_IFBLK,
+            stat.S_IFDIR,
+            stat.S_IFREG | 0o4755,
+            stat.S_IFIFO | (1 << 33),
+        ):
             yield "mknod", [path], lambda a, k=kind: [a[0], k | 0o644, 0, 0, 0, 0]
             yield "mknodat", [path], lambda a, k=kind: [at_fdcwd, a[0], k | 0o644, 0, 0, 0]
         yield "symlink", [b"target", path], lambda a: [a[0], a[1], 0, 0, 0, 0]
@@ -320,8 +409,15 @@ def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     seen = []
     try:
-        process = start_sandboxed(session, sys.executable, [sys.executable, "-c", script], home.env,
-                                  str(home.work), (0, 1, 2), on_decision=lambda *a: seen.append(a))
+        process = start_sandboxed(
+            session,
+            sys.executable,
+            [sys.executable, "-c", script],
+            home.env,
+            str(home.work),
+            (0, 1, 2),
+            on_decision=lambda *a: seen.append(a),
+        )
         assert process.wait() == 0
         finish(process)
         process.notify.join(5)
@@ -366,8 +462,14 @@ def test_a_dead_c_loop_fails_closed_mid_command(home, monkeypatch):
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     read_end, write_end = os.pipe()
     try:
-        process = start_sandboxed(session, sys.executable, [sys.executable, "-c", script], home.env,
-                                  str(home.work), (0, write_end, 2))
+        process = start_sandboxed(
+            session,
+            sys.executable,
+            [sys.executable, "-c", script],
+            home.env,
+            str(home.work),
+            (0, write_end, 2),
+        )
         os.close(write_end)
         process.wait()
         ok, fail, code = os.read(read_end, 4096).decode().split()
@@ -402,8 +504,14 @@ def test_what_the_c_loop_read_is_what_python_decides_on(home, monkeypatch):
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     read_end, write_end = os.pipe()
     try:
-        process = start_sandboxed(session, sys.executable, [sys.executable, "-c", script], home.env,
-                                  str(home.work), (0, write_end, 2))
+        process = start_sandboxed(
+            session,
+            sys.executable,
+            [sys.executable, "-c", script],
+            home.env,
+            str(home.work),
+            (0, write_end, 2),
+        )
         os.close(write_end)
         process.wait()
         out = os.read(read_end, 4096).decode().split()
@@ -417,8 +525,9 @@ def test_what_the_c_loop_read_is_what_python_decides_on(home, monkeypatch):
 
 
 def test_without_the_extension_the_python_loop_answers(home):
-    result = _exec(home, "bash", "-c", f"cat {home.work / 'README'}; cat {home.key}",
-                   env={"NONO_NOTIFY_NATIVE": "0"})
+    result = _exec(
+        home, "bash", "-c", f"cat {home.work / 'README'}; cat {home.key}", env={"NONO_NOTIFY_NATIVE": "0"}
+    )
     assert "a file in the workdir" in result.stdout and FAKE_KEY not in result.stdout
     assert "nono: denied read" in result.stderr
     assert Path(notify.__file__).with_name("_notify.c").exists()

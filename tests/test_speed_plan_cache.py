@@ -153,8 +153,25 @@ def test_the_noted_realpath_is_os_path_realpath(tmp_path):
     (tmp_path / "chain").symlink_to("rel/../b")
     (tmp_path / "dangling").symlink_to("nowhere/x")
     (tmp_path / "a" / "up").symlink_to("../..")
-    names = ["a/b", "rel", "rel/c", "abs/b/../b", "loop1", "loop1/x", "chain", "dangling", "dangling/y",
-             "a/up/a/b", "missing/../a", "a/./b/", "a//b", ".", "a/b/../../rel/..", "abs/up", "a/up/up/up"]
+    names = [
+        "a/b",
+        "rel",
+        "rel/c",
+        "abs/b/../b",
+        "loop1",
+        "loop1/x",
+        "chain",
+        "dangling",
+        "dangling/y",
+        "a/up/a/b",
+        "missing/../a",
+        "a/./b/",
+        "a//b",
+        ".",
+        "a/b/../../rel/..",
+        "abs/up",
+        "a/up/up/up",
+    ]
     for name in names:
         path = f"{tmp_path}/{name}"
         assert landlock._Fs().realpath(path) == os.path.realpath(path), name
@@ -169,12 +186,14 @@ def test_the_route_reuses_the_plan_and_a_new_directory_is_granted_at_once(home, 
 
     monkeypatch.setattr(landlock, "_RACY_NS", 0)
     monkeypatch.setattr(backend, "_plans", None)
-    s = Session.create(PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work),
-                       trap=False)
+    s = Session.create(
+        PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work), trap=False
+    )
 
     def run(script: str) -> int:
-        process = backend.start_sandboxed(s, "/bin/sh", ["sh", "-c", script], home.env, str(home.work),
-                                          (0, 1, 2), trap=False)
+        process = backend.start_sandboxed(
+            s, "/bin/sh", ["sh", "-c", script], home.env, str(home.work), (0, 1, 2), trap=False
+        )
         return os.waitstatus_to_exitcode(process.wait())
 
     try:
@@ -203,7 +222,6 @@ def test_the_plan_cache_is_per_supervisor_process_and_fds_do_not_leak(home, sett
         assert len(os.listdir("/proc/self/fd")) == before
     finally:
         s.close()
-
 
 
 def test_a_grant_root_removed_and_made_again_recompiles(home, settled, tmp_path):

@@ -29,8 +29,9 @@ def readers(home):
     out = {}
     for kind, flags in (("dynamic", []), ("static", ["-static"])):
         target = home.work / f"plain_read_{kind}"
-        built = subprocess.run(["cc", "-O2", "-o", str(target), str(C_DIR / "plain_read.c"), *flags],
-                               capture_output=True)
+        built = subprocess.run(
+            ["cc", "-O2", "-o", str(target), str(C_DIR / "plain_read.c"), *flags], capture_output=True
+        )
         if built.returncode != 0:
             pytest.skip(f"cannot build a {kind} binary here: {built.stderr.decode()[-200:]}")
         out[kind] = str(target)
@@ -50,9 +51,17 @@ def _in_process(home, argv, *, consent=None, stdio=(0, 1, 2), untrapped_reads=Tr
     session = Session.create(PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work))
     seen = []
     try:
-        process = start_sandboxed(session, argv[0], argv, home.env, str(home.work), stdio,
-                                  on_decision=lambda *a: seen.append(a), consent=consent,
-                                  untrapped_reads=untrapped_reads)
+        process = start_sandboxed(
+            session,
+            argv[0],
+            argv,
+            home.env,
+            str(home.work),
+            stdio,
+            on_decision=lambda *a: seen.append(a),
+            consent=consent,
+            untrapped_reads=untrapped_reads,
+        )
         status = process.wait()
         finish(process)
         process.notify.join(5)
@@ -128,8 +137,9 @@ def test_a_question_on_a_denied_plain_read_is_still_asked_and_its_grant_emulated
 
     read_end, write_end = os.pipe()
     try:
-        status, seen, _stats = _in_process(home, [readers["dynamic"], str(home.key)], consent=consent,
-                                           stdio=(0, write_end, 2))
+        status, seen, _stats = _in_process(
+            home, [readers["dynamic"], str(home.key)], consent=consent, stdio=(0, write_end, 2)
+        )
         os.close(write_end)
         out = os.read(read_end, 65536).decode()
     finally:
@@ -182,7 +192,7 @@ def test_the_agent_and_any_caller_that_does_not_ask_keep_every_read_trapped(home
     script = "import os\nfor _ in range(300):\n    os.close(os.open('README', os.O_RDONLY))"
     status, _seen, stats = _in_process(home, [sys.executable, "-c", script], untrapped_reads=False)
     assert status == 0 and stats["received"] >= 300
-    result = _exec(home, "bash", "-c", "echo \"$LD_PRELOAD\"")
+    result = _exec(home, "bash", "-c", 'echo "$LD_PRELOAD"')
     assert notify.read_retry_library() in result.stdout  # exec starts a command
 
 
@@ -205,10 +215,11 @@ def test_a_loop_that_must_see_every_read_gets_them_all(home):
 
 def test_the_read_retry_library_is_in_the_commands_environment_once(home):
     lib = notify.read_retry_library()
-    result = _exec(home, "bash", "-c", "echo $LD_PRELOAD; bash -c 'echo $LD_PRELOAD'",
-                   env={**home.env, "LD_PRELOAD": ""})
+    result = _exec(
+        home, "bash", "-c", "echo $LD_PRELOAD; bash -c 'echo $LD_PRELOAD'", env={**home.env, "LD_PRELOAD": ""}
+    )
     assert result.stdout.split("\n")[:2] == [lib, lib]
-    no_trap = _exec(home, "bash", "-c", "echo \"[$LD_PRELOAD]\"", flags=("--allow", "~", "--no-trap"))
+    no_trap = _exec(home, "bash", "-c", 'echo "[$LD_PRELOAD]"', flags=("--allow", "~", "--no-trap"))
     assert no_trap.stdout == "[]\n"  # Landlock alone: nothing to ask again
 
 
@@ -231,7 +242,7 @@ def test_another_processs_proc_is_never_opened_by_the_supervisor(home, readers, 
     env = {**home.env, "NONO_TEST_SUPERVISOR_SECRET": secret}
     find = 'K=$(awk "{print \\$4}" /proc/$PPID/stat)'  # the keeper's parent: the supervisor
     reader = {"cat": "cat", "openat2": f"{sys.executable} -c '{OPENAT2}'", "static": readers["static"]}[how]
-    result = _exec(home, "bash", "-c", f'{find}; {reader} /proc/$K/{what}; echo rc=$?', env=env)
+    result = _exec(home, "bash", "-c", f"{find}; {reader} /proc/$K/{what}; echo rc=$?", env=env)
     assert secret not in result.stdout
     assert "errno=13" in result.stdout or "Permission denied" in result.stderr, result
     own = _exec(home, "bash", "-c", f"{reader} /proc/self/environ", env=env)  # its own: as bare

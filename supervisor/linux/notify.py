@@ -1056,9 +1056,18 @@ def read_retry_library() -> str | None:
             return candidate
     return None
 
+
 # The C fast path's kinds (_notify.c ``enum kind``): which lexical fast path a trapped syscall has there.
-_NATIVE_KINDS = {"exec": 3, "unlink": 4, "rmdir": 5, "mkdir": 6, "mknod": 7, "symlink": 8, "rename": 9,
-                 "truncate": 10}
+_NATIVE_KINDS = {
+    "exec": 3,
+    "unlink": 4,
+    "rmdir": 5,
+    "mkdir": 6,
+    "mknod": 7,
+    "symlink": 8,
+    "rename": 9,
+    "truncate": 10,
+}
 
 
 def native_kind(trap: Trap) -> int:
