@@ -298,7 +298,10 @@ def _which(name: str, env: dict[str, str]) -> str | None:
 def _serve(session: Session, socket_path: Path, verbose: int):
     from supervisor.server import Server
 
-    return Server(session, socket_path, verbose)
+    try:
+        return Server(session, socket_path, verbose)
+    except OSError as e:  # a supervisor already listens there, or the directory is gone: one line
+        raise SandboxError(f"cannot listen on {socket_path}: {e.strerror}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -107,6 +107,16 @@ def _command_cap() -> int:
     return max(1, min(MAX_COMMANDS, room))
 
 
+def _rename_noreplace(source: Path, target: Path) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(source), -100, os.fsencode(target), 1) != 0:  # RENAME_NOREPLACE
+        err = ctypes.get_errno()
+        err = errno.EADDRINUSE if err == errno.EEXIST else err
+        raise OSError(err, os.strerror(err))
+
+
 class Server:
     def __init__(self, session: Session, socket_path: Path, verbose: int = 0) -> None:
         self.session = session
@@ -114,12 +124,21 @@ class Server:
         session.socket_path = socket_path
         self.verbose = verbose
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | transport.SOCK_CLOEXEC)
+        # Bound under a temporary name and renamed into place once listening: a client that sees the
+        # socket's name can always connect (bound but not yet listening, it would get ECONNREFUSED).
+        staging = socket_path.with_name(f".{socket_path.name}.{os.getpid()}")
         old_umask = os.umask(0o177)  # the socket is ours alone; the 0700 directory is the real fence
         try:
-            self._listener.bind(str(socket_path))
+            self._listener.bind(str(staging))
         finally:
             os.umask(old_umask)
-        self._listener.listen(LISTEN_BACKLOG)
+        try:
+            self._listener.listen(LISTEN_BACKLOG)
+            _rename_noreplace(staging, socket_path)  # a live socket there stays (EADDRINUSE, as bind said)
+        except OSError:
+            staging.unlink(missing_ok=True)
+            self._listener.close()
+            raise
         self._closing = False
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the intake thread through it

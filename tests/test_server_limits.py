@@ -19,7 +19,7 @@ import weakref
 
 import pytest
 
-from conftest import FAKE_KEY, start_supervisor
+from conftest import FAKE_KEY, SUPERVISOR, start_supervisor
 from nono_shell import protocol, transport
 from supervisor import server
 
@@ -459,3 +459,13 @@ def test_audit_write_never_raises(tmp_path, capfd):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v", "-s"]))
+
+
+def test_a_second_supervisor_on_a_live_socket_refuses_in_one_line_and_the_first_keeps_serving(supervisor):
+    """The socket is bound under a temporary name and renamed into place without replacing: its name
+    never stands for a socket that does not listen yet, and a live one is never taken over."""
+    second = supervisor.home.run([SUPERVISOR, "serve", "--socket", str(supervisor.socket)], timeout=20)
+    assert second.returncode == 125, second.stderr
+    assert second.stderr.strip().count("\n") == 0 and "Address already in use" in second.stderr
+    assert supervisor.shell("-c", "echo still-served").stdout == "still-served\n"  # the twin: the first
+    assert sorted(p.name for p in supervisor.socket.parent.iterdir()) == [supervisor.socket.name]
