@@ -8,33 +8,48 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CLIENT = "nono-shell-client"
+KEEPER = "nono-keeper"
 
 
 class BuildWithClient(build_ext):
-    """Also build ``nono_shell/nono-shell-client``, an executable (not a Python module): the shims run it
-    instead of an interpreter (supervisor/shims.py). Static where the toolchain allows (no dynamic loader,
-    and an agent's LD_PRELOAD does not load into it); dynamic otherwise; skipped, with the Python client
-    in the shims, where it cannot be built."""
+    """Also build two executables (not Python modules): ``nono_shell/nono-shell-client``, which the shims
+    run instead of an interpreter (supervisor/shims.py), and ``supervisor/linux/nono-keeper``, which a
+    command's keeper becomes once the command runs. Static where the toolchain allows (no dynamic loader,
+    and an agent's LD_PRELOAD does not load into them); dynamic otherwise; skipped where they cannot be
+    built, each with its fallback."""
 
     def run(self) -> None:
         super().run()
         if not sys.platform.startswith("linux"):
             return
-        out_dir = "nono_shell" if self.inplace else os.path.join(self.build_lib, "nono_shell")
+        self._program("nono_shell/_client.c", "nono_shell", CLIENT, [], "the shims use the Python client")
+        # The keeper after the command's exec (_spawn.c built with NONO_KEEPER): no copy of the supervisor
+        # lives on for the command's lifetime.
+        self._program(
+            "supervisor/linux/_spawn.c", "supervisor/linux", KEEPER, [("NONO_KEEPER", "1")],
+            "keepers stay copies of the supervisor",
+        )
+
+    def _program(self, source: str, package_dir: str, name: str, macros: list, fallback: str) -> None:
+        out_dir = package_dir if self.inplace else os.path.join(self.build_lib, package_dir)
         try:
             objects = self.compiler.compile(
-                ["nono_shell/_client.c"], output_dir=self.build_temp, extra_postargs=["-O2", "-Wall"]
+                [source],
+                output_dir=os.path.join(self.build_temp, name),
+                macros=macros,
+                extra_postargs=["-O2", "-Wall", "-Wno-unused-function"],
             )
-        except Exception as e:  # noqa: BLE001 - the Python client still works
-            print(f"warning: {CLIENT} not built ({e}); the shims use the Python client")
+        except Exception as e:  # noqa: BLE001 - optional: the fallback still works
+            print(f"warning: {name} not built ({e}); {fallback}")
             return
+        error = None
         for flags in (["-static"], []):
             try:
-                self.compiler.link_executable(objects, CLIENT, output_dir=out_dir, extra_postargs=flags)
+                self.compiler.link_executable(objects, name, output_dir=out_dir, extra_postargs=flags)
                 return
             except Exception as e:  # noqa: BLE001 - no static libc: link it dynamically
                 error = e
-        print(f"warning: {CLIENT} not linked ({error}); the shims use the Python client")
+        print(f"warning: {name} not linked ({error}); {fallback}")
 
 
 ext_modules = []

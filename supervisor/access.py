@@ -7,6 +7,7 @@ wording of a denial). Pure: no syscalls.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass
 
@@ -41,6 +42,19 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
+def _covers_file(root: str, path: str) -> bool:
+    """A file grant covers its path; one whose last component is a pattern (``~/.claude.json.tmp.*``)
+    covers the names it matches in that directory. Landlock has no rule for a pattern (the path does not
+    exist): what it covers is carried out by the supervisor."""
+    if path == root:
+        return True
+    name = os.path.basename(root)
+    if not any(c in name for c in "*?["):
+        return False
+    same_directory = os.path.dirname(path) == os.path.dirname(root)
+    return same_directory and fnmatch.fnmatchcase(os.path.basename(path), name)
+
+
 class AccessIndex:
     """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath)."""
 
@@ -60,14 +74,15 @@ class AccessIndex:
         need = OPS[op]
         if need == "write" and any(_under(path, p) for p in self._protected):
             return Verdict(False, "never-grantable")
-        deny = max(
-            ((d, rule) for d, rule in self._denies if _under(path, d)), key=lambda x: len(x[0]), default=None
-        )
+        covering = [(d, rule) for d, rule in self._denies if _under(path, d)]
+        if any(rule == NEVER_GRANTABLE for _d, rule in covering):
+            return Verdict(False, NEVER_GRANTABLE)  # sealed (an agent's state): nothing inside lifts it
+        deny = max(covering, key=lambda x: len(x[0]), default=None)
         best = None
         for root, grant in self._grants:
             if grant.access not in (need, "allow"):
                 continue
-            covers = path == root if grant.kind == "file" else _under(path, root)
+            covers = _covers_file(root, path) if grant.kind == "file" else _under(path, root)
             if covers and (best is None or len(root) > len(best[0])):
                 best = (root, grant)
         if deny is not None:

@@ -60,6 +60,8 @@ def start_sandboxed(
     consent: Callable[[str, str, str, bool], bool] | None = None,
     trap: bool = True,
     untrapped_reads: bool = False,
+    launch_extra: dict[str, object] | None = None,
+    notify_class: type | None = None,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
@@ -95,11 +97,13 @@ def start_sandboxed(
             )
         from supervisor.linux.notify import NotifyLoop
 
+        loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
         linked = trap and bool(session.linked_denied(policy))
-        reads = trap and untrapped_reads and _untrapped_reads(NotifyLoop, linked)
+        reads = trap and untrapped_reads and _untrapped_reads(loop_class, linked)
         if reads:
             env = _preloaded(env, reads)
-        launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty)
+        # launch_extra: the agent's routing namespace (binds, userns, exec_fd; supervisor.launcher).
+        launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
         cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
         plan = cached.plan
@@ -109,7 +113,7 @@ def start_sandboxed(
         access = session.access_index(policy)
 
         def start_loop(listener: int) -> NotifyLoop:
-            loop = NotifyLoop(
+            loop = loop_class(
                 listener,
                 rights,
                 access,

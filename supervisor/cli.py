@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -108,7 +109,14 @@ def _build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start a supervisor and the agent CMD under it")
     _add_policy_options(run)
+    _add_agent_option(run)
     run.add_argument("--no-interpose", action="store_true", help="do not preload the interposition library")
+    run.add_argument(
+        "--no-namespace",
+        action="store_true",
+        help="no routing namespace for the agent (real shells bound with the shim): a static binary's"
+        " /bin/bash is then not routed, only recorded",
+    )
     serve = sub.add_parser("serve", help="a foreground supervisor with no agent")
     serve.add_argument("--socket", type=Path, required=True)
     serve.add_argument(
@@ -123,6 +131,7 @@ def _build_parser() -> _Parser:
     _add_policy_options(exec_)
     policy = sub.add_parser("policy", help="print the effective policy")
     _add_policy_options(policy)
+    _add_agent_option(policy)
     policy.add_argument("--format", choices=("text", "json", "landlock", "seatbelt"), default="text")
     log = sub.add_parser("log", help="read the audit log")
     log.add_argument("--denials", action="store_true")
@@ -138,6 +147,37 @@ def _build_parser() -> _Parser:
     return parser
 
 
+def _add_agent_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--agent",
+        default=None,
+        metavar="NAME|PATH|none",
+        help="the agent's profile (claude-code, codex, gemini, opencode, aider, or a profile file with an"
+        " [agent] section): its state and install tree for the agent alone, never its commands."
+        " Default: picked from the resolved program of `run`; none: the agent gets the commands' policy",
+    )
+
+
+def _agent(args: argparse.Namespace, command: list[str]):
+    """The agent profile of ``run``/``policy`` (supervisor.agents): ``--agent``, else detected from the
+    resolved program; None for ``--agent none`` or an agent no profile knows."""
+    choice = getattr(args, "agent", None)
+    if choice is None and not command:
+        return None
+    from supervisor import agents
+    from supervisor.launcher import resolve_program
+    from supervisor.policy import Context
+
+    env = dict(os.environ)
+    home = env.get("HOME") or os.path.expanduser("~")
+    ctx = Context(workdir=os.getcwd(), home=home, tmpdir="", config_dir=str(paths.config_dir(env)))
+    try:
+        program = resolve_program(command[0], env) if command else None
+    except NonoError:
+        program = None  # run reports "command not found" itself
+    return agents.pick_agent(choice, program, ctx, env)
+
+
 def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     """``run``/``exec`` take ``[OPTIONS] -- CMD [ARGS]``: everything after the first ``--`` is the command."""
     if "--" in argv:
@@ -150,9 +190,41 @@ def _session(args: argparse.Namespace, **kw: object) -> Session:
     return Session.create(_options(args), audit_path=args.audit_log, trap=not args.no_trap, **kw)
 
 
+def _print_agent(session: Session) -> None:
+    """The second policy of the session: what the agent's baseline adds to the commands' (DESIGN: two
+    policies per session)."""
+    agent = session.agent
+    if agent is None:
+        print("agent baseline: the commands' policy above (no agent profile; --agent NAME picks one)")
+        return
+    policy = session.agent_policy()
+    print(f"agent baseline: {agent.name} ({agent.label}): the commands' policy above, and to the agent only:")
+    commands = set(session.policy.grants)
+    for grant in policy.grants:
+        if grant in commands:
+            continue
+        if grant.source.endswith(": list only"):  # a pattern naming one directory (agents.list_only)
+            name = re.sub(r"\[(.)\]", r"\1", os.path.basename(grant.path))
+            listed = os.path.join(os.path.dirname(grant.path), name)
+            print(f"  list       {policy.display(listed)}  [{grant.source}: its names, nothing in it]")
+        else:
+            print(f"  {grant.access:5} {grant.kind:4} {policy.display(grant.path)}  [{grant.source}]")
+    for key, value in agent.env.items():
+        print(f"  env        {key}={value}")
+    print("  (its state is sealed from its commands: never grantable to them)")
+
+
 def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
     if fmt == "json":
-        print(json.dumps(policy.to_json(), indent=2))
+        data = policy.to_json()
+        if session.agent is not None:
+            agent = session.agent
+            data["agent"] = {
+                "profile": agent.name,
+                "grants": [g.__dict__ for g in agent.policy_grants()],
+                "sealed_from_commands": list(agent.state_paths()),
+            }
+        print(json.dumps(data, indent=2))
     elif fmt == "seatbelt":
         from supervisor.macos.seatbelt import generate_profile
 
@@ -185,6 +257,7 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         if sys.platform.startswith("linux"):
             for note in _landlock_plan(session).notes:
                 print(f"note: {note}")
+        _print_agent(session)
 
 
 def _print_network(policy: Policy) -> None:
@@ -216,8 +289,8 @@ def _landlock_plan(session: Session):
     return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
 
 
-def _cmd_policy(args: argparse.Namespace) -> int:
-    session = _session(args)
+def _cmd_policy(args: argparse.Namespace, command: list[str] | None = None) -> int:
+    session = _session(args, agent=_agent(args, command or []))
     try:
         _print_policy(session.policy, args.format, session)
     finally:
@@ -352,16 +425,16 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     from supervisor.launcher import run_agent
 
     if args.dry_run:
-        return _cmd_policy(argparse.Namespace(**vars(args), format="text"))
+        return _cmd_policy(argparse.Namespace(**vars(args), format="text"), command)
     _require_command(command, "run")
     library = _interpose_library(args)
-    session = _session(args, shims=True)
+    session = _session(args, shims=True, agent=_agent(args, command))
     try:
         socket_path = session.runtime_dir / "socket"
         server = _serve(session, socket_path, args.verbose)
         server.start()
         try:
-            return run_agent(session, socket_path, command, library)
+            return run_agent(session, socket_path, command, library, namespace=not args.no_namespace)
         finally:
             server.close()
     finally:

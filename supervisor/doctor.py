@@ -67,12 +67,35 @@ def report() -> int:
     for name in SHELLS:
         real = find_real_shell(name, os.environ.get("PATH", ""))
         _line(real is not None or None, f"real {name}", real or "not found (commands for it are refused)")
+    _routing_lines()
     shims = os.environ.get("NONO_SHIM_DIR")
     if shims:
         _line(os.path.isfile(os.path.join(shims, "bash")), "shims", shims)
     else:
         _line(None, "shims", "not in a nono session (NONO_SHIM_DIR unset); `run` creates its own")
     return 0 if abi >= 1 else 1
+
+
+def _routing_lines() -> None:
+    """Routing layer 4 (the agent's mount namespace): whether it can be had here, and so which agents are
+    routed only by SHELL, PATH and the preloaded library (DESIGN: routing)."""
+    from supervisor.launcher import _namespace_error, real_shells
+
+    userns = os.geteuid() != 0
+    error = _namespace_error(userns)
+    kind = "user namespace + mount namespace" if userns else "mount namespace (root)"
+    if error == 0:
+        shells = ", ".join(real_shells(dict(os.environ))) or "none found"
+        _line(True, "agent routing namespace", f"{kind}: the agent sees the shim at {shells}")
+        return
+    _line(
+        None,
+        "agent routing namespace",
+        f"{kind} refused ({os.strerror(error)}): static agents (codex runs /bin/bash by path) and"
+        " passwd-shell lookups are not routed; those shells run under the agent's baseline, recorded in"
+        " the audit log (event unrouted-shell). claude-code, gemini, opencode and aider are routed by"
+        " SHELL, PATH and the preloaded library",
+    )
 
 
 def _report_macos() -> int:

@@ -15,7 +15,8 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.backend import start_sandboxed
@@ -25,7 +26,19 @@ from supervisor.prompt import Prompter, TtyGuard
 from supervisor.report import CommandReport
 from supervisor.session import Session
 
-__all__ = ["agent_env", "run_agent", "status_code"]
+__all__ = [
+    "RoutingNamespace",
+    "agent_env",
+    "real_shells",
+    "resolve_program",
+    "routing_namespace",
+    "run_agent",
+    "status_code",
+]
+
+SHELL_NAMES = ("sh", "bash", "dash", "zsh")
+# Where the real shells live, besides PATH: what an agent names by absolute path (Codex: /bin/bash).
+_SHELL_DIRS = ("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin")
 
 
 def status_code(status: int) -> int:
@@ -34,9 +47,12 @@ def status_code(status: int) -> int:
 
 
 def agent_env(session: Session, socket_path: Path, interpose: Path | None) -> dict[str, str]:
-    """The agent's environment: every route into nono-shell set up, the session's private temp dir."""
+    """The agent's environment: every route into nono-shell set up, the session's private temp dir, and
+    what its profile sets (DISABLE_AUTOUPDATER for Claude Code: its install tree is read-only here)."""
     assert session.shims_dir is not None
-    env = session.command_env(session.env)
+    env = session.command_env(session.env, agent=True)
+    if session.agent is not None:
+        env.update(session.agent.env)
     shims = str(session.shims_dir)
     env["SHELL"] = env["CLAUDE_CODE_SHELL"] = os.path.join(shims, "bash")
     env["PATH"] = shims + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -49,57 +65,241 @@ def agent_env(session: Session, socket_path: Path, interpose: Path | None) -> di
     return env
 
 
-def _resolve(command: str, env: dict[str, str]) -> str:
+def resolve_program(command: str, env: dict[str, str]) -> str:
+    """The agent's program as the user's shell would find it; behind a version manager's shim (pyenv,
+    rbenv: bash scripts re-entering the manager through more bash scripts, each of which would be routed
+    as a command) the program it names."""
+    from supervisor.agents import resolve_version_shim
+
     found = command if "/" in command else shutil.which(command, path=env.get("PATH"))
     if not found or not os.access(found, os.X_OK):
         raise NonoError(f"{command}: command not found")
+    # Absolute: the first exec happens before the child drops root's capabilities, and a notify thread
+    # without them cannot read a root child's /proc/PID/cwd to resolve "./agent" (exec answers EACCES).
+    return resolve_version_shim(found, env) or os.path.abspath(found)
+
+
+# --- Routing layer 4: the agent's mount namespace --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutingNamespace:
+    """The agent's mount namespace: each real shell shows the shim, so a static binary's
+    ``execve("/bin/bash")`` and a passwd-shell lookup reach nono-shell too (DESIGN routing layer 4). The
+    supervisor, outside it, runs the real shells."""
+
+    binds: tuple[tuple[str, str], ...]  # (shim, real shell) pairs, real paths
+    userns: bool  # inside a new user namespace (not root)
+
+    @property
+    def bound(self) -> frozenset[str]:
+        return frozenset(target for _shim, target in self.binds)
+
+    def launch_extra(self) -> dict[str, object]:
+        binds = tuple((os.fsencode(a), os.fsencode(b)) for a, b in self.binds)
+        return {"binds": binds, "userns": self.userns}
+
+
+def real_shells(env: dict[str, str], exclude: tuple[str, ...] = ()) -> list[str]:
+    """Real paths of the shells an agent may exec (on PATH and in the system's shell directories); a
+    multi-call binary that /bin/sh may point to (busybox) is never one: binding over it would take every
+    applet with it."""
+    from supervisor.session import is_nono_shim
+
+    found: list[str] = []
+    dirs = list(_SHELL_DIRS) + [d for d in env.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
+    excluded = {os.path.realpath(e) for e in exclude}
+    for name in SHELL_NAMES:
+        for directory in dirs:
+            candidate = os.path.join(directory, name)
+            real = os.path.realpath(candidate)
+            if real in found or os.path.dirname(real) in excluded or os.path.realpath(directory) in excluded:
+                continue
+            if not (os.path.isfile(real) and os.access(real, os.X_OK)) or is_nono_shim(real):
+                continue
+            if os.path.basename(real).rstrip("0123456789.-") not in SHELL_NAMES:
+                continue  # /bin/sh -> busybox
+            found.append(real)
     return found
 
 
-def run_agent(session: Session, socket_path: Path, argv: list[str], interpose: Path | None) -> int:
+@functools.cache
+def _namespace_error(userns: bool) -> int:
+    from supervisor.linux import _spawn
+
+    return _spawn.probe_namespace(userns)
+
+
+def routing_namespace(session: Session) -> tuple[RoutingNamespace | None, str]:
+    """The agent's routing namespace, or None and why it cannot be had here."""
+    if not sys.platform.startswith("linux"):
+        return None, "no mount namespaces on this platform"
+    if session.shims_dir is None:
+        return None, "no shims"
+    userns = os.geteuid() != 0
+    error = _namespace_error(userns)
+    if error:
+        kind = "a user namespace with a mount namespace" if userns else "a mount namespace"
+        return None, f"{kind} cannot be created here ({os.strerror(error)})"
+    shim = str((session.shims_dir / "bash").resolve())
+    targets = real_shells(session.env, exclude=(str(session.shims_dir),))
+    return RoutingNamespace(tuple((shim, t) for t in targets), userns), ""
+
+
+def _exec_plan(session: Session, path: str, argv: list[str], bound: frozenset[str]):
+    """How the agent's own program is started: (path, argv, fd to exec or -1). A shell, or a script for
+    one, is run through an fd of the real shell opened here: inside the namespace its path shows the shim,
+    and ``#!/usr/bin/env bash`` would find the shim on PATH, either way turning the agent into a command."""
+    from supervisor.agents import shell_of_script
+
+    real = os.path.realpath(path)
+    script = shell_of_script(real)
+    if script is not None:
+        name, args = script
+        shell = session.shells.get(name)
+        if shell is None:
+            raise NonoError(f"{path}: a script for {name}, and no real {name} is found")
+        return shell, [shell, *args, path, *argv[1:]], os.open(shell, os.O_RDONLY | os.O_CLOEXEC)
+    if os.path.basename(real) in SHELL_NAMES or real in bound:
+        return path, argv, os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    return path, argv, -1
+
+
+def _watching_loop(on_shell: Callable[[int, bytes], None]) -> type:
+    """A notify loop for the agent that also sees each ``execve`` of a shell (routing layer 5: no
+    namespace, so one by path from a static binary is not routed: it is recorded)."""
+    from supervisor.linux.notify import NotifyLoop, _dispatch_table
+
+    execs = {nr: trap for nr, (trap, _handler) in _dispatch_table().items() if trap.kind == "exec"}
+
+    class WatchingLoop(NotifyLoop):
+        def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
+            trap = execs.get(nr)
+            raw = self._read(tid, args[trap.path]) if trap is not None else None
+            if isinstance(raw, bytes):
+                on_shell(tid, raw)
+                self._preread = ((args[trap.path], raw),)  # read once: the handler decides on these bytes
+            try:
+                super()._dispatch(nid, tid, nr, args)
+            finally:
+                self._preread = ()
+
+    return WatchingLoop
+
+
+def _unrouted_recorder(session: Session) -> Callable[[int, bytes], None]:
+    shims = os.path.realpath(session.shims_dir) if session.shims_dir else ""
+    names = {os.fsencode(n) for n in SHELL_NAMES}
+
+    def on_exec(tid: int, raw: bytes) -> None:
+        if raw.rsplit(b"/", 1)[-1] not in names:
+            return
+        path = os.fsdecode(raw)
+        if not path.startswith("/"):
+            try:
+                path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
+            except OSError:
+                pass
+        if os.path.dirname(os.path.realpath(path)) == shims:
+            return  # the shim itself: routed
+        session.audit.write(
+            command="agent",
+            event="unrouted-shell",
+            path=path,
+            pid=tid,
+            reason="no routing namespace: this shell runs under the agent's baseline, not as a command",
+        )
+
+    return on_exec
+
+
+def _start_notes(session: Session, argv: list[str], namespace: RoutingNamespace | None, why: str) -> None:
+    """The first lines of ``run``: what will not be routed, and what the agent's profile says about it."""
+    agent = session.agent
+    if namespace is None:
+        who = f"{agent.name}" if agent is not None and agent.name == "codex" else "a static agent (codex)"
+        print(
+            f"nono-supervisor: routing: {why}: {who} running /bin/bash by path, and any passwd-shell"
+            " lookup, will not be routed; such a shell runs under the agent's baseline and the audit log"
+            " records it (event unrouted-shell)",
+            file=sys.stderr,
+        )
+    note = agent.note_for(argv) if agent is not None else None
+    if note:
+        print(f"nono-supervisor: {note}", file=sys.stderr)
+
+
+def run_agent(
+    session: Session, socket_path: Path, argv: list[str], interpose: Path | None, namespace: bool = True
+) -> int:
     """Run the agent to completion; returns its shell-style status.
 
-    The agent's own syscalls are trapped too (what it does without a shell is decided like a command's),
-    and a question about them pauses the terminal proxy while it is up.
+    The agent runs under its own baseline (``Session.agent_policy``: the commands' policy, and its
+    profile's state and install tree), in the routing namespace where the kernel allows one
+    (``namespace``). Its own syscalls are trapped too (what it does without a shell is decided like a
+    command's), and a question about them pauses the terminal proxy while it is up.
     """
     env = agent_env(session, socket_path, interpose)
     try:
-        path = _resolve(argv[0], session.env)  # the real program: the shims are for what the agent runs
+        path = resolve_program(argv[0], session.env)  # the real program: the shims are for what it runs
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         return 127
+    routing, why = routing_namespace(session) if namespace else (None, "disabled (--no-namespace)")
+    _start_notes(session, argv, routing, why)
+    for directory in session.agent.create if session.agent is not None else ():
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)  # its state exists: Landlock grants what exists
+        except OSError:
+            pass
+    try:
+        path, exec_argv, exec_fd = _exec_plan(session, path, argv, routing.bound if routing else frozenset())
+    except NonoError as e:
+        print(f"nono-supervisor: {e}", file=sys.stderr)
+        return 127
+    extra: dict[str, object] = routing.launch_extra() if routing else {}
+    extra["exec_fd"] = exec_fd
+    linux = session.trap and sys.platform.startswith("linux")
+    watcher = _watching_loop(_unrouted_recorder(session)) if linux and routing is None else None
     session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
     text = " ".join(argv)
     report = CommandReport(session.audit, session.policy, "agent", argv, session.workdir)
     asker = session.prompter if session.prompt_mode() in ("tty", "after") else None
     consent = Consent(session, "agent", text, asker, per_process=True, routed=False, argv=argv)
     consent.report = report
+    # The agent lives as long as the session: stored grants reach it through the live check only, so that
+    # a revoke does (Landlock rules cannot be taken back). Without the seccomp layer (--no-trap, macOS)
+    # there is no live check: they are compiled in.
+    policy = session.agent_policy(stored=not linux)
     start = functools.partial(
         start_sandboxed,
         session,
         path,
-        argv,
+        exec_argv,
         env,
         session.workdir,
-        # The agent lives as long as the session: stored grants reach it through the live check only, so
-        # that a revoke does (Landlock rules cannot be taken back). Without the seccomp layer (--no-trap,
-        # macOS) there is no live check: they are compiled in.
-        policy=session.static_policy() if session.trap and sys.platform.startswith("linux") else None,
+        policy=policy,
         on_decision=report.tell_process,
         consent=consent.allows,
         trap=session.trap,
+        launch_extra=extra,
+        notify_class=watcher,
     )
-    if not os.isatty(0):
-        return status_code(start((0, 1, 2)).wait())
-    master, slave = os.openpty()
     try:
-        _copy_window_size(0, master)
-        process = start((slave, slave, slave), ctty=True)
-    except (OSError, SandboxError):
-        os.close(master)
-        raise
+        if not os.isatty(0):
+            return status_code(start((0, 1, 2)).wait())
+        master, slave = os.openpty()
+        try:
+            _copy_window_size(0, master)
+            process = start((slave, slave, slave), ctty=True)
+        except (OSError, SandboxError):
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
     finally:
-        os.close(slave)
+        if exec_fd >= 0:
+            os.close(exec_fd)
     proxy = _Proxy(0, 1)
     with _lent(session.prompter, proxy):
         proxy.run(master, process.exit_fd())

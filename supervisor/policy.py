@@ -47,11 +47,14 @@ GRANT_LISTS: dict[str, tuple[str, str]] = {
     "write_file": ("write", "file"),
 }
 PROMPT_MODES = ("auto", "tty", "after", "never")
-_PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt"}
+_PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt", "agent"}
 _SECTION_KEYS = {
     "filesystem": set(GRANT_LISTS) | {"deny"},
     "network": {"block", "mode", "allow_domains", "deny_domains", "agent_allow_domains"},
-    "prompt": {"mode", "timeout", "quiet"},
+    "prompt": {"mode", "timeout", "quiet", "silent"},
+    # What only the agent gets (supervisor.agents): its state, never its commands'.
+    "agent": set(GRANT_LISTS)
+    | {"list", "programs", "packages", "create", "env", "start_note", "start_note_unless"},
 }
 # [network] list key -> the flag that adds to it (None: profile only).
 DOMAIN_LISTS: dict[str, str | None] = {
@@ -73,6 +76,9 @@ class Context:
     config_dir: str = ""
     protected: tuple[str, ...] = ()
     sealed: tuple[str, ...] = ()  # no access of any kind, whatever is granted (the supervisor's terminal)
+    # Groups computed at start (the user's toolchain from PATH, the per-project caches), beside the shipped
+    # security list's: ``group:NAME`` in a profile finds them the same way.
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class Policy:
     platform: str
     sources: tuple[str, ...] = field(default=())  # the profile files read, base first
     prompt_quiet: tuple[str, ...] = ()  # deny rules whose denials are final without a question
+    prompt_silent: tuple[str, ...] = ()  # ...and not reported on stderr either (harmless probes): audit only
     # The network: "open", "domains" (only the hosts allowed, through the supervisor's proxy) or "block".
     # ``net_block`` is true for both restricted modes: every layer that blocks under --net-block blocks in
     # domains mode too, except the route to the proxy.
@@ -144,6 +151,14 @@ class Policy:
         if self.home and path.startswith(self.home.rstrip("/") + "/"):
             return "~" + path[len(self.home.rstrip("/")) :]
         return path
+
+
+def _uses_home(raw: str) -> bool:
+    return raw == "~" or raw.startswith("~/") or "$HOME" in raw or "${HOME}" in raw
+
+
+def _home_usable(ctx: Context) -> bool:
+    return bool(ctx.home) and os.path.normpath(ctx.home) != "/"
 
 
 def expand(raw: str, ctx: Context, where: str, grant: bool = True) -> str:
@@ -220,12 +235,27 @@ def _validate(data: dict[str, Any], origin: str) -> None:
     mode = data.get("prompt", {}).get("mode", "auto")
     if mode not in PROMPT_MODES:
         raise UsageError(f"{origin}: 'prompt.mode' must be one of {', '.join(PROMPT_MODES)}")
-    quiet = data.get("prompt", {}).get("quiet", [])
-    if not isinstance(quiet, list) or not all(isinstance(q, str) and q.startswith("group:") for q in quiet):
-        raise UsageError(f"{origin}: 'prompt.quiet' must be a list of group:NAME")
+    for key in ("quiet", "silent"):
+        quiet = data.get("prompt", {}).get(key, [])
+        groups_only = all(isinstance(q, str) and q.startswith("group:") for q in quiet)
+        if not isinstance(quiet, list) or not groups_only:
+            raise UsageError(f"{origin}: 'prompt.{key}' must be a list of group:NAME")
+    _validate_agent(data.get("agent", {}), origin)
     timeout = data.get("prompt", {}).get("timeout", 60)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise UsageError(f"{origin}: 'prompt.timeout' must be a positive number of seconds")
+
+
+def _validate_agent(agent: dict[str, Any], origin: str) -> None:
+    for key in [*GRANT_LISTS, "list", "programs", "packages", "create", "start_note_unless"]:
+        value = agent.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{origin}: 'agent.{key}' must be a list of strings")
+    env = agent.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise UsageError(f"{origin}: 'agent.env' must be a table of strings")
+    if not isinstance(agent.get("start_note", ""), str):
+        raise UsageError(f"{origin}: 'agent.start_note' must be a string")
 
 
 def _find_profile(name: str, ctx: Context, relative_to: Path | None) -> tuple[str, Path | None]:
@@ -325,13 +355,14 @@ def _net_mode(chain: list[tuple[str, dict[str, Any]]], options: PolicyOptions) -
 
 def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
     """Profile chain, then the flags on top: the effective policy for one platform."""
-    groups = security_groups(ctx.platform)
+    groups = {**security_groups(ctx.platform), **ctx.groups}
     chain = _load_chain(options.profile, ctx)
     grants: list[Grant] = []
     denies: list[Deny] = []
     prompt = "auto"
     timeout: float = 60
     quiet: list[str] = []
+    silent: list[str] = []
     domains: dict[str, list[Pattern]] = {key: [] for key in DOMAIN_LISTS}
     for label, data in chain:
         for key in DOMAIN_LISTS:
@@ -340,12 +371,15 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         fs = data.get("filesystem", {})
         for key, (access, kind) in GRANT_LISTS.items():
             for raw, source in _entries(fs.get(key, []), groups, f"profile {label}"):
+                if source.startswith("group:") and not _home_usable(ctx) and _uses_home(raw):
+                    continue  # a group's ~ entries mean nothing without a home (an explicit one is an error)
                 grants.append(Grant(expand(raw, ctx, f"{label}: filesystem.{key}"), access, kind, source))
         for raw, source in _entries(fs.get("deny", []), groups, f"profile {label}"):
             denies.append(Deny(expand(raw, ctx, f"{label}: filesystem.deny", grant=False), source))
         prompt = data.get("prompt", {}).get("mode", prompt)
         timeout = data.get("prompt", {}).get("timeout", timeout)
         quiet += data.get("prompt", {}).get("quiet", [])
+        silent += data.get("prompt", {}).get("silent", [])
     for key, (access, kind) in GRANT_LISTS.items():
         flag = "--" + key.replace("_", "-")
         for raw in getattr(options, key):
@@ -373,7 +407,8 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         tmpdir=ctx.tmpdir,
         platform=ctx.platform,
         sources=tuple(label for label, _ in chain),
-        prompt_quiet=tuple(dict.fromkeys(quiet)),
+        prompt_quiet=tuple(dict.fromkeys(quiet + silent)),  # a silent group is never asked about either
+        prompt_silent=tuple(dict.fromkeys(silent)),
         net_mode=net_mode,
         allow_domains=tuple(dict.fromkeys(domains["allow_domains"])),
         deny_domains=tuple(dict.fromkeys(domains["deny_domains"])),

@@ -64,8 +64,10 @@ class CommandReport:
             return [Denied(op, path, rule, is_dir) for (op, path), (rule, is_dir) in self._denials.items()]
 
     def lines(self) -> list[str]:
-        """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT)."""
-        return [self._line(d) for d in self.denials()]
+        """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT); none for the
+        silent groups (harmless probes such as trace_marker: the audit log has them)."""
+        silent = self.policy.prompt_silent
+        return [self._line(d) for d in self.denials() if d.rule not in silent]
 
     def _line(self, d: Denied) -> str:
         shown = escaped(self.policy.display(d.path))  # a file name must not redraw the agent's screen
@@ -78,6 +80,7 @@ class CommandReport:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight
         to the stderr of the process that was denied, while it is still waiting for its syscall."""
         first = decision == "deny" and (what.op, what.path) not in self._denials
+        first = first and what.rule not in self.policy.prompt_silent
         self.record(decision, what)
         if not first or not what.pid:
             return

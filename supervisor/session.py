@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -21,7 +23,7 @@ from supervisor.access import AccessIndex
 from supervisor.audit import AuditLog
 from supervisor.errors import UsageError
 from supervisor.grants import GrantStore, to_policy_grants
-from supervisor.policy import Context, Grant, Policy, PolicyOptions, resolve_policy
+from supervisor.policy import Context, Grant, Policy, PolicyOptions, expand, resolve_policy, security_groups
 from supervisor.prompt import Prompter
 from supervisor.shims import package_root, write_shims
 
@@ -35,6 +37,13 @@ STORE_CHECK_SECONDS = 0.25
 # Denied trees are walked for multi-linked files at most this often, and this far (browser profiles are big).
 _LINK_SCAN_SECONDS = 5.0
 _LINK_SCAN_LIMIT = 20_000
+
+
+# Keys of an npmrc line that hold secrets: _auth, _authToken, _password, username, password, email, a
+# client certificate's key (scoped "//registry/:_authToken" forms included).
+_NPMRC_SECRET = re.compile(
+    r"(^|:|\s)(_auth\w*|_password|password|username|email|certfile|keyfile|otp)\s*$", re.IGNORECASE
+)
 
 
 def is_nono_shim(path: str) -> bool:
@@ -109,6 +118,9 @@ class Session:
     audit_path: Path | None = None
     trap: bool = True  # seccomp user notification on top of Landlock (False: --no-trap, Landlock only)
     socket_path: Path | None = None  # where this session's supervisor listens, if it does
+    # The agent's profile (supervisor.agents.AgentProfile) under `run`: its state and install tree are the
+    # agent's baseline only; its state is sealed from every command (CONTRACT: never grantable).
+    agent: object | None = None
 
     def __post_init__(self) -> None:
         self.home = self.env.get("HOME") or os.path.expanduser("~")
@@ -117,6 +129,8 @@ class Session:
         self._store = GrantStore(paths.grants_path(self.env))
         platform = "macos" if sys.platform == "darwin" else "linux"
         self._base = resolve_policy(self.options, self.context(platform))
+        self._agent_base = self._resolve_agent(platform)
+        self._prepare_caches()
         self._user: tuple[Grant, ...] = ()  # session and always answers of this session
         self._stored: tuple[Grant, ...] = ()
         self._store_stamp: object = None
@@ -197,6 +211,82 @@ class Session:
         check, which a revoke reaches."""
         return self._base if not self._user else replace(self._base, grants=self._base.grants + self._user)
 
+    def agent_policy(self, stored: bool = False) -> Policy:
+        """The agent's baseline: the command policy, plus its profile's state (read+write) and install
+        tree (read+exec), which no command gets; without the grant store (see ``static_policy``) unless
+        ``stored`` (no live check to reach it: --no-trap, macOS)."""
+        self._refresh_store()
+        base = self._agent_base
+        extra = self._user + (self._stored if stored else ())
+        return base if not extra else replace(base, grants=base.grants + extra)
+
+    def _resolve_agent(self, platform: str) -> Policy:
+        if self.agent is None:
+            return self._base
+        from supervisor.agents import list_only
+
+        ctx = replace(self.context(platform), sealed=_own_terminal_names())  # its state is not sealed from it
+        policy = resolve_policy(self.options, ctx)
+        # Agents walk up from the workdir for their project files (.git, AGENTS.md, opencode.json): the
+        # directories above it are listed, names only.
+        above, parent = [], os.path.dirname(os.path.realpath(self.workdir))
+        while parent not in ("/", ""):
+            above.append(Grant(list_only(parent), "read", "file", f"agent {self.agent.name}: list only"))
+            parent = os.path.dirname(parent)
+        extra = tuple(g for g in (*self.agent.policy_grants(), *above) if g not in policy.grants)
+        return replace(policy, grants=policy.grants + tuple(dict.fromkeys(extra)))
+
+    @functools.cached_property
+    def toolchain(self):
+        """The user's toolchain from PATH (supervisor.agents.toolchain), computed once, at start."""
+        from supervisor.agents import toolchain
+
+        return toolchain(self.env, self.home, skip=(self.workdir, self.tmpdir, self.runtime_dir))
+
+    @functools.cached_property
+    def cache_dir(self) -> Path:
+        """Where commands' tool caches go (XDG_CACHE_HOME, PIP_CACHE_DIR, npm_config_cache, ...): nono's
+        own, one per project. Never the user's own caches, which the user's unsandboxed tools trust (a
+        poisoned wheel or packument there would run later outside any sandbox); shared by the sessions of
+        one workdir only, so a command can poison nothing it could not already write in its project."""
+        base = self.env.get("XDG_CACHE_HOME")
+        root = Path(base) if base and os.path.isabs(base) else Path(self.home) / ".cache"
+        digest = hashlib.sha256(os.fsencode(os.path.realpath(self.workdir))).hexdigest()[:16]
+        return root / "nono-shell" / "projects" / f"{os.path.basename(self.workdir) or 'root'}-{digest}"
+
+    def _prepare_caches(self) -> None:
+        """The commands' cache variables, when the policy grants the cache directory (made at the first
+        start: Landlock grants only what exists) and, when there is a ~/.npmrc, its token-free copy."""
+        self._cache_env: dict[str, str] = {}
+        self._cache_made = False
+        cache = str(self.cache_dir)
+        if not any(g.path == cache for g in self._base.grants):
+            return
+        self._cache_env = {
+            "XDG_CACHE_HOME": cache,
+            "PIP_CACHE_DIR": os.path.join(cache, "pip"),
+            "npm_config_cache": os.path.join(cache, "npm"),
+            "UV_CACHE_DIR": os.path.join(cache, "uv"),
+            "YARN_CACHE_FOLDER": os.path.join(cache, "yarn"),
+            "BUN_INSTALL_CACHE_DIR": os.path.join(cache, "bun"),
+            "GOCACHE": os.path.join(cache, "go-build"),
+            "GOMODCACHE": os.path.join(cache, "go-mod"),
+        }
+        if any(g.source == "group:session_configs" for g in self._base.grants):
+            self._cache_env["npm_config_userconfig"] = str(self.runtime_dir / "config" / "npmrc")
+
+    def _make_caches(self) -> None:
+        if self._cache_made or not self._cache_env:
+            return
+        self._cache_made = True
+        try:
+            os.makedirs(self._cache_env["XDG_CACHE_HOME"], mode=0o700, exist_ok=True)
+        except OSError:
+            self._cache_env = {}  # not ours to make: commands keep the caller's variables (and ask)
+            return
+        if "npm_config_userconfig" in self._cache_env and not self._session_npmrc():
+            del self._cache_env["npm_config_userconfig"]
+
     def _refresh_store(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now < self._next_check:
@@ -258,6 +348,7 @@ class Session:
         return replace(policy, grants=policy.grants + tuple(to_policy_grants(stored)))
 
     def context(self, platform: str) -> Context:
+        agent_state = self.agent.state_paths() if self.agent is not None else ()
         return Context(
             workdir=self.workdir,
             home=self.home,
@@ -265,17 +356,63 @@ class Session:
             platform=platform,
             config_dir=str(paths.config_dir(self.env)),
             protected=self.protected_paths(),
-            sealed=_own_terminal_names(),
+            sealed=_own_terminal_names() + tuple(agent_state),
+            groups=self._computed_groups(),
         )
 
+    def _computed_groups(self) -> dict[str, tuple[str, ...]]:
+        """The security list's groups that are computed at start: the toolchain the user's PATH resolves
+        into, the project's cache directory, the session's token-free npmrc."""
+        if not self.home or os.path.normpath(self.home) == "/":
+            return {"user_toolchain": self.toolchain.read}  # no home: no cache of its own, no ~/.npmrc
+        npmrc = self.runtime_dir / "config" / "npmrc"
+        return {
+            "user_toolchain": self.toolchain.read,
+            "tool_caches": (str(self.cache_dir),),
+            "session_configs": (str(npmrc),) if os.path.isfile(os.path.join(self.home, ".npmrc")) else (),
+        }
+
+    def _session_npmrc(self) -> str | None:
+        """~/.npmrc may hold the user's registry tokens (``npm login`` writes them there): it stays denied,
+        and commands read a copy without the secrets instead (registry, proxy, save-exact... kept)."""
+        source = os.path.join(self.home, ".npmrc")
+        try:
+            with open(source, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        kept = [line for line in lines if not _NPMRC_SECRET.search(line.split("=", 1)[0])]
+        target = self.runtime_dir / "config" / "npmrc"
+        try:
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            target.write_text("".join(line + "\n" for line in kept))
+        except OSError:
+            return None
+        return str(target)
+
     def protected_paths(self) -> tuple[str, ...]:
-        """CONTRACT "never grantable": nono-shell's own files, code and sockets."""
+        """CONTRACT "never grantable": nono-shell's own files, code and sockets; and, never writable by a
+        command (an addition), what runs code later outside any sandbox: shell rc files, autostart and
+        systemd user units, git's global config and hooks, the tools' config, the directories on PATH."""
         own = [paths.config_dir(self.env), paths.state_dir(self.env), self.runtime_dir, *paths.package_dirs()]
         if self.shims_dir:
             own.append(self.shims_dir)
         if self.audit_path:
             own.append(self.audit_path)
-        return tuple(str(p) for p in own)
+        return tuple(str(p) for p in own) + self._never_writable()
+
+    @functools.cached_property
+    def _persistence(self) -> tuple[str, ...]:
+        platform = "macos" if sys.platform == "darwin" else "linux"
+        ctx = Context(workdir=self.workdir, home=self.home, tmpdir=str(self.tmpdir), platform=platform)
+        raw = security_groups(platform).get("never_writable", ())
+        found = [expand(p, ctx, "security list: never_writable", grant=False) for p in raw]
+        return tuple(dict.fromkeys(found + list(self.toolchain.path_dirs)))
+
+    def _never_writable(self) -> tuple[str, ...]:
+        if not self.home or os.path.normpath(self.home) == "/":
+            return tuple(self.toolchain.path_dirs)
+        return self._persistence
 
     @functools.cached_property
     def _route(self) -> tuple[Grant, ...]:
@@ -323,11 +460,15 @@ class Session:
                     grants.append(Grant(name, "allow", "file", "terminal"))
         return grants
 
-    def command_env(self, env: dict[str, str]) -> dict[str, str]:
-        """The environment a sandboxed command gets: the caller's, with the session's private temp dir."""
+    def command_env(self, env: dict[str, str], agent: bool = False) -> dict[str, str]:
+        """The environment a sandboxed command gets: the caller's, with the session's private temp dir, and
+        (not for the agent, whose own caches are its state) the project's tool caches."""
         env = dict(env)
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = str(self.tmpdir)
+        self._make_caches()
+        if not agent:
+            env.update(self._cache_env)
         if self.policy.net_mode == "domains":  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY and their twins
             env.update(self.netproxy().environment())
         return env

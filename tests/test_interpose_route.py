@@ -271,10 +271,11 @@ def test_twin_the_same_spawn_without_nono_reads_the_key(request, built, name, us
     ],
 )
 def test_control_without_the_library_a_shell_by_path_is_not_routed(home, built, name):
-    # Shows the routing above is the library's doing: with --no-interpose, a spawn of a shell by its path
-    # (no PATH search the shims could win) runs the real shell inside the agent's own baseline sandbox.
-    # The key stays shut all the same, but no command reaches the supervisor.
-    result = run_agent(home, prepare(home, built, SPAWNS[name]), "--no-interpose")
+    # Shows the routing above is the library's doing: with --no-interpose (and --no-namespace: the agent's
+    # mount namespace, routing layer 4, would route a shell by its path too; tests/test_agents_route.py), a
+    # spawn of a shell by its path (no PATH search the shims could win) runs the real shell inside the
+    # agent's own baseline sandbox. The key stays shut all the same, but no command reaches the supervisor.
+    result = run_agent(home, prepare(home, built, SPAWNS[name]), "--no-interpose", "--no-namespace")
     assert FAKE_KEY not in result.stdout + result.stderr
     assert result.returncode == 1, result.stderr
     assert starts(home) == []

@@ -531,3 +531,36 @@ def test_without_the_extension_the_python_loop_answers(home):
     assert "a file in the workdir" in result.stdout and FAKE_KEY not in result.stdout
     assert "nono: denied read" in result.stderr
     assert Path(notify.__file__).with_name("_notify.c").exists()
+
+
+def test_the_c_loop_answers_with_its_effective_capabilities_dropped(home, monkeypatch):
+    """What the supervisor does for a command it does with the command's powers: the C loop clears its
+    thread's effective capabilities before it answers anything (as emulate.drop_capabilities)."""
+    from supervisor.backend import finish, start_sandboxed
+    from supervisor.policy import PolicyOptions
+    from supervisor.session import Session
+
+    if os.geteuid() != 0:
+        pytest.skip("only root has capabilities to drop")
+    seen = []
+
+    class Recording(notify.NotifyLoop):
+        def _escalate(self, *a):
+            with open("/proc/thread-self/status") as status:
+                seen.append(next(line for line in status if line.startswith("CapEff:")).split()[1])
+            super()._escalate(*a)
+
+    monkeypatch.setattr(notify, "NotifyLoop", Recording)
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        script = f"import os\ntry:\n    os.open({str(home.key)!r}, os.O_RDWR)\nexcept OSError:\n    pass"
+        process = start_sandboxed(
+            session, sys.executable, [sys.executable, "-c", script], home.env, str(home.work), (0, 1, 2)
+        )
+        process.wait()
+        finish(process)
+    finally:
+        session.close()
+    assert seen and set(seen) == {"0000000000000000"}
+    with open("/proc/thread-self/status") as status:  # the test's own thread keeps its own
+        assert next(line for line in status if line.startswith("CapEff:")).split()[1] != "0000000000000000"

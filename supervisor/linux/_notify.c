@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -781,11 +782,35 @@ static PyObject *escalate(Loop *self, PyObject *callback, const struct seccomp_n
     return result;
 }
 
+/* emulate.drop_capabilities: clear the calling thread's effective capabilities (credentials are per
+ * thread), so that what the supervisor does for a command the kernel checks as for the command. 0 or errno
+ * (no capabilities to read is not an error: nothing to drop). */
+static int drop_effective_capabilities(void) {
+    struct {
+        uint32_t version;
+        int pid;
+    } header = {0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0};
+    struct {
+        uint32_t effective, permitted, inheritable;
+    } data[2];
+    if (syscall(SYS_capget, &header, data) != 0)
+        return 0;
+    data[0].effective = data[1].effective = 0;
+    if (syscall(SYS_capset, &header, data) != 0)
+        return errno ? errno : EPERM;
+    return 0;
+}
+
 /* serve(callback): answer until every process under the filter has exited. */
 static PyObject *Loop_serve(Loop *self, PyObject *args) {
     PyObject *callback;
     if (!PyArg_ParseTuple(args, "O", &callback))
         return NULL;
+    int err = drop_effective_capabilities();
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     struct seccomp_notif req;
     struct pollfd pfd = {self->listener, POLLIN, 0};
     PyThreadState *ts = PyEval_SaveThread();

@@ -30,7 +30,9 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -42,6 +44,9 @@
 #endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
+#endif
+#ifndef AT_EMPTY_PATH
+#define AT_EMPTY_PATH 0x1000
 #endif
 #ifndef PR_SET_CHILD_SUBREAPER
 #define PR_SET_CHILD_SUBREAPER 36
@@ -160,6 +165,13 @@ struct plan {
     int errpipe;
     int ctty;
     pid_t supervisor;
+    /* The agent's routing namespace (DESIGN routing layer 4): a mount namespace (inside a new user
+     * namespace unless root) where each bind_dst (a real shell) shows bind_src (the shim). */
+    int nbinds;
+    char **bind_src;
+    char **bind_dst;
+    int userns;
+    int exec_fd; /* >= 0: exec this file (opened before the binds: a real shell) instead of path */
 };
 
 static void close_all_but(const int *keep, int nkeep) {
@@ -184,6 +196,54 @@ static void sort_fds(int *fds, int n) {
         }
 }
 
+/* Write all of buf to an existing /proc file; 0 or errno. */
+static int write_proc(const char *path, const char *buf, size_t len) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int err = 0;
+    if (fd < 0)
+        return errno;
+    if (write(fd, buf, len) != (ssize_t)len)
+        err = errno ? errno : EIO;
+    close(fd);
+    return err;
+}
+
+/* "ID ID 1": the caller's own id, mapped to itself. */
+static size_t id_map(char *buf, long id) {
+    size_t n = 0;
+    put_number(buf, &n, id);
+    buf[n++] = ' ';
+    put_number(buf, &n, id);
+    buf[n++] = ' ';
+    buf[n++] = '1';
+    buf[n++] = '\n';
+    return n;
+}
+
+/* A private mount namespace whose mounts no longer propagate out: as root a plain one, otherwise inside a
+ * new user namespace that maps the caller's uid and gid to themselves (nothing else is mapped, so no other
+ * identity can be taken; files of other owners show as the overflow id but are checked as before).
+ * Returns 0 or errno. Raw syscalls only: runs in a child of a threaded process. */
+static int enter_namespace(int userns) {
+    char map[64];
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    int err;
+    if (unshare(userns ? CLONE_NEWUSER | CLONE_NEWNS : CLONE_NEWNS) != 0)
+        return errno;
+    if (userns) {
+        if ((err = write_proc("/proc/self/uid_map", map, id_map(map, (long)uid))) != 0)
+            return err;
+        if ((err = write_proc("/proc/self/setgroups", "deny", 4)) != 0 && err != ENOENT)
+            return err;
+        if ((err = write_proc("/proc/self/gid_map", map, id_map(map, (long)gid))) != 0)
+            return err;
+    }
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0)
+        return errno;
+    return 0;
+}
+
 /* The command: runs in the keeper's session; every step below happens before any foreign code runs. */
 static _Noreturn void exec_command(const struct plan *p) {
     sigset_t none;
@@ -203,6 +263,16 @@ static _Noreturn void exec_command(const struct plan *p) {
         signal(sig, SIG_DFL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+
+    /* 1b. The agent's routing namespace: the real shells show the shim (Landlock forbids mounts later). */
+    if (p->nbinds > 0) {
+        int err = enter_namespace(p->userns);
+        if (err)
+            fail(p->errpipe, "mount_namespace", err);
+        for (int i = 0; i < p->nbinds; i++)
+            if (mount(p->bind_src[i], p->bind_dst[i], NULL, MS_BIND, NULL) != 0)
+                fail(p->errpipe, "bind_shim", errno);
+    }
 
     /* 2. no_new_privs: required by Landlock and seccomp for an unprivileged caller, and stops a setuid
      *    binary from regaining what the sandbox takes away. Never skipped, even as root. */
@@ -248,8 +318,12 @@ static _Noreturn void exec_command(const struct plan *p) {
             close((int)listener);
     }
 
-    /* 5. exec: with a seccomp listener this is the first trapped call, answered by the supervisor. */
-    execve(p->path, p->argv, p->envp);
+    /* 5. exec: with a seccomp listener this is the first trapped call, answered by the supervisor. A real
+     *    shell under the shim's binds is reached through the fd opened before them. */
+    if (p->exec_fd >= 0)
+        syscall(SYS_execveat, p->exec_fd, "", p->argv, p->envp, AT_EMPTY_PATH);
+    else
+        execve(p->path, p->argv, p->envp);
     fail(p->errpipe, "exec", errno);
 }
 
@@ -289,7 +363,7 @@ done:
 
 static _Noreturn void child(const struct plan *p) {
     int moved[3];
-    int keep_fds[4];
+    int keep_fds[5];
     pid_t command;
     struct sigaction ignore = {.sa_handler = SIG_IGN}, dfl = {.sa_handler = SIG_DFL};
     sigset_t waited;
@@ -333,9 +407,10 @@ static _Noreturn void child(const struct plan *p) {
     keep_fds[0] = p->ruleset_fd;
     keep_fds[1] = p->listener_sock;
     keep_fds[2] = p->errpipe;
-    keep_fds[3] = -1;
-    sort_fds(keep_fds, 4);
-    close_all_but(keep_fds, 4);
+    keep_fds[3] = p->exec_fd;
+    keep_fds[4] = -1;
+    sort_fds(keep_fds, 5);
+    close_all_but(keep_fds, 5);
 
     if (p->cwd && chdir(p->cwd) != 0)
         fail(p->errpipe, "chdir", errno);
@@ -362,6 +437,8 @@ static _Noreturn void child(const struct plan *p) {
         close(p->ruleset_fd);
     if (p->listener_sock >= 0)
         close(p->listener_sock);
+    if (p->exec_fd >= 0)
+        close(p->exec_fd);
     keep(p, command, &waited);
 }
 
@@ -389,15 +466,45 @@ static char **byte_list(PyObject *list, const char *what) {
     return out;
 }
 
+/* binds: None or a list of (src, dst) bytes pairs -> two NULL-terminated arrays; 0 or -1 (error set). */
+static int bind_lists(PyObject *binds, struct plan *p) {
+    Py_ssize_t n;
+    if (binds == NULL || binds == Py_None)
+        return 0;
+    if (!PyList_Check(binds)) {
+        PyErr_SetString(PyExc_TypeError, "binds must be a list of (bytes, bytes)");
+        return -1;
+    }
+    n = PyList_GET_SIZE(binds);
+    p->bind_src = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    p->bind_dst = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (!p->bind_src || !p->bind_dst) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(binds, i), *src, *dst;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(src = PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_Check(dst = PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "binds must be a list of (bytes, bytes)");
+            return -1;
+        }
+        p->bind_src[i] = PyBytes_AS_STRING(src);
+        p->bind_dst[i] = PyBytes_AS_STRING(dst);
+    }
+    p->nbinds = (int)n;
+    return 0;
+}
+
 PyDoc_STRVAR(spawn_doc,
              "spawn(path, argv, envp, cwd, stdio, ruleset_fd, landlock_flags, bpf, seccomp_flags,\n"
-             "      listener_sock, errpipe, ctty) -> keeper pid\n\n"
+             "      listener_sock, errpipe, ctty[, binds, userns, exec_fd]) -> keeper pid\n\n"
              "Fork a keeper and a sandboxed command (see the module comment). All arguments are prepared\n"
              "by the caller; the child makes only raw syscalls. Read errpipe to EOF to learn whether the\n"
              "exec happened: it carries 'pid:N;' and, if a step failed, 'stage:errno;'.");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
-    PyObject *path, *argv_list, *envp_list, *cwd, *stdio, *bpf;
+    PyObject *path, *argv_list, *envp_list, *cwd, *stdio, *bpf, *binds = NULL;
     struct plan p;
     char **argv = NULL, **envp = NULL;
     pid_t pid;
@@ -405,8 +512,10 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     (void)self;
 
     memset(&p, 0, sizeof p);
-    if (!PyArg_ParseTuple(args, "SOOOOiiSiiip", &path, &argv_list, &envp_list, &cwd, &stdio, &p.ruleset_fd,
-                          &p.landlock_flags, &bpf, &p.seccomp_flags, &p.listener_sock, &p.errpipe, &p.ctty))
+    p.exec_fd = -1;
+    if (!PyArg_ParseTuple(args, "SOOOOiiSiiip|Opi", &path, &argv_list, &envp_list, &cwd, &stdio, &p.ruleset_fd,
+                          &p.landlock_flags, &bpf, &p.seccomp_flags, &p.listener_sock, &p.errpipe, &p.ctty,
+                          &binds, &p.userns, &p.exec_fd))
         return NULL;
     if (!PyArg_ParseTuple(stdio, "iii", &p.stdio[0], &p.stdio[1], &p.stdio[2]))
         return NULL;
@@ -423,6 +532,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         return NULL;
     if (!(argv = byte_list(argv_list, "argv")) || !(envp = byte_list(envp_list, "envp")))
         goto out;
+    if (bind_lists(binds, &p) != 0)
+        goto out;
     p.argv = argv;
     p.envp = envp;
     p.supervisor = getpid();
@@ -433,6 +544,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     saved_errno = errno;
     PyMem_Free(argv);
     PyMem_Free(envp);
+    PyMem_Free(p.bind_src);
+    PyMem_Free(p.bind_dst);
     if (pid < 0) {
         errno = saved_errno;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -441,7 +554,27 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
 out:
     PyMem_Free(argv);
     PyMem_Free(envp);
+    PyMem_Free(p.bind_src);
+    PyMem_Free(p.bind_dst);
     return NULL;
+}
+
+/* Whether this process may enter the agent's routing namespace: a child tries it and exits. */
+static PyObject *probe_namespace(PyObject *self, PyObject *args) {
+    int userns, status = 0;
+    pid_t pid;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "p", &userns))
+        return NULL;
+    pid = fork();
+    if (pid == 0)
+        _exit(enter_namespace(userns) & 0xff);
+    if (pid < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(WIFEXITED(status) ? WEXITSTATUS(status) : EINVAL);
 }
 
 static PyObject *kill_tree_signal(PyObject *self, PyObject *unused) {
@@ -453,6 +586,8 @@ static PyObject *kill_tree_signal(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
     {"kill_tree_signal", kill_tree_signal, METH_NOARGS, "The signal that asks a keeper to kill its tree."},
+    {"probe_namespace", probe_namespace, METH_VARARGS,
+     "probe_namespace(userns) -> 0, or the errno that stops a child entering the routing namespace."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -105,7 +105,7 @@ class NotifyLoop(threading.Thread):
         # With a multi-linked denied file somewhere, no regular-file open may be CONTINUEd: Landlock
         # follows the name, and another name of the file may lie inside a grant.
         self._linked = bool(linked_denied()) if linked is None else linked  # the filter was chosen by it
-        self.reader = Reader()
+        self._reader: Reader | None = None  # made on first use: most commands never need it (C reads)
         self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
         self._native = _native_loop(self, listener, rights)
         self.native_stats: dict[str, int] = {}
@@ -119,6 +119,13 @@ class NotifyLoop(threading.Thread):
         self._pending_lock = threading.Condition()
         self._set_sync_wakeup()
 
+    @property
+    def reader(self) -> Reader:
+        """This loop's reader of the target's memory (used by the loop thread only)."""
+        if self._reader is None:
+            self._reader = Reader()
+        return self._reader
+
     def _set_sync_wakeup(self) -> None:
         """Wake the answering thread on the waiting CPU (6.6+): 82 -> 11 us per trapped open here."""
         if os.environ.get("NONO_SYNC_WAKEUP") == "0":  # for bench/bench_notify.py's comparison only
@@ -131,13 +138,15 @@ class NotifyLoop(threading.Thread):
     def run(self) -> None:
         # What the supervisor does for a command, it does with the command's powers (a root supervisor's
         # CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN would otherwise reach what the command cannot).
-        emulate.drop_capabilities()
         try:
             if self._native is None:
+                emulate.drop_capabilities()
                 self._run_python()
             else:
                 try:
-                    self._native.serve(self._escalate)  # the GIL is taken only for what it escalates
+                    # drops this thread's effective capabilities first, as emulate.drop_capabilities does;
+                    # the GIL is taken only for what it escalates
+                    self._native.serve(self._escalate)
                 finally:
                     self.native_stats = self._native.stats()
         finally:

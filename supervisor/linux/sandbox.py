@@ -28,6 +28,12 @@ class Launch:
     cwd: bytes | None
     stdio: tuple[int, int, int]  # fds to place on 0, 1, 2 (-1: leave closed)
     ctty: bool = False  # make stdin the controlling terminal (the agent's pty)
+    # The agent's routing namespace (launcher.RoutingNamespace): (shim, real shell) bind mounts made in a
+    # mount namespace of its own (in a new user namespace unless root) before Landlock; and an fd of the
+    # file to exec instead of ``path`` (a real shell, which the binds hide).
+    binds: tuple[tuple[bytes, bytes], ...] = ()
+    userns: bool = False
+    exec_fd: int = -1
 
     @classmethod
     def build(
@@ -37,7 +43,7 @@ class Launch:
         env: dict[str, str],
         cwd: str | None,
         stdio: tuple[int, int, int],
-        **kw: bool,
+        **kw: object,
     ) -> Launch:
         return cls(
             path=os.fsencode(path),
@@ -158,6 +164,9 @@ def start(
             theirs.fileno() if seccomp else -1,
             write_end,
             launch.ctty,
+            [tuple(pair) for pair in launch.binds] or None,
+            launch.userns,
+            launch.exec_fd,
         )
     except OSError as e:
         os.close(read_end)

@@ -1,0 +1,101 @@
+"""The spawn path without copies of the supervisor (issue 13): the command is vforked from its keeper, and
+the keeper becomes nono-keeper once the command runs, so no copy of the supervisor lives on beside a
+command. What the keeper does is unchanged (test_route, test_exec): these check that it is nono-keeper
+doing it. No timing here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from supervisor.linux import sandbox
+
+pytestmark = pytest.mark.skipif(not os.access(sandbox.KEEPER, os.X_OK), reason="nono-keeper is not built")
+
+
+def _start(home, script: str, **kw):
+    from supervisor.backend import start_sandboxed
+    from supervisor.policy import PolicyOptions
+    from supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    process = start_sandboxed(
+        session, "/bin/sh", ["sh", "-c", script], home.env, str(home.work), (0, 1, 2), **kw
+    )
+    return session, process
+
+
+def _gone(pid: int, seconds: float = 10) -> bool:
+    """Dead: no longer in /proc, or a zombie waiting for whoever reaps it now."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                if any(line.startswith("State:") and "Z" in line.split()[1] for line in status):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _exe(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/exe")
+
+
+@pytest.mark.parametrize("trap", [True, False], ids=["seccomp", "landlock-only"])
+def test_the_keeper_is_nono_keeper_while_the_command_runs(home, trap):
+    session, process = _start(home, "sleep 30", trap=trap)
+    try:
+        deadline = time.monotonic() + 10
+        while _exe(process.keeper) != sandbox.KEEPER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _exe(process.keeper) == sandbox.KEEPER
+        with open(f"/proc/{process.keeper}/status") as status:
+            fields = dict(line.split(":", 1) for line in status)
+        assert int(fields["VmRSS"].split()[0]) < 4096  # KiB: not a copy of the supervisor
+        assert int(fields["PPid"]) == os.getpid()  # still our child: waited for, mirrors the status
+        assert int(fields["SigIgn"], 16) & (1 << (signal.SIGINT - 1))  # forwarded signals stay ignored
+        process.kill_tree()  # the kill request reaches nono-keeper's loop
+        process.wait()
+        assert _gone(process.pid)
+    finally:
+        session.close()
+
+
+def test_nono_keeper_mirrors_the_status_and_is_the_commands_subreaper(home):
+    marker = home.work / "orphan.pid"
+    session, process = _start(home, f"(sleep 30 & echo $! > {marker}); sleep 30")
+    try:
+        deadline = time.monotonic() + 10
+        while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        orphan = int(marker.read_text())
+        with open(f"/proc/{orphan}/status") as status:
+            ppid = int(next(line for line in status if line.startswith("PPid:")).split()[1])
+        assert ppid == process.keeper  # adopted by nono-keeper: the subreaper flag survived its execve
+        process.kill_tree()
+        process.wait()
+        assert _gone(orphan)  # and killed with the tree
+    finally:
+        session.close()
+    session, process = _start(home, "exit 3")
+    try:
+        assert os.waitstatus_to_exitcode(process.wait()) == 3
+    finally:
+        session.close()
+    session, process = _start(home, "kill -TERM $$")
+    try:
+        assert os.WIFSIGNALED(process.wait()) and os.WTERMSIG(process.status) == signal.SIGTERM
+    finally:
+        session.close()
+
+
+def test_nono_keeper_refuses_to_run_by_hand():
+    import subprocess
+
+    assert subprocess.run([sandbox.KEEPER]).returncode == 127
+    assert subprocess.run([sandbox.KEEPER, "1", "1", "0"]).returncode == 127
