@@ -19,8 +19,12 @@
  * double-forked daemons stay below it). It stays outside the Landlock domain so the command cannot
  * signal or ptrace it (Landlock scoping). It exits with the command's status when the command ends.
  */
+#ifndef NONO_KEEPER
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#else
+#define _GNU_SOURCE /* what Python.h defines for the module */
+#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -361,6 +365,29 @@ done:
     _exit(WEXITSTATUS(status));
 }
 
+/* The keeper's address space is a copy of the supervisor's, shared page by page until one of them writes:
+ * each page the supervisor then writes is copied (4-5 us a fault here), for as long as the keeper lives.
+ * So once the command is exec'd, the keeper becomes nono-keeper, this file built as a small static program
+ * that only runs keep() (signal mask, ignored signals, PDEATHSIG and the subreaper flag survive execve).
+ * Without it (not built, or the exec fails) the keeper keeps running here, as before. */
+static char keeper_path[4096];
+
+static void exec_keeper(const struct plan *p, pid_t command) {
+    char cmd[24], sup[24], sig[24];
+    size_t a = 0, b = 0, c = 0;
+    char *argv[] = {"nono-keeper", cmd, sup, sig, NULL};
+    char *envp[] = {NULL};
+    if (!keeper_path[0])
+        return;
+    put_number(cmd, &a, command);
+    cmd[a] = 0;
+    put_number(sup, &b, p->supervisor);
+    sup[b] = 0;
+    put_number(sig, &c, KILL_TREE_SIGNAL);
+    sig[c] = 0;
+    execve(keeper_path, argv, envp);
+}
+
 static _Noreturn void child(const struct plan *p) {
     int moved[3];
     int keep_fds[5];
@@ -439,9 +466,11 @@ static _Noreturn void child(const struct plan *p) {
         close(p->listener_sock);
     if (p->exec_fd >= 0)
         close(p->exec_fd);
+    exec_keeper(p, command);
     keep(p, command, &waited);
 }
 
+#ifndef NONO_KEEPER
 /* Convert a list of bytes into a NULL-terminated char* array (pointers into the bytes objects). */
 static char **byte_list(PyObject *list, const char *what) {
     Py_ssize_t n;
@@ -538,10 +567,15 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     p.envp = envp;
     p.supervisor = getpid();
 
+    /* Without the GIL: copying the supervisor's page tables takes 1.5-1.8 ms here, and every other thread
+     * (the server, other commands' notify loops) would wait for it. Nothing Python is touched: the plan
+     * was built above from objects the caller keeps alive, and the child never returns to Python. */
+    Py_BEGIN_ALLOW_THREADS
     pid = fork();
     if (pid == 0)
         child(&p);
     saved_errno = errno;
+    Py_END_ALLOW_THREADS
     PyMem_Free(argv);
     PyMem_Free(envp);
     PyMem_Free(p.bind_src);
@@ -577,6 +611,20 @@ static PyObject *probe_namespace(PyObject *self, PyObject *args) {
     return PyLong_FromLong(WIFEXITED(status) ? WEXITSTATUS(status) : EINVAL);
 }
 
+static PyObject *set_keeper(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y#", &path, &n))
+        return NULL;
+    if ((size_t)n >= sizeof keeper_path || strlen(path) != (size_t)n) {
+        PyErr_SetString(PyExc_ValueError, "keeper path too long or with NUL");
+        return NULL;
+    }
+    memcpy(keeper_path, path, (size_t)n + 1); /* set once at import, before any spawn */
+    Py_RETURN_NONE;
+}
+
 static PyObject *kill_tree_signal(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -586,6 +634,7 @@ static PyObject *kill_tree_signal(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
     {"kill_tree_signal", kill_tree_signal, METH_NOARGS, "The signal that asks a keeper to kill its tree."},
+    {"set_keeper", set_keeper, METH_VARARGS, "set_keeper(path): the nono-keeper program keepers become."},
     {"probe_namespace", probe_namespace, METH_VARARGS,
      "probe_namespace(userns) -> 0, or the errno that stops a child entering the routing namespace."},
     {NULL, NULL, 0, NULL},
@@ -600,3 +649,27 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__spawn(void) { return PyModule_Create(&module); }
+#else
+/* nono-keeper COMMAND SUPERVISOR SIGNAL: the keeper after its execve (see exec_keeper). */
+static long number(const char *s) {
+    long v = 0;
+    while (*s >= '0' && *s <= '9')
+        v = v * 10 + (*s++ - '0');
+    return *s ? -1 : v;
+}
+
+int main(int argc, char **argv) {
+    struct plan p;
+    sigset_t waited;
+    long command = argc == 4 ? number(argv[1]) : -1, supervisor = argc == 4 ? number(argv[2]) : -1;
+    if (command <= 0 || supervisor <= 0 || number(argv[3]) != KILL_TREE_SIGNAL)
+        return 127; /* only ever started by exec_keeper */
+    memset(&p, 0, sizeof p);
+    p.supervisor = (pid_t)supervisor;
+    sigemptyset(&waited);
+    sigaddset(&waited, SIGCHLD);
+    sigaddset(&waited, KILL_TREE_SIGNAL);
+    sigprocmask(SIG_BLOCK, &waited, NULL); /* already blocked across the execve; said again */
+    keep(&p, (pid_t)command, &waited);
+}
+#endif

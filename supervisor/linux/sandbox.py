@@ -16,6 +16,11 @@ from supervisor.linux.landlock import LandlockPlan, create_ruleset
 __all__ = ["Launch", "Process", "start"]
 
 KILL_TREE_SIGNAL = _spawn.kill_tree_signal()
+# The program a keeper becomes once its command runs (setup.py builds it): a few hundred KiB instead of a
+# copy of the supervisor whose pages the supervisor must copy again as it writes them.
+KEEPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nono-keeper")
+if os.access(KEEPER, os.X_OK) and hasattr(_spawn, "set_keeper"):
+    _spawn.set_keeper(os.fsencode(KEEPER))
 
 
 @dataclass(frozen=True)
