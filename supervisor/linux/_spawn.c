@@ -28,6 +28,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -365,27 +367,72 @@ done:
     _exit(WEXITSTATUS(status));
 }
 
-/* The keeper's address space is a copy of the supervisor's, shared page by page until one of them writes:
- * each page the supervisor then writes is copied (4-5 us a fault here), for as long as the keeper lives.
- * So once the command is exec'd, the keeper becomes nono-keeper, this file built as a small static program
- * that only runs keep() (signal mask, ignored signals, PDEATHSIG and the subreaper flag survive execve).
- * Without it (not built, or the exec fails) the keeper keeps running here, as before. */
+/* The keeper as its own small program (nono-keeper: this file built with NONO_KEEPER, static). The
+ * supervisor vforks and the child execs nono-keeper at once, handing it the plan in a memfd and the fds it
+ * names: no copy of the supervisor's page tables is made (1.5-1.8 ms of a command's start here), and none
+ * lives beside the command, whose every page the supervisor would copy again as it writes it. Without the
+ * program (not built) the keeper is a fork of the supervisor, as before. */
+#ifndef NONO_KEEPER
 static char keeper_path[4096];
+#endif
 
-static void exec_keeper(const struct plan *p, pid_t command) {
-    char cmd[24], sup[24], sig[24];
-    size_t a = 0, b = 0, c = 0;
-    char *argv[] = {"nono-keeper", cmd, sup, sig, NULL};
-    char *envp[] = {NULL};
-    if (!keeper_path[0])
-        return;
-    put_number(cmd, &a, command);
-    cmd[a] = 0;
-    put_number(sup, &b, p->supervisor);
-    sup[b] = 0;
-    put_number(sig, &c, KILL_TREE_SIGNAL);
-    sig[c] = 0;
-    execve(keeper_path, argv, envp);
+#define PLAN_MAGIC 0x314b504eu /* "NPK1" */
+
+struct out {
+    char *data;
+    size_t len, cap;
+};
+
+static int out_put(struct out *o, const void *data, size_t n) {
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap < o->len + n)
+            cap *= 2;
+        char *grown = realloc(o->data, cap);
+        if (!grown)
+            return -1;
+        o->data = grown;
+        o->cap = cap;
+    }
+    memcpy(o->data + o->len, data, n);
+    o->len += n;
+    return 0;
+}
+
+static int out_int(struct out *o, int64_t v) { return out_put(o, &v, sizeof v); }
+
+static int out_str(struct out *o, const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    return out_int(o, s ? (int64_t)n : -1) || (s && out_put(o, s, n + 1));
+}
+
+static int out_list(struct out *o, char *const *items) {
+    int64_t n = 0;
+    while (items && items[n])
+        n++;
+    if (out_int(o, n))
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (out_str(o, items[i]))
+            return -1;
+    return 0;
+}
+
+/* The plan as bytes (what nono-keeper's read_plan takes back); 0 or -1 (out of memory). */
+static int write_plan(struct out *o, const struct plan *p) {
+    int64_t ints[] = {PLAN_MAGIC,     p->stdio[0],       p->stdio[1], p->stdio[2], p->ruleset_fd,
+                      p->landlock_flags, p->seccomp_flags, p->listener_sock, p->errpipe, p->ctty,
+                      p->userns,      p->exec_fd,        p->supervisor, p->prog.len, p->nbinds};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (out_int(o, ints[i]))
+            return -1;
+    if (out_put(o, p->prog.filter, (size_t)p->prog.len * sizeof(struct sock_filter)) || out_str(o, p->path) ||
+        out_str(o, p->cwd) || out_list(o, p->argv) || out_list(o, p->envp))
+        return -1;
+    for (int i = 0; i < p->nbinds; i++)
+        if (out_str(o, p->bind_src[i]) || out_str(o, p->bind_dst[i]))
+            return -1;
+    return 0;
 }
 
 static _Noreturn void child(const struct plan *p) {
@@ -466,7 +513,6 @@ static _Noreturn void child(const struct plan *p) {
         close(p->listener_sock);
     if (p->exec_fd >= 0)
         close(p->exec_fd);
-    exec_keeper(p, command);
     keep(p, command, &waited);
 }
 
@@ -532,6 +578,62 @@ PyDoc_STRVAR(spawn_doc,
              "by the caller; the child makes only raw syscalls. Read errpipe to EOF to learn whether the\n"
              "exec happened: it carries 'pid:N;' and, if a step failed, 'stage:errno;'.");
 
+/* vfork, and exec nono-keeper with the plan: the keeper pid, or -1 (errno). The child only clears
+ * close-on-exec on the fds the plan names and execs (a vfork child shares our memory, not our fd table). */
+static pid_t spawn_keeper(const struct plan *p) {
+    struct out plan = {0};
+    char fdarg[24];
+    size_t n = 0;
+    pid_t pid;
+    int memfd, err;
+    if (write_plan(&plan, p) != 0) {
+        free(plan.data);
+        errno = ENOMEM;
+        return -1;
+    }
+    memfd = (int)syscall(SYS_memfd_create, "nono-plan", 1u /* MFD_CLOEXEC */);
+    if (memfd < 0) {
+        free(plan.data);
+        return -1;
+    }
+    for (size_t off = 0; off < plan.len;) {
+        ssize_t w = write(memfd, plan.data + off, plan.len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            err = errno ? errno : EIO;
+            free(plan.data);
+            close(memfd);
+            errno = err;
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    free(plan.data);
+    lseek(memfd, 0, SEEK_SET);
+    put_number(fdarg, &n, memfd);
+    fdarg[n] = 0;
+    char *argv[] = {"nono-keeper", "plan", fdarg, NULL};
+    char *envp[] = {NULL};
+    int keep[] = {memfd, p->stdio[0], p->stdio[1], p->stdio[2], p->ruleset_fd, p->listener_sock, p->errpipe,
+                  p->exec_fd};
+    Py_BEGIN_ALLOW_THREADS
+    pid = vfork();
+    if (pid == 0) {
+        for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+            if (keep[i] >= 0)
+                fcntl(keep[i], F_SETFD, 0);
+        execve(keeper_path, argv, envp);
+        report(p->errpipe, "exec_keeper", errno);
+        _exit(127);
+    }
+    err = errno;
+    Py_END_ALLOW_THREADS
+    close(memfd);
+    errno = err;
+    return pid;
+}
+
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *path, *argv_list, *envp_list, *cwd, *stdio, *bpf, *binds = NULL;
     struct plan p;
@@ -567,15 +669,20 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     p.envp = envp;
     p.supervisor = getpid();
 
-    /* Without the GIL: copying the supervisor's page tables takes 1.5-1.8 ms here, and every other thread
-     * (the server, other commands' notify loops) would wait for it. Nothing Python is touched: the plan
-     * was built above from objects the caller keeps alive, and the child never returns to Python. */
-    Py_BEGIN_ALLOW_THREADS
-    pid = fork();
-    if (pid == 0)
-        child(&p);
-    saved_errno = errno;
-    Py_END_ALLOW_THREADS
+    if (keeper_path[0]) {
+        pid = spawn_keeper(&p);
+        saved_errno = errno;
+    } else {
+        /* Without the GIL: copying the supervisor's page tables takes 1.5-1.8 ms here, and every other
+         * thread (the server, other commands' notify loops) would wait for it. Nothing Python is touched:
+         * the plan was built above from objects the caller keeps alive; the child never returns to Python. */
+        Py_BEGIN_ALLOW_THREADS
+        pid = fork();
+        if (pid == 0)
+            child(&p);
+        saved_errno = errno;
+        Py_END_ALLOW_THREADS
+    }
     PyMem_Free(argv);
     PyMem_Free(envp);
     PyMem_Free(p.bind_src);
@@ -650,26 +757,117 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__spawn(void) { return PyModule_Create(&module); }
 #else
-/* nono-keeper COMMAND SUPERVISOR SIGNAL: the keeper after its execve (see exec_keeper). */
-static long number(const char *s) {
-    long v = 0;
-    while (*s >= '0' && *s <= '9')
-        v = v * 10 + (*s++ - '0');
-    return *s ? -1 : v;
+/* nono-keeper plan FD: the keeper, started by spawn_keeper with the plan in FD (see write_plan). */
+struct in {
+    const char *data;
+    size_t len, at;
+    int bad;
+};
+
+static int64_t in_int(struct in *r) {
+    int64_t v = 0;
+    if (r->at + sizeof v > r->len) {
+        r->bad = 1;
+        return 0;
+    }
+    memcpy(&v, r->data + r->at, sizeof v);
+    r->at += sizeof v;
+    return v;
+}
+
+static const char *in_str(struct in *r) {
+    int64_t n = in_int(r);
+    const char *s;
+    if (n < 0)
+        return NULL;
+    if (r->bad || (uint64_t)n >= r->len - r->at || r->data[r->at + (size_t)n] != 0) {
+        r->bad = 1;
+        return NULL;
+    }
+    s = r->data + r->at;
+    r->at += (size_t)n + 1;
+    return s;
+}
+
+static char **in_list(struct in *r) {
+    int64_t n = in_int(r);
+    char **items;
+    if (r->bad || n < 0 || (uint64_t)n > r->len) {
+        r->bad = 1;
+        return NULL;
+    }
+    items = calloc((size_t)n + 1, sizeof(char *));
+    if (!items) {
+        r->bad = 1;
+        return NULL;
+    }
+    for (int64_t i = 0; i < n && !r->bad; i++)
+        items[i] = (char *)in_str(r);
+    return items;
 }
 
 int main(int argc, char **argv) {
     struct plan p;
-    sigset_t waited;
-    long command = argc == 4 ? number(argv[1]) : -1, supervisor = argc == 4 ? number(argv[2]) : -1;
-    if (command <= 0 || supervisor <= 0 || number(argv[3]) != KILL_TREE_SIGNAL)
-        return 127; /* only ever started by exec_keeper */
+    struct stat st;
+    struct in r = {0};
+    char *buf;
+    int fd;
+    if (argc != 3 || strcmp(argv[1], "plan") != 0 || (fd = atoi(argv[2])) < 3 || fstat(fd, &st) != 0 ||
+        st.st_size <= 0 || !(buf = malloc((size_t)st.st_size)))
+        return 127; /* only ever started by spawn_keeper */
+    for (size_t got = 0; got < (size_t)st.st_size;) {
+        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 127;
+        got += (size_t)n;
+    }
+    close(fd);
+    r.data = buf;
+    r.len = (size_t)st.st_size;
     memset(&p, 0, sizeof p);
-    p.supervisor = (pid_t)supervisor;
-    sigemptyset(&waited);
-    sigaddset(&waited, SIGCHLD);
-    sigaddset(&waited, KILL_TREE_SIGNAL);
-    sigprocmask(SIG_BLOCK, &waited, NULL); /* already blocked across the execve; said again */
-    keep(&p, (pid_t)command, &waited);
+    if (in_int(&r) != PLAN_MAGIC)
+        return 127;
+    p.stdio[0] = (int)in_int(&r);
+    p.stdio[1] = (int)in_int(&r);
+    p.stdio[2] = (int)in_int(&r);
+    p.ruleset_fd = (int)in_int(&r);
+    p.landlock_flags = (int)in_int(&r);
+    p.seccomp_flags = (int)in_int(&r);
+    p.listener_sock = (int)in_int(&r);
+    p.errpipe = (int)in_int(&r);
+    p.ctty = (int)in_int(&r);
+    p.userns = (int)in_int(&r);
+    p.exec_fd = (int)in_int(&r);
+    p.supervisor = (pid_t)in_int(&r);
+    int64_t insns = in_int(&r), nbinds = in_int(&r);
+    if (r.bad || insns < 0 || insns > BPF_MAXINSNS || nbinds < 0 || nbinds > 4096 ||
+        (size_t)insns * sizeof(struct sock_filter) > r.len - r.at)
+        return 127;
+    p.prog.len = (unsigned short)insns;
+    p.prog.filter = (struct sock_filter *)(buf + r.at); /* read from the file: aligned by malloc + 8 * n */
+    r.at += (size_t)insns * sizeof(struct sock_filter);
+    p.path = in_str(&r);
+    p.cwd = in_str(&r);
+    p.argv = in_list(&r);
+    p.envp = in_list(&r);
+    p.nbinds = (int)nbinds;
+    p.bind_src = calloc((size_t)nbinds + 1, sizeof(char *));
+    p.bind_dst = calloc((size_t)nbinds + 1, sizeof(char *));
+    if (!p.bind_src || !p.bind_dst)
+        return 127;
+    for (int64_t i = 0; i < nbinds; i++) {
+        p.bind_src[i] = (char *)in_str(&r);
+        p.bind_dst[i] = (char *)in_str(&r);
+    }
+    if (r.bad || r.at != r.len || !p.path || !p.argv || !p.envp)
+        fail(p.errpipe, "keeper_plan", EINVAL);
+    /* Close-on-exec again, as they were in the supervisor: the command must not inherit them. */
+    int own[] = {p.ruleset_fd, p.listener_sock, p.errpipe, p.exec_fd};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (own[i] >= 0 && fcntl(own[i], F_SETFD, FD_CLOEXEC) != 0)
+            fail(p.errpipe, "keeper_cloexec", errno);
+    child(&p);
 }
 #endif
