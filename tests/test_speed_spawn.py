@@ -130,3 +130,25 @@ def test_the_command_inherits_its_stdio_and_nothing_else(home, trap):
         os.close(read_end)
         session.close()
     assert listed[:3] == [0, 1, 2] and len(listed) == 4  # and the listing's own fd
+
+
+def test_without_nono_keeper_the_keeper_is_a_fork_as_before(home):
+    from supervisor.linux import _spawn
+
+    _spawn.set_keeper(b"")
+    try:
+        session, process = _start(home, "sleep 30")
+        try:
+            assert _exe(process.keeper) != sandbox.KEEPER  # the supervisor's own image
+            process.kill_tree()
+            process.wait()
+            assert _gone(process.pid)
+        finally:
+            session.close()
+        session, process = _start(home, "exit 4")
+        try:
+            assert os.waitstatus_to_exitcode(process.wait()) == 4
+        finally:
+            session.close()
+    finally:
+        _spawn.set_keeper(os.fsencode(sandbox.KEEPER))
