@@ -564,3 +564,26 @@ def test_the_c_loop_answers_with_its_effective_capabilities_dropped(home, monkey
     assert seen and set(seen) == {"0000000000000000"}
     with open("/proc/thread-self/status") as status:  # the test's own thread keeps its own
         assert next(line for line in status if line.startswith("CapEff:")).split()[1] != "0000000000000000"
+
+
+def test_notify_loops_run_on_kept_threads(home):
+    """One command after another reuses the same threads: no thread per command, and the kept ones stay
+    bounded (16 idle at most)."""
+    import threading
+
+    from supervisor.backend import finish, start_sandboxed
+    from supervisor.policy import PolicyOptions
+    from supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        for _ in range(30):
+            process = start_sandboxed(session, "/bin/true", ["true"], home.env, str(home.work), (0, 1, 2))
+            process.wait()
+            finish(process)
+            process.notify.join(5)
+            assert not process.notify.is_alive()
+    finally:
+        session.close()
+    kept = [t for t in threading.enumerate() if t.name == "nono-notify"]
+    assert 1 <= len(kept) <= 16
