@@ -13,6 +13,10 @@
  *   supervisor thread ── keeper (new session, subreaper, not sandboxed, runs no foreign code)
  *                            └── command (own process group; NO_NEW_PRIVS → Landlock → seccomp → exec)
  *
+ * The keeper is nono-keeper (this file built with NONO_KEEPER): the supervisor vforks and execs it with the
+ * plan in a memfd, so no copy of the supervisor is made; it vforks the command. Where nono-keeper is not
+ * built, the keeper is a fork of the supervisor running the same code.
+ *
  * The keeper exists so that a command tree never outlives the supervisor (CONTRACT: no orphan remains):
  * it learns of the supervisor's death through PR_SET_PDEATHSIG and of a kill request through
  * KILL_TREE_SIGNAL, and then SIGKILLs its process group and every descendant (it is their subreaper, so

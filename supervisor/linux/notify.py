@@ -1,4 +1,8 @@
-"""The seccomp notify loop: one thread per command, answering every trapped syscall of its process tree.
+"""The seccomp notify loop: one per command, answering every trapped syscall of its process tree.
+
+The hot path is C (``_notify.c``: receive, read the path once, the lexical fast path, CONTINUE) and runs
+without the GIL; what it does not CONTINUE comes here, to ``_escalate``, with the bytes it read. Loops run
+on kept threads (``_THREADS``). The filter leaves a command's plain reads to Landlock (``seccomp``).
 
 Every handled syscall goes one way (DESIGN.md invariant 7):
 1. **read once**: each path (and every other argument in memory) is read from the target exactly once;
