@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--rows", default="", help="comma-separated prefixes of the rows to run")
     parser.add_argument("--no-peers", action="store_true", help="skip bubblewrap and firejail")
     parser.add_argument("--no-notrap", action="store_true", help="skip the --no-trap modes")
+    parser.add_argument("--build-notrap", action="store_true", help="--no-trap of the --build installs too")
     parser.add_argument(
         "--trapped-reads",
         action="store_true",
@@ -312,7 +313,7 @@ def main() -> None:
         for name, venv in builds:
             label = f"route {name}".strip()
             modes.append(stack.enter_context(_serve(label, venv, top, home, env, [])))
-            if not args.no_notrap:
+            if not args.no_notrap and (not name or args.build_notrap):
                 modes.append(
                     stack.enter_context(
                         _serve(f"no-trap {name}".strip(), venv, top, home, env, ["--no-trap"])
