@@ -59,7 +59,7 @@ def start_sandboxed(
     on_decision: Callable[[str, object], None] | None = None,
     consent: Callable[[str, str, str, bool], bool] | None = None,
     trap: bool = True,
-    untrapped_reads: bool = False,
+    left_to_landlock: bool = False,
     launch_extra: dict[str, object] | None = None,
     notify_class: type | None = None,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
@@ -72,8 +72,9 @@ def start_sandboxed(
     express are carried out by the supervisor; ``consent(op, path, rule, is_dir)`` may let a human allow
     what the policy denies, while the syscall waits.
 
-    ``untrapped_reads`` (a command's, not the agent's): plain reads are left to Landlock where that loses
-    nothing a dynamically linked process could report (``_untrapped_reads``; README "Plain reads").
+    ``left_to_landlock`` (a command's, not the agent's): plain reads and execve are left to Landlock where
+    that loses nothing a dynamically linked process could report (``_retry_library``; README "Left to
+    Landlock").
     """
     if sys.platform.startswith("linux"):
         from supervisor.linux import sandbox, seccomp
@@ -99,7 +100,7 @@ def start_sandboxed(
 
         loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
         linked = trap and bool(session.linked_denied(policy))
-        reads = trap and untrapped_reads and _untrapped_reads(loop_class, linked)
+        reads = trap and left_to_landlock and _retry_library(loop_class, linked)
         if reads:
             env = _preloaded(env, reads)
         # launch_extra: the agent's routing namespace (binds, userns, exec_fd; supervisor.launcher).
@@ -130,7 +131,7 @@ def start_sandboxed(
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_mode, trap_reads=not reads)
+        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(reads))
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
@@ -145,9 +146,9 @@ def start_sandboxed(
     raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
 
 
-def _untrapped_reads(loop_class: type, linked: bool) -> str | None:
-    """The read-retry library to preload when the command's plain reads may be left to Landlock (issue
-    13), else None: every read is trapped for a loop that must see them all (the agent's), while a denied
+def _retry_library(loop_class: type, linked: bool) -> str | None:
+    """The read-retry library to preload when the command's plain reads and execs may be left to Landlock
+    (issue 13), else None: all are trapped for a loop that must see them all (the agent's), while a denied
     file has several names (Landlock follows names: each regular-file open must be checked on its inode),
     where the library is not built (a denial could not be reported even where the process can), and with
     NONO_TRAP_READS=1 in the supervisor's environment (bench/bench_speed.py's comparison)."""

@@ -1,9 +1,9 @@
-"""Plain reads left to Landlock (issue 13): an open/openat with plain read flags is not trapped for a
-command. The kernel still enforces every denial; where the process is dynamically linked, the read-retry
-library asks again through the supervisor, so the denial is reported (and asked about, and a grant the
-baseline cannot express is emulated) as when every read was trapped; a static binary gets the kernel's
-EACCES alone (the documented loss). With a multi-linked denied file, and for the agent, every read is
-trapped again. No timing here."""
+"""Plain reads and execve left to Landlock (issue 13): an open/openat with plain read flags, and an execve,
+are not trapped for a command. The kernel still enforces every denial; where the process is dynamically
+linked, the read-retry library asks again through the supervisor, so the denial is reported (a read is
+also asked about, and a grant the baseline cannot express is emulated) as when every call was trapped; a
+static binary, and an exec inside posix_spawn, get the kernel's EACCES alone (the documented loss). With a
+multi-linked denied file, and for the agent, every call is trapped again. No timing here."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _exec(home, *argv, flags=("--allow", "~"), **kw):
     return home.run([SUPERVISOR, "exec", *flags, "--", *argv], **kw)
 
 
-def _in_process(home, argv, *, consent=None, stdio=(0, 1, 2), untrapped_reads=True):
+def _in_process(home, argv, *, consent=None, stdio=(0, 1, 2), left_to_landlock=True):
     """Run argv under start_sandboxed here, as a command: (status, decisions, loop stats)."""
     from supervisor.backend import finish, start_sandboxed
     from supervisor.policy import PolicyOptions
@@ -60,7 +60,7 @@ def _in_process(home, argv, *, consent=None, stdio=(0, 1, 2), untrapped_reads=Tr
             stdio,
             on_decision=lambda *a: seen.append(a),
             consent=consent,
-            untrapped_reads=untrapped_reads,
+            left_to_landlock=left_to_landlock,
         )
         status = process.wait()
         finish(process)
@@ -190,7 +190,7 @@ def test_the_agent_and_any_caller_that_does_not_ask_keep_every_read_trapped(home
     """start_sandboxed traps plain reads unless its caller says it starts a command (the server, exec):
     the agent's own reads, a static agent's included, are asked about and reported at once."""
     script = "import os\nfor _ in range(300):\n    os.close(os.open('README', os.O_RDONLY))"
-    status, _seen, stats = _in_process(home, [sys.executable, "-c", script], untrapped_reads=False)
+    status, _seen, stats = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
     assert status == 0 and stats["received"] >= 300
     result = _exec(home, "bash", "-c", 'echo "$LD_PRELOAD"')
     assert notify.read_retry_library() in result.stdout  # exec starts a command
@@ -206,11 +206,107 @@ def test_a_loop_that_must_see_every_read_gets_them_all(home):
 
     assert not notify.wants_every_notification(notify.NotifyLoop)
     assert notify.wants_every_notification(Watching) and notify.wants_every_notification(Flagged)
-    from supervisor.backend import _untrapped_reads
+    from supervisor.backend import _retry_library
 
-    assert _untrapped_reads(notify.NotifyLoop, linked=False) == notify.read_retry_library()
-    assert _untrapped_reads(Watching, linked=False) is None
-    assert _untrapped_reads(notify.NotifyLoop, linked=True) is None
+    assert _retry_library(notify.NotifyLoop, linked=False) == notify.read_retry_library()
+    assert _retry_library(Watching, linked=False) is None
+    assert _retry_library(notify.NotifyLoop, linked=True) is None
+
+
+SPAWN_ALL = C_DIR / "spawn_all.c"
+
+
+@pytest.fixture
+def spawners(home):
+    """spawn_all (tests/c) built dynamic and static, and an executable ~/.ssh/tool the baseline denies."""
+    tool = home.home / ".ssh" / "tool"
+    tool.write_text("#!/bin/sh\necho RAN\n")
+    tool.chmod(0o755)
+    out = {"tool": str(tool)}
+    for kind, flags in (("dynamic", []), ("static", ["-static"])):
+        target = home.work / f"spawn_all_{kind}"
+        built = subprocess.run(["cc", "-O2", "-o", str(target), str(SPAWN_ALL), *flags], capture_output=True)
+        if built.returncode != 0:
+            pytest.skip(f"cannot build a {kind} binary here: {built.stderr.decode()[-200:]}")
+        out[kind] = str(target)
+    return out
+
+
+def test_execve_is_not_trapped_for_a_command_and_execveat_is(home):
+    """A failed execve costs no notification (a compiler driver's PATH walk makes hundreds); execveat, the
+    retry's twin, is always trapped; for the agent (every call trapped) execve is too."""
+    script = textwrap.dedent("""
+        import os
+        for _ in range(300):
+            try:
+                os.execv("/nonexistent/tool", ["tool"])
+            except OSError:
+                pass
+        root = os.open("/", os.O_PATH)
+        for _ in range(100):
+            try:
+                os.execve(root, ["tool"], {})  # fexecve: execveat(root, "", AT_EMPTY_PATH)
+            except OSError:
+                pass
+    """)
+    status, _seen, stats = _in_process(home, [sys.executable, "-c", script])
+    assert status == 0
+    assert 100 <= stats["received"] < 300, stats  # the 100 execveat (fexecve), not the 300 execve
+    status, _seen, every = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
+    assert status == 0 and every["received"] >= 400, every
+
+
+@pytest.mark.parametrize("method", ["execve", "execv", "execvp", "execvpe"])
+def test_a_denied_exec_is_enforced_by_the_kernel_and_reported_where_the_process_can(home, spawners, method):
+    result = _exec(home, spawners["dynamic"], method, spawners["tool"], "tool", "a", "b")
+    assert "RAN" not in result.stdout and result.returncode == 127
+    assert f"spawn_all: {method}: Permission denied" in result.stderr
+    assert result.stderr.count("nono: denied exec ~/.ssh/tool [group:deny_credentials]") == 1, result.stderr
+    bare = home.run([spawners["dynamic"], method, spawners["tool"], "tool", "a", "b"])
+    assert "RAN" in bare.stdout  # the twin
+
+
+@pytest.mark.parametrize("how", ["bash", "bash PATH", "python subprocess"])
+def test_a_denied_exec_by_a_shell_or_an_interpreter_is_reported(home, spawners, how):
+    tool = spawners["tool"]
+    argv = {
+        "bash": ["bash", "-c", tool],
+        "bash PATH": ["bash", "-c", f"PATH={home.home}/.ssh:$PATH; tool"],
+        "python subprocess": [sys.executable, "-c", f"import subprocess; subprocess.run([{tool!r}])"],
+    }[how]
+    result = _exec(home, *argv)
+    assert "RAN" not in result.stdout and "Permission denied" in result.stderr
+    assert "nono: denied exec ~/.ssh/tool [group:deny_credentials]" in result.stderr, result.stderr
+    assert "RAN" in home.run(argv).stdout  # the twin
+
+
+@pytest.mark.parametrize("method", ["posix_spawn", "static execve"])
+def test_a_denied_exec_libc_makes_inside_posix_spawn_or_a_static_binary_makes_is_not_reported(
+    home, spawners, method
+):
+    """The documented loss: the kernel refuses it, and nothing in the process asks again."""
+    static = method == "static execve"
+    binary, call = (spawners["static"], "execve") if static else (spawners["dynamic"], method)
+    result = _exec(home, binary, call, spawners["tool"], "tool", "a", "b")
+    assert "RAN" not in result.stdout and f"spawn_all: {call}: Permission denied" in result.stderr
+    assert "nono: denied" not in result.stderr
+    assert "RAN" in home.run([binary, call, spawners["tool"], "tool", "a", "b"]).stdout  # the twin
+    # with every call trapped (the agent's way, here through NONO_TRAP_READS) the same exec is reported
+    trapped = _exec(
+        home, binary, call, spawners["tool"], "tool", "a", "b", env={**home.env, "NONO_TRAP_READS": "1"}
+    )
+    assert "nono: denied exec ~/.ssh/tool" in trapped.stderr, trapped.stderr
+
+
+def test_a_relative_command_starts_under_every_trap(home):
+    """The first exec is named from the command's cwd by the supervisor (a root child's /proc/PID/cwd is
+    not readable by a notify thread without capabilities before that exec)."""
+    script = home.work / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    for env in (home.env, {**home.env, "NONO_TRAP_READS": "1"}):
+        result = _exec(home, "./hello.sh", env=env)
+        assert result.stdout == "hello\n", result.stderr
 
 
 def test_the_read_retry_library_is_in_the_commands_environment_once(home):

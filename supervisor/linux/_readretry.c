@@ -1,16 +1,19 @@
 /*
- * _readretry.c: preloaded (LD_PRELOAD) into sandboxed commands whose plain reads are not trapped.
+ * _readretry.c: preloaded (LD_PRELOAD) into sandboxed commands whose plain reads and execve are not trapped.
  *
- * The seccomp filter lets an open/openat with plain read flags through to the kernel (seccomp.py,
- * PLAIN_READ_EXCLUDES): Landlock alone decides it, and a denial is EACCES with no notification, so no
- * report, no question, no emulated grant. Where that denial happens in a dynamically linked process, this
- * library sees it: it asks again with openat2, which the filter always traps, and the supervisor's whole
- * pipeline runs on it (read once, resolve, pin, decide, report or ask, emulate with ADDFD). So a command
- * gets what it got when every read was trapped: the grant's fd, or EACCES with the denial reported.
+ * The seccomp filter lets an open/openat with plain read flags, and every execve, through to the kernel
+ * (seccomp.py, LEFT_TO_LANDLOCK): Landlock alone decides them, and a denial is EACCES with no notification,
+ * so no report, no question, no emulated grant. Where that denial happens in a dynamically linked process,
+ * this library sees it and asks again through the always-trapped twin of the call:
+ * - a read through openat2: the supervisor's whole pipeline runs on it (read once, resolve, pin, decide,
+ *   report or ask, emulate with ADDFD), so the command gets the grant's fd, or EACCES with the report;
+ * - an exec through execveat: the supervisor reports the denial (an exec is never carried out for a
+ *   command: only the baseline can allow it, so a report is all the trap ever added).
  *
- * Only an EACCES of a plain read is asked again (any other flags were trapped in the first place: their
- * answer is already the supervisor's). Static binaries and raw syscalls do not pass through here: for
- * them a read Landlock denies is just EACCES (README, "Plain reads").
+ * Only an EACCES is asked again (any other open flags were trapped in the first place: their answer is
+ * already the supervisor's). Static binaries, raw syscalls, and the execs libc makes inside posix_spawn,
+ * system and popen do not pass through here: for them a denial is the kernel's bare EACCES (README,
+ * "Left to Landlock").
  *
  * Async-signal-safe on the hot path (a successful open costs one compare): the real functions are resolved
  * once by the constructor, the retry is one raw syscall, errno is kept as the caller expects.
@@ -19,6 +22,8 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,6 +33,9 @@
 
 #ifndef SYS_openat2
 #define SYS_openat2 437
+#endif
+#ifndef SYS_execveat
+#define SYS_execveat 322
 #endif
 #ifndef __O_TMPFILE
 #define __O_TMPFILE 020000000
@@ -45,12 +53,16 @@ typedef int openat_fn(int, const char *, int, ...);
 typedef int open2_fn(const char *, int);
 typedef int openat2_fn(int, const char *, int);
 typedef FILE *fopen_fn(const char *, const char *);
+typedef int execve_fn(const char *, char *const[], char *const[]);
+
+extern char **environ;
 
 static open_fn *real_open, *real_open64;
 static openat_fn *real_openat, *real_openat64;
 static open2_fn *real___open_2, *real___open64_2;
 static openat2_fn *real___openat_2, *real___openat64_2;
 static fopen_fn *real_fopen, *real_fopen64;
+static execve_fn *real_execve, *real_execvpe;
 
 __attribute__((constructor)) static void resolve(void) {
     real_open = (open_fn *)dlsym(RTLD_NEXT, "open");
@@ -63,6 +75,8 @@ __attribute__((constructor)) static void resolve(void) {
     real___openat64_2 = (openat2_fn *)dlsym(RTLD_NEXT, "__openat64_2");
     real_fopen = (fopen_fn *)dlsym(RTLD_NEXT, "fopen");
     real_fopen64 = (fopen_fn *)dlsym(RTLD_NEXT, "fopen64");
+    real_execve = (execve_fn *)dlsym(RTLD_NEXT, "execve");
+    real_execvpe = (execve_fn *)dlsym(RTLD_NEXT, "execvpe");
 }
 
 /* The open's answer, asked again through the supervisor when Landlock alone refused a plain read. */
@@ -172,3 +186,66 @@ FILE *fopen64(const char *path, const char *mode) {
         resolve();
     return fopen_retried(real_fopen64(path, mode), path, mode);
 }
+
+/* ---- exec ---------------------------------------------------------------------------------------------
+ * execv and execvp call libc's internal execve, which no preload sees: each entry point is wrapped.
+ * Async-signal-safe (these run in vfork children): no allocation, the PATH walk joins into a stack buffer. */
+
+/* An execve Landlock refused, asked again through execveat: the supervisor reports it, and the kernel
+ * decides again (a file that became executable meanwhile runs, as a second execve would). */
+static int exec_retried(const char *path, char *const argv[], char *const envp[]) {
+    if (errno != EACCES || path == NULL)
+        return -1;
+    syscall(SYS_execveat, AT_FDCWD, path, argv, envp, 0);
+    if (errno == ENOSYS || errno == EINVAL)
+        errno = EACCES; /* no supervisor answering execveat: the kernel's answer stands */
+    return -1;
+}
+
+int execve(const char *path, char *const argv[], char *const envp[]) {
+    if (!real_execve)
+        resolve();
+    real_execve(path, argv, envp);
+    return exec_retried(path, argv, envp);
+}
+
+int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
+
+/* execvpe's answer, asked again for each candidate of the PATH search that exists, in order (as execvpe
+ * tries them: the first one the kernel now allows runs). */
+int execvpe(const char *file, char *const argv[], char *const envp[]) {
+    if (!real_execvpe)
+        resolve();
+    real_execvpe(file, argv, envp);
+    if (errno != EACCES || file == NULL || *file == '\0')
+        return -1;
+    if (strchr(file, '/'))
+        return exec_retried(file, argv, envp);
+    const char *path = getenv("PATH");
+    size_t flen = strlen(file);
+    for (const char *p = path ? path : "/bin:/usr/bin"; ; p++) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : strlen(p);
+        char candidate[PATH_MAX];
+        if (dlen + flen + 2 <= sizeof candidate) {
+            size_t at = 0;
+            if (dlen) {
+                memcpy(candidate, p, dlen);
+                candidate[dlen] = '/';
+                at = dlen + 1;
+            }
+            memcpy(candidate + at, file, flen + 1); /* an empty entry is the cwd */
+            if (access(candidate, F_OK) == 0) {
+                errno = EACCES;
+                exec_retried(candidate, argv, envp);
+            }
+        }
+        if (!end)
+            break;
+        p = end;
+    }
+    errno = EACCES;
+    return -1;
+}
+
+int execvp(const char *file, char *const argv[]) { return execvpe(file, argv, environ); }

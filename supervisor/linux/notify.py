@@ -441,6 +441,20 @@ class NotifyLoop:
             return Deny(e.errno or errno.EBADF)
         return Pin(copy, "", path.removesuffix(" (deleted)"), st)
 
+    def _existing(self, resolved) -> Pin | Deny:
+        """What a call on an existing object acts on: the pin (the target's own fd pinned as itself), else
+        the kernel's answer (ENOENT where nothing is there)."""
+        if isinstance(resolved, FdRef):
+            resolved = self._fd_pin(resolved.tid, resolved.fd)
+        if isinstance(resolved, Deny):
+            return resolved
+        if not isinstance(resolved, Pin):
+            return Deny(resolved.error)
+        if not resolved.exists:
+            resolved.close()
+            return Deny(errno.ENOENT)
+        return resolved
+
     def _object_of(self, tid: int, trap: Trap, args: list[int], follow: bool) -> Pin | Deny:
         """The object a metadata call acts on: its path argument (or its fd form), pinned."""
         if trap.path is None:
@@ -452,15 +466,7 @@ class NotifyLoop:
         if isinstance(raw, Deny):
             return raw
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
-        resolved = self._pin(tid, dirfd, raw, follow, empty=bool(flags & _AT_EMPTY_PATH))
-        if isinstance(resolved, FdRef):
-            return self._fd_pin(resolved.tid, resolved.fd)
-        if not isinstance(resolved, Pin):
-            return Deny(resolved.error)
-        if not resolved.exists:
-            resolved.close()
-            return Deny(errno.ENOENT)
-        return resolved
+        return self._existing(self._pin(tid, dirfd, raw, follow, empty=bool(flags & _AT_EMPTY_PATH)))
 
     # ---- opens -----------------------------------------------------------------------------------------
 
@@ -784,16 +790,10 @@ class NotifyLoop:
         if flags & _AT_EMPTY_PATH:
             return Deny(errno.ENOENT)  # linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
-        source = self._pin(tid, dirfd, raw, follow=bool(flags & _AT_SYMLINK_FOLLOW))
-        if isinstance(source, FdRef):  # linkat("/proc/self/fd/N", ...): an O_TMPFILE given a name
-            source = self._fd_pin(source.tid, source.fd)
-            if isinstance(source, Deny):
-                return source
-        if not isinstance(source, Pin):
-            return Deny(source.error)
-        if not source.exists:
-            source.close()
-            return Deny(errno.ENOENT)
+        # linkat("/proc/self/fd/N", ...) is an O_TMPFILE given a name: the target's fd, pinned as itself
+        source = self._existing(self._pin(tid, dirfd, raw, follow=bool(flags & _AT_SYMLINK_FOLLOW)))
+        if isinstance(source, Deny):
+            return source
         # A hard link is a second name for the file: the source must be readable and writable under the
         # policy, whichever way the destination is decided.
         for op in ("read", "write"):
@@ -837,14 +837,9 @@ class NotifyLoop:
             fast = self._continue(self._lexical(tid, None, raw), _A["truncate"] | _A["write_file"])
             if fast:
                 return fast
-        pin = self._pin(tid, None, raw, follow=True)
-        if isinstance(pin, FdRef):
-            pin = self._fd_pin(pin.tid, pin.fd)
-        if not isinstance(pin, Pin):
-            return pin if isinstance(pin, Deny) else Deny(pin.error)
-        if not pin.exists:
-            pin.close()
-            return Deny(errno.ENOENT)
+        pin = self._existing(self._pin(tid, None, raw, follow=True))
+        if isinstance(pin, Deny):
+            return pin
         if pin.is_dir:
             pin.close()
             return Deny(errno.EISDIR)
@@ -1000,15 +995,9 @@ class NotifyLoop:
     def _watch(self, tid: int, notify_fd: int, resolved, add: Callable[[Permit, int], int]) -> Decision:
         """A watch reveals the names and timing of what happens to the watched object: decided as a read,
         added by the supervisor on the command's own instance (our copy is the same one)."""
-        if isinstance(resolved, FdRef):
-            resolved = self._fd_pin(resolved.tid, resolved.fd)
+        resolved = self._existing(resolved)
         if isinstance(resolved, Deny):
             return resolved
-        if not isinstance(resolved, Pin):
-            return Deny(resolved.error)
-        if not resolved.exists:
-            resolved.close()
-            return Deny(errno.ENOENT)
         permit = self._decide("read", resolved)
         if isinstance(permit, Deny):
             resolved.close()

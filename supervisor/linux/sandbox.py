@@ -50,6 +50,10 @@ class Launch:
         stdio: tuple[int, int, int],
         **kw: object,
     ) -> Launch:
+        if cwd and not os.path.isabs(path):
+            # The first exec, as the child will make it once in cwd: named from cwd here, because a notify
+            # thread without capabilities may not read a root child's /proc/PID/cwd before that exec.
+            path = os.path.join(cwd, path)
         return cls(
             path=os.fsencode(path),
             argv=[os.fsencode(a) for a in argv],

@@ -121,11 +121,15 @@ _IPPROTO_TCP = 6
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 
 
-# Plain reads: an open or openat whose flags have none of these bits asks Landlock for read_file (or nothing,
-# O_PATH) and nothing else, so Landlock alone decides every outcome. Without ``trap_reads`` the filter lets
-# them through untrapped (issue 13: 86-100% of the notifications of content-heavy work). What that gives up,
-# and what keeps it sound, is in the README ("Plain reads"); O_DIRECTORY stays trapped (listing the parent
-# of a denied node is the supervisor's), and so does openat2 (its flags are in memory).
+# Left to Landlock (issue 13): for a command, the filter lets through the calls whose every outcome Landlock
+# alone decides, and that the preloaded _readretry asks again through an always-trapped twin when the kernel
+# refuses them (README, "Left to Landlock"):
+# - plain reads: an open or openat whose flags have none of PLAIN_READ_EXCLUDES asks Landlock for read_file
+#   (or nothing, O_PATH) and nothing else (86-100% of the notifications of content-heavy work); asked again
+#   through openat2. O_DIRECTORY stays trapped (listing the parent of a denied node is the supervisor's);
+# - execve: an exec is never carried out for a command (only the baseline can allow it), so the trap only
+#   ever added a report (a build's compiler driver tries several PATH entries per tool: 70% of `make`'s
+#   notifications, each a cold wake of the supervisor); asked again through execveat.
 PLAIN_READ_EXCLUDES = (
     os.O_WRONLY,
     os.O_RDWR,
@@ -135,21 +139,23 @@ PLAIN_READ_EXCLUDES = (
     0o20000000,  # __O_TMPFILE (O_TMPFILE is it with O_DIRECTORY)
 )
 UNTRAPPED_READS = {"open": 1, "openat": 2}  # syscall -> its flags argument
+UNTRAPPED_EXECS = ("execve",)
 
 
-def build_program(net: str | bool = "open", *, trap_reads: bool = True) -> bytes:
+def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) -> bytes:
     """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed).
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
-    ``trap_reads=False``: plain reads (``PLAIN_READ_EXCLUDES``) of open and openat are not trapped."""
+    ``leave_to_landlock``: plain reads of open and openat, and execve, are not trapped (a command's, with
+    the read-retry library preloaded; see UNTRAPPED_READS)."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
-    return _program(net in (True, "block", "domains"), trap_reads)
+    return _program(net in (True, "block", "domains"), leave_to_landlock)
 
 
 @cache
-def _program(net_block: bool, trap_reads: bool = True) -> bytes:
+def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
     import pyseccomp
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
@@ -163,7 +169,9 @@ def _program(net_block: bool, trap_reads: bool = True) -> bytes:
     for trap in TRAPS:
         if trap.net_block and not net_block:
             continue
-        if trap.name in UNTRAPPED_READS and not trap_reads:
+        if trap.name in UNTRAPPED_EXECS and leave_to_landlock:
+            continue
+        if trap.name in UNTRAPPED_READS and leave_to_landlock:
             # trapped when any one of the bits is set: rules for one syscall are ORed
             for bit in PLAIN_READ_EXCLUDES:
                 flag = pyseccomp.Arg(UNTRAPPED_READS[trap.name], pyseccomp.MASKED_EQ, bit, bit)
