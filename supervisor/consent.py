@@ -131,7 +131,7 @@ class Consent:
         return "deny" if refused is not None else None
 
     def _key(self, op: str, path: str, tid: int) -> tuple[str, str, int]:
-        return (OPS[op], path, _process_of(tid) if self.per_process else 0)
+        return (OPS[op], path, process_of(tid) if self.per_process else 0)
 
     def _note(self, op: str, path: str, note: str) -> None:
         if self.report is not None:
@@ -176,7 +176,7 @@ def asker(tid: int) -> dict[str, object]:
     process's own (it is shown escaped, for recognition)."""
     if tid <= 0:
         return {}
-    pid = _process_of(tid)
+    pid = process_of(tid)
     exe = ""
     try:
         exe = os.readlink(f"/proc/{tid}/exe")
@@ -201,7 +201,7 @@ def asker(tid: int) -> dict[str, object]:
     return {"program": name, "pid": pid, "exe": exe, "argv": argv}
 
 
-def _process_of(tid: int) -> int:
+def process_of(tid: int) -> int:
     """The process (thread group) a thread belongs to; the tid itself if it is already gone."""
     try:
         with open(f"/proc/{tid}/status") as status:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisor import paths
+from supervisor.consent import process_of
 from supervisor.netpolicy import (
     LOCAL_ADDRESS,
     NOT_ALLOWED,
@@ -127,17 +128,6 @@ def _display(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _process_of(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as status:
-            for line in status:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return tid
-
-
 class _Denial:
     """What ``on_decision`` takes (``supervisor.linux.decisions.Denial``'s fields)."""
 
@@ -205,7 +195,7 @@ class NetClient:
 
     def _once_key(self, tid: int) -> int:
         """For the agent (it lives as long as the session) "once" is the process that asked; else 0."""
-        return _process_of(tid) if tid and getattr(self.consent, "per_process", False) else 0
+        return process_of(tid) if tid and getattr(self.consent, "per_process", False) else 0
 
     def record(self, decision: str, display: str, rule: str, tid: int) -> None:
         """``tid``: the thread whose connect() reached the proxy (what ``Denial.pid`` holds)."""
