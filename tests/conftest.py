@@ -236,6 +236,33 @@ def nobody_supervisor(nobody_home: Home) -> Supervisor:
     s.stop()
 
 
+def run_sandboxed(home: Home, argv: list[str], **start: object) -> tuple[int, str, object]:
+    """argv under ``start_sandboxed`` in this process, on the default policy, stdout a pipe: (exit code,
+    stdout, the process, its notify loop ended). ``start``: start_sandboxed's keywords (trap, ...)."""
+    from supervisor.backend import start_sandboxed
+    from supervisor.policy import PolicyOptions
+    from supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    read_end, write_end = os.pipe()
+    try:
+        process = start_sandboxed(
+            session, argv[0], argv, home.env, str(home.work), (0, write_end, 2), **start
+        )
+        os.close(write_end)
+        write_end = -1
+        status = process.wait()
+        out = os.read(read_end, 1 << 16).decode()
+        if process.notify is not None:
+            process.notify.join(5)
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+        session.close()
+    return os.waitstatus_to_exitcode(status), out, process
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KEY, NOBODY, SUPERVISOR, Home
+from conftest import FAKE_KEY, NOBODY, SUPERVISOR, Home, run_sandboxed
 from supervisor.linux.seccomp import BLOCKED, TRAPS
 
 C_DIR = Path(__file__).parent / "c"
@@ -237,10 +237,7 @@ def test_int80_open_of_the_key_is_killed(home):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_notify_loop_fails_closed_mid_command(home, monkeypatch):
     """Invariant 4: once the loop dies its listener closes, and trapped syscalls fail instead of passing."""
-    from supervisor.backend import start_sandboxed
     from supervisor.linux import notify
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
 
     class DiesAfter(notify.NotifyLoop):
         answered = 0
@@ -262,23 +259,8 @@ def test_a_dead_notify_loop_fails_closed_mid_command(home, monkeypatch):
         print(ok, fail, errno.errorcode[code] if fail else "-")
     """)
     monkeypatch.setattr(notify, "NotifyLoop", DiesAfter)
-    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
-    read_end, write_end = os.pipe()
-    try:
-        process = start_sandboxed(
-            session,
-            sys.executable,
-            [sys.executable, "-c", script],
-            home.env,
-            str(home.work),
-            (0, write_end, 2),
-        )
-        os.close(write_end)
-        process.wait()
-        ok, fail, code = os.read(read_end, 4096).decode().split()
-    finally:
-        os.close(read_end)
-        session.close()
+    _status, out, _process = run_sandboxed(home, [sys.executable, "-c", script])
+    ok, fail, code = out.split()
     assert int(fail) > 0 and code == "ENOSYS"
     assert int(ok) < 2000
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR
+from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed
 from supervisor.linux import _notify, notify
 from supervisor.linux.decisions import CONTINUE
 from supervisor.linux.landlock import ACCESS_FS, READ, WRITE, LandlockPlan, RightsIndex, Rule, handled_fs
@@ -434,9 +434,6 @@ def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
 def test_a_dead_c_loop_fails_closed_mid_command(home, monkeypatch):
     """Invariant 4 with the C loop: when it ends (here: the Python side it escalates to dies), the listener
     closes and every trapped syscall fails, the fast ones included."""
-    from supervisor.backend import start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
 
     class DiesAfter(notify.NotifyLoop):
         escalated = 0
@@ -459,23 +456,8 @@ def test_a_dead_c_loop_fails_closed_mid_command(home, monkeypatch):
         print(ok, fail, errno.errorcode[code] if fail else "-")
     """)
     monkeypatch.setattr(notify, "NotifyLoop", DiesAfter)
-    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
-    read_end, write_end = os.pipe()
-    try:
-        process = start_sandboxed(
-            session,
-            sys.executable,
-            [sys.executable, "-c", script],
-            home.env,
-            str(home.work),
-            (0, write_end, 2),
-        )
-        os.close(write_end)
-        process.wait()
-        ok, fail, code = os.read(read_end, 4096).decode().split()
-    finally:
-        os.close(read_end)
-        session.close()
+    _status, out, _process = run_sandboxed(home, [sys.executable, "-c", script])
+    ok, fail, code = out.split()
     assert code == "ENOSYS"
     assert int(fail) >= 200  # the plain opens after the death too, which the fast path would have allowed
     assert int(ok) < 200
@@ -484,10 +466,7 @@ def test_a_dead_c_loop_fails_closed_mid_command(home, monkeypatch):
 def test_what_the_c_loop_read_is_what_python_decides_on(home, monkeypatch):
     """Read once: an escalated notification's path reaches the Python handler as the bytes C read; the
     handler does not read the target's memory again."""
-    from supervisor.backend import start_sandboxed
     from supervisor.linux.resolve import Reader
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
 
     reads = []
     original = Reader.read_string
@@ -501,25 +480,8 @@ def test_what_the_c_loop_read_is_what_python_decides_on(home, monkeypatch):
         f"import os\ntry:\n    os.open({str(home.key)!r}, os.O_RDWR)\nexcept OSError as e:\n"
         "    print(e.errno)"
     )
-    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
-    read_end, write_end = os.pipe()
-    try:
-        process = start_sandboxed(
-            session,
-            sys.executable,
-            [sys.executable, "-c", script],
-            home.env,
-            str(home.work),
-            (0, write_end, 2),
-        )
-        os.close(write_end)
-        process.wait()
-        out = os.read(read_end, 4096).decode().split()
-        process.notify.join(5)
-    finally:
-        os.close(read_end)
-        session.close()
-    assert out == [str(errno.EACCES)]
+    _status, out, process = run_sandboxed(home, [sys.executable, "-c", script])
+    assert out.split() == [str(errno.EACCES)]
     assert process.notify.native_stats["escalated"] >= 1
     assert reads == []  # every path Python decided on came from the C read
 

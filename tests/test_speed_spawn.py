@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import run_sandboxed
 from supervisor.linux import sandbox
 
 pytestmark = pytest.mark.skipif(not os.access(sandbox.KEEPER, os.X_OK), reason="nono-keeper is not built")
@@ -106,29 +107,10 @@ def test_nono_keeper_refuses_to_run_by_hand():
 def test_the_command_inherits_its_stdio_and_nothing_else(home, trap):
     """The plan's fds cross nono-keeper's execve without close-on-exec; the keeper sets it again, so the
     command holds none of them (the ruleset, the listener's socket, the report pipe)."""
-    read_end, write_end = os.pipe()
-    from supervisor.backend import start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
-
-    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
-    try:
-        script = "import os; print(sorted(int(n) for n in os.listdir('/proc/self/fd')))"
-        process = start_sandboxed(
-            session,
-            sys.executable,
-            [sys.executable, "-c", script],
-            home.env,
-            str(home.work),
-            (0, write_end, 2),
-            trap=trap,
-        )
-        os.close(write_end)
-        assert os.waitstatus_to_exitcode(process.wait()) == 0
-        listed = eval(os.read(read_end, 4096).decode())  # noqa: S307 - our own child's repr of a list
-    finally:
-        os.close(read_end)
-        session.close()
+    script = "import os; print(sorted(int(n) for n in os.listdir('/proc/self/fd')))"
+    status, out, _process = run_sandboxed(home, [sys.executable, "-c", script], trap=trap)
+    assert status == 0
+    listed = eval(out)  # noqa: S307 - our own child's repr of a list
     assert listed[:3] == [0, 1, 2] and len(listed) == 4  # and the listing's own fd
 
 
