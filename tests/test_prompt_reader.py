@@ -7,6 +7,7 @@ XTVERSION reply recorded under tmux here). Each holds letters that today's one-k
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 
@@ -199,15 +200,23 @@ def test_the_guard_window_is_short():
 
 
 class Pty:
+    """A pty whose output a thread collects. Closing it never leaves a thread on a bare fd number: the
+    reader is joined before the master closes, and the questions still asked on it end by hangup before
+    the slave closes, so the next test's pty (which gets the same numbers) is nobody else's."""
+
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
         self.shown = b""
-        self._stop = False
+        self.asking: list[threading.Thread] = []
+        self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        while not self._stop:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.master], [], [], 0.05)
+            if not readable:
+                continue
             try:
                 data = os.read(self.master, 4096)
             except OSError:
@@ -223,13 +232,25 @@ class Pty:
             time.sleep(0.005)
         return time.monotonic()
 
+    def ask(self, prompter: Prompter, question: Question, **kw) -> tuple[threading.Thread, list[str]]:
+        """``prompter.ask`` in a thread of its own; the list receives the result."""
+        result: list[str] = []
+        thread = threading.Thread(target=lambda: result.append(prompter.ask(question, **kw)), daemon=True)
+        thread.start()
+        self.asking.append(thread)
+        return thread, result
+
     def type(self, data: bytes) -> None:
         os.write(self.master, data)
 
     def close(self) -> None:
-        self._stop = True
+        self._stop.set()
+        self._reader.join()
+        os.close(self.master)  # a hangup: every question still on this pty reads EOF and ends
+        for thread in self.asking:
+            thread.join(10)
         os.close(self.slave)
-        os.close(self.master)
+        assert not any(t.is_alive() for t in self.asking), "a question outlived its pty"
 
 
 @pytest.fixture
@@ -239,20 +260,13 @@ def pty():
     p.close()
 
 
-def asking(prompter: Prompter, question: Question, **kw) -> tuple[threading.Thread, list[str]]:
-    result: list[str] = []
-    thread = threading.Thread(target=lambda: result.append(prompter.ask(question, **kw)), daemon=True)
-    thread.start()
-    return thread, result
-
-
 QUESTION = Question("read", "~/.aws/credentials", "group:deny_credentials", program="cat", pid=7)
 PLAIN = Question("read", "/opt/data", "not granted", program="cat", pid=7)
 
 
 def test_input_within_the_guard_window_is_discarded_and_an_answer_after_it_counts(pty):
     prompter = Prompter(pty.slave, timeout=10)
-    thread, result = asking(prompter, PLAIN)
+    thread, result = pty.ask(prompter, PLAIN)
     drawn = pty.wait_for(b"? ")
     pty.type(b"o\r" + REPLIES["OSC 11 background colour (ST)"] + b"a\r")
     time.sleep(GUARD_SECONDS + 0.1)
@@ -267,7 +281,7 @@ def test_input_within_the_guard_window_is_discarded_and_an_answer_after_it_count
 
 def test_replies_after_the_guard_window_never_answer(pty):
     prompter = Prompter(pty.slave, timeout=10)
-    thread, result = asking(prompter, PLAIN)
+    thread, result = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
     time.sleep(GUARD_SECONDS + 0.1)
     for reply in REPLIES.values():
@@ -282,7 +296,7 @@ def test_replies_after_the_guard_window_never_answer(pty):
 
 def test_ordinary_typing_asks_again(pty):
     prompter = Prompter(pty.slave, timeout=10)
-    thread, result = asking(prompter, PLAIN)
+    thread, result = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
     time.sleep(GUARD_SECONDS + 0.1)
     pty.type(b"ls\r")
@@ -296,7 +310,7 @@ def test_ordinary_typing_asks_again(pty):
 
 def test_always_on_a_deny_group_path_needs_the_word(pty):
     prompter = Prompter(pty.slave, timeout=10)
-    thread, result = asking(prompter, QUESTION)
+    thread, result = pty.ask(prompter, QUESTION)
     pty.wait_for(b"? ")
     time.sleep(GUARD_SECONDS + 0.1)
     pty.type(b"a\r")
@@ -316,7 +330,7 @@ def test_always_on_a_deny_group_path_needs_the_word(pty):
 
 def test_always_elsewhere_is_one_answer(pty):
     prompter = Prompter(pty.slave, timeout=10)
-    thread, result = asking(prompter, PLAIN)
+    thread, result = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
     time.sleep(GUARD_SECONDS + 0.1)
     pty.type(b"a\r")
@@ -327,7 +341,7 @@ def test_always_elsewhere_is_one_answer(pty):
 def test_enter_alone_and_ctrl_c_deny(pty):
     prompter = Prompter(pty.slave, timeout=10)
     for key in (b"\r", b"\x03"):
-        thread, result = asking(prompter, PLAIN)
+        thread, result = pty.ask(prompter, PLAIN)
         time.sleep(GUARD_SECONDS + 0.2)
         pty.type(key)
         thread.join(5)
@@ -337,7 +351,7 @@ def test_enter_alone_and_ctrl_c_deny(pty):
 def test_no_answer_times_out_from_when_the_question_is_drawn(pty):
     prompter = Prompter(pty.slave, timeout=1.0)
     start = time.monotonic()
-    thread, result = asking(prompter, PLAIN)
+    thread, result = pty.ask(prompter, PLAIN)
     thread.join(5)
     assert result == [prompt.TIMED_OUT] and 1.0 <= time.monotonic() - start < 2.0
     pty.wait_for(b"no answer: timed out")
@@ -345,9 +359,9 @@ def test_no_answer_times_out_from_when_the_question_is_drawn(pty):
 
 def test_one_question_at_a_time_and_the_next_comes_up_when_it_is_answered(pty):
     prompter = Prompter(pty.slave, timeout=10)
-    first, first_result = asking(prompter, PLAIN)
+    first, first_result = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
-    second, second_result = asking(prompter, QUESTION)
+    second, second_result = pty.ask(prompter, QUESTION)
     time.sleep(GUARD_SECONDS + 0.1)
     assert second.is_alive() and pty.shown.count(b"wants to") == 1  # one question on screen at a time
     pty.type(b"d\r")
@@ -364,10 +378,10 @@ def test_an_unanswered_question_gives_way_to_a_waiting_one(pty):
     """The timeout runs from when a question is drawn; while another waits, the one on screen has its
     share (half the timeout) and then times out, so the waiting one comes up within its own timeout."""
     prompter = Prompter(pty.slave, timeout=4)
-    first, first_result = asking(prompter, PLAIN)
+    first, first_result = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
     asked = time.monotonic()
-    second, second_result = asking(prompter, QUESTION)
+    second, second_result = pty.ask(prompter, QUESTION)
     shown_at = pty.wait_for(b"wants to", count=2)
     assert first_result == [prompt.TIMED_OUT] and b"another question is waiting" in pty.shown
     assert 2.0 - 0.1 <= shown_at - asked < 2.0 + 0.8  # its share: half of the timeout
@@ -377,17 +391,17 @@ def test_an_unanswered_question_gives_way_to_a_waiting_one(pty):
     assert second_result == ["once"]
     # Alone on screen, a question has its whole timeout.
     start = time.monotonic()
-    third, third_result = asking(prompter, PLAIN)
+    third, third_result = pty.ask(prompter, PLAIN)
     third.join(10)
     assert third_result == [prompt.TIMED_OUT] and 4.0 <= time.monotonic() - start < 5.0
 
 
 def test_a_question_that_cannot_reach_the_screen_is_denied_as_timed_out(pty):
     prompter = Prompter(pty.slave, timeout=2.0, wait=0.5, share=10)
-    held, _ = asking(prompter, PLAIN)
+    held, _ = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
     start = time.monotonic()
-    waiting, waiting_result = asking(prompter, PLAIN)
+    waiting, waiting_result = pty.ask(prompter, PLAIN)
     waiting.join(5)
     assert waiting_result == [prompt.TIMED_OUT] and 0.5 <= time.monotonic() - start < 1.2
     held.join(5)
@@ -395,10 +409,10 @@ def test_a_question_that_cannot_reach_the_screen_is_denied_as_timed_out(pty):
 
 def test_a_withdrawn_question_leaves_the_queue(pty):
     prompter = Prompter(pty.slave, timeout=5)
-    first, _ = asking(prompter, PLAIN)
+    first, _ = pty.ask(prompter, PLAIN)
     pty.wait_for(b"? ")
     gone = threading.Event()
-    second, second_result = asking(prompter, PLAIN, alive=lambda: not gone.is_set())
+    second, second_result = pty.ask(prompter, PLAIN, alive=lambda: not gone.is_set())
     gone.set()
     second.join(3)
     assert second_result == [prompt.WITHDRAWN]
