@@ -409,25 +409,31 @@ class _Proxy:
         self._idle = threading.Event()
         self._done = False
         self._closed = False
+        self._closing = threading.Lock()
 
     @contextlib.contextmanager
     def pause(self) -> Iterator[None]:
         self._asking.set()
-        if not self._done:
-            try:
-                os.write(self._wake_write, b"p")
-            except OSError:
-                pass
+        if self._wake(b"p"):
             self._idle.wait(self.PAUSE_ACK_SECONDS)
         try:
             yield
         finally:
             self._asking.clear()
-            if not self._done:
-                try:
-                    os.write(self._wake_write, b"r")
-                except OSError:
-                    pass
+            self._wake(b"r")
+
+    def _wake(self, byte: bytes) -> bool:
+        """Wakes the proxy thread; False when it is done. The check and the write hold the lock ``close``
+        takes, so a question's thread never writes to the number of a pipe the proxy has closed (and the
+        kernel has since given to another command's file)."""
+        with self._closing:
+            if self._done or self._closed:
+                return False
+            try:
+                os.write(self._wake_write, byte)
+            except OSError:
+                pass
+            return True
 
     def _hold(self) -> None:
         self._idle.set()
@@ -514,14 +520,15 @@ class _Proxy:
 
     def close(self, master: int) -> None:
         """Hang up: closing the master is what takes the pty away from every process still holding it."""
-        if self._closed:
-            return
-        self._closed = True
-        self._done = True
-        self._idle.set()
-        os.close(master)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._done = True
+            self._idle.set()
+            os.close(master)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
 
 def _write_all(fd: int, data: bytes) -> None:

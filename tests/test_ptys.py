@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import threading
 
 import pexpect
 import pytest
@@ -67,3 +69,56 @@ def test_the_supervisors_own_terminal_is_never_grantable(home):
     )
     bare.expect(pexpect.EOF)
     assert "opened" in bare.before, bare.before
+
+
+def test_a_question_never_wakes_a_closed_proxy_through_a_reused_fd_number(monkeypatch):
+    """The swap: a question's thread checks that the proxy is running, the proxy closes its wake pipe, the
+    kernel gives the pipe's number to another file, and then the thread writes its wake byte there.
+    Here the write is held between the check and the syscall while the proxy closes."""
+    from supervisor import launcher
+
+    proxy = launcher._Proxy(keys=None, screen=-1)
+    master_read, master = os.pipe()  # stands in for the pty master; only closed here
+    wake = proxy._wake_write
+    in_write, release = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def held_write(fd: int, data: bytes) -> int:
+        if fd == wake and not in_write.is_set():
+            in_write.set()
+            release.wait(5)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(launcher.os, "write", held_write)
+    proxy._idle.set()  # no proxy thread runs here to acknowledge the pause
+
+    def ask() -> None:
+        with proxy.pause():
+            pass
+
+    waker = threading.Thread(target=ask)
+    waker.start()
+    assert in_write.wait(5)
+    closer = threading.Thread(target=proxy.close, args=(master,))
+    closer.start()
+    closer.join(0.3)
+    reused = []
+    if not closer.is_alive():  # closed under the writer's feet: take the numbers back, as the kernel would
+        for _ in range(8):
+            reused.append(os.pipe())
+            if wake in reused[-1]:
+                break
+    release.set()
+    waker.join(5)
+    closer.join(5)
+    try:
+        for read_end, _ in reused:
+            os.set_blocking(read_end, False)
+            with pytest.raises(BlockingIOError):
+                os.read(read_end, 1)  # the wake byte reached a file that was not the proxy's
+        assert not closer.is_alive() and reused == [], "close did not wait for a wake in progress"
+    finally:
+        for pair in reused:
+            os.close(pair[0])
+            os.close(pair[1])
+        os.close(master_read)
