@@ -19,6 +19,7 @@ ABI = probe().landlock_abi
 def settled(monkeypatch):
     """Trust mtimes at once (the fixtures' directories were all just made: racy by the default rule)."""
     monkeypatch.setattr(landlock, "_RACY_NS", 0)
+    monkeypatch.setattr(landlock, "_RACY_FINE_NS", 0)
 
 
 @pytest.fixture
@@ -128,12 +129,25 @@ def test_a_symlinked_grant_retargeted_recompiles(home, settled, tmp_path):
         s.close()
 
 
-def test_a_directory_changed_within_the_last_second_is_not_trusted(home, session):
-    """Two changes within one mtime tick leave the same mtime: a fresh listing is never cached."""
+def test_a_directory_changed_just_now_is_not_trusted(home, session):
+    """Two changes within one timestamp tick leave the same stamp: a fresh listing is never cached."""
     cache = landlock.PlanCache()
+    (home.home / "just-made").mkdir()  # ~'s listing changes now
     first = _get(cache, session)
-    assert first.fs.uncacheable  # ~ was just made
+    assert first.fs.uncacheable
     assert _get(cache, session) is not first and cache.compiled == 2
+
+
+def test_the_racy_window_follows_the_timestamps_resolution():
+    """Sub-second stamps tick with the coarse clock (at most 10 ms): 0.1 s. Whole-second ones (ext4 with
+    small inodes, FAT's 2 s): 2 s."""
+    second = 1_000_000_000
+    fine = (1, 2, 50 * second + 123_456_789, 50 * second + 123_456_789)
+    whole = (1, 2, 50 * second, 50 * second)
+    changed = 50 * second + 123_456_789
+    assert landlock._racy(fine, changed + 99_000_000) and not landlock._racy(fine, changed + 101_000_000)
+    assert landlock._racy(whole, 50 * second + 1_999_000_000)
+    assert not landlock._racy(whole, 52 * second + 1_000_000)
 
 
 def test_a_new_policy_object_gets_its_own_plan(session, settled, tmp_path):
@@ -185,6 +199,7 @@ def test_the_route_reuses_the_plan_and_a_new_directory_is_granted_at_once(home, 
     from supervisor import backend
 
     monkeypatch.setattr(landlock, "_RACY_NS", 0)
+    monkeypatch.setattr(landlock, "_RACY_FINE_NS", 0)
     monkeypatch.setattr(backend, "_plans", None)
     s = Session.create(
         PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work), trap=False

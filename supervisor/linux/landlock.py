@@ -224,7 +224,18 @@ def _rights(grant: Grant) -> int:
 
 
 _MAX_ALIASES = 8  # symlinked prefixes replaced in one lookup (the C fast path has the same bound)
-_RACY_NS = 1_000_000_000  # a directory changed this recently may change again within the same mtime tick
+# A directory changed this recently may change again within the same timestamp tick (and keep its stamp).
+# Sub-second timestamps (ext4, xfs, btrfs, tmpfs) tick with the kernel's coarse clock, at most 10 ms:
+# twice that is enough, and 0.1 s leaves room. Whole-second stamps (FAT ticks in 2 s) get 2 s.
+_RACY_NS = 2_000_000_000
+_RACY_FINE_NS = 100_000_000
+
+
+def _racy(stamp: tuple[int, int, int, int], now_ns: int) -> bool:
+    """Whether a listing stamped ``stamp`` (``_listing``) may still change without changing its stamp."""
+    changed = max(stamp[2], stamp[3])
+    fine = stamp[2] % 1_000_000_000 or stamp[3] % 1_000_000_000
+    return now_ns - changed < (_RACY_FINE_NS if fine else _RACY_NS)
 
 
 def _identity(path: str, st: os.stat_result | None) -> tuple[int, int, int, str] | None:
@@ -266,8 +277,8 @@ class _Fs:
       type, a symlink's text); a missing one also notes the listing of its nearest existing ancestor;
     - a directory listed (sibling expansion): its listing (dev, inode, mtime, ctime). The lookups of its
       entries are covered by it (an entry cannot change its inode or type without changing the listing).
-    A listing changed within ``_RACY_NS`` of now makes the plan uncacheable: two changes within one mtime
-    tick would leave the same mtime behind.
+    A listing changed within one racy window of now (``_racy``) makes the plan uncacheable: two changes
+    within one timestamp tick would leave the same stamp behind.
     """
 
     def __init__(self) -> None:
@@ -280,7 +291,7 @@ class _Fs:
     def _list_stamp(self, path: str) -> tuple[int, int, int, int] | None:
         if path not in self.listings:
             stamp = self.listings[path] = _listing(path)
-            if stamp is not None and time.time_ns() - max(stamp[2], stamp[3]) < _RACY_NS:
+            if stamp is not None and _racy(stamp, time.time_ns()):
                 self.uncacheable = True
         return self.listings[path]
 
