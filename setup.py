@@ -58,7 +58,7 @@ if sys.platform.startswith("linux"):
     ext_modules.append(Extension("supervisor.linux._spawn", ["supervisor/linux/_spawn.c"]))
     # The notify loop's fast path without the GIL (see _notify.c).
     ext_modules.append(Extension("supervisor.linux._notify", ["supervisor/linux/_notify.c"]))
-    # Preloaded into commands whose plain reads are not trapped: asks again where Landlock refused one.
+    # Preloaded into commands whose opens and execve are not trapped: asks again where Landlock refused one.
     ext_modules.append(
         Extension("supervisor.linux._readretry", ["supervisor/linux/_readretry.c"], libraries=["dl"])
     )

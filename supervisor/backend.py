@@ -72,7 +72,7 @@ def start_sandboxed(
     express are carried out by the supervisor; ``consent(op, path, rule, is_dir)`` may let a human allow
     what the policy denies, while the syscall waits.
 
-    ``left_to_landlock`` (a command's, not the agent's): plain reads and execve are left to Landlock where
+    ``left_to_landlock`` (a command's, not the agent's): opens and execve are left to Landlock where
     that loses nothing a dynamically linked process could report (``_retry_library``; README "Left to
     Landlock").
     """
@@ -147,7 +147,7 @@ def start_sandboxed(
 
 
 def _retry_library(loop_class: type, linked: bool) -> str | None:
-    """The read-retry library to preload when the command's plain reads and execs may be left to Landlock
+    """The retry library to preload when the command's opens and execs may be left to Landlock
     (issue 13), else None: all are trapped for a loop that must see them all (the agent's), while a denied
     file has several names (Landlock follows names: each regular-file open must be checked on its inode),
     where the library is not built (a denial could not be reported even where the process can), and with

@@ -341,7 +341,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
                 on_decision=report.record,
                 consent=consent.allows,
                 trap=session.trap,
-                left_to_landlock=True,  # a command: plain reads and execve are Landlock's (backend)
+                left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
             )
         except BaseException:
             if lease:

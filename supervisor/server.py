@@ -420,7 +420,7 @@ class Server:
                     on_decision=report.record,
                     consent=consent.allows,
                     trap=self.session.trap,
-                    left_to_landlock=True,  # a command: plain reads and execve are Landlock's (backend)
+                    left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
                 )
             except NonoError as e:
                 if lease:

@@ -1,19 +1,21 @@
 /*
- * _readretry.c: preloaded (LD_PRELOAD) into sandboxed commands whose plain reads and execve are not trapped.
+ * _readretry.c: preloaded (LD_PRELOAD) into sandboxed commands whose opens and execve are not trapped.
  *
- * The seccomp filter lets an open/openat with plain read flags, and every execve, through to the kernel
- * (seccomp.py, LEFT_TO_LANDLOCK): Landlock alone decides them, and a denial is EACCES with no notification,
- * so no report, no question, no emulated grant. Where that denial happens in a dynamically linked process,
- * this library sees it and asks again through the always-trapped twin of the call:
- * - a read through openat2: the supervisor's whole pipeline runs on it (read once, resolve, pin, decide,
- *   report or ask, emulate with ADDFD), so the command gets the grant's fd, or EACCES with the report;
+ * The seccomp filter lets an open/openat (but for O_DIRECTORY, O_EXCL and setid creations), and every
+ * execve, through to the kernel (seccomp.py, "Left to Landlock"): Landlock alone decides them, and a denial
+ * is EACCES with no notification, so no report, no question, no emulated grant. Where that denial happens
+ * in a dynamically linked process, this library sees it and asks again through the always-trapped twin:
+ * - an open through openat2: the supervisor's whole pipeline runs on it (read once, resolve, pin, decide,
+ *   report or ask, emulate with ADDFD), so the command gets the grant's fd, or EACCES with the report. A
+ *   refused open has done nothing (no file made, nothing truncated), so asking again is the same call;
  * - an exec through execveat: the supervisor reports the denial (an exec is never carried out for a
  *   command: only the baseline can allow it, so a report is all the trap ever added).
  *
- * Only an EACCES is asked again (any other open flags were trapped in the first place: their answer is
- * already the supervisor's). Static binaries, raw syscalls, and the execs libc makes inside posix_spawn,
- * system and popen do not pass through here: for them a denial is the kernel's bare EACCES (README,
- * "Left to Landlock").
+ * Only an EACCES is asked again, and only for an open the filter let through (a trapped one's answer is
+ * already the supervisor's). Static binaries, raw syscalls, the opens libc makes inside itself (freopen,
+ * and the ones it makes with O_EXCL, which stay trapped) and the execs it makes inside posix_spawn, system
+ * and popen do not pass through here: for them a denial is the kernel's bare EACCES (README, "Left to
+ * Landlock").
  *
  * Async-signal-safe on the hot path (a successful open costs one compare): the real functions are resolved
  * once by the constructor, the retry is one raw syscall, errno is kept as the caller expects.
@@ -28,6 +30,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -41,8 +44,14 @@
 #define __O_TMPFILE 020000000
 #endif
 
-/* seccomp.PLAIN_READ_EXCLUDES: with none of these, the filter did not trap the open */
-#define NOT_PLAIN (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_DIRECTORY | __O_TMPFILE)
+/* seccomp.TRAPPED_OPEN_FLAGS and TRAPPED_CREATE_MODES: the opens the filter sent to the supervisor */
+static int trapped(int flags, mode_t mode) {
+    return (flags & (O_DIRECTORY | O_EXCL)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)));
+}
+
+static mode_t creation_mode(int flags, mode_t mode) {
+    return (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0; /* openat2 refuses a mode it would not use */
+}
 
 struct open_how_ {
     uint64_t flags, mode, resolve;
@@ -79,11 +88,11 @@ __attribute__((constructor)) static void resolve(void) {
     real_execvpe = (execve_fn *)dlsym(RTLD_NEXT, "execvpe");
 }
 
-/* The open's answer, asked again through the supervisor when Landlock alone refused a plain read. */
-static int retried(int fd, int dirfd, const char *path, int flags) {
-    if (fd >= 0 || errno != EACCES || (flags & NOT_PLAIN) || path == NULL)
+/* The open's answer, asked again through the supervisor when Landlock alone refused it. */
+static int retried(int fd, int dirfd, const char *path, int flags, mode_t mode) {
+    if (fd >= 0 || errno != EACCES || trapped(flags, mode) || path == NULL)
         return fd;
-    struct open_how_ how = {(uint64_t)(unsigned)flags, 0, 0};
+    struct open_how_ how = {(uint64_t)(unsigned)flags, creation_mode(flags, mode), 0};
     long again = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     if (again >= 0)
         return (int)again;
@@ -107,7 +116,7 @@ int open(const char *path, int flags, ...) {
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
     int fd = real_open ? real_open(path, flags, mode) : raw_openat(AT_FDCWD, path, flags, mode);
-    return retried(fd, AT_FDCWD, path, flags);
+    return retried(fd, AT_FDCWD, path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...) {
@@ -116,7 +125,7 @@ int open64(const char *path, int flags, ...) {
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
     int fd = real_open64 ? real_open64(path, flags, mode) : raw_openat(AT_FDCWD, path, flags, mode);
-    return retried(fd, AT_FDCWD, path, flags);
+    return retried(fd, AT_FDCWD, path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...) {
@@ -125,7 +134,7 @@ int openat(int dirfd, const char *path, int flags, ...) {
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
     int fd = real_openat ? real_openat(dirfd, path, flags, mode) : raw_openat(dirfd, path, flags, mode);
-    return retried(fd, dirfd, path, flags);
+    return retried(fd, dirfd, path, flags, mode);
 }
 
 int openat64(int dirfd, const char *path, int flags, ...) {
@@ -134,39 +143,63 @@ int openat64(int dirfd, const char *path, int flags, ...) {
     mode_t mode = mode_arg(flags, ap);
     va_end(ap);
     int fd = real_openat64 ? real_openat64(dirfd, path, flags, mode) : raw_openat(dirfd, path, flags, mode);
-    return retried(fd, dirfd, path, flags);
+    return retried(fd, dirfd, path, flags, mode);
 }
 
 /* The _FORTIFY_SOURCE entry points (no mode: a fortified caller never creates through them). */
 int __open_2(const char *path, int flags) {
     int fd = real___open_2 ? real___open_2(path, flags) : raw_openat(AT_FDCWD, path, flags, 0);
-    return retried(fd, AT_FDCWD, path, flags);
+    return retried(fd, AT_FDCWD, path, flags, 0);
 }
 
 int __open64_2(const char *path, int flags) {
     int fd = real___open64_2 ? real___open64_2(path, flags) : raw_openat(AT_FDCWD, path, flags, 0);
-    return retried(fd, AT_FDCWD, path, flags);
+    return retried(fd, AT_FDCWD, path, flags, 0);
 }
 
 int __openat_2(int dirfd, const char *path, int flags) {
     int fd = real___openat_2 ? real___openat_2(dirfd, path, flags) : raw_openat(dirfd, path, flags, 0);
-    return retried(fd, dirfd, path, flags);
+    return retried(fd, dirfd, path, flags, 0);
 }
 
 int __openat64_2(int dirfd, const char *path, int flags) {
     int fd = real___openat64_2 ? real___openat64_2(dirfd, path, flags) : raw_openat(dirfd, path, flags, 0);
-    return retried(fd, dirfd, path, flags);
+    return retried(fd, dirfd, path, flags, 0);
 }
 
-/* fopen opens inside libc (not through the symbols above): a read-only mode is retried here. */
+/* fopen's open flags (glibc's reading of its mode: r, w or a, then + x e among the rest up to a ','). */
+static int fopen_flags(const char *mode) {
+    int flags;
+    switch (mode[0]) {
+    case 'r': flags = O_RDONLY; break;
+    case 'w': flags = O_WRONLY | O_CREAT | O_TRUNC; break;
+    case 'a': flags = O_WRONLY | O_CREAT | O_APPEND; break;
+    default: return -1;
+    }
+    for (const char *c = mode + 1; *c && *c != ','; c++) {
+        if (*c == '+')
+            flags = (flags & ~O_ACCMODE) | O_RDWR;
+        else if (*c == 'x')
+            flags |= O_EXCL;
+        else if (*c == 'e')
+            flags |= O_CLOEXEC;
+    }
+    return flags;
+}
+
+/* fopen opens inside libc (not through the symbols above): its refusal is asked again here. */
 static FILE *fopen_retried(FILE *fp, const char *path, const char *mode) {
-    if (fp || errno != EACCES || path == NULL || mode == NULL || mode[0] != 'r' || strchr(mode, '+'))
+    if (fp || errno != EACCES || path == NULL || mode == NULL)
         return fp;
-    int flags = O_RDONLY | (strchr(mode, 'e') ? O_CLOEXEC : 0);
-    int fd = retried(-1, AT_FDCWD, path, flags);
+    int flags = fopen_flags(mode);
+    if (flags < 0) {
+        errno = EACCES;
+        return NULL;
+    }
+    int fd = retried(-1, AT_FDCWD, path, flags, 0666);
     if (fd < 0)
         return NULL;
-    FILE *again = fdopen(fd, mode);
+    FILE *again = fdopen(fd, mode); /* fdopen truncates nothing: the open did what "w" asks */
     if (!again) {
         int saved = errno;
         close(fd);

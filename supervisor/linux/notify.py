@@ -2,7 +2,7 @@
 
 The hot path is C (``_notify.c``: receive, read the path once, the lexical fast path, CONTINUE) and runs
 without the GIL; what it does not CONTINUE comes here, to ``_escalate``, with the bytes it read. Loops run
-on kept threads (``_THREADS``). The filter leaves a command's plain reads to Landlock (``seccomp``).
+on kept threads (``_THREADS``). The filter leaves a command's opens and execve to Landlock (``seccomp``).
 
 Every handled syscall goes one way (DESIGN.md invariant 7):
 1. **read once**: each path (and every other argument in memory) is read from the target exactly once;
@@ -1121,12 +1121,12 @@ _DISPATCH = NotifyLoop._dispatch  # the class itself, whatever a test later bind
 
 
 def wants_every_notification(cls: type) -> bool:
-    """Whether a loop class must see every read too (so the filter traps plain reads for it)."""
+    """Whether a loop class must see every open and exec (so the filter traps them all for it)."""
     return bool(getattr(cls, "every_read", False)) or getattr(cls, "_dispatch", None) is not _DISPATCH
 
 
 def read_retry_library() -> str | None:
-    """The library preloaded into commands whose plain reads are untrapped (``_readretry.c``), if built."""
+    """The library preloaded into commands whose opens and execve are untrapped (``_readretry.c``)."""
     import importlib.machinery
 
     here = os.path.dirname(os.path.abspath(__file__))

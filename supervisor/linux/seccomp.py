@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import termios
 from dataclasses import dataclass
 from functools import cache
@@ -124,21 +125,21 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 # Left to Landlock (issue 13): for a command, the filter lets through the calls whose every outcome Landlock
 # alone decides, and that the preloaded _readretry asks again through an always-trapped twin when the kernel
 # refuses them (README, "Left to Landlock"):
-# - plain reads: an open or openat whose flags have none of PLAIN_READ_EXCLUDES asks Landlock for read_file
-#   (or nothing, O_PATH) and nothing else (86-100% of the notifications of content-heavy work); asked again
-#   through openat2. O_DIRECTORY stays trapped (listing the parent of a denied node is the supervisor's);
+# - opens: an open or openat asks Landlock for exactly what _open_rights names (read_file, write_file,
+#   truncate; make_reg of the parent where it creates), and the supervisor's answer on the fast path is
+#   CONTINUE where Landlock allows and its own pipeline (report, question, emulated grant) where Landlock
+#   refuses: so only the refusal needs the supervisor, and it is asked again through openat2. Read-only
+#   opens were 86-100% of the notifications of content-heavy work; a build's output and temporary files
+#   were the most of what was left (make -j2: 300 of 420-520, each a wake of the supervisor while both
+#   cores compile). Still trapped: O_DIRECTORY (listing the parent of a denied node is the supervisor's;
+#   O_TMPFILE holds it), O_EXCL (mkstemp and tmpfile open inside libc, where nothing could ask again), and
+#   O_CREAT with a setuid or setgid mode (never granted; Landlock does not see modes);
 # - execve: an exec is never carried out for a command (only the baseline can allow it), so the trap only
 #   ever added a report (a build's compiler driver tries several PATH entries per tool: 70% of `make`'s
 #   notifications, each a cold wake of the supervisor); asked again through execveat.
-PLAIN_READ_EXCLUDES = (
-    os.O_WRONLY,
-    os.O_RDWR,
-    os.O_CREAT,
-    os.O_TRUNC,
-    os.O_DIRECTORY,
-    0o20000000,  # __O_TMPFILE (O_TMPFILE is it with O_DIRECTORY)
-)
-UNTRAPPED_READS = {"open": 1, "openat": 2}  # syscall -> its flags argument
+TRAPPED_OPEN_FLAGS = (os.O_DIRECTORY, os.O_EXCL)
+TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
+UNTRAPPED_OPENS = {"open": (1, 2), "openat": (2, 3)}  # syscall -> its flags and mode arguments
 UNTRAPPED_EXECS = ("execve",)
 
 
@@ -147,8 +148,8 @@ def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) 
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
-    ``leave_to_landlock``: plain reads of open and openat, and execve, are not trapped (a command's, with
-    the read-retry library preloaded; see UNTRAPPED_READS)."""
+    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS and setid creations), and execve,
+    are not trapped (a command's, with the read-retry library preloaded; see UNTRAPPED_OPENS)."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
     return _program(net in (True, "block", "domains"), leave_to_landlock)
@@ -162,7 +163,7 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     try:
         # A binary tree of syscall numbers instead of one long chain: every syscall with a rule (the open
-        # family's plain reads included) walks log2(n) comparisons, not all of them (libseccomp >= 2.5).
+        # family's untrapped forms included) walks log2(n) comparisons, not all of them (libseccomp >= 2.5).
         flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     except (OSError, AttributeError, ValueError):
         pass
@@ -171,11 +172,15 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
             continue
         if trap.name in UNTRAPPED_EXECS and leave_to_landlock:
             continue
-        if trap.name in UNTRAPPED_READS and leave_to_landlock:
-            # trapped when any one of the bits is set: rules for one syscall are ORed
-            for bit in PLAIN_READ_EXCLUDES:
-                flag = pyseccomp.Arg(UNTRAPPED_READS[trap.name], pyseccomp.MASKED_EQ, bit, bit)
-                flt.add_rule(pyseccomp.NOTIFY, trap.name, flag)
+        if trap.name in UNTRAPPED_OPENS and leave_to_landlock:
+            # rules for one syscall are ORed; the comparisons of one rule are ANDed
+            flags, mode = UNTRAPPED_OPENS[trap.name]
+            for bit in TRAPPED_OPEN_FLAGS:
+                flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, bit, bit))
+            creating = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, os.O_CREAT, os.O_CREAT)
+            for bit in TRAPPED_CREATE_MODES:
+                setid = pyseccomp.Arg(mode, pyseccomp.MASKED_EQ, bit, bit)
+                flt.add_rule(pyseccomp.NOTIFY, trap.name, creating, setid)
         elif trap.name == "socket":
             for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
                 flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
