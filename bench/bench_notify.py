@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Cost of the seccomp notify layer, against the bare command measured in the same run.
 
-1. added microseconds per trapped open (a C loop timing 20,000 open+close pairs of a workdir file);
+1. added microseconds per trapped open (a C loop timing 20,000 open+close pairs of a workdir directory:
+   O_DIRECTORY, which a command's filter still traps);
 2. the 20,000-open workload: `cat` of 2,000 files, ten times;
 3. `python3 -c pass` (this interpreter, by absolute path: a PATH lookup could differ inside).
 Each sandboxed figure is taken with SYNC_WAKE_UP (the default) and without (NONO_SYNC_WAKEUP=0), and
@@ -50,7 +51,7 @@ def main() -> None:
         work = Path(top)
         loop = work / "open_loop"
         subprocess.run(["cc", "-O2", "-o", loop, HERE.parent / "tests" / "c" / "open_loop.c"], check=True)
-        (work / "target").write_text("x")
+        (work / "target").mkdir()
         files = work / "files"
         files.mkdir()
         for i in range(2000):

@@ -15,7 +15,7 @@ before/after table comes from one interleaved run. Times are wall clock end to e
 included). Rows: ``-c true``; cat of 2,000 files x10; grep -r over 20,000 files; git status over 20,000
 files; make -j2 of 100 C files; pytest of 200 tests; npm install of a local 500-file package; 50 commands
 at once each a cat of 200 files (and the same one at a time); the supervisor's CPU per 1,000 trapped
-syscalls (a loop of O_RDWR opens, trapped by every build) with 1 and 50 commands at once; and, with
+syscalls (a loop of O_DIRECTORY opens, trapped by every build) with 1 and 50 commands at once; and, with
 ``yes > /dev/null`` started and stopped by the bench (one core busy), ``-c true``, cat and the 50.
 Each cell is the median over rounds with [min-max]; the ratio is median/median of bare in the same run.
 """
@@ -128,8 +128,8 @@ def _make_home(home: Path, quick: bool) -> None:
         (npmproj / "package.json").write_text(
             '{"name": "proj", "version": "1.0.0", "dependencies": {"dep": "file:../dep-1.0.0.tgz"}}\n'
         )
-    loop = work / "rdwr_loop"
-    source = work / "rdwr_loop.c"
+    loop = work / "dir_loop"
+    source = work / "dir_loop.c"
     source.write_text(
         textwrap.dedent("""\
         #include <fcntl.h>
@@ -137,13 +137,17 @@ def _make_home(home: Path, quick: bool) -> None:
         #include <unistd.h>
         int main(int argc, char **argv) {
             int n = atoi(argv[2]);
-            for (int i = 0; i < n; i++) { int fd = open(argv[1], O_RDWR); if (fd < 0) return 1; close(fd); }
+            for (int i = 0; i < n; i++) {
+                int fd = open(argv[1], O_RDONLY | O_DIRECTORY);
+                if (fd < 0) return 1;
+                close(fd);
+            }
             return 0;
         }
     """)
     )
     subprocess.run(["cc", "-O2", "-o", str(loop), str(source)], check=True)
-    (work / "target").write_text("x")
+    (work / "targetdir").mkdir()
 
 
 # ---- modes ---------------------------------------------------------------------------------------------
@@ -412,10 +416,11 @@ def main() -> None:
 
 
 def _cpu_rows(modes: list[Mode], work: Path, rounds: int, n: int) -> None:
-    """Supervisor CPU per 1,000 trapped syscalls: each command opens an allowed file O_RDWR 5,000 times
-    (trapped by every build, answered on the fast path); the supervisor's CPU over the run, per 1,000."""
+    """Supervisor CPU per 1,000 trapped syscalls: each command opens an allowed directory 5,000 times
+    (O_DIRECTORY: trapped by every build, answered on the fast path); the supervisor's CPU over the run,
+    per 1,000."""
     opens = 5000
-    command = f"./rdwr_loop target {opens}"
+    command = f"./dir_loop targetdir {opens}"
     for k in (1, n):
         results: dict[str, list[float]] = {}
         for _r in range(rounds):
