@@ -100,9 +100,9 @@ def start_sandboxed(
 
         loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
         linked = trap and bool(session.linked_denied(policy))
-        reads = trap and left_to_landlock and _retry_library(loop_class, linked)
-        if reads:
-            env = _preloaded(env, reads)
+        retry_library = trap and left_to_landlock and _retry_library(loop_class, linked)
+        if retry_library:
+            env = _preloaded(env, retry_library)
         # launch_extra: the agent's routing namespace (binds, userns, exec_fd; supervisor.launcher).
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
@@ -131,7 +131,7 @@ def start_sandboxed(
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(reads))
+        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(retry_library))
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing

@@ -1,9 +1,10 @@
-"""Plain reads and execve left to Landlock (issue 13): an open/openat with plain read flags, and an execve,
-are not trapped for a command. The kernel still enforces every denial; where the process is dynamically
-linked, the read-retry library asks again through the supervisor, so the denial is reported (a read is
-also asked about, and a grant the baseline cannot express is emulated) as when every call was trapped; a
-static binary, and an exec inside posix_spawn, get the kernel's EACCES alone (the documented loss). With a
-multi-linked denied file, and for the agent, every call is trapped again. No timing here."""
+"""Opens and execve left to Landlock (issue 13): an open/openat (but for listings, exclusive opens and
+setid creations), and an execve, are not trapped for a command. The kernel still enforces every denial;
+where the process is dynamically linked, the retry library asks again through the supervisor, so the
+denial is reported (an open is also asked about, and a grant the baseline cannot express is emulated) as
+when every call was trapped; a static binary, and an exec inside posix_spawn, get the kernel's EACCES alone
+(the documented loss). With a multi-linked denied file, and for the agent, every call is trapped again.
+No timing here."""
 
 from __future__ import annotations
 
@@ -137,6 +138,9 @@ def test_the_filter_traps_a_listing_an_exclusive_open_and_a_setid_creation(home,
     if expected:
         assert not any(n.startswith("scratch-") for n in os.listdir(home.work))
         assert "deny" in {d for d, _what in seen}
+        bare = home.work / "setid-bare"  # the twin: the same creation without the sandbox keeps the bit
+        os.close(os.open(bare, flags | os.O_RDWR, mode))
+        assert bare.stat().st_mode & mode & 0o6000
 
 
 def test_a_denied_plain_read_is_enforced_by_the_kernel_for_static_binaries_and_not_reported(home, readers):
@@ -226,6 +230,17 @@ def test_a_denied_write_is_enforced_and_reported_where_the_process_can_report_it
     assert result.stderr.count(f"nono: denied {line} [group:deny_credentials]") == 1, result.stderr
     bare = home.run(argv)  # the twin
     assert bare.returncode == 0 and (new.exists() or home.key.read_text() != FAKE_KEY + "\n"), bare.stderr
+
+
+def test_a_denied_write_as_an_unprivileged_user_is_enforced_and_reported(nobody_home):
+    home = nobody_home
+    argv = ["bash", "-c", f"echo x >> {home.key}"]
+    result = _exec(home, *argv, user=True)
+    assert result.returncode != 0 and home.key.read_text() == FAKE_KEY + "\n"
+    line = "nono: denied write ~/.ssh/id_rsa [group:deny_credentials]"
+    assert result.stderr.count(line) == 1, result.stderr
+    bare = home.run(argv, user=True)  # the twin
+    assert bare.returncode == 0 and home.key.read_text() == FAKE_KEY + "\nx\n", bare.stderr
 
 
 def test_a_denied_write_by_a_static_binary_is_enforced_by_the_kernel_and_not_reported(home, writers):
