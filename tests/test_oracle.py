@@ -19,8 +19,14 @@ import pytest
 from conftest import SUPERVISOR, Home
 
 PROBE = r"""
-import errno, json, os, socket, sys
+import ctypes, errno, json, os, socket, sys
 root = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def raw_listing(path):  # the openat syscall itself, as libc's scandir and static binaries make it
+    fd = libc.syscall(257, -100, path.encode(), os.O_RDONLY | os.O_DIRECTORY, 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), path)
+    os.close(fd)
 def spawn(path):
     pid = os.posix_spawn(path, [path], {})
     os.waitpid(pid, 0)
@@ -32,6 +38,8 @@ FAMILIES = {
     "trunc": lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC)),
     "nofollow": lambda p: os.close(os.open(p, os.O_RDONLY | os.O_NOFOLLOW)),
     "opendir": lambda p: os.close(os.open(p, os.O_RDONLY | os.O_DIRECTORY)),
+    "listdir": lambda p: os.listdir(p),
+    "rawdir": raw_listing,
     "mkdir": lambda p: os.mkdir(p),
     "rmdir": lambda p: os.rmdir(p),
     "unlink": lambda p: os.unlink(p),

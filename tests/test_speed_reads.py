@@ -1,6 +1,7 @@
-"""Opens and execve left to Landlock (issue 13): an open/openat (but for listings, exclusive opens and
-setid creations), and an execve, are not trapped for a command. The kernel still enforces every denial;
-where the process is dynamically linked, the retry library asks again through the supervisor, so the
+"""Opens and execve left to Landlock (issue 13): an open/openat (but for unmarked listings, exclusive
+opens, tmpfiles and setid creations), and an execve, are not trapped for a command. The kernel still
+enforces every denial; where the process is dynamically linked, the retry library asks again through the
+supervisor (a listing it makes itself carries seccomp.LISTING_MARK and is made again unmarked), so the
 denial is reported (an open is also asked about, and a grant the baseline cannot express is emulated) as
 when every call was trapped; a static binary, and an exec inside posix_spawn, get the kernel's EACCES alone
 (the documented loss). With a multi-linked denied file, and for the agent, every call is trapped again.
@@ -80,10 +81,11 @@ def _in_process(home, argv, *, consent=None, stdio=(0, 1, 2), left_to_landlock=T
     return os.waitstatus_to_exitcode(status), seen, process.notify.native_stats
 
 
-def test_opens_are_not_trapped_but_for_listings_exclusive_and_setid_creations(home):
+def test_opens_are_not_trapped_but_for_raw_listings_exclusive_and_setid_creations(home):
     (home.work / "scratch").write_text("x")
     script = textwrap.dedent("""
-        import os
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
         for flags in (
             os.O_RDONLY,
             os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
@@ -91,43 +93,43 @@ def test_opens_are_not_trapped_but_for_listings_exclusive_and_setid_creations(ho
             os.O_RDWR,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
             os.O_WRONLY | os.O_APPEND,
+            os.O_RDONLY | os.O_DIRECTORY,  # a listing through libc's open: the retry library marks it
         ):
             for _ in range(300):
-                os.close(os.open("scratch", flags, 0o644))
-        for _ in range(100):
-            os.close(os.open(".", os.O_RDONLY | os.O_DIRECTORY))  # trapped: listings may be emulated
+                os.close(os.open("scratch" if flags & os.O_DIRECTORY == 0 else ".", flags, 0o644))
+        for _ in range(300):
+            os.listdir(".")  # opendir
+        for _ in range(100):  # the raw syscall, as libc's scandir makes it: trapped (may be emulated)
+            os.close(libc.syscall(257, -100, b".", os.O_RDONLY | os.O_DIRECTORY, 0))
     """)
     status, _seen, stats = _in_process(home, [sys.executable, "-c", script])
     assert status == 0
-    assert 100 <= stats["received"] < 300, stats  # the 100 listings, not the 1,800 opens
+    assert 100 <= stats["received"] < 300, stats  # the 100 raw listings, not the 2,400 opens
+
+
+MARK = seccomp.LISTING_MARK
 
 
 @pytest.mark.parametrize(
     "flags, mode",
-    [(f | os.O_CREAT * (f == os.O_EXCL), 0o600) for f in seccomp.TRAPPED_OPEN_FLAGS]
-    + [(os.O_CREAT, m | 0o755) for m in seccomp.TRAPPED_CREATE_MODES],
-    ids=lambda v: oct(v),
+    [(os.O_DIRECTORY, 0), (os.O_EXCL | os.O_CREAT | os.O_RDWR, MARK), (os.O_TMPFILE | os.O_RDWR, MARK)]
+    + [(os.O_CREAT | os.O_RDWR, m | 0o755) for m in seccomp.TRAPPED_CREATE_MODES],
+    ids=["listing", "exclusive, marked", "tmpfile, marked", "setuid", "setgid"],
 )
-def test_the_filter_traps_a_listing_an_exclusive_open_and_a_setid_creation(home, flags, mode):
-    """Each trapped form alone sends the open to the supervisor (for open and openat); a setid creation
-    is refused there (EPERM, never granted), as when every call was trapped."""
-    listing = flags == os.O_DIRECTORY
+def test_the_filter_traps_a_listing_an_exclusive_open_a_tmpfile_and_a_setid_creation(home, flags, mode):
+    """Each trapped form alone sends the open to the supervisor (open and openat, raw syscalls: what a
+    static binary does); the listing mark frees a plain listing only. A setid creation is refused there
+    (EPERM, never granted), as when every call was trapped."""
+    directory = flags & os.O_DIRECTORY  # a listing or a tmpfile: opened on "."
     expected = -errno.EPERM if mode & 0o6000 else 0
     script = textwrap.dedent(f"""
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
-        flags = {flags} | (0 if {listing} else os.O_RDWR)
         for i in range(50):
-            for call in ("openat", "open"):
-                target = "." if {listing} else f"scratch-{{call}}-{{i}}"
-                if call == "openat":
-                    try:
-                        fd = os.open(target, flags, {mode})
-                    except OSError as e:
-                        fd = -e.errno
-                else:
-                    fd = libc.syscall(2, target.encode(), flags, {mode})
-                    fd = fd if fd >= 0 else -ctypes.get_errno()
+            for number, args in ((257, (-100,)), (2, ())):
+                target = b"." if {directory} else f"scratch-{{number}}-{{i}}".encode()
+                fd = libc.syscall(number, *args, target, {flags}, ctypes.c_long({mode}))
+                fd = fd if fd >= 0 else -ctypes.get_errno()
                 assert min(fd, 0) == {expected}, fd
                 if fd >= 0:
                     os.close(fd)
@@ -139,7 +141,7 @@ def test_the_filter_traps_a_listing_an_exclusive_open_and_a_setid_creation(home,
         assert not any(n.startswith("scratch-") for n in os.listdir(home.work))
         assert "deny" in {d for d, _what in seen}
         bare = home.work / "setid-bare"  # the twin: the same creation without the sandbox keeps the bit
-        os.close(os.open(bare, flags | os.O_RDWR, mode))
+        os.close(os.open(bare, flags, mode))
         assert bare.stat().st_mode & mode & 0o6000
 
 
@@ -313,6 +315,121 @@ def test_a_write_refused_by_the_files_mode_is_not_a_policy_denial(nobody_home):
     assert result.stdout == "errno=13\n" and "nono: denied" not in result.stderr, result.stderr
     assert locked.read_text() == "unchanged\n"
     assert nobody_home.run(argv, user=True).stdout == "errno=13\n"  # the twin: the same bare
+
+
+# ---- listings: marked by the retry library, left to Landlock -------------------------------------------
+
+
+@pytest.fixture
+def listers(home):
+    return _built(home, "list_dir.c", "list_dir")
+
+
+def _listing(home, listers, how: str, path: str) -> list[str]:
+    return {
+        "opendir": [listers["dynamic"], "opendir", path],
+        "openat": [listers["dynamic"], "openat", path],
+        "static": [listers["static"], "opendir", path],
+        "ls": ["ls", "-a", path],
+        "python": [sys.executable, "-c", f"print(*__import__('os').listdir({path!r}), sep='\\n')"],
+        "find": ["find", path, "-maxdepth", "1"],
+    }[how]
+
+
+LISTERS = ["opendir", "openat", "static", "ls", "python", "find"]
+
+
+@pytest.mark.parametrize("how", LISTERS)
+def test_listing_the_parent_of_a_denied_node_is_emulated_as_when_every_listing_is_trapped(home, listers, how):
+    """~ holds the denied ~/.ssh: the baseline grants ~'s entries one by one, not ~, so listing ~ is the
+    supervisor's (an emulated open). A marked listing is refused by Landlock and made again trapped; a
+    static lister's is trapped from the start. Either way the names are the bare listing's."""
+    argv = _listing(home, listers, how, str(home.home))
+    result = _exec(home, *argv)
+    bare = home.run(argv)  # the twin
+    assert result.returncode == 0 and "nono: denied" not in result.stderr, result.stderr
+    assert sorted(result.stdout.split()) == sorted(bare.stdout.split()) and ".ssh" in result.stdout
+
+
+@pytest.mark.parametrize("how", LISTERS)
+def test_a_denied_listing_is_refused_and_reported_once(home, listers, how):
+    argv = _listing(home, listers, how, str(home.home / ".ssh"))
+    result = _exec(home, *argv)
+    assert result.returncode != 0 and "id_rsa" not in result.stdout
+    line = "nono: denied read ~/.ssh [group:deny_credentials]"
+    assert result.stderr.count(line) == 1, result.stderr
+    assert "id_rsa" in home.run(argv).stdout  # the twin
+
+
+def test_a_denied_listing_as_an_unprivileged_user_is_refused_and_reported(nobody_home):
+    home = nobody_home
+    argv = ["ls", str(home.home / ".ssh")]
+    result = _exec(home, *argv, user=True)
+    assert result.returncode != 0 and "id_rsa" not in result.stdout
+    assert result.stderr.count("nono: denied read ~/.ssh [group:deny_credentials]") == 1, result.stderr
+    assert "id_rsa" in home.run(argv, user=True).stdout  # the twin
+
+
+def test_a_listing_refused_by_the_directorys_mode_is_not_a_policy_denial(nobody_home):
+    """EACCES from the mode: made again trapped, the supervisor lets the kernel answer, as it did."""
+    locked = nobody_home.work / "locked"
+    locked.mkdir()
+    (locked / "inside").write_text("x")
+    os.chown(locked, 0, 0)
+    locked.chmod(0o700)
+    argv = ["ls", str(locked)]
+    result = _exec(nobody_home, *argv, user=True)
+    assert result.returncode != 0 and "Permission denied" in result.stderr
+    assert "nono: denied" not in result.stderr, result.stderr
+    bare = nobody_home.run(argv, user=True)  # the twin: the same bare
+    assert bare.returncode != 0 and "Permission denied" in bare.stderr
+
+
+def test_any_process_may_set_the_listing_mark_and_gains_nothing_from_it(home, listers):
+    """The mark lets a plain listing through to Landlock untrapped: a raw syscall that sets it is refused
+    the denied listing by the kernel, and only gives up what the supervisor adds (the report, and the
+    emulated listing of ~); a granted directory lists as bare."""
+    static = listers["static"]
+    denied = _exec(home, static, "marked", str(home.home / ".ssh"))
+    assert denied.stdout == "errno=13\n" and "nono: denied" not in denied.stderr
+    assert _exec(home, static, "marked", str(home.home)).stdout == "errno=13\n"
+    assert _exec(home, static, "raw", str(home.home)).returncode == 0  # unmarked: trapped and emulated
+    granted = _exec(home, static, "marked", str(home.work))
+    assert granted.returncode == 0 and sorted(granted.stdout.split()) == sorted(os.listdir(home.work))
+    assert "id_rsa" in home.run([static, "marked", str(home.home / ".ssh")]).stdout  # the twin
+
+
+def test_a_question_on_a_denied_listing_is_still_asked_and_its_grant_emulated(home, listers):
+    asked = []
+
+    def consent(op, path, rule, is_dir, *rest):
+        asked.append((op, path, is_dir))
+        return True
+
+    read_end, write_end = os.pipe()
+    try:
+        argv = [listers["dynamic"], "opendir", str(home.home / ".ssh")]
+        status, seen, _stats = _in_process(home, argv, consent=consent, stdio=(0, write_end, 2))
+        os.close(write_end)
+        out = os.read(read_end, 65536).decode()
+    finally:
+        os.close(read_end)
+    assert status == 0 and "id_rsa" in out  # the human said yes: the supervisor opened it
+    assert asked == [("read", str(home.home / ".ssh"), True)]
+
+
+def test_listings_through_libc_cost_no_notification_and_the_agents_are_all_trapped(home):
+    """grep -r and find (gnulib's fts: openat), ls -R and os.walk (opendir) over 60 directories: the
+    listings go to Landlock alone; for the agent (every call trapped) each one is the supervisor's."""
+    for d in range(60):
+        (home.work / "tree" / f"d{d}").mkdir(parents=True)
+        (home.work / "tree" / f"d{d}" / "f").write_text("x\n")
+    walk = f"{sys.executable} -c 'import os; list(os.walk(\"tree\"))'"
+    script = f"grep -r needle tree; find tree >/dev/null; ls -R tree >/dev/null; {walk}; true"
+    status, _seen, stats = _in_process(home, ["/bin/bash", "-c", script])
+    assert status == 0 and stats["received"] < 60, stats
+    status, _seen, every = _in_process(home, ["/bin/bash", "-c", script], left_to_landlock=False)
+    assert status == 0 and every["received"] >= 4 * 60, every
 
 
 def test_with_a_multi_linked_denied_file_every_read_is_trapped_again(home, readers):

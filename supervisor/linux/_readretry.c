@@ -1,26 +1,30 @@
 /*
  * _readretry.c: preloaded (LD_PRELOAD) into sandboxed commands whose opens and execve are not trapped.
  *
- * The seccomp filter lets an open/openat (but for O_DIRECTORY, O_EXCL and setid creations), and every
- * execve, through to the kernel (seccomp.py, "Left to Landlock"): Landlock alone decides them, and a denial
- * is EACCES with no notification, so no report, no question, no emulated grant. Where that denial happens
- * in a dynamically linked process, this library sees it and asks again through the always-trapped twin:
+ * The seccomp filter lets an open/openat (but for O_EXCL, O_TMPFILE, setid creations and unmarked
+ * listings), and every execve, through to the kernel (seccomp.py, "Left to Landlock"): Landlock alone
+ * decides them, and a denial is EACCES with no notification, so no report, no question, no emulated grant.
+ * Where that denial happens in a dynamically linked process, this library sees it and asks again through
+ * the always-trapped twin:
  * - an open through openat2: the supervisor's whole pipeline runs on it (read once, resolve, pin, decide,
  *   report or ask, emulate with ADDFD), so the command gets the grant's fd, or EACCES with the report. A
  *   refused open has done nothing (no file made, nothing truncated), so asking again is the same call;
+ * - a listing (an O_DIRECTORY open through the wrappers below, and opendir, which opens inside libc) is
+ *   made here with LISTING_MARK, which the filter lets through, and made again unmarked where refused;
  * - an exec through execveat: the supervisor reports the denial (an exec is never carried out for a
  *   command: only the baseline can allow it, so a report is all the trap ever added).
  *
  * Only an EACCES is asked again, and only for an open the filter let through (a trapped one's answer is
  * already the supervisor's). Static binaries, raw syscalls, the opens libc makes inside itself (freopen,
- * and the ones it makes with O_EXCL, which stay trapped) and the execs it makes inside posix_spawn, system
- * and popen do not pass through here: for them a denial is the kernel's bare EACCES (README, "Left to
- * Landlock").
+ * and the ones it makes with O_EXCL or for scandir, fts and glob, which stay trapped) and the execs it
+ * makes inside posix_spawn, system and popen do not pass through here: for them a denial is the kernel's
+ * bare EACCES (README, "Left to Landlock").
  *
  * Async-signal-safe on the hot path (a successful open costs one compare): the real functions are resolved
  * once by the constructor, the retry is one raw syscall, errno is kept as the caller expects.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,17 +44,30 @@
 #ifndef SYS_execveat
 #define SYS_execveat 322
 #endif
-#ifndef __O_TMPFILE
-#define __O_TMPFILE 020000000
-#endif
+#define TMPFILE_BIT 020000000 /* the kernel's __O_TMPFILE: O_TMPFILE is it with O_DIRECTORY */
 
-/* seccomp.TRAPPED_OPEN_FLAGS and TRAPPED_CREATE_MODES: the opens the filter sent to the supervisor */
+/* seccomp.LISTING_MARK: a listing (O_DIRECTORY) open with this as its mode is not trapped. The kernel
+ * ignores the mode of an open that creates nothing; the filter lets such a listing through to Landlock. */
+#define LISTING_MARK 0x6e6f6e6f00000000L
+
+/* seccomp.TRAPPED_OPEN_FLAGS, unmarked listings and TRAPPED_CREATE_MODES: what the filter sends to the
+ * supervisor (its answer is already the supervisor's: nothing to ask again) */
 static int trapped(int flags, mode_t mode) {
-    return (flags & (O_DIRECTORY | O_EXCL)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)));
+    return (flags & (O_DIRECTORY | O_EXCL | TMPFILE_BIT)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)));
+}
+
+/* An open that takes a mode (glibc's __OPEN_NEEDS_MODE). */
+static int creates(int flags) {
+    return (flags & O_CREAT) || (flags & TMPFILE_BIT);
+}
+
+/* A listing that creates nothing: made here with the mark. */
+static int markable(int flags) {
+    return (flags & O_DIRECTORY) && !creates(flags) && !(flags & O_EXCL);
 }
 
 static mode_t creation_mode(int flags, mode_t mode) {
-    return (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0; /* openat2 refuses a mode it would not use */
+    return creates(flags) ? mode : 0; /* openat2 refuses a mode it would not use */
 }
 
 struct open_how_ {
@@ -62,30 +79,46 @@ typedef int openat_fn(int, const char *, int, ...);
 typedef int open2_fn(const char *, int);
 typedef int openat2_fn(int, const char *, int);
 typedef FILE *fopen_fn(const char *, const char *);
+typedef DIR *opendir_fn(const char *);
 typedef int execve_fn(const char *, char *const[], char *const[]);
 
 extern char **environ;
 
-static open_fn *real_open, *real_open64;
-static openat_fn *real_openat, *real_openat64;
-static open2_fn *real___open_2, *real___open64_2;
-static openat2_fn *real___openat_2, *real___openat64_2;
+/* The open entry points wrapped below, in the order of their names (the kind says how each is called). */
+enum entry { OPEN, OPEN64, OPENAT, OPENAT64, OPEN_2, OPEN64_2, OPENAT_2, OPENAT64_2, ENTRIES };
+static const char *const entry_names[ENTRIES] = {
+    "open", "open64", "openat", "openat64", "__open_2", "__open64_2", "__openat_2", "__openat64_2",
+};
+static void *real_entry[ENTRIES];
 static fopen_fn *real_fopen, *real_fopen64;
+static opendir_fn *real_opendir;
 static execve_fn *real_execve, *real_execvpe;
 
 __attribute__((constructor)) static void resolve(void) {
-    real_open = (open_fn *)dlsym(RTLD_NEXT, "open");
-    real_open64 = (open_fn *)dlsym(RTLD_NEXT, "open64");
-    real_openat = (openat_fn *)dlsym(RTLD_NEXT, "openat");
-    real_openat64 = (openat_fn *)dlsym(RTLD_NEXT, "openat64");
-    real___open_2 = (open2_fn *)dlsym(RTLD_NEXT, "__open_2");
-    real___open64_2 = (open2_fn *)dlsym(RTLD_NEXT, "__open64_2");
-    real___openat_2 = (openat2_fn *)dlsym(RTLD_NEXT, "__openat_2");
-    real___openat64_2 = (openat2_fn *)dlsym(RTLD_NEXT, "__openat64_2");
+    for (int e = 0; e < ENTRIES; e++)
+        real_entry[e] = dlsym(RTLD_NEXT, entry_names[e]);
     real_fopen = (fopen_fn *)dlsym(RTLD_NEXT, "fopen");
     real_fopen64 = (fopen_fn *)dlsym(RTLD_NEXT, "fopen64");
+    real_opendir = (opendir_fn *)dlsym(RTLD_NEXT, "opendir");
     real_execve = (execve_fn *)dlsym(RTLD_NEXT, "execve");
     real_execvpe = (execve_fn *)dlsym(RTLD_NEXT, "execvpe");
+}
+
+/* The open through the caller's own entry point (the raw syscall before the constructor ran: another
+ * library's constructor calling it). The _FORTIFY_SOURCE ones take no mode: they never create. */
+static int real_open(enum entry e, int dirfd, const char *path, int flags, mode_t mode) {
+    void *fn = real_entry[e];
+    if (!fn)
+        return (int)syscall(SYS_openat, dirfd, path, flags, mode);
+    switch (e) {
+    case OPEN:
+    case OPEN64: return ((open_fn *)fn)(path, flags, mode);
+    case OPENAT:
+    case OPENAT64: return ((openat_fn *)fn)(dirfd, path, flags, mode);
+    case OPEN_2:
+    case OPEN64_2: return ((open2_fn *)fn)(path, flags);
+    default: return ((openat2_fn *)fn)(dirfd, path, flags);
+    }
 }
 
 /* The open's answer, asked again through the supervisor when Landlock alone refused it. */
@@ -101,70 +134,71 @@ static int retried(int fd, int dirfd, const char *path, int flags, mode_t mode) 
     return -1;
 }
 
-/* A direct call before the constructor ran (another library's constructor): the raw syscall. */
-static int raw_openat(int dirfd, const char *path, int flags, mode_t mode) {
-    return (int)syscall(SYS_openat, dirfd, path, flags, mode);
+/* A listing left to Landlock: marked, and made again unmarked (trapped: the supervisor reports, asks or
+ * emulates) where refused. -1 with errno, as the open. */
+static int marked_listing(int dirfd, const char *path, int flags, enum entry e) {
+    long fd = syscall(SYS_openat, dirfd, path, flags, LISTING_MARK);
+    if (fd >= 0 || errno != EACCES)
+        return (int)fd;
+    return real_open(e, dirfd, path, flags, 0);
+}
+
+static int opened(enum entry e, int dirfd, const char *path, int flags, mode_t mode) {
+    if (markable(flags))
+        return marked_listing(dirfd, path, flags, e);
+    return retried(real_open(e, dirfd, path, flags, mode), dirfd, path, flags, mode);
 }
 
 static mode_t mode_arg(int flags, va_list ap) {
-    return (flags & (O_CREAT | __O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+    return creates(flags) ? (mode_t)va_arg(ap, int) : 0;
 }
 
+#define MODE_OF(flags, mode)                                                                               \
+    va_list ap;                                                                                            \
+    va_start(ap, flags);                                                                                   \
+    mode_t mode = mode_arg(flags, ap);                                                                     \
+    va_end(ap)
+
 int open(const char *path, int flags, ...) {
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    int fd = real_open ? real_open(path, flags, mode) : raw_openat(AT_FDCWD, path, flags, mode);
-    return retried(fd, AT_FDCWD, path, flags, mode);
+    MODE_OF(flags, mode);
+    return opened(OPEN, AT_FDCWD, path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...) {
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    int fd = real_open64 ? real_open64(path, flags, mode) : raw_openat(AT_FDCWD, path, flags, mode);
-    return retried(fd, AT_FDCWD, path, flags, mode);
+    MODE_OF(flags, mode);
+    return opened(OPEN64, AT_FDCWD, path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...) {
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    int fd = real_openat ? real_openat(dirfd, path, flags, mode) : raw_openat(dirfd, path, flags, mode);
-    return retried(fd, dirfd, path, flags, mode);
+    MODE_OF(flags, mode);
+    return opened(OPENAT, dirfd, path, flags, mode);
 }
 
 int openat64(int dirfd, const char *path, int flags, ...) {
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    int fd = real_openat64 ? real_openat64(dirfd, path, flags, mode) : raw_openat(dirfd, path, flags, mode);
-    return retried(fd, dirfd, path, flags, mode);
+    MODE_OF(flags, mode);
+    return opened(OPENAT64, dirfd, path, flags, mode);
 }
 
-/* The _FORTIFY_SOURCE entry points (no mode: a fortified caller never creates through them). */
-int __open_2(const char *path, int flags) {
-    int fd = real___open_2 ? real___open_2(path, flags) : raw_openat(AT_FDCWD, path, flags, 0);
-    return retried(fd, AT_FDCWD, path, flags, 0);
-}
+int __open_2(const char *path, int flags) { return opened(OPEN_2, AT_FDCWD, path, flags, 0); }
+int __open64_2(const char *path, int flags) { return opened(OPEN64_2, AT_FDCWD, path, flags, 0); }
+int __openat_2(int dirfd, const char *path, int flags) { return opened(OPENAT_2, dirfd, path, flags, 0); }
+int __openat64_2(int dirfd, const char *path, int flags) { return opened(OPENAT64_2, dirfd, path, flags, 0); }
 
-int __open64_2(const char *path, int flags) {
-    int fd = real___open64_2 ? real___open64_2(path, flags) : raw_openat(AT_FDCWD, path, flags, 0);
-    return retried(fd, AT_FDCWD, path, flags, 0);
-}
-
-int __openat_2(int dirfd, const char *path, int flags) {
-    int fd = real___openat_2 ? real___openat_2(dirfd, path, flags) : raw_openat(dirfd, path, flags, 0);
-    return retried(fd, dirfd, path, flags, 0);
-}
-
-int __openat64_2(int dirfd, const char *path, int flags) {
-    int fd = real___openat64_2 ? real___openat64_2(dirfd, path, flags) : raw_openat(dirfd, path, flags, 0);
-    return retried(fd, dirfd, path, flags, 0);
+/* opendir opens inside libc: its listing is made here, with glibc's flags, and handed to fdopendir (the
+ * DIR owns the fd as opendir's does); refused by Landlock, it is libc's own opendir again (trapped). */
+DIR *opendir(const char *name) {
+    if (!real_opendir)
+        resolve();
+    long fd = syscall(SYS_openat, AT_FDCWD, name, O_RDONLY | O_NONBLOCK | O_DIRECTORY | O_CLOEXEC, LISTING_MARK);
+    if (fd < 0)
+        return errno == EACCES ? real_opendir(name) : NULL;
+    DIR *dir = fdopendir((int)fd);
+    if (!dir) {
+        int saved = errno;
+        close((int)fd);
+        errno = saved;
+    }
+    return dir;
 }
 
 /* fopen's open flags (glibc's reading of its mode: r, w or a, then + x e among the rest up to a ','). */

@@ -126,18 +126,28 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 # alone decides, and that the preloaded _readretry asks again through an always-trapped twin when the kernel
 # refuses them (README, "Left to Landlock"):
 # - opens: an open or openat asks Landlock for exactly what _open_rights names (read_file, write_file,
-#   truncate; make_reg of the parent where it creates), and the supervisor's answer on the fast path is
-#   CONTINUE where Landlock allows and its own pipeline (report, question, emulated grant) where Landlock
-#   refuses: so only the refusal needs the supervisor, and it is asked again through openat2. Read-only
-#   opens were 86-100% of the notifications of content-heavy work; a build's output and temporary files
-#   were the most of what was left (make -j2: 300 of 420-520, each a wake of the supervisor while both
-#   cores compile). Still trapped: O_DIRECTORY (listing the parent of a denied node is the supervisor's;
-#   O_TMPFILE holds it), O_EXCL (mkstemp and tmpfile open inside libc, where nothing could ask again), and
-#   O_CREAT with a setuid or setgid mode (never granted; Landlock does not see modes);
+#   truncate, read_dir; make_reg of the parent where it creates), and the supervisor's answer on the fast
+#   path is CONTINUE where Landlock allows and its own pipeline (report, question, emulated grant) where
+#   Landlock refuses: so only the refusal needs the supervisor, and it is asked again through openat2.
+#   Read-only opens were 86-100% of the notifications of content-heavy work; a build's output and temporary
+#   files were the most of what was left (make -j2: 300 of 420-520, each a wake of the supervisor while
+#   both cores compile). Still trapped: O_EXCL (mkstemp and tmpfile open inside libc, where nothing could
+#   ask again), O_TMPFILE, O_CREAT with a setuid or setgid mode (never granted; Landlock does not see
+#   modes), and a listing (O_DIRECTORY) unless it carries LISTING_MARK;
+# - listings: opendir, scandir, fts and glob open inside libc, where nothing could ask again, and listing
+#   the parent of a denied node (~ beside ~/.ssh) is the supervisor's (an emulated open): so an unmarked
+#   O_DIRECTORY open stays trapped. A listing _readretry makes itself (its open and openat wrappers, which
+#   gnulib's fts in grep and find calls, and its opendir, which ls, git, Python and Rust call) carries
+#   LISTING_MARK in the mode argument, which the kernel ignores for an open that creates nothing, and is
+#   let through; refused, it is made again unmarked. Any process may set the mark: it then only gives up
+#   the supervisor's emulated grants for its listings, as a static binary would (grep -r's 290 listings
+#   over 20,000 files were its whole remainder over --no-trap, each a cold wake);
 # - execve: an exec is never carried out for a command (only the baseline can allow it), so the trap only
 #   ever added a report (a build's compiler driver tries several PATH entries per tool: 70% of `make`'s
 #   notifications, each a cold wake of the supervisor); asked again through execveat.
-TRAPPED_OPEN_FLAGS = (os.O_DIRECTORY, os.O_EXCL)
+_O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY  # O_TMPFILE is this bit with O_DIRECTORY
+TRAPPED_OPEN_FLAGS = (os.O_EXCL, _O_TMPFILE_ONLY)
+LISTING_MARK = 0x6E6F6E6F << 32  # _readretry's LISTING_MARK: 0 in the 16 bits a mode could ever use
 TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
 UNTRAPPED_OPENS = {"open": (1, 2), "openat": (2, 3)}  # syscall -> its flags and mode arguments
 UNTRAPPED_EXECS = ("execve",)
@@ -148,8 +158,9 @@ def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) 
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
-    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS and setid creations), and execve,
-    are not trapped (a command's, with the read-retry library preloaded; see UNTRAPPED_OPENS)."""
+    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, unmarked listings and setid
+    creations), and execve, are not trapped (a command's, with the retry library preloaded; see
+    UNTRAPPED_OPENS)."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
     return _program(net in (True, "block", "domains"), leave_to_landlock)
@@ -177,6 +188,9 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
             flags, mode = UNTRAPPED_OPENS[trap.name]
             for bit in TRAPPED_OPEN_FLAGS:
                 flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, bit, bit))
+            listing = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, os.O_DIRECTORY, os.O_DIRECTORY)
+            unmarked = pyseccomp.Arg(mode, pyseccomp.NE, LISTING_MARK)
+            flt.add_rule(pyseccomp.NOTIFY, trap.name, listing, unmarked)
             creating = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, os.O_CREAT, os.O_CREAT)
             for bit in TRAPPED_CREATE_MODES:
                 setid = pyseccomp.Arg(mode, pyseccomp.MASKED_EQ, bit, bit)
