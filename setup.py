@@ -26,7 +26,10 @@ class BuildWithClient(build_ext):
         # The keeper after the command's exec (_spawn.c built with NONO_KEEPER): no copy of the supervisor
         # lives on for the command's lifetime.
         self._program(
-            "supervisor/linux/_spawn.c", "supervisor/linux", KEEPER, [("NONO_KEEPER", "1")],
+            "supervisor/linux/_spawn.c",
+            "supervisor/linux",
+            KEEPER,
+            [("NONO_KEEPER", "1")],
             "keepers stay copies of the supervisor",
         )
 
@@ -60,7 +63,7 @@ if sys.platform.startswith("linux"):
     ext_modules.append(Extension("supervisor.linux._notify", ["supervisor/linux/_notify.c"]))
     # Preloaded into commands whose opens and execve are not trapped: asks again where Landlock refused one.
     ext_modules.append(
-        Extension("supervisor.linux._readretry", ["supervisor/linux/_readretry.c"], libraries=["dl"])
+        Extension("supervisor.linux._askagain", ["supervisor/linux/_askagain.c"], libraries=["dl"])
     )
 if sys.platform.startswith("linux") or sys.platform == "darwin":
     # Preloaded into the agent (LD_PRELOAD / DYLD_INSERT_LIBRARIES); not a Python module, never imported.

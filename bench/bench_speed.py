@@ -7,7 +7,7 @@ Every mode runs the same command line (``bash -c CMD``) in the same fake HOME, c
 - ``route``: ``<shims>/bash -c CMD`` through a ``nono-supervisor serve --shims --allow HOME`` started by this
   bench (the agent's route: nono-shell, the socket, the supervisor, Landlock + seccomp);
 - ``no-trap``: the same route with ``serve --no-trap`` (Landlock alone);
-- ``route, reads trapped`` (``--trapped-reads``): the route with every read trapped (NONO_TRAP_READS=1);
+- ``route, all trapped`` (``--trap-all``): the route with every call trapped (NONO_TRAP_ALL=1);
 - ``bwrap``: ``bwrap --ro-bind / / --bind HOME HOME --dev /dev --proc /proc --unshare-pid -- bash -c CMD``;
 - ``firejail``: ``firejail --quiet --noprofile -- bash -c CMD``.
 ``--build NAME=VENV`` adds the route and no-trap modes of another install (an old checkout's venv), so a
@@ -282,9 +282,9 @@ def main() -> None:
     parser.add_argument("--no-notrap", action="store_true", help="skip the --no-trap modes")
     parser.add_argument("--build-notrap", action="store_true", help="--no-trap of the --build installs too")
     parser.add_argument(
-        "--trapped-reads",
+        "--trap-all",
         action="store_true",
-        help="also this install's route with every read trapped (NONO_TRAP_READS=1)",
+        help="also this install's route with every call trapped (NONO_TRAP_ALL=1)",
     )
     parser.add_argument("--quick", action="store_true", help="2,000 files for grep/git (a smoke run)")
     parser.add_argument("--concurrency", type=int, default=50)
@@ -324,10 +324,10 @@ def main() -> None:
                         _serve(f"no-trap {name}".strip(), venv, top, home, env, ["--no-trap"])
                     )
                 )
-            if args.trapped_reads and not name:
+            if args.trap_all and not name:
                 modes.append(
                     stack.enter_context(
-                        _serve("route, reads trapped", venv, top, home, env, [], {"NONO_TRAP_READS": "1"})
+                        _serve("route, all trapped", venv, top, home, env, [], {"NONO_TRAP_ALL": "1"})
                     )
                 )
         skipped = []

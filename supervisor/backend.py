@@ -73,7 +73,7 @@ def start_sandboxed(
     what the policy denies, while the syscall waits.
 
     ``left_to_landlock`` (a command's, not the agent's): opens and execve are left to Landlock where
-    that loses nothing a dynamically linked process could report (``_retry_library``; README "Left to
+    that loses nothing a dynamically linked process could report (``_ask_again_library``; README "Left to
     Landlock").
     """
     if sys.platform.startswith("linux"):
@@ -100,9 +100,9 @@ def start_sandboxed(
 
         loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
         linked = trap and bool(session.linked_denied(policy))
-        retry_library = trap and left_to_landlock and _retry_library(loop_class, linked)
-        if retry_library:
-            env = _preloaded(env, retry_library)
+        ask_again = trap and left_to_landlock and _ask_again_library(loop_class, linked)
+        if ask_again:
+            env = _preloaded(env, ask_again)
         # launch_extra: the agent's routing namespace (binds, userns, exec_fd; supervisor.launcher).
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
@@ -131,7 +131,7 @@ def start_sandboxed(
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(retry_library))
+        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(ask_again))
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
@@ -146,17 +146,17 @@ def start_sandboxed(
     raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
 
 
-def _retry_library(loop_class: type, linked: bool) -> str | None:
-    """The retry library to preload when the command's opens and execs may be left to Landlock
+def _ask_again_library(loop_class: type, linked: bool) -> str | None:
+    """The ask-again library to preload when the command's opens and execs may be left to Landlock
     (issue 13), else None: all are trapped for a loop that must see them all (the agent's), while a denied
     file has several names (Landlock follows names: each regular-file open must be checked on its inode),
     where the library is not built (a denial could not be reported even where the process can), and with
-    NONO_TRAP_READS=1 in the supervisor's environment (bench/bench_speed.py's comparison)."""
-    from supervisor.linux.notify import read_retry_library, wants_every_notification
+    NONO_TRAP_ALL=1 in the supervisor's environment (bench/bench_speed.py's comparison)."""
+    from supervisor.linux.notify import ask_again_library, wants_every_notification
 
-    if linked or wants_every_notification(loop_class) or os.environ.get("NONO_TRAP_READS") == "1":
+    if linked or wants_every_notification(loop_class) or os.environ.get("NONO_TRAP_ALL") == "1":
         return None
-    return read_retry_library()
+    return ask_again_library()
 
 
 def _preloaded(env: dict[str, str], library: str) -> dict[str, str]:

@@ -35,7 +35,7 @@ CORPUS = {
     "pexpect": f"{PYTHON} -c \"import pexpect; c = pexpect.spawn('/bin/echo', ['pty-ok']);"
     " c.expect('pty-ok'); print('spawned')\"",
     "script": "script -qc 'echo in-script' /dev/null",
-    "python thread": f"{PYTHON} -c \"import threading, socket; t = threading.Thread(target=lambda:"
+    "python thread": f'{PYTHON} -c "import threading, socket; t = threading.Thread(target=lambda:'
     " print(socket.getaddrinfo('localhost', 80)[0][0].name)); t.start(); t.join()\"",
     "node dns.lookup": "node -e \"require('dns').lookup('localhost',"
     " (e, a) => console.log(e ? e.code : 'ok'))\"",
@@ -79,8 +79,9 @@ def _variants(home: Home, script: str):
         shutil.rmtree(supervisor.socket.parent, ignore_errors=True)
         shutil.rmtree(supervisor.shims, ignore_errors=True)
     _clean(home)
-    yield "agent", home.run(
-        [SUPERVISOR, "run", *FLAGS, "--", "bash", "-c", script], env=env, stdin=subprocess.DEVNULL
+    yield (
+        "agent",
+        home.run([SUPERVISOR, "run", *FLAGS, "--", "bash", "-c", script], env=env, stdin=subprocess.DEVNULL),
     )
 
 

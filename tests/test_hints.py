@@ -73,6 +73,7 @@ def test_a_unix_socket_hint_lets_the_connect_through(home):
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(4)
+
     def serve() -> None:
         for _ in range(2):
             try:

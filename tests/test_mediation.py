@@ -105,8 +105,20 @@ stop = True
 t.join()
 print(f"done={done}")
 """
-FLIP_OPS = ["rename", "unlink", "truncate", "open-trunc", "chmod", "utime", "setxattr", "link", "symlink",
-            "mkdir", "mkfifo", "create"]
+FLIP_OPS = [
+    "rename",
+    "unlink",
+    "truncate",
+    "open-trunc",
+    "chmod",
+    "utime",
+    "setxattr",
+    "link",
+    "symlink",
+    "mkdir",
+    "mkfifo",
+    "create",
+]
 
 
 def _state(protected: Path) -> tuple:

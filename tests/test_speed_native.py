@@ -405,7 +405,7 @@ def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
                 os.open({str(home.key)!r}, os.O_RDWR)
             except PermissionError:
                 pass
-    """)  # start_sandboxed traps every open unless told it starts a command (test_speed_reads.py)
+    """)  # start_sandboxed traps every open unless told it starts a command (test_speed_left_to_landlock)
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     seen = []
     try:

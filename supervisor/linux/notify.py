@@ -143,7 +143,7 @@ class NotifyLoop:
 
     # A loop that must see every read (the agent's: its own reads are asked about and reported at once,
     # static binaries included) sets this; so does any subclass that replaces ``_dispatch``.
-    every_read = False
+    every_call = False
 
     def __init__(
         self,
@@ -1122,16 +1122,16 @@ _DISPATCH = NotifyLoop._dispatch  # the class itself, whatever a test later bind
 
 def wants_every_notification(cls: type) -> bool:
     """Whether a loop class must see every open and exec (so the filter traps them all for it)."""
-    return bool(getattr(cls, "every_read", False)) or getattr(cls, "_dispatch", None) is not _DISPATCH
+    return bool(getattr(cls, "every_call", False)) or getattr(cls, "_dispatch", None) is not _DISPATCH
 
 
-def read_retry_library() -> str | None:
-    """The library preloaded into commands whose opens and execve are untrapped (``_readretry.c``)."""
+def ask_again_library() -> str | None:
+    """The library preloaded into commands whose opens and execve are untrapped (``_askagain.c``)."""
     import importlib.machinery
 
     here = os.path.dirname(os.path.abspath(__file__))
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = os.path.join(here, f"_readretry{suffix}")
+        candidate = os.path.join(here, f"_askagain{suffix}")
         if os.path.isfile(candidate):
             return candidate
     return None

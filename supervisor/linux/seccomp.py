@@ -123,7 +123,7 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 
 
 # Left to Landlock (issue 13): for a command, the filter lets through the calls whose every outcome Landlock
-# alone decides, and that the preloaded _readretry asks again through an always-trapped twin when the kernel
+# alone decides, and that the preloaded _askagain asks again through an always-trapped twin when the kernel
 # refuses them (README, "Left to Landlock"):
 # - opens: an open or openat asks Landlock for exactly what _open_rights names (read_file, write_file,
 #   truncate, read_dir; make_reg of the parent where it creates), and the supervisor's answer on the fast
@@ -136,7 +136,7 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 #   modes), and a listing (O_DIRECTORY) unless it carries LISTING_MARK;
 # - listings: opendir, scandir, fts and glob open inside libc, where nothing could ask again, and listing
 #   the parent of a denied node (~ beside ~/.ssh) is the supervisor's (an emulated open): so an unmarked
-#   O_DIRECTORY open stays trapped. A listing _readretry makes itself (its open and openat wrappers, which
+#   O_DIRECTORY open stays trapped. A listing _askagain makes itself (its open and openat wrappers, which
 #   gnulib's fts in grep and find calls, and its opendir, which ls, git, Python and Rust call) carries
 #   LISTING_MARK in the mode argument, which the kernel ignores for an open that creates nothing, and is
 #   let through; refused, it is made again unmarked. Any process may set the mark: it then only gives up
@@ -147,7 +147,7 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 #   notifications, each a cold wake of the supervisor); asked again through execveat.
 _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY  # O_TMPFILE is this bit with O_DIRECTORY
 TRAPPED_OPEN_FLAGS = (os.O_EXCL, _O_TMPFILE_ONLY)
-LISTING_MARK = 0x6E6F6E6F << 32  # _readretry's LISTING_MARK: 0 in the 16 bits a mode could ever use
+LISTING_MARK = 0x6E6F6E6F << 32  # _askagain's LISTING_MARK: 0 in the 16 bits a mode could ever use
 TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
 UNTRAPPED_OPENS = {"open": (1, 2), "openat": (2, 3)}  # syscall -> its flags and mode arguments
 UNTRAPPED_EXECS = ("execve",)
@@ -159,7 +159,7 @@ def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
     ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, unmarked listings and setid
-    creations), and execve, are not trapped (a command's, with the retry library preloaded; see
+    creations), and execve, are not trapped (a command's, with the ask-again library preloaded; see
     UNTRAPPED_OPENS)."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")

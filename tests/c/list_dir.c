@@ -1,5 +1,6 @@
 /* Lists a directory and prints its names in the order read, or "errno=N".
- * Built static and dynamic by tests/test_speed_reads.py: a static binary never passes through LD_PRELOAD.
+ * Built static and dynamic by tests/test_speed_left_to_landlock.py: a static binary never passes
+ * through LD_PRELOAD.
  * usage: list_dir opendir|openat|raw|marked DIR
  *   opendir: opendir(3); openat: openat(2) O_DIRECTORY through libc, then fdopendir (as gnulib's fts in
  *   grep and find); raw: the openat syscall itself (mode 0); marked: the raw syscall carrying the retry

@@ -1,5 +1,6 @@
 /* Reads a file with one plain open(O_RDONLY) (or fopen with -f) and prints it, or "errno=N".
- * Built static and dynamic by tests/test_speed_reads.py: a static binary never passes through LD_PRELOAD.
+ * Built static and dynamic by tests/test_speed_left_to_landlock.py: a static binary never passes
+ * through LD_PRELOAD.
  * usage: plain_read [-f] FILE */
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /* Writes TEXT to FILE with one open(O_WRONLY|O_CREAT|O_TRUNC, 0644) (or fopen(MODE) with -f MODE) and
- * prints "wrote", or "errno=N". Built static and dynamic by tests/test_speed_reads.py: a static binary
- * never passes through LD_PRELOAD.
+ * prints "wrote", or "errno=N". Built static and dynamic by tests/test_speed_left_to_landlock.py: a
+ * static binary never passes through LD_PRELOAD.
  * usage: plain_write [-f MODE] FILE TEXT */
 #include <errno.h>
 #include <fcntl.h>

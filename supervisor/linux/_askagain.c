@@ -1,5 +1,5 @@
 /*
- * _readretry.c: preloaded (LD_PRELOAD) into sandboxed commands whose opens and execve are not trapped.
+ * _askagain.c: preloaded (LD_PRELOAD) into sandboxed commands whose opens and execve are not trapped.
  *
  * The seccomp filter lets an open/openat (but for O_EXCL, O_TMPFILE, setid creations and unmarked
  * listings), and every execve, through to the kernel (seccomp.py, "Left to Landlock"): Landlock alone
@@ -284,7 +284,7 @@ int execvpe(const char *file, char *const argv[], char *const envp[]) {
     if (!real_execvpe)
         resolve();
     real_execvpe(file, argv, envp);
-    if (errno != EACCES || file == NULL || *file == '\0')
+    if (errno != EACCES || *file == '\0')
         return -1;
     if (strchr(file, '/'))
         return exec_retried(file, argv, envp);

@@ -1,11 +1,11 @@
 """Opens and execve left to Landlock (issue 13): an open/openat (but for unmarked listings, exclusive
 opens, tmpfiles and setid creations), and an execve, are not trapped for a command. The kernel still
-enforces every denial; where the process is dynamically linked, the retry library asks again through the
-supervisor (a listing it makes itself carries seccomp.LISTING_MARK and is made again unmarked), so the
-denial is reported (an open is also asked about, and a grant the baseline cannot express is emulated) as
-when every call was trapped; a static binary, and an exec inside posix_spawn, get the kernel's EACCES alone
-(the documented loss). With a multi-linked denied file, and for the agent, every call is trapped again.
-No timing here."""
+enforces every denial; where the process is dynamically linked, the ask-again library (_askagain.c) asks
+again through the supervisor (a listing it makes itself carries seccomp.LISTING_MARK and is made again
+unmarked), so the denial is reported (an open is also asked about, and a grant the baseline cannot
+express is emulated) as when every call was trapped; a static binary, and an exec inside posix_spawn, get
+the kernel's EACCES alone (the documented loss). With a multi-linked denied file, and for the agent,
+every call is trapped again. No timing here."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from supervisor.linux import notify, seccomp
 
 C_DIR = Path(__file__).parent / "c"
 
-pytestmark = pytest.mark.skipif(notify.read_retry_library() is None, reason="_readretry is not built")
+pytestmark = pytest.mark.skipif(notify.ask_again_library() is None, reason="_askagain is not built")
 
 
 def _built(home, source: str, stem: str) -> dict[str, str]:
@@ -93,7 +93,7 @@ def test_opens_are_not_trapped_but_for_raw_listings_exclusive_and_setid_creation
             os.O_RDWR,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
             os.O_WRONLY | os.O_APPEND,
-            os.O_RDONLY | os.O_DIRECTORY,  # a listing through libc's open: the retry library marks it
+            os.O_RDONLY | os.O_DIRECTORY,  # a listing through libc's open: the ask-again library marks it
         ):
             for _ in range(300):
                 os.close(os.open("scratch" if flags & os.O_DIRECTORY == 0 else ".", flags, 0o644))
@@ -250,7 +250,7 @@ def test_a_denied_write_by_a_static_binary_is_enforced_by_the_kernel_and_not_rep
     argv = [writers["static"], str(home.key), "x"]
     result = _exec(home, *argv)
     assert result.stdout == "errno=13\n" and "nono: denied" not in result.stderr
-    trapped = _exec(home, *argv, env={**home.env, "NONO_TRAP_READS": "1"})
+    trapped = _exec(home, *argv, env={**home.env, "NONO_TRAP_ALL": "1"})
     assert trapped.stdout == "errno=13\n" and "nono: denied write ~/.ssh/id_rsa" in trapped.stderr
     assert home.key.read_text() == FAKE_KEY + "\n"
     assert home.run(argv).stdout == "wrote\n"  # the twin
@@ -265,7 +265,7 @@ def test_a_create_the_policy_allows_beyond_the_baseline_is_emulated_for_dynamic_
         assert result.stdout == expected, (kind, result.stderr)
         assert "nono: denied" not in result.stderr
     assert (home.home / "new-dynamic").read_text() == "made" and not (home.home / "new-static").exists()
-    every = {**home.env, "NONO_TRAP_READS": "1"}
+    every = {**home.env, "NONO_TRAP_ALL": "1"}
     trapped = _exec(home, writers["static"], str(home.home / "new-static"), "made", env=every)
     assert trapped.stdout == "wrote\n" and (home.home / "new-static").read_text() == "made"
 
@@ -317,7 +317,7 @@ def test_a_write_refused_by_the_files_mode_is_not_a_policy_denial(nobody_home):
     assert nobody_home.run(argv, user=True).stdout == "errno=13\n"  # the twin: the same bare
 
 
-# ---- listings: marked by the retry library, left to Landlock -------------------------------------------
+# ---- listings: marked by the ask-again library, left to Landlock ---------------------------------------
 
 
 @pytest.fixture
@@ -451,7 +451,7 @@ def test_the_agent_and_any_caller_that_does_not_ask_keep_every_read_trapped(home
     status, _seen, stats = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
     assert status == 0 and stats["received"] >= 300
     result = _exec(home, "bash", "-c", 'echo "$LD_PRELOAD"')
-    assert notify.read_retry_library() in result.stdout  # exec starts a command
+    assert notify.ask_again_library() in result.stdout  # exec starts a command
 
 
 def test_a_loop_that_must_see_every_read_gets_them_all(home):
@@ -460,15 +460,15 @@ def test_a_loop_that_must_see_every_read_gets_them_all(home):
             super()._dispatch(nid, tid, nr, args)
 
     class Flagged(notify.NotifyLoop):
-        every_read = True
+        every_call = True
 
     assert not notify.wants_every_notification(notify.NotifyLoop)
     assert notify.wants_every_notification(Watching) and notify.wants_every_notification(Flagged)
-    from supervisor.backend import _retry_library
+    from supervisor.backend import _ask_again_library
 
-    assert _retry_library(notify.NotifyLoop, linked=False) == notify.read_retry_library()
-    assert _retry_library(Watching, linked=False) is None
-    assert _retry_library(notify.NotifyLoop, linked=True) is None
+    assert _ask_again_library(notify.NotifyLoop, linked=False) == notify.ask_again_library()
+    assert _ask_again_library(Watching, linked=False) is None
+    assert _ask_again_library(notify.NotifyLoop, linked=True) is None
 
 
 @pytest.fixture
@@ -539,9 +539,9 @@ def test_a_denied_exec_libc_makes_inside_posix_spawn_or_a_static_binary_makes_is
     assert "RAN" not in result.stdout and f"spawn_all: {call}: Permission denied" in result.stderr
     assert "nono: denied" not in result.stderr
     assert "RAN" in home.run([binary, call, spawners["tool"], "tool", "a", "b"]).stdout  # the twin
-    # with every call trapped (the agent's way, here through NONO_TRAP_READS) the same exec is reported
+    # with every call trapped (the agent's way, here through NONO_TRAP_ALL) the same exec is reported
     trapped = _exec(
-        home, binary, call, spawners["tool"], "tool", "a", "b", env={**home.env, "NONO_TRAP_READS": "1"}
+        home, binary, call, spawners["tool"], "tool", "a", "b", env={**home.env, "NONO_TRAP_ALL": "1"}
     )
     assert "nono: denied exec ~/.ssh/tool" in trapped.stderr, trapped.stderr
 
@@ -552,13 +552,13 @@ def test_a_relative_command_starts_under_every_trap(home):
     script = home.work / "hello.sh"
     script.write_text("#!/bin/sh\necho hello\n")
     script.chmod(0o755)
-    for env in (home.env, {**home.env, "NONO_TRAP_READS": "1"}):
+    for env in (home.env, {**home.env, "NONO_TRAP_ALL": "1"}):
         result = _exec(home, "./hello.sh", env=env)
         assert result.stdout == "hello\n", result.stderr
 
 
-def test_the_read_retry_library_is_in_the_commands_environment_once(home):
-    lib = notify.read_retry_library()
+def test_the_ask_again_library_is_in_the_commands_environment_once(home):
+    lib = notify.ask_again_library()
     result = _exec(
         home, "bash", "-c", "echo $LD_PRELOAD; bash -c 'echo $LD_PRELOAD'", env={**home.env, "LD_PRELOAD": ""}
     )
