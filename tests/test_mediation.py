@@ -707,3 +707,29 @@ def test_bind_directly_in_home_is_carried_out_and_into_a_denied_tree_refused(req
     assert "denied create ~/.ssh/agent.sock" in denied.stderr
     twin = _bare(home, BIND, str(home.key.parent / "agent.sock"), user=user)
     assert _fields(twin.stdout)["result"] == "ok"
+
+
+CLIMB = r"""
+import os, sys
+home, project = sys.argv[1], sys.argv[2]
+nofollow = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+down = os.open(project, nofollow)
+up = os.open("..", nofollow, dir_fd=down)  # gnulib's fts climbing back (du, grep -r, find)
+print("up=" + ",".join(sorted(os.listdir(up))))
+os.chdir(home)
+here = os.open(".", os.O_RDONLY | os.O_NOFOLLOW)  # tar -C ~ .
+print("here=" + ",".join(sorted(os.listdir(here))))
+"""
+
+
+@USERS
+def test_an_emulated_open_of_dot_or_dotdot_with_o_nofollow_opens_the_directory(request, user):
+    """~ holds the denied ~/.ssh, so opening ~ for a listing is carried out by the supervisor on the pinned
+    directory: "." and ".." are never links, and O_NOFOLLOW must not turn them into ENOTDIR or ELOOP (du
+    and grep -r over ~ failed on the first directory they climbed out of; tar -C ~ on ".")."""
+    home = _home(request, user)
+    args = (str(home.home), str(home.work))
+    result = _sandboxed(home, CLIMB, *args, flags=("--allow", "~"), user=user)
+    bare = _bare(home, CLIMB, *args, user=user)  # the twin
+    assert result.returncode == 0 and result.stdout == bare.stdout, result.stderr
+    assert ".ssh" in _fields(result.stdout)["up"] and "nono: denied" not in result.stderr

@@ -152,7 +152,12 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
         how = _OPEN_HOW.pack(opening, mode, _STRICT)
         fd = _check(_libc.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
     else:
-        fd = os.open(f"/proc/self/fd/{pin.dirfd}", opening, mode)  # the pinned directory itself
+        # The pinned directory itself ("." or ".." in the last place, never a link): reopened through its
+        # magic link, which O_NOFOLLOW would refuse (ENOTDIR, ELOOP) where the kernel opens the directory
+        # (gnulib's fts climbs with openat(fd, "..", O_NOFOLLOW | O_DIRECTORY); tar -C opens ".").
+        if stat.S_ISDIR(pin.st.st_mode):
+            opening &= ~os.O_NOFOLLOW
+        fd = os.open(f"/proc/self/fd/{pin.dirfd}", opening, mode)
     try:
         opened = os.fstat(fd)
         if checker.is_second_name(opened):
