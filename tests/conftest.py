@@ -236,14 +236,17 @@ def nobody_supervisor(nobody_home: Home) -> Supervisor:
     s.stop()
 
 
-def run_sandboxed(home: Home, argv: list[str], **start: object) -> tuple[int, str, object]:
-    """argv under ``start_sandboxed`` in this process, on the default policy, stdout a pipe: (exit code,
-    stdout, the process, its notify loop ended). ``start``: start_sandboxed's keywords (trap, ...)."""
+def run_sandboxed(
+    home: Home, argv: list[str], *, options: object = None, **start: object
+) -> tuple[int, str, object]:
+    """argv under ``start_sandboxed`` in this process, stdout a pipe: (exit code, stdout, the process, its
+    notify loop ended). ``options``: the PolicyOptions (the default policy); ``start``: start_sandboxed's
+    keywords (trap, consent, on_decision, left_to_landlock...)."""
     from supervisor.backend import start_sandboxed
     from supervisor.policy import PolicyOptions
     from supervisor.session import Session
 
-    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    session = Session.create(options or PolicyOptions(), env=home.env, workdir=str(home.work))
     read_end, write_end = os.pipe()
     try:
         process = start_sandboxed(

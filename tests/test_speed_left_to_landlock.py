@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR
+from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed
 from supervisor.linux import notify, seccomp
 
 C_DIR = Path(__file__).parent / "c"
@@ -53,32 +53,20 @@ def _exec(home, *argv, flags=("--allow", "~"), **kw):
     return home.run([SUPERVISOR, "exec", *flags, "--", *argv], **kw)
 
 
-def _in_process(home, argv, *, consent=None, stdio=(0, 1, 2), left_to_landlock=True):
-    """Run argv under start_sandboxed here, as a command: (status, decisions, loop stats)."""
-    from supervisor.backend import finish, start_sandboxed
+def _in_process(home, argv, *, consent=None, left_to_landlock=True):
+    """argv under start_sandboxed here as a command, on --allow ~: (status, stdout, decisions, loop stats)."""
     from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
 
-    session = Session.create(PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work))
     seen = []
-    try:
-        process = start_sandboxed(
-            session,
-            argv[0],
-            argv,
-            home.env,
-            str(home.work),
-            stdio,
-            on_decision=lambda *a: seen.append(a),
-            consent=consent,
-            left_to_landlock=left_to_landlock,
-        )
-        status = process.wait()
-        finish(process)
-        process.notify.join(5)
-    finally:
-        session.close()
-    return os.waitstatus_to_exitcode(status), seen, process.notify.native_stats
+    status, out, process = run_sandboxed(
+        home,
+        argv,
+        options=PolicyOptions(allow=(str(home.home),)),
+        on_decision=lambda *a: seen.append(a),
+        consent=consent,
+        left_to_landlock=left_to_landlock,
+    )
+    return status, out, seen, process.notify.native_stats
 
 
 def test_opens_are_not_trapped_but_for_raw_listings_exclusive_and_setid_creations(home):
@@ -102,7 +90,7 @@ def test_opens_are_not_trapped_but_for_raw_listings_exclusive_and_setid_creation
         for _ in range(100):  # the raw syscall, as libc's scandir makes it: trapped (may be emulated)
             os.close(libc.syscall(257, -100, b".", os.O_RDONLY | os.O_DIRECTORY, 0))
     """)
-    status, _seen, stats = _in_process(home, [sys.executable, "-c", script])
+    status, _out, _seen, stats = _in_process(home, [sys.executable, "-c", script])
     assert status == 0
     assert 100 <= stats["received"] < 300, stats  # the 100 raw listings, not the 2,400 opens
 
@@ -134,7 +122,7 @@ def test_the_filter_traps_a_listing_an_exclusive_open_a_tmpfile_and_a_setid_crea
                 if fd >= 0:
                     os.close(fd)
     """)
-    status, seen, stats = _in_process(home, [sys.executable, "-c", script])
+    status, _out, seen, stats = _in_process(home, [sys.executable, "-c", script])
     assert status == 0
     assert stats["received"] >= 100, stats
     if expected:
@@ -174,15 +162,7 @@ def test_a_question_on_a_denied_plain_read_is_still_asked_and_its_grant_emulated
         asked.append((op, path))
         return True
 
-    read_end, write_end = os.pipe()
-    try:
-        status, seen, _stats = _in_process(
-            home, [readers["dynamic"], str(home.key)], consent=consent, stdio=(0, write_end, 2)
-        )
-        os.close(write_end)
-        out = os.read(read_end, 65536).decode()
-    finally:
-        os.close(read_end)
+    status, out, seen, _stats = _in_process(home, [readers["dynamic"], str(home.key)], consent=consent)
     assert status == 0 and FAKE_KEY in out  # the human said yes: the supervisor opened it
     assert asked == [("read", str(home.key))]
     assert [d for d, what in seen if what.path == str(home.key)] == ["grant"]
@@ -279,7 +259,7 @@ def test_a_question_on_a_denied_write_is_still_asked_and_its_grant_emulated(home
 
     new = home.home / ".ssh" / "granted"
     argv = [writers["dynamic"], str(new), "by a human's yes"]
-    status, seen, _stats = _in_process(home, argv, consent=consent)
+    status, _out, seen, _stats = _in_process(home, argv, consent=consent)
     assert status == 0 and new.read_text() == "by a human's yes"  # the supervisor made it
     assert asked == [("create", str(new))]
     assert [d for d, what in seen if what.path == str(new)] == ["grant"]
@@ -406,14 +386,8 @@ def test_a_question_on_a_denied_listing_is_still_asked_and_its_grant_emulated(ho
         asked.append((op, path, is_dir))
         return True
 
-    read_end, write_end = os.pipe()
-    try:
-        argv = [listers["dynamic"], "opendir", str(home.home / ".ssh")]
-        status, seen, _stats = _in_process(home, argv, consent=consent, stdio=(0, write_end, 2))
-        os.close(write_end)
-        out = os.read(read_end, 65536).decode()
-    finally:
-        os.close(read_end)
+    argv = [listers["dynamic"], "opendir", str(home.home / ".ssh")]
+    status, out, _seen, _stats = _in_process(home, argv, consent=consent)
     assert status == 0 and "id_rsa" in out  # the human said yes: the supervisor opened it
     assert asked == [("read", str(home.home / ".ssh"), True)]
 
@@ -426,9 +400,9 @@ def test_listings_through_libc_cost_no_notification_and_the_agents_are_all_trapp
         (home.work / "tree" / f"d{d}" / "f").write_text("x\n")
     walk = f"{sys.executable} -c 'import os; list(os.walk(\"tree\"))'"
     script = f"grep -r needle tree; find tree >/dev/null; ls -R tree >/dev/null; {walk}; true"
-    status, _seen, stats = _in_process(home, ["/bin/bash", "-c", script])
+    status, _out, _seen, stats = _in_process(home, ["/bin/bash", "-c", script])
     assert status == 0 and stats["received"] < 60, stats
-    status, _seen, every = _in_process(home, ["/bin/bash", "-c", script], left_to_landlock=False)
+    status, _out, _seen, every = _in_process(home, ["/bin/bash", "-c", script], left_to_landlock=False)
     assert status == 0 and every["received"] >= 4 * 60, every
 
 
@@ -440,7 +414,7 @@ def test_with_a_multi_linked_denied_file_every_read_is_trapped_again(home, reade
     result = _exec(home, readers["static"], str(link))
     assert FAKE_KEY not in result.stdout and result.stdout.strip() == "errno=13"
     assert "hard link to a denied file" in result.stderr
-    status, _seen, stats = _in_process(home, [readers["static"], str(home.work / "README")])
+    status, _out, _seen, stats = _in_process(home, [readers["static"], str(home.work / "README")])
     assert status == 0 and stats["received"] >= 1
 
 
@@ -448,7 +422,7 @@ def test_the_agent_and_any_caller_that_does_not_ask_keep_every_read_trapped(home
     """start_sandboxed traps plain reads unless its caller says it starts a command (the server, exec):
     the agent's own reads, a static agent's included, are asked about and reported at once."""
     script = "import os\nfor _ in range(300):\n    os.close(os.open('README', os.O_RDONLY))"
-    status, _seen, stats = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
+    status, _out, _seen, stats = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
     assert status == 0 and stats["received"] >= 300
     result = _exec(home, "bash", "-c", 'echo "$LD_PRELOAD"')
     assert notify.ask_again_library() in result.stdout  # exec starts a command
@@ -497,10 +471,10 @@ def test_execve_is_not_trapped_for_a_command_and_execveat_is(home):
             except OSError:
                 pass
     """)
-    status, _seen, stats = _in_process(home, [sys.executable, "-c", script])
+    status, _out, _seen, stats = _in_process(home, [sys.executable, "-c", script])
     assert status == 0
     assert 100 <= stats["received"] < 300, stats  # the 100 execveat (fexecve), not the 300 execve
-    status, _seen, every = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
+    status, _out, _seen, every = _in_process(home, [sys.executable, "-c", script], left_to_landlock=False)
     assert status == 0 and every["received"] >= 400, every
 
 
