@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from supervisor.access import hint_for
 from supervisor.audit import AuditLog
@@ -12,6 +13,14 @@ from supervisor.policy import Policy
 from supervisor.prompt import shown as escaped
 
 __all__ = ["CommandReport", "Denied"]
+
+_PROC_PID = re.compile(r"^/proc/\d+(?=/)")
+
+
+def _collapsed(path: str) -> str:
+    """A process's /proc entry with its pid left out: ps reads /proc/PID/environ of every process, and one
+    line per process (hundreds on a developer's machine) would drown what the command printed."""
+    return _PROC_PID.sub("/proc/<pid>", path)
 
 
 @dataclass(frozen=True)
@@ -64,22 +73,32 @@ class CommandReport:
             return [Denied(op, path, rule, is_dir) for (op, path), (rule, is_dir) in self._denials.items()]
 
     def lines(self) -> list[str]:
-        """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT); none for the
-        silent groups (harmless probes such as trace_marker: the audit log has them)."""
+        """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT), and one for
+        the same entry of several processes' /proc (``/proc/<pid>/environ``, with their count); none for
+        the silent groups (harmless probes such as trace_marker: the audit log has them)."""
         silent = self.policy.prompt_silent
-        return [self._line(d) for d in self.denials() if d.rule not in silent]
+        groups: dict[tuple[str, str, str], list[Denied]] = {}
+        for d in self.denials():
+            if d.rule not in silent:
+                groups.setdefault((d.op, _collapsed(d.path), d.rule), []).append(d)
+        return [
+            self._line(same[0]) if len(same) == 1 else self._line(replace(same[0], path=path), len(same))
+            for (_op, path, _rule), same in groups.items()
+        ]
 
-    def _line(self, d: Denied) -> str:
+    def _line(self, d: Denied, processes: int = 1) -> str:
         shown = escaped(self.policy.display(d.path))  # a file name must not redraw the agent's screen
         with self._lock:
-            note = self._notes.get((d.op, d.path))
+            note = self._notes.get((d.op, d.path)) or (f"{processes} processes" if processes > 1 else "")
         said = f" ({note})" if note else ""
         return f"nono: denied {d.op} {shown} [{d.rule}]{said}{hint_for(d.op, shown, d.is_dir, d.rule)}"
 
     def tell_process(self, decision: str, what) -> None:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight
         to the stderr of the process that was denied, while it is still waiting for its syscall."""
-        first = decision == "deny" and (what.op, what.path) not in self._denials
+        with self._lock:
+            told = {(op, _collapsed(path)) for op, path in self._denials}
+        first = decision == "deny" and (what.op, _collapsed(what.path)) not in told
         first = first and what.rule not in self.policy.prompt_silent
         self.record(decision, what)
         if not first or not what.pid:

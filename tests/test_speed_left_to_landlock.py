@@ -567,3 +567,50 @@ def test_another_processs_proc_is_never_opened_by_the_supervisor(home, readers, 
     assert "NONO_TEST_SUPERVISOR_SECRET" in own.stdout or what == "mem"
     twin = home.run(["bash", "-c", "sleep 5 & sleep 0.3; cat /proc/$!/environ; kill $!"], env=env)
     assert secret in twin.stdout  # without the sandbox, a process of the same user reads it
+
+
+PROC_LINE = "nono: denied read /proc/<pid>/environ [another process's /proc (Landlock's ptrace scoping)]"
+
+
+def test_reading_every_processs_environ_is_reported_in_one_line(home):
+    """procps reads /proc/PID/environ of every process (ps aux): each is refused (Landlock's ptrace
+    scoping, invariant: the supervisor's own environ holds the session's secrets), and the report says so
+    once with the count, not once per process (hundreds of lines on a developer's machine)."""
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    try:
+        pids = " ".join(str(p.pid) for p in sleepers)
+        script = f"for p in {pids}; do cat /proc/$p/environ >/dev/null; done; ps aux >/dev/null"
+        result = _exec(home, "bash", "-c", script)
+        twin = f"for p in {pids}; do cat /proc/$p/environ >/dev/null || exit 1; done"
+        bare = home.run(["bash", "-c", twin])
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+    assert result.stderr.count("Permission denied") == 3, result.stderr
+    reports = [line for line in result.stderr.splitlines() if line.startswith("nono: denied")]
+    assert len(reports) == 1 and reports[0].startswith(PROC_LINE + " ("), reports  # 3 or more: ps too
+    assert int(reports[0].rsplit("(", 1)[1].split()[0]) >= 3
+    assert bare.returncode == 0  # the twin: bare, the same user reads them
+
+
+def test_one_processs_proc_entry_keeps_its_own_line_and_the_agent_is_told_once(home, capfd):
+    from supervisor.policy import PolicyOptions
+    from supervisor.report import CommandReport, Denied
+    from supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        rule = PROC_LINE.split("[", 1)[1].rstrip("]")
+        report = CommandReport(session.audit, session.policy, "c", ["ps"], str(home.work))
+        report.record("deny", Denied("read", "/proc/41/environ", rule, False))
+        assert report.lines() == [PROC_LINE.replace("<pid>", "41")]
+        for pid in (41, 42, 43):  # the agent's own process is told at its first denial only
+            what = type("What", (), {"op": "read", "path": f"/proc/{pid}/mem", "rule": rule, "is_dir": False})
+            what.pid = os.getpid()
+            report.tell_process("deny", what)
+        told = [line for line in capfd.readouterr().err.splitlines() if line.startswith("nono: denied")]
+        assert told == [PROC_LINE.replace("<pid>", "41").replace("environ", "mem")]
+        assert report.lines()[1] == PROC_LINE.replace("environ", "mem") + " (3 processes)"
+    finally:
+        session.close()
