@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR, Home
+from conftest import FAKE_KEY, SUPERVISOR, Home, as_nobody, wait_until
 
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 PROFILES = pytest.mark.parametrize("flags", [(), ("--allow", "~")], ids=["default", "allow-home"])
@@ -733,3 +733,46 @@ def test_an_emulated_open_of_dot_or_dotdot_with_o_nofollow_opens_the_directory(r
     bare = _bare(home, CLIMB, *args, user=user)  # the twin
     assert result.returncode == 0 and result.stdout == bare.stdout, result.stderr
     assert ".ssh" in _fields(result.stdout)["up"] and "nono: denied" not in result.stderr
+
+
+OWN_SETTINGS = r"""
+import sys, threading
+def write(path, value):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        return f"errno={e.errno}"
+print("filter=" + write("/proc/self/coredump_filter", "0x33"))
+named = {}
+def name_me():
+    named["comm"] = write(f"/proc/self/task/{threading.get_native_id()}/comm", "worker-x")
+thread = threading.Thread(target=name_me)
+thread.start()
+thread.join()
+print("thread=" + named["comm"])
+print("other=" + write(f"/proc/{sys.argv[1]}/coredump_filter", "0x33"))
+"""
+
+
+@USERS
+def test_a_process_writes_its_own_coredump_filter_and_thread_names_never_anothers(request, user):
+    """Landlock cannot name a process that does not exist yet, so the supervisor opens a command's own
+    /proc/<pid>/coredump_filter and task/<tid>/comm for it (the JVM writes the first at every start: a
+    question for each java run). Another process's stay refused: its /proc is never the supervisor's."""
+    home = _home(request, user)
+    other = subprocess.Popen(as_nobody(["sleep", "60"]) if user else ["sleep", "60"])
+    try:
+        assert wait_until(lambda: open(f"/proc/{other.pid}/comm").read().strip() == "sleep")
+        result = _sandboxed(home, OWN_SETTINGS, str(other.pid), user=user)
+        bare = _bare(home, OWN_SETTINGS, str(other.pid), user=user)  # the twin
+    finally:
+        other.kill()
+        other.wait()
+    fields = _fields(result.stdout)
+    assert fields["filter"] == "00000033" and fields["thread"] == "worker-x", result.stderr
+    assert fields["other"] == "errno=13" and result.stderr.count("nono: denied") == 1, result.stderr
+    assert "another process's /proc" in result.stderr
+    assert _fields(bare.stdout) == {**fields, "other": "00000033"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable
@@ -48,6 +49,10 @@ _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctyp
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
 _SEAL = object()
+# A process's own settings that it may always write bare and that touch nothing but itself: the JVM writes
+# coredump_filter at every start, runtimes name threads through task/<tid>/comm (the kernel takes a comm
+# only from the process's own threads). Landlock cannot name a process that does not exist yet.
+_OWN_SETTING = re.compile(r"/proc/(\d+)/(?:coredump_filter|comm|task/\d+/comm)")
 
 
 def _fail(err: int) -> OSError:
@@ -107,10 +112,14 @@ class Checker:
         self.ask = ask  # (op, path, rule, is_dir) -> the human allowed it
         self.linked_denied = linked_denied  # (dev, ino) of denied files that have other names
 
-    def decide(self, op: str, pin: Pin, baseline: bool = False) -> Permit | Refusal:
+    def decide(self, op: str, pin: Pin, baseline: bool = False, process: int = 0) -> Permit | Refusal:
         """``baseline``: the Landlock baseline alone grants this on ``pin`` (the route's own grants are
-        there and not in the policy); only the second-name check can still refuse it."""
+        there and not in the policy); only the second-name check can still refuse it. ``process``: the
+        caller's thread group, whose own settings in /proc it may write (_OWN_SETTING)."""
         if baseline and not (pin.st is not None and self.is_second_name(pin.st)):
+            return Permit(_SEAL, pin, op, "policy")
+        own = _OWN_SETTING.fullmatch(pin.path)
+        if op == "write" and own and process and int(own.group(1)) == process:
             return Permit(_SEAL, pin, op, "policy")
         if op == "locate" or not pin.path.startswith("/"):
             # O_PATH reads and writes nothing (Landlock grants no right to it either); an object with no

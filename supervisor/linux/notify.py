@@ -421,7 +421,8 @@ class NotifyLoop:
             # another process's /proc (the supervisor's own environ or mem included) is refused here, as
             # Landlock's ptrace scoping refuses it to the command.
             return Deny(errno.EACCES, Denial(op, pin.path, _FOREIGN_PROC_RULE, pin.is_dir, self._tid))
-        outcome = self.checker.decide(op, pin, baseline)
+        process = _tgid(self._tid) if pin.path.startswith("/proc/") else 0
+        outcome = self.checker.decide(op, pin, baseline, process)
         if isinstance(outcome, Refusal):
             return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
         return outcome
