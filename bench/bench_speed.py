@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -128,26 +127,9 @@ def _make_home(home: Path, quick: bool) -> None:
         (npmproj / "package.json").write_text(
             '{"name": "proj", "version": "1.0.0", "dependencies": {"dep": "file:../dep-1.0.0.tgz"}}\n'
         )
-    loop = work / "dir_loop"
-    source = work / "dir_loop.c"
-    source.write_text(
-        textwrap.dedent("""\
-        #include <fcntl.h>
-        #include <stdlib.h>
-        #include <sys/syscall.h>
-        #include <unistd.h>
-        int main(int argc, char **argv) {  /* the raw listing, unmarked: trapped by every build */
-            int n = atoi(argv[2]);
-            for (int i = 0; i < n; i++) {
-                long fd = syscall(SYS_openat, AT_FDCWD, argv[1], O_RDONLY | O_DIRECTORY, 0);
-                if (fd < 0) return 1;
-                close((int)fd);
-            }
-            return 0;
-        }
-    """)
-    )
-    subprocess.run(["cc", "-O2", "-o", str(loop), str(source)], check=True)
+    # the raw, unmarked listing loop bench_notify times too: trapped by every build
+    source = HERE.parent / "tests" / "c" / "open_loop.c"
+    subprocess.run(["cc", "-O2", "-o", str(work / "open_loop"), str(source)], check=True)
     (work / "targetdir").mkdir()
 
 
@@ -421,7 +403,7 @@ def _cpu_rows(modes: list[Mode], work: Path, rounds: int, n: int) -> None:
     (a raw O_DIRECTORY openat, as libc's scandir makes it: trapped by every build, answered on the fast
     path); the supervisor's CPU over the run, per 1,000."""
     opens = 5000
-    command = f"./dir_loop targetdir {opens}"
+    command = f"./open_loop targetdir {opens}"
     for k in (1, n):
         results: dict[str, list[float]] = {}
         for _r in range(rounds):
