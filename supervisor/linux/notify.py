@@ -416,12 +416,12 @@ class NotifyLoop:
 
     def _decide(self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False) -> Permit | Deny:
         """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's)."""
-        if _foreign_proc(pin.path, self._tid):
+        process = _tgid(self._tid) if pin.path.startswith("/proc/") else 0  # read once, for both checks
+        if _foreign_proc(pin.path, self._tid, process):
             # What the supervisor carries out, it does as itself, outside the command's Landlock domain:
             # another process's /proc (the supervisor's own environ or mem included) is refused here, as
             # Landlock's ptrace scoping refuses it to the command.
             return Deny(errno.EACCES, Denial(op, pin.path, _FOREIGN_PROC_RULE, pin.is_dir, self._tid))
-        process = _tgid(self._tid) if pin.path.startswith("/proc/") else 0
         outcome = self.checker.decide(op, pin, baseline, process)
         if isinstance(outcome, Refusal):
             return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
@@ -1019,12 +1019,13 @@ class NotifyLoop:
         return Emulate(act, release=release)
 
 
-def _foreign_proc(path: str, tid: int) -> bool:
-    """``path`` is inside /proc/<pid> of a process other than the target's own."""
+def _foreign_proc(path: str, tid: int, tgid: int) -> bool:
+    """``path`` is inside /proc/<pid> of a process other than the target's own (thread ``tid`` of
+    ``tgid``)."""
     if not path.startswith("/proc/"):
         return False
     pid = path[6:].split("/", 1)[0]
-    return pid.isdigit() and int(pid) != tid and int(pid) != _tgid(tid)
+    return pid.isdigit() and int(pid) != tid and int(pid) != tgid
 
 
 def _carry_out(emulation: Emulate) -> Decision:
