@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from supervisor.access import OPS
+from supervisor.procfs import process_of
 from supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
 
 __all__ = ["Consent", "asker"]
@@ -199,15 +200,3 @@ def asker(tid: int) -> dict[str, object]:
     if len(argv) > _MAX_ARGV:
         argv = argv[: _MAX_ARGV - 1] + "…"
     return {"program": name, "pid": pid, "exe": exe, "argv": argv}
-
-
-def process_of(tid: int) -> int:
-    """The process (thread group) a thread belongs to; the tid itself if it is already gone."""
-    try:
-        with open(f"/proc/{tid}/status") as status:
-            for line in status:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return tid

@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisor import paths
-from supervisor.consent import process_of
 from supervisor.netpolicy import (
     LOCAL_ADDRESS,
     NOT_ALLOWED,
@@ -48,6 +47,7 @@ from supervisor.netpolicy import (
     split_authority,
 )
 from supervisor.policy import Policy
+from supervisor.procfs import process_of
 
 __all__ = ["NetProxy", "NetClient", "proxy_environment", "check_bind", "TEST_HOSTS_VAR"]
 

@@ -35,8 +35,9 @@ from supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Den
 from supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import ACCESS_FS, RightsIndex
-from supervisor.linux.resolve import FdRef, Pin, Reader, _tgid, resolve_bytes
+from supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
 from supervisor.linux.seccomp import TRAPS, Trap
+from supervisor.procfs import process_of
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
 
@@ -416,7 +417,7 @@ class NotifyLoop:
 
     def _decide(self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False) -> Permit | Deny:
         """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's)."""
-        process = _tgid(self._tid) if pin.path.startswith("/proc/") else 0  # read once, for both checks
+        process = process_of(self._tid) if pin.path.startswith("/proc/") else 0  # read once, for both checks
         if _foreign_proc(pin.path, self._tid, process):
             # What the supervisor carries out, it does as itself, outside the command's Landlock domain:
             # another process's /proc (the supervisor's own environ or mem included) is refused here, as

@@ -22,6 +22,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from supervisor.procfs import process_of
+
 __all__ = ["Reader", "Pin", "FdRef", "Errno", "resolve", "PATH_MAX"]
 
 PATH_MAX = 4096
@@ -154,17 +156,6 @@ class FdRef:
 Resolved = Pin | FdRef | Errno
 
 
-def _tgid(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return tid
-
-
 def _real(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
@@ -230,7 +221,9 @@ class _Walk:
         self.links += 1
         if self.links > _MAXSYMLINKS:
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-        if _FOREIGN_PROC.match(self.path) and not (self.path + "/").startswith(f"/proc/{_tgid(self.tid)}/"):
+        if _FOREIGN_PROC.match(self.path) and not (
+            (self.path + "/").startswith(f"/proc/{process_of(self.tid)}/")
+        ):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         target = os.readlink(name, dir_fd=self.fd)
         if not target:
@@ -243,11 +236,11 @@ class _Walk:
         """``/proc`` seen from the target: ``self`` and ``thread-self`` are the target; ``fd/N``, ``cwd`` and
         ``root`` of the target's own process are followed once into a pin (or become its FdRef)."""
         if self.path == "/proc" and name in ("self", "thread-self"):
-            tgid = _tgid(self.tid)
+            tgid = process_of(self.tid)
             pending[:0] = [str(tgid)] if name == "self" else [str(tgid), "task", str(self.tid)]
             return True
         parts = self.path.split("/")
-        own = {str(self.tid), str(_tgid(self.tid))} if len(parts) >= 3 and parts[1] == "proc" else set()
+        own = {str(self.tid), str(process_of(self.tid))} if len(parts) >= 3 and parts[1] == "proc" else set()
         if not own:
             return None
         # /proc/<pid>/fd/<n>, /proc/<pid>/task/<tid>/fd/<n>, /proc/<pid>/{cwd,root} (and the task forms)
