@@ -140,8 +140,8 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 #   gnulib's fts in grep and find calls, and its opendir, which ls, git, Python and Rust call) carries
 #   LISTING_MARK in the mode argument, which the kernel ignores for an open that creates nothing, and is
 #   let through; refused, it is made again unmarked. Any process may set the mark: it then only gives up
-#   the supervisor's emulated grants for its listings, as a static binary would (grep -r's 290 listings
-#   over 20,000 files were its whole remainder over --no-trap, each a cold wake);
+#   the report and the emulated grant of its own refused listings (grep -r's 290 listings over 20,000
+#   files were its whole remainder over --no-trap, each a cold wake);
 # - execve: an exec is never carried out for a command (only the baseline can allow it), so the trap only
 #   ever added a report (a build's compiler driver tries several PATH entries per tool: 70% of `make`'s
 #   notifications, each a cold wake of the supervisor); asked again through execveat.
