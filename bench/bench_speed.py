@@ -8,6 +8,9 @@ Every mode runs the same command line (``bash -c CMD``) in the same fake HOME, c
   bench (the agent's route: nono-shell, the socket, the supervisor, Landlock + seccomp);
 - ``no-trap``: the same route with ``serve --no-trap`` (Landlock alone);
 - ``route, all trapped`` (``--trap-all``): the route with every call trapped (NONO_TRAP_ALL=1);
+- ``kernel alone``: ``bash -c CMD`` under the route's own Landlock ruleset (compiled here for the same
+  policy), its seccomp filter with every trap allowed by the kernel, and its preloaded library, with no
+  supervisor (``kernel_alone.c``): the floor the kernel charges for the policy, under the route;
 - ``bwrap``: ``bwrap --ro-bind / / --bind HOME HOME --dev /dev --proc /proc --unshare-pid -- bash -c CMD``;
 - ``firejail``: ``firejail --quiet --noprofile -- bash -c CMD``.
 ``--build NAME=VENV`` adds the route and no-trap modes of another install (an old checkout's venv), so a
@@ -26,6 +29,7 @@ import argparse
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -137,8 +141,15 @@ def _make_home(home: Path, quick: bool) -> None:
 
 
 class Mode:
-    def __init__(self, name: str, prefix: list[str], env: dict[str, str], pid: int | None = None) -> None:
-        self.name, self.prefix, self.env, self.pid = name, prefix, env, pid
+    def __init__(
+        self,
+        name: str,
+        prefix: list[str],
+        env: dict[str, str],
+        pid: int | None = None,
+        fds: tuple[int, ...] = (),
+    ) -> None:
+        self.name, self.prefix, self.env, self.pid, self.fds = name, prefix, env, pid, fds
 
     def argv(self, command: str) -> list[str]:
         return [*self.prefix, "-c", command]
@@ -199,6 +210,55 @@ def _serve(
         server.wait()
 
 
+_RET_K = 0x06  # BPF_RET | BPF_K
+_RET_USER_NOTIF, _RET_ALLOW = 0x7FC00000, 0x7FFF0000
+
+
+def _answered_by_kernel(program: bytes) -> bytes:
+    """``program`` with each return of SECCOMP_RET_USER_NOTIF made SECCOMP_RET_ALLOW: the same filter,
+    the same instructions run on every syscall, and nobody to wake."""
+    out = bytearray()
+    for code, jt, jf, k in struct.iter_unpack("=HBBI", program):
+        if code == _RET_K and k & 0xFFFF0000 == _RET_USER_NOTIF:
+            k = _RET_ALLOW
+        out += struct.pack("=HBBI", code, jt, jf, k)
+    return bytes(out)
+
+
+@contextmanager
+def _kernel_alone(top: Path, home: Path, env: dict[str, str]):
+    """The ``kernel alone`` mode: this install's plan and filter for the policy ``_serve`` gives the route
+    (``--allow HOME --read`` the interpreter), applied by ``kernel_alone.c`` with no supervisor."""
+    from supervisor.backend import plan_cache
+    from supervisor.linux import seccomp
+    from supervisor.linux.kernel import probe
+    from supervisor.linux.notify import ask_again_library
+    from supervisor.policy import PolicyOptions
+    from supervisor.session import Session
+
+    loader = top / "kernel_alone"
+    subprocess.run(["cc", "-O2", "-o", str(loader), str(HERE / "kernel_alone.c")], check=True)
+    options = PolicyOptions(allow=(str(home),), read=(sys.prefix, sys.base_prefix), prompt="never")
+    session = Session.create(options, env=env, workdir=str(home / "work"))
+    try:
+        command_env = session.command_env(env)  # first: it makes the project's caches the plan grants
+        extra = session.route_grants() + session.terminal_grants((0, 1, 2))
+        _entry, ruleset = plan_cache().get(session.policy, probe().landlock_abi, extra, ())
+        filter_path = top / "kernel_alone.bpf"
+        program = seccomp.build_program(session.policy.net_mode, leave_to_landlock=True)
+        filter_path.write_bytes(_answered_by_kernel(program))
+        library = ask_again_library()
+        if library:
+            command_env["LD_PRELOAD"] = library
+        prefix = [str(loader), str(ruleset), str(filter_path), "bash"]
+        try:
+            yield Mode("kernel alone", prefix, command_env, fds=(ruleset,))
+        finally:
+            os.close(ruleset)
+    finally:
+        session.close()
+
+
 def _timed(mode: Mode, command: str, cwd: Path) -> float:
     start = time.perf_counter()
     r = subprocess.run(
@@ -208,6 +268,7 @@ def _timed(mode: Mode, command: str, cwd: Path) -> float:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        pass_fds=mode.fds,
     )
     took = time.perf_counter() - start
     if r.returncode != 0:
@@ -262,6 +323,7 @@ def main() -> None:
     parser.add_argument("--rows", default="", help="comma-separated prefixes of the rows to run")
     parser.add_argument("--no-peers", action="store_true", help="skip bubblewrap and firejail")
     parser.add_argument("--no-notrap", action="store_true", help="skip the --no-trap modes")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the kernel alone mode")
     parser.add_argument("--build-notrap", action="store_true", help="--no-trap of the --build installs too")
     parser.add_argument(
         "--trap-all",
@@ -312,6 +374,8 @@ def main() -> None:
                         _serve("route, all trapped", venv, top, home, env, [], {"NONO_TRAP_ALL": "1"})
                     )
                 )
+        if not args.no_kernel:
+            modes.append(stack.enter_context(_kernel_alone(top, home, env)))
         skipped = []
         if not args.no_peers:
             if shutil.which("bwrap"):
