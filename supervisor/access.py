@@ -42,6 +42,14 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
+def _real_pattern(pattern: str) -> str:
+    """A pattern whose directory is a plain path, with that directory resolved (paths are compared real)."""
+    directory, name = os.path.split(pattern)
+    if any(c in directory for c in "*?["):
+        return pattern
+    return os.path.join(_real(directory), name)
+
+
 def _covers_file(root: str, path: str) -> bool:
     """A file grant covers its path; one whose last component is a pattern (``~/.claude.json.tmp.*``)
     covers the names it matches in that directory. Landlock has no rule for a pattern (the path does not
@@ -63,6 +71,7 @@ class AccessIndex:
         self._grants = [(_real(g.path), g) for g in policy.grants]
         self._denies = [(_real(d.path), d.rule) for d in policy.denies]
         self._protected = [_real(p) for p in policy.protected]
+        self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied and never-grantable nodes strictly inside ``path``: moving or removing it moves them."""
@@ -92,8 +101,20 @@ class AccessIndex:
             if deny[1] == NEVER_GRANTABLE or not (overridden and _under(best[0], deny[0])):
                 return Verdict(False, deny[1])
         if best is None:
-            return Verdict(False, "not granted")
+            return Verdict(False, self._ungranted_rule(path))
         return Verdict(True, best[1].source)
+
+    def _ungranted_rule(self, path: str) -> str:
+        """Why nothing grants ``path``: the probe rule of the path or of an ancestor, else "not granted"."""
+        for pattern, rule in self._probes:
+            node = path
+            while True:
+                if fnmatch.fnmatchcase(node, pattern):
+                    return rule
+                if node == "/":
+                    break
+                node = os.path.dirname(node)
+        return "not granted"
 
 
 # Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").

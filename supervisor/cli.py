@@ -241,6 +241,8 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             print(f"  deny       {policy.display(deny.path)}  [{deny.rule}]")
         for path in policy.protected:
             print(f"  no-write   {policy.display(path)}  [never-grantable]")
+        for probe in policy.probes:
+            print(f"  probe      {policy.display(probe.pattern)}  [{probe.rule}]")
         _print_network(policy)
         print(f"prompt:  {policy.prompt} (now: {session.prompt_mode()})")
         layers = (

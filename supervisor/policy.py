@@ -49,7 +49,7 @@ GRANT_LISTS: dict[str, tuple[str, str]] = {
 PROMPT_MODES = ("auto", "tty", "after", "never")
 _PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt", "agent"}
 _SECTION_KEYS = {
-    "filesystem": set(GRANT_LISTS) | {"deny"},
+    "filesystem": set(GRANT_LISTS) | {"deny", "probes"},
     "network": {"block", "mode", "allow_domains", "deny_domains", "agent_allow_domains"},
     "prompt": {"mode", "timeout", "quiet", "silent"},
     # What only the agent gets (supervisor.agents): its state, never its commands'.
@@ -99,6 +99,17 @@ class Deny:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A path (an fnmatch pattern) that programs try at every start and do without when refused (the JVM's
+    ``/tmp/hsperfdata_$USER``). It grants nothing and adds no Landlock rule: where no grant covers it, its
+    denial is attributed to ``rule`` instead of "not granted", so that ``prompt.silent`` (or ``quiet``) can
+    name it. A grant that covers it (``--allow /tmp``) still grants it."""
+
+    pattern: str
+    rule: str
+
+
+@dataclass(frozen=True)
 class PolicyOptions:
     """The policy flags of run/serve/exec/policy, exactly as the user gave them."""
 
@@ -133,6 +144,7 @@ class Policy:
     sources: tuple[str, ...] = field(default=())  # the profile files read, base first
     prompt_quiet: tuple[str, ...] = ()  # deny rules whose denials are final without a question
     prompt_silent: tuple[str, ...] = ()  # ...and not reported on stderr either (harmless probes): audit only
+    probes: tuple[Probe, ...] = ()  # the rule of an ungranted path that programs only probe (Probe)
     # The network: "open", "domains" (only the hosts allowed, through the supervisor's proxy) or "block".
     # ``net_block`` is true for both restricted modes: every layer that blocks under --net-block blocks in
     # domains mode too, except the route to the proxy.
@@ -215,7 +227,7 @@ def _validate(data: dict[str, Any], origin: str) -> None:
             for sub in value:
                 if sub not in _SECTION_KEYS[key]:
                     raise UsageError(f"{origin}: unknown key '{key}.{sub}'")
-    for key in list(GRANT_LISTS) + ["deny"]:
+    for key in [*GRANT_LISTS, "deny", "probes"]:
         value = data.get("filesystem", {}).get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UsageError(f"{origin}: 'filesystem.{key}' must be a list of paths")
@@ -359,6 +371,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
     chain = _load_chain(options.profile, ctx)
     grants: list[Grant] = []
     denies: list[Deny] = []
+    probes: list[Probe] = []
     prompt = "auto"
     timeout: float = 60
     quiet: list[str] = []
@@ -376,6 +389,8 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
                 grants.append(Grant(expand(raw, ctx, f"{label}: filesystem.{key}"), access, kind, source))
         for raw, source in _entries(fs.get("deny", []), groups, f"profile {label}"):
             denies.append(Deny(expand(raw, ctx, f"{label}: filesystem.deny", grant=False), source))
+        for raw, source in _entries(fs.get("probes", []), groups, f"profile {label}"):
+            probes.append(Probe(expand(raw, ctx, f"{label}: filesystem.probes", grant=False), source))
         prompt = data.get("prompt", {}).get("mode", prompt)
         timeout = data.get("prompt", {}).get("timeout", timeout)
         quiet += data.get("prompt", {}).get("quiet", [])
@@ -409,6 +424,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         sources=tuple(label for label, _ in chain),
         prompt_quiet=tuple(dict.fromkeys(quiet + silent)),  # a silent group is never asked about either
         prompt_silent=tuple(dict.fromkeys(silent)),
+        probes=tuple(dict.fromkeys(probes)),
         net_mode=net_mode,
         allow_domains=tuple(dict.fromkeys(domains["allow_domains"])),
         deny_domains=tuple(dict.fromkeys(domains["deny_domains"])),

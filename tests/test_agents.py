@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,43 @@ def test_trace_marker_probes_are_denied_without_a_question_or_a_line(home):
         assert any(r.get("path") == Denial.path for r in home.audit())  # the audit log has it
     finally:
         session.close()
+
+
+def test_the_jvms_perf_data_is_a_silent_probe_that_a_grant_still_grants(home):
+    """/tmp/hsperfdata_$USER (filesystem.probes): not granted, so refused, attributed to its group (never
+    asked, no line); it is no deny, so a grant of /tmp grants it, and Landlock gets no rule for it."""
+    perf_data = "/tmp/hsperfdata_nono-test"
+    session = _session(home)
+    try:
+        policy = session.policy
+        index = session.access_index(policy)
+        for op in ("read", "write"):
+            verdict = index.verdict(f"{perf_data}/4242", op)
+            assert not verdict.allowed and verdict.rule == "group:ungranted_probes"
+        assert index.verdict("/tmp/other", "read").rule == "not granted"  # the twin: only the probe is
+        assert not Consent(session, "c", "java", None).askable("group:ungranted_probes")
+        report = CommandReport(session.audit, policy, "c", ["java"], str(home.work))
+
+        class Denial:
+            op, path, rule, is_dir, pid = "read", perf_data, "group:ungranted_probes", True, 0
+
+        report.record("deny", Denial)
+        assert report.lines() == []
+        assert any(r.get("rule") == "group:ungranted_probes" for r in home.audit())
+    finally:
+        session.close()
+    granted = Session.create(PolicyOptions(allow=("/tmp",)), dict(home.env), workdir=str(home.work))
+    try:
+        assert granted.access_index(granted.policy).verdict(f"{perf_data}/4242", "write").allowed
+        if sys.platform.startswith("linux"):
+            from supervisor.linux.landlock import abi_version, compile_plan
+
+            policy = granted.policy
+            assert policy.probes  # the probes add no Landlock rule and carve nothing out of /tmp
+            without = replace(policy, probes=())
+            assert compile_plan(policy, abi_version()) == compile_plan(without, abi_version())
+    finally:
+        granted.close()
 
 
 # --- Two policies -----------------------------------------------------------------------------------------

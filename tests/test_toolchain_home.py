@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -282,3 +283,28 @@ def test_the_agents_state_is_the_agents_not_its_commands(request, user):
     lines = [line for line in result.stderr.splitlines() if line.startswith("nono: denied")]
     assert any("~/.claude/settings.json [never-grantable]; never grantable" in line for line in lines), lines
     assert any("~/.claude/.credentials.json [never-grantable]" in line for line in lines), lines
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no java on this machine")
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_java_runs_with_no_question_and_no_line(request, user):
+    """Every JVM start lists and writes its perf data in /tmp/hsperfdata_$USER, which the default profile
+    does not grant (it would show a command every JVM of the user): refused as a silent probe
+    (filesystem.probes), so neither asked about on the pty nor reported; the audit log has it."""
+    home = request.getfixturevalue("nobody_dev_home" if user else "dev_home")
+    source = home.work / "Hello.java"
+    main = 'public static void main(String[] a) { System.out.println("hello-" + 42); }'
+    _write(source, f"class Hello {{ {main} }}\n")
+    if user:
+        os.chown(source, NOBODY, NOBODY)
+    # The twin: bare, the JVM makes (or finds) its perf data directory and lists it.
+    bare = home.run(["java", "-version"], user=user)
+    assert bare.returncode == 0, bare.stderr
+    perf_data = Path("/tmp") / f"hsperfdata_{pwd.getpwuid(NOBODY if user else os.getuid()).pw_name}"
+    assert perf_data.is_dir()
+    out = _run_agent_on_a_pty(home, ["java Hello.java"], user=user)
+    assert _statuses(out) == {"java Hello.java": 0} and "hello-42" in out, out
+    assert "[o]nce" not in out and "nono:" not in out, out
+    denials = _denials(home)
+    assert denials and {r["rule"] for r in denials} == {"group:ungranted_probes"}, denials
+    assert all(perf_data in (Path(r["path"]), *Path(r["path"]).parents) for r in denials), denials
