@@ -228,3 +228,66 @@ def test_sendmsg_to_a_granted_datagram_socket_is_sent_by_the_supervisor_with_its
         os.close(passed)
     finally:
         server.close()
+
+
+BINDS = r"""
+import os, socket, sys
+for i in range(int(sys.argv[1])):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.path.join(os.environ["TMPDIR"], f"b{i}"))
+    with socket.socket(socket.AF_INET) as s:
+        s.bind(("127.0.0.1", 0))
+print("bound")
+"""
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_command_that_binds_in_a_loop_costs_the_supervisor_no_descriptor(supervisor):
+    """Each bind is trapped and the supervisor takes its own copy of the socket to look at it: kept after
+    the decision (Landlock's own, or CONTINUE), 300 binds were 600 descriptors of the supervisor's for
+    ever, until it ran out and refused every command of every client."""
+    supervisor.shell("-c", "true")
+    before = _open_fds(supervisor.process.pid)
+    result = supervisor.shell("-c", f"{sys.executable} -c '{BINDS}' 300")
+    assert result.returncode == 0 and result.stdout == "bound\n", result.stderr
+    assert _open_fds(supervisor.process.pid) <= before + 2  # the next command's loop may be starting
+    assert supervisor.shell("-c", "echo still-serving").stdout == "still-serving\n"
+
+
+STALE = r"""
+import errno, os, signal, socket, time
+path = os.path.join(os.environ["TMPDIR"], "server.sock")
+child = os.fork()
+if child == 0:  # a server (tmux's, say) that dies without unlinking its socket
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+    time.sleep(60)
+    os._exit(0)
+while not os.path.exists(path):
+    time.sleep(0.01)
+time.sleep(0.2)
+os.kill(child, signal.SIGKILL)
+os.waitpid(child, 0)
+client = socket.socket(socket.AF_UNIX)
+client.settimeout(5)
+try:
+    client.connect(path)
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+"""
+
+
+def test_the_socket_of_a_dead_server_refuses_connects_as_it_does_bare(home):
+    """A connect to a server that died answers ECONNREFUSED: tmux then says "no server running" and starts
+    one. With the supervisor's copy of the server's socket kept, the socket went on listening and the
+    connect succeeded, to wait for an accept that never came (tmux hung)."""
+    bare = home.run([sys.executable, "-c", STALE], env={**home.env, "TMPDIR": str(home.work)})
+    assert bare.stdout == "ECONNREFUSED\n", bare.stderr  # the twin
+    result = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", sys.executable, "-c", STALE])
+    assert result.stdout == "ECONNREFUSED\n", result.stderr
+    assert "nono:" not in result.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import socket
 import stat
@@ -111,6 +112,28 @@ class _Socket:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _on_socket_call(handler):
+    """A handler of a call on the target's socket ``args[0]``, given our copy of it. The copy is closed here
+    whatever the handler decides (a Deny, a CONTINUE, an exception), unless the decision is an Emulate,
+    whose release closes it (the loop calls release whether or not it runs). A copy kept would hold the
+    socket open for as long as the supervisor lives: one fd per call, and a listening socket that goes on
+    taking connects after its process died (the connect then waits for an accept that never comes)."""
+
+    @functools.wraps(handler)
+    def on_call(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+        sock = _Socket(tid, args[0])
+        try:
+            decision = handler(loop, tid, args, sock)
+        except BaseException:
+            sock.close()
+            raise
+        if not isinstance(decision, Emulate):
+            sock.close()
+        return decision
+
+    return on_call
 
 
 def _sockopt(fd: int, option: int) -> int:
@@ -264,8 +287,7 @@ def _performed(
     def release() -> None:
         destination.close()
         sock.close()
-        while passed:
-            os.close(passed.pop())
+        _close_all(passed)
 
     def run() -> Decision:
         try:
@@ -277,15 +299,13 @@ def _performed(
     return Emulate(run, blocking=blocking, release=release)
 
 
-def on_connect(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
-    sock = _Socket(tid, args[0])
+@_on_socket_call
+def on_connect(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
     raw = _read_sockaddr(loop, tid, args[1], args[2] & 0xFFFFFFFF)
     if isinstance(raw, Deny):
-        sock.close()
         return raw
     destination = _destination(loop, tid, sock, raw, "connect", connecting=True)
     if isinstance(destination, Deny):
-        sock.close()
         return destination
 
     def connect(fd: int, address: bytes) -> int:
@@ -300,54 +320,50 @@ def on_connect(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decis
     return _performed(sock, destination, sock.blocking, connect)
 
 
-def on_bind(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+@_on_socket_call
+def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
     """A unix path is a created file (Landlock's make_sock decides it when it covers the parent; else the
     policy, and the supervisor binds the command's socket in the pinned directory). Everything else is
     CONTINUEd: whatever the fd turns out to be, Landlock's make_sock and TCP-bind rules (--net-block, where
     no other inet socket can exist) decide every outcome."""
-    sock = _Socket(tid, args[0])
+    raw = _read_sockaddr(loop, tid, args[1], args[2] & 0xFFFFFFFF)
+    if isinstance(raw, Deny):
+        return raw
+    if sock.family in _INET and loop.net_block:
+        return Deny(errno.EACCES, Denial("bind", _inet_name(raw), _net_rule(loop), False, tid))
+    if sock.family != socket.AF_UNIX or raw[2:3] in (b"\0", b""):
+        return CONTINUE
+    path = raw[2:].split(b"\0")[0]
+    entry = (path, None)
+    fast = loop._entry_fast(tid, entry, ACCESS_FS["make_sock"])
+    if fast:
+        return fast
+    pin = loop._entry_pin(tid, entry, ACCESS_FS["make_sock"])
+    if not isinstance(pin, Pin):
+        return pin
     try:
-        raw = _read_sockaddr(loop, tid, args[1], args[2] & 0xFFFFFFFF)
-        if isinstance(raw, Deny):
-            return raw
-        if sock.family in _INET and loop.net_block:
-            return Deny(errno.EACCES, Denial("bind", _inet_name(raw), _net_rule(loop), False, tid))
-        if sock.family != socket.AF_UNIX or raw[2:3] in (b"\0", b""):
-            return CONTINUE
-        path = raw[2:].split(b"\0")[0]
-        entry = (path, None)
-        fast = loop._entry_fast(tid, entry, ACCESS_FS["make_sock"])
-        if fast:
-            return fast
-        pin = loop._entry_pin(tid, entry, ACCESS_FS["make_sock"])
-        if not isinstance(pin, Pin):
-            return pin
+        if pin.exists:
+            pin.close()
+            return Deny(errno.EADDRINUSE)
+        permit = loop._decide("create", pin)
+        address = _sockaddr_un(pin.via)
     except BaseException:
-        sock.close()
-        raise
-    sock_copy = sock
-    if pin.exists:
         pin.close()
-        sock.close()
-        return Deny(errno.EADDRINUSE)
-    permit = loop._decide("create", pin)
+        raise
     if isinstance(permit, Deny):
         pin.close()
-        sock.close()
         return permit
-    address = _sockaddr_un(pin.via)
     if len(address) > _SUN_PATH_MAX + 2:
         pin.close()
-        sock.close()
         return Deny(errno.ENAMETOOLONG)  # the pinned form is longer than the name the command gave
 
     def release() -> None:
         pin.close()
-        sock_copy.close()
+        sock.close()
 
     def bind() -> Decision:
         try:
-            if _libc.bind(sock_copy.fd, address, len(address)) != 0:
+            if _libc.bind(sock.fd, address, len(address)) != 0:
                 return Deny(_errno())
             return Value(0, Denial("create", permit.pin.path, permit.by))
         finally:
@@ -356,11 +372,10 @@ def on_bind(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision
     return Emulate(bind, release=release)
 
 
-def on_listen(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+@_on_socket_call
+def on_listen(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
     """--net-block only: listen() on an unbound inet socket binds a port by itself."""
-    sock = _Socket(tid, args[0])
     if sock.family in _INET:
-        sock.close()
         return Deny(errno.EACCES, Denial("bind", "network (listen)", _net_rule(loop), False, tid))
     backlog = ctypes.c_int(args[1] & 0xFFFFFFFF).value
     return _performed(sock, _Destination(None), False, lambda fd, _a: _libc.listen(fd, backlog))
@@ -385,63 +400,62 @@ def on_setsockopt(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> De
     return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
 
 
-def on_sendto(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+@_on_socket_call
+def on_sendto(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
     flags = args[3] & 0xFFFFFFFF
-    sock = _Socket(tid, args[0])
     if loop.net_block and flags & MSG_FASTOPEN and sock.family in _INET:
-        sock.close()
         return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
     message = _read_data(loop, tid, [(args[1], args[2])], sock)
     raw = _read_sockaddr(loop, tid, args[4], args[5] & 0xFFFFFFFF)
     for failed in (message, raw):
         if isinstance(failed, Deny):
-            sock.close()
             return failed
     if loop.net_block and sock.family in _INET and flags & MSG_FASTOPEN:
-        sock.close()
         return Deny(errno.EACCES, Denial("connect", _inet_name(raw), _net_rule(loop), False, tid))
     destination = _destination(loop, tid, sock, raw, "connect")
     if isinstance(destination, Deny):
-        sock.close()
         return destination
     return _performed(
         sock, destination, sock.blocking and not flags & _MSG_DONTWAIT, _sender(message, [], flags)
     )
 
 
-def on_sendmsg(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
-    sock = _Socket(tid, args[0])
+@_on_socket_call
+def on_sendmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
     flags = args[2] & 0xFFFFFFFF
     decision = _message(loop, tid, sock, args[1], flags)
     if isinstance(decision, Deny):
-        sock.close()
         return decision
     destination, data, fds = decision
     blocking = sock.blocking and not flags & _MSG_DONTWAIT
     return _performed(sock, destination, blocking, _sender(data, fds, flags), fds)
 
 
-def on_sendmmsg(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+@_on_socket_call
+def on_sendmmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
     """Each message as sendmsg, in order; ``msg_len`` of each sent one is written back to the target, as
     the kernel does (glibc's resolver checks it)."""
-    sock = _Socket(tid, args[0])
     vector, count, flags = args[1], min(args[2] & 0xFFFFFFFF, _MAX_IOV), args[3] & 0xFFFFFFFF
     prepared = []
-    for index in range(count):
-        decision = _message(loop, tid, sock, vector + index * _MMSGHDR_SIZE, flags)
-        if isinstance(decision, Deny):
-            if not prepared:
-                sock.close()
-                return decision
-            break
-        prepared.append(decision)
 
     def release() -> None:
         for destination, _data, fds in prepared:
             destination.close()
-            for fd in fds:
-                os.close(fd)
+            _close_all(fds)
+        prepared.clear()
         sock.close()
+
+    try:
+        for index in range(count):
+            decision = _message(loop, tid, sock, vector + index * _MMSGHDR_SIZE, flags)
+            if isinstance(decision, Deny):
+                if not prepared:
+                    return decision
+                break
+            prepared.append(decision)
+    except BaseException:
+        release()
+        raise
 
     def send_all() -> Decision:
         sent = 0
@@ -488,10 +502,13 @@ def _message(
     fds = _read_fds(loop, tid, control, controllen)
     if isinstance(fds, Deny):
         return fds
-    destination = _destination(loop, tid, sock, raw, "connect")
+    try:
+        destination = _destination(loop, tid, sock, raw, "connect")
+    except BaseException:
+        _close_all(fds)
+        raise
     if isinstance(destination, Deny):
-        for fd in fds:
-            os.close(fd)
+        _close_all(fds)
         return destination
     return destination, data, fds
 
@@ -525,19 +542,22 @@ def _read_fds(loop: NotifyLoop, tid: int, control: int, length: int) -> list[int
         if size < _CMSGHDR.size or offset + size > len(raw):
             break
         if level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS:
-            for fd in fds:
-                os.close(fd)
+            _close_all(fds)
             return Deny(errno.EINVAL)  # only descriptors can be passed on the command's behalf
         payload = raw[offset + _CMSGHDR.size : offset + size]
         for (target,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4]):
             try:
                 fds.append(pidfd_getfd(tid, target))
             except OSError:
-                for fd in fds:
-                    os.close(fd)
+                _close_all(fds)
                 return Deny(errno.EBADF)
         offset += (size + 7) & ~7
     return fds
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
 
 
 def _sender(data: bytes, fds: list[int], flags: int):
