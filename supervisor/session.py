@@ -464,7 +464,8 @@ class Session:
         """The environment a sandboxed command gets: the caller's, with the session's private temp dir, and
         (not for the agent, whose own caches are its state) the project's tool caches."""
         env = dict(env)
-        for name in ("TMPDIR", "TMP", "TEMP"):
+        # TMUX_TMPDIR: tmux makes its server socket there (else /tmp/tmux-UID, beside the user's own)
+        for name in ("TMPDIR", "TMP", "TEMP", "TMUX_TMPDIR"):
             env[name] = str(self.tmpdir)
         self._make_caches()
         if not agent:

@@ -10,7 +10,7 @@ import threading
 import pexpect
 import pytest
 
-from conftest import SUPERVISOR, Home
+from conftest import SUPERVISOR, Home, as_nobody
 
 OPEN_PTY = r"""
 import os, pty, sys
@@ -39,6 +39,61 @@ def test_a_command_opens_new_pseudo_terminals(request, user):
             [SUPERVISOR, "exec", "--", "script", "-qc", "echo in-script", "/dev/null"], user=user
         )
         assert result.returncode == 0 and "in-script" in result.stdout, result.stderr
+
+
+def _on_a_terminal(home: Home, argv: list[str], user: bool) -> tuple[int, str]:
+    """``argv`` with a pty as its terminal (how the supervisor runs): (exit status, what it printed)."""
+    argv = as_nobody(argv) if user else argv
+    child = pexpect.spawn(argv[0], argv[1:], cwd=str(home.work), env=home.env, encoding="utf-8", timeout=60)
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_command_opens_new_pseudo_terminals_while_the_supervisor_is_on_one(request, user):
+    """The supervisor's terminal is sealed, so Landlock grants only the /dev/pts nodes beside it that
+    existed when the plan was compiled. A pty made later has its peer opened through TIOCGPTPEER (glibc's
+    openpty and forkpty), inside the kernel: the supervisor decides and opens it. Without that, openpty,
+    pexpect, script and tmux failed with a bare EACCES whenever the supervisor ran on a terminal."""
+    home: Home = request.getfixturevalue("nobody_home" if user else "home")
+    for code, expected in ((OPEN_PTY, "through-a-new-pty True"), (PEXPECT_INSIDE, "pexpect-ok")):
+        bare, out = _on_a_terminal(home, [sys.executable, "-c", code], user)
+        assert bare == 0 and expected in out, out  # the twin
+        argv = [SUPERVISOR, "exec", "--prompt", "never", "--", sys.executable, "-c", code]
+        status, out = _on_a_terminal(home, argv, user)
+        assert status == 0 and expected in out, out
+        assert "nono: denied" not in out, out
+
+
+PEER = r"""
+import errno, fcntl, os, sys
+master = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+if sys.argv[1] == "/dev/ptmx":
+    fcntl.ioctl(master, 0x40045431, bytes(4))  # TIOCSPTLCK to 0: unlocked, as unlockpt does
+try:
+    peer = fcntl.ioctl(master, 0x5441, os.O_RDWR | os.O_NOCTTY)  # TIOCGPTPEER
+    print("peer", os.ttyname(peer).startswith("/dev/pts/"))
+except OSError as e:
+    print("refused", errno.errorcode[e.errno])
+"""
+
+
+def test_a_pty_peer_is_decided_as_an_open_of_its_node(home):
+    """TIOCGPTPEER is an open of the peer's /dev/pts node: refused (and reported) where the policy denies
+    /dev/pts, and on what is not a pty master the kernel's own answer, as bare."""
+    probe = [sys.executable, "-c", PEER]
+    assert home.run([*probe, "/dev/ptmx"]).stdout == "peer True\n"  # the twins, bare
+    assert home.run([*probe, "/dev/null"]).stdout == "refused ENOTTY\n"
+    denied = home.run(
+        [SUPERVISOR, "exec", "--prompt", "never", "--deny", "/dev/pts", "--", *probe, "/dev/ptmx"]
+    )
+    assert denied.stdout == "refused EACCES\n", denied.stderr
+    assert "nono: denied read /dev/pts/" in denied.stderr and "[--deny]" in denied.stderr, denied.stderr
+    granted = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *probe, "/dev/ptmx"])
+    assert granted.stdout == "peer True\n" and "nono:" not in granted.stderr, granted.stderr
+    other = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *probe, "/dev/null"])
+    assert other.stdout == "refused ENOTTY\n" and "nono:" not in other.stderr, other.stderr
 
 
 OPEN_TERMINAL = r"""

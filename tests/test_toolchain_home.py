@@ -308,3 +308,19 @@ def test_java_runs_with_no_question_and_no_line(request, user):
     denials = _denials(home)
     assert denials and {r["rule"] for r in denials} == {"group:ungranted_probes"}, denials
     assert all(perf_data in (Path(r["path"]), *Path(r["path"]).parents) for r in denials), denials
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="no tmux on this machine")
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_tmux_serves_the_sessions_commands_from_its_private_temp_dir(request, user):
+    """tmux puts its server socket in $TMUX_TMPDIR/tmux-UID, else in /tmp beside the user's own server, which
+    no command may create in (or reach). The command's environment points it at the session's temp dir: a
+    server one command starts, the next one lists and stops."""
+    home = request.getfixturevalue("nobody_dev_home" if user else "dev_home")
+    start = 'tmux -L nono-test new-session -d "sleep 60" && ls "$TMUX_TMPDIR"/tmux-*/'
+    stop = "tmux -L nono-test ls | cut -c1-2 && tmux -L nono-test kill-server"
+    out = _run_agent_on_a_pty(home, [start, stop], user=user)
+    assert _statuses(out) == {start: 0, stop: 0}, out
+    lines = out.splitlines()
+    assert "nono-test" in lines and "0:" in lines, out  # the socket, then the session listed
+    assert "[o]nce" not in out and "nono:" not in out and _denials(home) == [], out

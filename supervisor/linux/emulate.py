@@ -156,7 +156,8 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
     """Open the pinned object for the command. The fd is checked on what was actually opened (a second
     name of a denied file is refused) before it is kept, and only then truncated for ``O_TRUNC``."""
     pin = permit.pin
-    opening = (flags & ~os.O_TRUNC) | os.O_CLOEXEC
+    # O_NOCTTY: a terminal opened here must never become the supervisor's controlling terminal
+    opening = (flags & ~os.O_TRUNC) | os.O_CLOEXEC | os.O_NOCTTY
     if pin.name:
         how = _OPEN_HOW.pack(opening, mode, _STRICT)
         fd = _check(_libc.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))

@@ -36,7 +36,7 @@ from supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from supervisor.linux.kernel import pidfd_getfd
 from supervisor.linux.landlock import ACCESS_FS, RightsIndex
 from supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
-from supervisor.linux.seccomp import TRAPS, Trap
+from supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap
 from supervisor.procfs import process_of
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
@@ -593,6 +593,28 @@ class NotifyLoop:
 
         return Emulate(act, release=pin.close)
 
+    def _on_pty_peer(self, trap: Trap, tid: int, args: list[int]) -> Decision:
+        """ioctl(master, TIOCGPTPEER, flags), the only ioctl the filter sends: glibc's openpty and forkpty
+        (pexpect, script, tmux, node-pty) open a new pty's peer this way, inside the kernel, where Landlock
+        refuses every /dev/pts node made after the plan's compile (the sealed terminal splits /dev/pts
+        into its siblings), with no report. Our copy of the master names the node (an O_PATH fd of it: the
+        pty is not opened yet), which is decided and opened as any other open of it."""
+        master = pidfd_getfd(tid, args[0] & 0xFFFFFFFF)
+        try:
+            node = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            return Deny(e.errno or errno.EIO)  # not a pty master: the kernel's own answer (EIO, ENOTTY)
+        finally:
+            os.close(master)
+        try:
+            pin = Pin(node, "", os.readlink(f"/proc/self/fd/{node}"), os.fstat(node))
+        except OSError as e:
+            os.close(node)
+            return Deny(e.errno or errno.EIO)
+        flags = args[2] & (_O_ACCMODE | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        ops = [op for op, wanted in _open_ops(flags, True) if wanted]
+        return self._emulate_open(pin, ops, flags, 0, tid)
+
     # ---- exec ------------------------------------------------------------------------------------------
 
     def _on_exec(self, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -1004,7 +1026,11 @@ class NotifyLoop:
         if isinstance(permit, Deny):
             resolved.close()
             return permit
-        instance = pidfd_getfd(tid, notify_fd & 0xFFFFFFFF)
+        try:
+            instance = pidfd_getfd(tid, notify_fd & 0xFFFFFFFF)
+        except OSError:
+            resolved.close()
+            raise
 
         def act() -> Decision:
             try:

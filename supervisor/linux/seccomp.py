@@ -101,6 +101,9 @@ TRAPS: tuple[Trap, ...] = (
     Trap("socket", "socket", net_block=True),
     Trap("setsockopt", "setsockopt", net_block=True),  # only TCP_FASTOPEN_CONNECT (see build_program)
     Trap("listen", "listen", fd=0, net_block=True),
+    # The peer of a new pty (glibc's openpty and forkpty): opened inside the kernel, where Landlock knows
+    # only the /dev/pts nodes of the plan's compile (the sealed terminal splits /dev/pts into its siblings).
+    Trap("ioctl", "pty_peer", fd=0),  # only TIOCGPTPEER (see build_program)
 )
 
 # Syscalls that step around the path traps, refused outright with EPERM.
@@ -117,6 +120,7 @@ BLOCKED: tuple[str, ...] = (
 BLOCKED_BY_NUMBER_ENOSYS: tuple[tuple[str, int], ...] = (("setxattrat", 463), ("removexattrat", 466))
 # ioctls that push input into a terminal: a command must not type into the terminal it shares.
 BLOCKED_IOCTLS: tuple[int, ...] = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
+TIOCGPTPEER = 0x5441  # _IO('T', 0x41): open the peer of a pty master (Linux 4.13)
 MSG_FASTOPEN = 0x20000000
 _IPPROTO_TCP = 6
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
@@ -198,6 +202,9 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
         elif trap.name == "socket":
             for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
                 flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
+        elif trap.name == "ioctl":
+            request = pyseccomp.Arg(1, pyseccomp.MASKED_EQ, 0xFFFFFFFF, TIOCGPTPEER)
+            flt.add_rule(pyseccomp.NOTIFY, "ioctl", request)
         elif trap.name == "setsockopt":
             # TCP fast open connects without connect(): the one option that reaches the network.
             tcp, fastopen = pyseccomp.Arg(1, pyseccomp.EQ, _IPPROTO_TCP), pyseccomp.Arg(2, pyseccomp.EQ, 30)
