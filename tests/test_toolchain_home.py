@@ -324,3 +324,24 @@ def test_tmux_serves_the_sessions_commands_from_its_private_temp_dir(request, us
     lines = out.splitlines()
     assert "nono-test" in lines and "0:" in lines, out  # the socket, then the session listed
     assert "[o]nce" not in out and "nono:" not in out and _denials(home) == [], out
+
+
+SYSTEM_CACHES = [  # (program, command): each reads a system cache, and as root tries to rewrite it
+    ("fc-match", "fc-match sans"),
+    ("whatis", "whatis ls"),
+    ("man", "MANPAGER=cat man ls | head -3"),
+]
+
+
+@pytest.mark.parametrize("program,command", SYSTEM_CACHES, ids=[p for p, _ in SYSTEM_CACHES])
+def test_system_caches_are_read_and_their_rewrites_refused_silently(dev_home, program, command):
+    """fontconfig's font cache and man-db's index are read (system_read); as root both also try to write
+    them and do without (filesystem.probes): the output is the bare one, with no line and no question."""
+    if shutil.which(program) is None:
+        pytest.skip(f"no {program} on this machine")
+    bare = dev_home.run(["bash", "-c", command])
+    out = _run_agent_on_a_pty(dev_home, [command])
+    assert _statuses(out) == {command: bare.returncode}, out
+    assert bare.stdout.strip() and bare.stdout.strip().splitlines()[0] in out, (bare.stdout, out)
+    assert "[o]nce" not in out and "nono:" not in out, out
+    assert {r["rule"] for r in _denials(dev_home)} <= {"group:ungranted_probes"}, _denials(dev_home)
