@@ -434,14 +434,7 @@ class NotifyLoop:
     def _fd_pin(self, tid: int, fd: int) -> Pin | Deny:
         """The target's descriptor ``fd`` as a pin of its own: our copy (the same open file), decided on the
         real path of the object it refers to, never on what the number means later."""
-        copy = pidfd_getfd(tid, fd & 0xFFFFFFFF)
-        try:
-            st = os.fstat(copy)
-            path = os.readlink(f"/proc/self/fd/{copy}")
-        except OSError as e:
-            os.close(copy)
-            return Deny(e.errno or errno.EBADF)
-        return Pin(copy, "", path.removesuffix(" (deleted)"), st)
+        return _pin_of(pidfd_getfd(tid, fd & 0xFFFFFFFF), errno.EBADF)
 
     def _existing(self, resolved) -> Pin | Deny:
         """What a call on an existing object acts on: the pin (the target's own fd pinned as itself), else
@@ -606,11 +599,9 @@ class NotifyLoop:
             return Deny(e.errno or errno.EIO)  # not a pty master: the kernel's own answer (EIO, ENOTTY)
         finally:
             os.close(master)
-        try:
-            pin = Pin(node, "", os.readlink(f"/proc/self/fd/{node}"), os.fstat(node))
-        except OSError as e:
-            os.close(node)
-            return Deny(e.errno or errno.EIO)
+        pin = _pin_of(node, errno.EIO)
+        if isinstance(pin, Deny):
+            return pin
         flags = args[2] & (_O_ACCMODE | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
         ops = [op for op, wanted in _open_ops(flags, True) if wanted]
         return self._emulate_open(pin, ops, flags, 0, tid)
@@ -1044,6 +1035,18 @@ class NotifyLoop:
             resolved.close()
 
         return Emulate(act, release=release)
+
+
+def _pin_of(fd: int, error: int) -> Pin | Deny:
+    """Our ``fd`` (taken over) as a pin of the object itself, decided on its real path; ``error`` if it
+    cannot be read (the fd is closed then)."""
+    try:
+        st = os.fstat(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        os.close(fd)
+        return Deny(e.errno or error)
+    return Pin(fd, "", path.removesuffix(" (deleted)"), st)
 
 
 def _foreign_proc(path: str, tid: int, tgid: int) -> bool:
