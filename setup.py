@@ -27,14 +27,17 @@ class BuildWithClient(build_ext):
         # lives on for the command's lifetime.
         self._program(
             "supervisor/linux/_spawn.c",
-            "supervisor/linux",
+            "nono_supervisor.linux",
             KEEPER,
             [("NONO_KEEPER", "1")],
             "keepers stay copies of the supervisor",
         )
 
-    def _program(self, source: str, package_dir: str, name: str, macros: list, fallback: str) -> None:
-        out_dir = package_dir if self.inplace else os.path.join(self.build_lib, package_dir)
+    def _program(self, source: str, package: str, name: str, macros: list, fallback: str) -> None:
+        if self.inplace:  # beside the package's sources (the folder supervisor/ for nono_supervisor)
+            out_dir = self.get_finalized_command("build_py").get_package_dir(package)
+        else:
+            out_dir = os.path.join(self.build_lib, *package.split("."))
         try:
             objects = self.compiler.compile(
                 [source],
@@ -58,18 +61,18 @@ class BuildWithClient(build_ext):
 ext_modules = []
 if sys.platform.startswith("linux"):
     # fork + Landlock + seccomp + exec with only raw syscalls in the child (see _spawn.c).
-    ext_modules.append(Extension("supervisor.linux._spawn", ["supervisor/linux/_spawn.c"]))
+    ext_modules.append(Extension("nono_supervisor.linux._spawn", ["supervisor/linux/_spawn.c"]))
     # The notify loop's fast path without the GIL (see _notify.c).
-    ext_modules.append(Extension("supervisor.linux._notify", ["supervisor/linux/_notify.c"]))
+    ext_modules.append(Extension("nono_supervisor.linux._notify", ["supervisor/linux/_notify.c"]))
     # Preloaded into commands whose opens and execve are not trapped: asks again where Landlock refused one.
     ext_modules.append(
-        Extension("supervisor.linux._askagain", ["supervisor/linux/_askagain.c"], libraries=["dl"])
+        Extension("nono_supervisor.linux._askagain", ["supervisor/linux/_askagain.c"], libraries=["dl"])
     )
 if sys.platform.startswith("linux") or sys.platform == "darwin":
     # Preloaded into the agent (LD_PRELOAD / DYLD_INSERT_LIBRARIES); not a Python module, never imported.
     ext_modules.append(
         Extension(
-            "supervisor._interpose",
+            "nono_supervisor._interpose",
             ["interpose/interpose.c"],
             libraries=["dl"] if sys.platform != "darwin" else [],
         )

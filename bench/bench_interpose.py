@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from supervisor.interpose import PRELOAD_VAR, library_path
+from nono_supervisor.interpose import PRELOAD_VAR, library_path
 
 # Runs in the driver process: ROUNDS of `count` timed spawns, printed as JSON nanoseconds.
 _DRIVER = """

@@ -229,12 +229,12 @@ def _answered_by_kernel(program: bytes) -> bytes:
 def _kernel_alone(top: Path, home: Path, env: dict[str, str]):
     """The ``kernel alone`` mode: this install's plan and filter for the policy ``_serve`` gives the route
     (``--allow HOME --read`` the interpreter), applied by ``kernel_alone.c`` with no supervisor."""
-    from supervisor.backend import plan_cache
-    from supervisor.linux import seccomp
-    from supervisor.linux.kernel import probe
-    from supervisor.linux.notify import ask_again_library
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.backend import plan_cache
+    from nono_supervisor.linux import seccomp
+    from nono_supervisor.linux.kernel import probe
+    from nono_supervisor.linux.notify import ask_again_library
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     loader = top / "kernel_alone"
     subprocess.run(["cc", "-O2", "-o", str(loader), str(HERE / "kernel_alone.c")], check=True)

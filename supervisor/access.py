@@ -11,8 +11,8 @@ import fnmatch
 import os
 from dataclasses import dataclass
 
-from supervisor.netpolicy import network_hint
-from supervisor.policy import NEVER_GRANTABLE, Policy
+from nono_supervisor.netpolicy import network_hint
+from nono_supervisor.policy import NEVER_GRANTABLE, Policy
 
 __all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
 
@@ -135,7 +135,7 @@ def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
         return "; never grantable"
     if rule == "--net-block":
         return "; to allow: run without --net-block"
-    network = network_hint(display_path, rule)  # the rules of network mode domains (supervisor.netpolicy)
+    network = network_hint(display_path, rule)  # network mode domains' rules (netpolicy)
     if network is not None:
         return network
     if rule in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):

@@ -20,8 +20,8 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from supervisor.errors import UsageError
-from supervisor.policy import GRANT_LISTS, Context, Grant, _load_chain, expand
+from nono_supervisor.errors import UsageError
+from nono_supervisor.policy import GRANT_LISTS, Context, Grant, _load_chain, expand
 
 __all__ = [
     "AGENT_NAMES",
@@ -134,7 +134,7 @@ def load_agent(name: str, ctx: Context, program: str | None = None, env: Mapping
 def list_only(directory: str) -> str:
     """A file grant that lets ``directory`` itself be opened (listed) and nothing in it: a pattern naming
     exactly it (``/home/[a]lice``). A rule on the directory would cover its whole tree in Landlock, so
-    there is none: the supervisor opens it (supervisor.access: a pattern covers the names it matches)."""
+    there is none: the supervisor opens it (nono_supervisor.access: a pattern covers the names it matches)."""
     parent, name = os.path.split(directory.rstrip("/"))
     if not name:
         raise UsageError(f"agent.list: {directory!r} is not a directory below /")

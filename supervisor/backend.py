@@ -7,9 +7,9 @@ import sys
 import threading
 from collections.abc import Callable
 
-from supervisor.errors import SandboxError
-from supervisor.policy import Policy
-from supervisor.session import Session
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.policy import Policy
+from nono_supervisor.session import Session
 
 __all__ = ["start_sandboxed", "finish", "plan_cache", "NO_TRAP_GIVES_UP"]
 
@@ -37,7 +37,7 @@ def plan_cache():
     global _plans
     with _plans_lock:
         if _plans is None:
-            from supervisor.linux.landlock import PlanCache
+            from nono_supervisor.linux.landlock import PlanCache
 
             _plans = PlanCache()
         return _plans
@@ -67,7 +67,7 @@ def start_sandboxed(
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
-    Linux: Landlock (+ seccomp user notification). macOS: a Seatbelt profile (``supervisor.macos.launch``).
+    Linux: Landlock (+ seccomp user notification). macOS: a Seatbelt profile (``macos.launch``).
 
     With ``trap``, path syscalls are also sent to the supervisor (seccomp user notification on Linux), so
     denials are seen and reported through ``on_decision(decision, denial)`` and grants Landlock cannot
@@ -79,8 +79,8 @@ def start_sandboxed(
     Landlock").
     """
     if sys.platform.startswith("linux"):
-        from supervisor.linux import sandbox, seccomp
-        from supervisor.linux.kernel import probe
+        from nono_supervisor.linux import sandbox, seccomp
+        from nono_supervisor.linux.kernel import probe
 
         support = probe()
         policy = policy or session.policy
@@ -98,14 +98,14 @@ def start_sandboxed(
                 "seccomp user notification with ADDFD is not available (needs Linux >= 5.14)."
                 " Hint: --no-trap runs with Landlock alone"
             )
-        from supervisor.linux.notify import NotifyLoop
+        from nono_supervisor.linux.notify import NotifyLoop
 
         loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
         linked = trap and bool(session.linked_denied(policy))
         ask_again = trap and left_to_landlock and _ask_again_library(loop_class, linked)
         if ask_again:
             env = _preloaded(env, ask_again)
-        # launch_extra: the agent's routing namespace (binds, userns, exec_fd; supervisor.launcher).
+        # launch_extra: the agent's routing namespace (binds, userns, exec_fd; nono_supervisor.launcher).
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
         cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
@@ -137,10 +137,10 @@ def start_sandboxed(
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
-        # to act on. Denials come from ``log stream`` once the command has ended (supervisor.macos.launch).
+        # to act on. Denials come from ``log stream`` once the command has ended (macos.launch).
         # ``session.policy`` is resolved for Linux; ``macos.launch.macos_policy`` re-resolves it for macOS
         # and carries over the grants a human added to it.
-        from supervisor.macos import launch as macos_launch
+        from nono_supervisor.macos import launch as macos_launch
 
         return macos_launch.start(
             session, policy or session.policy, path, argv, env, cwd, stdio, ctty=ctty, on_decision=on_decision
@@ -154,7 +154,7 @@ def _ask_again_library(loop_class: type, linked: bool) -> str | None:
     file has several names (Landlock follows names: each regular-file open must be checked on its inode),
     where the library is not built (a denial could not be reported even where the process can), and with
     NONO_TRAP_ALL=1 in the supervisor's environment (bench/bench_speed.py's comparison)."""
-    from supervisor.linux.notify import ask_again_library, wants_every_notification
+    from nono_supervisor.linux.notify import ask_again_library, wants_every_notification
 
     if linked or wants_every_notification(loop_class) or os.environ.get("NONO_TRAP_ALL") == "1":
         return None

@@ -10,11 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
-from supervisor import paths
-from supervisor.errors import NonoError, SandboxError, UsageError
-from supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
-from supervisor.prompt import GUARD_SECONDS
-from supervisor.session import Session
+from nono_supervisor import paths
+from nono_supervisor.errors import NonoError, SandboxError, UsageError
+from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
+from nono_supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.session import Session
 
 __all__ = ["main"]
 
@@ -159,14 +159,14 @@ def _add_agent_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _agent(args: argparse.Namespace, command: list[str]):
-    """The agent profile of ``run``/``policy`` (supervisor.agents): ``--agent``, else detected from the
+    """The agent profile of ``run``/``policy`` (nono_supervisor.agents): ``--agent``, else detected from the
     resolved program; None for ``--agent none`` or an agent no profile knows."""
     choice = getattr(args, "agent", None)
     if choice is None and not command:
         return None
-    from supervisor import agents
-    from supervisor.launcher import resolve_program
-    from supervisor.policy import Context
+    from nono_supervisor import agents
+    from nono_supervisor.launcher import resolve_program
+    from nono_supervisor.policy import Context
 
     env = dict(os.environ)
     home = env.get("HOME") or os.path.expanduser("~")
@@ -226,7 +226,7 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             }
         print(json.dumps(data, indent=2))
     elif fmt == "seatbelt":
-        from supervisor.macos.seatbelt import generate_profile
+        from nono_supervisor.macos.seatbelt import generate_profile
 
         macos = session.policy_for("macos")
         print(generate_profile(macos), end="")
@@ -252,7 +252,7 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         )
         print(f"enforced by: {layers}")
         if not session.trap:
-            from supervisor.backend import NO_TRAP_GIVES_UP
+            from nono_supervisor.backend import NO_TRAP_GIVES_UP
 
             for lost in NO_TRAP_GIVES_UP:
                 print(f"not enforced with --no-trap: {lost}")
@@ -285,8 +285,8 @@ def _print_network(policy: Policy) -> None:
 
 
 def _landlock_plan(session: Session):
-    from supervisor.linux.kernel import probe
-    from supervisor.linux.landlock import compile_plan
+    from nono_supervisor.linux.kernel import probe
+    from nono_supervisor.linux.landlock import compile_plan
 
     return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
 
@@ -306,11 +306,11 @@ def _require_command(command: list[str], name: str) -> None:
 
 
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
-    from supervisor.backend import finish, start_sandboxed
-    from supervisor.consent import Consent
-    from supervisor.launcher import TerminalLease, status_code
-    from supervisor.prompt import Prompter
-    from supervisor.report import CommandReport
+    from nono_supervisor.backend import finish, start_sandboxed
+    from nono_supervisor.consent import Consent
+    from nono_supervisor.launcher import TerminalLease, status_code
+    from nono_supervisor.prompt import Prompter
+    from nono_supervisor.report import CommandReport
 
     session = _session(args)
     try:
@@ -371,7 +371,7 @@ def _which(name: str, env: dict[str, str]) -> str | None:
 
 
 def _serve(session: Session, socket_path: Path, verbose: int):
-    from supervisor.server import Server
+    from nono_supervisor.server import Server
 
     try:
         return Server(session, socket_path, verbose)
@@ -389,7 +389,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.dry_run:
             _print_policy(session.policy, "text", session)
             return 0
-        from supervisor.prompt import Prompter
+        from nono_supervisor.prompt import Prompter
 
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         server = _serve(session, socket_path, args.verbose)
@@ -410,7 +410,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _interpose_library(args: argparse.Namespace) -> Path | None:
     if args.no_interpose:
         return None
-    from supervisor import interpose
+    from nono_supervisor import interpose
 
     library = interpose.library_path()
     if library is None:
@@ -424,7 +424,7 @@ def _interpose_library(args: argparse.Namespace) -> Path | None:
 
 
 def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
-    from supervisor.launcher import run_agent
+    from nono_supervisor.launcher import run_agent
 
     if args.dry_run:
         return _cmd_policy(argparse.Namespace(**vars(args), format="text"), command)
@@ -467,7 +467,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 
 def _cmd_grants(args: argparse.Namespace) -> int:
-    from supervisor.grants import GrantStore
+    from nono_supervisor.grants import GrantStore
 
     store = GrantStore(paths.grants_path())
     if args.action == "revoke":
@@ -484,7 +484,7 @@ def _cmd_grants(args: argparse.Namespace) -> int:
 
 
 def _cmd_shims(args: argparse.Namespace) -> int:
-    from supervisor.shims import write_shims
+    from nono_supervisor.shims import write_shims
 
     for path in write_shims(args.dir.absolute()):
         print(path)
@@ -492,7 +492,7 @@ def _cmd_shims(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(_args: argparse.Namespace) -> int:
-    from supervisor.doctor import report
+    from nono_supervisor.doctor import report
 
     return report()
 

@@ -15,9 +15,9 @@ import shlex
 import threading
 from collections.abc import Callable
 
-from supervisor.access import OPS
-from supervisor.procfs import process_of
-from supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
+from nono_supervisor.access import OPS
+from nono_supervisor.procfs import process_of
+from nono_supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
 
 __all__ = ["Consent", "asker"]
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 from nono_shell.personality import SHELLS
-from supervisor.session import find_real_shell
+from nono_supervisor.session import find_real_shell
 
 __all__ = ["report"]
 
@@ -23,8 +23,8 @@ def report() -> int:
     if not sys.platform.startswith("linux"):
         _line(False, "platform", f"{sys.platform}: no enforcing backend in this build")
         return 1
-    from supervisor import interpose
-    from supervisor.linux.kernel import probe
+    from nono_supervisor import interpose
+    from nono_supervisor.linux.kernel import probe
 
     k = probe()
     abi = k.landlock_abi
@@ -46,7 +46,7 @@ def report() -> int:
         k.seccomp_notify or None, "seccomp user notification", "available" if k.seccomp_notify else "missing"
     )
     if not (k.seccomp_notify and k.seccomp_addfd):
-        from supervisor.backend import NO_TRAP_GIVES_UP
+        from nono_supervisor.backend import NO_TRAP_GIVES_UP
 
         for lost in NO_TRAP_GIVES_UP:  # only --no-trap can run here: say what it leaves open
             _line(False, "with --no-trap only", lost)
@@ -57,7 +57,7 @@ def report() -> int:
         "available" if k.seccomp_sync_wakeup else "missing",
     )
     _line(k.user_namespaces or None, "user namespaces", "available" if k.user_namespaces else "disabled")
-    from supervisor.netproxy import check_bind
+    from nono_supervisor.netproxy import check_bind
 
     listening, detail = check_bind()  # --allow-domain: the session's proxy listens on loopback
     _line(listening or None, "network proxy (domains mode)", detail)
@@ -79,7 +79,7 @@ def report() -> int:
 def _routing_lines() -> None:
     """Routing layer 4 (the agent's mount namespace): whether it can be had here, and so which agents are
     routed only by SHELL, PATH and the preloaded library (DESIGN: routing)."""
-    from supervisor.launcher import _namespace_error, real_shells
+    from nono_supervisor.launcher import _namespace_error, real_shells
 
     userns = os.geteuid() != 0
     error = _namespace_error(userns)
@@ -102,7 +102,7 @@ def _report_macos() -> int:
     """Seatbelt through sandbox_init (or sandbox-exec); no in-flight layer: denials lead to a retry prompt."""
     import shutil
 
-    from supervisor.macos.runner import load_libsandbox
+    from nono_supervisor.macos.runner import load_libsandbox
 
     native = load_libsandbox() is not None
     fallback = shutil.which("sandbox-exec")

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import NonoError, UsageError
-from supervisor.netpolicy import Pattern, parse_pattern
-from supervisor.policy import Grant
+from nono_supervisor.errors import NonoError, UsageError
+from nono_supervisor.netpolicy import Pattern, parse_pattern
+from nono_supervisor.policy import Grant
 
 if sys.version_info >= (3, 11):
     import tomllib

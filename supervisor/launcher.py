@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.backend import start_sandboxed
-from supervisor.consent import Consent
-from supervisor.errors import NonoError, SandboxError
-from supervisor.prompt import Prompter, TtyGuard
-from supervisor.report import CommandReport
-from supervisor.session import Session
+from nono_supervisor.backend import start_sandboxed
+from nono_supervisor.consent import Consent
+from nono_supervisor.errors import NonoError, SandboxError
+from nono_supervisor.prompt import Prompter, TtyGuard
+from nono_supervisor.report import CommandReport
+from nono_supervisor.session import Session
 
 __all__ = [
     "RoutingNamespace",
@@ -69,7 +69,7 @@ def resolve_program(command: str, env: dict[str, str]) -> str:
     """The agent's program as the user's shell would find it; behind a version manager's shim (pyenv,
     rbenv: bash scripts re-entering the manager through more bash scripts, each of which would be routed
     as a command) the program it names."""
-    from supervisor.agents import resolve_version_shim
+    from nono_supervisor.agents import resolve_version_shim
 
     found = command if "/" in command else shutil.which(command, path=env.get("PATH"))
     if not found or not os.access(found, os.X_OK):
@@ -104,7 +104,7 @@ def real_shells(env: dict[str, str], exclude: tuple[str, ...] = ()) -> list[str]
     """Real paths of the shells an agent may exec (on PATH and in the system's shell directories); a
     multi-call binary that /bin/sh may point to (busybox) is never one: binding over it would take every
     applet with it."""
-    from supervisor.session import is_nono_shim
+    from nono_supervisor.session import is_nono_shim
 
     found: list[str] = []
     dirs = list(_SHELL_DIRS) + [d for d in env.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
@@ -125,7 +125,7 @@ def real_shells(env: dict[str, str], exclude: tuple[str, ...] = ()) -> list[str]
 
 @functools.cache
 def _namespace_error(userns: bool) -> int:
-    from supervisor.linux import _spawn
+    from nono_supervisor.linux import _spawn
 
     return _spawn.probe_namespace(userns)
 
@@ -150,7 +150,7 @@ def _exec_plan(session: Session, path: str, argv: list[str], bound: frozenset[st
     """How the agent's own program is started: (path, argv, fd to exec or -1). A shell, or a script for
     one, is run through an fd of the real shell opened here: inside the namespace its path shows the shim,
     and ``#!/usr/bin/env bash`` would find the shim on PATH, either way turning the agent into a command."""
-    from supervisor.agents import shell_of_script
+    from nono_supervisor.agents import shell_of_script
 
     real = os.path.realpath(path)
     script = shell_of_script(real)
@@ -168,7 +168,7 @@ def _exec_plan(session: Session, path: str, argv: list[str], bound: frozenset[st
 def _watching_loop(on_shell: Callable[[int, bytes], None]) -> type:
     """A notify loop for the agent that also sees each ``execve`` of a shell (routing layer 5: no
     namespace, so one by path from a static binary is not routed: it is recorded)."""
-    from supervisor.linux.notify import NotifyLoop, _dispatch_table
+    from nono_supervisor.linux.notify import NotifyLoop, _dispatch_table
 
     execs = {nr: trap for nr, (trap, _handler) in _dispatch_table().items() if trap.kind == "exec"}
 

@@ -1,7 +1,7 @@
 """Network by domain: host patterns, the allow/deny decision for one ``host:port``, and the hints.
 
-Pure: no sockets, no threads. The proxy (``supervisor.netproxy``) and the notify layer's inet rule
-(``supervisor.linux.sockets``) decide with it; ``policy`` validates profile entries and flags with it.
+Pure: no sockets, no threads. The proxy (``nono_supervisor.netproxy``) and the notify layer's inet rule
+(``nono_supervisor.linux.sockets``) decide with it; ``policy`` validates profile entries and flags with it.
 
 A pattern is ``host`` (that host only), ``*.example.com`` (its subdomains, not ``example.com`` itself), an
 IPv4 or IPv6 address (``127.0.0.1``, ``[::1]``), optionally with ``:PORT`` (only that port). Names are
@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from supervisor.errors import UsageError
+from nono_supervisor.errors import UsageError
 
 __all__ = [
     "NET_MODES",

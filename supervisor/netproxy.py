@@ -7,7 +7,7 @@ decide is in the supervisor already; a library (proxy.py, mitmproxy, aiohttp) wo
 to the one process that must stay trustworthy, for features (interception, plugins) it must not have.
 
 It listens on 127.0.0.1 (an ephemeral port, one per session). A command's inet sockets may connect to
-nothing else (``supervisor.linux.sockets``): the supervisor performs the command's ``connect()`` itself, and
+nothing else (``linux.sockets``): the supervisor performs the command's ``connect()`` itself, and
 before that returns it registers the socket's local address here as that command's (``NetClient.register``),
 so each proxied connection is tied to the command, or the agent, whose notify loop made it. A connection
 nobody registered is refused. Names are resolved here, never by the command; an allowed name that resolves
@@ -34,8 +34,8 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor import paths
-from supervisor.netpolicy import (
+from nono_supervisor import paths
+from nono_supervisor.netpolicy import (
     LOCAL_ADDRESS,
     NOT_ALLOWED,
     UNATTRIBUTED,
@@ -46,8 +46,8 @@ from supervisor.netpolicy import (
     normalize_host,
     split_authority,
 )
-from supervisor.policy import Policy
-from supervisor.procfs import process_of
+from nono_supervisor.policy import Policy
+from nono_supervisor.procfs import process_of
 
 __all__ = ["NetProxy", "NetClient", "proxy_environment", "check_bind", "TEST_HOSTS_VAR"]
 
@@ -129,7 +129,7 @@ def _display(host: str, port: int) -> str:
 
 
 class _Denial:
-    """What ``on_decision`` takes (``supervisor.linux.decisions.Denial``'s fields)."""
+    """What ``on_decision`` takes (``nono_supervisor.linux.decisions.Denial``'s fields)."""
 
     __slots__ = ("op", "path", "rule", "is_dir", "pid")
 
@@ -215,8 +215,8 @@ class NetClient:
     def ask(self, host: str, port: int, rule: str, tid: int, alive: Callable[[], bool]) -> bool:
         """A question for ``host:port`` on the supervisor's terminal (the session's prompter, the same
         queue, guard and answers as the file questions); True when the human allowed it. Blocking."""
-        from supervisor.consent import NOTE_DENIED, NOTE_REFUSED, NOTE_TIMED_OUT, asker
-        from supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Question
+        from nono_supervisor.consent import NOTE_DENIED, NOTE_REFUSED, NOTE_TIMED_OUT, asker
+        from nono_supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Question
 
         display = _display(host, port)
         prompter = self.prompter()
@@ -387,7 +387,7 @@ class NetProxy:
             return self._session_grants + self._stored
 
     def _refresh_store(self, now: float) -> None:
-        from supervisor.grants import GrantStore, to_domain_patterns
+        from nono_supervisor.grants import GrantStore, to_domain_patterns
 
         path = paths.grants_path(self.session.env)
         try:
@@ -410,7 +410,7 @@ class NetProxy:
         with self._lock:
             self._session_grants.append(Pattern(host, False, port, "user"))
         if persist:
-            from supervisor.grants import DOMAIN, GrantStore
+            from nono_supervisor.grants import DOMAIN, GrantStore
 
             GrantStore(paths.grants_path(self.session.env)).add(
                 _display(host, port), "connect", DOMAIN, command=command

@@ -34,6 +34,6 @@ def grants_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
 def package_dirs() -> tuple[Path, ...]:
     """The installed code of nono-shell itself: readable by commands (nested routing), never writable."""
     import nono_shell
-    import supervisor
+    import nono_supervisor
 
-    return (Path(nono_shell.__file__).resolve().parent, Path(supervisor.__file__).resolve().parent)
+    return (Path(nono_shell.__file__).resolve().parent, Path(nono_supervisor.__file__).resolve().parent)

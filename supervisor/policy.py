@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import UsageError
-from supervisor.netpolicy import NET_MODES, Pattern, parse_pattern
+from nono_supervisor.errors import UsageError
+from nono_supervisor.netpolicy import NET_MODES, Pattern, parse_pattern
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,7 +52,7 @@ _SECTION_KEYS = {
     "filesystem": set(GRANT_LISTS) | {"deny", "probes"},
     "network": {"block", "mode", "allow_domains", "deny_domains", "agent_allow_domains"},
     "prompt": {"mode", "timeout", "quiet", "silent"},
-    # What only the agent gets (supervisor.agents): its state, never its commands'.
+    # What only the agent gets (nono_supervisor.agents): its state, never its commands'.
     "agent": set(GRANT_LISTS)
     | {"list", "programs", "packages", "create", "env", "start_note", "start_note_unless"},
 }
@@ -193,7 +193,7 @@ def expand(raw: str, ctx: Context, where: str, grant: bool = True) -> str:
 
 def security_groups(platform: str) -> dict[str, tuple[str, ...]]:
     """The groups of the shipped security list, for one platform (common entries first)."""
-    data = tomllib.loads(resources.files("supervisor").joinpath("data/security.toml").read_text())
+    data = tomllib.loads(resources.files("nono_supervisor").joinpath("data/security.toml").read_text())
     groups: dict[str, list[str]] = {}
     for section in ("common", platform):
         for name, paths in data.get(section, {}).get("groups", {}).items():
@@ -203,7 +203,7 @@ def security_groups(platform: str) -> dict[str, tuple[str, ...]]:
 
 def domain_groups() -> dict[str, tuple[str, ...]]:
     """The host groups of the shipped security list (``[domains]``), for ``group:NAME`` in domain lists."""
-    data = tomllib.loads(resources.files("supervisor").joinpath("data/security.toml").read_text())
+    data = tomllib.loads(resources.files("nono_supervisor").joinpath("data/security.toml").read_text())
     return {name: tuple(hosts) for name, hosts in data.get("domains", {}).items()}
 
 
@@ -281,7 +281,7 @@ def _find_profile(name: str, ctx: Context, relative_to: Path | None) -> tuple[st
         user = Path(ctx.config_dir) / "profiles" / f"{name}.toml"
         if user.is_file():
             return str(user), user
-    builtin = resources.files("supervisor").joinpath(f"data/profiles/{name}.toml")
+    builtin = resources.files("nono_supervisor").joinpath(f"data/profiles/{name}.toml")
     if not builtin.is_file():
         raise UsageError(f"--profile: no profile named '{name}'")
     return f"built-in {name}", None
@@ -298,7 +298,7 @@ def _load_chain(name: str, ctx: Context) -> list[tuple[str, dict[str, Any]]]:
             raise UsageError(f"{label}: 'extends' forms a cycle")
         seen.add(label)
         if path is None:
-            text = resources.files("supervisor").joinpath(f"data/profiles/{name}.toml").read_text()
+            text = resources.files("nono_supervisor").joinpath(f"data/profiles/{name}.toml").read_text()
             data = tomllib.loads(text)
         else:
             data = _read_toml(path)

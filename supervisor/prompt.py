@@ -3,7 +3,7 @@
 Answers come only from the terminal the supervisor was started on (DESIGN invariant 5), and only a
 deliberate one counts (invariant 9): whatever arrives within ``GUARD_SECONDS`` of a question being drawn is
 discarded (the input is flushed again at its end), escape sequences are dropped whole (terminal replies
-hold letters: ``supervisor.answer``), and an answer is one letter and Enter. ``always`` on a path of a deny
+hold letters: ``answer``), and an answer is one letter and Enter. ``always`` on a path of a deny
 group or ``--deny`` asks a second, different confirmation: the word ``always``.
 
 While a question is on screen (and only then), every proxy of the terminal that lent it (``lend``) is
@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
-from supervisor.answer import ANSWERS, CANCEL, NEED_DATA, AnswerReader, Line, interpret
+from nono_supervisor.answer import ANSWERS, CANCEL, NEED_DATA, AnswerReader, Line, interpret
 
 __all__ = [
     "TtyGuard",

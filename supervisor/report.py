@@ -7,10 +7,10 @@ import re
 import threading
 from dataclasses import dataclass, replace
 
-from supervisor.access import hint_for
-from supervisor.audit import AuditLog
-from supervisor.policy import Policy
-from supervisor.prompt import shown as escaped
+from nono_supervisor.access import hint_for
+from nono_supervisor.audit import AuditLog
+from nono_supervisor.policy import Policy
+from nono_supervisor.prompt import shown as escaped
 
 __all__ = ["CommandReport", "Denied"]
 
@@ -104,7 +104,7 @@ class CommandReport:
         if not first or not what.pid:
             return
         try:
-            from supervisor.linux.kernel import pidfd_getfd  # only the Linux backend reports a pid
+            from nono_supervisor.linux.kernel import pidfd_getfd  # only the Linux backend reports a pid
 
             stderr = pidfd_getfd(what.pid, 2)
         except OSError:

@@ -24,15 +24,15 @@ from pathlib import Path
 from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
 from nono_shell.personality import command_text
-from supervisor.access import OPS
-from supervisor.backend import finish, start_sandboxed
-from supervisor.consent import Consent
-from supervisor.errors import NonoError
-from supervisor.launcher import TerminalLease, status_code
-from supervisor.policy import Grant
-from supervisor.prompt import GRANTING, Question
-from supervisor.report import CommandReport
-from supervisor.session import Session
+from nono_supervisor.access import OPS
+from nono_supervisor.backend import finish, start_sandboxed
+from nono_supervisor.consent import Consent
+from nono_supervisor.errors import NonoError
+from nono_supervisor.launcher import TerminalLease, status_code
+from nono_supervisor.policy import Grant
+from nono_supervisor.prompt import GRANTING, Question
+from nono_supervisor.report import CommandReport
+from nono_supervisor.session import Session
 
 __all__ = ["Server"]
 

@@ -18,14 +18,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nono_shell.personality import SHELLS
-from supervisor import paths
-from supervisor.access import AccessIndex
-from supervisor.audit import AuditLog
-from supervisor.errors import UsageError
-from supervisor.grants import GrantStore, to_policy_grants
-from supervisor.policy import Context, Grant, Policy, PolicyOptions, expand, resolve_policy, security_groups
-from supervisor.prompt import Prompter
-from supervisor.shims import package_root, write_shims
+from nono_supervisor import paths
+from nono_supervisor.access import AccessIndex
+from nono_supervisor.audit import AuditLog
+from nono_supervisor.errors import UsageError
+from nono_supervisor.grants import GrantStore, to_policy_grants
+from nono_supervisor.policy import (
+    Context,
+    Grant,
+    Policy,
+    PolicyOptions,
+    expand,
+    resolve_policy,
+    security_groups,
+)
+from nono_supervisor.prompt import Prompter
+from nono_supervisor.shims import package_root, write_shims
 
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
@@ -118,7 +126,7 @@ class Session:
     audit_path: Path | None = None
     trap: bool = True  # seccomp user notification on top of Landlock (False: --no-trap, Landlock only)
     socket_path: Path | None = None  # where this session's supervisor listens, if it does
-    # The agent's profile (supervisor.agents.AgentProfile) under `run`: its state and install tree are the
+    # The agent's profile (agents.AgentProfile) under `run`: its state and install tree are the
     # agent's baseline only; its state is sealed from every command (CONTRACT: never grantable).
     agent: object | None = None
 
@@ -152,7 +160,7 @@ class Session:
         self._own_ttys = {os.fstat(fd).st_rdev for fd in (0, 1, 2) if os.isatty(fd)}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
-        self._netproxy = None  # domains mode: the session's proxy (supervisor.netproxy), started at first use
+        self._netproxy = None  # domains mode: the session's proxy (netproxy), started at first use
         self._net_lock = threading.Lock()
 
     @classmethod
@@ -223,7 +231,7 @@ class Session:
     def _resolve_agent(self, platform: str) -> Policy:
         if self.agent is None:
             return self._base
-        from supervisor.agents import list_only
+        from nono_supervisor.agents import list_only
 
         ctx = replace(self.context(platform), sealed=_own_terminal_names())  # its state is not sealed from it
         policy = resolve_policy(self.options, ctx)
@@ -238,8 +246,8 @@ class Session:
 
     @functools.cached_property
     def toolchain(self):
-        """The user's toolchain from PATH (supervisor.agents.toolchain), computed once, at start."""
-        from supervisor.agents import toolchain
+        """The user's toolchain from PATH (nono_supervisor.agents.toolchain), computed once, at start."""
+        from nono_supervisor.agents import toolchain
 
         return toolchain(self.env, self.home, skip=(self.workdir, self.tmpdir, self.runtime_dir))
 
@@ -478,7 +486,7 @@ class Session:
         """The session's network proxy (domains mode): listening on loopback from the first call on."""
         with self._net_lock:
             if self._netproxy is None:
-                from supervisor.netproxy import NetProxy
+                from nono_supervisor.netproxy import NetProxy
 
                 self._netproxy = NetProxy(self).start()
             return self._netproxy

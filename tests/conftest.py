@@ -66,7 +66,7 @@ def nobody_unavailable() -> str | None:
     if shutil.which("setpriv") is None:
         return "needs setpriv (util-linux) to drop to uid 65534"
     probe = subprocess.run(
-        as_nobody([sys.executable, "-c", "import nono_shell.client, supervisor.linux._spawn"]),
+        as_nobody([sys.executable, "-c", "import nono_shell.client, nono_supervisor.linux._spawn"]),
         cwd="/",
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -242,9 +242,9 @@ def run_sandboxed(
     """argv under ``start_sandboxed`` in this process, stdout a pipe: (exit code, stdout, the process, its
     notify loop ended). ``options``: the PolicyOptions (the default policy); ``start``: start_sandboxed's
     keywords (trap, consent, on_decision, left_to_landlock...)."""
-    from supervisor.backend import start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.backend import start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     session = Session.create(options or PolicyOptions(), env=home.env, workdir=str(home.work))
     read_end, write_end = os.pipe()

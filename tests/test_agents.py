@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import SUPERVISOR, Home
-from supervisor import agents
-from supervisor.consent import Consent
-from supervisor.policy import NEVER_GRANTABLE, Context, PolicyOptions
-from supervisor.report import CommandReport
-from supervisor.session import Session
+from nono_supervisor import agents
+from nono_supervisor.consent import Consent
+from nono_supervisor.policy import NEVER_GRANTABLE, Context, PolicyOptions
+from nono_supervisor.report import CommandReport
+from nono_supervisor.session import Session
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sessions")
 
@@ -317,7 +317,7 @@ def test_the_jvms_perf_data_is_a_silent_probe_that_a_grant_still_grants(home):
     try:
         assert granted.access_index(granted.policy).verdict(f"{perf_data}/4242", "write").allowed
         if sys.platform.startswith("linux"):
-            from supervisor.linux.landlock import abi_version, compile_plan
+            from nono_supervisor.linux.landlock import abi_version, compile_plan
 
             policy = granted.policy
             assert policy.probes  # the probes add no Landlock rule and carve nothing out of /tmp

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import grants as grants_mod
-from supervisor import paths
-from supervisor.errors import NonoError, UsageError
-from supervisor.grants import GrantStore, StoredGrant, to_policy_grants
-from supervisor.policy import Grant
+from nono_supervisor import grants as grants_mod
+from nono_supervisor import paths
+from nono_supervisor.errors import NonoError, UsageError
+from nono_supervisor.grants import GrantStore, StoredGrant, to_policy_grants
+from nono_supervisor.policy import Grant
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -350,7 +350,7 @@ def test_killed_mid_write_keeps_old_file(store: GrantStore, tmp_path: Path) -> N
         f"""
         import os, signal
         from pathlib import Path
-        from supervisor.grants import GrantStore
+        from nono_supervisor.grants import GrantStore
         os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
         GrantStore(Path({str(store.path)!r})).add("/second", "write", "dir")
         """

@@ -97,9 +97,9 @@ def test_a_unix_socket_hint_lets_the_connect_through(home):
 
 
 def test_never_grantable_paths_name_no_flag(home):
-    import supervisor
+    import nono_supervisor
 
-    package = supervisor.__path__[0]
+    package = nono_supervisor.__path__[0]
     denied = _exec(home, f"mkdir {package}/nono-test-dir")
     assert denied.returncode != 0
     lines = [line for line in denied.stderr.splitlines() if line.startswith("nono: denied")]

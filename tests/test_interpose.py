@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.interpose import check_loadable, library_path
+from nono_supervisor.interpose import check_loadable, library_path
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD routing is Linux")
 
@@ -502,7 +502,7 @@ def test_routed_spawn_with_an_env_too_large_to_copy_fails_e2big(box: Sandbox) ->
     )
 
 
-# --- supervisor.interpose -------------------------------------------------------------------------------
+# --- nono_supervisor.interpose ---------------------------------------------------------------------------
 
 
 def test_library_path_finds_the_pip_built_library(lib: Path) -> None:

@@ -23,9 +23,9 @@ import pytest
 from test_interpose import C_METHODS
 
 import nono_shell
-import supervisor
+import nono_supervisor
 from conftest import FAKE_KEY, SUPERVISOR, Home
-from supervisor.interpose import library_path
+from nono_supervisor.interpose import library_path
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD routing is Linux")
 
@@ -367,36 +367,38 @@ def test_a_shell_inside_a_command_is_one_more_command_not_a_loop(request, user):
 def broken_install(built: Built, tmp_path: Path) -> Path:
     """A copy of the installed packages whose interposition library is a library the loader refuses.
 
-    ``run`` has no option naming the library: it preloads the one next to the ``supervisor`` package that
+    ``run`` has no option naming the library: it preloads the one next to the ``nono_supervisor`` package that
     is imported. So the test imports a copy (PYTHONPATH comes before the installed packages) whose
     ``_interpose*.so`` is ``tests/c/broken_preload.c``.
     """
     lib = library_path()
-    assert lib is not None, "supervisor/_interpose*.so is missing: `pip install -e .` builds it"
+    assert lib is not None, "nono_supervisor/_interpose*.so is missing: `pip install -e .` builds it"
     site = tmp_path / "site"
-    for package in (supervisor, nono_shell):
+    for package in (nono_supervisor, nono_shell):
         source = Path(package.__file__).resolve().parent
-        shutil.copytree(source, site / source.name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copyfile(built.broken_preload, site / "supervisor" / lib.name)
+        shutil.copytree(source, site / package.__name__, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(built.broken_preload, site / "nono_supervisor" / lib.name)
     return site
 
 
 def supervisor_from(site: Path, home: Home, *args: str) -> subprocess.CompletedProcess:
     return home.run(
-        [sys.executable, "-c", "from supervisor.cli import main; main()", *args],
+        [sys.executable, "-c", "from nono_supervisor.cli import main; main()", *args],
         env={**home.env, "PYTHONPATH": str(site)},
         stdin=subprocess.DEVNULL,
     )
 
 
 def test_the_copy_with_the_broken_library_is_what_gets_imported(home, broken_install):
-    code = "from supervisor.interpose import library_path; print(library_path())"
+    code = "from nono_supervisor.interpose import library_path; print(library_path())"
     result = home.run(
         [sys.executable, "-c", code],
         env={**home.env, "PYTHONPATH": str(broken_install)},
         stdin=subprocess.DEVNULL,
     )
-    assert result.stdout.strip() == str(broken_install / "supervisor" / library_path().name), result.stderr
+    assert result.stdout.strip() == str(broken_install / "nono_supervisor" / library_path().name), (
+        result.stderr
+    )
 
 
 def test_run_exits_125_with_one_line_when_the_library_cannot_load(home, broken_install):

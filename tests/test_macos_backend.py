@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_KEY, Home, pid_alive
-from supervisor import backend
-from supervisor.errors import SandboxError
-from supervisor.launcher import status_code
-from supervisor.macos import launch, runner
-from supervisor.macos.launch import SeatbeltDenial, macos_policy
-from supervisor.macos.process import SandboxedProcess, wait_status
-from supervisor.policy import Grant, PolicyOptions
-from supervisor.report import CommandReport
-from supervisor.session import Session
+from nono_supervisor import backend
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.launcher import status_code
+from nono_supervisor.macos import launch, runner
+from nono_supervisor.macos.launch import SeatbeltDenial, macos_policy
+from nono_supervisor.macos.process import SandboxedProcess, wait_status
+from nono_supervisor.policy import Grant, PolicyOptions
+from nono_supervisor.report import CommandReport
+from nono_supervisor.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,8 +226,8 @@ def test_backends_do_not_import_each_other(mine: str, theirs: str) -> None:
 def test_the_darwin_branch_imports_on_linux_without_the_linux_backend() -> None:
     code = (
         "import sys\n"
-        "import supervisor.macos.launch, supervisor.macos.process\n"
-        "assert 'supervisor.linux' not in sys.modules, sorted(m for m in sys.modules if 'linux' in m)\n"
+        "import nono_supervisor.macos.launch, nono_supervisor.macos.process\n"
+        "assert 'nono_supervisor.linux' not in sys.modules, sorted(m for m in sys.modules if 'linux' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -241,7 +241,7 @@ def _bootstrap(record: Path, error: str | None) -> str:
     """The helper's bootstrap with the one OS call faked: sandbox_init records the profile (or refuses)."""
     return (
         "import sys; sys.path.insert(0, sys.argv[1]); del sys.argv[1]\n"
-        "from supervisor.macos.runner import main\n"
+        "from nono_supervisor.macos.runner import main\n"
         "class Lib:\n"
         "    def init(self, profile):\n"
         f"        with open({str(record)!r}, 'w') as f: f.write(profile)\n"
@@ -514,7 +514,7 @@ def test_ctty_makes_the_pty_the_command_s_controlling_terminal(darwin: FakeSeam,
 
 @pytest.fixture
 def served(darwin: FakeSeam, home: Home):
-    from supervisor.server import Server
+    from nono_supervisor.server import Server
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work), shims=True)
     server = Server(session, session.runtime_dir / "socket")

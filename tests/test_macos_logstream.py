@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import UsageError
-from supervisor.macos.logstream import (
+from nono_supervisor.errors import UsageError
+from nono_supervisor.macos.logstream import (
     Denial,
     LogMonitor,
     LogParser,
@@ -22,8 +22,8 @@ from supervisor.macos.logstream import (
     parse_event_message,
     stderr_denials,
 )
-from supervisor.macos.seatbelt import generate_profile
-from supervisor.policy import Context, PolicyOptions, resolve_policy
+from nono_supervisor.macos.seatbelt import generate_profile
+from nono_supervisor.policy import Context, PolicyOptions, resolve_policy
 
 DATA = Path(__file__).parent / "data" / "macos"
 CHROME_STATE = "/Users/alice/Library/Application Support/Google/Chrome/Local State"

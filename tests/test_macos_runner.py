@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import SandboxError
-from supervisor.macos import runner
-from supervisor.macos.runner import LaunchPlan, apply_and_exec, load_libsandbox, main, prepare, spawn
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.macos import runner
+from nono_supervisor.macos.runner import LaunchPlan, apply_and_exec, load_libsandbox, main, prepare, spawn
 
 PROFILE = '(version 1)\n(deny default (with message "nono:s1-c1"))\n'
 PROFILE += '(allow file-read* (subpath "/Users/é \\"q\\""))\n'
@@ -165,9 +165,9 @@ def test_importing_the_macos_backend_loads_no_library() -> None:
         "loaded = []\n"
         "real = ctypes.CDLL.__init__\n"
         "ctypes.CDLL.__init__ = lambda self, *a, **k: (loaded.append(a), real(self, *a, **k))[1]\n"
-        "import supervisor.macos.runner, supervisor.macos.logstream, supervisor.macos.seatbelt\n"
+        "from nono_supervisor.macos import runner, logstream, seatbelt\n"
         "assert not loaded, loaded\n"
-        "assert 'supervisor.linux' not in sys.modules\n"
+        "assert 'nono_supervisor.linux' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
@@ -286,7 +286,7 @@ def test_bad_helper_arguments(capsys) -> None:
 # was given next to the command's output (and refuses it when asked to).
 _TEST_BOOTSTRAP = (
     "import sys, os; sys.path.insert(0, sys.argv[1]); del sys.argv[1]\n"
-    "from supervisor.macos.runner import main\n"
+    "from nono_supervisor.macos.runner import main\n"
     "class Lib:\n"
     "    def init(self, profile):\n"
     "        open(os.path.join(os.getcwd(), 'applied.sb'), 'w').write(profile)\n"
@@ -337,9 +337,9 @@ def test_real_helper_off_macos_fails_closed(tmp_path: Path) -> None:
 
 
 def test_helper_ignores_a_hijacking_package_in_the_workdir(tmp_path: Path) -> None:
-    """The helper runs unconfined in the command's cwd until sandbox_init: a `supervisor/` package planted
-    there must not be imported (isolated interpreter, package root given explicitly)."""
-    evil = tmp_path / "supervisor"
+    """The helper runs unconfined in the command's cwd until sandbox_init: a `nono_supervisor/`
+    package planted there must not be imported (isolated interpreter, package root given explicitly)."""
+    evil = tmp_path / "nono_supervisor"
     (evil / "macos").mkdir(parents=True)
     (evil / "__init__.py").write_text("open('pwned', 'w').close()\n")
     (evil / "macos" / "__init__.py").write_text("")

@@ -25,14 +25,14 @@ import pexpect
 import pytest
 
 from conftest import SUPERVISOR, Home
-from supervisor import netpolicy
-from supervisor.audit import AuditLog
-from supervisor.errors import UsageError
-from supervisor.grants import DOMAIN, GrantStore, to_domain_patterns, to_policy_grants
-from supervisor.netpolicy import decide, network_hint, parse_pattern, split_authority
-from supervisor.netproxy import TEST_HOSTS_VAR, NetClient, NetProxy, proxy_environment
-from supervisor.policy import Context, PolicyOptions, resolve_policy
-from supervisor.prompt import GUARD_SECONDS
+from nono_supervisor import netpolicy
+from nono_supervisor.audit import AuditLog
+from nono_supervisor.errors import UsageError
+from nono_supervisor.grants import DOMAIN, GrantStore, to_domain_patterns, to_policy_grants
+from nono_supervisor.netpolicy import decide, network_hint, parse_pattern, split_authority
+from nono_supervisor.netproxy import TEST_HOSTS_VAR, NetClient, NetProxy, proxy_environment
+from nono_supervisor.policy import Context, PolicyOptions, resolve_policy
+from nono_supervisor.prompt import GUARD_SECONDS
 
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 NAMES = ("allowed", "denied", "api", "once", "keep", "nope", "other", "c0", "c1", "c2", "c3")
@@ -673,7 +673,7 @@ def test_domain_grants_are_stored_listed_and_never_reach_a_filesystem_ruleset(ho
 
 
 def test_the_filter_traps_the_same_sockets_in_domains_mode_as_under_net_block():
-    from supervisor.linux import seccomp
+    from nono_supervisor.linux import seccomp
 
     assert seccomp.build_program("domains") == seccomp.build_program("block") == seccomp.build_program(True)
     assert seccomp.build_program("open") == seccomp.build_program(False) != seccomp.build_program("block")
@@ -696,9 +696,9 @@ for port in sys.argv[1:]:
 def test_landlock_lets_tcp_connect_reach_only_the_proxy_port(home):
     """The kernel's backstop, with no seccomp layer at all: connect() to the proxy's port works, any other
     port is EACCES from Landlock itself."""
-    from supervisor.linux import landlock, sandbox
-    from supervisor.linux.kernel import probe
-    from supervisor.session import Session
+    from nono_supervisor.linux import landlock, sandbox
+    from nono_supervisor.linux.kernel import probe
+    from nono_supervisor.session import Session
 
     abi = probe().landlock_abi
     if abi < 4:

@@ -13,7 +13,7 @@ import pexpect
 import pytest
 
 from conftest import FAKE_AWS, FAKE_KEY, SUPERVISOR, Home, wait_until
-from supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.prompt import GUARD_SECONDS
 
 SECRET = "nono-test-aws-secret-41d2"
 QUESTION = "wants to read ~/.aws/credentials"
@@ -442,7 +442,7 @@ def test_the_question_names_the_program_that_asked(home):
 
 
 def test_a_revoke_reaches_a_running_session(home):
-    from supervisor.grants import GrantStore
+    from nono_supervisor.grants import GrantStore
 
     grant = GrantStore(_grants(home)).add(str(home.aws), "read", "file", command="test")
     child = _agent(home)

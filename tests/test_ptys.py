@@ -130,7 +130,7 @@ def test_a_question_never_wakes_a_closed_proxy_through_a_reused_fd_number(monkey
     """The swap: a question's thread checks that the proxy is running, the proxy closes its wake pipe, the
     kernel gives the pipe's number to another file, and then the thread writes its wake byte there.
     Here the write is held between the check and the syscall while the proxy closes."""
-    from supervisor import launcher
+    from nono_supervisor import launcher
 
     proxy = launcher._Proxy(keys=None, screen=-1)
     master_read, master = os.pipe()  # stands in for the pty master; only closed here

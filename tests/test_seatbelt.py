@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.errors import UsageError
-from supervisor.macos.seatbelt import FORBIDDEN_OPERATIONS, generate_profile, sbpl_string
-from supervisor.policy import Context, Deny, Grant, Policy, PolicyOptions, resolve_policy
+from nono_supervisor.errors import UsageError
+from nono_supervisor.macos.seatbelt import FORBIDDEN_OPERATIONS, generate_profile, sbpl_string
+from nono_supervisor.policy import Context, Deny, Grant, Policy, PolicyOptions, resolve_policy
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "seatbelt"
@@ -505,4 +505,4 @@ def test_macos_backend_never_imports_the_linux_backend() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
-            assert not any(n.startswith("supervisor.linux") for n in names), path
+            assert not any(n.startswith("nono_supervisor.linux") for n in names), path

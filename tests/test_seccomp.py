@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_KEY, NOBODY, SUPERVISOR, Home, run_sandboxed
-from supervisor.linux.seccomp import BLOCKED, TRAPS
+from nono_supervisor.linux.seccomp import BLOCKED, TRAPS
 
 C_DIR = Path(__file__).parent / "c"
 KEY_MARKER = "nono-test-secret-7f3a9c"
@@ -38,7 +38,7 @@ USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 
 
 def test_every_trap_has_a_handler():
-    from supervisor.linux.notify import _dispatch_table, handler_for
+    from nono_supervisor.linux.notify import _dispatch_table, handler_for
 
     for trap in TRAPS:
         assert callable(handler_for(trap.kind)), trap.name
@@ -237,7 +237,7 @@ def test_int80_open_of_the_key_is_killed(home):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_notify_loop_fails_closed_mid_command(home, monkeypatch):
     """Invariant 4: once the loop dies its listener closes, and trapped syscalls fail instead of passing."""
-    from supervisor.linux import notify
+    from nono_supervisor.linux import notify
 
     class DiesAfter(notify.NotifyLoop):
         answered = 0

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import FAKE_KEY, SUPERVISOR, start_supervisor
 from nono_shell import protocol, transport
-from supervisor import server
+from nono_supervisor import server
 
 # Runs inside a command: opens connections to $NONO_SOCKET and never completes a request.
 #   memory COUNT SIZE SECONDS: each claims a SIZE-byte frame and sends all but its last byte
@@ -442,7 +442,7 @@ def test_twin_writable_audit_log_records_the_denial(nobody_supervisor):
 
 
 def test_audit_write_never_raises(tmp_path, capfd):
-    from supervisor.audit import AuditLog
+    from nono_supervisor.audit import AuditLog
 
     log = AuditLog(tmp_path / "audit.jsonl", "s1")
     (tmp_path / "audit.jsonl").mkdir()  # EISDIR even for root

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import nono_shell
-import supervisor
+import nono_supervisor
 from conftest import Home
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox here is Linux")
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 def _fresh_copy(home: Home) -> Path:
     """Both packages copied without bytecode into a world-traversable dir outside every grant."""
     site = home.root / "site"
-    for package in (nono_shell, supervisor):
+    for package in (nono_shell, nono_supervisor):
         source = Path(package.__file__).resolve().parent
-        shutil.copytree(source, site / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(source, site / package.__name__, ignore=shutil.ignore_patterns("__pycache__"))
     return site
 
 
@@ -44,7 +44,7 @@ SUPERVISOR_BYTECODE = pytest.mark.parametrize(
     [{}, {"PYTHONDONTWRITEBYTECODE": "1"}],
     ids=["supervisor-caches", "supervisor-writes-none"],
 )
-FROM_COPY = [sys.executable, "-c", "from supervisor.cli import main; main()"]
+FROM_COPY = [sys.executable, "-c", "from nono_supervisor.cli import main; main()"]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nono_shell import protocol, transport
-from supervisor import shims
+from nono_supervisor import shims
 
 pytestmark = pytest.mark.skipif(shims.client_path() is None, reason="the C client is not built")
 
@@ -335,7 +335,7 @@ def test_fail_closed_as_the_python_client(both, env, tmp_path, case):
 
 
 def test_a_shim_of_the_c_client_is_known_as_a_shim(both):
-    from supervisor.session import is_nono_shim
+    from nono_supervisor.session import is_nono_shim
 
     assert is_nono_shim(str(both["c"] / "bash"))
     assert not is_nono_shim(shims.client_path())  # the interpreter itself is no shell either way

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed
-from supervisor.linux import notify, seccomp
+from nono_supervisor.linux import notify, seccomp
 
 C_DIR = Path(__file__).parent / "c"
 
@@ -55,7 +55,7 @@ def _exec(home, *argv, flags=("--allow", "~"), **kw):
 
 def _in_process(home, argv, *, consent=None, left_to_landlock=True):
     """argv under start_sandboxed here as a command, on --allow ~: (status, stdout, decisions, loop stats)."""
-    from supervisor.policy import PolicyOptions
+    from nono_supervisor.policy import PolicyOptions
 
     seen = []
     status, out, process = run_sandboxed(
@@ -438,7 +438,7 @@ def test_a_loop_that_must_see_every_read_gets_them_all(home):
 
     assert not notify.wants_every_notification(notify.NotifyLoop)
     assert notify.wants_every_notification(Watching) and notify.wants_every_notification(Flagged)
-    from supervisor.backend import _ask_again_library
+    from nono_supervisor.backend import _ask_again_library
 
     assert _ask_again_library(notify.NotifyLoop, linked=False) == notify.ask_again_library()
     assert _ask_again_library(Watching, linked=False) is None
@@ -595,9 +595,9 @@ def test_reading_every_processs_environ_is_reported_in_one_line(home):
 
 
 def test_one_processs_proc_entry_keeps_its_own_line_and_the_agent_is_told_once(home, capfd):
-    from supervisor.policy import PolicyOptions
-    from supervisor.report import CommandReport, Denied
-    from supervisor.session import Session
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.report import CommandReport, Denied
+    from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:

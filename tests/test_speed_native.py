@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed
-from supervisor.linux import _notify, notify
-from supervisor.linux.decisions import CONTINUE
-from supervisor.linux.landlock import ACCESS_FS, READ, WRITE, LandlockPlan, RightsIndex, Rule, handled_fs
-from supervisor.linux.seccomp import TRAPS
+from nono_supervisor.linux import _notify, notify
+from nono_supervisor.linux.decisions import CONTINUE
+from nono_supervisor.linux.landlock import ACCESS_FS, READ, WRITE, LandlockPlan, RightsIndex, Rule, handled_fs
+from nono_supervisor.linux.seccomp import TRAPS
 
 A = ACCESS_FS
 # What each trapped syscall's fast path is, written out (not derived): the C table must say the same.
@@ -127,9 +127,9 @@ def test_the_c_rights_table_is_rights_index():
 def test_a_symlinked_system_directory_is_looked_up_where_it_leads(tmp_path):
     """On a merged /usr, /lib and /bin are links: the loader's opens of /lib/... and an exec of /bin/bash
     are decided on the fast path by the rules of /usr/lib and /usr/bin, where the kernel finds them."""
-    from supervisor.linux.landlock import compile_plan
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.linux.landlock import compile_plan
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     if not os.path.islink("/lib"):
         pytest.skip("/lib is not a symlink here")
@@ -192,9 +192,9 @@ def tree(tmp_path, monkeypatch):
 
 
 def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
-    from supervisor.access import AccessIndex
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.access import AccessIndex
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions())
     try:
@@ -391,9 +391,9 @@ def test_denials_read_and_written_through_the_c_loop_are_reported_as_without_it(
 
 
 def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
-    from supervisor.backend import finish, start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.backend import finish, start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     (home.work / "data").write_text("data\n")
     script = textwrap.dedent(f"""
@@ -466,7 +466,7 @@ def test_a_dead_c_loop_fails_closed_mid_command(home, monkeypatch):
 def test_what_the_c_loop_read_is_what_python_decides_on(home, monkeypatch):
     """Read once: an escalated notification's path reaches the Python handler as the bytes C read; the
     handler does not read the target's memory again."""
-    from supervisor.linux.resolve import Reader
+    from nono_supervisor.linux.resolve import Reader
 
     reads = []
     original = Reader.read_string
@@ -498,9 +498,9 @@ def test_without_the_extension_the_python_loop_answers(home):
 def test_the_c_loop_answers_with_its_effective_capabilities_dropped(home, monkeypatch):
     """What the supervisor does for a command it does with the command's powers: the C loop clears its
     thread's effective capabilities before it answers anything (as emulate.drop_capabilities)."""
-    from supervisor.backend import finish, start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.backend import finish, start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     if os.geteuid() != 0:
         pytest.skip("only root has capabilities to drop")
@@ -533,9 +533,9 @@ def test_notify_loops_run_on_kept_threads(home):
     bounded (16 idle at most)."""
     import threading
 
-    from supervisor.backend import finish, start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.backend import finish, start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:

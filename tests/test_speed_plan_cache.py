@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from supervisor.linux import landlock
-from supervisor.linux.kernel import probe
-from supervisor.policy import PolicyOptions
-from supervisor.session import Session
+from nono_supervisor.linux import landlock
+from nono_supervisor.linux.kernel import probe
+from nono_supervisor.policy import PolicyOptions
+from nono_supervisor.session import Session
 
 ABI = probe().landlock_abi
 
@@ -106,7 +106,7 @@ def test_a_grant_that_appears_later_recompiles(home, settled):
 def test_a_symlinked_grant_retargeted_recompiles(home, settled, tmp_path):
     from dataclasses import replace
 
-    from supervisor.policy import Grant
+    from nono_supervisor.policy import Grant
 
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -196,7 +196,7 @@ def test_the_route_reuses_the_plan_and_a_new_directory_is_granted_at_once(home, 
     """Through start_sandboxed (Landlock alone, so only the plan can grant it): the second command reuses
     the first's plan; after a new directory appears in ~ (a sibling of the denied ~/.ssh), the next command
     may write in it without any emulation."""
-    from supervisor import backend
+    from nono_supervisor import backend
 
     monkeypatch.setattr(landlock, "_RACY_NS", 0)
     monkeypatch.setattr(landlock, "_RACY_FINE_NS", 0)

@@ -13,15 +13,15 @@ import time
 import pytest
 
 from conftest import run_sandboxed
-from supervisor.linux import sandbox
+from nono_supervisor.linux import sandbox
 
 pytestmark = pytest.mark.skipif(not os.access(sandbox.KEEPER, os.X_OK), reason="nono-keeper is not built")
 
 
 def _start(home, script: str, **kw):
-    from supervisor.backend import start_sandboxed
-    from supervisor.policy import PolicyOptions
-    from supervisor.session import Session
+    from nono_supervisor.backend import start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     process = start_sandboxed(
@@ -115,7 +115,7 @@ def test_the_command_inherits_its_stdio_and_nothing_else(home, trap):
 
 
 def test_without_nono_keeper_the_keeper_is_a_fork_as_before(home):
-    from supervisor.linux import _spawn
+    from nono_supervisor.linux import _spawn
 
     _spawn.set_keeper(b"")
     try:

@@ -335,7 +335,7 @@ static PyMethodDef Rights_methods[] = {
 };
 
 static PyTypeObject RightsType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.linux._notify.Rights",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "nono_supervisor.linux._notify.Rights",
     .tp_basicsize = sizeof(Rights),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The Landlock baseline's rules (path bytes -> rights), for the C fast path.",
@@ -480,7 +480,7 @@ static PyMethodDef Stamps_methods[] = {
 };
 
 static PyTypeObject StampsType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.linux._notify.Stamps",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "nono_supervisor.linux._notify.Stamps",
     .tp_basicsize = sizeof(Stamps),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "What a Landlock plan's compiler read of the filesystem (landlock._Fs), checked in C.",
@@ -973,7 +973,7 @@ static PyMethodDef Loop_methods[] = {
 };
 
 static PyTypeObject LoopType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.linux._notify.Loop",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "nono_supervisor.linux._notify.Loop",
     .tp_basicsize = sizeof(Loop),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One command's notify loop: the fast path in C, everything else through a callback.",
@@ -985,7 +985,7 @@ static PyTypeObject LoopType = {
 
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
-    .m_name = "supervisor.linux._notify",
+    .m_name = "nono_supervisor.linux._notify",
     .m_doc = "The seccomp notify loop's GIL-free fast path (see notify.py).",
     .m_size = -1,
 };

@@ -24,8 +24,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from supervisor.access import AccessIndex
-from supervisor.linux.resolve import Pin
+from nono_supervisor.access import AccessIndex
+from nono_supervisor.linux.resolve import Pin
 
 __all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "SETID_BITS"]
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from functools import cache
 
-from supervisor.linux.landlock import abi_version
+from nono_supervisor.linux.landlock import abi_version
 
 __all__ = ["KernelSupport", "probe", "pidfd_getfd"]
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from supervisor.errors import SandboxError
-from supervisor.policy import NEVER_GRANTABLE, Grant, Policy
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.policy import NEVER_GRANTABLE, Grant, Policy
 
 __all__ = [
     "ACCESS_FS",
@@ -187,7 +187,7 @@ class RightsIndex:
         """The same rules for the notify loop's C fast path (``_notify.Rights``), built once."""
         with self._native_lock:
             if self._native is None:
-                from supervisor.linux import _notify
+                from nono_supervisor.linux import _notify
 
                 rules = [(os.fsencode(path), rights) for path, rights in self._rules.items()]
                 aliases = [(os.fsencode(link), os.fsencode(real)) for link, real in self._aliases.items()]
@@ -373,7 +373,7 @@ class _Fs:
         """Every note still holds (one lstat, stat or readlink each; in C when it is built)."""
         if self._checker is None:
             try:
-                from supervisor.linux import _notify
+                from nono_supervisor.linux import _notify
             except ImportError:
                 self._checker = False
             else:

@@ -29,15 +29,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 
-from supervisor.access import AccessIndex
-from supervisor.linux import emulate, sockets
-from supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
-from supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
-from supervisor.linux.kernel import pidfd_getfd
-from supervisor.linux.landlock import ACCESS_FS, RightsIndex
-from supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
-from supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap
-from supervisor.procfs import process_of
+from nono_supervisor.access import AccessIndex
+from nono_supervisor.linux import emulate, sockets
+from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
+from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
+from nono_supervisor.linux.kernel import pidfd_getfd
+from nono_supervisor.linux.landlock import ACCESS_FS, RightsIndex
+from nono_supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
+from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap
+from nono_supervisor.procfs import process_of
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
 
@@ -1218,7 +1218,7 @@ def _native_loop(loop: NotifyLoop, listener: int, rights: RightsIndex):
     if os.environ.get("NONO_NOTIFY_NATIVE") == "0" or type(loop)._dispatch is not _DISPATCH:
         return None
     try:
-        from supervisor.linux import _notify
+        from nono_supervisor.linux import _notify
     except ImportError:
         return None
     return _notify.Loop(listener, rights.native(), native_table(), loop._linked)

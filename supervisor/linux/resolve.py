@@ -22,7 +22,7 @@ import re
 import stat
 from dataclasses import dataclass
 
-from supervisor.procfs import process_of
+from nono_supervisor.procfs import process_of
 
 __all__ = ["Reader", "Pin", "FdRef", "Errno", "resolve", "PATH_MAX"]
 
@@ -267,7 +267,7 @@ class _Walk:
 
 
 def _pidfd_getfd(tid: int, fd: int) -> int:
-    from supervisor.linux.kernel import pidfd_getfd
+    from nono_supervisor.linux.kernel import pidfd_getfd
 
     return pidfd_getfd(tid, fd)
 

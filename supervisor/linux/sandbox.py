@@ -8,10 +8,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from supervisor.errors import SandboxError
-from supervisor.linux import _spawn
-from supervisor.linux.kernel import pidfd_getfd
-from supervisor.linux.landlock import LandlockPlan, create_ruleset
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.linux import _spawn
+from nono_supervisor.linux.kernel import pidfd_getfd
+from nono_supervisor.linux.landlock import LandlockPlan, create_ruleset
 
 __all__ = ["Launch", "Process", "start"]
 

@@ -27,15 +27,15 @@ import stat
 import struct
 from typing import TYPE_CHECKING
 
-from supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Value
-from supervisor.linux.kernel import pidfd_getfd
-from supervisor.linux.landlock import ACCESS_FS
-from supervisor.linux.resolve import FdRef, Pin, resolve_bytes
-from supervisor.linux.seccomp import MSG_FASTOPEN, Trap
-from supervisor.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
+from nono_supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Value
+from nono_supervisor.linux.kernel import pidfd_getfd
+from nono_supervisor.linux.landlock import ACCESS_FS
+from nono_supervisor.linux.resolve import FdRef, Pin, resolve_bytes
+from nono_supervisor.linux.seccomp import MSG_FASTOPEN, Trap
+from nono_supervisor.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
 
 if TYPE_CHECKING:
-    from supervisor.linux.notify import NotifyLoop
+    from nono_supervisor.linux.notify import NotifyLoop
 
 __all__ = [
     "on_connect",

@@ -35,17 +35,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from supervisor.access import AccessIndex
-from supervisor.errors import SandboxError
-from supervisor.macos import runner
-from supervisor.macos.logstream import Denial as LoggedDenial
-from supervisor.macos.logstream import LogMonitor
-from supervisor.macos.process import SandboxedProcess
-from supervisor.macos.seatbelt import generate_profile
-from supervisor.policy import Policy
+from nono_supervisor.access import AccessIndex
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.macos import runner
+from nono_supervisor.macos.logstream import Denial as LoggedDenial
+from nono_supervisor.macos.logstream import LogMonitor
+from nono_supervisor.macos.process import SandboxedProcess
+from nono_supervisor.macos.seatbelt import generate_profile
+from nono_supervisor.policy import Policy
 
 if TYPE_CHECKING:
-    from supervisor.session import Session
+    from nono_supervisor.session import Session
 
 __all__ = ["SeatbeltDenial", "macos_policy", "monitor_for", "start", "GRACE_SECONDS", "USER_SOURCE"]
 

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from supervisor.errors import UsageError
-from supervisor.macos.seatbelt import MARKER_PREFIX
+from nono_supervisor.errors import UsageError
+from nono_supervisor.macos.seatbelt import MARKER_PREFIX
 
 __all__ = [
     "Denial",

@@ -19,7 +19,7 @@ Child (``main``), in order:
   3. ``execve`` the command (``program``, or ``argv[0]``), in place: its pid is the helper's.
 
 The helper's own environment is minimal and its interpreter isolated (``-I``) because until step 2 it runs
-unconfined in the command's working directory: DYLD_INSERT_LIBRARIES, PYTHONPATH or a ``supervisor/``
+unconfined in the command's working directory: DYLD_INSERT_LIBRARIES, PYTHONPATH or a ``nono_supervisor/``
 package in the workdir would otherwise run the agent's code outside the sandbox.
 
 All OS calls that need macOS go through one seam, ``Libsandbox.init``, which tests replace.
@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from supervisor.errors import SandboxError
+from nono_supervisor.errors import SandboxError
 
 __all__ = [
     "LIBSANDBOX",
@@ -329,14 +329,14 @@ def main(
 
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[1]); del sys.argv[1]; "
-    "from supervisor.macos.runner import main; sys.exit(main())"
+    "from nono_supervisor.macos.runner import main; sys.exit(main())"
 )
 
 
 def _package_root() -> str:
-    import supervisor
+    import nono_supervisor
 
-    return os.path.dirname(os.path.dirname(os.path.abspath(supervisor.__file__)))
+    return os.path.dirname(os.path.dirname(os.path.abspath(nono_supervisor.__file__)))
 
 
 def helper_argv(plan_fd: int, status_fd: int, *, python: str | None = None) -> list[str]:

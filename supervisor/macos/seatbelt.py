@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-from supervisor.errors import UsageError
-from supervisor.policy import Deny, Grant, Policy
+from nono_supervisor.errors import UsageError
+from nono_supervisor.policy import Deny, Grant, Policy
 
 __all__ = ["generate_profile", "sbpl_string", "MARKER_PREFIX", "FORBIDDEN_OPERATIONS"]
 
