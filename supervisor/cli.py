@@ -231,7 +231,9 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         macos = session.policy_for("macos")
         print(generate_profile(macos), end="")
     elif fmt == "landlock":
-        print(json.dumps(_landlock_plan(session).to_json(), indent=2))
+        from nono_supervisor.backend import landlock_plan
+
+        print(json.dumps(landlock_plan(session).to_json(), indent=2))
     else:
         print(f"profile: {policy.profile} ({', '.join(policy.sources)})")
         print(f"workdir: {policy.workdir}\ntmpdir:  {policy.tmpdir}")
@@ -257,7 +259,9 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             for lost in NO_TRAP_GIVES_UP:
                 print(f"not enforced with --no-trap: {lost}")
         if sys.platform.startswith("linux"):
-            for note in _landlock_plan(session).notes:
+            from nono_supervisor.backend import landlock_plan
+
+            for note in landlock_plan(session).notes:
                 print(f"note: {note}")
         _print_agent(session)
 
@@ -282,13 +286,6 @@ def _print_network(policy: Policy) -> None:
             print("  (no host allowed to commands)")
     if policy.net_mode != "domains" and (policy.allow_domains or policy.deny_domains):
         print(f"note: allow_domains/deny_domains have no effect in network mode {policy.net_mode}")
-
-
-def _landlock_plan(session: Session):
-    from nono_supervisor.linux.kernel import probe
-    from nono_supervisor.linux.landlock import compile_plan
-
-    return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
 
 
 def _cmd_policy(args: argparse.Namespace, command: list[str] | None = None) -> int:

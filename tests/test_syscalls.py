@@ -86,6 +86,17 @@ def test_no_syscall_number_is_written_by_hand_in_python() -> None:
     assert {path: lines for path, lines in found.items() if lines} == {}
 
 
+def test_one_module_loads_libc_for_each_backend() -> None:
+    """linux/libc.py owns the Linux handle (six modules each loaded their own); macos/libc.py is macOS's."""
+    loaders = set()
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "CDLL":
+                if node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is None:
+                    loaders.add(str(path.relative_to(ROOT)))
+    assert loaders == {"supervisor/linux/libc.py", "supervisor/macos/libc.py"}
+
+
 def test_the_numbers_from_the_headers_are_libseccomp_s_for_this_machine() -> None:
     """Two independent tables agree: the kernel headers the extension was built against, and libseccomp's
     (where it knows the syscall: 2.5.4 has no setxattrat)."""
