@@ -18,7 +18,7 @@ from pathlib import Path
 import pyseccomp
 import pytest
 
-from conftest import Home, run_sandboxed
+from conftest import SUPERVISOR, Home, run_sandboxed
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux import _notify, emulate, libc, notify
 from nono_supervisor.linux.seccomp import TRAPS
@@ -220,3 +220,33 @@ def test_a_notify_loop_that_cannot_drop_capabilities_refuses_the_command(
         and "nothing was run" in message
     )
     assert not ran.exists()
+
+
+def _capabilities(status: str) -> dict[str, int]:
+    """CapInh, CapPrm, CapEff, CapAmb of a /proc/PID/status."""
+    fields = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+    return {name: int(fields[name], 16) for name in ("CapInh", "CapPrm", "CapEff", "CapAmb")}
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_capabilities_of_the_supervisor_do_not_reach_the_command(request, user: bool) -> None:
+    """A root supervisor's inheritable set became its commands' permitted and effective set at their
+    exec (the emptied bounding set does not limit it: a supervisor in a container of an older runtime,
+    whose root has CapInh, gave its commands CAP_DAC_OVERRIDE); a non-root supervisor's ambient set was
+    kept across it."""
+    if not user:
+        _root()
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    status = ["grep", "^Cap", "/proc/self/status"]
+
+    def run(argv: list[str]):
+        if user:  # uid 65534 with CAP_DAC_READ_SEARCH inheritable and ambient
+            return home.run(argv, user=True, caps=("dac_read_search",))
+        return home.run(["setpriv", "--inh-caps=+dac_override,+sys_admin", "--", *argv])  # root, inheritable
+
+    bare = run(status)
+    assert bare.returncode == 0, bare.stderr
+    assert _capabilities(bare.stdout)["CapEff"] != 0  # the twin: unsandboxed, the process has them
+    sandboxed = run([SUPERVISOR, "exec", "--", *status])
+    assert sandboxed.returncode == 0, sandboxed.stderr
+    assert _capabilities(sandboxed.stdout) == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapAmb": 0}
