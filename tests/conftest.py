@@ -61,6 +61,16 @@ def as_nobody(argv: list[str], caps: tuple[str, ...] = ()) -> list[str]:
     ]
 
 
+def syscall_numbers(*names: str) -> str:
+    """A line of Python defining ``NR``, name -> this machine's syscall number (libseccomp's table), for
+    the scripts tests run that make raw syscalls: a number written in them is one architecture's (openat
+    is 257 on x86-64, 56 on arm64), and elsewhere the script would test another syscall, or none."""
+    import pyseccomp
+
+    numbers = {name: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) for name in names}
+    return f"NR = {json.dumps(numbers)}\n"  # double quotes: a script may be put inside shell single quotes
+
+
 @functools.cache
 def nobody_unavailable() -> str | None:
     """Why nothing can be run as uid 65534 here (one line), or None when it can."""
