@@ -60,8 +60,9 @@ def _check(result: int) -> int:
     return result
 
 
-def _effective_capabilities(header: bytes) -> tuple[int, ...]:
-    data = ctypes.create_string_buffer(24)  # two struct __user_cap_data_struct: effective, permitted, inh.
+def _capabilities(header: bytes) -> tuple[int, ...]:
+    """The calling thread's (effective, permitted, inheritable) sets, low 32 bits then high 32 bits."""
+    data = ctypes.create_string_buffer(24)  # two struct __user_cap_data_struct
     libc.syscall(_SYS_CAPGET, header, data)
     return struct.unpack("=6I", data.raw)
 
@@ -70,7 +71,7 @@ def has_effective_capabilities() -> bool:
     """The calling thread holds an effective capability (a root supervisor's threads do), or the kernel
     would not say (then it is taken to: whoever asks waits for the drop, which fails closed)."""
     try:
-        effective = _effective_capabilities(struct.pack("=Ii", _CAP_VERSION_3, 0))
+        effective = _capabilities(struct.pack("=Ii", _CAP_VERSION_3, 0))
     except OSError:
         return True
     return bool(effective[0] or effective[3])
@@ -84,7 +85,7 @@ def drop_capabilities() -> None:
     capset that fails, as x86-64's numbers did on arm64, or a wrong number that "succeeds" doing something
     else). The loop then answers nothing and its command does not run (NotifyLoop.run)."""
     header = struct.pack("=Ii", _CAP_VERSION_3, 0)
-    _eff0, perm0, inh0, _eff1, perm1, inh1 = _effective_capabilities(header)
+    _eff0, perm0, inh0, _eff1, perm1, inh1 = _capabilities(header)
     libc.syscall(_SYS_CAPSET, header, struct.pack("=6I", 0, perm0, inh0, 0, perm1, inh1))
     if has_effective_capabilities():
         raise OSError(errno.EPERM, "effective capabilities still set after capset")
