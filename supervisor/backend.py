@@ -17,6 +17,7 @@ __all__ = [
     "start_sandboxed",
     "finish",
     "plan_cache",
+    "enforcement",
     "landlock_plan",
     "rename_noreplace",
     "stderr_of",
@@ -51,6 +52,17 @@ def plan_cache():
 
             _plans = PlanCache()
         return _plans
+
+
+def enforcement(trap: bool) -> str:
+    """What enforces a command's policy on this platform (``policy`` prints it)."""
+    if sys.platform == "darwin":
+        return (
+            "Seatbelt (sandbox_init); denials from log stream once the command ends, no questions in flight"
+        )
+    if not trap:
+        return "Landlock only (--no-trap): no reports, no emulated grants"
+    return "Landlock + seccomp user notification (reports, emulated grants, questions)"
 
 
 def landlock_plan(session: Session):

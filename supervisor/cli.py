@@ -247,13 +247,10 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             print(f"  probe      {policy.display(probe.pattern)}  [{probe.rule}]")
         _print_network(policy)
         print(f"prompt:  {policy.prompt} (now: {session.prompt_mode()})")
-        layers = (
-            "Landlock only (--no-trap): no reports, no emulated grants"
-            if not session.trap
-            else ("Landlock + seccomp user notification (reports, emulated grants, questions)")
-        )
-        print(f"enforced by: {layers}")
-        if not session.trap:
+        from nono_supervisor.backend import enforcement
+
+        print(f"enforced by: {enforcement(session.trap)}")
+        if not session.trap and sys.platform.startswith("linux"):
             from nono_supervisor.backend import NO_TRAP_GIVES_UP
 
             for lost in NO_TRAP_GIVES_UP:

@@ -531,7 +531,8 @@ class MacLibSystem:
     RENAME_NOREPLACE, so the server's socket really moves; every call is recorded."""
 
     def __init__(self, name=None, *args, **kw) -> None:
-        assert name is None, name
+        if name is not None:  # libsandbox and the like: this fake Mac has none
+            raise OSError(f"dlopen({name}, 6): image not found")
         self.calls: list[tuple] = []
         MacLibSystem.loaded.append(self)
 
@@ -581,6 +582,33 @@ def test_the_macos_libc_fake_has_none_of_linux_s_calls(macos_libc) -> None:
     # The server's start-up before issue 21 (renameat2 through its own handle) fails here, as on a Mac.
     with pytest.raises(AttributeError, match="renameat2"):
         libc.renameat2(_AT_FDCWD, b"a", _AT_FDCWD, b"b", _RENAME_NOREPLACE)
+
+
+def test_policy_and_doctor_run_on_macos_without_the_linux_backend(
+    darwin, macos_libc, home, monkeypatch, capsys
+) -> None:
+    """cli's policy notes and --format landlock went to the Linux backend whatever the platform."""
+    from nono_supervisor import cli
+
+    for name, value in home.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(home.work)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(list(argv))
+        out = capsys.readouterr()
+        return e.value.code, out.out, out.err
+
+    code, out, err = run("policy")
+    assert code == 0 and "profile: default" in out and err == ""
+    assert "enforced by: Seatbelt" in out and "Landlock" not in out and "seccomp" not in out
+    assert "(deny default" in run("policy", "--format", "seatbelt")[1]
+    code, out, err = run("policy", "--format", "landlock")
+    assert code != 0 and out == ""
+    assert err == "nono-supervisor: Landlock plans are Linux's; this is darwin (try --format seatbelt)\n"
+    code, out, err = run("doctor")  # this fake Mac has neither sandbox_init nor sandbox-exec
+    assert code == 1 and "[FAIL] seatbelt sandbox_init: missing" in out
 
 
 @pytest.fixture
