@@ -62,6 +62,8 @@ ext_modules = []
 if sys.platform.startswith("linux"):
     # fork + Landlock + seccomp + exec with only raw syscalls in the child (see _spawn.c).
     ext_modules.append(Extension("nono_supervisor.linux._spawn", ["supervisor/linux/_spawn.c"]))
+    # The syscall numbers the Python side needs, from this build's kernel headers (see _syscalls.c).
+    ext_modules.append(Extension("nono_supervisor.linux._syscalls", ["supervisor/linux/_syscalls.c"]))
     # The notify loop's fast path without the GIL (see _notify.c).
     ext_modules.append(Extension("nono_supervisor.linux._notify", ["supervisor/linux/_notify.c"]))
     # Preloaded into commands whose opens and execve are not trapped: asks again where Landlock refused one.

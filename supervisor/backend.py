@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.policy import Policy
 from nono_supervisor.session import Session
 
-__all__ = ["start_sandboxed", "finish", "plan_cache", "NO_TRAP_GIVES_UP"]
+__all__ = [
+    "start_sandboxed",
+    "finish",
+    "plan_cache",
+    "enforcement",
+    "landlock_plan",
+    "rename_noreplace",
+    "stderr_of",
+    "NO_TRAP_GIVES_UP",
+]
 
 # What Landlock alone cannot do, so what ``--no-trap`` gives up (printed by ``policy`` and ``doctor``).
 NO_TRAP_GIVES_UP = (
@@ -41,6 +52,28 @@ def plan_cache():
 
             _plans = PlanCache()
         return _plans
+
+
+def enforcement(trap: bool) -> str:
+    """What enforces a command's policy on this platform (``policy`` prints it)."""
+    if sys.platform == "darwin":
+        return (
+            "Seatbelt (sandbox_init); denials from log stream once the command ends, no questions in flight"
+        )
+    if not trap:
+        return "Landlock only (--no-trap): no reports, no emulated grants"
+    return "Landlock + seccomp user notification (reports, emulated grants, questions)"
+
+
+def landlock_plan(session: Session):
+    """The session's policy as a Landlock plan for this kernel's ABI (``policy``: its notes, ``--format
+    landlock``). Linux only: the ABI is probed, and the Landlock module needs the Linux build."""
+    if not sys.platform.startswith("linux"):
+        raise SandboxError(f"Landlock plans are Linux's; this is {sys.platform} (try --format seatbelt)")
+    from nono_supervisor.linux.kernel import probe
+    from nono_supervisor.linux.landlock import compile_plan
+
+    return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
 
 
 # After the command exits, how long its notify loop may take to answer what is still in flight before
@@ -174,3 +207,22 @@ def finish(process) -> None:
     loop = getattr(process, "notify", None)
     if loop is not None:
         loop.join(_DRAIN_SECONDS)
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` in one step unless ``target`` exists (FileExistsError)."""
+    if sys.platform == "darwin":
+        from nono_supervisor.macos.libc import rename_noreplace as rename
+    else:
+        from nono_supervisor.linux.libc import rename_noreplace as rename
+    rename(os.fsencode(source), os.fsencode(target))
+
+
+def stderr_of(pid: int) -> int:
+    """A duplicate of process ``pid``'s stderr, to tell it of a denial while it waits (OSError where it
+    cannot be reached: gone, not ours, or macOS, which has no way to take another process's descriptor)."""
+    if not sys.platform.startswith("linux"):
+        raise OSError(errno.ENOTSUP, "another process's descriptors cannot be reached here")
+    from nono_supervisor.linux.kernel import pidfd_getfd
+
+    return pidfd_getfd(pid, 2)

@@ -231,7 +231,9 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         macos = session.policy_for("macos")
         print(generate_profile(macos), end="")
     elif fmt == "landlock":
-        print(json.dumps(_landlock_plan(session).to_json(), indent=2))
+        from nono_supervisor.backend import landlock_plan
+
+        print(json.dumps(landlock_plan(session).to_json(), indent=2))
     else:
         print(f"profile: {policy.profile} ({', '.join(policy.sources)})")
         print(f"workdir: {policy.workdir}\ntmpdir:  {policy.tmpdir}")
@@ -245,19 +247,18 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             print(f"  probe      {policy.display(probe.pattern)}  [{probe.rule}]")
         _print_network(policy)
         print(f"prompt:  {policy.prompt} (now: {session.prompt_mode()})")
-        layers = (
-            "Landlock only (--no-trap): no reports, no emulated grants"
-            if not session.trap
-            else ("Landlock + seccomp user notification (reports, emulated grants, questions)")
-        )
-        print(f"enforced by: {layers}")
-        if not session.trap:
+        from nono_supervisor.backend import enforcement
+
+        print(f"enforced by: {enforcement(session.trap)}")
+        if not session.trap and sys.platform.startswith("linux"):
             from nono_supervisor.backend import NO_TRAP_GIVES_UP
 
             for lost in NO_TRAP_GIVES_UP:
                 print(f"not enforced with --no-trap: {lost}")
         if sys.platform.startswith("linux"):
-            for note in _landlock_plan(session).notes:
+            from nono_supervisor.backend import landlock_plan
+
+            for note in landlock_plan(session).notes:
                 print(f"note: {note}")
         _print_agent(session)
 
@@ -282,13 +283,6 @@ def _print_network(policy: Policy) -> None:
             print("  (no host allowed to commands)")
     if policy.net_mode != "domains" and (policy.allow_domains or policy.deny_domains):
         print(f"note: allow_domains/deny_domains have no effect in network mode {policy.net_mode}")
-
-
-def _landlock_plan(session: Session):
-    from nono_supervisor.linux.kernel import probe
-    from nono_supervisor.linux.landlock import compile_plan
-
-    return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
 
 
 def _cmd_policy(args: argparse.Namespace, command: list[str] | None = None) -> int:

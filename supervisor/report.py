@@ -104,9 +104,9 @@ class CommandReport:
         if not first or not what.pid:
             return
         try:
-            from nono_supervisor.linux.kernel import pidfd_getfd  # only the Linux backend reports a pid
+            from nono_supervisor.backend import stderr_of
 
-            stderr = pidfd_getfd(what.pid, 2)
+            stderr = stderr_of(what.pid)
         except OSError:
             return  # gone, or not ours to reach: the audit log has it
         try:

@@ -25,7 +25,7 @@ from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
 from nono_shell.personality import command_text
 from nono_supervisor.access import OPS
-from nono_supervisor.backend import finish, start_sandboxed
+from nono_supervisor.backend import finish, rename_noreplace, start_sandboxed
 from nono_supervisor.consent import Consent
 from nono_supervisor.errors import NonoError
 from nono_supervisor.launcher import TerminalLease, status_code
@@ -108,13 +108,10 @@ def _command_cap() -> int:
 
 
 def _rename_noreplace(source: Path, target: Path) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.renameat2(-100, os.fsencode(source), -100, os.fsencode(target), 1) != 0:  # RENAME_NOREPLACE
-        err = ctypes.get_errno()
-        err = errno.EADDRINUSE if err == errno.EEXIST else err
-        raise OSError(err, os.strerror(err))
+    try:
+        rename_noreplace(source, target)
+    except FileExistsError:
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)) from None
 
 
 class Server:

@@ -36,12 +36,14 @@ NOBODY_REACHES = (sys.base_prefix, sys.prefix, sys.executable, str(CHECKOUT), te
 REQUIRE_NOBODY = "NONO_TEST_REQUIRE_NOBODY"  # =1 (CI): what would skip the runs as uid 65534 fails instead
 
 
-def as_nobody(argv: list[str]) -> list[str]:
-    """Run ``argv`` as uid/gid 65534 with no supplementary groups and no capabilities.
+def as_nobody(argv: list[str], caps: tuple[str, ...] = ()) -> list[str]:
+    """Run ``argv`` as uid/gid 65534 with no supplementary groups and no capabilities but ``caps``, which
+    it then holds inheritable and ambient (as a service manager's AmbientCapabilities= gives them).
 
     The one place these command lines are built: a root-run wrapper enters a private mount namespace in
     which uid 65534 can reach ``NOBODY_REACHES`` (nothing on the machine changes), then execs setpriv.
     """
+    kept = "".join(f",+{cap}" for cap in caps)
     return [
         sys.executable,
         "-IBS",
@@ -52,10 +54,21 @@ def as_nobody(argv: list[str]) -> list[str]:
         f"--reuid={NOBODY}",
         f"--regid={NOBODY}",
         "--clear-groups",
-        "--inh-caps=-all",
+        f"--inh-caps=-all{kept}",
+        *([f"--ambient-caps={kept[1:]}"] if caps else []),
         "--",
         *argv,
     ]
+
+
+def syscall_numbers(*names: str) -> str:
+    """A line of Python defining ``NR``, name -> this machine's syscall number (libseccomp's table), for
+    the scripts tests run that make raw syscalls: a number written in them is one architecture's (openat
+    is 257 on x86-64, 56 on arm64), and elsewhere the script would test another syscall, or none."""
+    import pyseccomp
+
+    numbers = {name: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) for name in names}
+    return f"NR = {json.dumps(numbers)}\n"  # double quotes: a script may be put inside shell single quotes
 
 
 @functools.cache
@@ -122,13 +135,15 @@ class Home:
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
-    def run(self, argv: list[str], *, user: bool = False, **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: list[str], *, user: bool = False, caps: tuple[str, ...] = (), **kw
+    ) -> subprocess.CompletedProcess:
         kw.setdefault("cwd", self.work)
         kw.setdefault("env", self.env)
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         kw.setdefault("timeout", 60)
-        return subprocess.run(as_nobody(argv) if user else argv, **kw)
+        return subprocess.run(as_nobody(argv, caps) if user else argv, **kw)
 
 
 def make_home(owner: int = 0) -> Home:

@@ -10,6 +10,8 @@ and its waiter, the log parser and routing, the report, the server's wait loop a
 from __future__ import annotations
 
 import ast
+import ctypes
+import errno
 import json
 import os
 import queue
@@ -20,6 +22,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -508,12 +511,108 @@ def test_ctty_makes_the_pty_the_command_s_controlling_terminal(darwin: FakeSeam,
 
 
 # --------------------------------------------------------------------------------------------------------
-# Through the server: a real nono-shell client, the server's wait loop on the adapter's exit_fd
+# Through the server: a real nono-shell client, the server's wait loop on the adapter's exit_fd, behind a
+# libc with macOS's symbols only
 # --------------------------------------------------------------------------------------------------------
+
+_LINUX_LIBC = ctypes.CDLL(None, use_errno=True)  # taken before any fake: what the fake's renamex_np uses
+_RENAME_EXCL, _RENAME_NOREPLACE, _AT_FDCWD = 0x4, 0x1, -100
+# Functions of macOS's libSystem that a supervisor could reach for; not renameat2, pidfd_*, syscall (macOS
+# has syscall(2), deprecated, but no Linux syscall behind any number), memfd_create, process_vm_readv...
+MACOS_SYMBOLS = frozenset(
+    {"renamex_np", "renameatx_np", "sandbox_init", "sandbox_free_error", "getpeereid", "posix_spawn"}
+)
+_LINUX_ONLY_OS = ("pidfd_open", "memfd_create", "eventfd", "splice", "pipe2", "copy_file_range")
+
+
+class MacLibSystem:
+    """``ctypes.CDLL(None)`` as macOS answers it: libSystem's functions, and AttributeError (dlsym's
+    "symbol not found") for any other. ``renamex_np`` is carried out by Linux's renameat2, RENAME_EXCL as
+    RENAME_NOREPLACE, so the server's socket really moves; every call is recorded."""
+
+    def __init__(self, name=None, *args, **kw) -> None:
+        if name is not None:  # libsandbox and the like: this fake Mac has none
+            raise OSError(f"dlopen({name}, 6): image not found")
+        self.calls: list[tuple] = []
+        MacLibSystem.loaded.append(self)
+
+    loaded: list[MacLibSystem] = []
+
+    def __getattr__(self, name: str):
+        if name not in MACOS_SYMBOLS:
+            raise AttributeError(f"dlsym(RTLD_DEFAULT, {name}): symbol not found")
+        if name != "renamex_np":
+            raise NotImplementedError(f"the fake has no {name}: the test must say what it does")
+
+        def renamex_np(source: bytes, target: bytes, flags: int) -> int:
+            self.calls.append(("renamex_np", source, target, flags))
+            assert flags == _RENAME_EXCL, flags  # the only flag the server may use
+            return _LINUX_LIBC.renameat2(_AT_FDCWD, source, _AT_FDCWD, target, _RENAME_NOREPLACE)
+
+        setattr(self, name, renamex_np)  # argtypes may be set on it, as on a ctypes function
+        return renamex_np
 
 
 @pytest.fixture
-def served(darwin: FakeSeam, home: Home):
+def macos_libc(monkeypatch):
+    """macOS's libc for the test's duration: ctypes.CDLL(None) is MacLibSystem, the os functions Python has
+    only on Linux are gone, and the Linux backend cannot be imported (each of its modules is None in
+    sys.modules), so a Linux-only call anywhere on the server's way fails the test."""
+    import nono_supervisor
+
+    MacLibSystem.loaded.clear()
+    monkeypatch.setattr(ctypes, "CDLL", MacLibSystem)
+    for name in _LINUX_ONLY_OS:
+        monkeypatch.delattr(os, name, raising=False)
+    linux = [m for m in sys.modules if m.startswith("nono_supervisor.linux")]
+    for module in {"nono_supervisor.linux", *linux}:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.delattr(nono_supervisor, "linux", raising=False)
+    yield MacLibSystem.loaded
+
+
+def test_the_macos_libc_fake_has_none_of_linux_s_calls(macos_libc) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for linux_only in ("renameat2", "pidfd_getfd", "pidfd_open", "syscall", "process_vm_readv", "capset"):
+        with pytest.raises(AttributeError):
+            getattr(libc, linux_only)
+    assert not hasattr(os, "pidfd_open")
+    with pytest.raises(ImportError):
+        from nono_supervisor.linux import libc as _linux  # noqa: F401
+    # The server's start-up before issue 21 (renameat2 through its own handle) fails here, as on a Mac.
+    with pytest.raises(AttributeError, match="renameat2"):
+        libc.renameat2(_AT_FDCWD, b"a", _AT_FDCWD, b"b", _RENAME_NOREPLACE)
+
+
+def test_policy_and_doctor_run_on_macos_without_the_linux_backend(
+    darwin, macos_libc, home, monkeypatch, capsys
+) -> None:
+    """cli's policy notes and --format landlock went to the Linux backend whatever the platform."""
+    from nono_supervisor import cli
+
+    for name, value in home.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(home.work)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(list(argv))
+        out = capsys.readouterr()
+        return e.value.code, out.out, out.err
+
+    code, out, err = run("policy")
+    assert code == 0 and "profile: default" in out and err == ""
+    assert "enforced by: Seatbelt" in out and "Landlock" not in out and "seccomp" not in out
+    assert "(deny default" in run("policy", "--format", "seatbelt")[1]
+    code, out, err = run("policy", "--format", "landlock")
+    assert code != 0 and out == ""
+    assert err == "nono-supervisor: Landlock plans are Linux's; this is darwin (try --format seatbelt)\n"
+    code, out, err = run("doctor")  # this fake Mac has neither sandbox_init nor sandbox-exec
+    assert code == 1 and "[FAIL] seatbelt sandbox_init: missing" in out
+
+
+@pytest.fixture
+def served(darwin: FakeSeam, macos_libc, home: Home):
     from nono_supervisor.server import Server
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work), shims=True)
@@ -529,7 +628,9 @@ def served(darwin: FakeSeam, home: Home):
     session.close()
 
 
-def test_server_runs_the_command_on_the_client_s_fds_and_reports_its_denials(darwin, served, home) -> None:
+def test_server_runs_the_command_on_the_client_s_fds_and_reports_its_denials(
+    darwin, served, macos_libc, home
+) -> None:
     session, env = served
     monitor = launch.monitor_for(session.id)  # the first command of the session gets marker <id>-1
     (stream,) = darwin.streams
@@ -557,6 +658,23 @@ def test_server_runs_the_command_on_the_client_s_fds_and_reports_its_denials(dar
     assert FAKE_KEY not in out + err
     events = [r.get("event") or r.get("decision") for r in home.audit()]
     assert events == ["start", "deny", "exit"]
+    # The socket was put in place by macOS's call (renameat2 does not exist there).
+    renames = [call for libc in macos_libc for call in libc.calls]
+    assert renames == [("renamex_np", ANY, os.fsencode(session.socket_path), _RENAME_EXCL)]
+
+
+def test_a_second_server_on_a_live_socket_is_refused_on_macos(darwin, served, home) -> None:
+    """renamex_np's EEXIST is the server's EADDRINUSE, and the live socket stays (as on Linux)."""
+    from nono_supervisor.server import Server
+
+    session, env = served
+    with pytest.raises(OSError) as e:
+        Server(session, session.socket_path)
+    assert e.value.errno == errno.EADDRINUSE
+    client = subprocess.run(
+        [str(session.shims_dir / "bash"), "-c", "echo still-served"], env=env, capture_output=True, text=True
+    )
+    assert client.stdout == "still-served\n"
 
 
 def test_server_forwards_signals_and_kills_the_group_when_the_client_goes(darwin, served, home) -> None:

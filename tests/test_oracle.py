@@ -16,14 +16,16 @@ import sys
 
 import pytest
 
-from conftest import SUPERVISOR, Home
+from conftest import SUPERVISOR, Home, syscall_numbers
 
-PROBE = r"""
+PROBE = (
+    syscall_numbers("openat")
+    + r"""
 import ctypes, errno, json, os, socket, sys
 root = sys.argv[1]
 libc = ctypes.CDLL(None, use_errno=True)
 def raw_listing(path):  # the openat syscall itself, as libc's scandir and static binaries make it
-    fd = libc.syscall(257, -100, path.encode(), os.O_RDONLY | os.O_DIRECTORY, 0)
+    fd = libc.syscall(NR["openat"], -100, path.encode(), os.O_RDONLY | os.O_DIRECTORY, 0)
     if fd < 0:
         raise OSError(ctypes.get_errno(), path)
     os.close(fd)
@@ -67,6 +69,7 @@ for zone in ("work", "ro", "none"):
                 results[f"{zone}:{family}:{target}"] = errno.errorcode.get(e.errno, str(e.errno))
 print(json.dumps(results))
 """
+)
 FAMILY_NAMES = re.findall(r'^    "(\w+)": ', PROBE.split("FAMILIES = {")[1].split("}\n")[0], re.M)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed
+from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed, syscall_numbers
 from nono_supervisor.linux import notify, seccomp
 
 C_DIR = Path(__file__).parent / "c"
@@ -71,7 +71,7 @@ def _in_process(home, argv, *, consent=None, left_to_landlock=True):
 
 def test_opens_are_not_trapped_but_for_raw_listings_exclusive_and_setid_creations(home):
     (home.work / "scratch").write_text("x")
-    script = textwrap.dedent("""
+    script = syscall_numbers("openat") + textwrap.dedent("""
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
         for flags in (
@@ -88,7 +88,7 @@ def test_opens_are_not_trapped_but_for_raw_listings_exclusive_and_setid_creation
         for _ in range(300):
             os.listdir(".")  # opendir
         for _ in range(100):  # the raw syscall, as libc's scandir makes it: trapped (may be emulated)
-            os.close(libc.syscall(257, -100, b".", os.O_RDONLY | os.O_DIRECTORY, 0))
+            os.close(libc.syscall(NR["openat"], -100, b".", os.O_RDONLY | os.O_DIRECTORY, 0))
     """)
     status, _out, _seen, stats = _in_process(home, [sys.executable, "-c", script])
     assert status == 0
@@ -541,13 +541,16 @@ def test_the_ask_again_library_is_in_the_commands_environment_once(home):
     assert no_trap.stdout == "[]\n"  # Landlock alone: nothing to ask again
 
 
-OPENAT2 = """
+OPENAT2 = (
+    syscall_numbers("openat2")
+    + """
 import ctypes, os, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-fd = libc.syscall(437, -100, sys.argv[1].encode(), struct.pack("=QQQ", os.O_RDONLY, 0, 0), 24)
+fd = libc.syscall(NR["openat2"], -100, sys.argv[1].encode(), struct.pack("=QQQ", os.O_RDONLY, 0, 0), 24)
 print(("errno=%d" % ctypes.get_errno()) if fd < 0 else os.read(fd, 1 << 20).decode(errors="replace"))
 """
+)
 
 
 @pytest.mark.parametrize("how", ["cat", "openat2", "static"])

@@ -58,8 +58,9 @@ def _index(value):
 def test_the_c_table_is_the_trap_list():
     """One source of truth: every syscall the filter traps has its entry in the C table, and no other."""
     table = _notify.Loop(-1, _notify.Rights([], 0), notify.native_table(), False).table()
-    assert set(table) == {_nr(trap.name) for trap in TRAPS}
-    for trap in TRAPS:
+    native = [trap for trap in TRAPS if _nr(trap.name) >= 0]  # arm64 has no open, creat...
+    assert set(table) == {_nr(trap.name) for trap in native}
+    for trap in native:
         second = trap.second or (None, None)
         expected = (
             EXPECTED_KINDS.get(trap.name, _notify.K_NONE),

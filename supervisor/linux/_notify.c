@@ -783,8 +783,9 @@ static PyObject *escalate(Loop *self, PyObject *callback, const struct seccomp_n
 }
 
 /* emulate.drop_capabilities: clear the calling thread's effective capabilities (credentials are per
- * thread), so that what the supervisor does for a command the kernel checks as for the command. 0 or errno
- * (no capabilities to read is not an error: nothing to drop). */
+ * thread), so that what the supervisor does for a command the kernel checks as for the command. 0 or errno:
+ * fails closed (serve then answers nothing and the command does not run), also when the kernel, asked
+ * again, still shows an effective capability. */
 static int drop_effective_capabilities(void) {
     struct {
         uint32_t version;
@@ -794,11 +795,11 @@ static int drop_effective_capabilities(void) {
         uint32_t effective, permitted, inheritable;
     } data[2];
     if (syscall(SYS_capget, &header, data) != 0)
-        return 0;
-    data[0].effective = data[1].effective = 0;
-    if (syscall(SYS_capset, &header, data) != 0)
         return errno ? errno : EPERM;
-    return 0;
+    data[0].effective = data[1].effective = 0;
+    if (syscall(SYS_capset, &header, data) != 0 || syscall(SYS_capget, &header, data) != 0)
+        return errno ? errno : EPERM;
+    return data[0].effective || data[1].effective ? EPERM : 0;
 }
 
 /* serve(callback): answer until every process under the filter has exited. */

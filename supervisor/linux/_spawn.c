@@ -61,6 +61,10 @@
 #ifndef PR_SET_CHILD_SUBREAPER
 #define PR_SET_CHILD_SUBREAPER 36
 #endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
 
 /* Sent by the supervisor to the keeper: kill the whole command tree now. Real-time, so it can never be
  * one of the signals forwarded from the agent (those go to the process group and the keeper ignores them). */
@@ -297,6 +301,27 @@ static _Noreturn void exec_command(const struct plan *p) {
         for (int cap = 0; cap <= 63; cap++)
             if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
                 fail(p->errpipe, "capbset_drop", errno);
+    }
+    /* 2c. Nor does any caller pass on its inheritable or ambient sets: root's exec makes the inheritable
+     *     set permitted and effective whatever the bounding set (a supervisor started with CapInh, as in
+     *     containers of older runtimes, gave its commands CAP_DAC_OVERRIDE), and a non-root caller's exec
+     *     keeps its ambient set (test_capabilities_of_the_supervisor_do_not_reach_the_command). Lowering
+     *     either needs no privilege. EINVAL: a kernel before ambient capabilities (4.3) has none. */
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        fail(p->errpipe, "cap_ambient_clear", errno);
+    {
+        struct {
+            uint32_t version;
+            int pid;
+        } header = {0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0};
+        struct {
+            uint32_t effective, permitted, inheritable;
+        } data[2];
+        if (syscall(SYS_capget, &header, data) != 0)
+            fail(p->errpipe, "capget", errno);
+        data[0].inheritable = data[1].inheritable = 0;
+        if (syscall(SYS_capset, &header, data) != 0)
+            fail(p->errpipe, "capset", errno);
     }
 
     /* 3. Landlock: the static baseline; from here on the filesystem is what the policy grants. */

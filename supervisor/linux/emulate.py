@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nono_supervisor.access import AccessIndex
+from nono_supervisor.linux import libc
 from nono_supervisor.linux.resolve import Pin
 
-__all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "SETID_BITS"]
+__all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "has_effective_capabilities", "SETID_BITS"]
 
 SETID_BITS = stat.S_ISUID | stat.S_ISGID  # a sandboxed command never sets these (a backdoor for later)
-_SYS_OPENAT2 = 437
-_SYS_CAPGET, _SYS_CAPSET = 125, 126
+_SYS_OPENAT2 = libc.number("openat2")
+_SYS_CAPGET, _SYS_CAPSET = libc.number("capget"), libc.number("capset")
 _CAP_VERSION_3 = 0x20080522
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
@@ -42,12 +43,6 @@ _AT_SYMLINK_NOFOLLOW = 0x100
 _IN_DONT_FOLLOW = 0x02000000
 _FAN_MARK_DONT_FOLLOW = 0x04
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
 _SEAL = object()
 # A process's own settings that it may always write bare and that touch nothing but itself: the JVM writes
 # coredump_filter at every start, runtimes name threads through task/<tid>/comm (the kernel takes a comm
@@ -61,20 +56,39 @@ def _fail(err: int) -> OSError:
 
 def _check(result: int) -> int:
     if result < 0:
-        raise _fail(ctypes.get_errno())
+        raise libc.last_error()
     return result
+
+
+def _capabilities(header: bytes) -> tuple[int, ...]:
+    """The calling thread's (effective, permitted, inheritable) sets, low 32 bits then high 32 bits."""
+    data = ctypes.create_string_buffer(24)  # two struct __user_cap_data_struct
+    libc.syscall(_SYS_CAPGET, header, data)
+    return struct.unpack("=6I", data.raw)
+
+
+def has_effective_capabilities() -> bool:
+    """The calling thread holds an effective capability (a root supervisor's threads do), or the kernel
+    would not say (then it is taken to: whoever asks waits for the drop, which fails closed)."""
+    try:
+        effective = _capabilities(struct.pack("=Ii", _CAP_VERSION_3, 0))
+    except OSError:
+        return True
+    return bool(effective[0] or effective[3])
 
 
 def drop_capabilities() -> None:
     """Clear the calling thread's effective capabilities (credentials are per thread on Linux): what the
-    supervisor then does for a command, the kernel checks as it would for the command (it has none)."""
+    supervisor then does for a command, the kernel checks as it would for the command (it has none).
+
+    Fails closed: OSError unless the kernel, asked again, says the effective set is empty (a capget or
+    capset that fails, as x86-64's numbers did on arm64, or a wrong number that "succeeds" doing something
+    else). The loop then answers nothing and its command does not run (NotifyLoop.run)."""
     header = struct.pack("=Ii", _CAP_VERSION_3, 0)
-    data = ctypes.create_string_buffer(24)
-    if _libc.syscall(_SYS_CAPGET, header, data) != 0:
-        return
-    _eff0, perm0, inh0, _eff1, perm1, inh1 = struct.unpack("=6I", data.raw)
-    if _check(_libc.syscall(_SYS_CAPSET, header, struct.pack("=6I", 0, perm0, inh0, 0, perm1, inh1))) != 0:
-        raise _fail(errno.EPERM)
+    _eff0, perm0, inh0, _eff1, perm1, inh1 = _capabilities(header)
+    libc.syscall(_SYS_CAPSET, header, struct.pack("=6I", 0, perm0, inh0, 0, perm1, inh1))
+    if has_effective_capabilities():
+        raise OSError(errno.EPERM, "effective capabilities still set after capset")
 
 
 class Permit:
@@ -160,7 +174,7 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
     opening = (flags & ~os.O_TRUNC) | os.O_CLOEXEC | os.O_NOCTTY
     if pin.name:
         how = _OPEN_HOW.pack(opening, mode, _STRICT)
-        fd = _check(_libc.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
+        fd = _check(libc.LIBC.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
     else:
         # The pinned directory itself ("." or ".." in the last place, never a link): reopened through its
         # magic link, which O_NOFOLLOW would refuse (ENOTDIR, ELOOP) where the kernel opens the directory
@@ -197,7 +211,7 @@ def remove(permit: Permit, directory: bool) -> None:
 
 
 def rename(src: Permit, dst: Permit, flags: int) -> None:
-    result = _libc.renameat2(
+    result = libc.LIBC.renameat2(
         src.pin.dirfd, os.fsencode(src.pin.name), dst.pin.dirfd, os.fsencode(dst.pin.name), flags
     )
     _check(result)
@@ -243,7 +257,7 @@ def utimens(permit: Permit, times: bytes | None) -> None:
     pin = permit.pin
     name = os.fsencode(pin.name) if pin.name else os.fsencode(f"/proc/self/fd/{pin.dirfd}")
     dirfd = pin.dirfd if pin.name else -100
-    _check(_libc.utimensat(dirfd, name, times, _AT_SYMLINK_NOFOLLOW if pin.name else 0))
+    _check(libc.LIBC.utimensat(dirfd, name, times, _AT_SYMLINK_NOFOLLOW if pin.name else 0))
 
 
 def setxattr(permit: Permit, name: str, value: bytes, flags: int) -> None:
@@ -261,7 +275,7 @@ def inotify_add_watch(permit: Permit, inotify: int, mask: int) -> int:
     instance (our copy shares it), on the pinned object, never following a swapped-in symlink."""
     path, follow = _target(permit)
     return _check(
-        _libc.inotify_add_watch(inotify, os.fsencode(path), mask | (0 if follow else _IN_DONT_FOLLOW))
+        libc.LIBC.inotify_add_watch(inotify, os.fsencode(path), mask | (0 if follow else _IN_DONT_FOLLOW))
     )
 
 
@@ -269,7 +283,7 @@ def fanotify_mark(permit: Permit, fanotify: int, flags: int, mask: int) -> None:
     pin = permit.pin
     name = os.fsencode(pin.name) if pin.name else None
     _check(
-        _libc.fanotify_mark(
+        libc.LIBC.fanotify_mark(
             fanotify, flags | (_FAN_MARK_DONT_FOLLOW if pin.name else 0), mask, pin.dirfd, name
         )
     )

@@ -8,13 +8,13 @@ import os
 from dataclasses import dataclass
 from functools import cache
 
+from nono_supervisor.linux import libc
 from nono_supervisor.linux.landlock import abi_version
 
 __all__ = ["KernelSupport", "probe", "pidfd_getfd"]
 
-_SYS_SECCOMP = 317
-_SYS_PIDFD_GETFD = 438
-_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_SECCOMP = libc.number("seccomp")
+_SYS_PIDFD_GETFD = libc.number("pidfd_getfd")
 _SECCOMP_GET_ACTION_AVAIL = 2
 _SECCOMP_RET_USER_NOTIF = 0x7FC00000
 
@@ -29,7 +29,7 @@ def _release() -> tuple[int, int]:
 
 def _seccomp_notify_available() -> bool:
     action = ctypes.c_uint32(_SECCOMP_RET_USER_NOTIF)
-    return _libc.syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
+    return libc.LIBC.syscall(_SYS_SECCOMP, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) == 0
 
 
 def _user_namespaces() -> bool:
@@ -89,10 +89,6 @@ def pidfd_getfd(tid: int, fd: int) -> int:
             raise
         pidfd = os.pidfd_open(_thread_group(tid))
     try:
-        got = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if got < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return got
+        return libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
     finally:
         os.close(pidfd)

@@ -8,7 +8,6 @@ on D or its ancestors (DESIGN.md). Rights that no deny below P removes are still
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -19,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nono_supervisor.errors import SandboxError
+from nono_supervisor.linux import libc
 from nono_supervisor.policy import NEVER_GRANTABLE, Grant, Policy
 
 __all__ = [
@@ -76,26 +76,17 @@ WRITE = (
 FILE_RIGHTS = _A["execute"] | _A["write_file"] | _A["read_file"] | _A["truncate"] | _A["ioctl_dev"]
 _ACCESS = {"read": READ, "write": WRITE, "allow": READ | WRITE}
 
-_SYS_CREATE_RULESET, _SYS_ADD_RULE = 444, 445
+_SYS_CREATE_RULESET = libc.number("landlock_create_ruleset")
+_SYS_ADD_RULE = libc.number("landlock_add_rule")
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
 _RULE_NET_PORT = 2  # ABI 4: struct landlock_net_port_attr { __u64 allowed_access; __u64 port; }
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _syscall(*args: int | bytes | None) -> int:
-    result = _libc.syscall(*args)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
 
 
 def abi_version() -> int:
     """The kernel's Landlock ABI (1..7 here), 0 when Landlock is missing or disabled at boot."""
     try:
-        return _syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
+        return libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
             return 0
@@ -516,7 +507,7 @@ def create_ruleset(plan: LandlockPlan) -> int:
     attr = struct.pack("QQQ", plan.handled_fs, plan.handled_net, plan.scoped)
     size = 8 if plan.abi < 4 else (16 if plan.abi < 6 else 24)
     try:
-        ruleset = _syscall(_SYS_CREATE_RULESET, attr, size, 0)
+        ruleset = libc.syscall(_SYS_CREATE_RULESET, attr, size, 0)
     except OSError as e:
         raise SandboxError(f"landlock_create_ruleset: {e.strerror}") from None
     try:
@@ -529,12 +520,12 @@ def create_ruleset(plan: LandlockPlan) -> int:
                 raise
             try:
                 beneath = struct.pack("=Qi", rule.rights, fd)
-                _syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, beneath, 0)
+                libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, beneath, 0)
             finally:
                 os.close(fd)
         for port in plan.connect_ports:
             net_port = struct.pack("=QQ", ACCESS_NET_CONNECT_TCP, port)
-            _syscall(_SYS_ADD_RULE, ruleset, _RULE_NET_PORT, net_port, 0)
+            libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_NET_PORT, net_port, 0)
     except OSError as e:
         os.close(ruleset)
         raise SandboxError(f"landlock_add_rule: {e.strerror}") from None

@@ -163,6 +163,8 @@ class NotifyLoop:
         self.name = f"nono-notify-{listener}"
         self._started = False
         self._finished = threading.Event()
+        self._dropped: threading.Event | None = None  # set once the loop's thread acts with no capability
+        self.failure: str | None = None  # why this loop answers nothing: its command must not run
         self.listener = listener
         self.rights = rights
         self.access = access
@@ -190,11 +192,17 @@ class NotifyLoop:
         self._set_sync_wakeup()
 
     def start(self) -> None:
-        """Begin answering (on a kept thread; the caller does not wait for it to run)."""
+        """Begin answering (on a kept thread). The caller waits for it only where the supervisor holds
+        capabilities (root): until the thread has dropped them, or set ``failure`` if it could not, so that
+        the command is refused before its exec rather than served with the supervisor's powers."""
         if self._started:
             raise RuntimeError("a notify loop is started once")
         self._started = True
+        if emulate.has_effective_capabilities():
+            self._dropped = threading.Event()
         _THREADS.run(self)
+        if self._dropped is not None:
+            self._dropped.wait()
 
     def join(self, timeout: float | None = None) -> None:
         self._finished.wait(timeout)
@@ -222,13 +230,20 @@ class NotifyLoop:
         # What the supervisor does for a command, it does with the command's powers (a root supervisor's
         # CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN would otherwise reach what the command cannot).
         try:
-            if self._native is None:
+            try:
                 emulate.drop_capabilities()
+            except OSError as e:
+                self.failure = f"capset: {e.strerror} (the notify thread would keep the supervisor's powers)"
+                return  # the listener closes: every trapped syscall fails (ENOSYS), none is served
+            finally:
+                if self._dropped is not None:
+                    self._dropped.set()
+            if self._native is None:
                 self._run_python()
             else:
                 try:
-                    # drops this thread's effective capabilities first, as emulate.drop_capabilities does;
-                    # the GIL is taken only for what it escalates
+                    # drops this thread's effective capabilities again (C, the same check); the GIL is taken
+                    # only for what it escalates
                     self._native.serve(self._escalate)
                 finally:
                     self.native_stats = self._native.stats()
@@ -1231,10 +1246,14 @@ def handler_for(kind: str) -> Callable:
 
 @cache
 def _dispatch_table() -> dict[int, tuple[Trap, Callable]]:
-    """Syscall number -> (trap, handler), built from the same list as the filter."""
+    """Syscall number -> (trap, handler), built from the same list as the filter. A syscall this architecture
+    does not have (open, creat, rename... on arm64) resolves to a negative pseudo-number, for which
+    libseccomp adds no rule: it has no entry (the C loop refuses a negative one)."""
     import pyseccomp
 
-    return {
-        pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name): (trap, handler_for(trap.kind))
-        for trap in TRAPS
-    }
+    table = {}
+    for trap in TRAPS:
+        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, trap.name)
+        if number >= 0:
+            table[number] = (trap, handler_for(trap.kind))
+    return table

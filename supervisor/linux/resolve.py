@@ -22,6 +22,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from nono_supervisor.linux import libc
+from nono_supervisor.linux.libc import LIBC, IoVec
 from nono_supervisor.procfs import process_of
 
 __all__ = ["Reader", "Pin", "FdRef", "Errno", "resolve", "PATH_MAX"]
@@ -30,28 +32,11 @@ PATH_MAX = 4096
 _MAXSYMLINKS = 40  # the kernel's limit: the 41st link gives ELOOP
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _AT_FDCWD = 0xFFFFFF9C  # -100 as the low 32 bits of a syscall argument
-_SYS_OPENAT2 = 437
+_SYS_OPENAT2 = libc.number("openat2")
 _RESOLVE_NO_SYMLINKS = 0x04
 _O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _O_PATH_LEAF = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOREIGN_PROC = re.compile(r"^/proc/[0-9]+(/|$)")
-
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.process_vm_readv.restype = ctypes.c_ssize_t
-_libc.process_vm_readv.argtypes = [
-    ctypes.c_int,
-    ctypes.POINTER(_IoVec),
-    ctypes.c_ulong,
-    ctypes.POINTER(_IoVec),
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
 
 
 class Reader:
@@ -59,8 +44,8 @@ class Reader:
 
     def __init__(self) -> None:
         self.buffer = ctypes.create_string_buffer(PATH_MAX + 1)
-        self._local = _IoVec(ctypes.addressof(self.buffer), PATH_MAX)
-        self._remote = (_IoVec * 2)()
+        self._local = IoVec(ctypes.addressof(self.buffer), PATH_MAX)
+        self._remote = (IoVec * 2)()
 
     def read(self, tid: int, address: int, size: int = PATH_MAX) -> bytes | None:
         """Up to ``size`` (<= PATH_MAX) bytes at ``address``, stopping at the first unmapped page."""
@@ -73,7 +58,7 @@ class Reader:
         self._remote[1].base, self._remote[1].len = address + first, size - first
         self._local.len = size
         count = 2 if size > first else 1
-        got = _libc.process_vm_readv(tid, ctypes.byref(self._local), 1, self._remote, count, 0)
+        got = LIBC.process_vm_readv(tid, ctypes.byref(self._local), 1, self._remote, count, 0)
         if got <= 0:
             return None
         return self.buffer.raw[:got]
@@ -83,9 +68,9 @@ class Reader:
         if size == 0:
             return b""
         buffer = ctypes.create_string_buffer(size)
-        local = _IoVec(ctypes.addressof(buffer), size)
-        remote = _IoVec(address, size)
-        got = _libc.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        local = IoVec(ctypes.addressof(buffer), size)
+        remote = IoVec(address, size)
+        got = LIBC.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         return buffer.raw[:size] if got == size else None
 
     def read_string(self, tid: int, address: int) -> bytes | int:
@@ -163,11 +148,7 @@ def _real(fd: int) -> str:
 def _openat2_dir(base: int, path: bytes) -> int:
     """One in-kernel walk of ``path`` below ``base`` when no component is a symlink (the common case)."""
     how = (ctypes.c_uint64 * 3)(_O_PATH_DIR, 0, _RESOLVE_NO_SYMLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, base, path, how, 24)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd
+    return libc.syscall(_SYS_OPENAT2, base, path, how, 24)
 
 
 class _Walk:

@@ -122,7 +122,8 @@ def _take_listener(ours: socket.socket, on_listener: Callable[[int], object] | N
         notify = None
     else:
         notify = on_listener(listener)
-    ours.sendall(b"k")
+    if not getattr(notify, "failure", None):  # else no go-ahead: the command stops before exec (listener_ack)
+        ours.sendall(b"k")
     return notify
 
 
@@ -198,6 +199,7 @@ def start(
     process = Process(keeper, pid, notify=notify)
     if seccomp and notify is None and not failure:
         failure = "seccomp listener: not received"
+    failure = getattr(notify, "failure", None) or failure  # the loop's reason, not the child's listener_ack
     if failure or not pid:
         process.kill_tree()
         process.wait()

@@ -13,6 +13,8 @@ import termios
 from dataclasses import dataclass
 from functools import cache
 
+from nono_supervisor.linux import libc
+
 __all__ = ["TRAPS", "BLOCKED", "Trap", "FILTER_FLAGS", "build_program"]
 
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
@@ -116,8 +118,8 @@ BLOCKED: tuple[str, ...] = (
     "userfaultfd",  # could stall the supervisor's read of a path in the command's memory
 )
 # Newer than libseccomp's syscall table: answered ENOSYS, as an older kernel would, so that callers fall
-# back to the trapped forms (setxattr, removexattr).
-BLOCKED_BY_NUMBER_ENOSYS: tuple[tuple[str, int], ...] = (("setxattrat", 463), ("removexattrat", 466))
+# back to the trapped forms (setxattr, removexattr). Added by number (libc.number: the build's headers).
+BLOCKED_BY_NUMBER_ENOSYS: tuple[str, ...] = ("setxattrat", "removexattrat")
 # ioctls that push input into a terminal: a command must not type into the terminal it shares.
 BLOCKED_IOCTLS: tuple[int, ...] = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
 TIOCGPTPEER = 0x5441  # _IO('T', 0x41): open the peer of a pty master (Linux 4.13)
@@ -223,8 +225,8 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
         )
     for name in BLOCKED:
         flt.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
-    for _name, number in BLOCKED_BY_NUMBER_ENOSYS:
-        flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), number)
+    for name in BLOCKED_BY_NUMBER_ENOSYS:
+        flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), libc.number(name))
     for request in BLOCKED_IOCTLS:
         # The request argument is an int in the kernel; mask to 32 bits so a high-bit variant cannot slip by.
         flt.add_rule(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from nono_supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Value
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS
+from nono_supervisor.linux.libc import LIBC, IoVec, MsgHdr, last_error
 from nono_supervisor.linux.resolve import FdRef, Pin, resolve_bytes
 from nono_supervisor.linux.seccomp import MSG_FASTOPEN, Trap
 from nono_supervisor.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
@@ -59,8 +60,6 @@ _IOVEC = struct.Struct("=QQ")
 _CMSGHDR = struct.Struct("=Qii")  # len, level, type
 _MAX_IOV = 1024  # UIO_MAXIOV
 _MAX_CONTROL = 4096
-_SO_DOMAIN, _SO_TYPE = 39, 3
-_MSG_DONTWAIT = 0x40
 _INET = (socket.AF_INET, socket.AF_INET6)
 _NET_BLOCK = "--net-block"
 _DNS_PORT = 53
@@ -71,38 +70,14 @@ def _net_rule(loop: NotifyLoop) -> str:
     return DOMAINS_ONLY if getattr(loop, "net_proxy", None) is not None else _NET_BLOCK
 
 
-class _Msg(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_void_p),
-        ("namelen", ctypes.c_uint32),
-        ("iov", ctypes.c_void_p),
-        ("iovlen", ctypes.c_size_t),
-        ("control", ctypes.c_void_p),
-        ("controllen", ctypes.c_size_t),
-        ("flags", ctypes.c_int),
-    ]
-
-
-class _Iov(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.bind.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.sendmsg.restype = ctypes.c_ssize_t
-_libc.sendmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Msg), ctypes.c_int]
-_libc.process_vm_writev.restype = ctypes.c_ssize_t
-
-
 class _Socket:
     """Our copy of the target's socket, with what it is (read from the socket, which cannot change)."""
 
     def __init__(self, tid: int, fd: int) -> None:
         self.fd = pidfd_getfd(tid, fd & 0xFFFFFFFF)
         try:
-            self.family = _sockopt(self.fd, _SO_DOMAIN)
-            self.type = _sockopt(self.fd, _SO_TYPE)
+            self.family = _sockopt(self.fd, socket.SO_DOMAIN)
+            self.type = _sockopt(self.fd, socket.SO_TYPE)
             self.blocking = not fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK
         except OSError:
             os.close(self.fd)
@@ -139,9 +114,8 @@ def _on_socket_call(handler):
 def _sockopt(fd: int, option: int) -> int:
     value = ctypes.c_int(0)
     size = ctypes.c_uint(4)
-    if _libc.getsockopt(fd, socket.SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    if LIBC.getsockopt(fd, socket.SOL_SOCKET, option, ctypes.byref(value), ctypes.byref(size)) != 0:
+        raise last_error()
     return value.value
 
 
@@ -309,7 +283,7 @@ def on_connect(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> De
         return destination
 
     def connect(fd: int, address: bytes) -> int:
-        result = _libc.connect(fd, address, len(address))
+        result = LIBC.connect(fd, address, len(address))
         if destination.connected is not None:
             error = ctypes.get_errno()
             if result == 0 or error == errno.EINPROGRESS:
@@ -363,7 +337,7 @@ def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decis
 
     def bind() -> Decision:
         try:
-            if _libc.bind(sock.fd, address, len(address)) != 0:
+            if LIBC.bind(sock.fd, address, len(address)) != 0:
                 return Deny(_errno())
             return Value(0, Denial("create", permit.pin.path, permit.by))
         finally:
@@ -378,7 +352,7 @@ def on_listen(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Dec
     if sock.family in _INET:
         return Deny(errno.EACCES, Denial("bind", "network (listen)", _net_rule(loop), False, tid))
     backlog = ctypes.c_int(args[1] & 0xFFFFFFFF).value
-    return _performed(sock, _Destination(None), False, lambda fd, _a: _libc.listen(fd, backlog))
+    return _performed(sock, _Destination(None), False, lambda fd, _a: LIBC.listen(fd, backlog))
 
 
 def on_socket(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -416,7 +390,7 @@ def on_sendto(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Dec
     if isinstance(destination, Deny):
         return destination
     return _performed(
-        sock, destination, sock.blocking and not flags & _MSG_DONTWAIT, _sender(message, [], flags)
+        sock, destination, sock.blocking and not flags & socket.MSG_DONTWAIT, _sender(message, [], flags)
     )
 
 
@@ -427,7 +401,7 @@ def on_sendmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> De
     if isinstance(decision, Deny):
         return decision
     destination, data, fds = decision
-    blocking = sock.blocking and not flags & _MSG_DONTWAIT
+    blocking = sock.blocking and not flags & socket.MSG_DONTWAIT
     return _performed(sock, destination, blocking, _sender(data, fds, flags), fds)
 
 
@@ -472,7 +446,7 @@ def on_sendmmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> D
         finally:
             release()
 
-    return Emulate(send_all, blocking=sock.blocking and not flags & _MSG_DONTWAIT, release=release)
+    return Emulate(send_all, blocking=sock.blocking and not flags & socket.MSG_DONTWAIT, release=release)
 
 
 def _message(
@@ -565,8 +539,8 @@ def _sender(data: bytes, fds: list[int], flags: int):
 
     def send(fd: int, address: bytes | None) -> int:
         buffer = ctypes.create_string_buffer(data, len(data))
-        iov = _Iov(ctypes.addressof(buffer), len(data))
-        msg = _Msg()
+        iov = IoVec(ctypes.addressof(buffer), len(data))
+        msg = MsgHdr()
         if address is not None:
             name = ctypes.create_string_buffer(address, len(address))
             msg.name, msg.namelen = ctypes.addressof(name), len(address)
@@ -580,15 +554,15 @@ def _sender(data: bytes, fds: list[int], flags: int):
             )
             ctypes.memmove(ctypes.addressof(control) + _CMSGHDR.size, payload, len(payload))
             msg.control, msg.controllen = ctypes.addressof(control), space
-        return _libc.sendmsg(fd, ctypes.byref(msg), flags)
+        return LIBC.sendmsg(fd, ctypes.byref(msg), flags)
 
     return send
 
 
 def _write_u32(tid: int, address: int, value: int) -> None:
     data = ctypes.create_string_buffer(struct.pack("=I", value), 4)
-    local = _Iov(ctypes.addressof(data), 4)
-    remote = _Iov(address, 4)
-    _libc.process_vm_writev(
+    local = IoVec(ctypes.addressof(data), 4)
+    remote = IoVec(address, 4)
+    LIBC.process_vm_writev(
         tid, ctypes.byref(local), ctypes.c_ulong(1), ctypes.byref(remote), ctypes.c_ulong(1), 0
     )
