@@ -1,0 +1,136 @@
+"""Every known error path of both console scripts is one line with the documented exit code, and runs
+nothing (CONTRACT: nono-shell 125; nono-supervisor 2 for a usage error or a bad file, naming it, 125 when
+the sandbox could not be set up). Issue 23, finding 6: a deleted cwd, a profile that is not UTF-8 and an
+XDG_STATE_HOME that is a file were tracebacks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import NONO_SHELL, SUPERVISOR, Home
+
+
+def _in_deleted_cwd(home: Home, argv: list[str]) -> list[str]:
+    gone = home.root / "gone"
+    gone.mkdir()
+    os.chown(gone, home.owner, home.owner)
+    return ["/bin/sh", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone), *argv]
+
+
+def _file(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def _grants(home: Home) -> Path:
+    return home.home / ".config" / "nono-shell" / "grants.toml"
+
+
+def _exec(home: Home, *flags: str) -> list[str]:
+    return [SUPERVISOR, "exec", *flags, "--", "touch", str(home.work / "ran")]
+
+
+# name -> (set up and return (argv, env changes), exit code, what the line says)
+CASES = {
+    "deleted cwd, exec": (lambda h: (_in_deleted_cwd(h, _exec(h)), {}), 125, "current directory is gone"),
+    "deleted cwd, policy": (
+        lambda h: (_in_deleted_cwd(h, [SUPERVISOR, "policy"]), {}),
+        125,
+        "current directory is gone",
+    ),
+    "profile not UTF-8": (
+        lambda h: (_exec(h, "--profile", str(_file(h.root / "p.toml", b"\xff\xfe[filesystem]\n"))), {}),
+        2,
+        "p.toml: invalid TOML",
+    ),
+    "profile a directory": (lambda h: (_exec(h, "--profile", str(h.work)), {}), 2, "cannot read profile"),
+    "XDG_STATE_HOME a file": (
+        lambda h: (_exec(h), {"XDG_STATE_HOME": str(_file(h.root / "state", b""))}),
+        125,
+        "audit log",
+    ),
+    "audit log a directory": (
+        lambda h: (_exec(h, "--audit-log", str(h.work)), {}),
+        125,
+        "audit log {work}: cannot write it: Is a directory",
+    ),
+    "log, XDG_STATE_HOME a file": (
+        lambda h: ([SUPERVISOR, "log"], {"XDG_STATE_HOME": str(_file(h.root / "state", b""))}),
+        2,
+        "cannot read the audit log: Not a directory",
+    ),
+    "grants.toml corrupt": (
+        lambda h: (_exec(h), {}) if _file(_grants(h), b"[[grant]\n") else None,
+        2,
+        "grants.toml: invalid TOML",
+    ),
+    "grants.toml writable by others": (
+        lambda h: (_exec(h), {}) if _file(_grants(h), b"", 0o666) else None,
+        2,
+        "grants.toml: owned by uid",
+    ),
+    "grants.toml a directory": (
+        lambda h: (_exec(h), {}) if _grants(h).mkdir(parents=True) is None else None,
+        2,
+        "grants.toml: not a regular file",
+    ),
+    "grants list, XDG_CONFIG_HOME a file": (
+        lambda h: ([SUPERVISOR, "grants"], {"XDG_CONFIG_HOME": str(_file(h.root / "config", b""))}),
+        2,
+        "cannot read grants: Not a directory",
+    ),
+    "socket directory with a wrong mode": (
+        lambda h: ([SUPERVISOR, "serve", "--socket", str(h.work / "s")], {}),
+        2,
+        "must be an existing directory of yours with mode 0700",
+    ),
+    "unknown flag": (lambda h: (_exec(h, "--alow", "/"), {}), 2, "unrecognized arguments: --alow"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_error_is_one_line_with_its_exit_code_and_runs_nothing(home, name):
+    setup, code, says = CASES[name]
+    argv, env = setup(home)
+    result = home.run(argv, env={**home.env, **env}, cwd=home.root)
+    assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("nono-supervisor: ") and result.stderr.count("\n") == 1, result.stderr
+    assert says.format(work=home.work) in result.stderr
+    assert not (home.work / "ran").exists()
+
+
+def test_twin_the_same_exec_runs_with_the_files_in_order(home):
+    result = home.run(_exec(home), cwd=home.root)
+    assert result.returncode == 0 and result.stderr == "" and (home.work / "ran").exists()
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_nono_shell_in_a_deleted_cwd_exits_125_in_one_line(request, user):
+    supervisor = request.getfixturevalue("nobody_supervisor" if user else "supervisor")
+    home = supervisor.home
+    marker = home.work / "ran"
+    argv = [NONO_SHELL, "-c", f"touch {marker}"]
+    result = home.run(_in_deleted_cwd(home, argv), env=supervisor.env, cwd=home.root, user=user)
+    assert result.returncode == 125
+    assert (
+        result.stderr
+        == "nono-shell: the current directory is gone (No such file or directory); refusing to run\n"
+    )
+    assert not marker.exists()
+    twin = home.run(argv, env=supervisor.env, user=user)  # the same command from the workdir runs
+    assert twin.returncode == 0 and marker.exists()
+
+
+def test_an_unreadable_profile_is_one_line_as_uid_65534(nobody_home):
+    profile = _file(nobody_home.root / "p.toml", b'extends = "default"\n', 0o000)
+    result = nobody_home.run(_exec(nobody_home, "--profile", str(profile)), user=True)
+    assert result.returncode == 2
+    assert result.stderr == f"nono-supervisor: {profile}: cannot read profile: Permission denied\n"
+    assert not (nobody_home.work / "ran").exists()
+    profile.chmod(0o644)  # the twin: readable, it runs
+    assert nobody_home.run(_exec(nobody_home, "--profile", str(profile)), user=True).returncode == 0
