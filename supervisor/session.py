@@ -310,7 +310,7 @@ class Session:
             if stamp == self._store_stamp and not expired and not force:
                 return
             try:
-                stored = self._store.load()
+                stored = self._store.load(protected=self.protected_paths())
             except UsageError:
                 if force:
                     raise  # at start: a broken store is a usage error naming the file and entry
