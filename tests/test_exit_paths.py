@@ -6,11 +6,15 @@ XDG_STATE_HOME that is a file were tracebacks."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import NONO_SHELL, SUPERVISOR, Home
+from conftest import NONO_SHELL, SUPERVISOR, Home, pid_alive, wait_until
 
 
 def _in_deleted_cwd(home: Home, argv: list[str]) -> list[str]:
@@ -134,3 +138,56 @@ def test_an_unreadable_profile_is_one_line_as_uid_65534(nobody_home):
     assert not (nobody_home.work / "ran").exists()
     profile.chmod(0o644)  # the twin: readable, it runs
     assert nobody_home.run(_exec(nobody_home, "--profile", str(profile)), user=True).returncode == 0
+
+
+# ---- the terminal after a signal to `run` (issue 23, finding 3) ---------------------------------------
+
+_PANE = """\
+stty -g > {root}/before
+sh -c 'echo $$ > {root}/run.pid; exec {supervisor} run --no-interpose -- bash agent.sh'
+echo $? > {root}/rc
+stty -g > {root}/after
+sleep 60
+"""
+_AGENTS = {
+    "running": "echo $$ > agent.pid\nexec sleep 60\n",
+    "question on screen": "echo $$ > agent.pid\ncat ~/.aws/credentials\nexec sleep 60\n",
+    # killed after the grace:
+    "agent ignores it": "echo $$ > agent.pid\ntrap '' HUP INT QUIT TERM\nsleep 60\n",
+}
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("agent", _AGENTS)
+@pytest.mark.parametrize("signo", _SIGNALS, ids=[s.name for s in _SIGNALS])
+def test_a_signal_to_run_restores_the_terminal_and_ends_the_agent(home, signo, agent):
+    """In a real terminal (tmux), ``stty -g`` after ``run`` ended by the signal equals ``stty -g`` before
+    it, ``run`` exits 128+N and the agent is gone. Before: SIGTERM and SIGHUP left the terminal raw."""
+    server = f"nono-test-{os.getpid()}-{signo}"
+    (home.root / "pane.sh").write_text(_PANE.format(root=home.root, supervisor=SUPERVISOR))
+    (home.work / "agent.sh").write_text(_AGENTS[agent])
+    env = {**home.env, "TERM": "xterm-256color"}
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", "-L", server, *args], env=env, capture_output=True, text=True).stdout
+
+    tmux(
+        "new-session", "-d", "-x", "200", "-y", "50", "-c", str(home.work), f"bash --norc {home.root}/pane.sh"
+    )
+    try:
+        agent_pid = home.work / "agent.pid"
+        assert wait_until(lambda: agent_pid.exists() and agent_pid.read_text().strip(), 30), tmux(
+            "capture-pane", "-p"
+        )
+        if agent == "question on screen":
+            assert wait_until(lambda: "wants to read ~/.aws/credentials" in tmux("capture-pane", "-p"), 20)
+        else:
+            time.sleep(0.5)  # the proxy holds the terminal raw
+        os.kill(int((home.root / "run.pid").read_text()), signo)
+        assert wait_until(lambda: (home.root / "after").exists(), 20), tmux("capture-pane", "-p")
+        assert (home.root / "rc").read_text().strip() == str(128 + signo)
+        assert (home.root / "after").read_text() == (home.root / "before").read_text()
+        assert not pid_alive(int(agent_pid.read_text()))
+    finally:
+        tmux("kill-server")
