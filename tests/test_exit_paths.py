@@ -6,15 +6,15 @@ XDG_STATE_HOME that is a file were tracebacks."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import NONO_SHELL, SUPERVISOR, Home, pid_alive, wait_until
+from conftest import NONO_SHELL, SUPERVISOR, Home, as_nobody, pid_alive, wait_until
 
 
 def _in_deleted_cwd(home: Home, argv: list[str]) -> list[str]:
@@ -161,33 +161,50 @@ _SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 @pytest.mark.parametrize("agent", _AGENTS)
 @pytest.mark.parametrize("signo", _SIGNALS, ids=[s.name for s in _SIGNALS])
-def test_a_signal_to_run_restores_the_terminal_and_ends_the_agent(home, signo, agent):
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_signal_to_run_restores_the_terminal_and_ends_the_agent(request, user, signo, agent):
     """In a real terminal (tmux), ``stty -g`` after ``run`` ended by the signal equals ``stty -g`` before
-    it, ``run`` exits 128+N and the agent is gone. Before: SIGTERM and SIGHUP left the terminal raw."""
-    server = f"nono-test-{os.getpid()}-{signo}"
-    (home.root / "pane.sh").write_text(_PANE.format(root=home.root, supervisor=SUPERVISOR))
+    it (and differed while run held it raw), ``run`` exits 128+N and the agent is gone. Before: SIGTERM
+    and SIGHUP left the terminal raw."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    server = home.root.name  # a tmux server of its own per test: a dying one must not take the next
+    pane = home.root / "pane.sh"
+    pane.write_text(_PANE.format(root=home.root, supervisor=SUPERVISOR))
     (home.work / "agent.sh").write_text(_AGENTS[agent])
+    shell = ["bash", "--norc", str(pane)]
     env = {**home.env, "TERM": "xterm-256color"}
 
     def tmux(*args: str) -> str:
         return subprocess.run(["tmux", "-L", server, *args], env=env, capture_output=True, text=True).stdout
 
+    def mode() -> str:
+        return subprocess.run(["stty", "-g", "-F", tty], capture_output=True, text=True).stdout
+
     tmux(
-        "new-session", "-d", "-x", "200", "-y", "50", "-c", str(home.work), f"bash --norc {home.root}/pane.sh"
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-c",
+        str(home.work),
+        shlex.join(as_nobody(shell) if user else shell),
     )
     try:
-        agent_pid = home.work / "agent.pid"
+        tty = tmux("display-message", "-p", "#{pane_tty}").strip()
+        agent_pid, before = home.work / "agent.pid", home.root / "before"
         assert wait_until(lambda: agent_pid.exists() and agent_pid.read_text().strip(), 30), tmux(
             "capture-pane", "-p"
         )
+        assert wait_until(lambda: mode() != before.read_text(), 10)  # raw while run holds it
         if agent == "question on screen":
             assert wait_until(lambda: "wants to read ~/.aws/credentials" in tmux("capture-pane", "-p"), 20)
-        else:
-            time.sleep(0.5)  # the proxy holds the terminal raw
         os.kill(int((home.root / "run.pid").read_text()), signo)
-        assert wait_until(lambda: (home.root / "after").exists(), 20), tmux("capture-pane", "-p")
+        after = home.root / "after"
+        assert wait_until(lambda: after.exists() and after.read_text(), 20), tmux("capture-pane", "-p")
         assert (home.root / "rc").read_text().strip() == str(128 + signo)
-        assert (home.root / "after").read_text() == (home.root / "before").read_text()
+        assert after.read_text() == before.read_text() == mode()
         assert not pid_alive(int(agent_pid.read_text()))
     finally:
         tmux("kill-server")
