@@ -14,7 +14,7 @@ from nono_supervisor import paths
 from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
 from nono_supervisor.errors import NonoError, SandboxError, UsageError
 from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
-from nono_supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.prompt import GUARD_SECONDS, TtyGuard
 from nono_supervisor.session import Session
 
 __all__ = ["main"]
@@ -413,7 +413,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         server = _serve(session, socket_path, args.verbose)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        for signo in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # kill, a closed window: end cleanly
+            signal.signal(signo, lambda *_: sys.exit(0))
         print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
         try:
             server.serve_forever()
@@ -568,18 +569,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.command in _IN_WORKDIR:
             _check_workdir()
         status = handler()
+        sys.stdout.flush()  # here, not at exit: a reader that went away is the BrokenPipeError below
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         status = e.exit_code
+    except BrokenPipeError:
+        # `policy | head`: stop quietly, as a shell tool would. (SIGPIPE stays ignored: the supervisor
+        # writes to sockets whose clients may be gone.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 128 + signal.SIGPIPE
     except OSError as e:  # one line at the edge for what no check foresaw (CONTRACT); nothing was run
         where = f"{e.filename}: " if e.filename else ""
         print(f"nono-supervisor: {where}{e.strerror or e}", file=sys.stderr)
         status = SandboxError.exit_code
     except KeyboardInterrupt:
         status = 128 + signal.SIGINT
-    except BrokenPipeError:
-        # `policy | head`: stop quietly, as a shell tool would. (SIGPIPE stays ignored: the supervisor
-        # writes to sockets whose clients may be gone.)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        status = 128 + signal.SIGPIPE
+    finally:
+        # However the subcommand ended, no terminal it held stays raw: a command's pty proxy under serve
+        # or exec, or a question, hold it from threads that die with the process (issue 23, finding 3).
+        TtyGuard.release_all()
     sys.exit(status)

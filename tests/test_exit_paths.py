@@ -208,3 +208,78 @@ def test_a_signal_to_run_restores_the_terminal_and_ends_the_agent(request, user,
         assert not pid_alive(int(agent_pid.read_text()))
     finally:
         tmux("kill-server")
+
+
+@pytest.mark.parametrize("argv", [["policy"], ["log"]])
+def test_a_closed_pipe_stops_quietly(home, argv):
+    """``policy | head``: 141 and nothing on stderr, as a shell tool; not the one-line error of other
+    OSErrors at the edge (BrokenPipeError is one)."""
+    log = home.root / "audit.jsonl"
+    log.write_text("".join(f'{{"event":"e","n":{n}}}\n' for n in range(100000)))
+    result = home.run(
+        [
+            "bash",
+            "-c",
+            f'{SUPERVISOR} "$@" | head -1; echo "${{PIPESTATUS[0]}}" >&2',
+            "sh",
+            *argv,
+            "--audit-log",
+            str(log),
+        ]
+    )
+    assert result.stderr == "141\n" and result.stdout.count("\n") == 1
+
+
+_SERVE_PANE = """\
+stty -g > {root}/before
+sh -c 'echo $$ > {root}/serve.pid; exec {supervisor} serve --socket {root}/run/socket'
+echo $? > {root}/rc
+stty -g > {root}/after
+sleep 60
+"""
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("signo", _SIGNALS[:3], ids=[s.name for s in _SIGNALS[:3]])
+def test_a_signal_to_serve_restores_the_terminal_a_command_was_proxied_on(home, signo):
+    """A command handed serve's own terminal runs on a pty serve proxies, the terminal raw meanwhile; serve
+    ended by TERM, HUP or QUIT leaves it as it was. Before: HUP and QUIT killed serve with the terminal raw,
+    and TERM's exit left it raw too (the proxy's thread held it)."""
+    server = home.root.name
+    (home.root / "run").mkdir(mode=0o700)
+    (home.root / "pane.sh").write_text(_SERVE_PANE.format(root=home.root, supervisor=SUPERVISOR))
+    env = {**home.env, "TERM": "xterm-256color"}
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(["tmux", "-L", server, *args], env=env, capture_output=True, text=True).stdout
+
+    tmux(
+        "new-session", "-d", "-x", "200", "-y", "50", "-c", str(home.work), f"bash --norc {home.root}/pane.sh"
+    )
+    client = None
+    try:
+        tty = tmux("display-message", "-p", "#{pane_tty}").strip()
+        before, after = home.root / "before", home.root / "after"
+        assert wait_until(lambda: (home.root / "run" / "socket").exists(), 30), tmux("capture-pane", "-p")
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+        try:
+            client = subprocess.Popen(
+                [NONO_SHELL, "-c", "sleep 30"],
+                stdin=fd,
+                stdout=fd,
+                stderr=fd,
+                env={**env, "NONO_SOCKET": str(home.root / "run" / "socket")},
+                cwd=home.work,
+            )
+        finally:
+            os.close(fd)
+        mode = lambda: subprocess.run(["stty", "-g", "-F", tty], capture_output=True, text=True).stdout  # noqa: E731
+        assert wait_until(lambda: mode() != before.read_text(), 10)  # raw while the command's proxy runs
+        os.kill(int((home.root / "serve.pid").read_text()), signo)
+        assert wait_until(lambda: after.exists() and after.read_text(), 20), tmux("capture-pane", "-p")
+        assert after.read_text() == before.read_text() == mode()
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        tmux("kill-server")
