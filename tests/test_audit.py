@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, SUPERVISOR, as_nobody
+from conftest import NOBODY, SUPERVISOR, Supervisor, as_nobody, wait_until
 from nono_supervisor.audit import ROTATED_KEPT, AuditLog, log_files
 
 # Run in a private mount namespace on a 64 KiB tmpfs: one record, then a filler file takes every free page,
@@ -71,6 +71,62 @@ def test_a_full_disk_leaves_every_line_json_and_the_lost_count_readable(request,
     assert [r["n"] for r in records if r["event"] == "full"] == list(range(sum(full)))
     assert records[-2]["records"] == full.count(False)
     assert result.stderr.count("No space left on device") == 1  # said once
+
+
+def test_a_supervisor_whose_disk_fills_keeps_serving_and_its_log_stays_json(home):
+    """End to end: serve with its audit log on a 64 KiB tmpfs of its own mount namespace; the disk fills
+    mid-session (a filler file written from inside that namespace), commands with denials go on being
+    enforced and reported, the filler goes, and the log read back holds only whole records and one
+    audit-lost record with a count."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("needs root, unshare(1) and nsenter(1) for a tmpfs in a private mount namespace")
+    disk, run_dir, shims = home.root / "disk", home.root / "run", home.root / "shims"
+    disk.mkdir()
+    run_dir.mkdir(mode=0o700)
+    shims.mkdir()
+    log, socket_path, errors = disk / "audit.jsonl", run_dir / "socket", home.root / "supervisor.err"
+    mount = 'mount -t tmpfs -o size=64k tmpfs "$0" && exec "$@"'
+    serve = [
+        SUPERVISOR,
+        "serve",
+        "--socket",
+        str(socket_path),
+        "--shims",
+        str(shims),
+        "--audit-log",
+        str(log),
+    ]
+    with errors.open("wb") as err:
+        process = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(disk), *serve],
+            env=home.env,
+            cwd=home.work,
+            stderr=err,
+        )
+    supervisor = Supervisor(home, process, socket_path, shims, errors)
+    inside = ["nsenter", f"--mount=/proc/{process.pid}/ns/mnt"]  # sh exec'd the supervisor: the same pid
+    try:
+        assert wait_until(socket_path.exists, 20), errors.read_text()
+
+        def denied() -> None:
+            result = supervisor.shell("-c", "cat ~/.ssh/id_rsa; echo rc=$?")
+            assert result.stdout == "rc=1\n" and "nono: denied read ~/.ssh/id_rsa" in result.stderr
+
+        denied()
+        subprocess.run([*inside, "sh", "-c", f"cat /dev/zero > {disk}/filler"], capture_output=True)
+        for _ in range(12):  # about 3 records each: what is left of the log's last page, then ENOSPC
+            denied()
+        subprocess.run([*inside, "rm", f"{disk}/filler"], check=True)
+        denied()
+        text = subprocess.run([*inside, "cat", str(log)], capture_output=True, text=True, check=True).stdout
+    finally:
+        supervisor.stop()
+    records = [json.loads(line) for line in text.splitlines()]  # every line whole
+    lost = [r for r in records if r.get("event") == "audit-lost"]
+    assert len(lost) == 1 and lost[0]["records"] > 0, lost
+    denials = [r for r in records if r.get("decision") == "deny" and r.get("path") == str(home.key)]
+    assert 2 <= len(denials) < 14  # the first, some while the page had room, the last; not all 14
+    assert errors.read_text().count("No space left on device; not recording until it is writable again") == 1
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
