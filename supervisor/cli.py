@@ -100,10 +100,10 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
 def _size(text: str) -> int:
     """``--audit-log-max``: a byte count, with an optional K, M or G (powers of 1024)."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    match = re.fullmatch(r"(\d+)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
+    match = re.fullmatch(r"(\d+)(?:([KMG])(?:i?B)?|B?)", text.strip(), re.IGNORECASE)
     if not match:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 65536, 512K, 64M)")
-    return int(match.group(1)) * units[match.group(2).upper()]
+    return int(match.group(1)) * units[(match.group(2) or "").upper()]
 
 
 def _options(args: argparse.Namespace) -> PolicyOptions:

@@ -131,8 +131,9 @@ class TtyGuard:
         ``run``), and a question's thread that still holds the terminal may not get to leave its block
         before the process exits (issue 23, finding 3). A holder that leaves later restores nothing."""
         with cls._lock:
-            held, cls._held = cls._held, {}
-            for _holders, saved, fd in held.values():
+            held = list(cls._held.values())
+            cls._held.clear()
+            for _holders, saved, fd in held:
                 try:
                     termios.tcsetattr(fd, termios.TCSADRAIN, saved)
                 except termios.error:
