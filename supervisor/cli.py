@@ -396,7 +396,7 @@ def _serve(session: Session, socket_path: Path, verbose: int):
     try:
         return Server(session, socket_path, verbose)
     except OSError as e:  # a supervisor already listens there, or the directory is gone: one line
-        raise SandboxError(f"cannot listen on {socket_path}: {e.strerror}") from None
+        raise SandboxError(f"cannot listen on {socket_path}: {e.strerror or e}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -35,6 +35,12 @@ def _grants(home: Home) -> Path:
     return home.home / ".config" / "nono-shell" / "grants.toml"
 
 
+def _private(home: Home) -> Path:
+    run_dir = home.root / "run"
+    run_dir.mkdir(mode=0o700)
+    return run_dir
+
+
 def _exec(home: Home, *flags: str) -> list[str]:
     return [SUPERVISOR, "exec", *flags, "--", "touch", str(home.work / "ran")]
 
@@ -93,6 +99,11 @@ CASES = {
         2,
         "must be an existing directory of yours with mode 0700",
     ),
+    "socket path too long": (
+        lambda h: ([SUPERVISOR, "serve", "--socket", str(_private(h) / ("s" * 120))], {}),
+        125,
+        "cannot listen on",  # AF_UNIX path too long: an OSError without an errno (was ': None')
+    ),
     "unknown flag": (lambda h: (_exec(h, "--alow", "/"), {}), 2, "unrecognized arguments: --alow"),
 }
 
@@ -104,7 +115,7 @@ def test_error_is_one_line_with_its_exit_code_and_runs_nothing(home, name):
     result = home.run(argv, env={**home.env, **env}, cwd=home.root)
     assert result.returncode == code, result.stderr
     assert result.stderr.startswith("nono-supervisor: ") and result.stderr.count("\n") == 1, result.stderr
-    assert says.format(work=home.work) in result.stderr
+    assert says.format(work=home.work) in result.stderr and ": None" not in result.stderr
     assert not (home.work / "ran").exists()
 
 
