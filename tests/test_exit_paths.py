@@ -294,3 +294,27 @@ def test_a_signal_to_serve_restores_the_terminal_a_command_was_proxied_on(home, 
             client.kill()
             client.wait()
         tmux("kill-server")
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_signal_to_run_without_a_terminal_ends_the_agent_and_exits_128_plus_n(request, user):
+    """No terminal (the agent on run's own pipes): SIGTERM still goes on to the agent, its tree is killed
+    after the grace if it ignores it, and run exits 143. Twin: the same agent ended by itself exits 0."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    (home.work / "agent.sh").write_text(_AGENTS["agent ignores it"])
+    argv = [SUPERVISOR, "run", "--no-interpose", "--", "bash", "agent.sh"]
+    with subprocess.Popen(
+        as_nobody(argv) if user else argv,
+        cwd=home.work,
+        env=home.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as run:
+        agent_pid = home.work / "agent.pid"
+        assert wait_until(lambda: agent_pid.exists() and agent_pid.read_text().strip(), 30)
+        run.send_signal(signal.SIGTERM)  # as_nobody's wrapper execs: this is run itself
+        assert run.wait(20) == 128 + signal.SIGTERM, run.stderr.read()
+    assert not pid_alive(int(agent_pid.read_text()))
+    (home.work / "agent.sh").write_text("exit 0\n")
+    assert home.run(argv, user=user, stdin=subprocess.DEVNULL).returncode == 0
