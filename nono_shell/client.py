@@ -76,10 +76,14 @@ def run(argv: list[str]) -> int:
     if not path:
         raise _Failure("NONO_SOCKET is not set; refusing to run unsandboxed")
     stdio = _open_std_fds()
+    try:
+        cwd = os.getcwd()
+    except OSError as e:  # deleted under us: the command would have no directory to start in
+        raise _Failure(f"the current directory is gone ({e.strerror}); refusing to run") from None
     request = protocol.RunRequest(
         shell=shell_for(argv[0]),
         argv=argv,
-        cwd=os.getcwd(),
+        cwd=cwd,
         env=dict(os.environ),
         stdio=stdio,
         tty=_tty_state(stdio),

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from nono_supervisor import paths
+from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
 from nono_supervisor.errors import NonoError, SandboxError, UsageError
 from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
-from nono_supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.prompt import GUARD_SECONDS, TtyGuard
 from nono_supervisor.session import Session
 
 __all__ = ["main"]
@@ -80,12 +81,29 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
     parser.add_argument(
+        "--audit-log-max",
+        type=_size,
+        default=MAX_BYTES,
+        metavar="SIZE",
+        help=f"rotate the audit log once it would grow past SIZE (bytes; K, M, G suffixes; 0: never);"
+        f" {ROTATED_KEPT} rotated files are kept (default: {MAX_BYTES >> 20}M)",
+    )
+    parser.add_argument(
         "--no-trap",
         action="store_true",
         help="Landlock only: no seccomp notification (no denial reports, no dynamic grants)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the effective policy and run nothing")
     parser.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _size(text: str) -> int:
+    """``--audit-log-max``: a byte count, with an optional K, M or G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    match = re.fullmatch(r"(\d+)(?:([KMG])(?:i?B)?|B?)", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 65536, 512K, 64M)")
+    return int(match.group(1)) * units[(match.group(2) or "").upper()]
 
 
 def _options(args: argparse.Namespace) -> PolicyOptions:
@@ -187,7 +205,9 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _session(args: argparse.Namespace, **kw: object) -> Session:
-    return Session.create(_options(args), audit_path=args.audit_log, trap=not args.no_trap, **kw)
+    return Session.create(
+        _options(args), audit_path=args.audit_log, audit_max=args.audit_log_max, trap=not args.no_trap, **kw
+    )
 
 
 def _print_agent(session: Session) -> None:
@@ -370,7 +390,7 @@ def _serve(session: Session, socket_path: Path, verbose: int):
     try:
         return Server(session, socket_path, verbose)
     except OSError as e:  # a supervisor already listens there, or the directory is gone: one line
-        raise SandboxError(f"cannot listen on {socket_path}: {e.strerror}") from None
+        raise SandboxError(f"cannot listen on {socket_path}: {e.strerror or e}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -387,7 +407,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         server = _serve(session, socket_path, args.verbose)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        for signo in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # kill, a closed window: end cleanly
+            signal.signal(signo, lambda *_: sys.exit(0))
         print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
         try:
             server.serve_forever()
@@ -438,26 +459,46 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
+    """Streams the log, the rotated files first (oldest to newest), one line at a time: a log of any size
+    is read in constant memory. A line that is not a JSON object is counted and said at the end."""
     path = args.audit_log or paths.audit_log_path()
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    for line in lines:
+    unreadable = 0
+    for name in log_files(path):
         try:
-            record = json.loads(line)
-        except ValueError:
+            f = open(name, "rb")  # noqa: SIM115 - closed by the with below, after the error is told
+        except FileNotFoundError:
             continue
-        if args.denials and record.get("decision") != "deny":
-            continue
-        if args.command_id and record.get("command") != args.command_id:
-            continue
-        if args.json:
-            print(line)
-        else:
-            what = record.get("event") or f"{record.get('decision')} {record.get('op')} {record.get('path')}"
-            print(f"{record.get('time')} {record.get('command')} {what} {' '.join(record.get('argv') or [])}")
+        except OSError as e:
+            raise UsageError(f"{name}: cannot read the audit log: {e.strerror}") from None
+        with f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    unreadable += 1
+                    continue
+                _print_record(record, line, args)
+    if unreadable:
+        print(f"nono-supervisor: {path}: {unreadable} lines are not JSON records (skipped)", file=sys.stderr)
     return 0
+
+
+def _print_record(record: dict, line: bytes, args: argparse.Namespace) -> None:
+    if args.denials and record.get("decision") != "deny":
+        return
+    if args.command_id and record.get("command") != args.command_id:
+        return
+    if args.json:
+        sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+        return
+    event = record.get("event")
+    if event == "audit-lost":
+        what = f"audit-lost: {record.get('records')} records could not be written"
+    else:
+        what = event or f"{record.get('decision')} {record.get('op')} {record.get('path')}"
+    print(f"{record.get('time')} {record.get('command')} {what} {' '.join(record.get('argv') or [])}")
 
 
 def _cmd_grants(args: argparse.Namespace) -> int:
@@ -491,6 +532,17 @@ def _cmd_doctor(_args: argparse.Namespace) -> int:
     return report()
 
 
+# The subcommands whose policy grants the current directory as the workdir.
+_IN_WORKDIR = ("run", "exec", "serve", "policy")
+
+
+def _check_workdir() -> None:
+    try:
+        os.getcwd()
+    except OSError as e:  # deleted under the shell that started us: there is no workdir to grant
+        raise SandboxError(f"the current directory is gone ({e.strerror}); cd to one that exists") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     options, command = _split_command(argv)
@@ -508,7 +560,10 @@ def main(argv: list[str] | None = None) -> None:
         }[args.command]
         if command and args.command not in ("run", "exec"):
             raise UsageError(f"{args.command}: unexpected command after '--'")
+        if args.command in _IN_WORKDIR:
+            _check_workdir()
         status = handler()
+        sys.stdout.flush()  # here, not at exit: a reader that went away is the BrokenPipeError below
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         status = e.exit_code
@@ -517,4 +572,14 @@ def main(argv: list[str] | None = None) -> None:
         # writes to sockets whose clients may be gone.)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = 128 + signal.SIGPIPE
+    except OSError as e:  # one line at the edge for what no check foresaw (CONTRACT); nothing was run
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"nono-supervisor: {where}{e.strerror or e}", file=sys.stderr)
+        status = SandboxError.exit_code
+    except KeyboardInterrupt:
+        status = 128 + signal.SIGINT
+    finally:
+        # However the subcommand ended, no terminal it held stays raw: a command's pty proxy under serve
+        # or exec, or a question, hold it from threads that die with the process (issue 23, finding 3).
+        TtyGuard.release_all()
     sys.exit(status)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "KINDS",
     "SOURCE",
     "DOMAIN",
+    "MAX_STORE_BYTES",
 ]
 
 ACCESSES = ("read", "write", "allow")
@@ -50,6 +52,13 @@ SOURCE = "grant-store"  # Grant.source, and the audit log's `by`
 _REQUIRED = ("id", "path", "access", "kind", "created", "command")
 _KEYS = ("id", "path", "access", "kind", "created", "expires", "command")  # file order
 _MAX_COMMAND = 1000  # informational only; a heredoc should not bloat the file
+# The largest grants.toml read (issue 23, finding 7: a 50 MB store of 200,000 grants took 48.6 s and 302 MB
+# to start, and every change to it stalled the next command 70 s). "always" answers are added one at a time
+# by a human; 256 KiB holds about 1,150 of them. At the cap a session starts with it in 0.09 s, reloads it
+# after a change in 0.07 s and compiles its Landlock plan in 0.07-0.12 s (bench/bench_grants.py, a shared
+# 2-core machine), so the reload need not be incremental. Over the cap the store is refused in one line
+# before it is parsed, until grants are revoked (revoke reads it whatever its size) or the file is edited.
+MAX_STORE_BYTES = 256 << 10
 _HEADER = (
     '# nono-shell persistent grants ("always" answers). Manage with: nono-supervisor grants list|revoke ID\n'
 )
@@ -64,6 +73,7 @@ class StoredGrant:
     created: str  # ISO 8601 UTC, "2025-01-31T12:00:00Z"
     expires: str | None  # ISO 8601 UTC, or None for never
     command: str  # the command line that asked (informational)
+    line: int = field(default=0, compare=False)  # where its [[grant]] begins in the file (0: not known)
 
     def expired(self, now: datetime) -> bool:
         """True once ``now`` has reached ``expires``; a grant without one never expires."""
@@ -100,10 +110,17 @@ class GrantStore:
             return None
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def load(self, now: datetime | None = None) -> list[StoredGrant]:
-        """The grants in force at ``now`` (default: the current time); a missing file is an empty store."""
+    def load(self, now: datetime | None = None, protected: tuple[str, ...] = ()) -> list[StoredGrant]:
+        """The grants in force at ``now`` (default: the current time); a missing file is an empty store.
+        Each is checked as ``add`` checks a new one (a hand edit is no way around it): ``/``, or write
+        access at, below or above a ``protected`` path, is a ``UsageError`` naming the file and line."""
         moment = _utc(now) if now is not None else datetime.now(timezone.utc)
-        return [g for g in self._read() if not g.expired(moment)]
+        grants = [g for g in self._read() if not g.expired(moment)]
+        for g in grants:
+            if g.kind != DOMAIN:
+                where = f"{self.path}:{g.line}" if g.line else str(self.path)
+                _check_grantable(g.path, g.access, protected, f"{where}: grant {g.id!r}")
+        return grants
 
     def add(
         self,
@@ -128,10 +145,8 @@ class GrantStore:
                 raise UsageError(f"{where}: access must be one of {', '.join(ACCESSES)}, got {access!r}")
             if kind not in KINDS:
                 raise UsageError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        if access != "read" and kind != DOMAIN:
-            for top in protected:
-                if _overlaps(path, top):
-                    raise UsageError(f"{where}: {access} on {path!r} would cover never-grantable {top!r}")
+        if kind != DOMAIN:
+            _check_grantable(path, access, protected, where)
         now = datetime.now(timezone.utc)
         until = None
         if expires is not None:
@@ -151,24 +166,29 @@ class GrantStore:
             while grant_id in ids:
                 grant_id = secrets.token_hex(4)
             grant = StoredGrant(grant_id, path, access, kind, _iso(now), until, command)
-            self._write([*grants, grant])
+            text = _dump([*grants, grant])
+            if len(text.encode()) > MAX_STORE_BYTES:
+                raise UsageError(f"{where}: the store would grow past {_CAP}; revoke grants first")
+            self._write(text)
             return grant
 
     def revoke(self, grant_id: str) -> bool:
-        """Remove the grant with this id; False when there is none (expired entries go at the same time)."""
+        """Remove the grant with this id; False when there is none (expired entries go at the same time).
+        A store over the cap is read all the same: revoking is how it gets back under."""
         with self._locked():
-            grants = self._read()
+            grants = self._read(capped=False)
             kept = [g for g in grants if g.id != grant_id]
             if len(kept) == len(grants):
                 return False
             now = datetime.now(timezone.utc)
-            self._write([g for g in kept if not g.expired(now)])
+            self._write(_dump([g for g in kept if not g.expired(now)]))
             return True
 
     # -- file handling ---------------------------------------------------------------------------------
 
-    def _read(self) -> list[StoredGrant]:
-        """Every entry of the file, expired ones included, validated; [] when there is no file."""
+    def _read(self, capped: bool = True) -> list[StoredGrant]:
+        """Every entry of the file, expired ones included, validated; [] when there is no file. ``capped``:
+        a file over ``MAX_STORE_BYTES`` is refused before it is parsed."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang us
         except FileNotFoundError:
@@ -185,18 +205,27 @@ class GrantStore:
                 f"{self.path}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
                 "grants must be writable only by you (chmod 600)"
             )
+        limit = MAX_STORE_BYTES if capped else st.st_size + (1 << 20)
         with os.fdopen(fd, "rb") as f:
             try:
-                data = tomllib.load(f)
+                raw = f.read(limit + 1)  # not st_size: the file may grow while it is read
             except OSError as e:
                 raise UsageError(f"{self.path}: cannot read grants: {e.strerror}") from e
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-                raise UsageError(f"{self.path}: invalid TOML: {e}") from e
-        return _validate(data, str(self.path))
+        if len(raw) > limit:
+            raise UsageError(
+                f"{self.path}: over the {_CAP} a grant store may hold; revoke grants"
+                " (nono-supervisor grants revoke ID) or edit the file"
+            )
+        try:
+            text = raw.decode("utf-8")
+            data = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{self.path}: invalid TOML: {e}") from e
+        return _validate(data, str(self.path), _table_lines(text))
 
-    def _write(self, grants: list[StoredGrant]) -> None:
-        """Replace the file atomically (caller holds the lock): temp file, fsync, rename, fsync dir."""
-        text = _dump(grants)
+    def _write(self, text: str) -> None:
+        """Replace the file with ``text`` atomically (caller holds the lock): temp file, fsync, rename,
+        fsync dir."""
         directory = self.path.parent
         tmp = directory / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
         try:
@@ -263,7 +292,16 @@ class GrantStore:
 # -- validation -------------------------------------------------------------------------------------------
 
 
-def _validate(data: dict[str, Any], origin: str) -> list[StoredGrant]:
+_CAP = f"{MAX_STORE_BYTES >> 10} KiB"
+_TABLE = re.compile(r"[ \t]*\[\[[ \t]*grant[ \t]*\]\]")
+
+
+def _table_lines(text: str) -> list[int]:
+    """The line number of each ``[[grant]]`` header, in order (what a hand editor looks for)."""
+    return [n for n, line in enumerate(text.splitlines(), 1) if _TABLE.match(line)]
+
+
+def _validate(data: dict[str, Any], origin: str, lines: list[int] = ()) -> list[StoredGrant]:
     for key in data:
         if key != "grant":
             raise UsageError(f"{origin}: unknown key '{key}' (expected [[grant]] entries)")
@@ -272,8 +310,10 @@ def _validate(data: dict[str, Any], origin: str) -> list[StoredGrant]:
         raise UsageError(f"{origin}: 'grant' must be an array of tables ([[grant]])")
     grants: list[StoredGrant] = []
     seen: set[str] = set()
-    for n, entry in enumerate(entries, 1):
-        where = f"{origin}: grant #{n}"
+    if len(lines) != len(entries):
+        lines = [0] * len(entries)  # grant = [{...}] written inline: no header to point at
+    for n, (entry, line) in enumerate(zip(entries, lines, strict=True), 1):
+        where = f"{origin}:{line}: grant #{n}" if line else f"{origin}: grant #{n}"
         if isinstance(entry.get("id"), str):
             where += f" (id {entry['id']!r})"
         for key, value in entry.items():
@@ -316,6 +356,7 @@ def _validate(data: dict[str, Any], origin: str) -> list[StoredGrant]:
                 created=entry["created"],
                 expires=entry.get("expires"),
                 command=entry["command"],
+                line=line,
             )
         )
     return grants
@@ -332,18 +373,29 @@ def _check_path(path: object, where: str) -> None:
         raise UsageError(f"{where}: path is not valid UTF-8 (cannot be stored): {path!r}") from None
 
 
+def _check_grantable(path: str, access: str, protected: tuple[str, ...], where: str) -> None:
+    """What no grant may be, whether an answer adds it or a hand edit does: ``/`` (every file of the
+    machine; the never-grantable paths stay denied, but ``/etc`` and ``~`` would not be), or write access
+    at, below or above a ``protected`` path (write on ``~`` would cover nono-shell's own config)."""
+    mine = _forms(path)
+    if "/" in mine:  # "//", "/usr/.." and a link to / too
+        raise UsageError(f"{where}: {access} on '/' would cover every file, never-grantable ones included")
+    if access != "read":
+        for top in protected:
+            if any(_under(a, b) or _under(b, a) for a in mine for b in _forms(top)):
+                raise UsageError(f"{where}: {access} on {path!r} would cover never-grantable {top!r}")
+
+
+def _forms(path: str) -> tuple[str, str]:
+    """``path`` as given and as resolved (through a link into a protected tree)."""
+    return os.path.normpath(path), os.path.realpath(path)
+
+
 def _check_domain(pattern: object, access: str, where: str) -> str:
     """A domain grant's host pattern, normalized; access must be ``connect``."""
     if access != "connect":
         raise UsageError(f"{where}: a domain grant's access must be 'connect', got {access!r}")
     return parse_pattern(pattern, SOURCE, where).text()
-
-
-def _overlaps(path: str, top: str) -> bool:
-    """``path`` at, below or above ``top``, comparing both the paths as given and as resolved."""
-    mine = {os.path.normpath(path), os.path.realpath(path)}
-    theirs = {os.path.normpath(top), os.path.realpath(top)}
-    return any(_under(a, b) or _under(b, a) for a in mine for b in theirs)
 
 
 def _under(path: str, top: str) -> bool:

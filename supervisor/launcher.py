@@ -37,6 +37,14 @@ __all__ = [
 ]
 
 SHELL_NAMES = ("sh", "bash", "dash", "zsh")
+# The signals that end `run` cleanly (issue 23, finding 3): a closed terminal window or a logout (HUP),
+# kill (TERM), Ctrl-\ or Ctrl-C sent to the supervisor itself (QUIT, INT; typed in the agent's pty they are
+# the agent's keys). Each goes on to the agent's process group, the terminal is restored, and `run` exits
+# 128+N. SIGKILL cannot be caught: after it the terminal stays as it was (README).
+ENDING_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+# How long the agent has to end on that signal (save its state, end its commands) before its whole tree is
+# killed: an agent that catches SIGINT and goes on, or one stopped at a question, still ends.
+AGENT_GRACE_SECONDS = 2.0
 # Where the real shells live, besides PATH: what an agent names by absolute path (Codex: /bin/bash).
 _SHELL_DIRS = ("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin")
 
@@ -285,25 +293,67 @@ def run_agent(
         launch_extra=extra,
         notify_class=watcher,
     )
+    master = -1
     try:
         if not os.isatty(0):
-            return status_code(start((0, 1, 2)).wait())
-        master, slave = os.openpty()
-        try:
-            _copy_window_size(0, master)
-            process = start((slave, slave, slave), ctty=True)
-        except (OSError, SandboxError):
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
+            process = start((0, 1, 2))
+        else:
+            master, slave = os.openpty()
+            try:
+                _copy_window_size(0, master)
+                process = start((slave, slave, slave), ctty=True)
+            except (OSError, SandboxError):
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
     finally:
         if exec_fd >= 0:
             os.close(exec_fd)
-    proxy = _Proxy(0, 1)
-    with _lent(session.prompter, proxy):
-        proxy.run(master, process.exit_fd())
-    return status_code(process.wait())
+    try:
+        with _ended_by_signals(process) as received:
+            if master >= 0:
+                proxy = _Proxy(0, 1)
+                with _lent(session.prompter, proxy):
+                    proxy.run(master, process.exit_fd())
+            status = process.wait()
+    finally:
+        TtyGuard.release_all()  # a question still on screen when the agent ended holds the terminal too
+    return 128 + received[0] if received else status_code(status)
+
+
+@contextlib.contextmanager
+def _ended_by_signals(process) -> Iterator[list[int]]:
+    """While the block runs, an ``ENDING_SIGNALS`` signal goes to the agent's process group, and its tree is
+    killed ``AGENT_GRACE_SECONDS`` later if it is still there; the block then ends as on any exit of the
+    agent (its output drained, the terminal restored by the guards on the way out). Yields the list that
+    holds the signal received, if any. Before: SIGTERM and SIGHUP killed the supervisor with the terminal
+    left raw (no echo, no line editing, no Ctrl-C)."""
+    received: list[int] = []
+    reaper: list[threading.Timer] = []
+
+    def kill_tree() -> None:
+        if process.status is None:  # not reaped yet: the keeper's pid is still ours
+            process.kill_tree()
+
+    def end(signo: int, _frame: object) -> None:
+        if received:
+            return
+        received.append(signo)
+        process.signal(signo)
+        timer = threading.Timer(AGENT_GRACE_SECONDS, kill_tree)
+        timer.daemon = True
+        timer.start()
+        reaper.append(timer)
+
+    previous = {signo: signal.signal(signo, end) for signo in ENDING_SIGNALS}
+    try:
+        yield received
+    finally:
+        for timer in reaper:
+            timer.cancel()
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
 
 
 def _copy_window_size(source: int, pty_master: int) -> None:

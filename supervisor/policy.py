@@ -213,7 +213,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as e:
         raise UsageError(f"{path}: cannot read profile: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # tomllib reads UTF-8 only (issue 23)
         raise UsageError(f"{path}: invalid TOML: {e}") from e
 
 

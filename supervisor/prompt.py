@@ -87,7 +87,7 @@ class TtyGuard:
     first saves the mode and sets raw, the last restores it, in whatever order they leave."""
 
     _lock = threading.Lock()
-    _held: dict[int, list] = {}  # st_rdev -> [holders, saved mode]
+    _held: dict[int, list] = {}  # st_rdev -> [holders, saved mode, fd]
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -100,7 +100,7 @@ class TtyGuard:
             if entry is None:
                 saved = termios.tcgetattr(self.fd)
                 tty.setraw(self.fd, termios.TCSANOW)
-                self._held[key] = [1, saved]
+                self._held[key] = [1, saved, self.fd]
             else:
                 entry[0] += 1
             self._key = key
@@ -124,6 +124,20 @@ class TtyGuard:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.restore()
+
+    @classmethod
+    def release_all(cls) -> None:
+        """Every terminal still held gets its saved mode back: the supervisor is ending (a signal to
+        ``run``), and a question's thread that still holds the terminal may not get to leave its block
+        before the process exits (issue 23, finding 3). A holder that leaves later restores nothing."""
+        with cls._lock:
+            held = list(cls._held.values())
+            cls._held.clear()
+            for _holders, saved, fd in held:
+                try:
+                    termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+                except termios.error:
+                    pass  # the terminal is gone (SIGHUP: the window was closed)
 
 
 @dataclass(frozen=True)

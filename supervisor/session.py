@@ -20,6 +20,7 @@ from pathlib import Path
 from nono_shell.personality import SHELLS
 from nono_supervisor import paths
 from nono_supervisor.access import AccessIndex
+from nono_supervisor.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
 from nono_supervisor.grants import GrantStore, to_policy_grants
@@ -124,6 +125,7 @@ class Session:
     id: str = field(default_factory=lambda: secrets.token_hex(4))
     shims_dir: Path | None = None
     audit_path: Path | None = None
+    audit_max: int = AUDIT_MAX_BYTES  # --audit-log-max: the size at which the audit log is rotated
     trap: bool = True  # seccomp user notification on top of Landlock (False: --no-trap, Landlock only)
     socket_path: Path | None = None  # where this session's supervisor listens, if it does
     # The agent's profile (agents.AgentProfile) under `run`: its state and install tree are the
@@ -153,7 +155,7 @@ class Session:
             for name in SHELLS
             if (shell := find_real_shell(name, self.env.get("PATH", ""), exclude)) is not None
         }
-        self.audit = AuditLog(self.audit_path or paths.audit_log_path(self.env), self.id)
+        self.audit = AuditLog(self.audit_path or paths.audit_log_path(self.env), self.id, self.audit_max)
         self._access: dict[int, AccessIndex] = {}
         self._linked: dict[int, tuple[Policy, float, frozenset[tuple[int, int]]]] = {}
         self._own_terminals = {os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)}
@@ -308,7 +310,7 @@ class Session:
             if stamp == self._store_stamp and not expired and not force:
                 return
             try:
-                stored = self._store.load()
+                stored = self._store.load(protected=self.protected_paths())
             except UsageError:
                 if force:
                     raise  # at start: a broken store is a usage error naming the file and entry

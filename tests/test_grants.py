@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import NOBODY, SUPERVISOR
 from nono_supervisor import grants as grants_mod
 from nono_supervisor import paths
 from nono_supervisor.errors import NonoError, UsageError
@@ -250,7 +252,7 @@ def test_malformed_file_names_file_and_key(store: GrantStore, text: str, needle:
     with pytest.raises(UsageError) as info:
         store.load()
     message = str(info.value)
-    assert message.startswith(f"{store.path}: ")
+    assert re.match(re.escape(str(store.path)) + r"(:\d+)?: ", message)
     assert needle in message
     assert "\n" not in message
     # A writer refuses too, and leaves the file for the human to fix.
@@ -420,6 +422,126 @@ def test_protected_refusal(store: GrantStore, tmp_path: Path, access: str) -> No
         store.add(str(home), "read", "dir", protected=protected),
     ]
     assert store.load() == ok
+
+
+# ---- validation on load, the size cap (issue 23, finding 7) --------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["/", "//", "/usr/.."])
+def test_a_hand_edited_grant_of_root_is_refused_naming_the_file_and_line(
+    store: GrantStore, root: str
+) -> None:
+    """Before: a grant of / loaded silently (never-grantable paths stayed protected, /etc and ~ did not)."""
+    write_file(
+        store, "# mine\n" + entry() + "\n" + entry(id='"0000r00t"', path=f'"{root}"', access='"allow"')
+    )
+    with pytest.raises(UsageError) as info:
+        store.load()
+    assert str(info.value) == (
+        f"{store.path}:10: grant '0000r00t': allow on '/' would cover every file,"
+        " never-grantable ones included"
+    )
+    assert store.revoke("0000r00t") is True  # the way out: revoke reads what load refuses
+    assert [g.path for g in store.load()] == ["/srv/x"]
+
+
+def test_a_hand_edited_link_to_root_is_refused(store: GrantStore, tmp_path: Path) -> None:
+    (tmp_path / "everything").symlink_to("/")
+    write_file(store, entry(path=f'"{tmp_path / "everything"}"'))
+    with pytest.raises(UsageError, match="would cover every file"):
+        store.load()
+
+
+def test_a_hand_edited_write_grant_over_never_grantable_is_refused_at_load(
+    store: GrantStore, tmp_path: Path
+) -> None:
+    """The same check as ``add`` (test_protected_refusal): a hand edit is no way around it."""
+    home, own = tmp_path / "home", tmp_path / "home" / ".config" / "nono-shell"
+    own.mkdir(parents=True)
+    write_file(store, entry(path=f'"{home}"', access='"write"'))
+    with pytest.raises(UsageError) as info:
+        store.load(protected=(str(own),))
+    assert str(info.value).startswith(f"{store.path}:1: grant 'abcd1234': write on '{home}' would cover")
+    write_file(store, entry(path=f'"{home}"', access='"read"'))  # the twin: reading it is grantable
+    assert [g.path for g in store.load(protected=(str(own),))] == [str(home)]
+
+
+def _padded(store: GrantStore, size: int) -> None:
+    text = entry()
+    write_file(store, text + "#" * (size - len(text) - 1) + "\n")
+    assert store.path.stat().st_size == size
+
+
+def test_a_store_over_the_cap_is_refused_in_one_line(store: GrantStore) -> None:
+    """Before: a 50 MB store (200,000 grants) took 48.6 s and 302 MB to start, and each change stalled the
+    next command 70 s. Over the cap it is refused before it is parsed; revoke still reads it."""
+    _padded(store, grants_mod.MAX_STORE_BYTES)
+    assert [g.id for g in store.load()] == ["abcd1234"]  # the twin: at the cap it loads
+    _padded(store, grants_mod.MAX_STORE_BYTES + 1)
+    with pytest.raises(UsageError) as info:
+        store.load()
+    assert str(info.value) == (
+        f"{store.path}: over the 256 KiB a grant store may hold; revoke grants"
+        " (nono-supervisor grants revoke ID) or edit the file"
+    )
+    with pytest.raises(UsageError, match="over the 256 KiB"):
+        store.add("/y", "read", "dir")
+    assert store.revoke("abcd1234") is True
+    assert store.load() == []
+
+
+def test_add_refuses_to_grow_the_store_past_the_cap(store: GrantStore, monkeypatch) -> None:
+    monkeypatch.setattr(grants_mod, "MAX_STORE_BYTES", 1000)
+    added = []
+    with pytest.raises(UsageError, match="would grow past"):
+        for n in range(20):
+            added.append(store.add(f"/data/{n}", "read", "dir"))
+    assert 2 < len(added) < 20 and store.load() == added and store.path.stat().st_size <= 1000
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_session_refuses_a_store_granting_root_and_runs_nothing(request, user: bool) -> None:
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    grants = Path(paths.grants_path(home.env))
+    grants.parent.mkdir(parents=True)
+    bad = entry(id='"0000r00t"', path='"/"', access='"allow"')
+    grants.write_text(entry(path=f'"{home.root}"') + bad)
+    grants.chmod(0o600)
+    if user:
+        for path in (grants.parent.parent, grants.parent, grants):
+            os.chown(path, NOBODY, NOBODY)
+    marker = home.work / "ran"
+    result = home.run([SUPERVISOR, "exec", "--", "touch", str(marker)], user=user)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"nono-supervisor: {grants}:8: grant '0000r00t': allow on '/' would cover every file,"
+        " never-grantable ones included\n"
+    )
+    assert not marker.exists()
+    grants.write_text(entry(path=f'"{home.root}"'))  # the twin: without it the command runs
+    result = home.run([SUPERVISOR, "exec", "--", "touch", str(marker)], user=user)
+    assert result.returncode == 0 and marker.exists(), result.stderr
+
+
+def test_a_store_edited_into_a_grant_of_root_mid_session_grants_nothing(home) -> None:
+    """Fail closed: an edit that makes the store invalid takes every stored grant away until it is fixed."""
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
+
+    store = GrantStore(paths.grants_path(home.env))
+    outside = str(home.root / "data")
+    store.add(outside, "read", "dir")
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        assert outside in {g.path for g in session.policy.grants}
+        with store.path.open("a") as f:
+            f.write(entry(id='"0000r00t"', path='"/"'))
+        session._refresh_store(force=False)  # the next lookup after STORE_CHECK_SECONDS
+        session._next_check = 0
+        grants = {g.path for g in session.policy.grants}
+        assert outside not in grants and "/" not in grants
+    finally:
+        session.close()
 
 
 def test_to_policy_grants() -> None:

@@ -444,7 +444,8 @@ def test_twin_writable_audit_log_records_the_denial(nobody_supervisor):
 def test_audit_write_never_raises(tmp_path, capfd):
     from nono_supervisor.audit import AuditLog
 
-    log = AuditLog(tmp_path / "audit.jsonl", "s1")
+    log = AuditLog(tmp_path / "audit.jsonl", "s1")  # creates the file: it can be written at start
+    (tmp_path / "audit.jsonl").unlink()
     (tmp_path / "audit.jsonl").mkdir()  # EISDIR even for root
     assert log.write(event="a") is False
     assert log.write(event="b", what=object()) is False  # not JSON: a bug, still no exception
