@@ -30,11 +30,12 @@ LINUX = sys.platform.startswith("linux")
 PRELOADS = []
 if LINUX:
     # into commands whose opens and execve are not trapped: asks again where Landlock refused one
+    # (notify.ASK_AGAIN_NAME)
     PRELOADS.append(("supervisor/linux/_askagain.c", "nono_supervisor.linux", "libnono_askagain.so", ["dl"]))
 if LINUX or DARWIN:
-    # into the agent: routes its shell execs to the shims
-    name = "libnono_interpose.dylib" if DARWIN else "libnono_interpose.so"
-    PRELOADS.append(("interpose/interpose.c", "nono_supervisor", name, [] if DARWIN else ["dl"]))
+    # into the agent: routes its shell execs to the shims (interpose.LIBRARY_NAME)
+    library = "libnono_interpose.dylib" if DARWIN else "libnono_interpose.so"
+    PRELOADS.append(("interpose/interpose.c", "nono_supervisor", library, [] if DARWIN else ["dl"]))
 
 
 class BuildWithClient(build_ext):
