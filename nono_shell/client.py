@@ -118,7 +118,8 @@ def run(argv: list[str]) -> int:
 
 
 def main(from_shim: bool = False) -> None:
-    """Console entry point; also what the bash-named shims run (``from_shim``)."""
+    """The Python client: the `nono-shell` on PATH where no C client was built (scripts/nono-shell), and
+    what the Python shims run (``from_shim``)."""
     argv = list(sys.argv)
     if from_shim:
         # The kernel put the shim's own path in argv[0] when it ran the script; the caller's name for
