@@ -155,6 +155,21 @@ def test_without_libseccomp_doctor_names_the_package_to_install(home):
     assert "[FAIL] with --no-trap only: " in result.stdout
 
 
+def test_doctor_fails_a_libseccomp_without_user_notification(monkeypatch, capsys):
+    from nono_supervisor import doctor
+    from nono_supervisor.linux import seccomp
+
+    monkeypatch.setattr(seccomp, "libseccomp_version", lambda: (2, 4, 4))  # before SCMP_ACT_NOTIFY
+    assert doctor._libseccomp_line() is False
+    line = capsys.readouterr().out
+    assert line.startswith("[FAIL] libseccomp: 2.4.4 has no user notification: install libseccomp2"), line
+    monkeypatch.undo()
+    assert doctor._libseccomp_line() is True  # the twin: this machine's
+    assert (
+        capsys.readouterr().out == f"[ok  ] libseccomp: {'.'.join(map(str, seccomp.libseccomp_version()))}\n"
+    )
+
+
 def test_without_libseccomp_a_command_is_refused_in_one_line_and_never_runs(home):
     marker = home.work / "ran"
     result = home.run([sys.executable, "-c", _WITHOUT_LIBSECCOMP, "exec", "--", "touch", str(marker)])
