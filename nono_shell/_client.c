@@ -5,9 +5,10 @@
  * The shims are scripts whose interpreter is this program (`#!.../nono-shell-client`), so the kernel runs
  * `nono-shell-client SHIM ARGS...`: argv[1] is the shim's path as it was executed, as sys.argv[0] is for
  * the Python shim. Installed as `nono-shell` on PATH (setup.py), it is run directly: argv[0] is the
- * caller's name for the shell, as for the Python console script. The same contract: hand the command, its cwd, environment and stdio fds to the
- * supervisor at $NONO_SOCKET (refusing one of another uid), forward signals, exit as the command did; on
- * any failure print one line "nono-shell: ..." and exit 125, having run nothing.
+ * caller's name for the shell, as sys.argv[0] is for the Python client run directly. The same contract:
+ * hand the command, its cwd, environment and stdio fds to the supervisor at $NONO_SOCKET (refusing one of
+ * another uid), forward signals, exit as the command did; on any failure print one line "nono-shell: ..."
+ * and exit 125, having run nothing.
  *
  * The same protocol (nono_shell/protocol.py): a 4-byte big-endian length and a UTF-8 JSON object; OS
  * strings travel as os.fsdecode text (UTF-8, undecodable bytes as surrogate escapes \udcXX), JSON written
