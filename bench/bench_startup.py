@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Added latency of `nono-shell -c true` over `bash -c true`, both measured in this run.
+"""Added latency of `nono-shell -c true` over `bash -c true`, all measured in this run.
 
 Starts a throwaway supervisor (`nono-supervisor serve`) on a private socket, writes the shims, then times
-N runs of each, interleaved so that machine noise hits both alike. Prints medians and the difference.
+N runs of each, interleaved so that machine noise hits all alike: the shim `bash` (what an agent runs), the
+`nono-shell` on PATH (setup.py installs the C client there), and the Python client that is installed there
+where no C client was built (scripts/nono-shell). Prints medians and the differences.
 Budget (DESIGN.md): within 25 ms of bash (median), aiming for 10 ms.
 """
 
@@ -16,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "nono-shell"
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> float:
@@ -35,25 +39,35 @@ def main() -> None:
         socket_path = run_dir / "socket"
         env = dict(os.environ, XDG_STATE_HOME=str(Path(top, "state")))
         subprocess.run([supervisor, "shims", Path(top, "shims")], check=True, capture_output=True, env=env)
+        python_client = Path(top, "nono-shell")  # as pip installs scripts/nono-shell: #!python rewritten
+        python_client.write_text(SCRIPT.read_text().replace("#!python", f"#!{sys.executable}", 1))
+        python_client.chmod(0o755)
         server = subprocess.Popen(
             [supervisor, "serve", "--socket", socket_path], env=env, stderr=subprocess.PIPE
         )
+        rows = {
+            "bash -c true": ["bash"],
+            "shim bash -c true": [str(Path(top, "shims", "bash"))],
+            "nono-shell on PATH": [str(Path(sys.executable).with_name("nono-shell"))],
+            "Python client": [str(python_client)],
+        }
+        times: dict[str, list[float]] = {name: [] for name in rows}
         try:
             while not socket_path.exists():
                 time.sleep(0.01)
             env["NONO_SOCKET"] = str(socket_path)
-            shim = str(Path(top, "shims", "bash"))
-            bare, nono = [], []
             for _ in range(args.n):
-                bare.append(_timed(["bash", "-c", "true"], env))
-                nono.append(_timed([shim, "-c", "true"], env))
+                for name, argv in rows.items():
+                    times[name].append(_timed([*argv, "-c", "true"], env))
         finally:
             server.terminate()
             server.wait()
-    b, n = statistics.median(bare) * 1000, statistics.median(nono) * 1000
-    print(f"bash -c true        median {b:7.2f} ms")
-    print(f"nono-shell -c true  median {n:7.2f} ms")
-    print(f"added               median {n - b:7.2f} ms  (ratio {n / b:.1f}x; budget +25 ms, aim +10 ms)")
+    bare = statistics.median(times["bash -c true"]) * 1000
+    for name, runs in times.items():
+        median = statistics.median(runs) * 1000
+        added = "" if name == "bash -c true" else f"  added {median - bare:+7.2f} ms ({median / bare:.1f}x)"
+        print(f"{name:20s} median {median:7.2f} ms{added}")
+    print("budget: +25 ms, aim +10 ms")
 
 
 if __name__ == "__main__":

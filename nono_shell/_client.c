@@ -4,9 +4,11 @@
  *
  * The shims are scripts whose interpreter is this program (`#!.../nono-shell-client`), so the kernel runs
  * `nono-shell-client SHIM ARGS...`: argv[1] is the shim's path as it was executed, as sys.argv[0] is for
- * the Python shim. The same contract: hand the command, its cwd, environment and stdio fds to the
- * supervisor at $NONO_SOCKET (refusing one of another uid), forward signals, exit as the command did; on
- * any failure print one line "nono-shell: ..." and exit 125, having run nothing.
+ * the Python shim. Installed as `nono-shell` on PATH (setup.py), it is run directly: argv[0] is the
+ * caller's name for the shell, as sys.argv[0] is for the Python client run directly. The same contract:
+ * hand the command, its cwd, environment and stdio fds to the supervisor at $NONO_SOCKET (refusing one of
+ * another uid), forward signals, exit as the command did; on any failure print one line "nono-shell: ..."
+ * and exit 125, having run nothing.
  *
  * The same protocol (nono_shell/protocol.py): a 4-byte big-endian length and a UTF-8 JSON object; OS
  * strings travel as os.fsdecode text (UTF-8, undecodable bytes as surrogate escapes \udcXX), JSON written
@@ -34,6 +36,10 @@
 #include <unistd.h>
 
 #define EXIT_FAILURE_ 125
+#define CLIENT_NAME "nono-shell-client" /* supervisor/shims.py CLIENT_NAME */
+#ifndef NONO_VERSION
+#error "NONO_VERSION is set by setup.py from nono_shell.__version__"
+#endif
 #define MAX_FRAME (8u * 1024 * 1024)
 
 extern char **environ;
@@ -187,9 +193,13 @@ static void put_str(struct buf *b, const char *str, size_t n) {
 
 /* ---- the request ------------------------------------------------------------------------------------ */
 
+static const char *basename_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
 static const char *shell_for(const char *argv0) {
-    const char *base = strrchr(argv0, '/');
-    base = base ? base + 1 : argv0;
+    const char *base = basename_of(argv0);
     while (*base == '-')
         base++;
     static const char *shells[] = {"bash", "sh", "dash", "zsh"};
@@ -199,19 +209,18 @@ static const char *shell_for(const char *argv0) {
     return "bash";
 }
 
-static void build_request(struct buf *b, int argc, char **argv, const int *stdio, int nstdio) {
-    /* argv[0] is the shim's basename (the kernel put its path there; the caller's name for the shell is
-     * gone), as client.main(from_shim=True) does */
-    const char *shim = argv[0];
-    const char *base = strrchr(shim, '/');
-    base = base ? base + 1 : shim;
+static void build_request(struct buf *b, int argc, char **argv, int from_shim, const int *stdio,
+                          int nstdio) {
+    /* From a shim, argv[0] is the shim's basename (the kernel put its path there; the caller's name for the
+     * shell is gone), as client.main(from_shim=True) does; run directly, it is the caller's argv[0]. */
+    const char *name = from_shim ? basename_of(argv[0]) : argv[0];
     char *cwd = getcwd(NULL, 0);
     if (!cwd)
         fail("cannot read the current directory: %s", strerror(errno));
     puts_(b, "{\"type\":\"run\",\"shell\":\"");
-    puts_(b, shell_for(base));
+    puts_(b, shell_for(argv[0]));
     puts_(b, "\",\"argv\":[");
-    put_str(b, base, strlen(base));
+    put_str(b, name, strlen(name));
     for (int i = 1; i < argc; i++) {
         puts_(b, ",");
         put_str(b, argv[i], strlen(argv[i]));
@@ -663,7 +672,7 @@ static void receive_all(char *data, size_t n) {
     }
 }
 
-static int run(int argc, char **argv) {
+static int run(int argc, char **argv, int from_shim) {
     const char *path = getenv("NONO_SOCKET");
     if (!path || !*path)
         fail("NONO_SOCKET is not set; refusing to run unsandboxed");
@@ -675,7 +684,7 @@ static int run(int argc, char **argv) {
     struct buf req = {0};
     reserve(&req, 4);
     req.len = 4;
-    build_request(&req, argc, argv, stdio, nstdio);
+    build_request(&req, argc, argv, from_shim, stdio, nstdio);
     size_t body = req.len - 4;
     if (body > MAX_FRAME)
         fail("the command is too large to send (%zu bytes; the frame limit is %u)", body, MAX_FRAME);
@@ -789,9 +798,21 @@ static void install(int signo) {
 }
 
 int main(int argc, char **argv) {
-    /* `#!.../nono-shell-client` in a shim: the kernel runs `nono-shell-client SHIM ARGS...`. */
     install(SIGINT); /* before the request is out, ^C ends this with 130, as the Python client's */
-    if (argc < 2)
-        fail("nono-shell-client is the shims' interpreter: run a shim, not this program");
-    return run(argc - 1, argv + 1);
+    /* `#!.../nono-shell-client` in a shim: the kernel runs `nono-shell-client SHIM ARGS...`; under any
+     * other name (`nono-shell` on PATH, a link named `bash` to it) this is the shell itself. */
+    int from_shim = strcmp(basename_of(argv[0]), CLIENT_NAME) == 0;
+    if (from_shim) {
+        if (argc < 2)
+            fail("nono-shell-client is the shims' interpreter: run a shim, not this program");
+        argc--;
+        argv++;
+    }
+    /* `nono-shell --version`, as the only argument (CONTRACT.md); `bash --version` through a shim is the
+     * real bash's, run in the sandbox like any command. */
+    if (argc == 2 && strcmp(argv[1], "--version") == 0 && strcmp(basename_of(argv[0]), "nono-shell") == 0) {
+        static const char line[] = "nono-shell " NONO_VERSION "\n";
+        return write(1, line, sizeof line - 1) == (ssize_t)(sizeof line - 1) ? 0 : 1;
+    }
+    return run(argc, argv, from_shim);
 }

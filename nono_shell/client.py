@@ -10,6 +10,7 @@ import _socket
 import os
 import sys
 
+import nono_shell
 from nono_shell import protocol, transport
 from nono_shell.personality import shell_for
 
@@ -121,12 +122,18 @@ def run(argv: list[str]) -> int:
 
 
 def main(from_shim: bool = False) -> None:
-    """Console entry point; also what the bash-named shims run (``from_shim``)."""
+    """The Python client: the `nono-shell` on PATH where no C client was built (scripts/nono-shell), and
+    what the Python shims run (``from_shim``)."""
     argv = list(sys.argv)
     if from_shim:
         # The kernel put the shim's own path in argv[0] when it ran the script; the caller's name for
         # the shell is gone. Its basename is what `bash -c 'echo $0'` shows, without the runtime dir.
         argv[0] = os.path.basename(argv[0])
+    if argv[1:] == ["--version"] and os.path.basename(argv[0]) == "nono-shell":
+        # Only as the first and only argument, like `bash --version` (CONTRACT.md); under a shell's name
+        # it is that shell's own option, run by the supervisor like any command.
+        os.write(1, f"nono-shell {nono_shell.__version__}\n".encode())
+        sys.exit(0)
     try:
         status = run(argv)
     except _Failure as e:

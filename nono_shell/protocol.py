@@ -10,15 +10,6 @@ from __future__ import annotations
 
 import struct
 
-try:
-    # The C accelerator behind json.dumps/json.loads. Importing the json package would also import re,
-    # enum and functools: 10 ms of the 25 ms start-up budget of every command (bench/bench_startup.py).
-    from _json import encode_basestring_ascii as _quote
-    from _json import make_encoder as _make_encoder
-    from _json import make_scanner as _make_scanner
-except ImportError:  # pragma: no cover - CPython always has _json; other interpreters take the slow path
-    _make_encoder = None
-
 __all__ = [
     "MAX_FRAME",
     "ProtocolError",
@@ -180,33 +171,73 @@ class _ScanContext:
         raise ProtocolError(f"malformed frame: {name} is not JSON")
 
 
-if _make_encoder is not None:
-    # Exactly json.dumps(obj, separators=(",", ":"), allow_nan=False) and json.loads(text, strict=True).
-    _encode_json = _make_encoder(None, None, _quote, None, ":", ",", False, False, False)
+# A value of every JSON shape the protocol sends, and its text as json.dumps(PROBE, separators=(",", ":"),
+# allow_nan=False) writes it (tests/test_protocol.py checks the pair): an undecodable byte as a surrogate,
+# non-ASCII and control characters escaped.
+_PROBE = {
+    "type": "run",
+    "argv": ["a\udcff", "\u00e9\n\x01", ""],
+    "n": [0, -7],
+    "t": True,
+    "f": False,
+    "z": None,
+}
+_PROBE_TEXT = (
+    '{"type":"run","argv":["a\\udcff","\\u00e9\\n\\u0001",""],"n":[0,-7],"t":true,"f":false,"z":null}'
+)
 
-    def _dumps(obj: object) -> str:
-        return "".join(_encode_json(obj, 0))
 
-    # One scanner: a call holds the GIL from start to end and clears its key memo when done, so threads
-    # can share it (a scanner per call was measured to leak ~60 bytes each in the supervisor).
-    _scan = _make_scanner(_ScanContext)
+def _fast_json():
+    """``(dumps, loads)`` from ``_json``, the C accelerator behind json.dumps/json.loads, or None.
 
-    def _loads(text: str) -> object:
-        try:
-            obj, end = _scan(text, 0)
-        except StopIteration:
-            raise ValueError("not a JSON value") from None
-        if end != len(text):
-            raise ValueError("extra data after the JSON value")
-        return obj
-else:  # pragma: no cover
+    Importing the json package would also import re, enum and functools: 10 ms of the 25 ms start-up budget
+    of every command (bench/bench_startup.py). But ``make_encoder``'s positional arguments are a private
+    API: should a Python change them or the scanner, every command would exit 125. So the pair is used only
+    if it writes and reads ``_PROBE`` exactly as the json package does; any failure means the json package.
+    """
+    try:
+        from _json import encode_basestring_ascii, make_encoder, make_scanner
+
+        # Exactly json.dumps(obj, separators=(",", ":"), allow_nan=False) and json.loads(text, strict=True).
+        encoder = make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False, False)
+        # One scanner: a call holds the GIL from start to end and clears its key memo when done, so threads
+        # can share it (a scanner per call was measured to leak ~60 bytes each in the supervisor).
+        scan = make_scanner(_ScanContext)
+
+        def dumps(obj: object) -> str:
+            return "".join(encoder(obj, 0))
+
+        def loads(text: str) -> object:
+            try:
+                obj, end = scan(text, 0)
+            except StopIteration:
+                raise ValueError("not a JSON value") from None
+            if end != len(text):
+                raise ValueError("extra data after the JSON value")
+            return obj
+
+        if dumps(_PROBE) == _PROBE_TEXT and loads(_PROBE_TEXT) == _PROBE:
+            return dumps, loads
+    except Exception:  # noqa: BLE001 - whatever a changed private API does, the json package is correct
+        pass
+    return None
+
+
+def _slow_json():
     import json
 
-    def _dumps(obj: object) -> str:
+    def dumps(obj: object) -> str:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
-    def _loads(text: str) -> object:
-        return json.loads(text)
+    def loads(text: str) -> object:
+        return json.loads(text, parse_constant=_ScanContext.parse_constant)  # NaN is not JSON, as above
+
+    return dumps, loads
+
+
+_fast = _fast_json()
+FAST_JSON = _fast is not None  # whether the C accelerator passed (tests/test_protocol.py)
+_dumps, _loads = _fast or _slow_json()
 
 
 def encode(message: Message) -> bytes:

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from nono_supervisor import paths
+from nono_supervisor import __version__, paths
 from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
 from nono_supervisor.errors import NonoError, SandboxError, UsageError
 from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
@@ -124,6 +124,7 @@ def _build_parser() -> _Parser:
         description="Per-command OS sandboxes for an agent's shell commands.",
         epilog="Questions (--prompt tty|after): " + ANSWER_FORM,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start a supervisor and the agent CMD under it")
     _add_policy_options(run)

@@ -6,6 +6,7 @@ import os
 import sys
 
 from nono_shell.personality import SHELLS
+from nono_supervisor.errors import NonoError
 from nono_supervisor.session import find_real_shell
 
 __all__ = ["report"]
@@ -45,7 +46,8 @@ def report() -> int:
     _line(
         k.seccomp_notify or None, "seccomp user notification", "available" if k.seccomp_notify else "missing"
     )
-    if not (k.seccomp_notify and k.seccomp_addfd):
+    libseccomp = _libseccomp_line()
+    if not (k.seccomp_notify and k.seccomp_addfd and libseccomp):
         from nono_supervisor.backend import NO_TRAP_GIVES_UP
 
         for lost in NO_TRAP_GIVES_UP:  # only --no-trap can run here: say what it leaves open
@@ -64,6 +66,7 @@ def report() -> int:
     library = interpose.library_path()
     problem = interpose.check_loadable(library) if library else "not built"
     _line(problem is None or None, "interposition library", str(library) if problem is None else problem)
+    spawner = _built_parts_lines()
     for name in SHELLS:
         real = find_real_shell(name, os.environ.get("PATH", ""))
         _line(real is not None or None, f"real {name}", real or "not found (commands for it are refused)")
@@ -73,7 +76,65 @@ def report() -> int:
         _line(os.path.isfile(os.path.join(shims, "bash")), "shims", shims)
     else:
         _line(None, "shims", "not in a nono session (NONO_SHIM_DIR unset); `run` creates its own")
-    return 0 if abi >= 1 else 1
+    return 0 if abi >= 1 and spawner else 1
+
+
+# What a source build without a C compiler lacks, and what to do about it (README: Install).
+_REBUILD = "reinstall where a C compiler and the Linux headers are (pip builds it)"
+
+
+def _libseccomp_line() -> bool:
+    """libseccomp, which compiles each command's filter (through pyseccomp): present and >= 2.5."""
+    from nono_supervisor.linux import seccomp
+
+    version = seccomp.libseccomp_version()
+    if version is None:
+        _line(False, "libseccomp", f"not found: install {seccomp.LIBSECCOMP_PACKAGES}")
+        return False
+    shown = ".".join(map(str, version))
+    if version < seccomp.LIBSECCOMP_MIN:
+        _line(False, "libseccomp", f"{shown} has no user notification: install {seccomp.LIBSECCOMP_PACKAGES}")
+        return False
+    try:
+        seccomp.load_pyseccomp()
+    except NonoError as e:
+        _line(False, "libseccomp", str(e))
+        return False
+    _line(True, "libseccomp", shown)
+    return True
+
+
+def _built_parts_lines() -> bool:
+    """The parts pip compiled: the spawner (without it no command can start: False), and the keeper, the C
+    client and the ask-again library, each of which has a slower fallback."""
+    from nono_supervisor import interpose, shims
+
+    try:
+        from nono_supervisor.linux import _notify, _spawn  # noqa: F401 - whether they were built
+    except ImportError as e:
+        _line(False, "C extensions (_spawn, _notify)", f"{e}: {_REBUILD}")
+        return False
+    _line(True, "C extensions (_spawn, _notify)", "built")
+    from nono_supervisor.linux import notify, sandbox
+
+    keeper = os.access(sandbox.KEEPER, os.X_OK)
+    _line(
+        keeper or None,
+        "keeper",
+        sandbox.KEEPER if keeper else f"not built (keepers stay copies of the supervisor): {_REBUILD}",
+    )
+    client = shims.client_path()
+    _line(
+        client is not None or None,
+        "C client (shims, nono-shell)",
+        client or f"not built (the Python client: ~25 ms more per command): {_REBUILD}",
+    )
+    library = notify.ask_again_library()
+    problem = (
+        interpose.check_loadable(library) if library else f"not built (every open is trapped): {_REBUILD}"
+    )
+    _line(problem is None or None, "ask-again library", library if problem is None else problem)
+    return True
 
 
 def _routing_lines() -> None:

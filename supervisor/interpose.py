@@ -1,41 +1,37 @@
 """Where the exec-interposition library (``interpose/interpose.c``) was built, and whether it loads.
 
-The library is a C extension only in name: pip builds it next to this package as ``_interpose<suffix>``,
+A plain shared object, not a Python module: pip builds it next to this package (setup.py ``PRELOADS``),
 and the supervisor puts that file in the agent's ``LD_PRELOAD`` (``DYLD_INSERT_LIBRARIES`` on macOS).
 Nothing imports it. ``doctor`` reports on it and ``run`` refuses a library that would not load.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["PRELOAD_VAR", "library_path", "check_loadable"]
+__all__ = ["PRELOAD_VAR", "LIBRARY_NAME", "library_path", "built_beside", "check_loadable"]
 
 #: The variable the dynamic loader reads the library from.
 PRELOAD_VAR = "DYLD_INSERT_LIBRARIES" if sys.platform == "darwin" else "LD_PRELOAD"
 
-_STEM = "_interpose"
+LIBRARY_NAME = "libnono_interpose.dylib" if sys.platform == "darwin" else "libnono_interpose.so"  # setup.py
 _CHECK_TIMEOUT = 30.0  # seconds; one interpreter start with the library preloaded
 # Loads the library through ctypes too: a preload error is only a warning on stderr, dlopen raises.
 _CHECK_SCRIPT = "import ctypes, sys; ctypes.CDLL(sys.argv[1])"
 
 
 def library_path() -> Path | None:
-    """The built library next to the ``supervisor`` package, or None when pip has not built it here.
+    """The built library next to the ``nono_supervisor`` package, or None when pip has not built it here."""
+    return built_beside(__file__, LIBRARY_NAME)
 
-    Searched by ``EXTENSION_SUFFIXES`` in the interpreter's order, as the import system would, so that a
-    stale build for another Python is not picked over this one's.
-    """
-    package_dir = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = package_dir / f"{_STEM}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+
+def built_beside(module_file: str, name: str) -> Path | None:
+    """The file ``name`` setup.py built into the package directory of ``module_file``, if it is there."""
+    candidate = Path(module_file).resolve().parent / name
+    return candidate if candidate.is_file() else None
 
 
 def check_loadable(path: Path | str) -> str | None:

@@ -42,7 +42,7 @@ class Tools:
 def lib() -> Path:
     path = library_path()
     if path is None:
-        pytest.fail("supervisor/_interpose*.so is missing: `pip install -e .` builds it")
+        pytest.fail("supervisor/libnono_interpose.so is missing: `pip install -e .` builds it")
     return path
 
 
@@ -506,12 +506,12 @@ def test_routed_spawn_with_an_env_too_large_to_copy_fails_e2big(box: Sandbox) ->
 
 
 def test_library_path_finds_the_pip_built_library(lib: Path) -> None:
-    assert lib.parent.name == "supervisor" and lib.name.startswith("_interpose")
+    assert lib.parent.name == "supervisor" and lib.name == "libnono_interpose.so"
     assert check_loadable(lib) is None
 
 
 def test_check_loadable_explains_a_broken_library(tmp_path: Path) -> None:
-    bogus = tmp_path / "_interpose.so"
+    bogus = tmp_path / "libnono_interpose.so"
     bogus.write_text("not an ELF file\n")
     problem = check_loadable(bogus)
     assert problem is not None and str(bogus) in problem

@@ -369,10 +369,10 @@ def broken_install(built: Built, tmp_path: Path) -> Path:
 
     ``run`` has no option naming the library: it preloads the one next to the ``nono_supervisor`` package that
     is imported. So the test imports a copy (PYTHONPATH comes before the installed packages) whose
-    ``_interpose*.so`` is ``tests/c/broken_preload.c``.
+    ``libnono_interpose.so`` is ``tests/c/broken_preload.c``.
     """
     lib = library_path()
-    assert lib is not None, "nono_supervisor/_interpose*.so is missing: `pip install -e .` builds it"
+    assert lib is not None, "nono_supervisor/libnono_interpose.so is missing: `pip install -e .` builds it"
     site = tmp_path / "site"
     for package in (nono_supervisor, nono_shell):
         source = Path(package.__file__).resolve().parent

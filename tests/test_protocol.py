@@ -22,7 +22,8 @@ from nono_shell.protocol import (
     encode,
 )
 
-REQUEST = RunRequest("bash", ["bash", "-c", "echo \udcff é \x01"], "/tmp", {"A": "1", "B\udcfe": "x"})
+REQUEST_ARGS = ("bash", ["bash", "-c", "echo \udcff é \x01"], "/tmp", {"A": "1", "B\udcfe": "x"})
+REQUEST = RunRequest(*REQUEST_ARGS)
 
 
 def _frame(body: bytes) -> bytes:
@@ -186,3 +187,56 @@ def test_protocol_module_imports_nothing_heavy():
     ).stdout
     for heavy in ("'json'", "'re'", "'enum'", "'dataclasses'", "'socket'", "'typing'"):
         assert heavy not in out, heavy
+
+
+# --- the _json fast path: a private API, used only after it passed a check at import (issue 21) ---------
+
+
+def test_the_import_check_compares_with_what_the_json_package_writes():
+    import json
+
+    assert json.dumps(protocol._PROBE, separators=(",", ":"), allow_nan=False) == protocol._PROBE_TEXT
+    assert json.loads(protocol._PROBE_TEXT) == protocol._PROBE
+    assert protocol.FAST_JSON  # CPython's _json as it is today passes it
+
+
+# Each breaks _json before the protocol is imported, as a future Python might.
+BROKEN_JSON = {
+    "missing": "sys.modules['_json'] = None",
+    "new-signature": "_json.make_encoder = lambda *a: (_ for _ in ()).throw(TypeError('takes 10 arguments'))",
+    # the item separator's position now means something else: the output changes, nothing raises
+    "moved-argument": "real = _json.make_encoder; _json.make_encoder = lambda *a: real(*a[:5], ', ', *a[6:])",
+    "scanner-reads-wrong": "_json.make_scanner = lambda context: (lambda text, i: ({}, len(text)))",
+}
+# json is imported first: it keeps the accelerator it was built with, as a future Python's would.
+_CHILD = """
+import json, struct, sys, _json
+{breakage}
+from nono_shell import protocol
+request = protocol.RunRequest(*{args!r})
+decoder = protocol.Decoder()
+decoder.feed(protocol.encode(request))
+assert decoder.next_message() == request
+nan = b'{{"type":"signal","signo":NaN}}'
+decoder.feed(struct.pack(">I", len(nan)) + nan)
+try:
+    decoder.next_message()
+except protocol.ProtocolError:
+    pass
+else:
+    raise AssertionError("NaN was accepted")
+print(protocol.FAST_JSON, protocol.encode(request).hex())
+"""
+
+
+@pytest.mark.parametrize("breakage", list(BROKEN_JSON))
+def test_a_changed_json_accelerator_falls_back_to_the_json_package(breakage):
+    import subprocess
+    import sys
+
+    code = _CHILD.format(breakage=BROKEN_JSON[breakage], args=REQUEST_ARGS)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    fast, frame = result.stdout.split()
+    assert fast == "False"
+    assert bytes.fromhex(frame) == encode(REQUEST)  # the same bytes the fast path writes here

@@ -36,7 +36,7 @@ from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS, RightsIndex
 from nono_supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
-from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap
+from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, load_pyseccomp
 from nono_supervisor.procfs import process_of
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
@@ -1172,16 +1172,15 @@ def wants_every_notification(cls: type) -> bool:
     return bool(getattr(cls, "every_call", False)) or getattr(cls, "_dispatch", None) is not _DISPATCH
 
 
+ASK_AGAIN_NAME = "libnono_askagain.so"  # setup.py PRELOADS
+
+
 def ask_again_library() -> str | None:
     """The library preloaded into commands whose opens and execve are untrapped (``_askagain.c``)."""
-    import importlib.machinery
+    from nono_supervisor.interpose import built_beside
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = os.path.join(here, f"_askagain{suffix}")
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    path = built_beside(__file__, ASK_AGAIN_NAME)
+    return None if path is None else str(path)
 
 
 # The C fast path's kinds (_notify.c ``enum kind``): which lexical fast path a trapped syscall has there.
@@ -1249,7 +1248,7 @@ def _dispatch_table() -> dict[int, tuple[Trap, Callable]]:
     """Syscall number -> (trap, handler), built from the same list as the filter. A syscall this architecture
     does not have (open, creat, rename... on arm64) resolves to a negative pseudo-number, for which
     libseccomp adds no rule: it has no entry (the C loop refuses a negative one)."""
-    import pyseccomp
+    pyseccomp = load_pyseccomp()
 
     table = {}
     for trap in TRAPS:

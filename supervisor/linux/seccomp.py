@@ -15,7 +15,17 @@ from functools import cache
 
 from nono_supervisor.linux import libc
 
-__all__ = ["TRAPS", "BLOCKED", "Trap", "FILTER_FLAGS", "build_program"]
+__all__ = [
+    "TRAPS",
+    "BLOCKED",
+    "Trap",
+    "FILTER_FLAGS",
+    "build_program",
+    "load_pyseccomp",
+    "libseccomp_version",
+    "LIBSECCOMP_MIN",
+    "LIBSECCOMP_PACKAGES",
+]
 
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 FILTER_FLAGS = SECCOMP_FILTER_FLAG_NEW_LISTENER
@@ -172,9 +182,48 @@ def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) 
     return _program(net in (True, "block", "domains"), leave_to_landlock)
 
 
+# User notification (SCMP_ACT_NOTIFY) and the binary-tree filter came with libseccomp 2.5.0.
+LIBSECCOMP_MIN = (2, 5, 0)
+LIBSECCOMP_PACKAGES = "libseccomp2 (Debian, Ubuntu) or libseccomp (Fedora, Arch, Alpine), version >= 2.5"
+
+
+def load_pyseccomp():
+    """The pyseccomp module, or a one-line SandboxError naming the package to install.
+
+    pyseccomp loads libseccomp when it is imported and raises RuntimeError (not ImportError) without it:
+    a traceback in the middle of a command otherwise."""
+    try:
+        import pyseccomp
+    except Exception as e:  # noqa: BLE001 - RuntimeError, OSError (a broken library) or ImportError
+        from nono_supervisor.errors import SandboxError
+
+        raise SandboxError(f"libseccomp cannot be loaded ({e}): install {LIBSECCOMP_PACKAGES}") from None
+    return pyseccomp
+
+
+def libseccomp_version() -> tuple[int, int, int] | None:
+    """The version of the libseccomp the loader finds (``seccomp_version()``), or None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    class _Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+    name = ctypes.util.find_library("seccomp")
+    try:
+        library = ctypes.CDLL(name) if name else None
+    except OSError:
+        library = None
+    if library is None:
+        return None
+    library.seccomp_version.restype = ctypes.POINTER(_Version)
+    version = library.seccomp_version().contents
+    return (version.major, version.minor, version.micro)
+
+
 @cache
 def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
-    import pyseccomp
+    pyseccomp = load_pyseccomp()
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
