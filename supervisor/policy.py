@@ -90,6 +90,8 @@ class Grant:
 
 
 NEVER_GRANTABLE = "never-grantable"  # the rule of a deny no grant, flag or answer can lift
+# The rule of a terminal a command neither was handed nor made (DESIGN.md invariant 11): nothing lifts it.
+NOT_ITS_TERMINAL = "a terminal it was not given"
 
 
 @dataclass(frozen=True)
