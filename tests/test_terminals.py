@@ -33,9 +33,9 @@ try:
         fd = os.open("innocent-file", flags)
     elif how == "o_path":  # Landlock grants no right to O_PATH: any node can be located so
         fd = os.open(f"/proc/self/fd/{os.open(path, os.O_PATH)}", flags)
-    else:  # a raw syscall: no library in the way, Landlock alone answers
+    else:  # a raw syscall, as a static binary makes it: no library in the way
         libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.syscall(257, -100, path.encode(), flags, 0)
+        fd = libc.syscall(257, -100, path.encode(), flags if how == "raw" else os.O_RDWR, 0)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "openat")
     os.write(fd, b"Password: (a fake prompt)\n")
@@ -43,7 +43,9 @@ try:
 except OSError as e:
     print("refused", errno.errorcode[e.errno])
 """
-ROUTES = ("name", "symlink", "o_path", "raw")
+# raw: O_RDWR|O_NOCTTY, a terminal's open, trapped (seccomp.TRAPPED_TERMINAL_OPEN); raw_rdwr: left to
+# Landlock, whose bare EACCES no library asks again
+ROUTES = ("name", "symlink", "o_path", "raw", "raw_rdwr")
 
 
 @contextmanager
@@ -94,7 +96,7 @@ def test_a_command_cannot_open_another_terminal(request, user, how):
         boxed = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *attack, name, how], user=user)
         assert boxed.stdout == "refused EACCES\n", boxed.stdout + boxed.stderr
         assert _written(master) == b""
-    if how != "raw":  # a raw syscall is Landlock's bare EACCES: no library asks again (README)
+    if how != "raw_rdwr":
         line = f"nono: denied read {name} [a terminal it was not given]; never grantable"
         assert line in boxed.stderr, boxed.stderr
 
@@ -167,6 +169,16 @@ while True:
         break
     out += chunk
 print(out.decode().replace("\r\n", " ").strip())
+# a static binary (musl's openpty, Go's creack/pty): raw syscalls, the node opened by name O_RDWR|O_NOCTTY
+def raw_open(path):
+    fd = libc.syscall(257, -100, path.encode(), os.O_RDWR | os.O_NOCTTY, 0)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    return fd
+master = raw_open("/dev/ptmx")
+fcntl.ioctl(master, 0x40045431, bytes(4))  # TIOCSPTLCK to 0: unlockpt
+index = int.from_bytes(fcntl.ioctl(master, 0x80045430, bytes(4)), "little")  # TIOCGPTN: ptsname
+os.write(raw_open(f"/dev/pts/{index}"), b"static\n")
+print(os.read(master, 64).decode().strip())
 """
 
 TMUX = r"""
@@ -192,7 +204,7 @@ def test_ptys_a_command_makes_work_as_bare(request, user):
     # SHELL: tmux runs a pane's command with it, else with the passwd shell (uid 65534's is nologin)
     env = {**home.env, "TMUX_TMPDIR": str(tmux_dir), "SHELL": "/bin/sh"}
     programs = [[sys.executable, "-c", OWN_PTYS], ["bash", "-c", TMUX]]
-    expected = ["by-name True\nchild-tty\nstd proc tty name\n", "2\n"]
+    expected = ["by-name True\nchild-tty\nstd proc tty name\nstatic\n", "2\n"]
     for argv, wanted in zip(programs, expected, strict=True):
         bare = home.run(argv, user=user, env=env)
         assert bare.stdout == wanted, bare.stdout + bare.stderr  # the twin
