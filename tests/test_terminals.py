@@ -10,6 +10,7 @@ that terminal (and what it wrote arrives on the master).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 
@@ -211,6 +212,31 @@ def test_ptys_a_command_makes_work_as_bare(request, user):
         boxed = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *argv], user=user, env=env)
         assert boxed.stdout == wanted, boxed.stdout + boxed.stderr
         assert "nono: denied" not in boxed.stderr, boxed.stderr
+
+
+EXPECT = r"""
+spawn sh -c {read line; echo "got:$line"; echo name >$(tty)}
+send "typed-by-expect\r"
+expect "got:typed-by-expect"
+expect "name"
+puts "\nexpect-ok"
+"""
+
+
+@USERS
+def test_expect_and_a_listing_of_dev_pts_work_as_bare(request, user):
+    """expect opens its pty's node by name in the child (without O_NOCTTY, then TIOCSCTTY), and /dev/pts
+    is listed (names only: security.toml's pattern naming exactly it), with no denial line."""
+    home: Home = request.getfixturevalue("nobody_home" if user else "home")
+    programs = [["ls", "/dev/pts"]]
+    if shutil.which("expect"):
+        programs.append(["expect", "-c", EXPECT])
+    for argv in programs:
+        bare = home.run(argv, user=user)
+        assert bare.returncode == 0, bare.stderr  # the twin
+        boxed = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *argv], user=user)
+        assert boxed.returncode == 0 and "nono: denied" not in boxed.stderr, boxed.stdout + boxed.stderr
+        assert ("ptmx" in boxed.stdout) if argv[0] == "ls" else ("expect-ok" in boxed.stdout), boxed.stdout
 
 
 REOPEN = (
