@@ -10,6 +10,7 @@ that terminal (and what it wrote arrives on the master).
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import sys
 from contextlib import contextmanager
@@ -64,11 +65,9 @@ def other_terminal(user: bool):
 
 
 def _written(master: int) -> bytes:
-    os.set_blocking(master, False)
-    try:
-        return os.read(master, 4096)
-    except BlockingIOError:
-        return b""
+    """What reached the other terminal (a tty hands it over from a worker: waited for a moment)."""
+    ready, _, _ = select.select([master], [], [], 0.5)
+    return os.read(master, 4096) if ready else b""
 
 
 def _on_a_terminal(home: Home, argv: list[str], user: bool, timeout: int = 60) -> tuple[int, str]:
@@ -113,7 +112,10 @@ for label, path in (("own", os.ttyname(0)), ("other", sys.argv[1])):
         print(label, "refused", e.errno)
 master, slave = pty.openpty()
 os.write(slave, b"new\n")
-print("made", os.read(master, 16).strip().decode())
+got = b""
+while not got.endswith(b"\n"):
+    got += os.read(master, 16)
+print("made", got.strip().decode())
 """
 
 
@@ -138,13 +140,18 @@ OWN_PTYS = r"""
 import ctypes, fcntl, os, pty, termios
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptsname.restype = ctypes.c_char_p
+def line(master):  # what reached the master, to the end of the line (a tty delivers it when it can)
+    got = b""
+    while not got.endswith(b"\n"):
+        got += os.read(master, 64)
+    return got.decode().strip()
 # posix_openpt, grantpt, unlockpt, ptsname and an open by name (Go's creack/pty, expect, APUE's pty_fork)
 master = libc.posix_openpt(os.O_RDWR | os.O_NOCTTY)
 assert libc.grantpt(master) == 0 and libc.unlockpt(master) == 0
 name = libc.ptsname(master).decode()
 slave = os.open(name, os.O_RDWR | os.O_NOCTTY)
 os.write(slave, b"by-name\n")
-print(os.read(master, 64).decode().strip(), os.ttyname(slave) == name)
+print(line(master), os.ttyname(slave) == name)
 # a child holding the inherited master opens the node after setsid and takes it as its terminal
 pid = os.fork()
 if pid == 0:
@@ -154,7 +161,7 @@ if pid == 0:
     os.write(os.open("/dev/tty", os.O_WRONLY), b"child-tty\n")
     os._exit(0)
 os.waitpid(pid, 0)
-print(os.read(master, 64).decode().strip())
+print(line(master))
 # pty.fork (forkpty): the child's stdio reopened by every name a shell uses
 pid, fd = pty.fork()
 if pid == 0:
@@ -179,14 +186,14 @@ master = raw_open("/dev/ptmx")
 fcntl.ioctl(master, 0x40045431, bytes(4))  # TIOCSPTLCK to 0: unlockpt
 index = int.from_bytes(fcntl.ioctl(master, 0x80045430, bytes(4)), "little")  # TIOCGPTN: ptsname
 os.write(raw_open(f"/dev/pts/{index}"), b"static\n")
-print(os.read(master, 64).decode().strip())
+print(line(master))
 """
 
 TMUX = r"""
 tmux -L inside new-session -d -s s 'exec cat' || exit 3
 tmux -L inside send-keys -t s 'typed-into-a-pane' Enter
-for i in $(seq 50); do
-    tmux -L inside capture-pane -p -t s | grep -q typed-into-a-pane && break; sleep 0.1
+for i in $(seq 100); do  # the typed line, then cat's copy of it
+    [ "$(tmux -L inside capture-pane -p -t s | grep -c typed-into-a-pane)" = 2 ] && break; sleep 0.1
 done
 tmux -L inside capture-pane -p -t s | grep -c typed-into-a-pane
 tmux -L inside kill-server
@@ -411,3 +418,46 @@ def test_a_descriptor_swapped_under_the_check_never_opens_another_terminal(reque
         assert bare.stdout == "reached 300\n", bare.stderr  # the twin
         boxed = home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *race, name], user=user)
         assert boxed.stdout == "reached 0\n", boxed.stdout + boxed.stderr
+
+
+@USERS
+@pytest.mark.parametrize(
+    "grant", [["--allow", "/dev"], ["--read", "/dev/pts"], ["--allow-file", "TERMINAL"]], ids=str
+)
+def test_no_grant_reaches_another_terminal(request, user, grant):
+    """Not even an explicit grant (or a session answer, which becomes one) of /dev, /dev/pts or the
+    terminal's own name: Landlock gets no rule into /dev/pts but the handed terminal's node, and the
+    supervisor opens no pty the command does not hold."""
+    home: Home = request.getfixturevalue("nobody_home" if user else "home")
+    attack = [sys.executable, "-c", ATTACK]
+    with other_terminal(user) as (name, master):
+        flags = [name if part == "TERMINAL" else part for part in grant]
+        boxed = home.run(
+            [SUPERVISOR, "exec", "--prompt", "never", *flags, "--", *attack, name, "raw_rdwr"], user=user
+        )
+        assert boxed.stdout == "refused EACCES\n", boxed.stdout + boxed.stderr
+        boxed = home.run(
+            [SUPERVISOR, "exec", "--prompt", "never", *flags, "--", *attack, name, "name"], user=user
+        )
+        assert boxed.stdout == "refused EACCES\n", boxed.stdout + boxed.stderr
+        assert _written(master) == b""
+        bare = home.run([*attack, name, "raw_rdwr"], user=user)
+        assert bare.stdout == "opened\n", bare.stderr  # the twin
+
+
+def test_the_landlock_plan_has_no_rule_into_dev_pts_but_the_handed_terminal(home):
+    from nono_supervisor.linux.landlock import abi_version, compile_plan
+    from nono_supervisor.policy import HANDED_TERMINAL, Grant, PolicyOptions
+    from nono_supervisor.session import Session
+
+    with other_terminal(False) as (other, _master), other_terminal(False) as (handed, _):
+        options = PolicyOptions(allow=("/dev",), allow_file=(other,))
+        session = Session.create(options, env=home.env, workdir=str(home.work))
+        try:
+            policy = session.policy
+            plan = compile_plan(policy, abi_version(), [Grant(handed, "allow", "file", HANDED_TERMINAL)])
+        finally:
+            session.close()
+    inside = [rule.path for rule in plan.rules if rule.path.startswith("/dev/pts")]
+    assert inside == [handed]
+    assert any(rule.path == "/dev/null" for rule in plan.rules)  # the twin: the rest of /dev is granted
