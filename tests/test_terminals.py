@@ -37,16 +37,18 @@ try:
         fd = os.open(f"/proc/self/fd/{os.open(path, os.O_PATH)}", flags)
     else:  # a raw syscall, as a static binary makes it: no library in the way
         libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.syscall(257, -100, path.encode(), flags if how == "raw" else os.O_RDWR, 0)
+        how_flags = {"raw": flags, "raw_rdwr": os.O_RDWR, "raw_read": os.O_RDONLY}[how]
+        fd = libc.syscall(257, -100, path.encode(), how_flags, 0)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "openat")
-    os.write(fd, b"Password: (a fake prompt)\n")
+    if how != "raw_read":  # a reader takes what the human types next; a writer prompts for it
+        os.write(fd, b"Password: (a fake prompt)\n")
     print("opened")
 except OSError as e:
     print("refused", errno.errorcode[e.errno])
 """
-# raw: O_RDWR|O_NOCTTY, a terminal's open, trapped (seccomp.TRAPPED_TERMINAL_OPEN); raw_rdwr: left to
-# Landlock, whose bare EACCES no library asks again
+# raw: O_RDWR|O_NOCTTY, a terminal's open, trapped (seccomp.TRAPPED_TERMINAL_OPEN); raw_rdwr (and
+# raw_read, below): left to Landlock, whose bare EACCES no library asks again
 ROUTES = ("name", "symlink", "o_path", "raw", "raw_rdwr")
 
 
@@ -422,7 +424,9 @@ def test_a_descriptor_swapped_under_the_check_never_opens_another_terminal(reque
 
 @USERS
 @pytest.mark.parametrize(
-    "grant", [["--allow", "/dev"], ["--read", "/dev/pts"], ["--allow-file", "TERMINAL"]], ids=str
+    "grant",
+    [["--allow", "/dev"], ["--read", "/dev/pts"], ["--allow-file", "TERMINAL"]],
+    ids=["allow-dev", "read-dev-pts", "allow-file-terminal"],
 )
 def test_no_grant_reaches_another_terminal(request, user, grant):
     """Not even an explicit grant (or a session answer, which becomes one) of /dev, /dev/pts or the
@@ -432,17 +436,14 @@ def test_no_grant_reaches_another_terminal(request, user, grant):
     attack = [sys.executable, "-c", ATTACK]
     with other_terminal(user) as (name, master):
         flags = [name if part == "TERMINAL" else part for part in grant]
-        boxed = home.run(
-            [SUPERVISOR, "exec", "--prompt", "never", *flags, "--", *attack, name, "raw_rdwr"], user=user
-        )
-        assert boxed.stdout == "refused EACCES\n", boxed.stdout + boxed.stderr
-        boxed = home.run(
-            [SUPERVISOR, "exec", "--prompt", "never", *flags, "--", *attack, name, "name"], user=user
-        )
-        assert boxed.stdout == "refused EACCES\n", boxed.stdout + boxed.stderr
-        assert _written(master) == b""
-        bare = home.run([*attack, name, "raw_rdwr"], user=user)
-        assert bare.stdout == "opened\n", bare.stderr  # the twin
+        for how in ("raw_read", "raw_rdwr", "name"):
+            boxed = home.run(
+                [SUPERVISOR, "exec", "--prompt", "never", *flags, "--", *attack, name, how], user=user
+            )
+            assert boxed.stdout == "refused EACCES\n", how + boxed.stdout + boxed.stderr
+            bare = home.run([*attack, name, how], user=user)
+            assert bare.stdout == "opened\n", bare.stderr  # the twin
+        assert _written(master).count(b"fake prompt") == 2  # the twins' two writes only
 
 
 def test_the_landlock_plan_has_no_rule_into_dev_pts_but_the_handed_terminal(home):
