@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import subprocess
 import sys
 from contextlib import contextmanager
 
@@ -462,3 +463,30 @@ def test_the_landlock_plan_has_no_rule_into_dev_pts_but_the_handed_terminal(home
     inside = [rule.path for rule in plan.rules if rule.path.startswith("/dev/pts")]
     assert inside == [handed]
     assert any(rule.path == "/dev/null" for rule in plan.rules)  # the twin: the rest of /dev is granted
+
+
+def test_held_is_decided_on_the_descriptor_not_on_its_name():
+    """terminals.held, on a process holding its own master and an O_PATH fd of another pty: only its own
+    pty is held, and what is returned opens exactly that pty."""
+    from nono_supervisor.linux import terminals
+
+    own_master, own_slave = os.openpty()
+    other_master, other_slave = os.openpty()
+    located = os.open(os.ttyname(other_slave), os.O_PATH)
+    holder = subprocess.Popen(["sleep", "30"], pass_fds=(own_master, located))
+    try:
+        own, other = os.ttyname(own_slave), os.ttyname(other_slave)
+        assert terminals.held(holder.pid, os.stat(other), other) is None  # O_PATH holds nothing
+        copy = terminals.held(holder.pid, os.stat(own), own)
+        assert copy is not None
+        peer = terminals.open_through(copy, os.O_RDWR)
+        try:
+            assert os.fstat(peer).st_rdev == os.stat(own).st_rdev
+        finally:
+            os.close(peer)
+            os.close(copy)
+    finally:
+        holder.kill()
+        holder.wait()
+        for fd in (own_master, own_slave, other_master, other_slave, located):
+            os.close(fd)

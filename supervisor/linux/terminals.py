@@ -62,18 +62,18 @@ def held(tid: int, node: os.stat_result, path: str) -> int | None:
 
 def _on(fd: int, node: os.stat_result) -> bool:
     """Our ``fd`` is open on the pty of ``node`` (an O_PATH one is not: it reads and writes nothing)."""
-    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+            return False
+        st = os.fstat(fd)
+        if not is_pty(st):
+            peer = fcntl.ioctl(fd, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)  # not a master: OSError
+            try:
+                st = os.fstat(peer)
+            finally:
+                os.close(peer)
+    except OSError:
         return False
-    st = os.fstat(fd)
-    if not is_pty(st):
-        try:
-            peer = fcntl.ioctl(fd, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return False  # not a pty master
-        try:
-            st = os.fstat(peer)
-        finally:
-            os.close(peer)
     return (st.st_dev, st.st_rdev) == (node.st_dev, node.st_rdev)
 
 
