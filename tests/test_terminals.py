@@ -106,7 +106,7 @@ def test_a_command_cannot_open_another_terminal(request, user, how):
 
 AGENT = r"""
 import os, pty, sys
-for label, path in (("own", os.ttyname(0)), ("other", sys.argv[1])):
+for label, path in (("own", os.ttyname(0)), ("other", sys.argv[1]), ("supervisor's", sys.argv[2])):
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
         os.write(fd, b"Password: (a fake prompt)\n")
@@ -125,16 +125,21 @@ print("made", got.strip().decode())
 @USERS
 def test_the_agent_keeps_its_own_pty_and_no_other(request, user):
     """Under ``run`` on a real terminal the agent's own reads are trapped: it reopens its pty by name and
-    makes new ones, and another terminal of the user is refused and reported."""
+    makes new ones; another terminal of the user, and the terminal the supervisor runs on (the human's),
+    are refused and reported."""
     home: Home = request.getfixturevalue("nobody_home" if user else "home")
+    on_its_terminal = ["/bin/sh", "-c", 'exec "$@" "$(tty)"', "sh"]  # the last argument: that terminal
     agent = [sys.executable, "-c", AGENT]
     with other_terminal(user) as (name, master):
-        status, out = _on_a_terminal(home, [*agent, name], user)
+        status, out = _on_a_terminal(home, [*on_its_terminal, *agent, name], user)
         assert status == 0 and "own opened" in out and "other opened" in out, out  # the twin, bare
+        assert "supervisor's opened" in out, out  # bare, the same terminal as its own
         assert b"fake prompt" in _written(master)
-        status, out = _on_a_terminal(home, [SUPERVISOR, "run", "--no-interpose", "--", *agent, name], user)
+        run = [SUPERVISOR, "run", "--no-interpose", "--", *agent, name]
+        status, out = _on_a_terminal(home, [*on_its_terminal, *run], user)
         assert status == 0, out
         assert "own opened" in out and "other refused 13" in out and "made new" in out, out
+        assert "supervisor's refused 13" in out, out
         assert f"nono: denied read {name} [a terminal it was not given]" in out, out
         assert _written(master) == b""
 
