@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from nono_supervisor.netpolicy import network_hint
-from nono_supervisor.policy import NEVER_GRANTABLE, Policy
+from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, Policy
 
 __all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
 
@@ -118,7 +118,7 @@ class AccessIndex:
 
 
 # Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").
-_NEVER = ("never-grantable", "setuid/setgid bits: never grantable")
+_NEVER = ("never-grantable", "setuid/setgid bits: never grantable", NOT_ITS_TERMINAL)
 # Rules where no policy flag would make the operation succeed: the line names no flag.
 _NO_FLAG = ("hard link to a denied file", "abstract socket", "the descriptor is not open for it")
 

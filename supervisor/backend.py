@@ -35,8 +35,8 @@ NO_TRAP_GIVES_UP = (
     "--net-block: only TCP connect/bind are refused; UDP, MPTCP, raw sockets and TCP fast open are not",
     "no denial reports, no questions, no grants Landlock cannot express (creating or removing directly in"
     " the parent of a denied path is refused)",
-    "new ptys while the supervisor is on a terminal (openpty, pexpect, script, tmux): refused, since"
-    " Landlock knows only the /dev/pts entries that existed when the plan was compiled",
+    "new ptys (openpty, pexpect, script, tmux): refused, since Landlock grants no /dev/pts node but the"
+    " handed terminal's (the supervisor opens a command's own ptys through the master it holds)",
 )
 
 _plans_lock = threading.Lock()

@@ -90,6 +90,10 @@ class Grant:
 
 
 NEVER_GRANTABLE = "never-grantable"  # the rule of a deny no grant, flag or answer can lift
+# The rule of a terminal a command neither was handed nor made (DESIGN.md invariant 11): nothing lifts it.
+NOT_ITS_TERMINAL = "a terminal it was not given"
+TERMINALS = "/dev/pts"  # every pty of every session of the uid: no grant reaches into it
+HANDED_TERMINAL = "terminal"  # the source of the one grant that does: a command's own stdio's node
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
 from nono_supervisor.grants import GrantStore, to_policy_grants
 from nono_supervisor.policy import (
+    HANDED_TERMINAL,
     Context,
     Grant,
     Policy,
@@ -467,7 +468,7 @@ class Session:
             if fd >= 0 and os.isatty(fd):
                 name = os.ttyname(fd)
                 if name not in self._own_terminals:
-                    grants.append(Grant(name, "allow", "file", "terminal"))
+                    grants.append(Grant(name, "allow", "file", HANDED_TERMINAL))
         return grants
 
     def command_env(self, env: dict[str, str], agent: bool = False) -> dict[str, str]:

@@ -52,10 +52,10 @@ def _on_a_terminal(home: Home, argv: list[str], user: bool) -> tuple[int, str]:
 
 @pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 def test_a_command_opens_new_pseudo_terminals_while_the_supervisor_is_on_one(request, user):
-    """The supervisor's terminal is sealed, so Landlock grants only the /dev/pts nodes beside it that
-    existed when the plan was compiled. A pty made later has its peer opened through TIOCGPTPEER (glibc's
-    openpty and forkpty), inside the kernel: the supervisor decides and opens it. Without that, openpty,
-    pexpect, script and tmux failed with a bare EACCES whenever the supervisor ran on a terminal."""
+    """Landlock grants no /dev/pts node but the handed terminal's (test_terminals). A pty made later has
+    its peer opened through TIOCGPTPEER (glibc's openpty and forkpty), inside the kernel: the supervisor
+    opens it through the caller's master. Without that, openpty, pexpect, script and tmux failed with a
+    bare EACCES whenever the supervisor ran on a terminal."""
     home: Home = request.getfixturevalue("nobody_home" if user else "home")
     for code, expected in ((OPEN_PTY, "through-a-new-pty True"), (PEXPECT_INSIDE, "pexpect-ok")):
         bare, out = _on_a_terminal(home, [sys.executable, "-c", code], user)

@@ -101,8 +101,9 @@ MARK = seccomp.LISTING_MARK
 @pytest.mark.parametrize(
     "flags, mode",
     [(os.O_DIRECTORY, 0), (os.O_EXCL | os.O_CREAT | os.O_RDWR, MARK), (os.O_TMPFILE | os.O_RDWR, MARK)]
-    + [(os.O_CREAT | os.O_RDWR, m | 0o755) for m in seccomp.TRAPPED_CREATE_MODES],
-    ids=["listing", "exclusive, marked", "tmpfile, marked", "setuid", "setgid"],
+    + [(os.O_CREAT | os.O_RDWR, m | 0o755) for m in seccomp.TRAPPED_CREATE_MODES]
+    + [(os.O_CREAT | os.O_RDWR | os.O_NOCTTY, 0o644)],
+    ids=["listing", "exclusive, marked", "tmpfile, marked", "setuid", "setgid", "terminal's open"],
 )
 def test_the_filter_traps_a_listing_an_exclusive_open_a_tmpfile_and_a_setid_creation(home, flags, mode):
     """Each trapped form alone sends the open to the supervisor (open and openat, raw syscalls: what a

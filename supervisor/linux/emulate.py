@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nono_supervisor.access import AccessIndex
-from nono_supervisor.linux import libc
+from nono_supervisor.linux import libc, terminals
 from nono_supervisor.linux.resolve import Pin
 
 __all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "has_effective_capabilities", "SETID_BITS"]
@@ -150,6 +150,15 @@ class Checker:
                 return Permit(_SEAL, pin, op, "user")
         return Refusal(op, pin.path, verdict.rule, pin.is_dir)
 
+    def decide_terminal(self, op: str, pin: Pin) -> Permit | Refusal:
+        """``op`` on a pty the caller already holds (``terminals.held``): its own, so allowed where the
+        policy says nothing of it; a deny of the human's (``--deny /dev/pts``) or a sealed terminal (the
+        supervisor's) still refuses it. Never a question: no answer makes another terminal a command's."""
+        verdict = self.access.verdict(pin.path, op)
+        if verdict.allowed or verdict.rule == "not granted":
+            return Permit(_SEAL, pin, op, "its own terminal")
+        return Refusal(op, pin.path, verdict.rule, False)
+
     def is_second_name(self, st: os.stat_result) -> bool:
         """A regular file with several names, one of them denied: the path checked is not the only way to
         the content, and the kernel's Landlock rules follow the name, not the inode."""
@@ -188,6 +197,20 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
             raise _fail(errno.EACCES)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE and stat.S_ISREG(opened.st_mode):
             os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_terminal(permit: Permit, held: int, flags: int) -> int:
+    """Open the pty of ``permit`` through ``held``, the caller's own descriptor on it (our copy), and check
+    that what was opened is the pty that was decided on."""
+    fd = terminals.open_through(held, flags)
+    try:
+        opened, pinned = os.fstat(fd), permit.pin.st
+        if (opened.st_dev, opened.st_rdev) != (pinned.st_dev, pinned.st_rdev):
+            raise _fail(errno.EACCES)
     except BaseException:
         os.close(fd)
         raise

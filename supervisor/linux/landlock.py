@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux import libc
-from nono_supervisor.policy import NEVER_GRANTABLE, Grant, Policy
+from nono_supervisor.policy import HANDED_TERMINAL, NEVER_GRANTABLE, TERMINALS, Grant, Policy
 
 __all__ = [
     "ACCESS_FS",
@@ -445,6 +445,10 @@ def compile_plan(
     mask = handled_fs(abi)
     compiler = _Compiler(mask, fs)
     carves = [_Carve(fs.realpath(d.path), mask, d.rule) for d in policy.denies]
+    # DESIGN.md invariant 11: whatever is granted or answered (--allow /dev, a session answer on a listing
+    # of /dev), Landlock reaches no pty but the handed terminal's node; the supervisor opens a command's
+    # own ptys through the master it holds (linux/terminals.py)
+    carves.append(_Carve(TERMINALS, mask, NEVER_GRANTABLE))
     protected = [_Carve(fs.realpath(p), WRITE, "never-grantable") for p in policy.protected]
     for grant in (*policy.grants, *extra):
         path = fs.realpath(grant.path)
@@ -455,7 +459,8 @@ def compile_plan(
             continue
         rights = _rights(grant)
         inside = [c for c in carves if _under(path, c.path)]
-        if inside and (grant.source.startswith("group:") or any(c.rule == NEVER_GRANTABLE for c in inside)):
+        sealed = any(c.rule == NEVER_GRANTABLE for c in inside) and grant.source != HANDED_TERMINAL
+        if inside and (grant.source.startswith("group:") or sealed):
             continue  # group grants never override a deny; explicit ones inside one do, unless it is sealed
         applicable = [c for c in carves if _under(c.path, path) and c.path != path]
         applicable += [c for c in protected if _under(c.path, path)]

@@ -30,7 +30,7 @@ from dataclasses import replace
 from functools import cache
 
 from nono_supervisor.access import AccessIndex
-from nono_supervisor.linux import emulate, sockets
+from nono_supervisor.linux import emulate, sockets, terminals
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from nono_supervisor.linux.kernel import pidfd_getfd
@@ -532,6 +532,8 @@ class NotifyLoop:
             return Deny(error)
         if flags & os.O_PATH:
             return self._emulate_open(pin, ["locate"], flags, mode, tid)  # openat2 O_PATH: no content
+        if terminals.is_pty(pin.st):
+            return self._terminal(pin, flags, tid)  # never on a path's grant (invariant 11)
         if flags & _O_TMPFILE == _O_TMPFILE:
             ops = ["create"]
         else:
@@ -604,22 +606,53 @@ class NotifyLoop:
     def _on_pty_peer(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         """ioctl(master, TIOCGPTPEER, flags), the only ioctl the filter sends: glibc's openpty and forkpty
         (pexpect, script, tmux, node-pty) open a new pty's peer this way, inside the kernel, where Landlock
-        refuses every /dev/pts node made after the plan's compile (the sealed terminal splits /dev/pts
-        into its siblings), with no report. Our copy of the master names the node (an O_PATH fd of it: the
-        pty is not opened yet), which is decided and opened as any other open of it."""
+        grants no /dev/pts node the plan did not name (``terminals``), with no report. Our copy of the
+        master names the node (an O_PATH fd of it: the pty is not opened yet); the caller holds that master,
+        so the pty is its own (invariant 11), opened through our copy of it."""
         master = pidfd_getfd(tid, args[0] & 0xFFFFFFFF)
         try:
             node = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
-            return Deny(e.errno or errno.EIO)  # not a pty master: the kernel's own answer (EIO, ENOTTY)
-        finally:
             os.close(master)
+            return Deny(e.errno or errno.EIO)  # not a pty master: the kernel's own answer (EIO, ENOTTY)
         pin = _pin_of(node, errno.EIO)
         if isinstance(pin, Deny):
+            os.close(master)
             return pin
         flags = args[2] & (_O_ACCMODE | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return self._terminal(pin, flags, tid, master)
+
+    def _terminal(self, pin: Pin, flags: int, tid: int, held: int | None = None) -> Decision:
+        """An open of a pty (invariant 11): only of one the caller's process holds (``held``: our copy of
+        its master, else looked up in its descriptors), made through that descriptor; any other /dev/pts
+        node (the agent's, the supervisor's, another session's, a sibling command's) is refused and
+        reported, never asked about. Also for the handed terminal's name once Landlock refused it: its
+        node may since be another terminal's (a closed pty's number is reused)."""
         ops = [op for op, wanted in _open_ops(flags, True) if wanted]
-        return self._emulate_open(pin, ops, flags, 0, tid)
+        for op in ops:  # a deny of the human's, or a sealed terminal (the supervisor's), comes first
+            permit = self.checker.decide_terminal(op, pin)
+            if isinstance(permit, Refusal):
+                _close_fd(held)
+                pin.close()
+                return self._refused(permit)
+        if held is None:
+            held = terminals.held(tid, pin.st, pin.path)
+        if held is None:
+            pin.close()
+            return Deny(errno.EACCES, Denial(ops[0], pin.path, terminals.NOT_ITS_TERMINAL, False, self._tid))
+
+        def release() -> None:
+            os.close(held)
+            pin.close()
+
+        def act() -> Decision:
+            try:
+                fd = emulate.open_terminal(permit, held, flags)
+            finally:
+                release()
+            return Inject(fd, bool(flags & os.O_CLOEXEC), Denial(permit.op, pin.path, permit.by))
+
+        return Emulate(act, release=release)
 
     # ---- exec ------------------------------------------------------------------------------------------
 
@@ -1091,6 +1124,11 @@ def _debug_trace() -> None:
         import traceback
 
         traceback.print_exc()
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _close(entry: object) -> None:

@@ -149,7 +149,9 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 #   files were the most of what was left (make -j2: 300 of 420-520, each a wake of the supervisor while
 #   both cores compile). Still trapped: O_EXCL (mkstemp and tmpfile open inside libc, where nothing could
 #   ask again), O_TMPFILE, O_CREAT with a setuid or setgid mode (never granted; Landlock does not see
-#   modes), and a listing (O_DIRECTORY) unless it carries LISTING_MARK;
+#   modes), a terminal's open (O_RDWR|O_NOCTTY: a static binary opening its new pty by name, as musl's
+#   openpty and Go's creack/pty do, where nothing could ask again; Landlock grants no pty it did not hand
+#   over), and a listing (O_DIRECTORY) unless it carries LISTING_MARK;
 # - listings: opendir, scandir, fts and glob open inside libc, where nothing could ask again, and listing
 #   the parent of a denied node (~ beside ~/.ssh) is the supervisor's (an emulated open): so an unmarked
 #   O_DIRECTORY open stays trapped. A listing _askagain makes itself (its open and openat wrappers, which
@@ -165,6 +167,8 @@ _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY  # O_TMPFILE is this bit with O
 TRAPPED_OPEN_FLAGS = (os.O_EXCL, _O_TMPFILE_ONLY)
 LISTING_MARK = 0x6E6F6E6F << 32  # _askagain's LISTING_MARK: 0 in the 16 bits a mode could ever use
 TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
+# (mask, value) of the flags of a terminal's open. Not O_NOCTTY alone: grep -r opens every file with it.
+TRAPPED_TERMINAL_OPEN = (os.O_ACCMODE | os.O_NOCTTY, os.O_RDWR | os.O_NOCTTY)
 UNTRAPPED_OPENS = {"open": (1, 2), "openat": (2, 3)}  # syscall -> its flags and mode arguments
 UNTRAPPED_EXECS = ("execve",)
 
@@ -174,8 +178,8 @@ def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) 
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
-    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, unmarked listings and setid
-    creations), and execve, are not trapped (a command's, with the ask-again library preloaded; see
+    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, a terminal's open, unmarked listings
+    and setid creations), and execve, are not trapped (a command's, with the ask-again library preloaded; see
     UNTRAPPED_OPENS)."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
@@ -243,6 +247,8 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
             flags, mode = UNTRAPPED_OPENS[trap.name]
             for bit in TRAPPED_OPEN_FLAGS:
                 flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, bit, bit))
+            terminal = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, *TRAPPED_TERMINAL_OPEN)
+            flt.add_rule(pyseccomp.NOTIFY, trap.name, terminal)
             listing = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, os.O_DIRECTORY, os.O_DIRECTORY)
             unmarked = pyseccomp.Arg(mode, pyseccomp.NE, LISTING_MARK)
             flt.add_rule(pyseccomp.NOTIFY, trap.name, listing, unmarked)
