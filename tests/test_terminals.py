@@ -19,12 +19,14 @@ from contextlib import contextmanager
 import pexpect
 import pytest
 
-from conftest import NOBODY, SUPERVISOR, Home, as_nobody, wait_until
+from conftest import NOBODY, SUPERVISOR, Home, as_nobody, syscall_numbers, wait_until
 
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 
 # Opens argv[1] by one of several routes and writes a fake prompt into it.
-ATTACK = r"""
+ATTACK = (
+    syscall_numbers("openat")
+    + r"""
 import ctypes, errno, os, sys
 path, how = sys.argv[1], sys.argv[2]
 flags = os.O_RDWR | os.O_NOCTTY
@@ -39,7 +41,7 @@ try:
     else:  # a raw syscall, as a static binary makes it: no library in the way
         libc = ctypes.CDLL(None, use_errno=True)
         how_flags = {"raw": flags, "raw_rdwr": os.O_RDWR, "raw_read": os.O_RDONLY}[how]
-        fd = libc.syscall(257, -100, path.encode(), how_flags, 0)
+        fd = libc.syscall(NR["openat"], -100, path.encode(), how_flags, 0)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "openat")
     if how != "raw_read":  # a reader takes what the human types next; a writer prompts for it
@@ -48,6 +50,7 @@ try:
 except OSError as e:
     print("refused", errno.errorcode[e.errno])
 """
+)
 # raw: O_RDWR|O_NOCTTY, a terminal's open, trapped (seccomp.TRAPPED_TERMINAL_OPEN); raw_rdwr (and
 # raw_read, below): left to Landlock, whose bare EACCES no library asks again
 ROUTES = ("name", "symlink", "o_path", "raw", "raw_rdwr")
@@ -144,7 +147,9 @@ def test_the_agent_keeps_its_own_pty_and_no_other(request, user):
         assert _written(master) == b""
 
 
-OWN_PTYS = r"""
+OWN_PTYS = (
+    syscall_numbers("openat")
+    + r"""
 import ctypes, fcntl, os, pty, termios
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptsname.restype = ctypes.c_char_p
@@ -187,7 +192,7 @@ while True:
 print(out.decode().replace("\r\n", " ").strip())
 # a static binary (musl's openpty, Go's creack/pty): raw syscalls, the node opened by name O_RDWR|O_NOCTTY
 def raw_open(path):
-    fd = libc.syscall(257, -100, path.encode(), os.O_RDWR | os.O_NOCTTY, 0)
+    fd = libc.syscall(NR["openat"], -100, path.encode(), os.O_RDWR | os.O_NOCTTY, 0)
     assert fd >= 0, os.strerror(ctypes.get_errno())
     return fd
 master = raw_open("/dev/ptmx")
@@ -196,6 +201,7 @@ index = int.from_bytes(fcntl.ioctl(master, 0x80045430, bytes(4)), "little")  # T
 os.write(raw_open(f"/dev/pts/{index}"), b"static\n")
 print(line(master))
 """
+)
 
 TMUX = r"""
 tmux -L inside new-session -d -s s 'exec cat' || exit 3
