@@ -11,12 +11,16 @@ from nono_supervisor.errors import SandboxError
 from nono_supervisor.policy import Policy
 from nono_supervisor.session import Session
 
-__all__ = ["start_sandboxed", "finish", "plan_cache", "NO_TRAP_GIVES_UP"]
+__all__ = ["start_sandboxed", "finish", "plan_cache", "NO_TRAP_GIVES_UP", "NO_TRAP_UNIX_SOCKETS"]
 
+# The widest of them: run, exec and serve with --no-trap say it at start (cli), as policy and doctor do.
+NO_TRAP_UNIX_SOCKETS = (
+    "unix sockets: connect/send to any socket file the user can reach (ssh-agent, gpg-agent, docker.sock)"
+    " is not mediated (Landlock before ABI 9 cannot stop it)"
+)
 # What Landlock alone cannot do, so what ``--no-trap`` gives up (printed by ``policy`` and ``doctor``).
 NO_TRAP_GIVES_UP = (
-    "unix sockets: connect/send to any socket file the user can reach (ssh-agent, gpg-agent, docker.sock)"
-    " is not mediated (Landlock before ABI 9 cannot stop it)",
+    NO_TRAP_UNIX_SOCKETS,
     "metadata: chmod, chown, utimes and xattrs of any file the user owns, denied and never-grantable ones"
     " included; setuid bits can be set",
     "hard links made outside the sandbox read through to denied files",

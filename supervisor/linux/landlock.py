@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nono_supervisor.errors import SandboxError
-from nono_supervisor.policy import NEVER_GRANTABLE, Grant, Policy
+from nono_supervisor.policy import NEVER_GRANTABLE, RUNS_LATER, Grant, Policy
 
 __all__ = [
     "ACCESS_FS",
@@ -455,6 +455,7 @@ def compile_plan(
     compiler = _Compiler(mask, fs)
     carves = [_Carve(fs.realpath(d.path), mask, d.rule) for d in policy.denies]
     protected = [_Carve(fs.realpath(p), WRITE, "never-grantable") for p in policy.protected]
+    later = [_Carve(fs.realpath(entry.path), WRITE, RUNS_LATER) for entry in policy.runs_later]
     for grant in (*policy.grants, *extra):
         path = fs.realpath(grant.path)
         if not fs.exists(path):
@@ -467,8 +468,10 @@ def compile_plan(
         if inside and (grant.source.startswith("group:") or any(c.rule == NEVER_GRANTABLE for c in inside)):
             continue  # group grants never override a deny; explicit ones inside one do, unless it is sealed
         applicable = [c for c in carves if _under(c.path, path) and c.path != path]
-        applicable += [c for c in protected if _under(c.path, path)]
-        rights &= ~_protected_removal(path, protected)
+        # A runs-later entry is lifted only by the human's flag at or below it (access.AccessIndex._lifted).
+        held = [c for c in later if not (grant.source.startswith("--") and _under(path, c.path))]
+        applicable += [c for c in (*protected, *held) if _under(c.path, path)]
+        rights &= ~_protected_removal(path, [*protected, *held])
         compiler.emit(path, rights, applicable, grant.source)
     notes = list(compiler.notes)
     granted = [fs.realpath(g.path) for g in policy.grants]
@@ -507,7 +510,7 @@ def compile_plan(
 
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:
-    """Write rights are removed from a grant that lies inside a never-grantable path."""
+    """Write rights are removed from a grant that lies inside a never-grantable or runs-later path."""
     return WRITE if any(_under(path, c.path) and c.path != path for c in protected) else 0
 
 
