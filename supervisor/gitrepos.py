@@ -111,24 +111,34 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
     """A git directory's config, hooks and worktree config; those of its linked worktrees (their
     ``commondir`` says whose config and hooks they use) and of its submodules (``modules/``)."""
     join = os.path.join
-    entries = [
-        RunsLater(join(gitdir, "config"), _CONFIG),
-        RunsLater(join(gitdir, "hooks"), _HOOKS),
-        RunsLater(join(gitdir, "config.worktree"), _WORKTREE_CONFIG),
-    ]
+    entries = [RunsLater(join(gitdir, "config"), _CONFIG), RunsLater(join(gitdir, "hooks"), _HOOKS)]
+    common = gitdir
     if os.path.isfile(join(gitdir, "commondir")):  # a linked worktree's own git directory
         entries.append(RunsLater(join(gitdir, "commondir"), _COMMONDIR))
-        common = _commondir(gitdir)
-        if common is not None:
-            entries += [RunsLater(join(common, "config"), _CONFIG), RunsLater(join(common, "hooks"), _HOOKS)]
-    for sub in _subdirs(join(gitdir, "worktrees")):
-        entries.append(RunsLater(join(sub, "config.worktree"), _WORKTREE_CONFIG))
-        entries.append(RunsLater(join(sub, "commondir"), _COMMONDIR))
+        common = _commondir(gitdir) or gitdir
+        entries += [RunsLater(join(common, "config"), _CONFIG), RunsLater(join(common, "hooks"), _HOOKS)]
+    # git reads config.worktree only where the (protected) config sets extensions.worktreeConfig; a name
+    # that does not exist is carved by listing its directory, which git rewrites at every command
+    # (landlock._Fs: the plan would be compiled again after each): only then, or where it exists.
+    worktree_config = _mentions(join(common, "config"), b"worktreeconfig")
+    for place in (gitdir, *_subdirs(join(gitdir, "worktrees"))):
+        if worktree_config or os.path.lexists(join(place, "config.worktree")):
+            entries.append(RunsLater(join(place, "config.worktree"), _WORKTREE_CONFIG))
+        if place != gitdir:
+            entries.append(RunsLater(join(place, "commondir"), _COMMONDIR))
     modules: list[str] = []
     _walk(join(gitdir, "modules"), modules, [])
     for module in modules:
         entries += _gitdir_entries(module)
     return entries
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return word in f.read(1 << 20).lower()
+    except OSError:
+        return False
 
 
 def _commondir(gitdir: str) -> str | None:

@@ -307,6 +307,7 @@ def test_repositories_are_found_at_any_depth_bare_worktrees_submodules_and_above
     work = top / "work"
     deep = _repo(home, work / "a" / "b" / "c")
     subprocess.run(["git", "clone", "-q", "--bare", str(deep), str(work / "remote.git")], check=True)
+    _setup_git(home, deep, "config", "extensions.worktreeConfig", "true")  # git reads config.worktree
     subprocess.run(["git", "worktree", "add", "-q", str(work / "wt")], cwd=deep, check=True, env=_env(home))
     subprocess.run(
         [

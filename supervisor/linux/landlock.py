@@ -279,11 +279,15 @@ class _Fs:
       entries are covered by it (an entry cannot change its inode or type without changing the listing).
     A listing changed within one racy window of now (``_racy``) makes the plan uncacheable: two changes
     within one timestamp tick would leave the same stamp behind.
+    - a git directory expanded (``subdirs``): the names and identities of its subdirectories, the only
+      entries that get rules there. Its own files (index, HEAD) are replaced by a rename at nearly every
+      git command, a plain ``git status`` included: noting its listing would recompile the plan after each.
     """
 
     def __init__(self) -> None:
         self.identities: dict[str, tuple[int, int, int, str] | None] = {}
         self.listings: dict[str, tuple[int, int, int, int] | None] = {}
+        self.subdir_sets: dict[str, frozenset[tuple[str, int, int]] | None] = {}
         self.aliases: dict[str, str] = {}  # a symlink met on the way -> the real path it resolved to
         self.uncacheable = False
         self._checker = None
@@ -325,6 +329,12 @@ class _Fs:
     def listdir(self, path: str) -> list[str]:
         self._list_stamp(path)
         return os.listdir(path)
+
+    def subdirs(self, path: str) -> list[str]:
+        """The subdirectories of ``path`` (not links), noted by name and identity; the read is the note."""
+        found = _subdir_set(path)
+        self.subdir_sets[path] = found
+        return sorted(name for name, _dev, _ino in found or ())
 
     def realpath(self, path: str) -> str:
         """``os.path.realpath(path)`` (not strict), noting every component it looked up."""
@@ -381,15 +391,33 @@ class _Fs:
                     [(os.fsencode(p), i and (*i[:3], os.fsencode(i[3]))) for p, i in self.identities.items()],
                     [(os.fsencode(p), stamp) for p, stamp in self.listings.items()],
                 )
-        if self._checker:
-            return self._checker.valid()
-        return self._still_valid_python()
+        if self._checker and not self._checker.valid():
+            return False
+        if not self._checker and not self._still_valid_python():
+            return False
+        return all(_subdir_set(path) == found for path, found in self.subdir_sets.items())
 
     def _still_valid_python(self) -> bool:
         for path, identity in self.identities.items():
             if _identity(path, _lstat(path)) != identity:
                 return False
         return all(_listing(path) == stamp for path, stamp in self.listings.items())
+
+
+def _subdir_set(path: str) -> frozenset[tuple[str, int, int]] | None:
+    try:
+        with os.scandir(path) as listing:
+            return frozenset(
+                (e.name, e.inode(), os.lstat(e.path).st_dev)
+                for e in listing
+                if e.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return None
+
+
+# git's is_git_directory(): a directory holding these is a repository's git directory (gitrepos finds them).
+_GIT_DIR_MARKS = frozenset({"HEAD", "objects", "refs"})
 
 
 class _Compiler:
@@ -424,7 +452,7 @@ class _Compiler:
         if not rest & self.mask:
             return
         try:
-            names = sorted(self.fs.listdir(path))
+            names = sorted(self.fs.listdir(path)) if not _is_git_dir(path) else self.fs.subdirs(path)
         except OSError as e:
             self.notes.append(
                 f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above"
@@ -435,6 +463,20 @@ class _Compiler:
             if self.fs.islink(child):
                 continue  # a link needs no right to be followed; its target is governed by its own rules
             self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
+
+
+def _is_git_dir(path: str) -> bool:
+    """A git directory holding a carve (its config, hooks): only its subdirectories get rules (``_Fs``).
+    Its own files are written by git through a lock file and a rename, which the supervisor carries out,
+    or asked again (FETCH_HEAD, COMMIT_EDITMSG). git's own test: HEAD, and objects and refs or (a linked
+    worktree's) commondir. Not noted: a cached plan of a directory that stopped being one is narrower
+    than a fresh one (its files have no rules), never wider."""
+    exists = os.path.exists
+    if not exists(os.path.join(path, "HEAD")):
+        return False
+    return exists(os.path.join(path, "commondir")) or all(
+        exists(os.path.join(path, m)) for m in _GIT_DIR_MARKS
+    )
 
 
 def compile_plan(
