@@ -27,6 +27,8 @@ _CONFIG = "git: the repository's config (core.fsmonitor, hooksPath, aliases, fil
 _HOOKS = "git: this repository's hooks at commit, merge, checkout, rebase and push"
 _WORKTREE_CONFIG = "git: worktree config (extensions.worktreeConfig) at every git command in the worktree"
 _COMMONDIR = "git: which repository's config and hooks a linked worktree uses"
+_HOOKS_PATH = "git: hooks where core.hooksPath points (husky's .husky) at commit, merge, checkout and push"
+_INCLUDED = "git: a file the repository's config includes (include.path), at every command in it"
 _GITFILE = "git: which git directory (its config and hooks) git uses in this checkout"
 
 
@@ -112,6 +114,7 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
     ``commondir`` says whose config and hooks they use) and of its submodules (``modules/``)."""
     join = os.path.join
     entries = [RunsLater(join(gitdir, "config"), _CONFIG), RunsLater(join(gitdir, "hooks"), _HOOKS)]
+    entries += _config_references(join(gitdir, "config"), gitdir)
     common = gitdir
     if os.path.isfile(join(gitdir, "commondir")):  # a linked worktree's own git directory
         entries.append(RunsLater(join(gitdir, "commondir"), _COMMONDIR))
@@ -131,6 +134,30 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
     for module in modules:
         entries += _gitdir_entries(module)
     return entries
+
+
+def _config_references(config: str, gitdir: str) -> list[RunsLater]:
+    """What a repository's config points git at, outside its git directory: core.hooksPath (relative to
+    the worktree, where hooks run: husky's ``.husky``, often tracked in the project) and include.path
+    (relative to the config file). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
+    try:
+        with open(config, encoding="utf-8", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return []
+    found, section = [], ""
+    worktree = os.path.dirname(gitdir) if os.path.basename(gitdir) == ".git" else gitdir
+    for line in (raw.strip() for raw in lines):
+        if line.startswith("["):
+            section = line.strip("[]").split(" ", 1)[0].split(".", 1)[0].lower()
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip().lower(), os.path.expanduser(value.strip().strip('"'))
+        if section == "core" and key == "hookspath" and value:
+            found.append(RunsLater(os.path.normpath(os.path.join(worktree, value)), _HOOKS_PATH))
+        elif section in ("include", "includeif") and key == "path" and value:
+            found.append(RunsLater(os.path.normpath(os.path.join(os.path.dirname(config), value)), _INCLUDED))
+    return found
 
 
 def _mentions(path: str, word: bytes) -> bool:

@@ -343,6 +343,32 @@ def test_repositories_are_found_at_any_depth_bare_worktrees_submodules_and_above
     assert {str(p) for p in expected} <= found, sorted(found)
 
 
+HUSKY = r"""
+import os, sys
+try:
+    with open(sys.argv[1], "w") as f:
+        f.write("#!/bin/sh\nid\n")
+    print("planted")
+except OSError:
+    print("refused")
+"""
+
+
+def test_hooks_and_included_config_a_repository_points_at_are_protected(home):
+    """core.hooksPath (husky's .husky, tracked in the project) and include.path lead git outside .git: both
+    are found, and a command cannot plant a hook there (twin: bare, it can)."""
+    repo = _repo(home, home.work)
+    _setup_git(home, repo, "config", "core.hooksPath", ".husky")
+    _setup_git(home, repo, "config", "include.path", "../.gitconfig.project")
+    (repo / ".husky").mkdir()
+    found = {entry.path for entry in repository_entries(str(home.work))}
+    assert {str(repo / ".husky"), str(repo / ".gitconfig.project")} <= found, sorted(found)
+    hook = str(repo / ".husky" / "pre-commit")
+    result = _sandboxed(home, HUSKY, hook, flags=())
+    assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
+    assert "planted" in _bare(home, HUSKY, hook).stdout
+
+
 def test_a_repository_made_during_the_session_is_the_commands_own(home):
     """The choice (README, "Runs later"): only the repositories that existed at start are protected; one a
     command makes (git init, git clone) is configured by it as bare."""
