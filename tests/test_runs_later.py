@@ -502,3 +502,27 @@ def test_no_trap_says_at_start_that_unix_sockets_are_not_mediated(home):
     assert f"not enforced with --no-trap: {said}" in policy  # policy's own words
     twin = home.run([SUPERVISOR, "exec", "--", "true"])
     assert twin.returncode == 0 and "not enforced" not in twin.stderr
+
+
+def test_no_question_is_asked_and_no_answer_or_stored_grant_lifts_a_member(home):
+    """Whatever is answered: the human is never asked about a member (a prompter that would say "always"
+    is not called), and a session or stored grant of a wider path leaves it refused."""
+    from nono_supervisor.consent import Consent
+
+    class Yes:
+        def ask(self, *_args, **_kw):
+            raise AssertionError("asked about a runs-later member")
+
+    session = Session.create(PolicyOptions(allow=("~",)), dict(home.env), workdir=str(home.work))
+    try:
+        tmux = str(home.home / ".tmux.conf")
+        consent = Consent(session, "c", "sh", Yes())
+        assert not consent.askable(RUNS_LATER)
+        assert not consent.allows("write", tmux, RUNS_LATER, False)
+        session.add_grant(str(home.home), "allow", "dir")  # an answer "session" for ~
+        session.add_grant(tmux, "write", "file")  # even one naming the member itself
+        verdict = session.access_index(session.policy).verdict(tmux, "write")
+        assert not verdict.allowed and verdict.rule == RUNS_LATER
+        assert session.access_index(session.policy).verdict(str(home.home / ".tmuxx"), "write").allowed
+    finally:
+        session.close()
