@@ -20,9 +20,9 @@ import os
 
 from nono_supervisor.policy import RunsLater
 
-__all__ = ["repository_entries"]
+__all__ = ["GIT_DIR_MARKS", "repository_entries"]
 
-_GIT_DIR_MARKS = frozenset({"HEAD", "objects", "refs"})  # git's is_git_directory()
+GIT_DIR_MARKS = frozenset({"HEAD", "objects", "refs"})  # git's is_git_directory()
 _CONFIG = "git: the repository's config (core.fsmonitor, hooksPath, aliases, filters) at every command in it"
 _HOOKS = "git: this repository's hooks at commit, merge, checkout, rebase and push"
 _WORKTREE_CONFIG = "git: worktree config (extensions.worktreeConfig) at every git command in the worktree"
@@ -74,7 +74,7 @@ def _walk(top: str, gitdirs: list[str], gitfiles: list[str]) -> None:
                         gitfiles.append(entry.path)
                 elif is_dir:
                     below.append(entry.path)
-        if _GIT_DIR_MARKS <= names:
+        if GIT_DIR_MARKS <= names:
             gitdirs.append(directory)  # a bare repository: its own hooks and config
         else:
             stack.extend(below)

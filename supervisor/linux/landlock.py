@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nono_supervisor.errors import SandboxError
+from nono_supervisor.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.policy import NEVER_GRANTABLE, RUNS_LATER, Grant, Policy
 
 __all__ = [
@@ -334,7 +335,7 @@ class _Fs:
         """The subdirectories of ``path`` (not links), noted by name and identity; the read is the note."""
         found = _subdir_set(path)
         self.subdir_sets[path] = found
-        return sorted(name for name, _dev, _ino in found or ())
+        return sorted(name for name, _ino, _dev in found or ())
 
     def realpath(self, path: str) -> str:
         """``os.path.realpath(path)`` (not strict), noting every component it looked up."""
@@ -416,10 +417,6 @@ def _subdir_set(path: str) -> frozenset[tuple[str, int, int]] | None:
         return None
 
 
-# git's is_git_directory(): a directory holding these is a repository's git directory (gitrepos finds them).
-_GIT_DIR_MARKS = frozenset({"HEAD", "objects", "refs"})
-
-
 class _Compiler:
     def __init__(self, mask: int, fs: _Fs) -> None:
         self.mask = mask
@@ -475,7 +472,7 @@ def _is_git_dir(path: str) -> bool:
     if not exists(os.path.join(path, "HEAD")):
         return False
     return exists(os.path.join(path, "commondir")) or all(
-        exists(os.path.join(path, m)) for m in _GIT_DIR_MARKS
+        exists(os.path.join(path, m)) for m in GIT_DIR_MARKS
     )
 
 
