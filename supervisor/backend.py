@@ -27,7 +27,7 @@ NO_TRAP_GIVES_UP = (
     "inotify/fanotify watches on denied directories see the names and timing of what happens there",
     "--net-block: only TCP connect/bind are refused; UDP, MPTCP, raw sockets and TCP fast open are not",
     "no denial reports, no questions, no grants Landlock cannot express (creating or removing directly in"
-    " the parent of a denied path is refused)",
+    " the parent of a denied or runs-later path is refused: in the workdir's own root, beside .mcp.json)",
     "new ptys while the supervisor is on a terminal (openpty, pexpect, script, tmux): refused, since"
     " Landlock knows only the /dev/pts entries that existed when the plan was compiled",
 )

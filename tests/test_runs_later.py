@@ -526,3 +526,35 @@ def test_no_question_is_asked_and_no_answer_or_stored_grant_lifts_a_member(home)
         assert session.access_index(session.policy).verdict(str(home.home / ".tmuxx"), "write").allowed
     finally:
         session.close()
+
+
+KERNEL = r"""
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        with open(path, "a") as f:
+            f.write("x\n")
+        print("wrote", path)
+    except OSError as e:
+        print("refused", path, e.errno)
+"""
+
+
+@USERS
+def test_the_kernel_alone_enforces_the_class(request, user):
+    """With --no-trap (Landlock alone, no supervisor to ask), a repository's config and a new hook, the
+    project's .mcp.json and a member in ~ stay refused: the kernel is the enforcer, not the checker. A
+    file in a subdirectory is written (twin: bare writes all)."""
+    home = _home(request, user)
+    repo = _repo(home, home.work / "app")
+    (home.work / "src").mkdir()
+    _own(home, home.work)
+    refused = [repo / ".git" / "config", repo / ".git" / "hooks" / "pre-commit", home.work / ".mcp.json"]
+    refused.append(home.home / ".bash_logout")
+    paths = [*map(str, refused), str(home.work / "src" / "main.py")]
+    result = _sandboxed(home, KERNEL, *paths, flags=("--no-trap", "--allow", "~"), user=user)
+    assert result.stdout.count("refused") == len(refused) and f"wrote {paths[-1]}" in result.stdout, (
+        result.stdout + result.stderr
+    )
+    twin = _bare(home, KERNEL, *paths, user=user)
+    assert twin.stdout.count("wrote") == len(paths), twin.stdout
