@@ -155,6 +155,8 @@ def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
         return network
     if rule in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
         return ""
+    if " (inside: " in rule:
+        return ""  # a move or a name above a denied or runs-later node: no grant lifts it (denied_below)
     if op in ("connect", "bind"):
         flag = "--allow-file"
     elif op in ("read", "exec"):
