@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUPERVISOR, Home
+from conftest import SUPERVISOR, Home, start_supervisor
 from nono_supervisor import agents
 from nono_supervisor.gitrepos import repository_entries
 from nono_supervisor.policy import (
@@ -505,6 +505,11 @@ def test_no_trap_says_at_start_that_unix_sockets_are_not_mediated(home):
     assert f"not enforced with --no-trap: {said}" in policy  # policy's own words
     twin = home.run([SUPERVISOR, "exec", "--", "true"])
     assert twin.returncode == 0 and "not enforced" not in twin.stderr
+    server = start_supervisor(home, "--no-trap")  # serve says it too, before it serves
+    try:
+        assert server.stderr_path.read_text().count(line) == 1
+    finally:
+        server.stop()
 
 
 def test_no_question_is_asked_and_no_answer_or_stored_grant_lifts_a_member(home):
