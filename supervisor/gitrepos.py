@@ -17,6 +17,7 @@ the human pushes to it) and submodules' directories under ``.git/modules`` alike
 from __future__ import annotations
 
 import os
+import stat
 
 from nono_supervisor.policy import RunsLater
 
@@ -70,8 +71,8 @@ def _walk(top: str, gitdirs: list[str], gitfiles: list[str]) -> None:
                 if entry.name == ".git":
                     if is_dir:
                         gitdirs.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        gitfiles.append(entry.path)
+                    elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                        gitfiles.append(entry.path)  # names a git directory elsewhere
                 elif is_dir:
                     below.append(entry.path)
         if GIT_DIR_MARKS <= names:
@@ -88,7 +89,7 @@ def _above(workdir: str, gitdirs: list[str], gitfiles: list[str]) -> None:
         if os.path.isdir(dotgit) and not os.path.islink(dotgit):
             gitdirs.append(dotgit)
             return
-        if os.path.isfile(dotgit):
+        if os.path.islink(dotgit) or os.path.isfile(dotgit):
             gitfiles.append(dotgit)
             return
         if parent == "/":
@@ -97,12 +98,12 @@ def _above(workdir: str, gitdirs: list[str], gitfiles: list[str]) -> None:
 
 
 def _gitfile_target(path: str) -> str | None:
-    """The git directory a ``.git`` file names (``gitdir: PATH``, relative to the file's directory)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            line = f.readline(4096).strip()
-    except OSError:
-        return None
+    """The git directory a ``.git`` file names (``gitdir: PATH``, relative to the file's directory), or
+    a ``.git`` symlink leads to."""
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        return target if os.path.isdir(target) else None
+    line = _read(path, 4096).decode(errors="replace").partition("\n")[0].strip()
     if not line.startswith("gitdir:"):
         return None
     target = os.path.join(os.path.dirname(path), line[len("gitdir:") :].strip())
@@ -140,11 +141,7 @@ def _config_references(config: str, gitdir: str) -> list[RunsLater]:
     """What a repository's config points git at, outside its git directory: core.hooksPath (relative to
     the worktree, where hooks run: husky's ``.husky``, often tracked in the project) and include.path
     (relative to the config file). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
-    try:
-        with open(config, encoding="utf-8", errors="replace") as f:
-            lines = f.read(1 << 20).splitlines()
-    except OSError:
-        return []
+    lines = _read(config).decode(errors="replace").splitlines()
     found, section = [], ""
     worktree = os.path.dirname(gitdir) if os.path.basename(gitdir) == ".git" else gitdir
     for line in (raw.strip() for raw in lines):
@@ -160,20 +157,27 @@ def _config_references(config: str, gitdir: str) -> list[RunsLater]:
     return found
 
 
-def _mentions(path: str, word: bytes) -> bool:
+def _read(path: str, limit: int = 1 << 20) -> bytes:
+    """At most ``limit`` bytes of a regular file, b"" otherwise. Never blocks: a repository a command made
+    in an earlier session may hold a FIFO where git keeps a file, and this runs before the session starts."""
     try:
-        with open(path, "rb") as f:
-            return word in f.read(1 << 20).lower()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return False
+        return b""
+    try:
+        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    return word in _read(path).lower()
 
 
 def _commondir(gitdir: str) -> str | None:
-    try:
-        with open(os.path.join(gitdir, "commondir"), encoding="utf-8", errors="replace") as f:
-            common = f.readline(4096).strip()
-    except OSError:
-        return None
+    common = _read(os.path.join(gitdir, "commondir"), 4096).decode(errors="replace").strip()
     return os.path.realpath(os.path.join(gitdir, common)) if common else None
 
 

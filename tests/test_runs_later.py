@@ -343,6 +343,22 @@ def test_repositories_are_found_at_any_depth_bare_worktrees_submodules_and_above
     assert {str(p) for p in expected} <= found, sorted(found)
 
 
+def test_discovery_follows_a_git_symlink_and_never_blocks_on_a_fifo(home):
+    """A ``.git`` symlink names its git directory as a ``.git`` file does; a repository a command made in
+    an earlier session may hold a FIFO where git keeps its config: the walk at start reads past it."""
+    elsewhere = _repo(home, home.root / "elsewhere")
+    (home.work / "linked").mkdir()
+    (home.work / "linked" / ".git").symlink_to(elsewhere / ".git")
+    trap = _repo(home, home.work / "trap")
+    (trap / ".git" / "config").unlink()
+    os.mkfifo(trap / ".git" / "config")
+    (trap / ".git" / "commondir").unlink(missing_ok=True)
+    os.mkfifo(trap / ".git" / "commondir")  # a linked worktree's pointer, as a FIFO
+    found = {entry.path for entry in repository_entries(str(home.work))}
+    assert {str(home.work / "linked" / ".git"), str(elsewhere / ".git" / "hooks")} <= found, sorted(found)
+    assert str(trap / ".git" / "config") in found
+
+
 HUSKY = r"""
 import os, sys
 try:
