@@ -423,10 +423,15 @@ class Session:
     def runs_later(self) -> tuple[RunsLater, ...]:
         """The session's runs-later entries beside the security list's (DESIGN invariant 10), computed once
         at start: the directories on PATH outside the system and the workdir (every shell runs what it
-        finds there), and the git repositories at any depth of the workdir (gitrepos: one walk; measured
-        in the README)."""
+        finds there) and the trees they resolve into (a pyenv or nvm version: its interpreter, its global
+        packages and their .pth files), and the git repositories at any depth of the workdir (gitrepos: one
+        walk; measured in the README)."""
         on_path = [RunsLater(d, "every shell: a directory on PATH") for d in self.toolchain.path_dirs]
-        return tuple(dict.fromkeys([*on_path, *repository_entries(self.workdir)]))
+        trees = [
+            RunsLater(t, "every shell: a toolchain PATH resolves into (interpreters, global packages)")
+            for t in self.toolchain.read
+        ]
+        return tuple(dict.fromkeys([*on_path, *trees, *repository_entries(self.workdir)]))
 
     @functools.cached_property
     def _route(self) -> tuple[Grant, ...]:

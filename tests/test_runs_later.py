@@ -582,3 +582,25 @@ def test_the_kernel_alone_enforces_the_class(request, user):
     )
     twin = _bare(home, KERNEL, *paths, user=user)
     assert twin.stdout.count("wrote") == len(paths), twin.stdout
+
+
+def test_a_toolchain_that_path_resolves_into_is_a_member(home):
+    """~/.local/bin/tool is pipx's link into its venv: the venv (its interpreter, its site-packages, where
+    a .pth line runs at every start) runs later as much as the PATH directory does (twin: bare plants)."""
+    venv = home.home / ".local" / "share" / "pipx" / "venvs" / "tool"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib").mkdir()
+    (venv / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
+    (venv / "bin" / "tool").chmod(0o755)
+    local_bin = home.home / ".local" / "bin"
+    local_bin.mkdir(parents=True)
+    (local_bin / "tool").symlink_to(venv / "bin" / "tool")
+    env = {**_env(home), "PATH": f"{local_bin}:{home.env['PATH']}"}
+    pth = str(venv / "lib" / "evil.pth")
+    argv = [SUPERVISOR, "exec", "--allow", "~", "--", sys.executable, "-c", PLANT_EACH, pth]
+    result = home.run(argv, env=env)
+    shown = "~" + pth[len(str(home.home)) :]
+    assert (
+        f"refused {pth}" in result.stdout and f"nono: denied create {shown} [{RUNS_LATER}]" in result.stderr
+    )
+    assert f"wrote {pth}" in home.run([sys.executable, "-c", PLANT_EACH, pth], env=env).stdout
