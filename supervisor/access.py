@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from nono_supervisor.netpolicy import network_hint
-from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, Policy
+from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
 
 __all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
 
@@ -72,12 +72,15 @@ class AccessIndex:
         self._denies = [(_real(d.path), d.rule) for d in policy.denies]
         self._protected = [_real(p) for p in policy.protected]
         self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
+        self._runs_later = [_real(entry.path) for entry in policy.runs_later]
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
-        """Denied and never-grantable nodes strictly inside ``path``: moving or removing it moves them."""
+        """Denied, never-grantable and runs-later nodes strictly inside ``path``: moving or removing it
+        moves them."""
         inside = [(d, rule) for d, rule in self._denies if d != path and _under(d, path)]
         protected = [(p, "never-grantable") for p in self._protected if p != path and _under(p, path)]
-        return inside + protected
+        later = [(p, RUNS_LATER) for p in self._runs_later if p != path and _under(p, path)]
+        return inside + protected + later
 
     def verdict(self, path: str, op: str) -> Verdict:
         need = OPS[op]
@@ -100,9 +103,21 @@ class AccessIndex:
             overridden = best is not None and not best[1].source.startswith("group:")
             if deny[1] == NEVER_GRANTABLE or not (overridden and _under(best[0], deny[0])):
                 return Verdict(False, deny[1])
+        if need == "write" and not self._lifted(path, best):
+            return Verdict(False, RUNS_LATER)
         if best is None:
             return Verdict(False, self._ungranted_rule(path))
         return Verdict(True, best[1].source)
+
+    def _lifted(self, path: str, best: tuple[str, Grant] | None) -> bool:
+        """Whether ``path`` is outside every runs-later entry, or the grant that covers it is the human's
+        flag at or below each entry that holds it (``--write-file ~/.tmux.conf``): a wider grant, a group,
+        a profile, an answer or a stored "always" never is."""
+        holding = [entry for entry in self._runs_later if _under(path, entry)]
+        if not holding:
+            return True
+        explicit = best is not None and best[1].source.startswith("--")
+        return explicit and all(_under(best[0], entry) for entry in holding)
 
     def _ungranted_rule(self, path: str) -> str:
         """Why nothing grants ``path``: the probe rule of the path or of an ancestor, else "not granted"."""
@@ -140,6 +155,8 @@ def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
         return network
     if rule in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
         return ""
+    if " (inside: " in rule:
+        return ""  # a move or a name above a denied or runs-later node: no grant lifts it (denied_below)
     if op in ("connect", "bind"):
         flag = "--allow-file"
     elif op in ("read", "exec"):

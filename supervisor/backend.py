@@ -22,19 +22,24 @@ __all__ = [
     "rename_noreplace",
     "stderr_of",
     "NO_TRAP_GIVES_UP",
+    "NO_TRAP_UNIX_SOCKETS",
 ]
 
+# The widest of them: run, exec and serve with --no-trap say it at start (cli), as policy and doctor do.
+NO_TRAP_UNIX_SOCKETS = (
+    "unix sockets: connect/send to any socket file the user can reach (ssh-agent, gpg-agent, docker.sock)"
+    " is not mediated (Landlock before ABI 9 cannot stop it)"
+)
 # What Landlock alone cannot do, so what ``--no-trap`` gives up (printed by ``policy`` and ``doctor``).
 NO_TRAP_GIVES_UP = (
-    "unix sockets: connect/send to any socket file the user can reach (ssh-agent, gpg-agent, docker.sock)"
-    " is not mediated (Landlock before ABI 9 cannot stop it)",
+    NO_TRAP_UNIX_SOCKETS,
     "metadata: chmod, chown, utimes and xattrs of any file the user owns, denied and never-grantable ones"
     " included; setuid bits can be set",
     "hard links made outside the sandbox read through to denied files",
     "inotify/fanotify watches on denied directories see the names and timing of what happens there",
     "--net-block: only TCP connect/bind are refused; UDP, MPTCP, raw sockets and TCP fast open are not",
     "no denial reports, no questions, no grants Landlock cannot express (creating or removing directly in"
-    " the parent of a denied path is refused)",
+    " the parent of a denied or runs-later path is refused: in the workdir's own root, beside .mcp.json)",
     "new ptys (openpty, pexpect, script, tmux): refused, since Landlock grants no /dev/pts node but the"
     " handed terminal's (the supervisor opens a command's own ptys through the master it holds)",
 )

@@ -211,6 +211,15 @@ def _session(args: argparse.Namespace, **kw: object) -> Session:
     )
 
 
+def _say_no_trap(session: Session) -> None:
+    """run, exec and serve with --no-trap say at start the widest thing it gives up, in policy's words: a
+    command may then connect to any socket file of the user's (issue 24, finding 6)."""
+    if not session.trap:
+        from nono_supervisor.backend import NO_TRAP_UNIX_SOCKETS
+
+        print(f"nono-supervisor: not enforced with --no-trap: {NO_TRAP_UNIX_SOCKETS}", file=sys.stderr)
+
+
 def _print_agent(session: Session) -> None:
     """The second policy of the session: what the agent's baseline adds to the commands' (DESIGN: two
     policies per session)."""
@@ -264,6 +273,8 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             print(f"  deny       {policy.display(deny.path)}  [{deny.rule}]")
         for path in policy.protected:
             print(f"  no-write   {policy.display(path)}  [never-grantable]")
+        for entry in policy.runs_later:
+            print(f"  no-write   {policy.display(entry.path)}  [runs-later: {entry.why}]")
         for probe in policy.probes:
             print(f"  probe      {policy.display(probe.pattern)}  [{probe.rule}]")
         _print_network(policy)
@@ -333,6 +344,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
             _print_policy(session.policy, "text", session)
             return 0
         _require_command(command, "exec")
+        _say_no_trap(session)
         env = session.command_env(session.env)
         path = command[0] if "/" in command[0] else _which(command[0], env)
         if path is None:
@@ -408,6 +420,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         server = _serve(session, socket_path, args.verbose)
+        _say_no_trap(session)
         for signo in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # kill, a closed window: end cleanly
             signal.signal(signo, lambda *_: sys.exit(0))
         print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
@@ -448,6 +461,7 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
     library = _interpose_library(args)
     session = _session(args, shims=True, agent=_agent(args, command))
     try:
+        _say_no_trap(session)
         socket_path = session.runtime_dir / "socket"
         server = _serve(session, socket_path, args.verbose)
         server.start()

@@ -28,6 +28,9 @@ __all__ = [
     "Grant",
     "Policy",
     "PolicyOptions",
+    "RUNS_LATER",
+    "RunsLater",
+    "runs_later_list",
     "resolve_policy",
     "security_groups",
     "domain_groups",
@@ -79,6 +82,25 @@ class Context:
     # Groups computed at start (the user's toolchain from PATH, the per-project caches), beside the shipped
     # security list's: ``group:NAME`` in a profile finds them the same way.
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Runs-later entries computed at start (the PATH directories, the git repositories), beside the shipped
+    # security list's [runs_later].
+    runs_later: tuple[RunsLater, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunsLater:
+    """A path from which a program the human runs outside any sandbox executes or loads code on its own
+    (DESIGN invariant 10): readable, never writable by a command. ``why``: "program: when it runs"."""
+
+    path: str
+    why: str
+
+    @property
+    def program(self) -> str:
+        return self.why.split(":", 1)[0]
+
+
+RUNS_LATER = "runs-later"  # the rule of a runs-later denial: final, never asked (answers cannot lift it)
 
 
 @dataclass(frozen=True)
@@ -156,6 +178,7 @@ class Policy:
     allow_domains: tuple[Pattern, ...] = ()
     deny_domains: tuple[Pattern, ...] = ()
     agent_domains: tuple[Pattern, ...] = ()  # allowed to the agent's own connections only
+    runs_later: tuple[RunsLater, ...] = ()  # never writable by a command but by an explicit flag (RunsLater)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +226,25 @@ def security_groups(platform: str) -> dict[str, tuple[str, ...]]:
         for name, paths in data.get(section, {}).get("groups", {}).items():
             groups.setdefault(name, []).extend(paths)
     return {name: tuple(paths) for name, paths in groups.items()}
+
+
+def runs_later_list(platform: str) -> dict[str, str]:
+    """The shipped security list's runs-later entries for one platform: raw path -> "program: when"."""
+    data = tomllib.loads(resources.files("nono_supervisor").joinpath("data/security.toml").read_text())
+    entries: dict[str, str] = {}
+    for section in ("common", platform):
+        entries.update(data.get(section, {}).get("runs_later", {}))
+    return entries
+
+
+def _runs_later(ctx: Context) -> tuple[RunsLater, ...]:
+    """The shipped entries expanded (a ~ entry means nothing without a home), then the session's own."""
+    shipped = [
+        RunsLater(expand(raw, ctx, "security list: runs_later", grant=False), why)
+        for raw, why in runs_later_list(ctx.platform).items()
+        if _home_usable(ctx) or not _uses_home(raw)
+    ]
+    return tuple(dict.fromkeys([*shipped, *ctx.runs_later]))
 
 
 def domain_groups() -> dict[str, tuple[str, ...]]:
@@ -426,11 +468,13 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         tmpdir=ctx.tmpdir,
         platform=ctx.platform,
         sources=tuple(label for label, _ in chain),
-        prompt_quiet=tuple(dict.fromkeys(quiet + silent)),  # a silent group is never asked about either
+        # A silent group is never asked about either; nor is a runs-later path (no answer lifts it).
+        prompt_quiet=tuple(dict.fromkeys(quiet + silent + [RUNS_LATER])),
         prompt_silent=tuple(dict.fromkeys(silent)),
         probes=tuple(dict.fromkeys(probes)),
         net_mode=net_mode,
         allow_domains=tuple(dict.fromkeys(domains["allow_domains"])),
         deny_domains=tuple(dict.fromkeys(domains["deny_domains"])),
         agent_domains=tuple(dict.fromkeys(domains["agent_allow_domains"])),
+        runs_later=_runs_later(ctx),
     )

@@ -23,6 +23,7 @@ from nono_supervisor.access import AccessIndex
 from nono_supervisor.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
+from nono_supervisor.gitrepos import repository_entries
 from nono_supervisor.grants import GrantStore, to_policy_grants
 from nono_supervisor.policy import (
     HANDED_TERMINAL,
@@ -30,9 +31,8 @@ from nono_supervisor.policy import (
     Grant,
     Policy,
     PolicyOptions,
-    expand,
+    RunsLater,
     resolve_policy,
-    security_groups,
 )
 from nono_supervisor.prompt import Prompter
 from nono_supervisor.shims import package_root, write_shims
@@ -245,7 +245,17 @@ class Session:
             above.append(Grant(list_only(parent), "read", "file", f"agent {self.agent.name}: list only"))
             parent = os.path.dirname(parent)
         extra = tuple(g for g in (*self.agent.policy_grants(), *above) if g not in policy.grants)
-        return replace(policy, grants=policy.grants + tuple(dict.fromkeys(extra)))
+        # Its own configuration is its state, which it writes itself (its commands never do): the entries
+        # that name it ("claude-code: ...") and any inside its state paths.
+        state = [os.path.realpath(p) for p in self.agent.state_paths()]
+        own = self.agent.name
+        later = tuple(
+            entry
+            for entry in policy.runs_later
+            if entry.program != own
+            and not any(os.path.commonpath([os.path.realpath(entry.path), p]) == p for p in state)
+        )
+        return replace(policy, grants=policy.grants + tuple(dict.fromkeys(extra)), runs_later=later)
 
     @functools.cached_property
     def toolchain(self):
@@ -369,6 +379,7 @@ class Session:
             protected=self.protected_paths(),
             sealed=_own_terminal_names() + tuple(agent_state),
             groups=self._computed_groups(),
+            runs_later=self.runs_later,
         )
 
     def _computed_groups(self) -> dict[str, tuple[str, ...]]:
@@ -402,28 +413,28 @@ class Session:
         return str(target)
 
     def protected_paths(self) -> tuple[str, ...]:
-        """CONTRACT "never grantable": nono-shell's own files, code and sockets; and, never writable by a
-        command (an addition), what runs code later outside any sandbox: shell rc files, autostart and
-        systemd user units, git's global config and hooks, the tools' config, the directories on PATH."""
+        """CONTRACT "never grantable": nono-shell's own files, code and sockets. (What runs code later
+        outside any sandbox is the runs-later class: ``runs_later``.)"""
         own = [paths.config_dir(self.env), paths.state_dir(self.env), self.runtime_dir, *paths.package_dirs()]
         if self.shims_dir:
             own.append(self.shims_dir)
         if self.audit_path:
             own.append(self.audit_path)
-        return tuple(str(p) for p in own) + self._never_writable()
+        return tuple(str(p) for p in own)
 
     @functools.cached_property
-    def _persistence(self) -> tuple[str, ...]:
-        platform = "macos" if sys.platform == "darwin" else "linux"
-        ctx = Context(workdir=self.workdir, home=self.home, tmpdir=str(self.tmpdir), platform=platform)
-        raw = security_groups(platform).get("never_writable", ())
-        found = [expand(p, ctx, "security list: never_writable", grant=False) for p in raw]
-        return tuple(dict.fromkeys(found + list(self.toolchain.path_dirs)))
-
-    def _never_writable(self) -> tuple[str, ...]:
-        if not self.home or os.path.normpath(self.home) == "/":
-            return tuple(self.toolchain.path_dirs)
-        return self._persistence
+    def runs_later(self) -> tuple[RunsLater, ...]:
+        """The session's runs-later entries beside the security list's (DESIGN invariant 10), computed once
+        at start: the directories on PATH outside the system and the workdir (every shell runs what it
+        finds there) and the trees they resolve into (a pyenv or nvm version: its interpreter, its global
+        packages and their .pth files), and the git repositories at any depth of the workdir (gitrepos: one
+        walk; measured in the README)."""
+        on_path = [RunsLater(d, "every shell: a directory on PATH") for d in self.toolchain.path_dirs]
+        trees = [
+            RunsLater(t, "every shell: a toolchain PATH resolves into (interpreters, global packages)")
+            for t in self.toolchain.read
+        ]
+        return tuple(dict.fromkeys([*on_path, *trees, *repository_entries(self.workdir)]))
 
     @functools.cached_property
     def _route(self) -> tuple[Grant, ...]:

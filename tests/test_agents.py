@@ -196,7 +196,7 @@ def test_the_toolchain_is_what_path_resolves_into(home):
     }
 
 
-def test_the_path_directories_are_never_writable_by_a_command(home):
+def test_the_path_directories_are_never_writable_by_a_command_but_named(home):
     tools = home.home / ".local" / "bin"
     tools.mkdir(parents=True)
     env = {**home.env, "PATH": f"{tools}:{home.env['PATH']}"}
@@ -204,10 +204,18 @@ def test_the_path_directories_are_never_writable_by_a_command(home):
         [SUPERVISOR, "exec", "--allow", "~", "--", "sh", "-c", f"echo x > {tools}/git"], env=env
     )
     assert result.returncode != 0
-    assert "nono: denied create ~/.local/bin/git [never-grantable]; never grantable" in result.stderr
+    assert "nono: denied create ~/.local/bin/git [runs-later]; to allow: --write-file ~/.local/bin/git" in (
+        result.stderr
+    )
     assert not (tools / "git").exists()
     gitconfig = home.run([SUPERVISOR, "exec", "--allow", "~", "--", "sh", "-c", "echo '[x]' >> ~/.gitconfig"])
-    assert "~/.gitconfig [never-grantable]" in gitconfig.stderr, gitconfig.stderr
+    assert "~/.gitconfig [runs-later]" in gitconfig.stderr, gitconfig.stderr
+    # The hint is a flag that, passed, makes it succeed (the human's explicit grant of that one path).
+    named_tool = home.run(
+        [SUPERVISOR, "exec", "--write-file", f"{tools}/git", "--", "sh", "-c", f"echo x > {tools}/git"],
+        env=env,
+    )
+    assert named_tool.returncode == 0 and (tools / "git").read_text() == "x\n", named_tool.stderr
     # Shell rc files stay a deny group: unwritable under --allow ~, writable when named (CONTRACT).
     wide = home.run([SUPERVISOR, "exec", "--allow", "~", "--", "sh", "-c", "echo x >> ~/.bashrc"])
     assert wide.returncode != 0 and "[group:deny_shell_configs]" in wide.stderr, wide.stderr

@@ -4,6 +4,7 @@ read are unchanged, recompiled the moment one of them changes. No timing here.""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -284,3 +285,38 @@ def test_the_c_check_of_the_notes_is_the_python_one(home, settled, tmp_path):
         change()
         assert fs.still_valid() == fs._still_valid_python()
         assert fs._checker is not None and fs._checker is not False
+
+
+def test_a_git_command_in_a_protected_repository_does_not_recompile_and_a_new_subdirectory_does(
+    home, settled
+):
+    """A repository's config and hooks are carved inside its .git (runs-later), so .git is expanded; git
+    replaces .git/index and HEAD by a rename at nearly every command (a plain git status included), so only
+    .git's subdirectories get rules and are noted: the plan survives git status, add and commit, and a new
+    subdirectory (rerere's rr-cache) is in the next plan."""
+    env = {**home.env, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b.invalid"}
+    env.update(GIT_COMMITTER_NAME="a", GIT_COMMITTER_EMAIL="a@b.invalid")
+    git = lambda *argv: subprocess.run(["git", *argv], cwd=home.work, env=env, check=True)  # noqa: E731
+    (home.work / "src").mkdir()  # edits below the workdir's root (whose own listing is noted: .mcp.json)
+    (home.work / "src" / "f").write_text("x\n")
+    git("init", "-q")
+    git("add", "src")
+    git("commit", "-q", "-m", "one")
+    s = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        cache = landlock.PlanCache()
+        first = _get(cache, s)
+        dotgit = str(home.work / ".git")
+        assert f"{dotgit}/objects" in _paths(first) and f"{dotgit}/index" not in _paths(first)
+        assert not any(p.startswith(f"{dotgit}/hooks") or p == f"{dotgit}/config" for p in _paths(first))
+        (home.work / "src" / "f").write_text("y\n")
+        git("status", "--porcelain")
+        git("add", "src/f")
+        git("commit", "-q", "-m", "two")
+        assert _get(cache, s) is first and cache.compiled == 1
+        (home.work / ".git" / "rr-cache").mkdir()
+        second = _get(cache, s)
+        assert cache.compiled == 2 and f"{dotgit}/rr-cache" in _paths(second)
+        assert second.plan == landlock.compile_plan(s.policy, ABI)
+    finally:
+        s.close()

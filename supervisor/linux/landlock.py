@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nono_supervisor.errors import SandboxError
+from nono_supervisor.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.linux import libc
-from nono_supervisor.policy import HANDED_TERMINAL, NEVER_GRANTABLE, TERMINALS, Grant, Policy
+from nono_supervisor.policy import HANDED_TERMINAL, NEVER_GRANTABLE, RUNS_LATER, TERMINALS, Grant, Policy
 
 __all__ = [
     "ACCESS_FS",
@@ -270,11 +271,15 @@ class _Fs:
       entries are covered by it (an entry cannot change its inode or type without changing the listing).
     A listing changed within one racy window of now (``_racy``) makes the plan uncacheable: two changes
     within one timestamp tick would leave the same stamp behind.
+    - a git directory expanded (``subdirs``): the names and identities of its subdirectories, the only
+      entries that get rules there. Its own files (index, HEAD) are replaced by a rename at nearly every
+      git command, a plain ``git status`` included: noting its listing would recompile the plan after each.
     """
 
     def __init__(self) -> None:
         self.identities: dict[str, tuple[int, int, int, str] | None] = {}
         self.listings: dict[str, tuple[int, int, int, int] | None] = {}
+        self.subdir_sets: dict[str, frozenset[tuple[str, int, int]] | None] = {}
         self.aliases: dict[str, str] = {}  # a symlink met on the way -> the real path it resolved to
         self.uncacheable = False
         self._checker = None
@@ -316,6 +321,12 @@ class _Fs:
     def listdir(self, path: str) -> list[str]:
         self._list_stamp(path)
         return os.listdir(path)
+
+    def subdirs(self, path: str) -> list[str]:
+        """The subdirectories of ``path`` (not links), noted by name and identity; the read is the note."""
+        found = _subdir_set(path)
+        self.subdir_sets[path] = found
+        return sorted(name for name, _ino, _dev in found or ())
 
     def realpath(self, path: str) -> str:
         """``os.path.realpath(path)`` (not strict), noting every component it looked up."""
@@ -372,15 +383,29 @@ class _Fs:
                     [(os.fsencode(p), i and (*i[:3], os.fsencode(i[3]))) for p, i in self.identities.items()],
                     [(os.fsencode(p), stamp) for p, stamp in self.listings.items()],
                 )
-        if self._checker:
-            return self._checker.valid()
-        return self._still_valid_python()
+        if self._checker and not self._checker.valid():
+            return False
+        if not self._checker and not self._still_valid_python():
+            return False
+        return all(_subdir_set(path) == found for path, found in self.subdir_sets.items())
 
     def _still_valid_python(self) -> bool:
         for path, identity in self.identities.items():
             if _identity(path, _lstat(path)) != identity:
                 return False
         return all(_listing(path) == stamp for path, stamp in self.listings.items())
+
+
+def _subdir_set(path: str) -> frozenset[tuple[str, int, int]] | None:
+    try:
+        with os.scandir(path) as listing:
+            return frozenset(
+                (e.name, e.inode(), os.lstat(e.path).st_dev)
+                for e in listing
+                if e.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return None
 
 
 class _Compiler:
@@ -415,7 +440,7 @@ class _Compiler:
         if not rest & self.mask:
             return
         try:
-            names = sorted(self.fs.listdir(path))
+            names = sorted(self.fs.listdir(path)) if not _is_git_dir(path) else self.fs.subdirs(path)
         except OSError as e:
             self.notes.append(
                 f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above"
@@ -426,6 +451,20 @@ class _Compiler:
             if self.fs.islink(child):
                 continue  # a link needs no right to be followed; its target is governed by its own rules
             self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
+
+
+def _is_git_dir(path: str) -> bool:
+    """A git directory holding a carve (its config, hooks): only its subdirectories get rules (``_Fs``).
+    Its own files are written by git through a lock file and a rename, which the supervisor carries out,
+    or asked again (FETCH_HEAD, COMMIT_EDITMSG). git's own test: HEAD, and objects and refs or (a linked
+    worktree's) commondir. Not noted: a cached plan of a directory that stopped being one is narrower
+    than a fresh one (its files have no rules), never wider."""
+    exists = os.path.exists
+    if not exists(os.path.join(path, "HEAD")):
+        return False
+    return exists(os.path.join(path, "commondir")) or all(
+        exists(os.path.join(path, m)) for m in GIT_DIR_MARKS
+    )
 
 
 def compile_plan(
@@ -450,6 +489,7 @@ def compile_plan(
     # own ptys through the master it holds (linux/terminals.py)
     carves.append(_Carve(TERMINALS, mask, NEVER_GRANTABLE))
     protected = [_Carve(fs.realpath(p), WRITE, "never-grantable") for p in policy.protected]
+    later = [_Carve(fs.realpath(entry.path), WRITE, RUNS_LATER) for entry in policy.runs_later]
     for grant in (*policy.grants, *extra):
         path = fs.realpath(grant.path)
         if not fs.exists(path):
@@ -463,8 +503,10 @@ def compile_plan(
         if inside and (grant.source.startswith("group:") or sealed):
             continue  # group grants never override a deny; explicit ones inside one do, unless it is sealed
         applicable = [c for c in carves if _under(c.path, path) and c.path != path]
-        applicable += [c for c in protected if _under(c.path, path)]
-        rights &= ~_protected_removal(path, protected)
+        # A runs-later entry is lifted only by the human's flag at or below it (access.AccessIndex._lifted).
+        held = [c for c in later if not (grant.source.startswith("--") and _under(path, c.path))]
+        applicable += [c for c in (*protected, *held) if _under(c.path, path)]
+        rights &= ~_protected_removal(path, [*protected, *held])
         compiler.emit(path, rights, applicable, grant.source)
     notes = list(compiler.notes)
     granted = [fs.realpath(g.path) for g in policy.grants]
@@ -503,7 +545,7 @@ def compile_plan(
 
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:
-    """Write rights are removed from a grant that lies inside a never-grantable path."""
+    """Write rights are removed from a grant that lies inside a never-grantable or runs-later path."""
     return WRITE if any(_under(path, c.path) and c.path != path for c in protected) else 0
 
 

@@ -783,7 +783,7 @@ class NotifyLoop:
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._decide("create", pin)
+        permit = self._carries_denied("create", pin, self._decide("create", pin))
         return self._act(pin, permit, lambda: emulate.symlink(permit, os.fsdecode(target)))
 
     def _on_rename(self, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -823,7 +823,7 @@ class NotifyLoop:
         permits = []
         for op, pin in checks:
             permit = self._decide(op, pin)
-            if isinstance(permit, Permit) and op == "delete" and pin.is_dir:
+            if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
                 permit = self._carries_denied(op, pin, permit)
             if isinstance(permit, Deny):
                 source.close()
@@ -910,8 +910,13 @@ class NotifyLoop:
         length = args[1]
         return self._act(pin, permit, lambda: emulate.truncate(permit, length, self.checker))
 
-    def _carries_denied(self, op: str, pin: Pin, permit: Permit) -> Permit | Deny:
-        """Moving or removing a directory that holds a denied node would carry it out from under its rule."""
+    def _carries_denied(self, op: str, pin: Pin, permit: Permit | Deny) -> Permit | Deny:
+        """Moving or removing a directory that holds a denied node would carry it out from under its rule;
+        a new name (a symlink, a directory moved in) above a denied or runs-later node that is not there
+        would make it resolve into what the command wrote (DESIGN invariant 10: ``ln -s ./x ~/.config``
+        puts ~/.config/nvim in the command's reach)."""
+        if isinstance(permit, Deny):
+            return permit
         for denied_path, rule in self.access.denied_below(pin.path):
             return Deny(
                 errno.EACCES, Denial(op, pin.path, f"{rule} (inside: {denied_path})", True, self._tid)

@@ -10,7 +10,9 @@ The shape of the profile, top to bottom (Seatbelt applies the *last* matching ru
 4. Denied trees, "allow discovery, deny content": ``stat`` works, reading content and writing do not. Then
    explicit grants that lie inside a denied tree, each after the deny it overrides; denies and exceptions
    are sorted shallow to deep, so the most specific path always decides.
-5. Never-grantable paths: writes denied last, so nothing above can re-open them.
+5. Runs-later paths: writes denied, then the human's flags at or below one of them (``--write-file
+   ~/.tmux.conf``), the only thing that lifts it.
+6. Never-grantable paths: writes denied last, so nothing above can re-open them.
 
 ``marker`` tags every deny rule with ``(with message "nono:<marker>")``; the kernel appends that text to the
 denial it logs, which is how ``logstream`` attributes a ``log stream`` line to one command.
@@ -252,6 +254,7 @@ def generate_profile(
         p.add("(allow network*)")
 
     _denies_and_exceptions(p, policy)
+    _runs_later(p, policy)
     _protected(p, policy)
     return p.text()
 
@@ -319,6 +322,23 @@ def _denies_and_exceptions(p: _Profile, policy: Policy) -> None:
             p.allow("file-read-data", where)
         if item.access in ("write", "allow"):
             p.allow("file-write*", where)
+
+
+def _runs_later(p: _Profile, policy: Policy) -> None:
+    if not policy.runs_later:
+        return
+    p.section("Runs later outside any sandbox (DESIGN invariant 10): read-only, but for the human's flags.")
+    paths = [entry.path for entry in policy.runs_later]
+    for path in paths:
+        where = _filters(path, "dir")
+        p.deny("file-write*", where)
+        p.deny("file-link file-clone", where)
+    _move_blockers(p, paths, _writable_dirs(policy))
+    for grant in policy.grants:
+        named = grant.source.startswith("--") and grant.access in ("write", "allow")
+        if named and any(_inside(grant.path, path) for path in paths):
+            p.add(_comment(f"{grant.access} {grant.kind} <- {_source(grant.source)} (lifts runs-later)"))
+            p.allow("file-write*", _filters(grant.path, grant.kind))
 
 
 def _protected(p: _Profile, policy: Policy) -> None:

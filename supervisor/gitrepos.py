@@ -1,0 +1,189 @@
+"""The git repositories of a workdir, found once at session start: what in each runs code later.
+
+git reads a repository's ``config`` (core.fsmonitor, core.hooksPath, core.pager, aliases, filters,
+include.path) at every command run in it and runs its ``hooks`` at commit, merge, checkout, rebase and
+push: a command that wrote them would run code at the human's next plain ``git status``, outside any
+sandbox (issue 24, finding 2). These paths become runs-later entries of the session's policy
+(``policy.RunsLater``), so the Landlock plan carves them read-only like any other entry.
+
+Only the repositories that exist when the session starts are found: one walk of the workdir, not one per
+command (the plan is compiled per command and cached on the stamps of what it read, and a walk's stamps
+would be every directory of the tree). A repository a command creates later is that command's own (README,
+"Runs later"). A directory is a git directory where git's own test (``is_git_directory``: HEAD, objects
+and refs) says so, which finds ``.git`` directories, bare repositories (a local remote: its hooks run when
+the human pushes to it) and submodules' directories under ``.git/modules`` alike.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from nono_supervisor.policy import RunsLater
+
+__all__ = ["GIT_DIR_MARKS", "repository_entries"]
+
+GIT_DIR_MARKS = frozenset({"HEAD", "objects", "refs"})  # git's is_git_directory()
+_CONFIG = "git: the repository's config (core.fsmonitor, hooksPath, aliases, filters) at every command in it"
+_HOOKS = "git: this repository's hooks at commit, merge, checkout, rebase and push"
+_WORKTREE_CONFIG = "git: worktree config (extensions.worktreeConfig) at every git command in the worktree"
+_COMMONDIR = "git: which repository's config and hooks a linked worktree uses"
+_HOOKS_PATH = "git: hooks where core.hooksPath points (husky's .husky) at commit, merge, checkout and push"
+_INCLUDED = "git: a file the repository's config includes (include.path), at every command in it"
+_GITFILE = "git: which git directory (its config and hooks) git uses in this checkout"
+
+
+def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
+    """The runs-later entries of every repository at any depth of ``workdir`` and of the one that holds
+    it."""
+    gitdirs: list[str] = []
+    gitfiles: list[str] = []
+    _walk(os.path.realpath(workdir), gitdirs, gitfiles)
+    _above(os.path.realpath(workdir), gitdirs, gitfiles)
+    entries: list[RunsLater] = []
+    for gitfile in gitfiles:
+        entries.append(RunsLater(gitfile, _GITFILE))
+        target = _gitfile_target(gitfile)
+        if target is not None and target not in gitdirs:
+            gitdirs.append(target)
+    for gitdir in gitdirs:
+        entries.extend(_gitdir_entries(gitdir))
+    return tuple(dict.fromkeys(entries))
+
+
+def _walk(top: str, gitdirs: list[str], gitfiles: list[str]) -> None:
+    """Depth first, without following links: git directories are recorded and not descended into."""
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            listing = os.scandir(directory)
+        except OSError:
+            continue  # unreadable to the user: nothing git run by the user reads there either
+        names, below = set(), []
+        with listing:
+            for entry in listing:
+                names.add(entry.name)
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    continue
+                if entry.name == ".git":
+                    if is_dir:
+                        gitdirs.append(entry.path)
+                    elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                        gitfiles.append(entry.path)  # names a git directory elsewhere
+                elif is_dir:
+                    below.append(entry.path)
+        if GIT_DIR_MARKS <= names:
+            gitdirs.append(directory)  # a bare repository: its own hooks and config
+        else:
+            stack.extend(below)
+
+
+def _above(workdir: str, gitdirs: list[str], gitfiles: list[str]) -> None:
+    """The repository that holds the workdir (git walks up from the human's cwd as well)."""
+    parent = os.path.dirname(workdir)
+    while True:
+        dotgit = os.path.join(parent, ".git")
+        if os.path.isdir(dotgit) and not os.path.islink(dotgit):
+            gitdirs.append(dotgit)
+            return
+        if os.path.islink(dotgit) or os.path.isfile(dotgit):
+            gitfiles.append(dotgit)
+            return
+        if parent == "/":
+            return
+        parent = os.path.dirname(parent)
+
+
+def _gitfile_target(path: str) -> str | None:
+    """The git directory a ``.git`` file names (``gitdir: PATH``, relative to the file's directory), or
+    a ``.git`` symlink leads to."""
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        return target if os.path.isdir(target) else None
+    line = _read(path, 4096).decode(errors="replace").partition("\n")[0].strip()
+    if not line.startswith("gitdir:"):
+        return None
+    target = os.path.join(os.path.dirname(path), line[len("gitdir:") :].strip())
+    return os.path.realpath(target) if os.path.isdir(target) else None
+
+
+def _gitdir_entries(gitdir: str) -> list[RunsLater]:
+    """A git directory's config, hooks and worktree config; those of its linked worktrees (their
+    ``commondir`` says whose config and hooks they use) and of its submodules (``modules/``)."""
+    join = os.path.join
+    entries = [RunsLater(join(gitdir, "config"), _CONFIG), RunsLater(join(gitdir, "hooks"), _HOOKS)]
+    entries += _config_references(join(gitdir, "config"), gitdir)
+    common = gitdir
+    if os.path.isfile(join(gitdir, "commondir")):  # a linked worktree's own git directory
+        entries.append(RunsLater(join(gitdir, "commondir"), _COMMONDIR))
+        common = _commondir(gitdir) or gitdir
+        entries += [RunsLater(join(common, "config"), _CONFIG), RunsLater(join(common, "hooks"), _HOOKS)]
+    # git reads config.worktree only where the (protected) config sets extensions.worktreeConfig; a name
+    # that does not exist is carved by listing its directory, which git rewrites at every command
+    # (landlock._Fs: the plan would be compiled again after each): only then, or where it exists.
+    worktree_config = _mentions(join(common, "config"), b"worktreeconfig")
+    for place in (gitdir, *_subdirs(join(gitdir, "worktrees"))):
+        if worktree_config or os.path.lexists(join(place, "config.worktree")):
+            entries.append(RunsLater(join(place, "config.worktree"), _WORKTREE_CONFIG))
+        if place != gitdir:
+            entries.append(RunsLater(join(place, "commondir"), _COMMONDIR))
+    modules: list[str] = []
+    _walk(join(gitdir, "modules"), modules, [])
+    for module in modules:
+        entries += _gitdir_entries(module)
+    return entries
+
+
+def _config_references(config: str, gitdir: str) -> list[RunsLater]:
+    """What a repository's config points git at, outside its git directory: core.hooksPath (relative to
+    the worktree, where hooks run: husky's ``.husky``, often tracked in the project) and include.path
+    (relative to the config file). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
+    lines = _read(config).decode(errors="replace").splitlines()
+    found, section = [], ""
+    worktree = os.path.dirname(gitdir) if os.path.basename(gitdir) == ".git" else gitdir
+    for line in (raw.strip() for raw in lines):
+        if line.startswith("["):
+            section = line.strip("[]").split(" ", 1)[0].split(".", 1)[0].lower()
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip().lower(), os.path.expanduser(value.strip().strip('"'))
+        if section == "core" and key == "hookspath" and value:
+            found.append(RunsLater(os.path.normpath(os.path.join(worktree, value)), _HOOKS_PATH))
+        elif section in ("include", "includeif") and key == "path" and value:
+            found.append(RunsLater(os.path.normpath(os.path.join(os.path.dirname(config), value)), _INCLUDED))
+    return found
+
+
+def _read(path: str, limit: int = 1 << 20) -> bytes:
+    """At most ``limit`` bytes of a regular file, b"" otherwise. Never blocks: a repository a command made
+    in an earlier session may hold a FIFO where git keeps a file, and this runs before the session starts."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    return word in _read(path).lower()
+
+
+def _commondir(gitdir: str) -> str | None:
+    common = _read(os.path.join(gitdir, "commondir"), 4096).decode(errors="replace").strip()
+    return os.path.realpath(os.path.join(gitdir, common)) if common else None
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as listing:
+            return [e.path for e in listing if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
