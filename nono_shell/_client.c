@@ -215,8 +215,8 @@ static void build_request(struct buf *b, int argc, char **argv, int from_shim, c
      * shell is gone), as client.main(from_shim=True) does; run directly, it is the caller's argv[0]. */
     const char *name = from_shim ? basename_of(argv[0]) : argv[0];
     char *cwd = getcwd(NULL, 0);
-    if (!cwd)
-        fail("cannot read the current directory: %s", strerror(errno));
+    if (!cwd) /* deleted under us: the command would have no directory to start in (client.py's words) */
+        fail("the current directory is gone (%s); refusing to run", strerror(errno));
     puts_(b, "{\"type\":\"run\",\"shell\":\"");
     puts_(b, shell_for(argv[0]));
     puts_(b, "\",\"argv\":[");
