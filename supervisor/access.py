@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "ON_THE_WAY", "hint_for"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -63,21 +63,58 @@ def _covers_file(root: str, path: str) -> bool:
     return same_directory and fnmatch.fnmatchcase(os.path.basename(path), name)
 
 
+# The rule of a refused name that would lead to a denied node (DESIGN invariant 10): no flag lifts it.
+ON_THE_WAY = "a name on the way to a denied path"
+
+
 class AccessIndex:
-    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath)."""
+    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath).
+
+    Denied and never-grantable paths are resolved where they are when the index is built, and again by
+    ``relocate``: a deny names a path, and a symlink made later on the way to it (``stow``, or
+    ``~/.cache/huggingface -> ./x``) moves the node it names (DESIGN invariant 12, ``linux.latedeny``)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._grants = [(_real(g.path), g) for g in policy.grants]
-        self._denies = [(_real(d.path), d.rule) for d in policy.denies]
-        self._protected = [_real(p) for p in policy.protected]
         self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
+        self.relocate()
+
+    def relocate(self) -> None:
+        """Resolve the denied and never-grantable paths again, and the names on the way to each denied
+        node. Each list is replaced whole: a decision on another thread sees the old one or the new."""
+        self._protected = [_real(p) for p in self.policy.protected]
+        self._denies = [(_real(d.path), d.rule) for d in self.policy.denies]
+        on_the_way: dict[str, tuple[str, str]] = {}
+        for deny, (real, rule) in zip(self.policy.denies, self._denies, strict=True):
+            if self.verdict(real, "read").allowed:
+                continue  # an explicit grant of the node itself overrides the deny
+            node = os.path.normpath(deny.path)
+            while (parent := os.path.dirname(node)) != node:
+                node = parent
+                if node != "/":
+                    name = os.path.join(_real(os.path.dirname(node)), os.path.basename(node))
+                    on_the_way.setdefault(name, (deny.path, rule))
+        self._on_the_way = on_the_way
+
+    def on_the_way(self, path: str) -> tuple[str, str] | None:
+        """(denied path, rule) when ``path`` (a name: its parent resolved, its last component not) is a
+        strict ancestor of a denied node: a symlink, rename or link made there would redirect the node
+        (the human's next login writes the token through it) into wherever the name leads."""
+        return self._on_the_way.get(path)
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied and never-grantable nodes strictly inside ``path``: moving or removing it moves them."""
         inside = [(d, rule) for d, rule in self._denies if d != path and _under(d, path)]
         protected = [(p, "never-grantable") for p in self._protected if p != path and _under(p, path)]
         return inside + protected
+
+    def denied(self, path: str, op: str) -> str | None:
+        """The deny rule that refuses ``op`` on ``path`` (a denied node where it is now), or None: what a
+        baseline that a moved node slipped into must not permit (``NotifyLoop.guard``)."""
+        verdict = self.verdict(path, op)
+        rules = {rule for _path, rule in self._denies}
+        return verdict.rule if not verdict.allowed and verdict.rule in rules else None
 
     def verdict(self, path: str, op: str) -> Verdict:
         need = OPS[op]
@@ -120,7 +157,7 @@ class AccessIndex:
 # Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").
 _NEVER = ("never-grantable", "setuid/setgid bits: never grantable")
 # Rules where no policy flag would make the operation succeed: the line names no flag.
-_NO_FLAG = ("hard link to a denied file", "abstract socket", "the descriptor is not open for it")
+_NO_FLAG = ("hard link to a denied file", "abstract socket", "the descriptor is not open for it", ON_THE_WAY)
 
 
 def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
@@ -138,7 +175,7 @@ def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
     network = network_hint(display_path, rule)  # network mode domains' rules (netpolicy)
     if network is not None:
         return network
-    if rule in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
+    if rule.split(":", 1)[0] in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
         return ""
     if op in ("connect", "bind"):
         flag = "--allow-file"

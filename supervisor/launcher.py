@@ -284,6 +284,7 @@ def run_agent(
         trap=session.trap,
         launch_extra=extra,
         notify_class=watcher,
+        on_late_deny=report.late_deny,  # guarded (its loop sees every call) when a denied node moves in
     )
     try:
         if not os.isatty(0):

@@ -421,6 +421,7 @@ class Server:
                     consent=consent.allows,
                     trap=self.session.trap,
                     left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
+                    on_late_deny=report.late_deny,  # stopped when a denied node moves into its grants
                 )
             except NonoError as e:
                 if lease:

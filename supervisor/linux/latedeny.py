@@ -1,0 +1,284 @@
+"""A deny holds for the life of the session (DESIGN.md invariant 12), not only for what starts after it.
+
+A deny names a path. Landlock pins each rule of a command's plan to the inode it was opened on when the
+command started, its domain never changes, and a command's plain opens are left to it (issue 13). When
+the node a deny names later lies inside what a running domain grants, the kernel lets that command read
+it: the human's ``stow`` makes ``~/.config/gh`` a symlink into the project and ``gh auth login`` writes the
+token there; ``~/.cache/huggingface`` becomes a symlink to ``./x`` and ``huggingface-cli login`` writes
+``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._on_the_way``.)
+
+So the supervisor watches (inotify) every directory whose entries the resolution of a denied path reads:
+its ancestors, and the directories its symlinks lead through. On any change it resolves the denied paths
+again and
+1. relocates the session's decisions (``AccessIndex.relocate``): new commands, the ask-again path and
+   every emulated open decide on where the nodes are now (new commands' Landlock plans follow by
+   themselves: ``PlanCache`` notes the same lookups);
+2. finds every running sandbox that *could reach* a node where it is now: a rule of its ruleset, by
+   inode as Landlock walks, on the node or on one of its ancestors (the nearest existing one for a node
+   not made yet: the token written later). Such a command is **stopped** (its keeper kills the tree) with
+   one line saying why, on its stderr and in the audit log; a sandbox whose loop sees every call (the
+   agent) is **guarded** instead (``NotifyLoop.guard``: nothing is CONTINUEd any more, each open is
+   decided on where the denied nodes are now).
+The window that remains is between the move and that evaluation: one inotify event, a wake and a
+re-resolution (milliseconds); README "A deny holds for the session" says it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nono_supervisor.linux.landlock import _Fs
+from nono_supervisor.policy import Deny, Policy
+
+__all__ = ["LateDenies", "for_session", "reaches"]
+
+# include/uapi/linux/inotify.h
+_IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
+_IN_DELETE_SELF, _IN_MOVE_SELF = 0x400, 0x800
+_IN_Q_OVERFLOW, _IN_IGNORED, _IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+# Every change of an entry a resolution reads: a name made, removed or renamed, or the directory itself
+# moved or removed. Content and metadata do not change where a path leads.
+_MASK = (
+    _IN_MOVED_FROM | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_ONLYDIR
+)
+_EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len (then len bytes of name)
+# A directory that cannot be watched (the inotify limit, a mode) is looked at this often instead.
+POLL_SECONDS = 0.5
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+
+
+def reaches(inodes: dict[tuple[int, int], int], real: str) -> bool:
+    """Whether a Landlock ruleset whose rules sit on ``inodes`` ((dev, ino) -> rights) grants anything on
+    ``real`` as the filesystem is now: a rule on it or on an ancestor (Landlock walks the path up from the
+    object). A node that does not exist yet is judged from its nearest existing ancestor: what is written
+    there later is covered by the same rules."""
+    node = real
+    while True:
+        try:
+            st = os.lstat(node)
+        except OSError:
+            pass
+        else:
+            if inodes.get((st.st_dev, st.st_ino), 0):
+                return True
+        parent = os.path.dirname(node)
+        if parent == node:
+            return False
+        node = parent
+
+
+def _locate(path: str) -> tuple[str, set[str]]:
+    """Where ``path`` leads now, and the directories whose entries that resolution read (a symlink's
+    target included: its own directories are read too)."""
+    fs = _Fs()
+    real = fs.realpath(path)
+    watched = {os.path.dirname(p) for p in fs.identities} | {p for p in fs.listings}
+    return real, watched
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """One running sandbox: what its ruleset holds and what to do when a denied node slips into it."""
+
+    process: object
+    policy: Policy
+    inodes: dict[tuple[int, int], int]
+    loop: object | None  # its NotifyLoop (None: --no-trap)
+    guard: bool  # the loop sees every call: guard it instead of stopping
+    notice: Callable[[str, dict], None] | None  # the command's report (line on its stderr, audit)
+    acted: bool = False
+
+    def ended(self) -> bool:
+        """Its keeper was reaped (by whoever waits for it) and its loop, if any, has finished."""
+        if getattr(self.process, "status", None) is None:
+            return False
+        return self.loop is None or not self.loop.is_alive()
+
+
+class LateDenies:
+    """The session's watch over where its denied paths lead, and the sandboxes running meanwhile."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self._watch_lock = threading.Lock()  # the watched directories (the watch thread and ``track``)
+        self._tracked: list[_Tracked] = []
+        self._denies: dict[str, Deny] = {}  # by path: every deny of every tracked policy
+        self._watched: dict[str, int] = {}  # directory -> watch descriptor
+        self._unwatched = False  # a directory could not be watched: look every POLL_SECONDS
+        self.generation = 0  # bumped before each evaluation (track's ``since``)
+        self._fd = os.fdopen(_inotify_init(), "rb", buffering=0)
+        self._wake_r, self._wake_w = os.pipe()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="nono-latedeny", daemon=True)
+        self._thread.start()
+
+    def track(
+        self,
+        process,
+        policy: Policy,
+        inodes: dict[tuple[int, int], int],
+        loop,
+        *,
+        guard: bool,
+        notice: Callable[[str, dict], None] | None,
+        since: int,
+    ) -> None:
+        """Watch over ``process`` (started on a plan fetched when ``generation`` was ``since``). A
+        change noticed since then, or a deny not watched yet, is evaluated for it at once."""
+        entry = _Tracked(process, policy, inodes, loop, guard, notice)
+        with self._lock:
+            self._tracked = [e for e in self._tracked if not e.ended()] + [entry]
+            new = [d for d in policy.denies if d.path not in self._denies]
+            for deny in new:
+                self._denies[deny.path] = deny
+        if new:
+            self._rewatch()
+        if new or self.generation != since:
+            self._session.relocate_denies()
+            self._evaluate([entry])
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._thread.join(5)
+        self._fd.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ---- the watch ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed:
+            timeout = POLL_SECONDS if self._unwatched else None
+            readable, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
+            if self._closed:
+                return
+            if self._fd in readable:
+                self._drain()
+            try:
+                self.evaluate()
+            except Exception:  # noqa: BLE001 - the watch must outlive one bad evaluation
+                if os.environ.get("NONO_DEBUG"):
+                    import traceback
+
+                    traceback.print_exc()
+
+    def _drain(self) -> None:
+        """Read every queued event; forget the watches the kernel dropped (a directory removed)."""
+        try:
+            data = self._fd.read(65536) or b""
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            offset += _EVENT.size + length
+            if mask & _IN_IGNORED:
+                with self._watch_lock:
+                    self._watched = {p: w for p, w in self._watched.items() if w != wd}
+
+    def _rewatch(self) -> None:
+        """Watch every directory the resolution of a denied path reads, as the filesystem is now."""
+        with self._lock:
+            paths = list(self._denies)
+        wanted: set[str] = set()
+        for path in paths:
+            wanted |= _locate(path)[1]
+        unwatched = False
+        with self._watch_lock:
+            for directory in wanted - set(self._watched):
+                wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
+                if wd >= 0:
+                    self._watched[directory] = wd
+                elif ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
+                    unwatched = True  # ENOSPC (the user's watch limit), EACCES: polled instead
+            self._unwatched = unwatched
+
+    def evaluate(self) -> None:
+        """After a change: resolve the denied paths again, relocate the session's decisions, and act on
+        every tracked sandbox that could reach a denied node where it is now."""
+        with self._lock:
+            self.generation += 1
+            self._tracked = [e for e in self._tracked if not e.ended()]
+            entries = list(self._tracked)
+        self._rewatch()
+        self._session.relocate_denies()
+        self._evaluate(entries)
+
+    def _evaluate(self, entries: list[_Tracked]) -> None:
+        located: dict[str, str] = {}
+        for entry in entries:
+            if entry.acted or entry.ended():
+                continue
+            access = self._session.access_index(entry.policy)
+            for deny in entry.policy.denies:
+                real = located.get(deny.path)
+                if real is None:
+                    real = located[deny.path] = os.path.realpath(deny.path)
+                if access.verdict(real, "read").allowed:
+                    continue  # an explicit grant of the node: not denied to this sandbox
+                if reaches(entry.inodes, real):
+                    self._act(entry, deny, real)
+                    break
+
+    def _act(self, entry: _Tracked, deny: Deny, real: str) -> None:
+        entry.acted = True
+        policy = self._session.policy
+        where = policy.display(real)
+        fields = {"event": "late-deny", "path": deny.path, "now": real, "rule": deny.rule}
+        if entry.guard and entry.loop is not None:
+            entry.loop.guard()
+            line = (
+                f"nono: {policy.display(deny.path)} [{deny.rule}] is now at {where}, inside what this"
+                " sandbox was granted: every open is decided by the supervisor from now on"
+            )
+            fields["action"] = "guarded"
+        else:
+            line = (
+                f"nono: stopped: {policy.display(deny.path)} [{deny.rule}] is now at {where}, inside what"
+                " this command's sandbox grants (a running sandbox cannot be narrowed)"
+            )
+            fields["action"] = "stopped"
+        if entry.notice is not None:
+            entry.notice(line, fields)
+        else:
+            self._session.audit.write(pid=getattr(entry.process, "pid", 0), **fields)
+            if fields["action"] == "stopped":
+                print(f"nono-supervisor: {line.removeprefix('nono: ')}", file=sys.stderr, flush=True)
+        if fields["action"] == "stopped":
+            entry.process.kill_tree()
+
+
+def _inotify_init() -> int:
+    fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+_SESSIONS_LOCK = threading.Lock()
+
+
+def for_session(session) -> LateDenies:
+    """The session's watch, started with its first sandbox."""
+    with _SESSIONS_LOCK:
+        if session.late_denies is None:
+            session.late_denies = LateDenies(session)
+        return session.late_denies
