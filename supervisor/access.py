@@ -86,15 +86,21 @@ class AccessIndex:
         self._protected = [_real(p) for p in self.policy.protected]
         self._denies = [(_real(d.path), d.rule) for d in self.policy.denies]
         on_the_way: dict[str, tuple[str, str]] = {}
+        reals: dict[str, str] = {}  # the denies share most of their ancestors (~, ~/.config)
+        explicit = [root for root, grant in self._grants if not grant.source.startswith("group:")]
         for deny, (real, rule) in zip(self.policy.denies, self._denies, strict=True):
-            if self.verdict(real, "read").allowed:
+            if any(_under(root, real) for root in explicit) and self.verdict(real, "read").allowed:
                 continue  # an explicit grant of the node itself overrides the deny
             node = os.path.normpath(deny.path)
             while (parent := os.path.dirname(node)) != node:
                 node = parent
                 if node != "/":
-                    name = os.path.join(_real(os.path.dirname(node)), os.path.basename(node))
-                    on_the_way.setdefault(name, (deny.path, rule))
+                    above = os.path.dirname(node)
+                    if above not in reals:
+                        reals[above] = _real(above)
+                    on_the_way.setdefault(
+                        os.path.join(reals[above], os.path.basename(node)), (deny.path, rule)
+                    )
         self._on_the_way = on_the_way
 
     def on_the_way(self, path: str) -> tuple[str, str] | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOBODY, SUPERVISOR, Home, as_nobody, wait_until
+from conftest import NOBODY, SUPERVISOR, Home, as_nobody, pid_alive, wait_until
 
 TOKEN = "gho_nono-test-gh-token-5be1"
 HF_TOKEN = "hf_nono-test-hf-token-90ad"
@@ -229,3 +229,28 @@ def test_a_command_still_makes_other_names_beside_a_denied_node(home):
     result = home.run([SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script])
     assert "rc=0" in result.stdout and "nono:" not in result.stderr, result.stderr
     assert (home.home / ".cache" / "other").is_symlink()
+
+
+def test_what_a_command_left_running_is_stopped_too(supervisor):
+    """Its main process has ended and the keeper with it; a background job it left behind keeps the
+    domain (and its loop): its process group is killed. Twin: bare, the job reads the token."""
+    home = supervisor.home
+    _prepare(home)
+    wait = f"while [ ! -e go ]; do sleep 0.05; done; cat {CASES['stow'][1]} > leaked"
+    job = f"({wait}) >/dev/null 2>&1 & echo $! > job; touch started"
+    started = supervisor.shell("-c", job)
+    assert started.returncode == 0, started.stderr
+    pid = int((home.work / "job").read_text())
+    _stow_gh(home)
+    assert wait_until(lambda: not pid_alive(pid), STOP_SECONDS), "the job left running was not stopped"
+    (home.work / "go").touch()
+    assert not (home.work / "leaked").exists()
+    assert _late(home, "stopped")
+    (home.work / "go").unlink()
+    (home.work / "dotfiles" / "gh" / "hosts.yml").unlink()
+    (home.home / ".config" / "gh").unlink()
+    bare = home.run(["bash", "-c", job])
+    _stow_gh(home)
+    (home.work / "go").touch()
+    assert wait_until(lambda: (home.work / "leaked").exists() and TOKEN in (home.work / "leaked").read_text())
+    assert bare.returncode == 0

@@ -8,16 +8,17 @@ token there; ``~/.cache/huggingface`` becomes a symlink to ``./x`` and ``hugging
 ``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._on_the_way``.)
 
 So the supervisor watches (inotify) every directory whose entries the resolution of a denied path reads:
-its ancestors, and the directories its symlinks lead through. On any change it resolves the denied paths
-again and
+its ancestors, and the directories its symlinks lead through. When an entry it looks up there changes
+(made, removed, renamed; the churn of other entries of ~ or /tmp is ignored), it resolves the denied
+paths again and
 1. relocates the session's decisions (``AccessIndex.relocate``): new commands, the ask-again path and
    every emulated open decide on where the nodes are now (new commands' Landlock plans follow by
    themselves: ``PlanCache`` notes the same lookups);
 2. finds every running sandbox that *could reach* a node where it is now: a rule of its ruleset, by
-   inode as Landlock walks, on the node or on one of its ancestors (the nearest existing one for a node
-   not made yet: the token written later). Such a command is **stopped** (its keeper kills the tree) with
-   one line saying why, on its stderr and in the audit log; a sandbox whose loop sees every call (the
-   agent) is **guarded** instead (``NotifyLoop.guard``: nothing is CONTINUEd any more, each open is
+   inode as Landlock walks, on the node or on one of its ancestors (``chain``: the nearest existing one
+   for a node not made yet, the token written later). Such a command is **stopped** (its keeper kills the
+   tree) with one line saying why, on its stderr and in the audit log; a sandbox whose loop sees every
+   call (the agent) is **guarded** instead (``NotifyLoop.guard``: nothing is CONTINUEd any more, each open is
    decided on where the denied nodes are now).
 The window that remains is between the move and that evaluation: one inotify event, a wake and a
 re-resolution (milliseconds); README "A deny holds for the session" says it.
@@ -29,6 +30,7 @@ import ctypes
 import errno
 import os
 import select
+import signal
 import struct
 import sys
 import threading
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from nono_supervisor.linux.landlock import _Fs
 from nono_supervisor.policy import Deny, Policy
 
-__all__ = ["LateDenies", "for_session", "reaches"]
+__all__ = ["LateDenies", "chain", "for_session"]
 
 # include/uapi/linux/inotify.h
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -59,11 +61,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 
-def reaches(inodes: dict[tuple[int, int], int], real: str) -> bool:
-    """Whether a Landlock ruleset whose rules sit on ``inodes`` ((dev, ino) -> rights) grants anything on
-    ``real`` as the filesystem is now: a rule on it or on an ancestor (Landlock walks the path up from the
-    object). A node that does not exist yet is judged from its nearest existing ancestor: what is written
-    there later is covered by the same rules."""
+def chain(real: str) -> list[tuple[int, int]]:
+    """(dev, ino) of ``real`` and of each ancestor, as the filesystem is now: where Landlock looks for a
+    rule, walking the path up from the object. A node that does not exist yet starts from its nearest
+    existing ancestor: what is written there later is covered by the same rules."""
+    found = []
     node = real
     while True:
         try:
@@ -71,21 +73,22 @@ def reaches(inodes: dict[tuple[int, int], int], real: str) -> bool:
         except OSError:
             pass
         else:
-            if inodes.get((st.st_dev, st.st_ino), 0):
-                return True
+            found.append((st.st_dev, st.st_ino))
         parent = os.path.dirname(node)
         if parent == node:
-            return False
+            return found
         node = parent
 
 
-def _locate(path: str) -> tuple[str, set[str]]:
-    """Where ``path`` leads now, and the directories whose entries that resolution read (a symlink's
-    target included: its own directories are read too)."""
+def _lookups(path: str) -> dict[str, set[str]]:
+    """The entries the resolution of ``path`` looks up now, by directory (a symlink's target included:
+    its own directories are read too): a change of any other entry cannot change where it leads."""
     fs = _Fs()
-    real = fs.realpath(path)
-    watched = {os.path.dirname(p) for p in fs.identities} | {p for p in fs.listings}
-    return real, watched
+    fs.realpath(path)
+    found: dict[str, set[str]] = {}
+    for looked in fs.identities:
+        found.setdefault(os.path.dirname(looked), set()).add(os.path.basename(looked))
+    return found
 
 
 @dataclass(eq=False)
@@ -117,6 +120,7 @@ class LateDenies:
         self._tracked: list[_Tracked] = []
         self._denies: dict[str, Deny] = {}  # by path: every deny of every tracked policy
         self._watched: dict[str, int] = {}  # directory -> watch descriptor
+        self._names: dict[int, set[str]] = {}  # watch descriptor -> the entries looked up there
         self._unwatched = False  # a directory could not be watched: look every POLL_SECONDS
         self.generation = 0  # bumped before each evaluation (track's ``since``)
         self._fd = os.fdopen(_inotify_init(), "rb", buffering=0)
@@ -169,8 +173,8 @@ class LateDenies:
             readable, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
             if self._closed:
                 return
-            if self._fd in readable:
-                self._drain()
+            if self._fd in readable and not self._drain():
+                continue  # only entries no resolution looks up changed (the churn of ~ or /tmp)
             try:
                 self.evaluate()
             except Exception:  # noqa: BLE001 - the watch must outlive one bad evaluation
@@ -179,35 +183,47 @@ class LateDenies:
 
                     traceback.print_exc()
 
-    def _drain(self) -> None:
-        """Read every queued event; forget the watches the kernel dropped (a directory removed)."""
+    def _drain(self) -> bool:
+        """Read the queued events: whether one may change where a denied path leads (an entry looked up
+        changed, a watched directory moved or went, events were lost). Forgets the watches the kernel
+        dropped (a directory removed)."""
         try:
             data = self._fd.read(65536) or b""
         except BlockingIOError:
-            return
+            return False
+        relevant = False
         offset = 0
         while offset + _EVENT.size <= len(data):
             wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            name = os.fsdecode(data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0"))
             offset += _EVENT.size + length
             if mask & _IN_IGNORED:
                 with self._watch_lock:
                     self._watched = {p: w for p, w in self._watched.items() if w != wd}
+            relevant = relevant or not name or name in self._names.get(wd, ()) or bool(mask & _IN_Q_OVERFLOW)
+        return relevant
 
     def _rewatch(self) -> None:
         """Watch every directory the resolution of a denied path reads, as the filesystem is now."""
         with self._lock:
             paths = list(self._denies)
-        wanted: set[str] = set()
+        wanted: dict[str, set[str]] = {}
         for path in paths:
-            wanted |= _locate(path)[1]
+            for directory, names in _lookups(path).items():
+                wanted.setdefault(directory, set()).update(names)
         unwatched = False
+        names: dict[int, set[str]] = {}
         with self._watch_lock:
-            for directory in wanted - set(self._watched):
-                wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
+            for directory, looked in wanted.items():
+                wd = self._watched.get(directory)
+                if wd is None:
+                    wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
                 if wd >= 0:
                     self._watched[directory] = wd
+                    names.setdefault(wd, set()).update(looked)  # two names of one directory: one watch
                 elif ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
                     unwatched = True  # ENOSPC (the user's watch limit), EACCES: polled instead
+            self._names = names
             self._unwatched = unwatched
 
     def evaluate(self) -> None:
@@ -222,20 +238,21 @@ class LateDenies:
         self._evaluate(entries)
 
     def _evaluate(self, entries: list[_Tracked]) -> None:
-        located: dict[str, str] = {}
+        located: dict[str, tuple[str, list[tuple[int, int]]]] = {}  # each deny resolved once
         for entry in entries:
             if entry.acted or entry.ended():
                 continue
-            access = self._session.access_index(entry.policy)
             for deny in entry.policy.denies:
-                real = located.get(deny.path)
-                if real is None:
-                    real = located[deny.path] = os.path.realpath(deny.path)
-                if access.verdict(real, "read").allowed:
+                if deny.path not in located:
+                    real = os.path.realpath(deny.path)
+                    located[deny.path] = (real, chain(real))
+                real, keys = located[deny.path]
+                if not any(entry.inodes.get(key, 0) for key in keys):
+                    continue
+                if self._session.access_index(entry.policy).verdict(real, "read").allowed:
                     continue  # an explicit grant of the node: not denied to this sandbox
-                if reaches(entry.inodes, real):
-                    self._act(entry, deny, real)
-                    break
+                self._act(entry, deny, real)
+                break
 
     def _act(self, entry: _Tracked, deny: Deny, real: str) -> None:
         entry.acted = True
@@ -263,6 +280,11 @@ class LateDenies:
                 print(f"nono-supervisor: {line.removeprefix('nono: ')}", file=sys.stderr, flush=True)
         if fields["action"] == "stopped":
             entry.process.kill_tree()
+            if entry.process.status is not None:
+                # Its main process has ended (the keeper with it) and what it left running holds the
+                # domain still (its loop lives): its process group. The group's id cannot be a new
+                # process's while any member lives; one that left the group is not found (README).
+                entry.process.signal(signal.SIGKILL)
 
 
 def _inotify_init() -> int:
