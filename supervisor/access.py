@@ -103,6 +103,15 @@ class AccessIndex:
                     )
         self._on_the_way = on_the_way
 
+    def grants_node(self, path: str) -> bool:
+        """An explicit (not a group's) grant names ``path`` itself: a deny there is overridden (unless
+        sealed, which no grant reaches). Independent of where the denies lie (``latedeny``)."""
+        return any(
+            not grant.source.startswith("group:")
+            and (_covers_file(root, path) if grant.kind == "file" else root == path)
+            for root, grant in self._grants
+        )
+
     def on_the_way(self, path: str) -> tuple[str, str] | None:
         """(denied path, rule) when ``path`` (a name: its parent resolved, its last component not) is a
         strict ancestor of a denied node: a symlink, rename or link made there would redirect the node

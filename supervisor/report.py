@@ -72,9 +72,9 @@ class CommandReport:
     def late_deny(self, line: str, fields: dict) -> None:
         """A denied node moved into what this command's sandbox grants (``linux.latedeny``): ``line`` heads
         its report, and the audit log has the record."""
-        self.audit.write(command=self.command, argv=self.argv, cwd=self.cwd, pid=self.pid, **fields)
         with self._lock:
-            self._late.append(line)
+            self._late.append(line)  # first: the command is killed next, and its report written then
+        self.audit.write(command=self.command, argv=self.argv, cwd=self.cwd, pid=self.pid, **fields)
 
     def denials(self) -> list[Denied]:
         with self._lock:

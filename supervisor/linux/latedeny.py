@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nono_supervisor.linux.landlock import _Fs
-from nono_supervisor.policy import Deny, Policy
+from nono_supervisor.policy import NEVER_GRANTABLE, Deny, Policy
 
 __all__ = ["LateDenies", "chain", "for_session"]
 
@@ -151,8 +151,7 @@ class LateDenies:
         if new:
             self._rewatch()
         if new or self.generation != since:
-            self._session.relocate_denies()
-            self._evaluate([entry])
+            self._check([entry])
 
     def close(self) -> None:
         self._closed = True
@@ -203,21 +202,23 @@ class LateDenies:
             relevant = relevant or not name or name in self._names.get(wd, ()) or bool(mask & _IN_Q_OVERFLOW)
         return relevant
 
-    def _rewatch(self) -> None:
-        """Watch every directory the resolution of a denied path reads, as the filesystem is now."""
+    def _rewatch(self) -> bool:
+        """Watch every directory the resolution of a denied path reads, as the filesystem is now; True
+        when a directory was not watched before (``~/.config`` made: ``gh`` may already be in it)."""
         with self._lock:
             paths = list(self._denies)
         wanted: dict[str, set[str]] = {}
         for path in paths:
             for directory, names in _lookups(path).items():
                 wanted.setdefault(directory, set()).update(names)
-        unwatched = False
+        unwatched = added = False
         names: dict[int, set[str]] = {}
         with self._watch_lock:
             for directory, looked in wanted.items():
                 wd = self._watched.get(directory)
                 if wd is None:
                     wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
+                    added = added or wd >= 0
                 if wd >= 0:
                     self._watched[directory] = wd
                     names.setdefault(wd, set()).update(looked)  # two names of one directory: one watch
@@ -225,20 +226,35 @@ class LateDenies:
                     unwatched = True  # ENOSPC (the user's watch limit), EACCES: polled instead
             self._names = names
             self._unwatched = unwatched
+        return added
 
     def evaluate(self) -> None:
-        """After a change: resolve the denied paths again, relocate the session's decisions, and act on
-        every tracked sandbox that could reach a denied node where it is now."""
+        """After a change: act on every tracked sandbox that could reach a denied node where it is now,
+        with the session's decisions relocated; then watch where the resolutions lead now."""
         with self._lock:
             self.generation += 1
             self._tracked = [e for e in self._tracked if not e.ended()]
             entries = list(self._tracked)
-        self._rewatch()
-        self._session.relocate_denies()
-        self._evaluate(entries)
+        self._check(entries)
+        if self._rewatch():
+            self._check(entries)  # a change made before a new watch existed is seen by this check
 
-    def _evaluate(self, entries: list[_Tracked]) -> None:
+    def _check(self, entries: list[_Tracked]) -> None:
+        """Commands are stopped first (they may be reading meanwhile: this is the window), then the
+        decisions relocated, then loops guarded (their decisions from then on are on the relocated)."""
+        hits = self._reaching(entries)
+        for entry, deny, real in hits:
+            if not (entry.guard and entry.loop is not None):
+                self._act(entry, deny, real)
+        self._session.relocate_denies()
+        for entry, deny, real in hits:
+            if entry.guard and entry.loop is not None:
+                self._act(entry, deny, real)
+
+    def _reaching(self, entries: list[_Tracked]) -> list[tuple[_Tracked, Deny, str]]:
+        """Each sandbox with the first denied node its ruleset reaches, where that node is now."""
         located: dict[str, tuple[str, list[tuple[int, int]]]] = {}  # each deny resolved once
+        hits = []
         for entry in entries:
             if entry.acted or entry.ended():
                 continue
@@ -249,10 +265,13 @@ class LateDenies:
                 real, keys = located[deny.path]
                 if not any(entry.inodes.get(key, 0) for key in keys):
                     continue
-                if self._session.access_index(entry.policy).verdict(real, "read").allowed:
-                    continue  # an explicit grant of the node: not denied to this sandbox
-                self._act(entry, deny, real)
+                if deny.rule != NEVER_GRANTABLE and self._session.access_index(entry.policy).grants_node(
+                    real
+                ):
+                    continue  # an explicit grant of the node itself overrides its deny (CONTRACT)
+                hits.append((entry, deny, real))
                 break
+        return hits
 
     def _act(self, entry: _Tracked, deny: Deny, real: str) -> None:
         entry.acted = True
