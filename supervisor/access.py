@@ -172,7 +172,7 @@ class AccessIndex:
 # Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").
 _NEVER = ("never-grantable", "setuid/setgid bits: never grantable")
 # Rules where no policy flag would make the operation succeed: the line names no flag.
-_NO_FLAG = ("hard link to a denied file", "abstract socket", "the descriptor is not open for it", ON_THE_WAY)
+_NO_FLAG = ("hard link to a denied file", "abstract socket", "the descriptor is not open for it")
 
 
 def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
@@ -190,7 +190,8 @@ def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
     network = network_hint(display_path, rule)  # network mode domains' rules (netpolicy)
     if network is not None:
         return network
-    if rule.split(":", 1)[0] in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
+    no_flag = rule in _NO_FLAG or rule.startswith(ON_THE_WAY)  # the latter names the denied path after it
+    if no_flag or display_path == "/proc" or display_path.startswith("/proc/"):
         return ""
     if op in ("connect", "bind"):
         flag = "--allow-file"

@@ -298,12 +298,12 @@ class LateDenies:
             if fields["action"] == "stopped":
                 print(f"nono-supervisor: {line.removeprefix('nono: ')}", file=sys.stderr, flush=True)
         if fields["action"] == "stopped":
-            entry.process.kill_tree()
-            if entry.process.status is not None:
-                # Its main process has ended (the keeper with it) and what it left running holds the
-                # domain still (its loop lives): its process group. The group's id cannot be a new
-                # process's while any member lives; one that left the group is not found (README).
-                entry.process.signal(signal.SIGKILL)
+            if entry.process.status is None:  # reaped, the keeper's pid may be another process's now
+                entry.process.kill_tree()  # the keeper kills the tree, daemons included
+            # The main process may have ended and the keeper with it (kill_tree then reaches nothing);
+            # what it left running holds the domain still (its loop lives): its process group, whose id is
+            # no new process's while a member lives. One that left the group is not found (README).
+            entry.process.signal(signal.SIGKILL)
 
 
 def _inotify_init() -> int:
