@@ -25,7 +25,7 @@ from nono_supervisor.policy import PolicyOptions
 from nono_supervisor.session import Session
 
 READER = "while :; do cat x/token 2>/dev/null && echo hit; done"
-_COMMAND = {"left_to_landlock": True, "on_late_deny": lambda line, fields: None}  # as the server starts one
+_COMMAND = {"left_to_landlock": True}  # as the server starts one
 
 
 def _home(top: Path) -> tuple[dict[str, str], Path]:

@@ -15,7 +15,7 @@ paths again and
    every emulated open decide on where the nodes are now (new commands' Landlock plans follow by
    themselves: ``PlanCache`` notes the same lookups);
 2. finds every running sandbox that *could reach* a node where it is now: a rule of its ruleset, by
-   inode as Landlock walks, on the node or on one of its ancestors (``chain``: the nearest existing one
+   inode as Landlock walks, on the node or on one of its ancestors (``_chain``: the nearest existing one
    for a node not made yet, the token written later). Such a command is **stopped** (its keeper kills the
    tree) with one line saying why, on its stderr and in the audit log; a sandbox whose loop sees every
    call (the agent) is **guarded** instead (``NotifyLoop.guard``: nothing is CONTINUEd any more, each open is
@@ -32,7 +32,6 @@ import os
 import select
 import signal
 import struct
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from nono_supervisor.linux.landlock import _Fs
 from nono_supervisor.policy import NEVER_GRANTABLE, Deny, Policy
 
-__all__ = ["LateDenies", "chain", "for_session"]
+__all__ = ["LateDenies", "for_session"]
 
 # include/uapi/linux/inotify.h
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -61,7 +60,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 
-def chain(real: str) -> list[tuple[int, int]]:
+def _chain(real: str) -> list[tuple[int, int]]:
     """(dev, ino) of ``real`` and of each ancestor, as the filesystem is now: where Landlock looks for a
     rule, walking the path up from the object. A node that does not exist yet starts from its nearest
     existing ancestor: what is written there later is covered by the same rules."""
@@ -82,7 +81,8 @@ def chain(real: str) -> list[tuple[int, int]]:
 
 def _lookups(path: str) -> dict[str, set[str]]:
     """The entries the resolution of ``path`` looks up now, by directory (a symlink's target included:
-    its own directories are read too): a change of any other entry cannot change where it leads."""
+    its own directories are read too): a change of any other entry cannot change where it leads. The
+    Landlock compiler's own notes of its reads (``_Fs``: what would change a cached plan) are these."""
     fs = _Fs()
     fs.realpath(path)
     found: dict[str, set[str]] = {}
@@ -261,20 +261,22 @@ class LateDenies:
             for deny in entry.policy.denies:
                 if deny.path not in located:
                     real = os.path.realpath(deny.path)
-                    located[deny.path] = (real, chain(real))
+                    located[deny.path] = (real, _chain(real))
                 real, keys = located[deny.path]
                 if not any(entry.inodes.get(key, 0) for key in keys):
                     continue
-                if deny.rule != NEVER_GRANTABLE and self._session.access_index(entry.policy).grants_node(
-                    real
-                ):
+                access = self._session.access_index(entry.policy)
+                if deny.rule != NEVER_GRANTABLE and access.grants_node(real):
                     continue  # an explicit grant of the node itself overrides its deny (CONTRACT)
                 hits.append((entry, deny, real))
                 break
         return hits
 
     def _act(self, entry: _Tracked, deny: Deny, real: str) -> None:
-        entry.acted = True
+        with self._lock:  # the watch thread and a starting command's own check may both find it
+            if entry.acted:
+                return
+            entry.acted = True
         policy = self._session.policy
         where = policy.display(real)
         fields = {"event": "late-deny", "path": deny.path, "now": real, "rule": deny.rule}
@@ -295,8 +297,6 @@ class LateDenies:
             entry.notice(line, fields)
         else:
             self._session.audit.write(pid=getattr(entry.process, "pid", 0), **fields)
-            if fields["action"] == "stopped":
-                print(f"nono-supervisor: {line.removeprefix('nono: ')}", file=sys.stderr, flush=True)
         if fields["action"] == "stopped":
             if entry.process.status is None:  # reaped, the keeper's pid may be another process's now
                 entry.process.kill_tree()  # the keeper kills the tree, daemons included
