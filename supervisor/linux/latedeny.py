@@ -120,7 +120,8 @@ class LateDenies:
         self._tracked: list[_Tracked] = []
         self._denies: dict[str, Deny] = {}  # by path: every deny of every tracked policy
         self._watched: dict[str, int] = {}  # directory -> watch descriptor
-        self._names: dict[int, set[str]] = {}  # watch descriptor -> the entries looked up there
+        # (watch descriptor, entry looked up there) -> the denied paths whose resolution looks it up
+        self._lookers: dict[tuple[int, str], set[str]] = {}
         self._unwatched = False  # a directory could not be watched: look every POLL_SECONDS
         self.generation = 0  # bumped before each evaluation (track's ``since``)
         self._fd = os.fdopen(_inotify_init(), "rb", buffering=0)
@@ -172,25 +173,26 @@ class LateDenies:
             readable, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
             if self._closed:
                 return
-            if self._fd in readable and not self._drain():
+            changed = self._drain() if self._fd in readable else None
+            if changed is not None and not changed:
                 continue  # only entries no resolution looks up changed (the churn of ~ or /tmp)
             try:
-                self.evaluate()
+                self.evaluate(changed)
             except Exception:  # noqa: BLE001 - the watch must outlive one bad evaluation
                 if os.environ.get("NONO_DEBUG"):
                     import traceback
 
                     traceback.print_exc()
 
-    def _drain(self) -> bool:
-        """Read the queued events: whether one may change where a denied path leads (an entry looked up
-        changed, a watched directory moved or went, events were lost). Forgets the watches the kernel
-        dropped (a directory removed)."""
+    def _drain(self) -> set[str] | None:
+        """Read the queued events: the denied paths whose resolution looks up an entry that changed, or
+        None when any may have changed (a watched directory moved or went, events were lost). Forgets the
+        watches the kernel dropped (a directory removed)."""
         try:
             data = self._fd.read(65536) or b""
         except BlockingIOError:
-            return False
-        relevant = False
+            return set()
+        changed: set[str] | None = set()
         offset = 0
         while offset + _EVENT.size <= len(data):
             wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
@@ -199,20 +201,24 @@ class LateDenies:
             if mask & _IN_IGNORED:
                 with self._watch_lock:
                     self._watched = {p: w for p, w in self._watched.items() if w != wd}
-            relevant = relevant or not name or name in self._names.get(wd, ()) or bool(mask & _IN_Q_OVERFLOW)
-        return relevant
+            if not name or mask & _IN_Q_OVERFLOW:
+                changed = None
+            elif changed is not None:
+                changed |= self._lookers.get((wd, name), set())
+        return changed
 
     def _rewatch(self) -> bool:
         """Watch every directory the resolution of a denied path reads, as the filesystem is now; True
         when a directory was not watched before (``~/.config`` made: ``gh`` may already be in it)."""
         with self._lock:
             paths = list(self._denies)
-        wanted: dict[str, set[str]] = {}
+        wanted: dict[str, dict[str, set[str]]] = {}  # directory -> entry -> the denied paths looking it up
         for path in paths:
             for directory, names in _lookups(path).items():
-                wanted.setdefault(directory, set()).update(names)
+                for name in names:
+                    wanted.setdefault(directory, {}).setdefault(name, set()).add(path)
         unwatched = added = False
-        names: dict[int, set[str]] = {}
+        lookers: dict[tuple[int, str], set[str]] = {}
         with self._watch_lock:
             for directory, looked in wanted.items():
                 wd = self._watched.get(directory)
@@ -221,44 +227,56 @@ class LateDenies:
                     added = added or wd >= 0
                 if wd >= 0:
                     self._watched[directory] = wd
-                    names.setdefault(wd, set()).update(looked)  # two names of one directory: one watch
+                    for name, denied in looked.items():  # two names of one directory share one watch
+                        lookers.setdefault((wd, name), set()).update(denied)
                 elif ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
                     unwatched = True  # ENOSPC (the user's watch limit), EACCES: polled instead
-            self._names = names
+            self._lookers = lookers
             self._unwatched = unwatched
         return added
 
-    def evaluate(self) -> None:
+    def evaluate(self, changed: set[str] | None = None) -> None:
         """After a change: act on every tracked sandbox that could reach a denied node where it is now,
-        with the session's decisions relocated; then watch where the resolutions lead now."""
+        with the session's decisions relocated; then watch where the resolutions lead now. ``changed``:
+        the denied paths whose lookups changed, checked first (the window is until their stop)."""
         with self._lock:
             self.generation += 1
             self._tracked = [e for e in self._tracked if not e.ended()]
             entries = list(self._tracked)
+        if changed:
+            self._stop(self._reaching(entries, changed))
         self._check(entries)
         if self._rewatch():
             self._check(entries)  # a change made before a new watch existed is seen by this check
+
+    def _stop(self, hits: list[tuple[_Tracked, Deny, str]]) -> None:
+        for entry, deny, real in hits:
+            if not (entry.guard and entry.loop is not None):
+                self._act(entry, deny, real)
 
     def _check(self, entries: list[_Tracked]) -> None:
         """Commands are stopped first (they may be reading meanwhile: this is the window), then the
         decisions relocated, then loops guarded (their decisions from then on are on the relocated)."""
         hits = self._reaching(entries)
-        for entry, deny, real in hits:
-            if not (entry.guard and entry.loop is not None):
-                self._act(entry, deny, real)
+        self._stop(hits)
         self._session.relocate_denies()
         for entry, deny, real in hits:
             if entry.guard and entry.loop is not None:
                 self._act(entry, deny, real)
 
-    def _reaching(self, entries: list[_Tracked]) -> list[tuple[_Tracked, Deny, str]]:
-        """Each sandbox with the first denied node its ruleset reaches, where that node is now."""
+    def _reaching(
+        self, entries: list[_Tracked], only: set[str] | None = None
+    ) -> list[tuple[_Tracked, Deny, str]]:
+        """Each sandbox with the first denied node its ruleset reaches, where that node is now (of the
+        denied paths ``only``, when given)."""
         located: dict[str, tuple[str, list[tuple[int, int]]]] = {}  # each deny resolved once
         hits = []
         for entry in entries:
             if entry.acted or entry.ended():
                 continue
             for deny in entry.policy.denies:
+                if only is not None and deny.path not in only:
+                    continue
                 if deny.path not in located:
                     real = os.path.realpath(deny.path)
                     located[deny.path] = (real, _chain(real))
