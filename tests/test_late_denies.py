@@ -254,3 +254,56 @@ def test_what_a_command_left_running_is_stopped_too(supervisor):
     (home.work / "go").touch()
     assert wait_until(lambda: (home.work / "leaked").exists() and TOKEN in (home.work / "leaked").read_text())
     assert bare.returncode == 0
+
+
+def test_a_command_whose_every_open_is_trapped_is_refused_not_stopped(supervisor):
+    """While a denied file has several names (here a hard link of the key outside every grant), a
+    command's every open is trapped, so its loop can refuse the moved node instead of being stopped: it
+    is guarded, and its read after the stow is refused with the usual line (twin: the bare stow case)."""
+    home = supervisor.home
+    _prepare(home)
+    (home.root / "elsewhere").mkdir()
+    os.link(home.key, home.root / "elsewhere" / "key")
+    script = WAIT_THEN.format(path=CASES["stow"][1])
+    argv = [str(supervisor.shims / "bash"), "-c", script]
+    code, out, err = _wait_then_read(
+        home, argv, supervisor.env, _stow_gh, lambda: bool(_late(home, "guarded"))
+    )
+    assert TOKEN not in out + err
+    assert code == 0 and "rc=1" in out, (out, err)
+    assert "nono: denied read ~/project/dotfiles/gh/hosts.yml [" in err, err
+    assert _late(home, "guarded") and not _late(home, "stopped")
+
+
+def test_a_guarded_loop_continues_nothing(tmp_path):
+    """The guard reaches the C fast path and the Python one: an open the baseline grants is CONTINUEd
+    before it, and goes to the pinned, decided path after it."""
+    import ctypes
+    import threading
+
+    import pyseccomp
+
+    from nono_supervisor.access import AccessIndex
+    from nono_supervisor.linux import notify
+    from nono_supervisor.linux.landlock import READ, LandlockPlan, RightsIndex, Rule, handled_fs
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), workdir=str(tmp_path))
+    try:
+        access = AccessIndex(session.policy)
+    finally:
+        session.close()
+    plan = LandlockPlan(7, handled_fs(7), 0, 0, (Rule(str(tmp_path), READ, "test"),))
+    dummy = os.open("/dev/null", os.O_RDONLY)
+    loop = notify.NotifyLoop(dummy, RightsIndex(plan), access, lambda *_: None)
+    os.close(dummy)
+    path = ctypes.create_string_buffer(f"{tmp_path}/f".encode())
+    args = (0xFFFFFF9C, ctypes.addressof(path), os.O_RDONLY, 0, 0, 0)
+    openat = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "openat")
+    tid = threading.get_native_id()
+    assert loop._native.fast(openat, tid, args)
+    assert loop._continue(f"{tmp_path}/f", READ)
+    loop.guard()
+    assert not loop._native.fast(openat, tid, args)
+    assert loop._continue(f"{tmp_path}/f", READ) is None
