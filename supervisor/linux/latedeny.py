@@ -8,18 +8,18 @@ token there; ``~/.cache/huggingface`` becomes a symlink to ``./x`` and ``hugging
 ``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._on_the_way``.)
 
 So the supervisor watches (inotify) every directory whose entries the resolution of a denied path reads:
-its ancestors, and the directories its symlinks lead through. When an entry it looks up there changes
-(made, removed, renamed; the churn of other entries of ~ or /tmp is ignored), it resolves the denied
-paths again and
-1. relocates the session's decisions (``AccessIndex.relocate``): new commands, the ask-again path and
-   every emulated open decide on where the nodes are now (new commands' Landlock plans follow by
-   themselves: ``PlanCache`` notes the same lookups);
-2. finds every running sandbox that *could reach* a node where it is now: a rule of its ruleset, by
-   inode as Landlock walks, on the node or on one of its ancestors (``_chain``: the nearest existing one
-   for a node not made yet, the token written later). Such a command is **stopped** (its keeper kills the
-   tree) with one line saying why, on its stderr and in the audit log; a sandbox whose loop sees every
-   call (the agent) is **guarded** instead (``NotifyLoop.guard``: nothing is CONTINUEd any more, each open is
-   decided on where the denied nodes are now).
+its ancestors, and the directories its symlinks lead through. When an entry looked up there changes
+(made, removed, renamed; the churn of other entries of ~ or /tmp is ignored), the denied paths that look
+it up are resolved again (a few lstats each, not the whole list) and
+1. every running sandbox that *could reach* such a node where it is now is acted on: one whose ruleset
+   holds a rule, by inode as Landlock walks, on the node or on one of its ancestors (``_chain``: the
+   nearest existing one for a node not made yet, the token written later). A command is **stopped** (its
+   keeper kills the tree) with one line saying why, on its stderr and in the audit log; a sandbox whose
+   loop sees every call (the agent) is **guarded** instead (``NotifyLoop.guard``: nothing is CONTINUEd any
+   more, each open is decided on where the denied nodes are now);
+2. when one leads elsewhere, the session's decisions move with it (``AccessIndex.relocate``): new
+   commands, the ask-again path and every emulated open decide on where the nodes are now (new commands'
+   Landlock plans follow by themselves: ``PlanCache`` notes the same lookups).
 The window that remains is between the move and that evaluation: one inotify event, a wake and a
 re-resolution (milliseconds); README "A deny holds for the session" says it.
 """
@@ -79,16 +79,17 @@ def _chain(real: str) -> list[tuple[int, int]]:
         node = parent
 
 
-def _lookups(path: str) -> dict[str, set[str]]:
-    """The entries the resolution of ``path`` looks up now, by directory (a symlink's target included:
-    its own directories are read too): a change of any other entry cannot change where it leads. The
-    Landlock compiler's own notes of its reads (``_Fs``: what would change a cached plan) are these."""
+def _resolution(path: str) -> tuple[str, dict[str, set[str]]]:
+    """Where ``path`` leads now, and the entries that resolution looks up, by directory (a symlink's
+    target included: its own directories are read too): a change of any other entry cannot change where
+    it leads. The Landlock compiler's notes of its own reads (``_Fs``: what would change a cached plan)
+    are these."""
     fs = _Fs()
-    fs.realpath(path)
-    found: dict[str, set[str]] = {}
-    for looked in fs.identities:
-        found.setdefault(os.path.dirname(looked), set()).add(os.path.basename(looked))
-    return found
+    real = fs.realpath(path)
+    looked: dict[str, set[str]] = {}
+    for entry in fs.identities:
+        looked.setdefault(os.path.dirname(entry), set()).add(os.path.basename(entry))
+    return real, looked
 
 
 @dataclass(eq=False)
@@ -119,10 +120,13 @@ class LateDenies:
         self._watch_lock = threading.Lock()  # the watched directories (the watch thread and ``track``)
         self._tracked: list[_Tracked] = []
         self._denies: dict[str, Deny] = {}  # by path: every deny of every tracked policy
+        self._resolved: dict[str, str] = {}  # denied path -> where it led when last resolved
         self._watched: dict[str, int] = {}  # directory -> watch descriptor
         # (watch descriptor, entry looked up there) -> the denied paths whose resolution looks it up
         self._lookers: dict[tuple[int, str], set[str]] = {}
-        self._unwatched = False  # a directory could not be watched: look every POLL_SECONDS
+        self._unwatched = (
+            False  # a directory could not be watched: everything is looked at every POLL_SECONDS
+        )
         self.generation = 0  # bumped before each evaluation (track's ``since``)
         self._fd = os.fdopen(_inotify_init(), "rb", buffering=0)
         self._wake_r, self._wake_w = os.pipe()
@@ -149,8 +153,6 @@ class LateDenies:
             new = [d for d in policy.denies if d.path not in self._denies]
             for deny in new:
                 self._denies[deny.path] = deny
-        if new:
-            self._rewatch()
         if new or self.generation != since:
             self._check([entry])
 
@@ -207,62 +209,57 @@ class LateDenies:
                 changed |= self._lookers.get((wd, name), set())
         return changed
 
-    def _rewatch(self) -> bool:
-        """Watch every directory the resolution of a denied path reads, as the filesystem is now; True
-        when a directory was not watched before (``~/.config`` made: ``gh`` may already be in it)."""
-        with self._lock:
-            paths = list(self._denies)
-        wanted: dict[str, dict[str, set[str]]] = {}  # directory -> entry -> the denied paths looking it up
+    def _resolve(self, paths: list[str]) -> tuple[bool, bool]:
+        """Resolve ``paths`` again and watch what their resolutions look up now. Returns whether one leads
+        elsewhere than before (or was never resolved: the decisions may predate a move) and whether a
+        directory was watched for the first time (``~/.config`` made: ``gh`` may be in it already)."""
+        moved = added = False
         for path in paths:
-            for directory, names in _lookups(path).items():
-                for name in names:
-                    wanted.setdefault(directory, {}).setdefault(name, set()).add(path)
-        unwatched = added = False
-        lookers: dict[tuple[int, str], set[str]] = {}
-        with self._watch_lock:
-            for directory, looked in wanted.items():
-                wd = self._watched.get(directory)
-                if wd is None:
-                    wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
-                    added = added or wd >= 0
-                if wd >= 0:
-                    self._watched[directory] = wd
-                    for name, denied in looked.items():  # two names of one directory share one watch
-                        lookers.setdefault((wd, name), set()).update(denied)
-                elif ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
-                    unwatched = True  # ENOSPC (the user's watch limit), EACCES: polled instead
-            self._lookers = lookers
-            self._unwatched = unwatched
-        return added
+            real, looked = _resolution(path)
+            moved = moved or self._resolved.get(path) != real
+            self._resolved[path] = real
+            with self._watch_lock:
+                for directory, names in looked.items():
+                    wd = self._watched.get(directory)
+                    if wd is None:
+                        wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
+                        if wd >= 0:
+                            self._watched[directory] = wd
+                            added = True
+                        elif ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
+                            self._unwatched = True  # ENOSPC (the user's watch limit), EACCES: polled
+                    for name in names if wd >= 0 else ():
+                        self._lookers.setdefault((wd, name), set()).add(path)
+        return moved, added
 
     def evaluate(self, changed: set[str] | None = None) -> None:
-        """After a change: act on every tracked sandbox that could reach a denied node where it is now,
-        with the session's decisions relocated; then watch where the resolutions lead now. ``changed``:
-        the denied paths whose lookups changed, checked first (the window is until their stop)."""
+        """After a change of what the resolutions of ``changed`` look up (None: of any denied path): act
+        on every tracked sandbox that could reach one of those nodes where it is now."""
         with self._lock:
             self.generation += 1
             self._tracked = [e for e in self._tracked if not e.ended()]
             entries = list(self._tracked)
-        if changed:
-            self._stop(self._reaching(entries, changed))
-        self._check(entries)
-        if self._rewatch():
-            self._check(entries)  # a change made before a new watch existed is seen by this check
+        self._check(entries, changed)
 
-    def _stop(self, hits: list[tuple[_Tracked, Deny, str]]) -> None:
+    def _check(self, entries: list[_Tracked], paths: set[str] | None = None, again: bool = True) -> None:
+        """Commands are stopped first (they may be reading meanwhile: this is the window), then the
+        denied paths resolved again and watched (the decisions relocated if one moved), then loops guarded
+        (they decide on the relocated from then on). Only the denied paths ``paths``, when given: the
+        others lead where they did."""
+        hits = self._reaching(entries, paths)
         for entry, deny, real in hits:
             if not (entry.guard and entry.loop is not None):
                 self._act(entry, deny, real)
-
-    def _check(self, entries: list[_Tracked]) -> None:
-        """Commands are stopped first (they may be reading meanwhile: this is the window), then the
-        decisions relocated, then loops guarded (their decisions from then on are on the relocated)."""
-        hits = self._reaching(entries)
-        self._stop(hits)
-        self._session.relocate_denies()
+        with self._lock:
+            resolving = list(self._denies) if paths is None else list(paths)
+        moved, added = self._resolve(resolving)
+        if moved:
+            self._session.relocate_denies()
         for entry, deny, real in hits:
             if entry.guard and entry.loop is not None:
                 self._act(entry, deny, real)
+        if added and again:
+            self._check(entries, paths, again=False)  # a change made before a new watch existed
 
     def _reaching(
         self, entries: list[_Tracked], only: set[str] | None = None
