@@ -4,8 +4,9 @@
 1. the window: a command reads ``x/token`` in a loop; the human links ``~/.cache/huggingface`` to ``./x``
    and writes the token through it at once. Measured: the time from the link to the command's death (its
    exit, seen by the supervisor), and how many of the command's reads got the token meanwhile.
-2. one evaluation (``LateDenies.evaluate``: resolve every deny again, relocate the decisions, check every
-   running sandbox) with 1 and with 50 commands running, in the supervisor's process.
+2. the supervisor's time for an evaluation (``LateDenies.evaluate``: resolve again and check every
+   running sandbox) of every denied path (a lost event) and of the one an event names, with 1 and with
+   50 commands running, in the supervisor's process.
 The default profile (79 denies) on a fake HOME; commands are started in this process (``start_sandboxed``),
 as the supervisor starts them.
 """
@@ -60,7 +61,9 @@ def _window(session: Session, env: dict[str, str], work: Path) -> tuple[float, i
     return took, out.count(b"hit")
 
 
-def _evaluation(session: Session, env: dict[str, str], work: Path, running: int, rounds: int) -> float:
+def _evaluation(
+    session: Session, env: dict[str, str], work: Path, running: int, rounds: int, changed: set[str] | None
+) -> float:
     processes = [
         start_sandboxed(
             session, "/bin/sleep", ["sleep", "60"], env, str(work), (0, 1, 2), left_to_landlock=True
@@ -71,7 +74,7 @@ def _evaluation(session: Session, env: dict[str, str], work: Path, running: int,
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        watch.evaluate()
+        watch.evaluate(changed)
         times.append(time.perf_counter() - start)
     for process in processes:
         process.kill_tree()
@@ -94,9 +97,11 @@ def main() -> None:
             median = statistics.median(took)
             print(f"move -> command stopped: median {median:.1f} ms [{took[0]:.1f}-{took[-1]:.1f}]")
             print(f"reads of the token before the stop: {sum(hits)} in {len(hits)} rounds (max {max(hits)})")
+            token = os.path.join(env["HOME"], ".cache", "huggingface", "token")
             for running in (1, 50):
-                cost = _evaluation(session, env, work, running, args.rounds) * 1000
-                print(f"one evaluation, {running} commands running: {cost:.2f} ms of supervisor time")
+                for what, changed in (("every denied path", None), ("one denied path", {token})):
+                    cost = _evaluation(session, env, work, running, args.rounds, changed) * 1000
+                    print(f"evaluation of {what}, {running} commands running: {cost:.2f} ms")
         finally:
             session.close()
     finally:
