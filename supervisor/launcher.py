@@ -284,7 +284,7 @@ def run_agent(
         trap=session.trap,
         launch_extra=extra,
         notify_class=watcher,
-        on_late_deny=report.late_deny,  # guarded (its loop sees every call) when a denied node moves in
+        on_late_deny=functools.partial(_tell_late_deny, report),
     )
     try:
         if not os.isatty(0):
@@ -305,6 +305,14 @@ def run_agent(
     with _lent(session.prompter, proxy):
         proxy.run(master, process.exit_fd())
     return status_code(process.wait())
+
+
+def _tell_late_deny(report: CommandReport, line: str, fields: dict) -> None:
+    """A denied node moved into the agent's baseline (linux.latedeny): its loop is guarded, or, without
+    one (--no-trap), it is stopped, which the human is told on the supervisor's terminal (raw or not)."""
+    report.late_deny(line, fields)
+    if fields.get("action") == "stopped":
+        os.write(2, f"\r\nnono-supervisor: the agent was {line.removeprefix('nono: ')}\r\n".encode())
 
 
 def _copy_window_size(source: int, pty_master: int) -> None:

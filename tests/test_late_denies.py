@@ -308,3 +308,31 @@ def test_a_guarded_loop_continues_nothing(tmp_path):
     loop.guard()
     assert not loop._native.fast(openat, tid, args)
     assert loop._continue(f"{tmp_path}/f", READ) is None
+
+
+def test_without_the_seccomp_layer_a_running_command_is_still_stopped(home):
+    """--no-trap: Landlock alone, no loop; the watch is the supervisor's own, and the keeper still kills."""
+    from conftest import start_supervisor
+
+    sup = start_supervisor(home, "--no-trap")
+    try:
+        _prepare(home)
+        script = WAIT_THEN.format(path=CASES["stow"][1])
+        code, out, err = _wait_then_read(
+            home, [str(sup.shims / "bash"), "-c", script], sup.env, _stow_gh, lambda: False
+        )
+    finally:
+        sup.stop()
+    assert TOKEN not in out + err
+    assert code in (128 + 9, 127) and "nono: stopped: ~/.config/gh [" in err, (out, err)
+
+
+def test_without_the_seccomp_layer_the_agent_is_stopped_and_the_human_told(home):
+    """--no-trap: the agent has no loop to guard; it is stopped (the session ends) with a line."""
+    _prepare(home)
+    (home.work / "agent.py").write_text(AGENT)
+    argv = [SUPERVISOR, "run", "--no-trap", "--no-interpose", "--agent", "none", "--"]
+    argv += [sys.executable, "agent.py", CASES["stow"][1]]
+    code, out, err = _wait_then_read(home, argv, home.env, _stow_gh, lambda: bool(_late(home, "stopped")))
+    assert TOKEN not in out + err and "read:" not in out
+    assert code in (128 + 9, 127) and "nono-supervisor: the agent was stopped: ~/.config/gh [" in err, err
