@@ -150,11 +150,19 @@ class LateDenies:
         entry = _Tracked(process, policy, inodes, loop, guard, notice)
         with self._lock:
             self._tracked = [e for e in self._tracked if not e.ended()] + [entry]
+        if self.watch(policy) or self.generation != since:
+            self._check([entry])
+
+    def watch(self, policy: Policy) -> bool:
+        """Resolve and watch the denied paths of ``policy`` not watched yet (the server does it at start,
+        so that its first command does not); whether there were any."""
+        with self._lock:
             new = [d for d in policy.denies if d.path not in self._denies]
             for deny in new:
                 self._denies[deny.path] = deny
-        if new or self.generation != since:
-            self._check([entry])
+        if new and self._resolve([d.path for d in new])[0]:
+            self._session.relocate_denies()  # an index built before: the decisions may predate a move
+        return bool(new)
 
     def close(self) -> None:
         self._closed = True
