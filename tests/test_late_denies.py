@@ -336,3 +336,30 @@ def test_without_the_seccomp_layer_the_agent_is_stopped_and_the_human_told(home)
     code, out, err = _wait_then_read(home, argv, home.env, _stow_gh, lambda: bool(_late(home, "stopped")))
     assert TOKEN not in out + err and "read:" not in out
     assert code in (128 + 9, 127) and "nono-supervisor: the agent was stopped: ~/.config/gh [" in err, err
+
+
+SPELLINGS = {
+    "real-parent": "ln -s {work}/x ~/real-cache/huggingface",
+    "own-link": "ln -s ~/real-cache {work}/mine && ln -s {work}/x {work}/mine/huggingface",
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_a_name_on_the_way_is_refused_under_any_spelling(home, spelling):
+    """~/.cache is itself a link (to ~/real-cache): the way to ~/.cache/huggingface/token is then
+    ~/real-cache/huggingface, and a symlink made there directly, or through a link of the command's own
+    to it, is refused the same (there by the kernel: ~/real-cache has no rule of its own, and a refused
+    symlink is not asked again, so it has no line). Twin: bare, it is made."""
+    _prepare(home)
+    (home.home / "real-cache").mkdir()
+    (home.home / ".cache").symlink_to(home.home / "real-cache")
+    script = SPELLINGS[spelling].format(work=home.work) + "; echo rc=$?"
+    sandboxed = home.run([SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script])
+    assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    assert not (home.home / "real-cache" / "huggingface").is_symlink()
+    if spelling == "real-parent":  # through its own link the lexical fast path CONTINUEs: Landlock refuses
+        line = "nono: denied create ~/real-cache/huggingface [a name on the way to a denied path"
+        assert line in sandboxed.stderr, sandboxed.stderr
+    (home.work / "mine").unlink(missing_ok=True)
+    twin = home.run(["bash", "-c", script])
+    assert "rc=0" in twin.stdout and (home.home / "real-cache" / "huggingface").is_symlink()
