@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "ON_THE_WAY", "hint_for"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -63,16 +63,61 @@ def _covers_file(root: str, path: str) -> bool:
     return same_directory and fnmatch.fnmatchcase(os.path.basename(path), name)
 
 
+# The rule of a refused name that would lead to a denied node (DESIGN invariant 10): no flag lifts it.
+ON_THE_WAY = "a name on the way to a denied path"
+
+
 class AccessIndex:
-    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath)."""
+    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath).
+
+    Denied and never-grantable paths are resolved where they are when the index is built, and again by
+    ``relocate``: a deny names a path, and a symlink made later on the way to it (``stow``, or
+    ``~/.cache/huggingface -> ./x``) moves the node it names (DESIGN invariant 12, ``linux.latedeny``)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._grants = [(_real(g.path), g) for g in policy.grants]
-        self._denies = [(_real(d.path), d.rule) for d in policy.denies]
-        self._protected = [_real(p) for p in policy.protected]
         self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
-        self._runs_later = [_real(entry.path) for entry in policy.runs_later]
+        self.relocate()
+
+    def relocate(self) -> None:
+        """Resolve the denied, never-grantable and runs-later paths again, and the names on the way to each
+        denied node. Each list is replaced whole: a decision on another thread sees the old one or the new."""
+        self._protected = [_real(p) for p in self.policy.protected]
+        self._denies = [(_real(d.path), d.rule) for d in self.policy.denies]
+        self._runs_later = [_real(entry.path) for entry in self.policy.runs_later]
+        on_the_way: dict[str, tuple[str, str]] = {}
+        reals: dict[str, str] = {}  # the denies share most of their ancestors (~, ~/.config)
+        explicit = [root for root, grant in self._grants if not grant.source.startswith("group:")]
+        for deny, (real, rule) in zip(self.policy.denies, self._denies, strict=True):
+            if any(_under(root, real) for root in explicit) and self.verdict(real, "read").allowed:
+                continue  # an explicit grant of the node itself overrides the deny
+            node = os.path.normpath(deny.path)
+            while (parent := os.path.dirname(node)) != node:
+                node = parent
+                if node != "/":
+                    above = os.path.dirname(node)
+                    if above not in reals:
+                        reals[above] = _real(above)
+                    on_the_way.setdefault(
+                        os.path.join(reals[above], os.path.basename(node)), (deny.path, rule)
+                    )
+        self._on_the_way = on_the_way
+
+    def grants_node(self, path: str) -> bool:
+        """An explicit (not a group's) grant names ``path`` itself: a deny there is overridden (unless
+        sealed, which no grant reaches). Independent of where the denies lie (``latedeny``)."""
+        return any(
+            not grant.source.startswith("group:")
+            and (_covers_file(root, path) if grant.kind == "file" else root == path)
+            for root, grant in self._grants
+        )
+
+    def on_the_way(self, path: str) -> tuple[str, str] | None:
+        """(denied path, rule) when ``path`` (a name: its parent resolved, its last component not) is a
+        strict ancestor of a denied node: a symlink, rename or link made there would redirect the node
+        (the human's next login writes the token through it) into wherever the name leads."""
+        return self._on_the_way.get(path)
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied, never-grantable and runs-later nodes strictly inside ``path``: moving or removing it
@@ -81,6 +126,13 @@ class AccessIndex:
         protected = [(p, "never-grantable") for p in self._protected if p != path and _under(p, path)]
         later = [(p, RUNS_LATER) for p in self._runs_later if p != path and _under(p, path)]
         return inside + protected + later
+
+    def denied(self, path: str, op: str) -> str | None:
+        """The deny rule that refuses ``op`` on ``path`` (a denied node where it is now), or None: what a
+        baseline that a moved node slipped into must not permit (``NotifyLoop.guard``)."""
+        verdict = self.verdict(path, op)
+        rules = {rule for _path, rule in self._denies}
+        return verdict.rule if not verdict.allowed and verdict.rule in rules else None
 
     def verdict(self, path: str, op: str) -> Verdict:
         need = OPS[op]
@@ -153,7 +205,8 @@ def hint_for(op: str, display_path: str, is_dir: bool, rule: str) -> str:
     network = network_hint(display_path, rule)  # network mode domains' rules (netpolicy)
     if network is not None:
         return network
-    if rule in _NO_FLAG or display_path == "/proc" or display_path.startswith("/proc/"):
+    no_flag = rule in _NO_FLAG or rule.startswith(ON_THE_WAY)  # the latter names the denied path after it
+    if no_flag or display_path == "/proc" or display_path.startswith("/proc/"):
         return ""
     if " (inside: " in rule:
         return ""  # a move or a name above a denied or runs-later node: no grant lifts it (denied_below)

@@ -102,6 +102,7 @@ def start_sandboxed(
     left_to_landlock: bool = False,
     launch_extra: dict[str, object] | None = None,
     notify_class: type | None = None,
+    on_late_deny: Callable[[str, dict], None] | None = None,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
@@ -115,9 +116,13 @@ def start_sandboxed(
     ``left_to_landlock`` (a command's, not the agent's): opens and execve are left to Landlock where
     that loses nothing a dynamically linked process could report (``_ask_again_library``; README "Left to
     Landlock").
+
+    Linux: while it runs, a denied node that moves into what its ruleset grants stops it, or, where its
+    loop sees every open, guards that loop (``linux.latedeny``); ``on_late_deny(line, audit fields)`` tells
+    its report.
     """
     if sys.platform.startswith("linux"):
-        from nono_supervisor.linux import sandbox, seccomp
+        from nono_supervisor.linux import latedeny, sandbox, seccomp
         from nono_supervisor.linux.kernel import probe
 
         support = probe()
@@ -145,11 +150,20 @@ def start_sandboxed(
             env = _preloaded(env, ask_again)
         # launch_extra: the agent's routing namespace (binds, userns, exec_fd; nono_supervisor.launcher).
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
+        watch = latedeny.for_session(session)
+        since = watch.generation  # a move noticed after this is evaluated for this command too
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
         cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
         plan = cached.plan
+
+        def watched(process, guard: bool = False):
+            watch.track(
+                process, policy, cached.inodes, process.notify, guard=guard, notice=on_late_deny, since=since
+            )
+            return process
+
         if not trap:
-            return sandbox.start(plan, launch, ruleset=ruleset)
+            return watched(sandbox.start(plan, launch, ruleset=ruleset))
         rights = cached.rights
         access = session.access_index(policy)
 
@@ -172,7 +186,10 @@ def start_sandboxed(
             return loop
 
         program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(ask_again))
-        return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
+        process = sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
+        # Every open trapped (the agent, linked denied files, no library): its loop can refuse the moved
+        # node from now on; left to Landlock, only stopping it can (the kernel is not asked again).
+        return watched(process, guard=not ask_again)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
         # to act on. Denials come from ``log stream`` once the command has ended (macos.launch).

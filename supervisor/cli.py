@@ -371,6 +371,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
                 consent=consent.allows,
                 trap=session.trap,
                 left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
+                on_late_deny=report.late_deny,
             )
         except BaseException:
             if lease:

@@ -292,6 +292,7 @@ def run_agent(
         trap=session.trap,
         launch_extra=extra,
         notify_class=watcher,
+        on_late_deny=functools.partial(_tell_late_deny, report),
     )
     master = -1
     try:
@@ -354,6 +355,14 @@ def _ended_by_signals(process) -> Iterator[list[int]]:
             timer.cancel()
         for signo, handler in previous.items():
             signal.signal(signo, handler)
+
+
+def _tell_late_deny(report: CommandReport, line: str, fields: dict) -> None:
+    """A denied node moved into the agent's baseline (linux.latedeny): its loop is guarded, or, without
+    one (--no-trap), it is stopped, which the human is told on the supervisor's terminal (raw or not)."""
+    report.late_deny(line, fields)
+    if fields.get("action") == "stopped":
+        os.write(2, f"\r\nnono-supervisor: the agent was {line.removeprefix('nono: ')}\r\n".encode())
 
 
 def _copy_window_size(source: int, pty_master: int) -> None:

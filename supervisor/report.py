@@ -43,6 +43,7 @@ class CommandReport:
         self.pid = 0
         self._denials: dict[tuple[str, str], tuple[str, bool]] = {}
         self._notes: dict[tuple[str, str], str] = {}  # what the human's part was (Consent)
+        self._late: list[str] = []  # why the command was stopped or guarded (late_deny)
         self._lock = threading.Lock()
 
     def note(self, op: str, path: str, text: str) -> None:
@@ -68,6 +69,13 @@ class CommandReport:
             with self._lock:
                 self._denials.setdefault((what.op, what.path), (what.rule, what.is_dir))
 
+    def late_deny(self, line: str, fields: dict) -> None:
+        """A denied node moved into what this command's sandbox grants (``linux.latedeny``): ``line`` heads
+        its report, and the audit log has the record."""
+        with self._lock:
+            self._late.append(line)  # first: the command is killed next, and its report written then
+        self.audit.write(command=self.command, argv=self.argv, cwd=self.cwd, pid=self.pid, **fields)
+
     def denials(self) -> list[Denied]:
         with self._lock:
             return [Denied(op, path, rule, is_dir) for (op, path), (rule, is_dir) in self._denials.items()]
@@ -77,11 +85,13 @@ class CommandReport:
         the same entry of several processes' /proc (``/proc/<pid>/environ``, with their count); none for
         the silent groups (harmless probes such as trace_marker: the audit log has them)."""
         silent = self.policy.prompt_silent
+        with self._lock:
+            late = list(self._late)
         groups: dict[tuple[str, str, str], list[Denied]] = {}
         for d in self.denials():
             if d.rule not in silent:
                 groups.setdefault((d.op, _collapsed(d.path), d.rule), []).append(d)
-        return [
+        return late + [
             self._line(same[0]) if len(same) == 1 else self._line(replace(same[0], path=path), len(same))
             for (_op, path, _rule), same in groups.items()
         ]

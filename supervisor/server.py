@@ -141,6 +141,10 @@ class Server:
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the intake thread through it
         os.set_blocking(self._wake_w, False)
         self.max_commands = _command_cap()
+        if sys.platform.startswith("linux"):  # the session's watch over late denies, from the start
+            from nono_supervisor.linux import latedeny
+
+            latedeny.for_session(session).watch(session.policy)
         self._held_lock = threading.Lock()  # the intake reserves, a command's thread releases
         self._running = 0  # commands with a thread
         self._held = 0  # bytes of their requests
@@ -418,6 +422,7 @@ class Server:
                     consent=consent.allows,
                     trap=self.session.trap,
                     left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
+                    on_late_deny=report.late_deny,  # stopped when a denied node moves into its grants
                 )
             except NonoError as e:
                 if lease:

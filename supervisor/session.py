@@ -164,6 +164,7 @@ class Session:
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
         self._netproxy = None  # domains mode: the session's proxy (netproxy), started at first use
+        self.late_denies = None  # Linux: where the denied paths lead, watched (linux.latedeny.for_session)
         self._net_lock = threading.Lock()
 
     @classmethod
@@ -199,6 +200,11 @@ class Session:
                 self._access.clear()  # every grant makes a new policy: keep the cache from growing for ever
             cached = self._access[id(policy)] = AccessIndex(policy)
         return cached
+
+    def relocate_denies(self) -> None:
+        """The denied paths resolved again in every policy's index: a node moved (DESIGN invariant 12)."""
+        for index in list(self._access.values()):
+            index.relocate()
 
     def prompt_mode(self) -> str:
         """When a denial may become a question: ``tty`` (held syscall), ``after`` (retry), or ``never``."""
@@ -510,6 +516,8 @@ class Session:
             return f"{self.id}-{next(self._ids)}"
 
     def close(self) -> None:
+        if self.late_denies is not None:
+            self.late_denies.close()
         if self._netproxy is not None:
             self._netproxy.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)

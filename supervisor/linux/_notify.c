@@ -496,6 +496,7 @@ typedef struct {
     PyObject_HEAD
     int listener;
     int linked; /* a multi-linked denied file exists: no regular-file open is fast (NotifyLoop._linked) */
+    int guarded; /* a denied node moved into the baseline: nothing is fast any more (NotifyLoop.guard) */
     Rights *rights;
     struct trap traps[MAX_NR];
     unsigned long long received, continued, escalated;
@@ -647,6 +648,8 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
     const struct trap *t = &self->traps[req->data.nr];
     pid_t tid = (pid_t)req->pid;
     size_t n;
+    if (__atomic_load_n(&self->guarded, __ATOMIC_ACQUIRE))
+        return 0; /* set from another thread (latedeny): every call goes to Python from the next one */
     switch (t->kind) {
     case K_OPEN:
     case K_CREAT: {
@@ -883,6 +886,12 @@ static PyObject *Loop_fast(Loop *self, PyObject *args) {
     Py_END_ALLOW_THREADS return PyBool_FromLong(verdict);
 }
 
+static PyObject *Loop_guard(Loop *self, PyObject *noargs) {
+    (void)noargs;
+    __atomic_store_n(&self->guarded, 1, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Loop_table(Loop *self, PyObject *noargs) {
     (void)noargs;
     PyObject *out = PyDict_New();
@@ -970,6 +979,7 @@ static PyMethodDef Loop_methods[] = {
     {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
     {"fast", (PyCFunction)Loop_fast, METH_VARARGS, "fast(nr, tid, args): the fast path's verdict (tests)."},
     {"table", (PyCFunction)Loop_table, METH_NOARGS, "The trap table as given (tests)."},
+    {"guard", (PyCFunction)Loop_guard, METH_NOARGS, "Nothing is CONTINUEd here from now on (NotifyLoop.guard)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -125,13 +125,15 @@ class Checker:
         self.access = access
         self.ask = ask  # (op, path, rule, is_dir) -> the human allowed it
         self.linked_denied = linked_denied  # (dev, ino) of denied files that have other names
+        self.guarded = False  # a denied node moved into the baseline (NotifyLoop.guard): it permits less
 
     def decide(self, op: str, pin: Pin, baseline: bool = False, process: int = 0) -> Permit | Refusal:
         """``baseline``: the Landlock baseline alone grants this on ``pin`` (the route's own grants are
         there and not in the policy); only the second-name check can still refuse it. ``process``: the
         caller's thread group, whose own settings in /proc it may write (_OWN_SETTING)."""
         if baseline and not (pin.st is not None and self.is_second_name(pin.st)):
-            return Permit(_SEAL, pin, op, "policy")
+            if not (self.guarded and self.access.denied(pin.path, op)):
+                return Permit(_SEAL, pin, op, "policy")
         own = _OWN_SETTING.fullmatch(pin.path)
         if op == "write" and own and process and int(own.group(1)) == process:
             return Permit(_SEAL, pin, op, "policy")

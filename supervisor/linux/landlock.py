@@ -549,8 +549,10 @@ def _protected_removal(path: str, protected: list[_Carve]) -> int:
     return WRITE if any(_under(path, c.path) and c.path != path for c in protected) else 0
 
 
-def create_ruleset(plan: LandlockPlan) -> int:
-    """A ruleset fd (O_CLOEXEC) holding ``plan``; the child restricts itself with it. Fails closed."""
+def create_ruleset(plan: LandlockPlan, inodes: dict[tuple[int, int], int] | None = None) -> int:
+    """A ruleset fd (O_CLOEXEC) holding ``plan``; the child restricts itself with it. Fails closed.
+    ``inodes`` receives (dev, ino) -> rights of each rule as added: Landlock pins a rule to the inode it
+    was opened on, wherever that inode moves later (``latedeny`` asks what a running domain reaches)."""
     attr = struct.pack("QQQ", plan.handled_fs, plan.handled_net, plan.scoped)
     size = 8 if plan.abi < 4 else (16 if plan.abi < 6 else 24)
     try:
@@ -568,6 +570,10 @@ def create_ruleset(plan: LandlockPlan) -> int:
             try:
                 beneath = struct.pack("=Qi", rule.rights, fd)
                 libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, beneath, 0)
+                if inodes is not None:
+                    st = os.fstat(fd)
+                    key = (st.st_dev, st.st_ino)
+                    inodes[key] = inodes.get(key, 0) | rule.rights
             finally:
                 os.close(fd)
         for port in plan.connect_ports:
@@ -588,6 +594,7 @@ class CachedPlan:
     rights: RightsIndex
     ruleset: int
     fs: _Fs
+    inodes: dict[tuple[int, int], int]  # (dev, ino) -> rights, as the ruleset holds them (create_ruleset)
     extra: dict[str, object] = field(default_factory=dict)  # derived per plan by other layers (notify)
     closed: bool = False
 
@@ -622,7 +629,8 @@ class PlanCache:
                     return entry, os.dup(entry.ruleset)
         fs = _Fs()
         plan = compile_plan(policy, abi, key[2], *args, _fs=fs)
-        entry = CachedPlan(policy, plan, RightsIndex(plan), create_ruleset(plan), fs)
+        inodes: dict[tuple[int, int], int] = {}
+        entry = CachedPlan(policy, plan, RightsIndex(plan), create_ruleset(plan, inodes), fs, inodes)
         with self._lock:
             self.compiled += 1
             if fs.uncacheable:

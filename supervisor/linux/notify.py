@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 
-from nono_supervisor.access import AccessIndex
+from nono_supervisor.access import ON_THE_WAY, AccessIndex
 from nono_supervisor.linux import emulate, sockets, terminals
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
@@ -180,6 +180,7 @@ class NotifyLoop:
         self._reader: Reader | None = None  # made on first use: most commands never need it (C reads)
         self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
         self._native = _native_loop(self, listener, rights)
+        self.guarded = False  # a denied node moved into what the frozen baseline grants (``guard``)
         self.native_stats: dict[str, int] = {}
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
@@ -190,6 +191,16 @@ class NotifyLoop:
         self._pending = 0
         self._pending_lock = threading.Condition()
         self._set_sync_wakeup()
+
+    def guard(self) -> None:
+        """From now on nothing is CONTINUEd on the strength of the Landlock baseline: a denied node has
+        moved into what it grants, and the kernel cannot be asked again (a domain never changes). Every
+        open, exec and entry change is resolved, pinned and decided on where the denied nodes are now
+        (``latedeny``; the agent, whose own calls are all trapped). Never lifted: the session's rest."""
+        self.guarded = True
+        self.checker.guarded = True
+        if self._native is not None:
+            self._native.guard()
 
     def start(self) -> None:
         """Begin answering (on a kept thread). The caller waits for it only where the supervisor holds
@@ -405,7 +416,9 @@ class NotifyLoop:
 
     def _continue(self, path: str | None, needed: int) -> Continue | None:
         """CONTINUE, only if the Landlock baseline alone grants ``needed`` on ``path`` (invariant 1)."""
-        return CONTINUE if path is not None and self.rights.allows(path, needed) else None
+        if path is None or self.guarded:
+            return None
+        return CONTINUE if self.rights.allows(path, needed) else None
 
     def _may_create(self, lexical: str) -> bool:
         """An O_CREAT open on the fast path: Landlock asks make_reg of the parent only where the kernel
@@ -541,7 +554,8 @@ class NotifyLoop:
         landlock_path = pin.path if pin.exists else os.path.dirname(pin.path)
         landlock_needed = needed if pin.exists else _A["make_reg"]
         baseline = self.rights.allows(landlock_path, landlock_needed)
-        if baseline and not untrusted and not (self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)):
+        linked = self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)
+        if baseline and not untrusted and not linked and not self.guarded:
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
         return self._emulate_open(pin, ops, flags, mode, tid, baseline)
@@ -673,7 +687,8 @@ class NotifyLoop:
         resolved.close()
         if not resolved.exists:
             return Deny(errno.ENOENT)
-        if self.rights.allows(resolved.path, _A["execute"]):
+        moved = self.guarded and self.access.denied(resolved.path, "exec")
+        if self.rights.allows(resolved.path, _A["execute"]) and not moved:
             return CONTINUE  # the kernel checks the same rule on the same file
         # exec cannot be carried out on the command's behalf: only the baseline can allow it.
         verdict = self.access.verdict(resolved.path, "exec")
@@ -705,7 +720,11 @@ class NotifyLoop:
         if not resolved.name:
             resolved.close()
             return Deny(errno.EBUSY)  # "." and ".." name no entry the call could act on alone
-        if needed is not None and self.rights.allows(os.path.dirname(resolved.path), needed):
+        if (
+            needed is not None
+            and not self.guarded
+            and self.rights.allows(os.path.dirname(resolved.path), needed)
+        ):
             resolved.close()
             return CONTINUE
         return resolved
@@ -783,7 +802,7 @@ class NotifyLoop:
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._carries_denied("create", pin, self._decide("create", pin))
+        permit = self._on_the_way(pin) or self._carries_denied("create", pin, self._decide("create", pin))
         return self._act(pin, permit, lambda: emulate.symlink(permit, os.fsdecode(target)))
 
     def _on_rename(self, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -796,7 +815,7 @@ class NotifyLoop:
         for end in ends:
             if isinstance(end, Deny):
                 return end
-        if all(self._entry_fast(tid, end, moving) for end in ends):
+        if not self.guarded and all(self._entry_fast(tid, end, moving) for end in ends):
             return CONTINUE  # Landlock checks both ends itself, REFER included
         pins = [self._entry_pin(tid, end, None) for end in ends]
         for pin in pins:
@@ -810,10 +829,16 @@ class NotifyLoop:
             source.close()
             target.close()
             return Deny(error)
-        if all(self.rights.allows(os.path.dirname(p.path), moving) for p in pins):
+        if not self.guarded and all(self.rights.allows(os.path.dirname(p.path), moving) for p in pins):
             source.close()
             target.close()
             return CONTINUE
+        # A new name on the way to a denied node (either end of an exchange) would redirect it.
+        way = self._on_the_way(target) or (self._on_the_way(source) if flags & _RENAME_EXCHANGE else None)
+        if way is not None:
+            source.close()
+            target.close()
+            return way
         # Both ends (both ways for an exchange); a moved directory must not carry a denied node with it.
         checks = [("delete", source), ("create", target)]
         if target.exists:
@@ -872,7 +897,7 @@ class NotifyLoop:
             source.close()
             target.close()
             return Deny(errno.EEXIST)
-        to_permit = self._decide("create", target)
+        to_permit = self._on_the_way(target) or self._decide("create", target)
         if isinstance(to_permit, Deny):
             source.close()
             target.close()
@@ -909,6 +934,18 @@ class NotifyLoop:
         permit = self._decide("write", pin)
         length = args[1]
         return self._act(pin, permit, lambda: emulate.truncate(permit, length, self.checker))
+
+    def _on_the_way(self, pin: Pin) -> Deny | None:
+        """A command never makes a name (symlink, rename, link) that is a strict ancestor of a denied node:
+        the node would be wherever the name leads, and the human's next login (``huggingface-cli login``
+        through ``~/.cache/huggingface -> ./x``) would write the token where the command reads it. The node
+        itself is refused by the policy as any create in it is."""
+        found = self.access.on_the_way(pin.path)
+        if found is None:
+            return None
+        denied, rule = found
+        why = f"{ON_THE_WAY}: {denied} ({rule})"
+        return Deny(errno.EACCES, Denial("create", pin.path, why, pin.is_dir, self._tid))
 
     def _carries_denied(self, op: str, pin: Pin, permit: Permit | Deny) -> Permit | Deny:
         """Moving or removing a directory that holds a denied node would carry it out from under its rule;

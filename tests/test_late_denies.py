@@ -1,0 +1,365 @@
+"""A deny holds for the life of the session (DESIGN.md invariant 12; issue 24 part C).
+
+A denied node that moves into what a running sandbox grants after its plan was compiled (the human's
+``stow`` of ``~/.config/gh`` into the project, a symlinked ``~/.cache/huggingface``) stops a command
+already running, with its line, and is refused to the agent and to new commands; a command cannot make a
+name (symlink, rename, link) on the way to a denied node. Each case has its bare twin; the key ones run as
+root and as uid 65534. The human's moves are made by the test itself, unsandboxed, as the human would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NOBODY, SUPERVISOR, Home, as_nobody, pid_alive, wait_until
+
+TOKEN = "gho_nono-test-gh-token-5be1"
+HF_TOKEN = "hf_nono-test-hf-token-90ad"
+# Waits for the test's go file, then reads what the human's login wrote through the moved node.
+WAIT_THEN = 'touch started; while [ ! -e go ]; do sleep 0.05; done; cat {path}; echo "rc=$?"'
+STOP_SECONDS = 20  # generous under load: the test then lets the command read, and fails on what it read
+
+
+def _as_owner(home: Home, *paths: Path) -> None:
+    """What the test (root) makes in a uid 65534 home belongs to that user, as the human's own files."""
+    if home.owner:
+        for path in paths:
+            os.lchown(path, home.owner, home.owner)
+
+
+def _stow_gh(home: Home) -> Path:
+    """``stow`` from a dotfiles package in the project: ~/.config/gh becomes a link into the project, and
+    ``gh auth login`` then writes its token there. Returns the token's path in the project."""
+    package = home.work / "dotfiles" / "gh"
+    config = home.home / ".config"
+    config.mkdir(exist_ok=True)
+    (config / "gh").symlink_to(package)
+    (package / "hosts.yml").write_text(f"github.com:\n    oauth_token: {TOKEN}\n")
+    _as_owner(home, config, config / "gh", package / "hosts.yml")
+    return package / "hosts.yml"
+
+
+def _link_hf_cache(home: Home) -> Path:
+    """``~/.cache/huggingface`` made a link to ``./x`` (the attack's shape, here made by the human, outside
+    any sandbox), then ``huggingface-cli login`` writes the token through it."""
+    cache = home.home / ".cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "huggingface").symlink_to(home.work / "x")
+    (home.work / "x" / "token").write_text(HF_TOKEN + "\n")
+    _as_owner(home, cache, cache / "huggingface", home.work / "x" / "token")
+    return home.work / "x" / "token"
+
+
+def _prepare(home: Home) -> None:
+    """The project before the session: a stow package with no token yet, and an empty ./x."""
+    made = [home.work / "dotfiles", home.work / "dotfiles" / "gh", home.work / "x"]
+    for directory in made:
+        directory.mkdir()
+    _as_owner(home, *made)
+
+
+def _start(home: Home, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    user = home.owner == NOBODY
+    return subprocess.Popen(
+        as_nobody(argv) if user else argv,
+        cwd=home.work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_then_read(home: Home, argv: list[str], env: dict[str, str], move, ended) -> tuple[int, str, str]:
+    """Start ``argv`` (it waits for ``go`` and then reads); once it has started, make the human's
+    ``move``; wait until ``ended()`` says the supervisor acted (or STOP_SECONDS), then let it read."""
+    process = _start(home, argv, env)
+    try:
+        assert wait_until(lambda: (home.work / "started").exists(), 30), process.stderr
+        move(home)
+        wait_until(lambda: process.poll() is not None or ended(), STOP_SECONDS)
+        (home.work / "go").touch()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out, err
+
+
+def _late(home: Home, action: str) -> list[dict]:
+    return [r for r in home.audit() if r.get("event") == "late-deny" and r.get("action") == action]
+
+
+CASES = {
+    "stow": (_stow_gh, "dotfiles/gh/hosts.yml", TOKEN, "~/.config/gh"),
+    "symlinked-ancestor": (_link_hf_cache, "x/token", HF_TOKEN, "~/.cache/huggingface/token"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_moved_denied_node_stops_a_command_already_running(request, user, case):
+    sup = request.getfixturevalue("nobody_supervisor" if user else "supervisor")
+    home = sup.home
+    move, path, secret, denied = CASES[case]
+    _prepare(home)
+    script = WAIT_THEN.format(path=path)
+    code, out, err = _wait_then_read(
+        home, [str(sup.shims / "bash"), "-c", script], sup.env, move, lambda: False
+    )
+    assert secret not in out + err
+    # SIGKILL (137); 127 when the keeper's kill_tree reaps the command itself (its status is lost there)
+    assert code in (128 + 9, 127), (out, err)
+    assert f"nono: stopped: {denied} [" in err and "inside what this command's sandbox grants" in err, err
+    stopped = _late(home, "stopped")
+    assert stopped and stopped[0]["path"].endswith(denied.removeprefix("~")), stopped
+    # A new command is refused it too, on the ask-again path (the supervisor's decisions moved with it).
+    again = sup.shell("-c", f"cat {path}; echo rc=$?")
+    assert secret not in again.stdout + again.stderr and "rc=1" in again.stdout
+    assert "nono: denied read ~/project/" + path in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_moved_denied_node_twin_bare_reads_it(home, case):
+    move, path, secret, _denied = CASES[case]
+    _prepare(home)
+    code, out, _err = _wait_then_read(
+        home, ["bash", "-c", WAIT_THEN.format(path=path)], home.env, move, lambda: True
+    )
+    assert code == 0 and secret in out and "rc=0" in out
+
+
+AGENT = """
+import errno, os, time
+open("started", "w").close()
+while not os.path.exists("go"):
+    time.sleep(0.05)
+try:
+    with open(os.sys.argv[1]) as f:
+        print("read:", f.read())
+except OSError as e:
+    print("refused:", errno.errorcode[e.errno])
+"""
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_moved_denied_node_is_refused_to_the_running_agent(request, user, case):
+    """The agent lives as long as the session and is not stopped: its loop sees every call, and from the
+    move on decides each open on where the denied node is now (its fast path stops)."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    move, path, secret, denied = CASES[case]
+    _prepare(home)
+    (home.work / "agent.py").write_text(AGENT)
+    argv = [SUPERVISOR, "run", "--no-interpose", "--agent", "none", "--", sys.executable, "agent.py", path]
+    code, out, err = _wait_then_read(home, argv, home.env, move, lambda: bool(_late(home, "guarded")))
+    assert secret not in out + err
+    assert "refused: EACCES" in out, (out, err)
+    guarded = _late(home, "guarded")
+    assert guarded and guarded[0]["path"].endswith(denied.removeprefix("~")), guarded
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_moved_denied_node_twin_bare_agent_reads_it(home, case):
+    move, path, secret, _denied = CASES[case]
+    _prepare(home)
+    (home.work / "agent.py").write_text(AGENT)
+    code, out, _err = _wait_then_read(home, [sys.executable, "agent.py", path], home.env, move, lambda: True)
+    assert code == 0 and "read:" in out and secret in out
+
+
+def _elsewhere(home: Home) -> None:
+    """The stow package lives outside anything the commands are granted."""
+    package = home.root / "elsewhere" / "gh"
+    package.mkdir(parents=True)
+    (home.home / ".config").mkdir(exist_ok=True)
+    (home.home / ".config" / "gh").symlink_to(package)
+    (package / "hosts.yml").write_text(f"oauth_token: {TOKEN}\n")
+    _as_owner(home, package.parent, package, home.home / ".config", home.home / ".config" / "gh")
+
+
+def test_a_command_that_cannot_reach_the_moved_node_is_not_stopped(supervisor):
+    home = supervisor.home
+    script = 'touch started; while [ ! -e go ]; do sleep 0.05; done; echo "finished"'
+    code, out, err = _wait_then_read(
+        home, [str(supervisor.shims / "bash"), "-c", script], supervisor.env, _elsewhere, lambda: False
+    )
+    assert code == 0 and out == "finished\n" and "nono: stopped" not in err, (out, err)
+    assert not _late(home, "stopped")
+
+
+NAMES = {
+    "symlink": "ln -s {work}/x ~/.cache/huggingface",
+    "rename": "mv {work}/x ~/.cache/huggingface",
+    "link": "touch {work}/file && ln {work}/file ~/.cache/huggingface",
+}
+
+
+@pytest.mark.parametrize("how", NAMES)
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_command_cannot_make_a_name_on_the_way_to_a_denied_node(request, user, how):
+    """Under ``--allow ~`` a command may write ~/.cache, never make ~/.cache/huggingface (the way to the
+    denied token) a symlink, a moved directory or a link. Twin: bare, each succeeds."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    (home.home / ".cache").mkdir()
+    _as_owner(home, home.home / ".cache")
+    script = NAMES[how].format(work=home.work) + "; echo rc=$?; ls -A ~/.cache"
+    sandboxed = home.run(
+        [SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script], user=user
+    )
+    assert "rc=1" in sandboxed.stdout and "huggingface" not in sandboxed.stdout.split("rc=1", 1)[1]
+    assert "nono: denied create ~/.cache/huggingface [a name on the way to a denied path" in sandboxed.stderr
+    assert "to allow:" not in sandboxed.stderr.split("~/.cache/huggingface [", 1)[1].splitlines()[0]
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and "huggingface" in twin.stdout
+
+
+def test_a_command_still_makes_other_names_beside_a_denied_node(home):
+    """Fidelity: only names on the way are refused: a symlink beside them is made as bare."""
+    _prepare(home)
+    (home.home / ".cache").mkdir()
+    script = f"ln -s {home.work}/x ~/.cache/other && mkdir ~/.cache/pip; echo rc=$?"
+    result = home.run([SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script])
+    assert "rc=0" in result.stdout and "nono:" not in result.stderr, result.stderr
+    assert (home.home / ".cache" / "other").is_symlink()
+
+
+def test_what_a_command_left_running_is_stopped_too(supervisor):
+    """Its main process has ended and the keeper with it; a background job it left behind keeps the
+    domain (and its loop): its process group is killed. Twin: bare, the job reads the token."""
+    home = supervisor.home
+    _prepare(home)
+    wait = f"while [ ! -e go ]; do sleep 0.05; done; cat {CASES['stow'][1]} > leaked"
+    job = f"({wait}) >/dev/null 2>&1 & echo $! > job; touch started"
+    started = supervisor.shell("-c", job)
+    assert started.returncode == 0, started.stderr
+    pid = int((home.work / "job").read_text())
+    _stow_gh(home)
+    assert wait_until(lambda: not pid_alive(pid), STOP_SECONDS), "the job left running was not stopped"
+    (home.work / "go").touch()
+    assert not (home.work / "leaked").exists()
+    assert _late(home, "stopped")
+    (home.work / "go").unlink()
+    (home.work / "dotfiles" / "gh" / "hosts.yml").unlink()
+    (home.home / ".config" / "gh").unlink()
+    bare = home.run(["bash", "-c", job])
+    _stow_gh(home)
+    (home.work / "go").touch()
+    assert wait_until(lambda: (home.work / "leaked").exists() and TOKEN in (home.work / "leaked").read_text())
+    assert bare.returncode == 0
+
+
+def test_a_command_whose_every_open_is_trapped_is_refused_not_stopped(supervisor):
+    """While a denied file has several names (here a hard link of the key outside every grant), a
+    command's every open is trapped, so its loop can refuse the moved node instead of being stopped: it
+    is guarded, and its read after the stow is refused with the usual line (twin: the bare stow case)."""
+    home = supervisor.home
+    _prepare(home)
+    (home.root / "elsewhere").mkdir()
+    os.link(home.key, home.root / "elsewhere" / "key")
+    script = WAIT_THEN.format(path=CASES["stow"][1])
+    argv = [str(supervisor.shims / "bash"), "-c", script]
+    code, out, err = _wait_then_read(
+        home, argv, supervisor.env, _stow_gh, lambda: bool(_late(home, "guarded"))
+    )
+    assert TOKEN not in out + err
+    assert code == 0 and "rc=1" in out, (out, err)
+    assert "nono: denied read ~/project/dotfiles/gh/hosts.yml [" in err, err
+    assert _late(home, "guarded") and not _late(home, "stopped")
+
+
+def test_a_guarded_loop_continues_nothing(tmp_path):
+    """The guard reaches the C fast path and the Python one: an open the baseline grants is CONTINUEd
+    before it, and goes to the pinned, decided path after it."""
+    import ctypes
+    import threading
+
+    import pyseccomp
+
+    from nono_supervisor.access import AccessIndex
+    from nono_supervisor.linux import notify
+    from nono_supervisor.linux.landlock import READ, LandlockPlan, RightsIndex, Rule, handled_fs
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), workdir=str(tmp_path))
+    try:
+        access = AccessIndex(session.policy)
+    finally:
+        session.close()
+    plan = LandlockPlan(7, handled_fs(7), 0, 0, (Rule(str(tmp_path), READ, "test"),))
+    dummy = os.open("/dev/null", os.O_RDONLY)
+    loop = notify.NotifyLoop(dummy, RightsIndex(plan), access, lambda *_: None)
+    os.close(dummy)
+    path = ctypes.create_string_buffer(f"{tmp_path}/f".encode())
+    args = (0xFFFFFF9C, ctypes.addressof(path), os.O_RDONLY, 0, 0, 0)
+    openat = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "openat")
+    tid = threading.get_native_id()
+    assert loop._native.fast(openat, tid, args)
+    assert loop._continue(f"{tmp_path}/f", READ)
+    loop.guard()
+    assert not loop._native.fast(openat, tid, args)
+    assert loop._continue(f"{tmp_path}/f", READ) is None
+
+
+def test_without_the_seccomp_layer_a_running_command_is_still_stopped(home):
+    """--no-trap: Landlock alone, no loop; the watch is the supervisor's own, and the keeper still kills."""
+    from conftest import start_supervisor
+
+    sup = start_supervisor(home, "--no-trap")
+    try:
+        _prepare(home)
+        script = WAIT_THEN.format(path=CASES["stow"][1])
+        code, out, err = _wait_then_read(
+            home, [str(sup.shims / "bash"), "-c", script], sup.env, _stow_gh, lambda: False
+        )
+    finally:
+        sup.stop()
+    assert TOKEN not in out + err
+    assert code in (128 + 9, 127) and "nono: stopped: ~/.config/gh [" in err, (out, err)
+
+
+def test_without_the_seccomp_layer_the_agent_is_stopped_and_the_human_told(home):
+    """--no-trap: the agent has no loop to guard; it is stopped (the session ends) with a line."""
+    _prepare(home)
+    (home.work / "agent.py").write_text(AGENT)
+    argv = [SUPERVISOR, "run", "--no-trap", "--no-interpose", "--agent", "none", "--"]
+    argv += [sys.executable, "agent.py", CASES["stow"][1]]
+    code, out, err = _wait_then_read(home, argv, home.env, _stow_gh, lambda: bool(_late(home, "stopped")))
+    assert TOKEN not in out + err and "read:" not in out
+    assert code in (128 + 9, 127) and "nono-supervisor: the agent was stopped: ~/.config/gh [" in err, err
+
+
+SPELLINGS = {
+    "real-parent": "ln -s {work}/x ~/real-cache/huggingface",
+    "own-link": "ln -s ~/real-cache {work}/mine && ln -s {work}/x {work}/mine/huggingface",
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_a_name_on_the_way_is_refused_under_any_spelling(home, spelling):
+    """~/.cache is itself a link (to ~/real-cache): the way to ~/.cache/huggingface/token is then
+    ~/real-cache/huggingface, and a symlink made there directly, or through a link of the command's own
+    to it, is refused the same (there by the kernel: ~/real-cache has no rule of its own, and a refused
+    symlink is not asked again, so it has no line). Twin: bare, it is made."""
+    _prepare(home)
+    (home.home / "real-cache").mkdir()
+    (home.home / ".cache").symlink_to(home.home / "real-cache")
+    script = SPELLINGS[spelling].format(work=home.work) + "; echo rc=$?"
+    sandboxed = home.run([SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script])
+    assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    assert not (home.home / "real-cache" / "huggingface").is_symlink()
+    if spelling == "real-parent":  # through its own link the lexical fast path CONTINUEs: Landlock refuses
+        line = "nono: denied create ~/real-cache/huggingface [a name on the way to a denied path"
+        assert line in sandboxed.stderr, sandboxed.stderr
+    (home.work / "mine").unlink(missing_ok=True)
+    twin = home.run(["bash", "-c", script])
+    assert "rc=0" in twin.stdout and (home.home / "real-cache" / "huggingface").is_symlink()
