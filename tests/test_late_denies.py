@@ -21,7 +21,7 @@ from conftest import NOBODY, SUPERVISOR, Home, as_nobody, pid_alive, wait_until
 TOKEN = "gho_nono-test-gh-token-5be1"
 HF_TOKEN = "hf_nono-test-hf-token-90ad"
 # Waits for the test's go file, then reads what the human's login wrote through the moved node.
-WAIT_THEN = 'touch started; while [ ! -e go ]; do sleep 0.05; done; cat {path}; echo "rc=$?"'
+WAIT_THEN = 'touch flags/started; while [ ! -e flags/go ]; do sleep 0.05; done; cat {path}; echo "rc=$?"'
 STOP_SECONDS = 20  # generous under load: the test then lets the command read, and fails on what it read
 
 
@@ -79,12 +79,17 @@ def _start(home: Home, argv: list[str], env: dict[str, str]) -> subprocess.Popen
 def _wait_then_read(home: Home, argv: list[str], env: dict[str, str], move, ended) -> tuple[int, str, str]:
     """Start ``argv`` (it waits for ``go`` and then reads); once it has started, make the human's
     ``move``; wait until ``ended()`` says the supervisor acted (or STOP_SECONDS), then let it read."""
+    # The markers live in a directory of their own: under --no-trap nothing is created in the workdir's
+    # root, which holds runs-later names (.mcp.json...) that Landlock alone can only keep by refusing all.
+    flags = home.work / "flags"
+    flags.mkdir(exist_ok=True)
+    _as_owner(home, flags)
     process = _start(home, argv, env)
     try:
-        assert wait_until(lambda: (home.work / "started").exists(), 30), process.stderr
+        assert wait_until(lambda: (flags / "started").exists(), 30), process.stderr
         move(home)
         wait_until(lambda: process.poll() is not None or ended(), STOP_SECONDS)
-        (home.work / "go").touch()
+        (flags / "go").touch()
         out, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
@@ -138,8 +143,8 @@ def test_moved_denied_node_twin_bare_reads_it(home, case):
 
 AGENT = """
 import errno, os, time
-open("started", "w").close()
-while not os.path.exists("go"):
+open("flags/started", "w").close()
+while not os.path.exists("flags/go"):
     time.sleep(0.05)
 try:
     with open(os.sys.argv[1]) as f:
@@ -187,7 +192,7 @@ def _elsewhere(home: Home) -> None:
 
 def test_a_command_that_cannot_reach_the_moved_node_is_not_stopped(supervisor):
     home = supervisor.home
-    script = 'touch started; while [ ! -e go ]; do sleep 0.05; done; echo "finished"'
+    script = 'touch flags/started; while [ ! -e flags/go ]; do sleep 0.05; done; echo "finished"'
     code, out, err = _wait_then_read(
         home, [str(supervisor.shims / "bash"), "-c", script], supervisor.env, _elsewhere, lambda: False
     )
