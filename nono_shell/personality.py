@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["SHELLS", "shell_for", "command_text"]
+__all__ = ["SHELLS", "START_UP", "shell_for", "command_text"]
 
 SHELLS = ("bash", "sh", "dash", "zsh")
+
+# The files in $HOME each shell reads on its own at start (rc, profile, history) and at a login shell's
+# exit (logout), by the basename of its executable (``sh`` is dash or bash underneath).
+START_UP = {
+    "bash": (".bash_profile", ".bash_login", ".profile", ".bashrc", ".bash_history", ".bash_logout"),
+    "dash": (".profile",),
+    "sh": (".profile",),
+    "zsh": (".zshenv", ".zprofile", ".zshrc", ".zlogin", ".zsh_history", ".zlogout"),
+}
 
 
 def shell_for(argv0: str) -> str:

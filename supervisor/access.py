@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for", "silent", "FOREIGN_PROC", "START_UP"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -26,6 +26,23 @@ OPS = {
     "connect": "write",
     "bind": "write",
 }
+
+
+# The rule of a denial of another process's /proc entry (ps and top read every process's environ).
+FOREIGN_PROC = "another process's /proc (Landlock's ptrace scoping)"
+# What ends the rule of a shell's start-up read of its own rc, profile or logout file, which the supervisor
+# answers with an empty file (notify): the shell starts as with an empty rc, the content stays unread.
+START_UP = " (a shell's start-up read: given an empty file)"
+
+
+def silent(rule: str, policy: Policy) -> bool:
+    """The one rule for what is reported: a ``nono:`` line or a question only where the denial changes the
+    outcome for the user and is about something the user may want to grant. Silent (the audit log has
+    them): the profile's harmless probes (``prompt.silent``: trace_marker, the JVM's perf data), another
+    process's /proc entries (no flag grants them; ps and top do without), and a shell's start-up read of
+    its own files (the environment arrives from the agent; the shell got an empty file and went on).
+    Discovery (listing ``/``, ``~``, the workdir's ancestors) is no denial at all (``AccessIndex``)."""
+    return rule in policy.prompt_silent or rule == FOREIGN_PROC or rule.endswith(START_UP)
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,15 @@ class AccessIndex:
         self._denies = [(_real(d.path), d.rule) for d in policy.denies]
         self._protected = [_real(p) for p in policy.protected]
         self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
+        self._discoverable = _discoverable(policy)
+
+    def discoverable(self, path: str, rule: str) -> bool:
+        """Whether the directory ``path``, which ``rule`` leaves ungranted, may still be listed: discovery,
+        not content (Seatbelt's file-read-metadata without file-read-data). ``/``, the home and the
+        workdir's ancestors, so that ``ls /``, ``ls ~`` and a program looking for its project root work as
+        bare; their files' contents stay ungranted (Landlock cannot grant a directory without its subtree:
+        the supervisor lists it, notify). A denied group (``~/.ssh``) or a sealed path is never listed."""
+        return rule == "not granted" and path in self._discoverable
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied and never-grantable nodes strictly inside ``path``: moving or removing it moves them."""
@@ -115,6 +141,16 @@ class AccessIndex:
                     break
                 node = os.path.dirname(node)
         return "not granted"
+
+
+def _discoverable(policy: Policy) -> frozenset[str]:
+    """``/``, the home and every ancestor of the workdir, resolved."""
+    found = {"/", _real(policy.home)} if policy.home else {"/"}
+    node = _real(policy.workdir)
+    while node != "/":
+        node = os.path.dirname(node)
+        found.add(node)
+    return frozenset(found)
 
 
 # Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").

@@ -7,7 +7,7 @@ import re
 import threading
 from dataclasses import dataclass, replace
 
-from nono_supervisor.access import hint_for
+from nono_supervisor.access import hint_for, silent
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.policy import Policy
 from nono_supervisor.prompt import shown as escaped
@@ -65,8 +65,12 @@ class CommandReport:
             by="policy",
         )
         if decision == "deny":
+            key = (what.op, what.path)
             with self._lock:
-                self._denials.setdefault((what.op, what.path), (what.rule, what.is_dir))
+                # A silent denial does not hide a later reported one of the same (op, path): the shell read
+                # ~/.profile empty at start, then ``cat ~/.profile`` was denied.
+                if key not in self._denials or silent(self._denials[key][0], self.policy):
+                    self._denials[key] = (what.rule, what.is_dir)
 
     def denials(self) -> list[Denied]:
         with self._lock:
@@ -75,11 +79,10 @@ class CommandReport:
     def lines(self) -> list[str]:
         """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT), and one for
         the same entry of several processes' /proc (``/proc/<pid>/environ``, with their count); none for
-        the silent groups (harmless probes such as trace_marker: the audit log has them)."""
-        silent = self.policy.prompt_silent
+        what is silent (``access.silent``: the audit log has it)."""
         groups: dict[tuple[str, str, str], list[Denied]] = {}
         for d in self.denials():
-            if d.rule not in silent:
+            if not silent(d.rule, self.policy):
                 groups.setdefault((d.op, _collapsed(d.path), d.rule), []).append(d)
         return [
             self._line(same[0]) if len(same) == 1 else self._line(replace(same[0], path=path), len(same))
@@ -97,9 +100,13 @@ class CommandReport:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight
         to the stderr of the process that was denied, while it is still waiting for its syscall."""
         with self._lock:
-            told = {(op, _collapsed(path)) for op, path in self._denials}
+            told = {
+                (op, _collapsed(path))
+                for (op, path), (rule, _is_dir) in self._denials.items()
+                if not silent(rule, self.policy)
+            }
         first = decision == "deny" and (what.op, _collapsed(what.path)) not in told
-        first = first and what.rule not in self.policy.prompt_silent
+        first = first and not silent(what.rule, self.policy)
         self.record(decision, what)
         if not first or not what.pid:
             return

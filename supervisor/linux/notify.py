@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 
+from nono_shell.personality import START_UP
+from nono_supervisor import access
 from nono_supervisor.access import AccessIndex
 from nono_supervisor.linux import emulate, sockets
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
@@ -73,7 +75,6 @@ _A = ACCESS_FS
 _O_ACCMODE, _O_WRONLY, _O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
 _MAGIC_PREFIXES = ("/proc", "/dev/fd", "/dev/std")  # resolved in the target's view: never the fast path
 _NEVER_SETID = "setuid/setgid bits: never grantable"
-_FOREIGN_PROC_RULE = "another process's /proc (Landlock's ptrace scoping)"
 
 
 class _Threads:
@@ -351,7 +352,7 @@ class NotifyLoop:
                     fcntl.ioctl(self.listener, _IOCTL_ADDFD, request)
                 finally:
                     os.close(decision.fd)
-                self._report("grant", decision.grant)
+                self._report(decision.recorded, decision.grant)
                 return
             if isinstance(decision, Value):
                 response, verdict, what = _RESP.pack(nid, decision.value, 0, 0), "grant", decision.grant
@@ -437,7 +438,7 @@ class NotifyLoop:
             # What the supervisor carries out, it does as itself, outside the command's Landlock domain:
             # another process's /proc (the supervisor's own environ or mem included) is refused here, as
             # Landlock's ptrace scoping refuses it to the command.
-            return Deny(errno.EACCES, Denial(op, pin.path, _FOREIGN_PROC_RULE, pin.is_dir, self._tid))
+            return Deny(errno.EACCES, Denial(op, pin.path, access.FOREIGN_PROC, pin.is_dir, self._tid))
         outcome = self.checker.decide(op, pin, baseline, process)
         if isinstance(outcome, Refusal):
             return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
@@ -542,7 +543,40 @@ class NotifyLoop:
         if baseline and not untrusted and not (self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)):
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
+        if ops == ["read"] and not baseline and stat.S_ISREG(pin.st.st_mode):
+            empty = self._start_up_read(pin, flags, tid)
+            if empty is not None:
+                return empty
         return self._emulate_open(pin, ops, flags, mode, tid, baseline)
+
+    def _start_up_read(self, pin: Pin, flags: int, tid: int) -> Decision | None:
+        """A shell reading one of its own start-up files in $HOME (``bash -lc`` reads ~/.profile, a login
+        shell ~/.bash_logout at exit) that the policy does not grant: an empty file instead of EACCES. The
+        shell then starts as with an empty rc, as bare it would go on without the file, but silently:
+        bash prints ``Permission denied`` for an rc it cannot open, a line the agent would see with every
+        command. ``--noprofile``/``--norc`` would also drop /etc/profile and change ``bash -l``'s meaning;
+        ENOENT would send bash on to the next candidate (~/.bash_login, ~/.profile). The content stays
+        unread (``cat ~/.profile`` is a reported denial; a ``source`` of it in that shell reads it empty)
+        and the audit log has it as a denial (access.START_UP). None: not such a read."""
+        directory, name = os.path.split(pin.path)
+        if directory != os.path.realpath(self.access.policy.home or "/"):
+            return None
+        try:
+            shell = os.path.basename(os.readlink(f"/proc/{tid}/exe"))
+        except OSError:
+            return None
+        if name not in START_UP.get(shell, ()):
+            return None
+        verdict = self.access.verdict(pin.path, "read")
+        if verdict.allowed:
+            return None
+        denial = Denial("read", pin.path, verdict.rule + access.START_UP, False, self._tid)
+
+        def act() -> Decision:
+            pin.close()
+            return Inject(emulate.empty_file(), bool(flags & os.O_CLOEXEC), denial, recorded="deny")
+
+        return Emulate(act, release=pin.close)
 
     def _emulate_open(
         self, pin: Pin, ops: list[str], flags: int, mode: int, tid: int, baseline: bool = False
