@@ -12,12 +12,12 @@ from nono_supervisor.audit import AuditLog
 from nono_supervisor.policy import Policy
 from nono_supervisor.prompt import shown as escaped
 
-__all__ = ["CommandReport", "Denied"]
+__all__ = ["CommandReport", "Denied", "collapsed"]
 
 _PROC_PID = re.compile(r"^/proc/\d+(?=/)")
 
 
-def _collapsed(path: str) -> str:
+def collapsed(path: str) -> str:
     """A process's /proc entry with its pid left out: ps reads /proc/PID/environ of every process, and one
     line per process (hundreds on a developer's machine) would drown what the command printed."""
     return _PROC_PID.sub("/proc/<pid>", path)
@@ -83,7 +83,7 @@ class CommandReport:
         groups: dict[tuple[str, str, str], list[Denied]] = {}
         for d in self.denials():
             if not silent(d.rule, self.policy):
-                groups.setdefault((d.op, _collapsed(d.path), d.rule), []).append(d)
+                groups.setdefault((d.op, collapsed(d.path), d.rule), []).append(d)
         return [
             self._line(same[0]) if len(same) == 1 else self._line(replace(same[0], path=path), len(same))
             for (_op, path, _rule), same in groups.items()
@@ -101,11 +101,11 @@ class CommandReport:
         to the stderr of the process that was denied, while it is still waiting for its syscall."""
         with self._lock:
             told = {
-                (op, _collapsed(path))
+                (op, collapsed(path))
                 for (op, path), (rule, _is_dir) in self._denials.items()
                 if not silent(rule, self.policy)
             }
-        first = decision == "deny" and (what.op, _collapsed(what.path)) not in told
+        first = decision == "deny" and (what.op, collapsed(what.path)) not in told
         first = first and not silent(what.rule, self.policy)
         self.record(decision, what)
         if not first or not what.pid:
