@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for", "silent", "FOREIGN_PROC", "START_UP"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for", "silent", "FOREIGN_PROC", "SHELL_OWN"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -30,19 +30,21 @@ OPS = {
 
 # The rule of a denial of another process's /proc entry (ps and top read every process's environ).
 FOREIGN_PROC = "another process's /proc (Landlock's ptrace scoping)"
-# What ends the rule of a shell's start-up read of its own rc, profile or logout file, which the supervisor
-# answers with an empty file (notify): the shell starts as with an empty rc, the content stays unread.
-START_UP = " (a shell's start-up read: given an empty file)"
+# What ends the rule of a shell's own use of its start-up files in $HOME (notify): a read of its rc, profile,
+# logout or history file is answered with an empty file (the shell starts as with an empty rc, the content
+# stays unread); a write of its history at exit is refused, silently.
+SHELL_OWN = " (the shell's own start-up file)"
 
 
 def silent(rule: str, policy: Policy) -> bool:
     """The one rule for what is reported: a ``nono:`` line or a question only where the denial changes the
     outcome for the user and is about something the user may want to grant. Silent (the audit log has
     them): the profile's harmless probes (``prompt.silent``: trace_marker, the JVM's perf data), another
-    process's /proc entries (no flag grants them; ps and top do without), and a shell's start-up read of
-    its own files (the environment arrives from the agent; the shell got an empty file and went on).
+    process's /proc entries (no flag grants them; ps and top do without), and a shell's own reads of its
+    rc, profile, logout and history files and writes of its history (the environment arrives from the
+    agent; the shell read an empty file and went on, or kept its history to itself).
     Discovery (listing ``/``, ``~``, the workdir's ancestors) is no denial at all (``AccessIndex``)."""
-    return rule in policy.prompt_silent or rule == FOREIGN_PROC or rule.endswith(START_UP)
+    return rule in policy.prompt_silent or rule == FOREIGN_PROC or rule.endswith(SHELL_OWN)
 
 
 @dataclass(frozen=True)

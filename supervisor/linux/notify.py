@@ -543,23 +543,28 @@ class NotifyLoop:
         if baseline and not untrusted and not (self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)):
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
-        if ops == ["read"] and not baseline and stat.S_ISREG(pin.st.st_mode):
-            empty = self._start_up_read(pin, flags, tid)
-            if empty is not None:
-                return empty
+        if not baseline:
+            own = self._shell_own(pin, ops, flags, tid)
+            if own is not None:
+                return own
         return self._emulate_open(pin, ops, flags, mode, tid, baseline)
 
-    def _start_up_read(self, pin: Pin, flags: int, tid: int) -> Decision | None:
-        """A shell reading one of its own start-up files in $HOME (``bash -lc`` reads ~/.profile, a login
-        shell ~/.bash_logout at exit) that the policy does not grant: an empty file instead of EACCES. The
-        shell then starts as with an empty rc, as bare it would go on without the file, but silently:
-        bash prints ``Permission denied`` for an rc it cannot open, a line the agent would see with every
-        command. ``--noprofile``/``--norc`` would also drop /etc/profile and change ``bash -l``'s meaning;
-        ENOENT would send bash on to the next candidate (~/.bash_login, ~/.profile). The content stays
-        unread (``cat ~/.profile`` is a reported denial; a ``source`` of it in that shell reads it empty)
-        and the audit log has it as a denial (access.START_UP). None: not such a read."""
+    def _shell_own(self, pin: Pin, ops: list[str], flags: int, tid: int) -> Decision | None:
+        """A shell opening one of its own start-up files in $HOME that the policy does not grant: a read
+        (``bash -lc`` reads ~/.profile, ``bash -i`` ~/.bashrc and its history, a login shell ~/.bash_logout
+        at exit) gets an empty file instead of EACCES, and a write of its history at exit is refused; both
+        silently (access.SHELL_OWN), both in the audit log. Bare, the shell would read the file; refused, bash
+        prints ``Permission denied`` for the rc, a line the agent would see with every command. An empty
+        file keeps what the agent asked for (a login shell: /etc/profile, ``shopt login_shell``, the first
+        of ~/.bash_profile, ~/.bash_login, ~/.profile, the logout file), where ``--noprofile`` would drop
+        /etc/profile and ENOENT would send bash on to the next candidate. The content stays unread: ``cat
+        ~/.profile`` is a reported denial (a ``source ~/.profile`` in that shell reads it empty). The
+        process is told by its executable (/proc/TID/exe, read before NOTIF_ID_VALID): a program named
+        bash gains nothing by it. None: not such an open."""
         directory, name = os.path.split(pin.path)
-        if directory != os.path.realpath(self.access.policy.home or "/"):
+        reading = ops == ["read"] and stat.S_ISREG(pin.st.st_mode)
+        writing_history = name.endswith("_history") and not {"write", "create"}.isdisjoint(ops)
+        if not (reading or writing_history) or directory != os.path.realpath(self.access.policy.home or "/"):
             return None
         try:
             shell = os.path.basename(os.readlink(f"/proc/{tid}/exe"))
@@ -567,10 +572,14 @@ class NotifyLoop:
             return None
         if name not in START_UP.get(shell, ()):
             return None
-        verdict = self.access.verdict(pin.path, "read")
-        if verdict.allowed:
+        refused = [(op, v) for op in ops if not (v := self.access.verdict(pin.path, op)).allowed]
+        if not refused:
             return None
-        denial = Denial("read", pin.path, verdict.rule + access.START_UP, False, self._tid)
+        op, verdict = refused[0]
+        denial = Denial(op, pin.path, verdict.rule + access.SHELL_OWN, False, self._tid)
+        if not reading:
+            pin.close()
+            return Deny(errno.EACCES, denial)
 
         def act() -> Decision:
             pin.close()
