@@ -91,7 +91,8 @@ class AccessIndex:
         self._denies = [(_real(d.path), d.rule) for d in policy.denies]
         self._protected = [_real(p) for p in policy.protected]
         self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
-        self._discoverable = _discoverable(policy)
+        self.home = _real(policy.home) if policy.home else ""  # resolved, as every path compared here
+        self._discoverable = _discoverable(policy.workdir, self.home)
 
     def discoverable(self, path: str, rule: str) -> bool:
         """Whether the directory ``path``, which ``rule`` leaves ungranted, may still be listed: discovery,
@@ -145,10 +146,10 @@ class AccessIndex:
         return "not granted"
 
 
-def _discoverable(policy: Policy) -> frozenset[str]:
-    """``/``, the home and every ancestor of the workdir, resolved."""
-    found = {"/", _real(policy.home)} if policy.home else {"/"}
-    node = _real(policy.workdir)
+def _discoverable(workdir: str, home: str) -> frozenset[str]:
+    """``/``, the (resolved) home and every ancestor of the workdir, resolved."""
+    found = {"/", home} if home else {"/"}
+    node = _real(workdir)
     while node != "/":
         node = os.path.dirname(node)
         found.add(node)

@@ -564,7 +564,7 @@ class NotifyLoop:
         directory, name = os.path.split(pin.path)
         reading = ops == ["read"] and stat.S_ISREG(pin.st.st_mode)
         writing_history = name.endswith("_history") and not {"write", "create"}.isdisjoint(ops)
-        if not (reading or writing_history) or directory != os.path.realpath(self.access.policy.home or "/"):
+        if not (reading or writing_history) or directory != self.access.home:
             return None
         try:
             shell = os.path.basename(os.readlink(f"/proc/{tid}/exe"))
