@@ -320,8 +320,9 @@ def _start_line(session: Session) -> str:
         network += f" ({len(policy.allow_domains)} hosts allowed)"
     agent = session.agent.name if session.agent is not None else "none"
     return (
-        f"nono: profile {policy.profile}, agent profile {agent}; beyond the workdir: {granted or 'nothing'};"
-        f" network {network} ('nono-supervisor policy' lists every path; -q hides this line)"
+        f"nono-supervisor: profile {policy.profile}, agent profile {agent};"
+        f" beyond the workdir: {granted or 'nothing'}; network {network}"
+        " ('nono-supervisor policy' lists every path; -q hides this line)"
     )
 
 
@@ -493,10 +494,11 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         socket_path = session.runtime_dir / "socket"
         server = _serve(session, socket_path, args.verbose)
         server.start()
-        if not args.quiet:
-            print(shown(_start_line(session)), file=sys.stderr, flush=True)
+        first = "" if args.quiet else shown(_start_line(session))
         try:
-            return run_agent(session, socket_path, command, library, namespace=not args.no_namespace)
+            return run_agent(
+                session, socket_path, command, library, namespace=not args.no_namespace, start_line=first
+            )
         finally:
             server.close()
     finally:

@@ -251,11 +251,13 @@ def test_run_says_what_is_enforced_in_one_line_and_q_hides_it(skel_home):
     assert result.returncode == 0 and len(lines) == 1, result.stderr
     line = lines[0]
     assert line.startswith(
-        "nono: profile default, agent profile none; beyond the workdir: read+write $TMPDIR"
+        "nono-supervisor: profile default, agent profile none; beyond the workdir: read+write $TMPDIR"
     )
     assert "read system_read" in line and "~/notes.txt" in line and "network open" in line
     quiet = skel_home.run([SUPERVISOR, "run", "-q", "--", "true"])
     assert quiet.returncode == 0 and quiet.stderr == ""
+    missing = skel_home.run([SUPERVISOR, "run", "--", "no-such-agent-x"])  # an error is its one line alone
+    assert missing.returncode == 127 and missing.stderr.count("\n") == 1, missing.stderr
 
 
 def test_log_has_rule_and_hint_folds_repeats_escapes_paths_and_filters_by_session(skel_home):
