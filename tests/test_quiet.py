@@ -60,6 +60,18 @@ def test_a_login_shell_starts_without_a_line_and_its_profile_stays_unread(stock,
         assert rules and all(rule.endswith(SHELL_OWN) for rule in rules), (name, rules)
 
 
+def test_sh_as_a_login_shell_reads_its_profile_empty_too(skel_home):
+    """``sh -l`` (dash here) reads ~/.profile: the same empty answer, no line, no ``can't open``."""
+    script = 'echo "profile=${NONO_SKEL_PROFILE:-unset}"'
+    result = skel_home.run([SUPERVISOR, "exec", "--", "sh", "-l", "-c", script])
+    assert (result.returncode, result.stdout, result.stderr) == (0, "profile=unset\n", ""), result
+    bare = skel_home.run(["sh", "-l", "-c", script])  # the twin
+    assert bare.stdout == f"profile={SKEL_MARK}\n"
+    assert [e["rule"] for e in _denied(skel_home, str(skel_home.home / ".profile"))] == [
+        "group:deny_shell_configs" + SHELL_OWN
+    ]
+
+
 @USERS
 def test_a_commands_read_of_the_profile_is_still_a_reported_denial(stock, user):
     """The empty answer is the shell's own start-up read only: ``cat ~/.profile`` in that same login shell
