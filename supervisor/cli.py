@@ -368,6 +368,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from nono_supervisor.launcher import TerminalLease, status_code
     from nono_supervisor.prompt import Prompter
     from nono_supervisor.report import CommandReport
+    from nono_supervisor.server import exit_parts
 
     session = _session(args)
     try:
@@ -416,6 +417,8 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         status = process.wait()
         finish(process)
         report.write_to(2)
+        code, signo = exit_parts(status)  # as a routed command's: log folds its decisions up to here
+        session.audit.write(command=command_id, event="exit", pid=process.pid, code=code, signal=signo)
         return status_code(status)
     finally:
         session.close()

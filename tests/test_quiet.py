@@ -285,8 +285,8 @@ def test_log_has_rule_and_hint_folds_repeats_escapes_paths_and_filters_by_sessio
     key = [line for line in text.splitlines() if " deny read ~/.ssh/id_rsa " in line]
     assert len(key) == 1 and "(3 times)" in key[0], text
     assert "~/.ssh/id_rsa [group:deny_credentials]; to allow: --read-file ~/.ssh/id_rsa" in key[0]
-    first = skel_home.run([SUPERVISOR, "log", "--session", sessions[0]]).stdout
-    assert "id_rsa" in first and "notes.txt" not in first
+    first = skel_home.run([SUPERVISOR, "log", "--session", sessions[0]]).stdout.splitlines()
+    assert "id_rsa" in first[1] and first[-1].endswith(" exit 1") and "notes.txt" not in "".join(first)
     second = skel_home.run([SUPERVISOR, "log", "--denials", "--session", sessions[1]]).stdout
     assert "~/notes.txt [not granted]; to allow: --read-file ~/notes.txt" in second and "id_rsa" not in second
 
