@@ -111,6 +111,8 @@ def test_a_shell_writing_into_its_rc_is_told(skel_home):
     result = _exec(skel_home, "echo 'alias x=y' >> ~/.bashrc")
     assert result.returncode == 1 and "nono: denied write ~/.bashrc" in result.stderr, result.stderr
     assert (skel_home.home / ".bashrc").read_text() == before
+    assert _bare(skel_home, "echo 'alias x=y' >> ~/.bashrc").returncode == 0  # the twin: bare, it is written
+    assert (skel_home.home / ".bashrc").read_text() == before + "alias x=y\n"
 
 
 def _interactive(home: Home, argv: list[str], lines: list[str], user: bool) -> str:
@@ -208,6 +210,46 @@ def test_a_symlink_in_the_workdir_does_not_make_a_denied_group_discoverable(skel
     result = _exec(skel_home, "ls keys/")
     assert result.returncode == 2 and result.stdout == "" and "Permission denied" in result.stderr
     assert "id_rsa" in _bare(skel_home, "ls keys/").stdout  # the twin
+
+
+LIST_FLIP = r"""
+import os, sys, threading
+home, ssh = sys.argv[1], sys.argv[2]
+stop = False
+def flip():
+    while not stop:
+        try:
+            os.chdir(ssh)
+        except OSError:
+            pass
+        os.chdir(home)
+threading.Thread(target=flip, daemon=True).start()
+listed = seen = 0
+for _ in range(400):
+    try:
+        names = os.listdir(".")
+    except OSError:
+        continue
+    listed += 1
+    seen += "id_rsa" in names
+stop = True
+print(f"listed={listed} seen={seen}")
+"""
+
+
+@USERS
+def test_a_cwd_flip_never_turns_a_discovery_listing_into_a_denied_groups(stock, user):
+    """One thread lists ``.`` while another flips the cwd between ~ (discoverable) and ~/.ssh: the listing
+    is decided on the directory actually pinned, so ~/.ssh's names never come out."""
+    args = [sys.executable, "-c", LIST_FLIP, str(stock.home), str(stock.key.parent)]
+    result = stock.run([SUPERVISOR, "exec", "--", *args], user=user)
+    fields = dict(item.split("=") for item in result.stdout.split())
+    assert int(fields["listed"]) > 0 and fields["seen"] == "0", result
+    for _attempt in range(20):  # the twin: bare, the flip lands some listings in ~/.ssh (scheduling: retry)
+        bare = dict(item.split("=") for item in stock.run(args, user=user).stdout.split())
+        if int(bare["seen"]) > 0:
+            break
+    assert int(bare["seen"]) > 0
 
 
 # ---- questions --------------------------------------------------------------------------------------------
