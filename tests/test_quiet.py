@@ -5,6 +5,8 @@ own start-up files); what the user sees of a session (run's start line, log, gra
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -70,6 +72,31 @@ def test_sh_as_a_login_shell_reads_its_profile_empty_too(skel_home):
     assert [e["rule"] for e in _denied(skel_home, str(skel_home.home / ".profile"))] == [
         "group:deny_shell_configs" + SHELL_OWN
     ]
+
+
+ZSH_FILES = (".zshenv", ".zprofile", ".zshrc", ".zlogin", ".zlogout")
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_as_an_interactive_login_shell_reads_its_five_files_empty(skel_home):
+    """``zsh -lic`` reads ~/.zshenv, ~/.zprofile, ~/.zshrc, ~/.zlogin and at exit ~/.zlogout: each empty,
+    no line, each in the audit log."""
+    for name in ZSH_FILES:
+        (skel_home.home / name).write_text(f"echo ran{name}\n")
+    result = skel_home.run([SUPERVISOR, "exec", "--", "zsh", "-lic", "echo body"], stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "body\n", ""), result
+    bare = skel_home.run(["zsh", "-lic", "echo body"], stdin=subprocess.DEVNULL)  # the twin
+    assert bare.stdout.split() == [
+        "ran.zshenv",
+        "ran.zprofile",
+        "ran.zshrc",
+        "ran.zlogin",
+        "body",
+        "ran.zlogout",
+    ]
+    for name in ZSH_FILES:
+        assert all(e["rule"].endswith(SHELL_OWN) for e in _denied(skel_home, str(skel_home.home / name)))
+        assert _denied(skel_home, str(skel_home.home / name)), name
 
 
 @USERS
