@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["SHELLS", "shell_for", "command_text"]
+__all__ = ["SHELLS", "START_UP", "shell_for", "command_text"]
 
 SHELLS = ("bash", "sh", "dash", "zsh")
+
+# The files in $HOME each shell reads on its own at start (rc, profile, history) and at a login shell's
+# exit (logout), by the basename of its executable (``sh`` is dash or bash underneath).
+START_UP = {
+    "bash": (".bash_profile", ".bash_login", ".profile", ".bashrc", ".bash_history", ".bash_logout"),
+    "dash": (".profile",),
+    "sh": (".profile",),
+    "zsh": (".zshenv", ".zprofile", ".zshrc", ".zlogin", ".zsh_history", ".zlogout"),
+}
 
 
 def shell_for(argv0: str) -> str:
@@ -15,16 +24,35 @@ def shell_for(argv0: str) -> str:
     return name if name in SHELLS else "bash"
 
 
+# Options of the shells that take the next argument as their value (``bash -o pipefail -c CMD``).
+_VALUED = ("o", "O")
+_VALUED_LONG = ("--rcfile", "--init-file")
+
+
 def command_text(argv: list[str]) -> str:
-    """What the user would call "the command": the ``-c`` string, else the script and its arguments."""
+    """What the user would call "the command": the ``-c`` string, else the script and its arguments.
+
+    Parsed as the shell parses it: options first (combined ``-lc``, a ``-c`` before other options as in
+    Claude Code's ``bash -c -l CMD``, ``-o``/``+o``/``-O`` and their values, long options), up to ``--``,
+    ``-`` or the first operand; with ``-c`` the command is that first operand."""
     args = argv[1:]
-    for i, arg in enumerate(args):
-        if arg == "--":
-            return " ".join(args[i + 1 :])
-        if arg.startswith("-") and not arg.startswith("--") and "c" in arg[1:] and i + 1 < len(args):
-            return args[i + 1]
-        if arg in ("-o", "+o"):
-            continue
-        if not arg.startswith(("-", "+")) and (i == 0 or args[i - 1] not in ("-o", "+o")):
-            return " ".join(args[i:])
-    return "(interactive)" if not args or all(a.startswith(("-", "+")) for a in args) else " ".join(args)
+    command_mode = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--", "-"):
+            i += 1
+            break
+        if arg in _VALUED_LONG:
+            i += 2
+        elif arg.startswith("--"):
+            i += 1
+        elif len(arg) > 1 and arg[0] in "-+":
+            command_mode = command_mode or (arg[0] == "-" and "c" in arg[1:])
+            i += 1 + sum(arg[1:].count(letter) for letter in _VALUED)
+        else:
+            break
+    rest = args[i:]
+    if not rest:
+        return "(interactive)"
+    return rest[0] if command_mode else " ".join(rest)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "ON_THE_WAY", "hint_for"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "ON_THE_WAY", "hint_for", "silent", "FOREIGN_PROC", "SHELL_OWN"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -26,6 +26,25 @@ OPS = {
     "connect": "write",
     "bind": "write",
 }
+
+
+# The rule of a denial of another process's /proc entry (ps and top read every process's environ).
+FOREIGN_PROC = "another process's /proc (Landlock's ptrace scoping)"
+# What ends the rule of a shell's own use of its start-up files in $HOME (notify): a read of its rc, profile,
+# logout or history file is answered with an empty file (the shell starts as with an empty rc, the content
+# stays unread); a write of its history at exit is refused, silently.
+SHELL_OWN = " (the shell's own start-up file)"
+
+
+def silent(rule: str, policy: Policy) -> bool:
+    """The one rule for what is reported: a ``nono:`` line or a question only where the denial changes the
+    outcome for the user and is about something the user may want to grant. Silent (the audit log has
+    them): the profile's harmless probes (``prompt.silent``: trace_marker, the JVM's perf data), another
+    process's /proc entries (no flag grants them; ps and top do without), and a shell's own reads of its
+    rc, profile, logout and history files and writes of its history (the environment arrives from the
+    agent; the shell read an empty file and went on, or kept its history to itself).
+    Discovery (listing ``/``, ``~``, the workdir's ancestors) is no denial at all (``AccessIndex``)."""
+    return rule in policy.prompt_silent or rule == FOREIGN_PROC or rule.endswith(SHELL_OWN)
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,17 @@ class AccessIndex:
         self.policy = policy
         self._grants = [(_real(g.path), g) for g in policy.grants]
         self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
+        self.home = _real(policy.home) if policy.home else ""  # resolved, as every path compared here
+        self._discoverable = _discoverable(policy.workdir, self.home)
         self.relocate()
+
+    def discoverable(self, path: str, rule: str) -> bool:
+        """Whether the directory ``path``, which ``rule`` leaves ungranted, may still be listed: discovery,
+        not content (Seatbelt's file-read-metadata without file-read-data). ``/``, the home and the
+        workdir's ancestors, so that ``ls /``, ``ls ~`` and a program looking for its project root work as
+        bare; their files' contents stay ungranted (Landlock cannot grant a directory without its subtree:
+        the supervisor lists it, notify). A denied group (``~/.ssh``) or a sealed path is never listed."""
+        return rule == "not granted" and path in self._discoverable
 
     def relocate(self) -> None:
         """Resolve the denied, never-grantable and runs-later paths again, and the names on the way to each
@@ -182,6 +211,16 @@ class AccessIndex:
                     break
                 node = os.path.dirname(node)
         return "not granted"
+
+
+def _discoverable(workdir: str, home: str) -> frozenset[str]:
+    """``/``, the (resolved) home and every ancestor of the workdir, resolved."""
+    found = {"/", home} if home else {"/"}
+    node = _real(workdir)
+    while node != "/":
+        node = os.path.dirname(node)
+        found.add(node)
+    return frozenset(found)
 
 
 # Rules no flag can lift: the line says so instead of naming a flag (CONTRACT: "never grantable").

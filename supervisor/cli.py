@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 from nono_supervisor import __version__, paths
+from nono_supervisor.access import hint_for
 from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
 from nono_supervisor.errors import NonoError, SandboxError, UsageError
-from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions
-from nono_supervisor.prompt import GUARD_SECONDS, TtyGuard
+from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions, display
+from nono_supervisor.prompt import GUARD_SECONDS, TtyGuard, shown
+from nono_supervisor.report import collapsed
 from nono_supervisor.session import Session
 
 __all__ = ["main"]
@@ -95,6 +97,9 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the effective policy and run nothing")
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no line of nono-supervisor's own at start (run, serve)"
+    )
 
 
 def _size(text: str) -> int:
@@ -156,6 +161,7 @@ def _build_parser() -> _Parser:
     log.add_argument("--denials", action="store_true")
     log.add_argument("--json", action="store_true")
     log.add_argument("--command", dest="command_id", metavar="ID")
+    log.add_argument("--session", dest="session_id", metavar="ID", help="only this session's records")
     log.add_argument("--audit-log", type=Path, default=None, metavar="PATH")
     grants = sub.add_parser("grants", help="show or remove persistent grants")
     grants.add_argument("action", nargs="?", choices=("list", "revoke"), default="list")
@@ -295,6 +301,43 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         _print_agent(session)
 
 
+def _start_line(session: Session) -> str:
+    """``run``'s one line at start (CONTRACT): the profile, the agent profile, what the commands are
+    granted beyond the workdir (groups by name, flags and the grant store's entries by path), and the
+    network mode. ``policy`` lists every path."""
+    from nono_supervisor.grants import SOURCE as STORED
+
+    policy = session.policy
+    beyond: dict[str, list[str]] = {"allow": [], "write": [], "read": []}
+    for grant in policy.grants:
+        if grant.path == policy.workdir:
+            continue
+        if grant.source.startswith("group:"):
+            name = grant.source.removeprefix("group:")
+        elif grant.path == policy.tmpdir:
+            name = "$TMPDIR"
+        elif grant.source == STORED:
+            name = f"{policy.display(grant.path)} (stored)"
+        else:
+            name = policy.display(grant.path)
+        if name not in beyond[grant.access]:
+            beyond[grant.access].append(name)
+    granted = "; ".join(
+        f"{label} {', '.join(beyond[access])}"
+        for access, label in (("allow", "read+write"), ("write", "write"), ("read", "read"))
+        if beyond[access]
+    )
+    network = policy.net_mode
+    if network == "domains":
+        network += f" ({len(policy.allow_domains)} hosts allowed)"
+    agent = session.agent.name if session.agent is not None else "none"
+    return (
+        f"nono-supervisor: profile {policy.profile}, agent profile {agent};"
+        f" beyond the workdir: {granted or 'nothing'}; network {network}"
+        " ('nono-supervisor policy' lists every path; -q hides this line)"
+    )
+
+
 def _print_network(policy: Policy) -> None:
     if policy.net_mode == "block":
         print("network: blocked")
@@ -337,6 +380,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from nono_supervisor.launcher import TerminalLease, status_code
     from nono_supervisor.prompt import Prompter
     from nono_supervisor.report import CommandReport
+    from nono_supervisor.server import exit_parts
 
     session = _session(args)
     try:
@@ -387,6 +431,8 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         status = process.wait()
         finish(process)
         report.write_to(2)
+        code, signo = exit_parts(status)  # as a routed command's: log folds its decisions up to here
+        session.audit.write(command=command_id, event="exit", pid=process.pid, code=code, signal=signo)
         return status_code(status)
     finally:
         session.close()
@@ -424,7 +470,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _say_no_trap(session)
         for signo in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # kill, a closed window: end cleanly
             signal.signal(signo, lambda *_: sys.exit(0))
-        print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
+        if not args.quiet:
+            print(f"nono-supervisor: serving on {socket_path}", file=sys.stderr, flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -466,8 +513,11 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         socket_path = session.runtime_dir / "socket"
         server = _serve(session, socket_path, args.verbose)
         server.start()
+        first = "" if args.quiet else shown(_start_line(session))
         try:
-            return run_agent(session, socket_path, command, library, namespace=not args.no_namespace)
+            return run_agent(
+                session, socket_path, command, library, namespace=not args.no_namespace, start_line=first
+            )
         finally:
             server.close()
     finally:
@@ -476,8 +526,10 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
 
 def _cmd_log(args: argparse.Namespace) -> int:
     """Streams the log, the rotated files first (oldest to newest), one line at a time: a log of any size
-    is read in constant memory. A line that is not a JSON object is counted and said at the end."""
+    is read in constant memory (``_LogView`` holds only the open commands' folded decisions). A line that
+    is not a JSON object is counted and said at the end."""
     path = args.audit_log or paths.audit_log_path()
+    view = _LogView(args, os.environ.get("HOME", ""))
     unreadable = 0
     for name in log_files(path):
         try:
@@ -495,26 +547,87 @@ def _cmd_log(args: argparse.Namespace) -> int:
                 if not isinstance(record, dict):
                     unreadable += 1
                     continue
-                _print_record(record, line, args)
+                view.add(record, line)
+    view.flush()
     if unreadable:
         print(f"nono-supervisor: {path}: {unreadable} lines are not JSON records (skipped)", file=sys.stderr)
     return 0
 
 
-def _print_record(record: dict, line: bytes, args: argparse.Namespace) -> None:
-    if args.denials and record.get("decision") != "deny":
-        return
-    if args.command_id and record.get("command") != args.command_id:
-        return
-    if args.json:
-        sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
-        return
-    event = record.get("event")
-    if event == "audit-lost":
-        what = f"audit-lost: {record.get('records')} records could not be written"
-    else:
-        what = event or f"{record.get('decision')} {record.get('op')} {record.get('path')}"
-    print(f"{record.get('time')} {record.get('command')} {what} {' '.join(record.get('argv') or [])}")
+class _LogView:
+    """``log``'s text form: one line per event, and per decision the operation, the path (``~``, another
+    process's /proc as ``/proc/<pid>``), the rule and the hint a denial line would give, every field shown
+    escaped (a path can hold escape sequences: it must not redraw the reader's terminal). A command's
+    repeated decisions (the same operation, path and rule) fold into one line with their count, printed
+    when the command ends (or the log does); ``--json`` prints the records as they are."""
+
+    _OPEN_MAX = 4096  # folded decisions held at once; past it the oldest command's are printed
+
+    def __init__(self, args: argparse.Namespace, home: str) -> None:
+        self.args = args
+        self.home = home
+        self._open: dict[str, dict[tuple, list]] = {}  # command -> folding key -> [record, count]
+        self._held = 0
+
+    def add(self, record: dict, line: bytes) -> None:
+        args = self.args
+        if record.get("event") == "exit":
+            self._print_command(str(record.get("command")))  # the command's folded decisions, then its end
+        if args.denials and record.get("decision") != "deny":
+            return
+        if args.command_id and record.get("command") != args.command_id:
+            return
+        if args.session_id and record.get("session") != args.session_id:
+            return
+        if args.json:
+            sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+            return
+        command = str(record.get("command"))
+        if "decision" not in record:
+            print(self._event(record))
+            return
+        path = collapsed(str(record.get("path")))
+        key = (record.get("decision"), record.get("op"), path, record.get("rule"))
+        folded = self._open.setdefault(command, {})
+        if key in folded:
+            folded[key][1] += 1
+            return
+        folded[key] = [record, 1]
+        self._held += 1
+        if self._held > self._OPEN_MAX:
+            self._print_command(next(iter(self._open)))
+
+    def flush(self) -> None:
+        for command in list(self._open):
+            self._print_command(command)
+
+    def _print_command(self, command: str) -> None:
+        folded = self._open.pop(command, {})
+        self._held -= len(folded)
+        for (decision, op, path, rule), (record, count) in folded.items():
+            shown_path = display(path, self.home)
+            hint = hint_for(str(op), shown_path, os.path.isdir(path), str(rule)) if decision == "deny" else ""
+            times = f" ({count} times)" if count > 1 else ""
+            argv = " ".join(record.get("argv") or [])
+            print(
+                shown(
+                    f"{record.get('time')} {command} {decision} {op} {shown_path} [{rule}]"
+                    f"{hint}{times} :: {argv}"
+                )
+            )
+
+    @staticmethod
+    def _event(record: dict) -> str:
+        event = record.get("event")
+        if event == "audit-lost":
+            what = f"audit-lost: {record.get('records')} records could not be written"
+        elif event == "exit":
+            signo = record.get("signal")
+            what = f"exit {record.get('code')}" + (f" (signal {signo})" if signo else "")
+        else:
+            what = str(event)
+        argv = " ".join(record.get("argv") or [])
+        return shown(f"{record.get('time')} {record.get('command')} {what}" + (f" :: {argv}" if argv else ""))
 
 
 def _cmd_grants(args: argparse.Namespace) -> int:
@@ -528,7 +641,10 @@ def _cmd_grants(args: argparse.Namespace) -> int:
             raise UsageError(f"grants revoke: no grant with id {args.id!r}")
         print(f"revoked {args.id}")
         return 0
-    for g in store.load():
+    stored = store.load()
+    if not stored:
+        print(f"no persistent grants (answers 'always' are stored in {store.path})")
+    for g in stored:
         kind = "host" if g.kind == "domain" else g.kind  # a domain grant: host:port, asked at the proxy
         print(f"{g.id}  {g.access:5} {kind:4} {g.path!r}  expires {g.expires or 'never'}  ({g.command!r})")
     return 0

@@ -15,7 +15,7 @@ import shlex
 import threading
 from collections.abc import Callable
 
-from nono_supervisor.access import OPS
+from nono_supervisor.access import OPS, silent
 from nono_supervisor.procfs import process_of
 from nono_supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
 
@@ -72,7 +72,7 @@ class Consent:
                 return True
         if self._granted(op, path):
             return True  # a session or stored grant (now: a revoke elsewhere is seen) since this started
-        if rule in self.session.policy.prompt_quiet:
+        if not self.askable(rule):
             return False
         if op in ("read", "exec", "connect") and not os.path.lexists(path):
             return False  # a probe for an optional file (~/.inputrc): the answer could only be ENOENT
@@ -111,7 +111,8 @@ class Consent:
 
     def askable(self, rule: str) -> bool:
         """Whether a denial by ``rule`` may become a question at all (never-grantable and quiet ones not)."""
-        return rule != "never-grantable" and rule not in self.session.policy.prompt_quiet
+        policy = self.session.policy
+        return rule != "never-grantable" and rule not in policy.prompt_quiet and not silent(rule, policy)
 
     def asked(self, op: str, path: str) -> bool:
         """Whether the human already had a say in ``op`` on ``path`` (an after-the-fact question would be a

@@ -221,8 +221,13 @@ def _unrouted_recorder(session: Session) -> Callable[[int, bytes], None]:
     return on_exec
 
 
-def _start_notes(session: Session, argv: list[str], namespace: RoutingNamespace | None, why: str) -> None:
-    """The first lines of ``run``: what will not be routed, and what the agent's profile says about it."""
+def _start_notes(
+    session: Session, argv: list[str], namespace: RoutingNamespace | None, why: str, first: str
+) -> None:
+    """The first lines of ``run``: ``first`` (what is enforced, cli), what will not be routed, and what the
+    agent's profile says about it."""
+    if first:
+        print(first, file=sys.stderr, flush=True)
     agent = session.agent
     if namespace is None:
         who = f"{agent.name}" if agent is not None and agent.name == "codex" else "a static agent (codex)"
@@ -238,7 +243,12 @@ def _start_notes(session: Session, argv: list[str], namespace: RoutingNamespace 
 
 
 def run_agent(
-    session: Session, socket_path: Path, argv: list[str], interpose: Path | None, namespace: bool = True
+    session: Session,
+    socket_path: Path,
+    argv: list[str],
+    interpose: Path | None,
+    namespace: bool = True,
+    start_line: str = "",
 ) -> int:
     """Run the agent to completion; returns its shell-style status.
 
@@ -254,7 +264,7 @@ def run_agent(
         print(f"nono-supervisor: {e}", file=sys.stderr)
         return 127
     routing, why = routing_namespace(session) if namespace else (None, "disabled (--no-namespace)")
-    _start_notes(session, argv, routing, why)
+    _start_notes(session, argv, routing, why, start_line)
     for directory in session.agent.create if session.agent is not None else ():
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)  # its state exists: Landlock grants what exists

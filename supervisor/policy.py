@@ -27,6 +27,7 @@ __all__ = [
     "Deny",
     "Grant",
     "Policy",
+    "display",
     "PolicyOptions",
     "RUNS_LATER",
     "RunsLater",
@@ -184,12 +185,16 @@ class Policy:
         return asdict(self)
 
     def display(self, path: str) -> str:
-        """A path as the user wrote it: under $HOME with ``~``."""
-        if path == self.home:
-            return "~"
-        if self.home and path.startswith(self.home.rstrip("/") + "/"):
-            return "~" + path[len(self.home.rstrip("/")) :]
-        return path
+        return display(path, self.home)
+
+
+def display(path: str, home: str) -> str:
+    """A path as the user wrote it: under $HOME with ``~``."""
+    if path == home:
+        return "~"
+    if home and path.startswith(home.rstrip("/") + "/"):
+        return "~" + path[len(home.rstrip("/")) :]
+    return path
 
 
 def _uses_home(raw: str) -> bool:

@@ -7,17 +7,17 @@ import re
 import threading
 from dataclasses import dataclass, replace
 
-from nono_supervisor.access import hint_for
+from nono_supervisor.access import hint_for, silent
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.policy import Policy
 from nono_supervisor.prompt import shown as escaped
 
-__all__ = ["CommandReport", "Denied"]
+__all__ = ["CommandReport", "Denied", "collapsed"]
 
 _PROC_PID = re.compile(r"^/proc/\d+(?=/)")
 
 
-def _collapsed(path: str) -> str:
+def collapsed(path: str) -> str:
     """A process's /proc entry with its pid left out: ps reads /proc/PID/environ of every process, and one
     line per process (hundreds on a developer's machine) would drown what the command printed."""
     return _PROC_PID.sub("/proc/<pid>", path)
@@ -66,8 +66,12 @@ class CommandReport:
             by="policy",
         )
         if decision == "deny":
+            key = (what.op, what.path)
             with self._lock:
-                self._denials.setdefault((what.op, what.path), (what.rule, what.is_dir))
+                # A silent denial does not hide a later reported one of the same (op, path): the shell read
+                # ~/.profile empty at start, then ``cat ~/.profile`` was denied.
+                if key not in self._denials or silent(self._denials[key][0], self.policy):
+                    self._denials[key] = (what.rule, what.is_dir)
 
     def late_deny(self, line: str, fields: dict) -> None:
         """A denied node moved into what this command's sandbox grants (``linux.latedeny``): ``line`` heads
@@ -83,14 +87,13 @@ class CommandReport:
     def lines(self) -> list[str]:
         """One line per distinct (operation, path), paths under $HOME with ``~`` (CONTRACT), and one for
         the same entry of several processes' /proc (``/proc/<pid>/environ``, with their count); none for
-        the silent groups (harmless probes such as trace_marker: the audit log has them)."""
-        silent = self.policy.prompt_silent
+        what is silent (``access.silent``: the audit log has it)."""
         with self._lock:
             late = list(self._late)
         groups: dict[tuple[str, str, str], list[Denied]] = {}
         for d in self.denials():
-            if d.rule not in silent:
-                groups.setdefault((d.op, _collapsed(d.path), d.rule), []).append(d)
+            if not silent(d.rule, self.policy):
+                groups.setdefault((d.op, collapsed(d.path), d.rule), []).append(d)
         return late + [
             self._line(same[0]) if len(same) == 1 else self._line(replace(same[0], path=path), len(same))
             for (_op, path, _rule), same in groups.items()
@@ -107,9 +110,13 @@ class CommandReport:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight
         to the stderr of the process that was denied, while it is still waiting for its syscall."""
         with self._lock:
-            told = {(op, _collapsed(path)) for op, path in self._denials}
-        first = decision == "deny" and (what.op, _collapsed(what.path)) not in told
-        first = first and what.rule not in self.policy.prompt_silent
+            told = {
+                (op, collapsed(path))
+                for (op, path), (rule, _is_dir) in self._denials.items()
+                if not silent(rule, self.policy)
+            }
+        first = decision == "deny" and (what.op, collapsed(what.path)) not in told
+        first = first and not silent(what.rule, self.policy)
         self.record(decision, what)
         if not first or not what.pid:
             return

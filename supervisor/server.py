@@ -34,7 +34,7 @@ from nono_supervisor.prompt import GRANTING, Question
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
 
-__all__ = ["Server"]
+__all__ = ["Server", "exit_parts"]
 
 # ---- limits. Every command can reach the socket (nested routing), so a command can flood it. -------------
 # A first request must be complete this many seconds after accept, however it dribbles in: an absolute
@@ -387,7 +387,7 @@ class Server:
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
         command = self.session.next_command_id()
         status = self._run(conn, decoder, conversation, request, shell, stdio, command)
-        code, signo = _exit_parts(status)
+        code, signo = exit_parts(status)
         _try_send(conn, protocol.Exited(code=code, signal=signo))
 
     def _run(self, conn, decoder, conversation, request, shell, stdio, command) -> int:
@@ -457,7 +457,7 @@ class Server:
             finish(process)
             if stdio[2] >= 0:
                 report.write_to(stdio[2])
-            code, signo = _exit_parts(status)
+            code, signo = exit_parts(status)
             self.session.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)
             if mode != "after" or attempt or not client_alive or status_code(status) == 0:
                 return status
@@ -526,7 +526,7 @@ class Server:
         return True
 
 
-def _exit_parts(status: int) -> tuple[int, int]:
+def exit_parts(status: int) -> tuple[int, int]:
     """A wait status as (exit code, terminating signal): what ``Exited`` and the audit log carry."""
     return (
         os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0,

@@ -169,6 +169,44 @@ def make_home(owner: int = 0) -> Home:
     return home
 
 
+SKEL = Path("/etc/skel")
+# A line each stock file gets appended, so that a test can tell whether a shell ran (or anyone read) it.
+SKEL_MARK = "nono-test-skel-ran"
+
+
+def make_skel_home(owner: int = 0) -> Home:
+    """A home as a distribution makes it (``/etc/skel``: ``.profile``, ``.bashrc``, ``.bash_logout``) with
+    a ``~/.gitconfig``, on top of ``make_home``'s fake secrets: where the shells' start-up reads happen.
+    Each start-up file ends by exporting ``NONO_SKEL_<FILE>=nono-test-skel-ran`` (a shell that ran it has
+    it set) and ``~/notes.txt`` is a plain file of the home (content nothing grants)."""
+    home = make_home(owner)
+    for name in (".profile", ".bashrc", ".bash_logout"):
+        stock = (SKEL / name).read_text() if (SKEL / name).is_file() else f"# {name}\n"
+        variable = "NONO_SKEL_" + name.strip(".").upper()
+        (home.home / name).write_text(f"{stock}\nexport {variable}={SKEL_MARK}\n")
+    (home.home / ".gitconfig").write_text("[user]\n\tname = Test User\n\temail = test@example.invalid\n")
+    (home.home / "notes.txt").write_text(f"notes {SKEL_MARK}\n")
+    if owner:
+        for path in home.home.iterdir():
+            os.lchown(path, owner, owner)
+    return home
+
+
+@pytest.fixture
+def skel_home() -> Home:
+    h = make_skel_home()
+    yield h
+    shutil.rmtree(h.root, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_skel_home() -> Home:
+    require_nobody()
+    h = make_skel_home(owner=NOBODY)
+    yield h
+    shutil.rmtree(h.root, ignore_errors=True)
+
+
 @pytest.fixture
 def home() -> Home:
     h = make_home()

@@ -135,7 +135,8 @@ def test_log_reads_denials_by_command_and_as_json(home):
     assert [r["path"] for r in records] == [str(home.key)] and records[0]["decision"] == "deny"
     command = records[0]["command"]
     text = home.run([SUPERVISOR, "log", "--command", command]).stdout
-    assert str(home.key) in text and "start" in text
+    assert "~/.ssh/id_rsa [group:deny_credentials]; to allow: --read-file ~/.ssh/id_rsa" in text, text
+    assert "start" in text
     assert home.run([SUPERVISOR, "log"]).stdout.count("start") == 2
 
 

@@ -781,6 +781,6 @@ def test_a_process_writes_its_own_coredump_filter_and_thread_names_never_another
         other.wait()
     fields = _fields(result.stdout)
     assert fields["filter"] == "00000033" and fields["thread"] == "worker-x", result.stderr
-    assert fields["other"] == "errno=13" and result.stderr.count("nono: denied") == 1, result.stderr
-    assert "another process's /proc" in result.stderr
+    assert fields["other"] == "errno=13" and "nono:" not in result.stderr, result.stderr  # silent
+    assert any("another process's /proc" in entry.get("rule", "") for entry in home.audit())
     assert _fields(bare.stdout) == {**fields, "other": "00000033"}

@@ -57,6 +57,7 @@ class Inject:
     fd: int
     cloexec: bool
     grant: Denial | None = None
+    recorded: str = "grant"  # "deny": a stand-in for what was denied (a shell's start-up file, empty)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import stat
@@ -147,6 +148,8 @@ class Checker:
             return Refusal(op, pin.path, "hard link to a denied file", False)
         if verdict.allowed:
             return Permit(_SEAL, pin, op, "policy")
+        if op == "read" and pin.is_dir and self.access.discoverable(pin.path, verdict.rule):
+            return Permit(_SEAL, pin, op, "discovery")  # its names, not its files' contents
         if verdict.rule != "never-grantable" and self.ask is not None:
             if self.ask(op, pin.path, verdict.rule, pin.is_dir):
                 return Permit(_SEAL, pin, op, "user")
@@ -217,6 +220,18 @@ def open_terminal(permit: Permit, held: int, flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def empty_file() -> int:
+    """A read-only fd of a new empty regular file that no one can grow: a stand-in for a file whose
+    content is denied where an empty one is the quiet answer (a shell's start-up file, notify)."""
+    memfd = os.memfd_create("nono-empty", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, seals)
+        return os.open(f"/proc/self/fd/{memfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(memfd)
 
 
 def mkdir(permit: Permit, mode: int) -> None:

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 
+from nono_shell.personality import START_UP
+from nono_supervisor import access
 from nono_supervisor.access import ON_THE_WAY, AccessIndex
 from nono_supervisor.linux import emulate, sockets, terminals
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
@@ -73,7 +75,6 @@ _A = ACCESS_FS
 _O_ACCMODE, _O_WRONLY, _O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
 _MAGIC_PREFIXES = ("/proc", "/dev/fd", "/dev/std")  # resolved in the target's view: never the fast path
 _NEVER_SETID = "setuid/setgid bits: never grantable"
-_FOREIGN_PROC_RULE = "another process's /proc (Landlock's ptrace scoping)"
 
 
 class _Threads:
@@ -362,7 +363,7 @@ class NotifyLoop:
                     fcntl.ioctl(self.listener, _IOCTL_ADDFD, request)
                 finally:
                     os.close(decision.fd)
-                self._report("grant", decision.grant)
+                self._report(decision.recorded, decision.grant)
                 return
             if isinstance(decision, Value):
                 response, verdict, what = _RESP.pack(nid, decision.value, 0, 0), "grant", decision.grant
@@ -450,7 +451,7 @@ class NotifyLoop:
             # What the supervisor carries out, it does as itself, outside the command's Landlock domain:
             # another process's /proc (the supervisor's own environ or mem included) is refused here, as
             # Landlock's ptrace scoping refuses it to the command.
-            return Deny(errno.EACCES, Denial(op, pin.path, _FOREIGN_PROC_RULE, pin.is_dir, self._tid))
+            return Deny(errno.EACCES, Denial(op, pin.path, access.FOREIGN_PROC, pin.is_dir, self._tid))
         outcome = self.checker.decide(op, pin, baseline, process)
         if isinstance(outcome, Refusal):
             return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
@@ -558,7 +559,49 @@ class NotifyLoop:
         if baseline and not untrusted and not linked and not self.guarded:
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
+        if not baseline:
+            own = self._shell_own(pin, ops, flags, tid)
+            if own is not None:
+                return own
         return self._emulate_open(pin, ops, flags, mode, tid, baseline)
+
+    def _shell_own(self, pin: Pin, ops: list[str], flags: int, tid: int) -> Decision | None:
+        """A shell opening one of its own start-up files in $HOME that the policy does not grant: a read
+        (``bash -lc`` reads ~/.profile, ``bash -i`` ~/.bashrc and its history, a login shell ~/.bash_logout
+        at exit) gets an empty file instead of EACCES, and a write of its history at exit is refused; both
+        silently (access.SHELL_OWN), both in the audit log. Bare, the shell would read the file; refused, bash
+        prints ``Permission denied`` for the rc, a line the agent would see with every command. An empty
+        file keeps what the agent asked for (a login shell: /etc/profile, ``shopt login_shell``, the first
+        of ~/.bash_profile, ~/.bash_login, ~/.profile, the logout file), where ``--noprofile`` would drop
+        /etc/profile and ENOENT would send bash on to the next candidate. The content stays unread: ``cat
+        ~/.profile`` is a reported denial (a ``source ~/.profile`` in that shell reads it empty). The
+        process is told by its executable (/proc/TID/exe, read before NOTIF_ID_VALID): a program named
+        bash gains nothing by it. None: not such an open."""
+        directory, name = os.path.split(pin.path)
+        reading = ops == ["read"] and stat.S_ISREG(pin.st.st_mode)
+        writing_history = name.endswith("_history") and not {"write", "create"}.isdisjoint(ops)
+        if not (reading or writing_history) or directory != self.access.home:
+            return None
+        try:
+            shell = os.path.basename(os.readlink(f"/proc/{tid}/exe"))
+        except OSError:
+            return None
+        if name not in START_UP.get(shell, ()):
+            return None
+        refused = [(op, v) for op in ops if not (v := self.access.verdict(pin.path, op)).allowed]
+        if not refused:
+            return None
+        op, verdict = refused[0]
+        denial = Denial(op, pin.path, verdict.rule + access.SHELL_OWN, False, self._tid)
+        if not reading:
+            pin.close()
+            return Deny(errno.EACCES, denial)
+
+        def act() -> Decision:
+            pin.close()
+            return Inject(emulate.empty_file(), bool(flags & os.O_CLOEXEC), denial, recorded="deny")
+
+        return Emulate(act, release=pin.close)
 
     def _emulate_open(
         self, pin: Pin, ops: list[str], flags: int, mode: int, tid: int, baseline: bool = False
