@@ -466,8 +466,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from nono_supervisor.prompt import Prompter
 
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
+        _say_no_trap(session)  # before the socket exists: a client never meets a server that has not said it
         server = _serve(session, socket_path, args.verbose)
-        _say_no_trap(session)
         for signo in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # kill, a closed window: end cleanly
             signal.signal(signo, lambda *_: sys.exit(0))
         if not args.quiet:
