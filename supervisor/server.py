@@ -63,9 +63,11 @@ MAX_PENDING_PER_PID = 8
 # Commands running at once. Each holds its connection's thread and a notify thread, and 6 fds, for its
 # lifetime; DESIGN budgets 50 at once, 128 leaves room for a parallel build under nested routing. Over
 # it a request is refused with a reason (test_commands_over_the_cap_are_refused_with_a_reason). Lowered
-# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 117).
+# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 100).
 MAX_COMMANDS = 128
-_FDS_PER_COMMAND = 6  # measured: connection, 3 stdio fds, the notify listener, the exit pidfd
+# Measured: connection, 3 stdio fds, the notify listener, the keeper's status pipe and the copy of it
+# that _supervise polls.
+_FDS_PER_COMMAND = 7
 _FDS_PER_PENDING = 1 + protocol.MAX_FDS
 _FD_RESERVE = 64  # the listener, the agent's pty and notify loop, emulation's pins, logs
 # Bytes of first requests held by running commands together (a request lives as long as its command).
