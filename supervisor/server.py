@@ -386,6 +386,8 @@ class Server:
         if shell is None:
             raise _Refuse(f"no real {request.shell} found on this machine")
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
+        if _hung_up(conn):  # a client past its deadline (a supervisor stopped meanwhile): nothing is run
+            raise _Refuse("the client went away before its command started")
         command = self.session.next_command_id()
         status = self._run(conn, decoder, conversation, request, shell, stdio, command)
         code, signo = _exit_parts(status)
@@ -524,6 +526,15 @@ class Server:
             self._log(f"client broke the protocol mid-command: {e}")
             return False
         return True
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the client has closed its end (a client only ever closes once it has given up)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP)
+    return any(
+        events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0)
+    )
 
 
 def _exit_parts(status: int) -> tuple[int, int]:

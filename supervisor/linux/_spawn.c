@@ -452,9 +452,10 @@ static int out_list(struct out *o, char *const *items) {
 
 /* The plan as bytes (what nono-keeper's read_plan takes back); 0 or -1 (out of memory). */
 static int write_plan(struct out *o, const struct plan *p) {
-    int64_t ints[] = {PLAN_MAGIC,     p->stdio[0],       p->stdio[1], p->stdio[2], p->ruleset_fd,
-                      p->landlock_flags, p->seccomp_flags, p->listener_sock, p->errpipe, p->status_pipe, p->ctty,
-                      p->userns,      p->exec_fd,        p->supervisor, p->prog.len, p->nbinds};
+    int64_t ints[] = {PLAN_MAGIC,      p->stdio[0],    p->stdio[1],      p->stdio[2], p->ruleset_fd,
+                      p->landlock_flags, p->seccomp_flags, p->listener_sock, p->errpipe, p->status_pipe,
+                      p->ctty,         p->userns,      p->exec_fd,       p->supervisor, p->prog.len,
+                      p->nbinds};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (out_int(o, ints[i]))
             return -1;
