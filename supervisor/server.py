@@ -437,22 +437,26 @@ class Server:
                 if lease:
                     lease.hangup()
                 raise
-            if lease:
-                lease.start(process)
-            report.pid = process.pid
-            self.session.audit.write(
-                command=command,
-                event="start",
-                argv=request.argv,
-                cwd=request.cwd,
-                pid=process.pid,
-                shell=shell,
-                attempt=attempt,
-            )
-            if attempt == 0:
-                _try_send(conn, protocol.Started(command))
             try:
+                if lease:
+                    lease.start(process)
+                report.pid = process.pid
+                self.session.audit.write(
+                    command=command,
+                    event="start",
+                    argv=request.argv,
+                    cwd=request.cwd,
+                    pid=process.pid,
+                    shell=shell,
+                    attempt=attempt,
+                )
+                if attempt == 0:
+                    _try_send(conn, protocol.Started(command))
                 status, client_alive = self._supervise(conn, decoder, conversation, process)
+            except BaseException:
+                process.kill_tree()  # nothing would supervise it: it goes, with its tree
+                process.wait()
+                raise
             finally:
                 if lease:
                     lease.hangup()  # the main process is gone: so is the pty

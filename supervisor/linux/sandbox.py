@@ -104,8 +104,11 @@ class Process:
         return self.status
 
     def poll(self) -> int | None:
-        if self.status is None and select.select([self.status_fd], [], [], 0)[0]:
-            self._collect()
+        if self.status is None:
+            ready = select.poll()  # not select.select: the fd may be over FD_SETSIZE in a busy supervisor
+            ready.register(self.status_fd, select.POLLIN)
+            if ready.poll(0):
+                self._collect()
         return self.status
 
     def exit_fd(self) -> int:
