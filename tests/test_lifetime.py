@@ -19,15 +19,22 @@ import pytest
 from conftest import SUPERVISOR, as_nobody, pid_alive, start_supervisor, wait_until
 
 # A daemon (setsid: its own session, reparented when its parent exits) appending to a file in the workdir.
+# After its start it makes no trapped syscall (a write to an open file, a sleep): a shell loop's fork and
+# exec fail once the supervisor's notify listener is gone, which ended some daemons by accident before.
 # Its stdio is not the client's, so that a caller reading the client's output to EOF does not wait for it.
-DAEMON = (
-    'setsid sh -c "while :; do echo tick >> {log}; sleep 0.05; done" >/dev/null 2>&1 & echo $! > {pidfile}'
-)
+TICKS = """import sys, time
+log = open(sys.argv[1], 'a', buffering=1)
+while True:
+    log.write('tick\\n')
+    time.sleep(0.05)"""
+DAEMON = f'setsid python3 -c "{TICKS}" {{log}} >/dev/null 2>&1 & echo $! > {{pidfile}}'
 
 
 def _grows(path) -> bool:
+    """The daemon, once it has written its first tick, writes more within 0.3 s (six ticks' time)."""
+    wait_until(lambda: path.exists() and path.stat().st_size > 0)  # a Python start, slow under load
     before = path.stat().st_size if path.exists() else 0
-    time.sleep(0.3)  # six of the daemon's ticks
+    time.sleep(0.3)
     return path.exists() and path.stat().st_size > before
 
 
@@ -73,13 +80,17 @@ def test_twin_a_bare_bash_leaves_the_daemon_running(home):
 def test_a_job_that_ignores_the_interrupt_dies_with_the_supervisor(supervisor):
     """Ctrl-C ends the command; its background job, which ignores SIGINT (bash without job control sets
     that for ``&``), survives it as under bash, and is still the keeper's: it goes with the supervisor."""
-    pidfile, ready = supervisor.home.work / "job.pid", supervisor.home.work / "ready"
-    script = f"sleep 300 & echo $! > {pidfile}; touch {ready}; wait"
+    work = supervisor.home.work
+    pidfile, forwarded = work / "job.pid", work / "forwarded"
+    # The client forwards signals once it has seen the command start (before, they end it): a WINCH that
+    # reaches the command says so.
+    script = f"trap 'touch {forwarded}' WINCH; sleep 300 & echo $! > {pidfile}; "
+    script += f"until [ -e {forwarded} ]; do sleep 0.05; done; trap '' WINCH; wait"
     client = subprocess.Popen([str(supervisor.shims / "bash"), "-c", script], env=supervisor.env)
     job = _pid(pidfile)
-    assert wait_until(ready.exists)
+    assert wait_until(lambda: client.send_signal(signal.SIGWINCH) or forwarded.exists())
     client.send_signal(signal.SIGINT)  # forwarded to the command's group: bash's wait returns
-    assert client.wait(30) != 0
+    assert client.wait(30) == 128 + signal.SIGINT
     assert pid_alive(job), "a job ignoring SIGINT outlives Ctrl-C of its command, as under bash"
     supervisor.process.kill()
     supervisor.process.wait(10)
