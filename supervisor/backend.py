@@ -11,7 +11,7 @@ from nono_supervisor.errors import SandboxError
 from nono_supervisor.policy import Policy
 from nono_supervisor.session import Session
 
-__all__ = ["start_sandboxed", "finish", "plan_cache", "NO_TRAP_GIVES_UP"]
+__all__ = ["start_sandboxed", "finish", "left_running", "plan_cache", "NO_TRAP_GIVES_UP"]
 
 # What Landlock alone cannot do, so what ``--no-trap`` gives up (printed by ``policy`` and ``doctor``).
 NO_TRAP_GIVES_UP = (
@@ -167,6 +167,16 @@ def _preloaded(env: dict[str, str], library: str) -> dict[str, str]:
     if library in current.replace(":", " ").split():
         return env
     return {**env, "LD_PRELOAD": f"{current} {library}".strip()}
+
+
+def left_running() -> int:
+    """Commands that returned but left background jobs their keeper still holds (Linux): each keeps its
+    notify loop, a thread and the listener's fd, so the server counts them against its command cap."""
+    if sys.platform.startswith("linux"):
+        from nono_supervisor.linux.sandbox import reap_keepers
+
+        return reap_keepers()
+    return 0
 
 
 def finish(process) -> None:

@@ -25,7 +25,7 @@ from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
 from nono_shell.personality import command_text
 from nono_supervisor.access import OPS
-from nono_supervisor.backend import finish, start_sandboxed
+from nono_supervisor.backend import finish, left_running, start_sandboxed
 from nono_supervisor.consent import Consent
 from nono_supervisor.errors import NonoError
 from nono_supervisor.launcher import TerminalLease, status_code
@@ -60,10 +60,13 @@ MAX_PENDING = 64
 # a flood from inside a command), nor to pid 0 (peer outside our pid namespace): those share MAX_PENDING.
 # Per uid: only the supervisor's own uid is served at all, so the per-uid cap is the total.
 MAX_PENDING_PER_PID = 8
-# Commands running at once. Each holds its connection's thread and a notify thread, and 6 fds, for its
+# Commands running at once. Each holds its connection's thread and a notify thread, and 7 fds, for its
 # lifetime; DESIGN budgets 50 at once, 128 leaves room for a parallel build under nested routing. Over
 # it a request is refused with a reason (test_commands_over_the_cap_are_refused_with_a_reason). Lowered
-# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 100).
+# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 100). A command that returned leaving
+# background jobs counts until they end: its notify loop serves them (a thread and the listener's fd),
+# and `bash -c 'sleep 1000 &'` in a loop would otherwise exhaust the supervisor
+# (test_commands_left_running_count_against_the_cap).
 MAX_COMMANDS = 128
 # Measured: connection, 3 stdio fds, the notify listener, the keeper's status pipe and the copy of it
 # that _supervise polls.
@@ -332,9 +335,13 @@ class Server:
 
     def _reserve(self, size: int) -> str | None:
         """Room for one more command holding a ``size``-byte request, or why not."""
+        left = left_running()
         with self._held_lock:
-            if self._running >= self.max_commands:
-                return f"{self.max_commands} commands are running, the most this supervisor runs at once"
+            if self._running + left >= self.max_commands:
+                jobs = f" ({left} of them returned, leaving background jobs)" if left else ""
+                return (
+                    f"{self.max_commands} commands are running{jobs}, the most this supervisor runs at once"
+                )
             if self._held + size > MAX_HELD_REQUEST_BYTES:
                 return (
                     f"the running commands' requests hold {self._held} bytes; with this one's {size} that is"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import resource
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -20,7 +21,7 @@ import weakref
 
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR, start_supervisor
+from conftest import FAKE_KEY, SUPERVISOR, start_supervisor, wait_until
 from nono_shell import protocol, transport
 from nono_supervisor import server
 
@@ -360,6 +361,49 @@ def test_commands_over_the_cap_are_refused_with_a_reason(home):
     finally:
         for conn in running:
             conn.close()
+        supervisor.stop()
+
+
+def _live_children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` and that are not zombies (a supervisor's keepers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            children.append(int(entry))
+    return children
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_commands_left_running_count_against_the_cap(request, user):
+    """Each command here returns at once leaving a background job, whose notify loop (a thread, an fd)
+    the supervisor keeps: past the cap the next is refused with a reason; once the jobs end, served."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    soft = 512
+    cap = (
+        soft - server._FD_RESERVE - server.MAX_PENDING * server._FDS_PER_PENDING
+    ) // server._FDS_PER_COMMAND
+    supervisor = _supervisor_with_nofile(home, soft)
+    jobs = home.work / "jobs"
+    try:
+        for _ in range(cap):
+            result = supervisor.shell("-c", f"sleep 300 >/dev/null 2>&1 & echo $! >> {jobs}")
+            assert result.returncode == 0, result.stderr
+        result = supervisor.shell("-c", "echo ran")
+        assert result.returncode == 125 and result.stdout == "", result.stderr
+        assert (
+            f"{cap} commands are running ({cap} of them returned, leaving background jobs)" in result.stderr
+        )
+        for pid in jobs.read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        assert wait_until(lambda: not _live_children(supervisor.process.pid))  # the keepers saw them end
+        result = supervisor.shell("-c", "echo ran")  # twin: the jobs ended, the next is served
+        assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+    finally:
         supervisor.stop()
 
 
