@@ -19,7 +19,7 @@ __all__ = ["main", "EXIT_FAILURE", "FORWARDED_SIGNALS", "ENDING_SIGNALS", "ACCEP
 EXIT_FAILURE = 125
 # How long the supervisor has to take the command, from connecting until it says the command started (or
 # refused it); past it the client exits 125 with one line. A start takes tens of milliseconds (60-70 ms
-# median during a flood from inside, issue 9); 10 s is that on a machine loaded a hundredfold. A supervisor
+# median during a flood from inside, issue 23); 10 s is that on a machine loaded a hundredfold. A supervisor
 # that is stopped (SIGSTOP) or wedged is accepted into the kernel's backlog and would hold its client for
 # ever (issue 23). _client.c's ACCEPT_SECONDS is the same.
 ACCEPT_SECONDS = 10.0
