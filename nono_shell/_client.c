@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXIT_FAILURE_ 125
@@ -41,11 +42,16 @@
 #error "NONO_VERSION is set by setup.py from nono_shell.__version__"
 #endif
 #define MAX_FRAME (8u * 1024 * 1024)
+/* From connecting until the supervisor says the command started (or refused it); past it, 125 with one
+ * line. client.py's ACCEPT_SECONDS says why 10 s. */
+#define ACCEPT_SECONDS 10
 
 extern char **environ;
 
 static int sock = -1;
-static volatile sig_atomic_t sent = 0;
+static const char *socket_path;
+static volatile sig_atomic_t command_started = 0;
+static struct timespec deadline;
 
 static void fail(const char *fmt, ...) {
     char buf[4096];
@@ -289,9 +295,9 @@ static const int forwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUS
 
 static void forward(int signo) {
     int saved = errno;
-    if (!sent) { /* before the command was handed over: as Python's KeyboardInterrupt, or the default */
-        if (signo == SIGINT)
-            _exit(128 + SIGINT);
+    if (!command_started) { /* client.py ENDING_SIGNALS: nothing runs yet, so these end the client */
+        if (signo != SIGWINCH && signo != SIGCONT)
+            _exit(128 + signo);
         errno = saved;
         return;
     }
@@ -310,7 +316,7 @@ static void forward(int signo) {
     frame[0] = frame[1] = frame[2] = 0;
     frame[3] = (char)n;
     memcpy(frame + 4, body, (size_t)n);
-    /* the main thread only reads once the request is out: this small frame is never interleaved */
+    /* the main thread only reads once the command started: this small frame is never interleaved */
     ssize_t unused = send(sock, frame, (size_t)n + 4, MSG_NOSIGNAL);
     (void)unused; /* the supervisor is gone: the receive loop reports it */
     errno = saved;
@@ -642,6 +648,27 @@ static int parse_reply(const char *body, size_t n, struct reply *r) {
     return 1;
 }
 
+/* Bound the socket's next blocking call (connect, sendmsg, recvmsg) by what is left of the deadline, or
+ * give up; after the command started, no bound. Signals interrupt a call with a timeout (EINTR, whatever
+ * SA_RESTART says), and the loops around come back here. */
+static void until_deadline(void) {
+    struct timeval left = {0, 0};
+    if (!command_started) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long ns = (long long)(deadline.tv_sec - now.tv_sec) * 1000000000LL;
+        ns += deadline.tv_nsec - now.tv_nsec;
+        if (ns <= 0)
+            fail("the supervisor at %s did not start the command within %d s (is it stopped?)", socket_path,
+                 ACCEPT_SECONDS);
+        left.tv_sec = (time_t)(ns / 1000000000LL);
+        left.tv_usec = (suseconds_t)(ns % 1000000000LL / 1000 + 1);
+    }
+    if (setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &left, sizeof left) < 0 ||
+        setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &left, sizeof left) < 0)
+        fail("supervisor unreachable at %s: %s", socket_path, strerror(errno));
+}
+
 static void receive_all(char *data, size_t n) {
     size_t got = 0;
     while (got < n) {
@@ -652,10 +679,11 @@ static void receive_all(char *data, size_t n) {
         msg.msg_iovlen = 1;
         msg.msg_control = control;
         msg.msg_controllen = sizeof control;
+        until_deadline();
         ssize_t r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
         if (r < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR || errno == EAGAIN)
+                continue; /* until_deadline says whether time is up */
             fail("protocol error: [Errno %d] %s", errno, strerror(errno));
         }
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
@@ -693,6 +721,8 @@ static int run(int argc, char **argv, int from_shim) {
     req.data[2] = (char)(body >> 8);
     req.data[3] = (char)body;
 
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += ACCEPT_SECONDS;
     sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (sock < 0)
         fail("supervisor unreachable at %s: %s", path, strerror(errno));
@@ -700,8 +730,14 @@ static int run(int argc, char **argv, int from_shim) {
     if (strlen(path) >= sizeof addr.sun_path)
         fail("supervisor unreachable at %s: %s", path, strerror(ENAMETOOLONG));
     strcpy(addr.sun_path, path);
-    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
-        fail("supervisor unreachable at %s: %s", path, strerror(errno));
+    socket_path = path;
+    for (;;) { /* a full backlog makes connect wait, bounded by SO_SNDTIMEO */
+        until_deadline();
+        if (connect(sock, (struct sockaddr *)&addr, sizeof addr) == 0)
+            break;
+        if (errno != EINTR && errno != EAGAIN)
+            fail("supervisor unreachable at %s: %s", path, strerror(errno));
+    }
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
@@ -727,18 +763,16 @@ static int run(int argc, char **argv, int from_shim) {
             c->cmsg_len = CMSG_LEN(nstdio * sizeof(int));
             memcpy(CMSG_DATA(c), stdio, nstdio * sizeof(int));
         }
+        until_deadline();
         ssize_t w = sendmsg(sock, &msg, MSG_NOSIGNAL);
         if (w < 0) {
-            if (errno == EINTR)
+            if (errno == EINTR || errno == EAGAIN)
                 continue;
             fail("cannot send the command to the supervisor: %s", strerror(errno));
         }
         off += (size_t)w;
     }
     free(req.data);
-    sent = 1;
-    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
-        install(forwarded[i]);
 
     int running = 0; /* Conversation("client"): new -> (started) running -> (exited) done */
     for (;;) {
@@ -773,6 +807,8 @@ static int run(int argc, char **argv, int from_shim) {
         if (started && !running) {
             running = 1;
             free(r.text.data);
+            command_started = 1;
+            until_deadline(); /* no bound from here on */
             continue;
         }
         if (refused) {
@@ -798,7 +834,9 @@ static void install(int signo) {
 }
 
 int main(int argc, char **argv) {
-    install(SIGINT); /* before the request is out, ^C ends this with 130, as the Python client's */
+    /* Until the command started, a signal ends this with 128+N (^C: 130), as the Python client does. */
+    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+        install(forwarded[i]);
     /* `#!.../nono-shell-client` in a shim: the kernel runs `nono-shell-client SHIM ARGS...`; under any
      * other name (`nono-shell` on PATH, a link named `bash` to it) this is the shell itself. */
     int from_shim = strcmp(basename_of(argv[0]), CLIENT_NAME) == 0;

@@ -9,14 +9,21 @@ import _signal
 import _socket
 import os
 import sys
+import time
 
 import nono_shell
 from nono_shell import protocol, transport
 from nono_shell.personality import shell_for
 
-__all__ = ["main", "EXIT_FAILURE", "FORWARDED_SIGNALS"]
+__all__ = ["main", "EXIT_FAILURE", "FORWARDED_SIGNALS", "ENDING_SIGNALS", "ACCEPT_SECONDS"]
 
 EXIT_FAILURE = 125
+# How long the supervisor has to take the command, from connecting until it says the command started (or
+# refused it); past it the client exits 125 with one line. A start takes tens of milliseconds (60-70 ms
+# median during a flood from inside, issue 23); 10 s is that on a machine loaded a hundredfold. A supervisor
+# that is stopped (SIGSTOP) or wedged is accepted into the kernel's backlog and would hold its client for
+# ever (issue 23). _client.c's ACCEPT_SECONDS is the same.
+ACCEPT_SECONDS = 10.0
 # _signal and _socket rather than signal and socket: those import enum, 7 ms of every command's start-up.
 FORWARDED_SIGNALS = (
     _signal.SIGHUP,
@@ -29,16 +36,32 @@ FORWARDED_SIGNALS = (
     _signal.SIGWINCH,
     _signal.SIGCONT,
 )
+# Before the command has started there is nothing to forward to: these end the client with 128+N, as a
+# shell killed by N (`timeout 15 nono-shell -c true` on a stopped supervisor ran on for 626 s, its SIGTERM
+# forwarded into a socket nobody read). The others (WINCH, CONT) are dropped until then.
+ENDING_SIGNALS = (
+    _signal.SIGHUP,
+    _signal.SIGINT,
+    _signal.SIGQUIT,
+    _signal.SIGTERM,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+    _signal.SIGALRM,
+)
 
 
 class _Failure(Exception):
     pass
 
 
-def _connect(path: str) -> _socket.socket:
+def _connect(path: str, deadline: float) -> _socket.socket:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | transport.SOCK_CLOEXEC)
     try:
+        transport.until(sock, deadline)  # connect waits while the supervisor's backlog is full
         sock.connect(path)
+    except TimeoutError:
+        sock.close()
+        raise _Failure(_late(path)) from None
     except OSError as e:
         sock.close()
         raise _Failure(f"supervisor unreachable at {path}: {e.strerror}") from None
@@ -47,6 +70,10 @@ def _connect(path: str) -> _socket.socket:
         sock.close()
         raise _Failure(f"refusing supervisor at {path}: it runs as uid {uid}, not {os.getuid()}")
     return sock
+
+
+def _late(path: str) -> str:
+    return f"the supervisor at {path} did not start the command within {ACCEPT_SECONDS:g} s (is it stopped?)"
 
 
 def _tty_state(stdio: list[int]) -> dict[str, object]:
@@ -89,15 +116,13 @@ def run(argv: list[str]) -> int:
         stdio=stdio,
         tty=_tty_state(stdio),
     )
-    sock = _connect(path)
-    conversation = protocol.Conversation("client")
-    decoder = protocol.Decoder()
-    try:
-        transport.send(sock, request, stdio)
-    except OSError as e:
-        raise _Failure(f"cannot send the command to the supervisor: {e.strerror}") from None
+    started = False
 
     def forward(signo: int, _frame: object) -> None:
+        if not started:
+            if signo in ENDING_SIGNALS:
+                os._exit(128 + signo)
+            return
         try:
             transport.send(sock, protocol.Signal(signo))
         except OSError:
@@ -105,10 +130,22 @@ def run(argv: list[str]) -> int:
 
     for signo in FORWARDED_SIGNALS:
         _signal.signal(signo, forward)
+    deadline = time.monotonic() + ACCEPT_SECONDS
+    sock = _connect(path, deadline)
+    conversation = protocol.Conversation("client")
+    decoder = protocol.Decoder()
+    try:
+        transport.send(sock, request, stdio, deadline)
+    except TimeoutError:
+        raise _Failure(_late(path)) from None
+    except OSError as e:
+        raise _Failure(f"cannot send the command to the supervisor: {e.strerror}") from None
     while True:
         try:
-            message = transport.receive(sock, decoder)
+            message = transport.receive(sock, decoder, deadline=None if started else deadline)
             conversation.receive(message)
+        except TimeoutError:
+            raise _Failure(_late(path)) from None
         except transport.Closed:
             raise _Failure("the supervisor went away; the command was killed") from None
         except (OSError, protocol.ProtocolError, SystemError) as e:
@@ -117,6 +154,9 @@ def run(argv: list[str]) -> int:
             raise _Failure(f"protocol error: {e}") from None
         if isinstance(message, protocol.Refused):
             raise _Failure(message.reason)
+        if isinstance(message, protocol.Started):
+            started = True
+            sock.settimeout(None)  # the command runs as long as it runs
         if isinstance(message, protocol.Exited):
             return message.status()
 

@@ -101,6 +101,12 @@ class RunRequest(_Message):
             "run: stdio must list distinct fds among 0, 1, 2",
         )
         _check(isinstance(tty, dict), "run: tty must be an object")
+        # Nothing the kernel takes as a C string holds a NUL (issue 23: it reached the spawn and answered
+        # "internal supervisor error", leaking a pipe per request).
+        _check(
+            not any("\0" in text for text in (cwd, *argv, *env, *env.values())),
+            "run: argv, cwd and env may not hold a NUL byte",
+        )
         self._set(shell=shell, argv=argv, cwd=cwd, env=env, stdio=stdio, tty=tty)
 
 

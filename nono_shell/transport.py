@@ -9,11 +9,21 @@ from __future__ import annotations
 import _socket
 import os
 import struct
+import time
 from _socket import CMSG_LEN, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET
 
 from nono_shell.protocol import MAX_FDS, Decoder, Message, ProtocolError, encode
 
-__all__ = ["send", "receive", "receive_chunk", "Closed", "peer_credentials", "peer_uid", "SOCK_CLOEXEC"]
+__all__ = [
+    "send",
+    "receive",
+    "receive_chunk",
+    "until",
+    "Closed",
+    "peer_credentials",
+    "peer_uid",
+    "SOCK_CLOEXEC",
+]
 
 _CHUNK = 65536
 _FD = struct.Struct("i")
@@ -48,21 +58,39 @@ class Closed(Exception):
         self.truncated = truncated
 
 
-def send(sock, message: Message, fds: list[int] | tuple[int, ...] = ()) -> None:
+def until(sock, deadline: float | None) -> None:
+    """Bound the socket's next blocking call by ``deadline`` (time.monotonic); TimeoutError once it has
+    passed. None: no bound. Each call is bounded by what is left, so a peer that takes a byte at a time
+    cannot stretch the deadline."""
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    sock.settimeout(left)
+
+
+def send(
+    sock, message: Message, fds: list[int] | tuple[int, ...] = (), deadline: float | None = None
+) -> None:
     data = encode(message)
     if fds:
         ancillary = [(SOL_SOCKET, SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+        until(sock, deadline)
         data = data[sock.sendmsg([data], ancillary) :]
     if data:
-        sock.sendall(data)
+        until(sock, deadline)
+        sock.sendall(data)  # a timeout bounds the whole of sendall
 
 
-def receive(sock, decoder: Decoder, fds: list[int] | None = None) -> Message:
-    """The next message; descriptors that arrive on the way are appended to ``fds`` (closed if None)."""
+def receive(sock, decoder: Decoder, fds: list[int] | None = None, deadline: float | None = None) -> Message:
+    """The next message; descriptors that arrive on the way are appended to ``fds`` (closed if None).
+    ``deadline``: see ``until``."""
     while True:
         message = decoder.next_message()
         if message is not None:
             return message
+        until(sock, deadline)
         data = receive_chunk(sock, fds)
         if not data:
             raise Closed(truncated=decoder.pending > 0)

@@ -16,6 +16,7 @@ from nono_supervisor.session import Session
 __all__ = [
     "start_sandboxed",
     "finish",
+    "left_running",
     "plan_cache",
     "enforcement",
     "landlock_plan",
@@ -222,6 +223,16 @@ def _preloaded(env: dict[str, str], library: str) -> dict[str, str]:
     if library in current.replace(":", " ").split():
         return env
     return {**env, "LD_PRELOAD": f"{current} {library}".strip()}
+
+
+def left_running() -> int:
+    """Commands that returned but left background jobs their keeper still holds (Linux): each keeps its
+    notify loop, a thread and the listener's fd, so the server counts them against its command cap."""
+    if sys.platform.startswith("linux"):
+        from nono_supervisor.linux.sandbox import reap_keepers
+
+        return reap_keepers()
+    return 0
 
 
 def finish(process) -> None:

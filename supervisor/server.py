@@ -25,7 +25,7 @@ from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
 from nono_shell.personality import command_text
 from nono_supervisor.access import OPS
-from nono_supervisor.backend import finish, rename_noreplace, start_sandboxed
+from nono_supervisor.backend import finish, left_running, rename_noreplace, start_sandboxed
 from nono_supervisor.consent import Consent
 from nono_supervisor.errors import NonoError
 from nono_supervisor.launcher import TerminalLease, status_code
@@ -60,12 +60,17 @@ MAX_PENDING = 64
 # a flood from inside a command), nor to pid 0 (peer outside our pid namespace): those share MAX_PENDING.
 # Per uid: only the supervisor's own uid is served at all, so the per-uid cap is the total.
 MAX_PENDING_PER_PID = 8
-# Commands running at once. Each holds its connection's thread and a notify thread, and 6 fds, for its
+# Commands running at once. Each holds its connection's thread and a notify thread, and 7 fds, for its
 # lifetime; DESIGN budgets 50 at once, 128 leaves room for a parallel build under nested routing. Over
 # it a request is refused with a reason (test_commands_over_the_cap_are_refused_with_a_reason). Lowered
-# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 117).
+# to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 100). A command that returned leaving
+# background jobs counts until they end: its notify loop serves them (a thread and the listener's fd),
+# and `bash -c 'sleep 1000 &'` in a loop would otherwise exhaust the supervisor
+# (test_commands_left_running_count_against_the_cap).
 MAX_COMMANDS = 128
-_FDS_PER_COMMAND = 6  # measured: connection, 3 stdio fds, the notify listener, the exit pidfd
+# Measured: connection, 3 stdio fds, the notify listener, the keeper's status pipe and the copy of it
+# that _supervise polls.
+_FDS_PER_COMMAND = 7
 _FDS_PER_PENDING = 1 + protocol.MAX_FDS
 _FD_RESERVE = 64  # the listener, the agent's pty and notify loop, emulation's pins, logs
 # Bytes of first requests held by running commands together (a request lives as long as its command).
@@ -331,9 +336,13 @@ class Server:
 
     def _reserve(self, size: int) -> str | None:
         """Room for one more command holding a ``size``-byte request, or why not."""
+        left = left_running()
         with self._held_lock:
-            if self._running >= self.max_commands:
-                return f"{self.max_commands} commands are running, the most this supervisor runs at once"
+            if self._running + left >= self.max_commands:
+                jobs = f" ({left} of them returned, leaving background jobs)" if left else ""
+                return (
+                    f"{self.max_commands} commands are running{jobs}, the most this supervisor runs at once"
+                )
             if self._held + size > MAX_HELD_REQUEST_BYTES:
                 return (
                     f"the running commands' requests hold {self._held} bytes; with this one's {size} that is"
@@ -385,6 +394,8 @@ class Server:
         if shell is None:
             raise _Refuse(f"no real {request.shell} found on this machine")
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
+        if _hung_up(conn):  # a client past its deadline (a supervisor stopped meanwhile): nothing is run
+            raise _Refuse("the client went away before its command started")
         command = self.session.next_command_id()
         status = self._run(conn, decoder, conversation, request, shell, stdio, command)
         code, signo = exit_parts(status)
@@ -435,22 +446,26 @@ class Server:
                 if lease:
                     lease.hangup()
                 raise
-            if lease:
-                lease.start(process)
-            report.pid = process.pid
-            self.session.audit.write(
-                command=command,
-                event="start",
-                argv=request.argv,
-                cwd=request.cwd,
-                pid=process.pid,
-                shell=shell,
-                attempt=attempt,
-            )
-            if attempt == 0:
-                _try_send(conn, protocol.Started(command))
             try:
+                if lease:
+                    lease.start(process)
+                report.pid = process.pid
+                self.session.audit.write(
+                    command=command,
+                    event="start",
+                    argv=request.argv,
+                    cwd=request.cwd,
+                    pid=process.pid,
+                    shell=shell,
+                    attempt=attempt,
+                )
+                if attempt == 0:
+                    _try_send(conn, protocol.Started(command))
                 status, client_alive = self._supervise(conn, decoder, conversation, process)
+            except BaseException:
+                process.kill_tree()  # nothing would supervise it: it goes, with its tree
+                process.wait()
+                raise
             finally:
                 if lease:
                     lease.hangup()  # the main process is gone: so is the pty
@@ -524,6 +539,15 @@ class Server:
             self._log(f"client broke the protocol mid-command: {e}")
             return False
         return True
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the client has closed its end (a client only ever closes once it has given up)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP)
+    return any(
+        events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0)
+    )
 
 
 def exit_parts(status: int) -> tuple[int, int]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import resource
 import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import weakref
 
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR, start_supervisor
+from conftest import FAKE_KEY, SUPERVISOR, start_supervisor, wait_until
 from nono_shell import protocol, transport
 from nono_supervisor import server
 
@@ -362,6 +364,49 @@ def test_commands_over_the_cap_are_refused_with_a_reason(home):
         supervisor.stop()
 
 
+def _live_children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` and that are not zombies (a supervisor's keepers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            children.append(int(entry))
+    return children
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_commands_left_running_count_against_the_cap(request, user):
+    """Each command here returns at once leaving a background job, whose notify loop (a thread, an fd)
+    the supervisor keeps: past the cap the next is refused with a reason; once the jobs end, served."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    soft = 512
+    cap = (
+        soft - server._FD_RESERVE - server.MAX_PENDING * server._FDS_PER_PENDING
+    ) // server._FDS_PER_COMMAND
+    supervisor = _supervisor_with_nofile(home, soft)
+    jobs = home.work / "jobs"
+    try:
+        for _ in range(cap):
+            result = supervisor.shell("-c", f"sleep 300 >/dev/null 2>&1 & echo $! >> {jobs}")
+            assert result.returncode == 0, result.stderr
+        result = supervisor.shell("-c", "echo ran")
+        assert result.returncode == 125 and result.stdout == "", result.stderr
+        assert (
+            f"{cap} commands are running ({cap} of them returned, leaving background jobs)" in result.stderr
+        )
+        for pid in jobs.read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        assert wait_until(lambda: not _live_children(supervisor.process.pid))  # the keepers saw them end
+        result = supervisor.shell("-c", "echo ran")  # twin: the jobs ended, the next is served
+        assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+    finally:
+        supervisor.stop()
+
+
 def test_requests_over_the_held_bytes_budget_are_refused(supervisor):
     """Running commands whose requests are as big as a command can be (1.75 MiB of environment, under
     ARG_MAX so that bash still execs): the supervisor keeps at most MAX_HELD_REQUEST_BYTES of them."""
@@ -399,6 +444,118 @@ def test_requests_over_the_held_bytes_budget_are_refused(supervisor):
     finally:
         for conn in running:
             conn.close()
+
+
+# ---- refused requests release what they took (issue 23, finding 2) ------------------------------------
+
+# Runs inside a command: COUNT connections of KIND, each refused (or cut) by the supervisor; prints
+# "KIND refused=N" with how many got a Refused. Frames are built by hand: the client's RunRequest would
+# refuse some of them itself.
+REFUSALS = r"""
+import json, os, socket, struct, sys
+kind, count = sys.argv[1], int(sys.argv[2])
+run = {"type": "run", "shell": "bash", "argv": ["bash", "-c", "sleep 30"], "cwd": os.getcwd(),
+       "env": {"PATH": os.environ["PATH"]}, "stdio": [], "tty": {}}
+
+def frame(**fields):
+    body = json.dumps({**run, **fields}).encode()
+    return struct.pack(">I", len(body)) + body
+
+sent = {
+    "nul-argv": frame(argv=["bash", "-c", "true\0"]),
+    "nul-env": frame(env={"A": "x\0y"}),
+    "nul-cwd": frame(cwd=os.getcwd() + "\0x"),
+    "missing-cwd": frame(cwd="/nonexistent-nono-cwd"),  # the spawn fails at chdir
+    "malformed": struct.pack(">I", 5) + b"hello",
+    "fds-missing": frame(stdio=[0, 1, 2]),  # names three, carries none
+    "fds-extra": frame(),  # names none, carries one
+    "gone-mid-request": frame()[:20],
+    "gone-mid-command": frame(),  # started, then its client is gone: the tree is killed
+}[kind]
+refused = 0
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(os.environ["NONO_SOCKET"])
+    if kind == "fds-extra":
+        s.sendmsg([sent], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", 0))])
+    else:
+        s.sendall(sent)
+    if kind == "gone-mid-command":
+        s.recv(4096)  # Started
+    elif kind != "gone-mid-request":
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        refused += b'"type":"refused"' in reply.replace(b" ", b"")
+    s.close()
+print(f"{kind} refused={refused}", flush=True)
+"""
+# kind -> connections: the NUL case at the count that took the supervisor to 1,014 fds, the rest fewer
+# (a refused spawn or a started command costs a keeper each).
+FLOODS = {
+    "nul-argv": 2000,
+    "nul-env": 300,
+    "nul-cwd": 300,
+    "missing-cwd": 200,
+    "malformed": 300,
+    "fds-missing": 300,
+    "fds-extra": 300,
+    "gone-mid-request": 300,
+    "gone-mid-command": 50,
+}
+
+
+def _settled_fds(pid: int) -> int:
+    """The supervisor's open fds once the count holds still (commands being killed close theirs late)."""
+    last = -1
+    while (count := len(os.listdir(f"/proc/{pid}/fd"))) != last:
+        last = count
+        time.sleep(0.3)
+    return count
+
+
+def _flood_refusals(supervisor, counts: dict[str, int]) -> str:
+    script = supervisor.home.work / "refusals.py"
+    script.write_text(REFUSALS)
+    lines = []
+    for kind, count in counts.items():
+        result = supervisor.shell(
+            "-c", f"exec python3 {script} {kind} {count}", cwd=supervisor.home.work, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        lines.append(result.stdout.strip())
+        if kind.startswith("gone"):
+            continue
+        assert lines[-1] == f"{kind} refused={count}", lines[-1]
+    return "; ".join(lines)
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_refused_requests_from_inside_leave_the_supervisor_flat(request, user):
+    """Every refusal path, flooded from inside a command (2,000 NUL requests among them): the supervisor's
+    fd count returns to what it was and its RSS stays flat, and a command from outside is still served."""
+    supervisor = request.getfixturevalue("nobody_supervisor" if user else "supervisor")
+    pid = supervisor.process.pid
+    _flood_refusals(supervisor, dict.fromkeys(FLOODS, 20))  # warm-up: threads, plans and caches exist
+    fds, rss = _settled_fds(pid), _rss_mib(pid)
+    summary = _flood_refusals(supervisor, FLOODS)
+    after_fds, after_rss = _settled_fds(pid), _rss_mib(pid)
+    print(f"fds {fds} -> {after_fds}, RSS MiB {rss:.1f} -> {after_rss:.1f}; {summary}")
+    assert after_fds <= fds, f"the supervisor holds {after_fds - fds} more fds"
+    assert after_rss < rss + 8
+    outside = supervisor.shell("-c", "echo served")
+    assert outside.returncode == 0 and outside.stdout == "served\n", outside.stderr
+
+
+def test_a_nul_byte_is_a_bad_request_in_one_line(supervisor):
+    conn = _connect(supervisor.socket)
+    body = _request(supervisor.home)[4:].replace(b'"true"', b'"tr\\u0000ue"')
+    conn.sendall(struct.pack(">I", len(body)) + body)
+    reply = _reply(conn)
+    assert isinstance(reply, protocol.Refused)
+    assert reply.reason == "bad request: run: argv, cwd and env may not hold a NUL byte"
+    conn.close()
+    assert supervisor.shell("-c", "echo served").stdout == "served\n"  # the twin: the same without the NUL
 
 
 # ---- the audit log ----------------------------------------------------------------------------------

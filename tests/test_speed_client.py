@@ -4,12 +4,14 @@ signals forwarded. Each case runs both clients against the same fake supervisor.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -284,12 +286,19 @@ def test_a_refusal_is_shown_as_the_python_client_shows_it(both, env, tmp_path):
     assert results["c"].stderr == f"nono-shell: {reason}\n".encode(errors="replace")
 
 
+def _read_by_the_client(conn) -> bool:
+    """Whether the client has taken everything sent to it (SIOCOUTQ: bytes it has not read yet)."""
+    return struct.unpack("i", fcntl.ioctl(conn, termios.TIOCOUTQ, b"\0" * 4))[0] == 0
+
+
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGWINCH])
-def test_signals_are_forwarded_once_the_command_is_handed_over(both, env, tmp_path, signo):
+def test_signals_are_forwarded_once_the_command_started(both, env, tmp_path, signo):
     got: list[int] = []
 
     def script(conn, _body, _fds):
         conn.sendall(STARTED)
+        while not _read_by_the_client(conn):
+            time.sleep(0.01)
         decoder = protocol.Decoder()
         message = transport.receive(conn, decoder)
         got.append(message.signo)
@@ -304,7 +313,7 @@ def test_signals_are_forwarded_once_the_command_is_handed_over(both, env, tmp_pa
             deadline = time.monotonic() + 20
             while len(fake.requests) < len(got) + 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(0.3)  # the Started frame is read and the handlers are in place
+            time.sleep(0.3)  # the Started frame is read (the fake waits for that) and acted on
             client.send_signal(signo)
             _out, err = client.communicate(timeout=20)
             assert client.returncode == 128 + signo, (kind, err)
@@ -312,6 +321,36 @@ def test_signals_are_forwarded_once_the_command_is_handed_over(both, env, tmp_pa
     finally:
         fake.close()
     assert got == [signo, signo]
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_before_the_command_started_ends_the_client(both, env, tmp_path, signo):
+    """The request is out and no Started came (a frozen supervisor): the signal ends the client with
+    128+N and nothing is forwarded (issue 23: the SIGTERM went into the socket and the client waited on)."""
+    after_request: list[bytes] = []
+
+    def script(conn, _body, _fds):
+        data = b""
+        while chunk := conn.recv(4096):  # until the client is gone
+            data += chunk
+        after_request.append(data)
+
+    fake = FakeSupervisor(tmp_path / "s", script)
+    try:
+        for kind in ("c", "python"):
+            client = subprocess.Popen(
+                [str(both[kind] / "bash"), "-c", "true"], env=env, stderr=subprocess.PIPE
+            )
+            deadline = time.monotonic() + 20
+            while len(fake.requests) < len(after_request) + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            client.send_signal(signo)
+            _out, err = client.communicate(timeout=20)
+            assert client.returncode == 128 + signo, (kind, err)
+            assert err == b""
+    finally:
+        fake.close()
+    assert after_request == [b"", b""]
 
 
 @pytest.mark.parametrize("case", ["no variable", "nothing listening", "missing", "too long"])

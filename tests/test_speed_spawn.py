@@ -38,7 +38,7 @@ def _gone(pid: int, seconds: float = 10) -> bool:
             with open(f"/proc/{pid}/status") as status:
                 if any(line.startswith("State:") and "Z" in line.split()[1] for line in status):
                     return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or being reaped as we opened it
             return True
         time.sleep(0.02)
     return False

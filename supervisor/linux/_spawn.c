@@ -6,7 +6,8 @@
  * envp and path bytes, the Landlock ruleset fd, the seccomp BPF program. The child may not allocate.
  * The keeper reports "pid:N;" (the command's pid, which is also its process group) and a failed step
  * reports "stage:errno;" over a CLOEXEC pipe; EOF on that pipe means exec happened
- * (CPython's _posixsubprocess.c is the model).
+ * (CPython's _posixsubprocess.c is the model). When the command ends, the keeper reports its wait status
+ * as "exit:N;" over a second pipe (the status pipe), at once, whatever the command left running.
  *
  * Process shape:
  *
@@ -17,11 +18,15 @@
  * plan in a memfd, so no copy of the supervisor is made; it vforks the command. Where nono-keeper is not
  * built, the keeper is a fork of the supervisor running the same code.
  *
- * The keeper exists so that a command tree never outlives the supervisor (CONTRACT: no orphan remains):
- * it learns of the supervisor's death through PR_SET_PDEATHSIG and of a kill request through
- * KILL_TREE_SIGNAL, and then SIGKILLs its process group and every descendant (it is their subreaper, so
- * double-forked daemons stay below it). It stays outside the Landlock domain so the command cannot
- * signal or ptrace it (Landlock scoping). It exits with the command's status when the command ends.
+ * The keeper exists so that a command tree never outlives the supervisor (CONTRACT: no orphan remains).
+ * It is the subreaper of the whole tree, so a double-forked or setsid daemon stays below it, and it lives
+ * until that tree is empty: a background job the command left (`bash -c 'sleep 100 &'` returns at once,
+ * as under bash) keeps running under it after the status was reported. It watches a pidfd of the
+ * supervisor *process* (not PR_SET_PDEATHSIG, which fires when the forking *thread* exits: the server's
+ * thread for a command ends when the command returns, and would take its background jobs with it), and
+ * when that process is gone (kill -9 included), or when KILL_TREE_SIGNAL asks, it SIGKILLs its process
+ * group and every descendant. It stays outside the Landlock domain so the command cannot signal or
+ * ptrace it (Landlock scoping).
  */
 #ifndef NONO_KEEPER
 #define PY_SSIZE_T_CLEAN
@@ -42,8 +47,10 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -51,6 +58,9 @@
 
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -70,7 +80,7 @@
  * one of the signals forwarded from the agent (those go to the process group and the keeper ignores them). */
 #define KILL_TREE_SIGNAL (SIGRTMIN + 3)
 /* The keeper is not in the command's process group, but a hangup of the terminal or a stray signal must
- * not kill it before it has mirrored the command's status. */
+ * not kill it while it keeps the tree (SIGPIPE: a status pipe whose reader is gone is EPIPE). */
 static const int forwarded_signals[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1,
                                         SIGUSR2, SIGALRM, SIGWINCH, SIGPIPE};
 /* Bounded: a command tree deeper or wider than this is killed in further rounds. */
@@ -146,25 +156,6 @@ static int read_children(pid_t pid, pid_t *pids, int room) {
     return n;
 }
 
-/* SIGKILL the command's process group and every descendant (stopped first so none forks away meanwhile). */
-static void kill_tree(pid_t command) {
-    static pid_t tree[MAX_TREE];
-    for (int round = 0; round < 8; round++) {
-        int count = read_children(getpid(), tree, MAX_TREE);
-        kill(-command, SIGKILL);
-        for (int i = 0; i < count && count < MAX_TREE; i++)
-            count += read_children(tree[i], tree + count, MAX_TREE - count);
-        if (count == 0)
-            return;
-        for (int i = 0; i < count; i++)
-            kill(tree[i], SIGSTOP);
-        for (int i = 0; i < count; i++)
-            kill(tree[i], SIGKILL);
-        while (waitpid(-1, NULL, WNOHANG) > 0)
-            ;
-    }
-}
-
 struct plan {
     const char *path;
     char *const *argv;
@@ -177,6 +168,7 @@ struct plan {
     int seccomp_flags;
     int listener_sock;
     int errpipe;
+    int status_pipe; /* the keeper writes "exit:N;" here when the command ends */
     int ctty;
     pid_t supervisor;
     /* The agent's routing namespace (DESIGN routing layer 4): a mount namespace (inside a new user
@@ -362,38 +354,74 @@ static _Noreturn void exec_command(const struct plan *p) {
     fail(p->errpipe, "exec", errno);
 }
 
-/* The keeper: waits for the command and mirrors its status; kills the tree when told or orphaned. */
-/* The keeper's loop. SIGCHLD and KILL_TREE_SIGNAL are blocked (since child() began) and taken with
- * sigwaitinfo, so a kill request can never slip in between a check and a blocking wait (test
- * test_killing_the_client_kills_the_command_tree flaked 1 run in 10 with a handler and waitpid). */
-static _Noreturn void keep(const struct plan *p, pid_t command, const sigset_t *waited) {
-    int status = 0;
+/* What the keeper keeps: the command (its pid is also its process group) and whether it has ended. */
+struct tree {
+    const struct plan *plan;
+    pid_t command;
+    int ended;
+};
+
+/* Reap every child that has ended, reporting the command's wait status the moment it is reaped (the
+ * client returns then, whatever the command left running). The last waitpid result: -1 with ECHILD when
+ * the tree is empty. */
+static pid_t reap(struct tree *t) {
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        if (pid == t->command) {
+            t->ended = 1;
+            report(t->plan->status_pipe, "exit", status);
+            close(t->plan->status_pipe);
+        }
+    return pid;
+}
+
+/* SIGKILL the command's process group and every descendant (stopped first so none forks away meanwhile).
+ * The group id stays the command's after it ended: a pid is not reused while a group of its number lives. */
+static void kill_tree(struct tree *t) {
+    static pid_t tree[MAX_TREE];
+    for (int round = 0; round < 8; round++) {
+        int count = read_children(getpid(), tree, MAX_TREE);
+        kill(-t->command, SIGKILL);
+        for (int i = 0; i < count && count < MAX_TREE; i++)
+            count += read_children(tree[i], tree + count, MAX_TREE - count);
+        if (count == 0)
+            return;
+        for (int i = 0; i < count; i++)
+            kill(tree[i], SIGSTOP);
+        for (int i = 0; i < count; i++)
+            kill(tree[i], SIGKILL);
+        reap(t);
+    }
+}
+
+/* The keeper's loop: reap, report the command's status when it ends, and keep the tree until it is empty.
+ * SIGCHLD and KILL_TREE_SIGNAL are blocked (since child() began) and read from a signalfd polled with the
+ * supervisor's pidfd, so neither a kill request nor the supervisor's death can slip in between a check
+ * and the blocking wait (test_killing_the_client_kills_the_command_tree flaked 1 run in 10 with a handler
+ * and waitpid). Once the supervisor is gone the tree is killed again at every wake until it is empty: a
+ * process that was forking when one round ran is caught by the next. */
+static _Noreturn void keep(const struct plan *p, pid_t command, int signals, int supervisor) {
+    struct pollfd watch[2] = {{.fd = signals, .events = POLLIN}, {.fd = supervisor, .events = POLLIN}};
+    struct signalfd_siginfo info;
+    struct tree t = {.plan = p, .command = command};
+    int orphaned = 0;
     for (;;) {
-        pid_t pid;
-        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-            if (pid == command)
-                goto done;
-        if (pid < 0 && errno == ECHILD)
-            _exit(127);
-        if (getppid() != p->supervisor)
-            kill_tree(command);
-        if (sigwaitinfo(waited, NULL) == KILL_TREE_SIGNAL)
-            kill_tree(command);
+        if (reap(&t) < 0 && errno == ECHILD)
+            _exit(t.ended ? 0 : 127); /* the tree is empty */
+        if (orphaned)
+            kill_tree(&t);
+        if (poll(watch, 2, -1) < 0)
+            continue; /* EINTR */
+        if (watch[1].revents) {
+            orphaned = 1;
+            watch[1].fd = -1; /* readable for good: stop polling it */
+            kill_tree(&t);
+        }
+        while (read(signals, &info, sizeof info) == (ssize_t)sizeof info)
+            if ((int)info.ssi_signo == KILL_TREE_SIGNAL)
+                kill_tree(&t);
     }
-done:
-    if (WIFSIGNALED(status)) {
-        int sig = WTERMSIG(status);
-        struct sigaction dfl = {.sa_handler = SIG_DFL};
-        sigset_t just;
-        sigaction(sig, &dfl, NULL);
-        sigemptyset(&just);
-        sigaddset(&just, sig);
-        sigprocmask(SIG_UNBLOCK, &just, NULL);
-        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* the command already dumped core if it was going to */
-        kill(getpid(), sig);
-        _exit(128 + sig);
-    }
-    _exit(WEXITSTATUS(status));
 }
 
 /* The keeper as its own small program (nono-keeper: this file built with NONO_KEEPER, static). The
@@ -449,9 +477,10 @@ static int out_list(struct out *o, char *const *items) {
 
 /* The plan as bytes (what nono-keeper's read_plan takes back); 0 or -1 (out of memory). */
 static int write_plan(struct out *o, const struct plan *p) {
-    int64_t ints[] = {PLAN_MAGIC,     p->stdio[0],       p->stdio[1], p->stdio[2], p->ruleset_fd,
-                      p->landlock_flags, p->seccomp_flags, p->listener_sock, p->errpipe, p->ctty,
-                      p->userns,      p->exec_fd,        p->supervisor, p->prog.len, p->nbinds};
+    int64_t ints[] = {PLAN_MAGIC,      p->stdio[0],    p->stdio[1],      p->stdio[2], p->ruleset_fd,
+                      p->landlock_flags, p->seccomp_flags, p->listener_sock, p->errpipe, p->status_pipe,
+                      p->ctty,         p->userns,      p->exec_fd,       p->supervisor, p->prog.len,
+                      p->nbinds};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (out_int(o, ints[i]))
             return -1;
@@ -464,25 +493,32 @@ static int write_plan(struct out *o, const struct plan *p) {
     return 0;
 }
 
+/* A new fd of the keeper's own, moved above 0-2: those are the command's stdio (or closed, when the client
+ * passed none, and then the next fd lands there), and the keeper closes them once the command runs. */
+static int above_stdio(int fd) {
+    int high;
+    if (fd < 0 || fd > 2)
+        return fd;
+    high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    close(fd);
+    return high;
+}
+
 static _Noreturn void child(const struct plan *p) {
     int moved[3];
-    int keep_fds[5];
+    int keep_fds[6];
+    int supervisor, signals;
     pid_t command;
     struct sigaction ignore = {.sa_handler = SIG_IGN}, dfl = {.sa_handler = SIG_DFL};
     sigset_t waited;
 
-    /* a. Die with the supervisor: the kernel tells us when the forking thread goes away. The getppid()
-     *    check closes the race where it died before the prctl. The signal (and SIGCHLD, left at its
-     *    default so that exits queue) is blocked and waited for in keep(); the command unblocks all. */
+    /* a. A kill request and SIGCHLD (left at its default so that exits queue) are blocked and read from
+     *    a signalfd in keep(); the command unblocks all. */
     sigemptyset(&waited);
     sigaddset(&waited, SIGCHLD);
     sigaddset(&waited, KILL_TREE_SIGNAL);
     sigprocmask(SIG_BLOCK, &waited, NULL);
     sigaction(SIGCHLD, &dfl, NULL);
-    if (prctl(PR_SET_PDEATHSIG, KILL_TREE_SIGNAL, 0, 0, 0) != 0)
-        fail(p->errpipe, "pdeathsig", errno);
-    if (getppid() != p->supervisor)
-        _exit(127);
 
     /* b. Own session: the agent's terminal signals reach the command only through the supervisor. */
     if (setsid() < 0)
@@ -511,16 +547,26 @@ static _Noreturn void child(const struct plan *p) {
     keep_fds[1] = p->listener_sock;
     keep_fds[2] = p->errpipe;
     keep_fds[3] = p->exec_fd;
-    keep_fds[4] = -1;
-    sort_fds(keep_fds, 5);
-    close_all_but(keep_fds, 5);
+    keep_fds[4] = p->status_pipe;
+    keep_fds[5] = -1;
+    sort_fds(keep_fds, 6);
+    close_all_but(keep_fds, 6);
 
     if (p->cwd && chdir(p->cwd) != 0)
         fail(p->errpipe, "chdir", errno);
 
-    /* e. Keeper: subreaper, survives forwarded signals, kills the tree on request. */
+    /* e. Keeper: subreaper, survives forwarded signals, kills the tree on request or when the supervisor
+     *    process is gone. Its pidfd is taken by pid, then the parent checked: if the supervisor died before
+     *    the open (and the pid was reused), we were reparented and getppid() differs. Both fds are
+     *    close-on-exec: the command never holds them. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
         fail(p->errpipe, "subreaper", errno);
+    if ((supervisor = above_stdio((int)syscall(SYS_pidfd_open, p->supervisor, 0))) < 0)
+        fail(p->errpipe, "pidfd_open", errno);
+    if (getppid() != p->supervisor)
+        _exit(127);
+    if ((signals = above_stdio(signalfd(-1, &waited, SFD_CLOEXEC | SFD_NONBLOCK))) < 0)
+        fail(p->errpipe, "signalfd", errno);
     /* vfork: the keeper is a copy of the whole supervisor, and copying its page tables again costs more
      * than the rest of a command's start-up (1.5-1.8 ms here). The command shares the keeper's memory until
      * its execve (the keeper waits meanwhile); exec_command only makes raw syscalls, writes its own stack
@@ -542,7 +588,7 @@ static _Noreturn void child(const struct plan *p) {
         close(p->listener_sock);
     if (p->exec_fd >= 0)
         close(p->exec_fd);
-    keep(p, command, &waited);
+    keep(p, command, signals, supervisor);
 }
 
 #ifndef NONO_KEEPER
@@ -602,10 +648,11 @@ static int bind_lists(PyObject *binds, struct plan *p) {
 
 PyDoc_STRVAR(spawn_doc,
              "spawn(path, argv, envp, cwd, stdio, ruleset_fd, landlock_flags, bpf, seccomp_flags,\n"
-             "      listener_sock, errpipe, ctty[, binds, userns, exec_fd]) -> keeper pid\n\n"
+             "      listener_sock, errpipe, status_pipe, ctty[, binds, userns, exec_fd]) -> keeper pid\n\n"
              "Fork a keeper and a sandboxed command (see the module comment). All arguments are prepared\n"
              "by the caller; the child makes only raw syscalls. Read errpipe to EOF to learn whether the\n"
-             "exec happened: it carries 'pid:N;' and, if a step failed, 'stage:errno;'.");
+             "exec happened: it carries 'pid:N;' and, if a step failed, 'stage:errno;'. status_pipe gets\n"
+             "'exit:STATUS;' (a wait status) when the command ends; EOF alone: the keeper died first.");
 
 /* vfork, and exec nono-keeper with the plan: the keeper pid, or -1 (errno). The child only clears
  * close-on-exec on the fds the plan names and execs (a vfork child shares our memory, not our fd table). */
@@ -644,8 +691,8 @@ static pid_t spawn_keeper(const struct plan *p) {
     fdarg[n] = 0;
     char *argv[] = {"nono-keeper", "plan", fdarg, NULL};
     char *envp[] = {NULL};
-    int keep[] = {memfd, p->stdio[0], p->stdio[1], p->stdio[2], p->ruleset_fd, p->listener_sock, p->errpipe,
-                  p->exec_fd};
+    int keep[] = {memfd,           p->stdio[0], p->stdio[1], p->stdio[2], p->ruleset_fd, p->listener_sock,
+                  p->errpipe, p->status_pipe, p->exec_fd};
     Py_BEGIN_ALLOW_THREADS
     pid = vfork();
     if (pid == 0) {
@@ -673,8 +720,9 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
 
     memset(&p, 0, sizeof p);
     p.exec_fd = -1;
-    if (!PyArg_ParseTuple(args, "SOOOOiiSiiip|Opi", &path, &argv_list, &envp_list, &cwd, &stdio, &p.ruleset_fd,
-                          &p.landlock_flags, &bpf, &p.seccomp_flags, &p.listener_sock, &p.errpipe, &p.ctty,
+    if (!PyArg_ParseTuple(args, "SOOOOiiSiiiip|Opi", &path, &argv_list, &envp_list, &cwd, &stdio, &p.ruleset_fd,
+                          &p.landlock_flags, &bpf, &p.seccomp_flags, &p.listener_sock, &p.errpipe,
+                          &p.status_pipe, &p.ctty,
                           &binds, &p.userns, &p.exec_fd))
         return NULL;
     if (!PyArg_ParseTuple(stdio, "iii", &p.stdio[0], &p.stdio[1], &p.stdio[2]))
@@ -866,6 +914,7 @@ int main(int argc, char **argv) {
     p.seccomp_flags = (int)in_int(&r);
     p.listener_sock = (int)in_int(&r);
     p.errpipe = (int)in_int(&r);
+    p.status_pipe = (int)in_int(&r);
     p.ctty = (int)in_int(&r);
     p.userns = (int)in_int(&r);
     p.exec_fd = (int)in_int(&r);
@@ -893,7 +942,7 @@ int main(int argc, char **argv) {
     if (r.bad || r.at != r.len || !p.path || !p.argv || !p.envp)
         fail(p.errpipe, "keeper_plan", EINVAL);
     /* Close-on-exec again, as they were in the supervisor: the command must not inherit them. */
-    int own[] = {p.ruleset_fd, p.listener_sock, p.errpipe, p.exec_fd};
+    int own[] = {p.ruleset_fd, p.listener_sock, p.errpipe, p.status_pipe, p.exec_fd};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (own[i] >= 0 && fcntl(own[i], F_SETFD, FD_CLOEXEC) != 0)
             fail(p.errpipe, "keeper_cloexec", errno);
