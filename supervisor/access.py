@@ -2,19 +2,22 @@
 
 Backends enforce a compiled approximation (Landlock rules, a Seatbelt profile); this is the intent they
 approximate, used where the supervisor decides a single operation itself (an emulated open, a prompt, the
-wording of a denial). Pure: no syscalls.
+wording of a denial). Pure: no syscalls. The one filesystem fact it needs, where each of the policy's paths
+really is, is computed once by the caller (``real_paths``) and passed in: the index is then a function of
+its arguments, tested over a fake filesystem (tests/test_policy_core.py).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for"]
+__all__ = ["Verdict", "AccessIndex", "OPS", "hint_for", "real_paths"]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -38,16 +41,24 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(path)
+def _pattern_directory(pattern: str) -> str | None:
+    """The directory of a probe pattern when it is a plain path (resolved like the others), else None."""
+    directory = os.path.dirname(pattern)
+    return None if any(c in directory for c in "*?[") else directory
 
 
-def _real_pattern(pattern: str) -> str:
-    """A pattern whose directory is a plain path, with that directory resolved (paths are compared real)."""
-    directory, name = os.path.split(pattern)
-    if any(c in directory for c in "*?["):
-        return pattern
-    return os.path.join(_real(directory), name)
+def real_paths(policy: Policy, realpath: Callable[[str], str]) -> dict[str, str]:
+    """Where each path of ``policy`` really is (``realpath``: ``os.path.realpath``, or a fake filesystem's),
+    the facts ``AccessIndex`` compares against: grants, denies, protected and runs-later paths, and the
+    directory of each probe pattern."""
+    paths = [
+        *(g.path for g in policy.grants),
+        *(d.path for d in policy.denies),
+        *policy.protected,
+        *(entry.path for entry in policy.runs_later),
+        *(d for d in map(_pattern_directory, (probe.pattern for probe in policy.probes)) if d is not None),
+    ]
+    return {path: realpath(path) for path in dict.fromkeys(paths)}
 
 
 def _covers_file(root: str, path: str) -> bool:
@@ -64,15 +75,23 @@ def _covers_file(root: str, path: str) -> bool:
 
 
 class AccessIndex:
-    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath)."""
+    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath), and so
+    must the policy's own: ``real`` maps each of them to where it really is (``real_paths``)."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, real: Mapping[str, str]) -> None:
         self.policy = policy
-        self._grants = [(_real(g.path), g) for g in policy.grants]
-        self._denies = [(_real(d.path), d.rule) for d in policy.denies]
-        self._protected = [_real(p) for p in policy.protected]
-        self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
-        self._runs_later = [_real(entry.path) for entry in policy.runs_later]
+        self._grants = [(real[g.path], g) for g in policy.grants]
+        self._denies = [(real[d.path], d.rule) for d in policy.denies]
+        self._protected = [real[p] for p in policy.protected]
+        self._probes = [(self._real_pattern(probe.pattern, real), probe.rule) for probe in policy.probes]
+        self._runs_later = [real[entry.path] for entry in policy.runs_later]
+
+    @staticmethod
+    def _real_pattern(pattern: str, real: Mapping[str, str]) -> str:
+        """A pattern whose directory is a plain path, with that directory resolved (paths are compared
+        real)."""
+        directory = _pattern_directory(pattern)
+        return pattern if directory is None else os.path.join(real[directory], os.path.basename(pattern))
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied, never-grantable and runs-later nodes strictly inside ``path``: moving or removing it

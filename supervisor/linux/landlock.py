@@ -322,6 +322,10 @@ class _Fs:
         self._list_stamp(path)
         return os.listdir(path)
 
+    def present(self, path: str) -> bool:
+        """Whether ``path`` exists (following links), not noted: ``_is_git_dir`` says why."""
+        return os.path.exists(path)
+
     def subdirs(self, path: str) -> list[str]:
         """The subdirectories of ``path`` (not links), noted by name and identity; the read is the note."""
         found = _subdir_set(path)
@@ -440,7 +444,7 @@ class _Compiler:
         if not rest & self.mask:
             return
         try:
-            names = sorted(self.fs.listdir(path)) if not _is_git_dir(path) else self.fs.subdirs(path)
+            names = sorted(self.fs.listdir(path)) if not _is_git_dir(self.fs, path) else self.fs.subdirs(path)
         except OSError as e:
             self.notes.append(
                 f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above"
@@ -453,13 +457,13 @@ class _Compiler:
             self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
 
 
-def _is_git_dir(path: str) -> bool:
+def _is_git_dir(fs: _Fs, path: str) -> bool:
     """A git directory holding a carve (its config, hooks): only its subdirectories get rules (``_Fs``).
     Its own files are written by git through a lock file and a rename, which the supervisor carries out,
     or asked again (FETCH_HEAD, COMMIT_EDITMSG). git's own test: HEAD, and objects and refs or (a linked
     worktree's) commondir. Not noted: a cached plan of a directory that stopped being one is narrower
     than a fresh one (its files have no rules), never wider."""
-    exists = os.path.exists
+    exists = fs.present
     if not exists(os.path.join(path, "HEAD")):
         return False
     return exists(os.path.join(path, "commondir")) or all(
