@@ -119,8 +119,8 @@ class AccessIndex:
         if deny is not None:
             # Only an explicit grant at or below the denied node overrides it (CONTRACT: --read-file
             # ~/.aws/credentials beats deny_credentials); group grants never do; a sealed path, nothing.
-            overridden = best is not None and not best[1].source.startswith("group:")
-            if deny[1] == NEVER_GRANTABLE or not (overridden and _under(best[0], deny[0])):
+            lifts = best is not None and not best[1].source.startswith("group:") and _under(best[0], deny[0])
+            if deny[1] == NEVER_GRANTABLE or not lifts:
                 return Verdict(False, deny[1])
         if need == "write" and not self._lifted(path, best):
             return Verdict(False, RUNS_LATER)
@@ -135,8 +135,9 @@ class AccessIndex:
         holding = [entry for entry in self._runs_later if _under(path, entry)]
         if not holding:
             return True
-        explicit = best is not None and best[1].source.startswith("--")
-        return explicit and all(_under(best[0], entry) for entry in holding)
+        if best is None or not best[1].source.startswith("--"):
+            return False
+        return all(_under(best[0], entry) for entry in holding)
 
     def _ungranted_rule(self, path: str) -> str:
         """Why nothing grants ``path``: the probe rule of the path or of an ancestor, else "not granted"."""

@@ -16,11 +16,15 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.linux import libc
 from nono_supervisor.policy import HANDED_TERMINAL, NEVER_GRANTABLE, RUNS_LATER, TERMINALS, Grant, Policy
+
+if TYPE_CHECKING:  # the C extension is imported where it is used: it may not be built (_Fs.still_valid)
+    from nono_supervisor.linux import _notify
 
 __all__ = [
     "ACCESS_FS",
@@ -154,7 +158,7 @@ class RightsIndex:
         self._rules = {rule.path: rule.rights for rule in plan.rules}
         self._aliases = dict(plan.aliases)
         self.handled = plan.handled_fs
-        self._native = None
+        self._native: _notify.Rights | None = None
         self._native_lock = threading.Lock()
 
     def dealias(self, path: str) -> str:
@@ -175,7 +179,7 @@ class RightsIndex:
                 prefix = prefix[: prefix.rindex("/")] or "/"
         return path
 
-    def native(self):
+    def native(self) -> _notify.Rights:
         """The same rules for the notify loop's C fast path (``_notify.Rights``), built once."""
         with self._native_lock:
             if self._native is None:
@@ -282,7 +286,7 @@ class _Fs:
         self.subdir_sets: dict[str, frozenset[tuple[str, int, int]] | None] = {}
         self.aliases: dict[str, str] = {}  # a symlink met on the way -> the real path it resolved to
         self.uncacheable = False
-        self._checker = None
+        self._checker: _notify.Stamps | Literal[False] | None = None  # None: not made yet; False: no C
 
     def _list_stamp(self, path: str) -> tuple[int, int, int, int] | None:
         if path not in self.listings:
@@ -362,8 +366,9 @@ class _Fs:
                 path = newpath
                 continue
             if newpath in seen:
-                path = seen[newpath]
-                if path is not None:
+                known = seen[newpath]
+                if known is not None:
+                    path = known
                     continue
                 return os.path.join(newpath, rest), False
             seen[newpath] = None
