@@ -378,9 +378,9 @@ def test_plan_matches_golden(name: str) -> None:
 _NAMES = ("a", "b", "c", ".git", "HEAD", "objects", "refs", "config", "hooks", "k")
 
 
-def _random_tree(rng: random.Random) -> dict[str, str]:
+def _random_tree(rng: random.Random, root: str = "/r") -> dict[str, str]:
     entries: dict[str, str] = {}
-    dirs = ["/r"]
+    dirs = [root]
     for _ in range(rng.randint(3, 30)):
         parent = rng.choice(dirs)
         path = f"{parent}/{rng.choice(_NAMES)}"
@@ -393,11 +393,11 @@ def _random_tree(rng: random.Random) -> dict[str, str]:
         elif roll < 0.85:
             entries[path] = "file"
         else:  # a link anywhere in the tree, or out of it, or to nothing
-            entries[path] = "-> " + rng.choice([*dirs, "/nowhere", "..", "a"])
+            entries[path] = "-> " + rng.choice([*dirs, f"{root}/nowhere", "..", "a"])
     return entries
 
 
-def _random_policy(rng: random.Random, paths: list[str]) -> Policy:
+def _random_policy(rng: random.Random, paths: list[str], root: str = "/r") -> Policy:
     def pick() -> str:
         path = rng.choice(paths)
         return path if rng.random() < 0.8 else f"{path}/{rng.choice(_NAMES)}"  # sometimes a missing one
@@ -418,7 +418,7 @@ def _random_policy(rng: random.Random, paths: list[str]) -> Policy:
     protected = tuple(pick() for _ in range(rng.randint(0, 2)))
     later = tuple(RunsLater(pick(), "shell: at start") for _ in range(rng.randint(0, 3)))
     return Policy(
-        "random", grants, denies, protected, False, "never", 60.0, "/r", "/r", "/tmp", "linux",
+        "random", grants, denies, protected, False, "never", 60.0, root, root, "/tmp", "linux",
         runs_later=later,
     )  # fmt: skip
 
@@ -466,3 +466,24 @@ def test_no_plan_grants_a_denied_node_or_an_ancestor_that_holds_one(seed: int) -
             if above or (_under(path, node) and not lifted):  # above it; at it or inside it, unless lifted
                 leaked = granted_there & removed & plan.handled_fs
                 assert not leaked, f"seed {seed}: {path} grants {leaked:#x} over held {node}\n{policy}"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_fake_filesystem_compiles_as_the_real_one_does(tmp_path: Path, seed: int) -> None:
+    """The fake is faithful: a random tree made on disk and the same tree in memory give the same plan
+    (rules, notes, aliases), so what the tests above prove over the fake holds over a real tree."""
+    rng = random.Random(seed)
+    root = str(tmp_path.resolve() / "r")
+    entries = _random_tree(rng, root)
+    os.mkdir(root)
+    for path, kind in entries.items():  # in insertion order: a parent before its entries
+        if kind == "dir":
+            os.mkdir(path)
+        elif kind == "file":
+            Path(path).touch()
+        else:
+            os.symlink(kind[3:], path)
+    policy = _random_policy(rng, [root, *entries], root)
+    real = compile_plan(policy, ABI)
+    fake = plan_of(policy, FakeFs({root: "dir", **entries}))
+    assert (real.rules, real.notes, real.aliases) == (fake.rules, fake.notes, fake.aliases)
