@@ -132,6 +132,8 @@ class Exited(_Message):
     """The command ended: ``code`` if it exited, ``signal`` if a signal killed it."""
 
     __slots__ = _fields = ("code", "signal")
+    code: int
+    signal: int
 
     def __init__(self, code: int = 0, signal: int = 0) -> None:
         _check(type(code) is int and 0 <= code <= 255, "exited: code out of range")
@@ -205,10 +207,11 @@ def _fast_json():
         from _json import encode_basestring_ascii, make_encoder, make_scanner
 
         # Exactly json.dumps(obj, separators=(",", ":"), allow_nan=False) and json.loads(text, strict=True).
-        encoder = make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False, False)
+        # (None for markers and default: no circular check, no default hook; typeshed types json's own call)
+        encoder = make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False, False)  # type: ignore[arg-type]
         # One scanner: a call holds the GIL from start to end and clears its key memo when done, so threads
         # can share it (a scanner per call was measured to leak ~60 bytes each in the supervisor).
-        scan = make_scanner(_ScanContext)
+        scan = make_scanner(_ScanContext)  # type: ignore[arg-type]  # any object with the scanner attributes
 
         def dumps(obj: object) -> str:
             return "".join(encoder(obj, 0))
@@ -260,7 +263,8 @@ def _decode_body(body: bytes) -> Message:
         raise ProtocolError(f"malformed frame: {e}") from None
     _check(isinstance(obj, dict), "malformed frame: not an object")
     cls = _TYPES.get(obj.pop("type", None))
-    _check(cls is not None, "malformed frame: unknown type")
+    if cls is None:
+        raise ProtocolError("malformed frame: unknown type")
     try:
         return cls(**obj)
     except TypeError as e:

@@ -2,19 +2,32 @@
 
 Backends enforce a compiled approximation (Landlock rules, a Seatbelt profile); this is the intent they
 approximate, used where the supervisor decides a single operation itself (an emulated open, a prompt, the
-wording of a denial). Pure: no syscalls.
+wording of a denial). Pure: no syscalls. The one filesystem fact it needs, where each of the policy's paths
+really is, is computed once by the caller (``real_paths``) and passed in: the index is then a function of
+its arguments, tested over a fake filesystem (tests/test_policy_core.py).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from nono_supervisor.netpolicy import network_hint
 from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
 
-__all__ = ["Verdict", "AccessIndex", "OPS", "ON_THE_WAY", "hint_for", "silent", "FOREIGN_PROC", "SHELL_OWN"]
+__all__ = [
+    "Verdict",
+    "AccessIndex",
+    "OPS",
+    "ON_THE_WAY",
+    "hint_for",
+    "real_paths",
+    "silent",
+    "FOREIGN_PROC",
+    "SHELL_OWN",
+]
 
 # Contract operations -> the access they need from a grant ("read" or "write").
 OPS = {
@@ -57,16 +70,36 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(path)
+def _pattern_directory(pattern: str) -> str | None:
+    """The directory of a probe pattern when it is a plain path (resolved like the others), else None."""
+    directory = os.path.dirname(pattern)
+    return None if any(c in directory for c in "*?[") else directory
 
 
-def _real_pattern(pattern: str) -> str:
-    """A pattern whose directory is a plain path, with that directory resolved (paths are compared real)."""
-    directory, name = os.path.split(pattern)
-    if any(c in directory for c in "*?["):
-        return pattern
-    return os.path.join(_real(directory), name)
+def real_paths(policy: Policy, realpath: Callable[[str], str]) -> dict[str, str]:
+    """Where each path of ``policy`` really is (``realpath``: ``os.path.realpath``, or a fake filesystem's),
+    the facts ``AccessIndex`` compares against: grants, denies, protected and runs-later paths, the
+    directory of each probe pattern, the home and the workdir (discovery), and every directory above a
+    denied path (the names on the way to it)."""
+    paths = [
+        *(g.path for g in policy.grants),
+        *(d.path for d in policy.denies),
+        *policy.protected,
+        *(entry.path for entry in policy.runs_later),
+        *(d for d in map(_pattern_directory, (probe.pattern for probe in policy.probes)) if d is not None),
+        *([policy.home] if policy.home else []),
+        policy.workdir,
+        *(above for d in policy.denies for above in _ancestors(d.path)),
+    ]
+    return {path: realpath(path) for path in dict.fromkeys(paths)}
+
+
+def _ancestors(path: str) -> list[str]:
+    """Every directory above ``path`` (normalized), ``/`` included."""
+    found, node = [], os.path.normpath(path)
+    while (parent := os.path.dirname(node)) != node:
+        found.append(node := parent)
+    return found
 
 
 def _covers_file(root: str, path: str) -> bool:
@@ -87,19 +120,21 @@ ON_THE_WAY = "a name on the way to a denied path"
 
 
 class AccessIndex:
-    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath).
+    """Answers ``verdict(real_path, op)`` for one policy. Paths must already be resolved (realpath), and so
+    must the policy's own: ``real`` maps each of them to where it really is (``real_paths``).
 
-    Denied and never-grantable paths are resolved where they are when the index is built, and again by
-    ``relocate``: a deny names a path, and a symlink made later on the way to it (``stow``, or
-    ``~/.cache/huggingface -> ./x``) moves the node it names (DESIGN invariant 12, ``linux.latedeny``)."""
+    Denied, never-grantable and runs-later paths are resolved where they are when the index is built, and
+    again by ``relocate`` with a fresh map: a deny names a path, and a symlink made later on the way to it
+    (``stow``, or ``~/.cache/huggingface -> ./x``) moves the node it names (DESIGN invariant 12,
+    ``linux.latedeny``)."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, real: Mapping[str, str]) -> None:
         self.policy = policy
-        self._grants = [(_real(g.path), g) for g in policy.grants]
-        self._probes = [(_real_pattern(probe.pattern), probe.rule) for probe in policy.probes]
-        self.home = _real(policy.home) if policy.home else ""  # resolved, as every path compared here
-        self._discoverable = _discoverable(policy.workdir, self.home)
-        self.relocate()
+        self._grants = [(real[g.path], g) for g in policy.grants]
+        self._probes = [(self._real_pattern(probe.pattern, real), probe.rule) for probe in policy.probes]
+        self.home = real[policy.home] if policy.home else ""  # resolved, as every path compared here
+        self._discoverable = _discoverable(real[policy.workdir], self.home)
+        self.relocate(real)
 
     def discoverable(self, path: str, rule: str) -> bool:
         """Whether the directory ``path``, which ``rule`` leaves ungranted, may still be listed: discovery,
@@ -109,27 +144,25 @@ class AccessIndex:
         the supervisor lists it, notify). A denied group (``~/.ssh``) or a sealed path is never listed."""
         return rule == "not granted" and path in self._discoverable
 
-    def relocate(self) -> None:
+    def relocate(self, real: Mapping[str, str]) -> None:
         """Resolve the denied, never-grantable and runs-later paths again, and the names on the way to each
-        denied node. Each list is replaced whole: a decision on another thread sees the old one or the new."""
-        self._protected = [_real(p) for p in self.policy.protected]
-        self._denies = [(_real(d.path), d.rule) for d in self.policy.denies]
-        self._runs_later = [_real(entry.path) for entry in self.policy.runs_later]
+        denied node (``real``: ``real_paths`` of the policy, made again). Each list is replaced whole: a
+        decision on another thread sees the old one or the new."""
+        self._protected = [real[p] for p in self.policy.protected]
+        self._denies = [(real[d.path], d.rule) for d in self.policy.denies]
+        self._runs_later = [real[entry.path] for entry in self.policy.runs_later]
         on_the_way: dict[str, tuple[str, str]] = {}
-        reals: dict[str, str] = {}  # the denies share most of their ancestors (~, ~/.config)
         explicit = [root for root, grant in self._grants if not grant.source.startswith("group:")]
-        for deny, (real, rule) in zip(self.policy.denies, self._denies, strict=True):
-            if any(_under(root, real) for root in explicit) and self.verdict(real, "read").allowed:
+        for deny, (resolved, rule) in zip(self.policy.denies, self._denies, strict=True):
+            if any(_under(root, resolved) for root in explicit) and self.verdict(resolved, "read").allowed:
                 continue  # an explicit grant of the node itself overrides the deny
             node = os.path.normpath(deny.path)
             while (parent := os.path.dirname(node)) != node:
                 node = parent
                 if node != "/":
                     above = os.path.dirname(node)
-                    if above not in reals:
-                        reals[above] = _real(above)
                     on_the_way.setdefault(
-                        os.path.join(reals[above], os.path.basename(node)), (deny.path, rule)
+                        os.path.join(real[above], os.path.basename(node)), (deny.path, rule)
                     )
         self._on_the_way = on_the_way
 
@@ -147,6 +180,13 @@ class AccessIndex:
         strict ancestor of a denied node: a symlink, rename or link made there would redirect the node
         (the human's next login writes the token through it) into wherever the name leads."""
         return self._on_the_way.get(path)
+
+    @staticmethod
+    def _real_pattern(pattern: str, real: Mapping[str, str]) -> str:
+        """A pattern whose directory is a plain path, with that directory resolved (paths are compared
+        real)."""
+        directory = _pattern_directory(pattern)
+        return pattern if directory is None else os.path.join(real[directory], os.path.basename(pattern))
 
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied, never-grantable and runs-later nodes strictly inside ``path``: moving or removing it
@@ -181,8 +221,8 @@ class AccessIndex:
         if deny is not None:
             # Only an explicit grant at or below the denied node overrides it (CONTRACT: --read-file
             # ~/.aws/credentials beats deny_credentials); group grants never do; a sealed path, nothing.
-            overridden = best is not None and not best[1].source.startswith("group:")
-            if deny[1] == NEVER_GRANTABLE or not (overridden and _under(best[0], deny[0])):
+            lifts = best is not None and not best[1].source.startswith("group:") and _under(best[0], deny[0])
+            if deny[1] == NEVER_GRANTABLE or not lifts:
                 return Verdict(False, deny[1])
         if need == "write" and not self._lifted(path, best):
             return Verdict(False, RUNS_LATER)
@@ -197,8 +237,9 @@ class AccessIndex:
         holding = [entry for entry in self._runs_later if _under(path, entry)]
         if not holding:
             return True
-        explicit = best is not None and best[1].source.startswith("--")
-        return explicit and all(_under(best[0], entry) for entry in holding)
+        if best is None or not best[1].source.startswith("--"):
+            return False
+        return all(_under(best[0], entry) for entry in holding)
 
     def _ungranted_rule(self, path: str) -> str:
         """Why nothing grants ``path``: the probe rule of the path or of an ancestor, else "not granted"."""
@@ -214,9 +255,9 @@ class AccessIndex:
 
 
 def _discoverable(workdir: str, home: str) -> frozenset[str]:
-    """``/``, the (resolved) home and every ancestor of the workdir, resolved."""
+    """``/``, the home and every ancestor of the workdir (both already resolved)."""
     found = {"/", home} if home else {"/"}
-    node = _real(workdir)
+    node = workdir
     while node != "/":
         node = os.path.dirname(node)
         found.add(node)

@@ -15,7 +15,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -301,7 +301,7 @@ def _table_lines(text: str) -> list[int]:
     return [n for n, line in enumerate(text.splitlines(), 1) if _TABLE.match(line)]
 
 
-def _validate(data: dict[str, Any], origin: str, lines: list[int] = ()) -> list[StoredGrant]:
+def _validate(data: dict[str, Any], origin: str, lines: Sequence[int] = ()) -> list[StoredGrant]:
     for key in data:
         if key != "grant":
             raise UsageError(f"{origin}: unknown key '{key}' (expected [[grant]] entries)")

@@ -452,9 +452,9 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
             grants.append(Grant(expand(raw, ctx, flag), access, kind, flag))
     denies.extend(Deny(expand(raw, ctx, "--deny", grant=False), "--deny") for raw in options.deny)
     denies.extend(Deny(os.path.normpath(path), NEVER_GRANTABLE) for path in ctx.sealed)
-    for key, flag in DOMAIN_LISTS.items():
-        if flag is not None:
-            domains[key] += _domains(getattr(options, key), flag, flag)
+    for key, domain_flag in DOMAIN_LISTS.items():
+        if domain_flag is not None:
+            domains[key] += _domains(getattr(options, key), domain_flag, domain_flag)
     net_mode = _net_mode(chain, options)
     if options.prompt is not None:
         if options.prompt not in PROMPT_MODES:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nono_shell.personality import SHELLS
 from nono_supervisor import paths
-from nono_supervisor.access import AccessIndex
+from nono_supervisor.access import AccessIndex, real_paths
 from nono_supervisor.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
@@ -198,13 +198,13 @@ class Session:
         if cached is None or cached.policy is not policy:
             if len(self._access) >= _ACCESS_CACHE_SIZE:
                 self._access.clear()  # every grant makes a new policy: keep the cache from growing for ever
-            cached = self._access[id(policy)] = AccessIndex(policy)
+            cached = self._access[id(policy)] = AccessIndex(policy, real_paths(policy, os.path.realpath))
         return cached
 
     def relocate_denies(self) -> None:
         """The denied paths resolved again in every policy's index: a node moved (DESIGN invariant 12)."""
         for index in list(self._access.values()):
-            index.relocate()
+            index.relocate(real_paths(index.policy, os.path.realpath))
 
     def prompt_mode(self) -> str:
         """When a denial may become a question: ``tty`` (held syscall), ``after`` (retry), or ``never``."""

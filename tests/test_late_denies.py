@@ -289,7 +289,7 @@ def test_a_guarded_loop_continues_nothing(tmp_path):
 
     import pyseccomp
 
-    from nono_supervisor.access import AccessIndex
+    from nono_supervisor.access import AccessIndex, real_paths
     from nono_supervisor.linux import notify
     from nono_supervisor.linux.landlock import READ, LandlockPlan, RightsIndex, Rule, handled_fs
     from nono_supervisor.policy import PolicyOptions
@@ -297,7 +297,7 @@ def test_a_guarded_loop_continues_nothing(tmp_path):
 
     session = Session.create(PolicyOptions(), workdir=str(tmp_path))
     try:
-        access = AccessIndex(session.policy)
+        access = AccessIndex(session.policy, real_paths(session.policy, os.path.realpath))
     finally:
         session.close()
     plan = LandlockPlan(7, handled_fs(7), 0, 0, (Rule(str(tmp_path), READ, "test"),))

@@ -193,13 +193,13 @@ def tree(tmp_path, monkeypatch):
 
 
 def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
-    from nono_supervisor.access import AccessIndex
+    from nono_supervisor.access import AccessIndex, real_paths
     from nono_supervisor.policy import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions())
     try:
-        access = AccessIndex(session.policy)
+        access = AccessIndex(session.policy, real_paths(session.policy, os.path.realpath))
     finally:
         session.close()
     dummy = os.open("/dev/null", os.O_RDONLY)

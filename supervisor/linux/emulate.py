@@ -193,7 +193,7 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
         # The pinned directory itself ("." or ".." in the last place, never a link): reopened through its
         # magic link, which O_NOFOLLOW would refuse (ENOTDIR, ELOOP) where the kernel opens the directory
         # (gnulib's fts climbs with openat(fd, "..", O_NOFOLLOW | O_DIRECTORY); tar -C opens ".").
-        if stat.S_ISDIR(pin.st.st_mode):
+        if pin.is_dir:
             opening &= ~os.O_NOFOLLOW
         fd = os.open(f"/proc/self/fd/{pin.dirfd}", opening, mode)
     try:
@@ -214,7 +214,7 @@ def open_terminal(permit: Permit, held: int, flags: int) -> int:
     fd = terminals.open_through(held, flags)
     try:
         opened, pinned = os.fstat(fd), permit.pin.st
-        if (opened.st_dev, opened.st_rdev) != (pinned.st_dev, pinned.st_rdev):
+        if pinned is None or (opened.st_dev, opened.st_rdev) != (pinned.st_dev, pinned.st_rdev):
             raise _fail(errno.EACCES)
     except BaseException:
         os.close(fd)

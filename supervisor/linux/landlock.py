@@ -16,11 +16,15 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.linux import libc
 from nono_supervisor.policy import HANDED_TERMINAL, NEVER_GRANTABLE, RUNS_LATER, TERMINALS, Grant, Policy
+
+if TYPE_CHECKING:  # the C extension is imported where it is used: it may not be built (_Fs.still_valid)
+    from nono_supervisor.linux import _notify
 
 __all__ = [
     "ACCESS_FS",
@@ -154,7 +158,7 @@ class RightsIndex:
         self._rules = {rule.path: rule.rights for rule in plan.rules}
         self._aliases = dict(plan.aliases)
         self.handled = plan.handled_fs
-        self._native = None
+        self._native: _notify.Rights | None = None
         self._native_lock = threading.Lock()
 
     def dealias(self, path: str) -> str:
@@ -175,7 +179,7 @@ class RightsIndex:
                 prefix = prefix[: prefix.rindex("/")] or "/"
         return path
 
-    def native(self):
+    def native(self) -> _notify.Rights:
         """The same rules for the notify loop's C fast path (``_notify.Rights``), built once."""
         with self._native_lock:
             if self._native is None:
@@ -282,7 +286,7 @@ class _Fs:
         self.subdir_sets: dict[str, frozenset[tuple[str, int, int]] | None] = {}
         self.aliases: dict[str, str] = {}  # a symlink met on the way -> the real path it resolved to
         self.uncacheable = False
-        self._checker = None
+        self._checker: _notify.Stamps | Literal[False] | None = None  # None: not made yet; False: no C
 
     def _list_stamp(self, path: str) -> tuple[int, int, int, int] | None:
         if path not in self.listings:
@@ -322,6 +326,10 @@ class _Fs:
         self._list_stamp(path)
         return os.listdir(path)
 
+    def present(self, path: str) -> bool:
+        """Whether ``path`` exists (following links), not noted: ``_is_git_dir`` says why."""
+        return os.path.exists(path)
+
     def subdirs(self, path: str) -> list[str]:
         """The subdirectories of ``path`` (not links), noted by name and identity; the read is the note."""
         found = _subdir_set(path)
@@ -358,8 +366,9 @@ class _Fs:
                 path = newpath
                 continue
             if newpath in seen:
-                path = seen[newpath]
-                if path is not None:
+                known = seen[newpath]
+                if known is not None:
+                    path = known
                     continue
                 return os.path.join(newpath, rest), False
             seen[newpath] = None
@@ -440,7 +449,7 @@ class _Compiler:
         if not rest & self.mask:
             return
         try:
-            names = sorted(self.fs.listdir(path)) if not _is_git_dir(path) else self.fs.subdirs(path)
+            names = sorted(self.fs.listdir(path)) if not _is_git_dir(self.fs, path) else self.fs.subdirs(path)
         except OSError as e:
             self.notes.append(
                 f"{path}: cannot list ({e.strerror}); its entries get no rights beyond the above"
@@ -453,13 +462,13 @@ class _Compiler:
             self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
 
 
-def _is_git_dir(path: str) -> bool:
+def _is_git_dir(fs: _Fs, path: str) -> bool:
     """A git directory holding a carve (its config, hooks): only its subdirectories get rules (``_Fs``).
     Its own files are written by git through a lock file and a rename, which the supervisor carries out,
     or asked again (FETCH_HEAD, COMMIT_EDITMSG). git's own test: HEAD, and objects and refs or (a linked
     worktree's) commondir. Not noted: a cached plan of a directory that stopped being one is narrower
     than a fresh one (its files have no rules), never wider."""
-    exists = os.path.exists
+    exists = fs.present
     if not exists(os.path.join(path, "HEAD")):
         return False
     return exists(os.path.join(path, "commondir")) or all(

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from nono_supervisor.access import AccessIndex
+from nono_supervisor.access import AccessIndex, real_paths
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.macos import runner
 from nono_supervisor.macos.logstream import Denial as LoggedDenial
@@ -231,7 +231,7 @@ class _Reporter:
                 # network-outbound to an address ("*:443"): no path the policy could grant; as on Linux,
                 # where Landlock refuses TCP without a report, only --net-block decides it.
                 continue
-            index = index or AccessIndex(self.policy)
+            index = index or AccessIndex(self.policy, real_paths(self.policy, os.path.realpath))
             self.on_decision("deny", self.describe(denial, index))
 
     @staticmethod
