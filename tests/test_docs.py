@@ -16,6 +16,7 @@ exist, and every invariant's section names at least one. Pure text: runs in well
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,41 @@ def test_every_invariant_names_the_tests_that_prove_it():
     for number, body in zip(sections[0::2], sections[1::2], strict=True):
         body = re.split(r"^#{1,3} ", body, flags=re.M)[0]
         assert TEST_REF.search(body), f"invariant {number} names no test (tests/test_x.py::name)"
+
+
+def _ioctl(direction: int, number: int, size: int) -> int:
+    """``_IOC`` of include/uapi/asm-generic/ioctl.h (x86-64 and arm64 alike); seccomp's type is ``!``."""
+    return direction << 30 | size << 16 | ord("!") << 8 | number
+
+
+def test_the_kernel_notes_ioctl_numbers_are_the_codes_and_the_struct_sizes():
+    """KERNEL-NOTES' table, notify.py's and _notify.c's constants are one set of numbers, each the encoding
+    of its struct's size as notify.py packs it (a wrong layout or a typo in either breaks this)."""
+    noted = dict(
+        re.findall(r"^\| `SECCOMP_IOCTL_NOTIF_(\w+)` \| `(0x[0-9a-f]+)`", _doc("KERNEL-NOTES"), re.M)
+    )
+    notify = (ROOT / "supervisor/linux/notify.py").read_text()
+    in_python = dict(re.findall(r"^_IOCTL_(\w+) = (0x[0-9A-Fa-f]+)", notify, re.M))
+    in_c = dict(
+        re.findall(
+            r"#define SECCOMP_IOCTL_NOTIF_(\w+) (0x[0-9a-fA-F]+)",
+            (ROOT / "supervisor/linux/_notify.c").read_text(),
+        )
+    )
+    noted = {name: int(value, 16) for name, value in noted.items()}
+    assert set(noted) == {"RECV", "SEND", "ID_VALID", "ADDFD", "SET_FLAGS"}
+    assert noted == {name: int(value, 16) for name, value in in_python.items()}
+    assert {name: noted[name] for name in in_c} == {name: int(value, 16) for name, value in in_c.items()}
+    size = {
+        name: struct.calcsize(fmt)
+        for name, fmt in re.findall(r'^_(\w+) = struct\.Struct\("([^"]+)"\)', notify, re.M)
+    }
+    read_write, write = 3, 1
+    assert noted["RECV"] == _ioctl(read_write, 0, size["NOTIF"]) and size["NOTIF"] == 80
+    assert noted["SEND"] == _ioctl(read_write, 1, size["RESP"]) and size["RESP"] == 24
+    assert noted["ID_VALID"] == _ioctl(write, 2, size["ID"])
+    assert noted["ADDFD"] == _ioctl(write, 3, size["ADDFD"]) and size["ADDFD"] == 24
+    assert noted["SET_FLAGS"] == _ioctl(write, 4, 8)  # a u64 flag word, passed by value
 
 
 def _slug(heading: str) -> str:
