@@ -189,6 +189,18 @@ def test_every_invariant_names_the_tests_that_prove_it():
         assert TEST_REF.search(body), f"invariant {number} names no test (tests/test_x.py::name)"
 
 
+def test_every_readme_section_cited_exists():
+    """The docs and comments also cite the README by section ('README, "Left to Landlock"')."""
+    readme = _norm((ROOT / "README.md").read_text())
+    problems = []
+    for path in _sources():
+        text = _flat(path.read_text(errors="replace"))
+        for phrase in re.findall(r"\bREADME(?:'s|,)? \"([^\"]+)\"", text):
+            if _norm(phrase) not in readme:
+                problems.append(f"{path.relative_to(ROOT)}: README does not say {phrase!r}")
+    assert not problems, "\n".join(problems)
+
+
 def _ioctl(direction: int, number: int, size: int) -> int:
     """``_IOC`` of include/uapi/asm-generic/ioctl.h (x86-64 and arm64 alike); seccomp's type is ``!``."""
     return direction << 30 | size << 16 | ord("!") << 8 | number
