@@ -1,5 +1,5 @@
 /*
- * interpose.c: route the shell spawns of a preloaded agent to nono-shell (routing layer 3, DESIGN.md).
+ * interpose.c: route the shell spawns of a preloaded agent to nono-shell (DESIGN.md routing layer 3).
  *
  * The supervisor starts the agent with this library in LD_PRELOAD (DYLD_INSERT_LIBRARIES on macOS) and:
  *   NONO_SHIM_DIR  absolute dir of shims named bash, sh, dash, zsh (links to nono-shell); unset = do nothing

@@ -61,8 +61,8 @@ MAX_PENDING = 64
 # Per uid: only the supervisor's own uid is served at all, so the per-uid cap is the total.
 MAX_PENDING_PER_PID = 8
 # Commands running at once. Each holds its connection's thread and a notify thread, and 7 fds, for its
-# lifetime; DESIGN budgets 50 at once, 128 leaves room for a parallel build under nested routing. Over
-# it a request is refused with a reason (test_commands_over_the_cap_are_refused_with_a_reason). Lowered
+# lifetime; DESIGN: "50 concurrent commands", 128 leaves room for a parallel build under nested routing.
+# Over it a request is refused with a reason (test_commands_over_the_cap_are_refused_with_a_reason). Lowered
 # to what RLIMIT_NOFILE has room for (a 1024 soft limit gives 100). A command that returned leaving
 # background jobs counts until they end: its notify loop serves them (a thread and the listener's fd),
 # and `bash -c 'sleep 1000 &'` in a loop would otherwise exhaust the supervisor

@@ -1,7 +1,7 @@
 """Every known error path of both console scripts is one line with the documented exit code, and runs
-nothing (CONTRACT: nono-shell 125; nono-supervisor 2 for a usage error or a bad file, naming it, 125 when
-the sandbox could not be set up). Issue 23, finding 6: a deleted cwd, a profile that is not UTF-8 and an
-XDG_STATE_HOME that is a file were tracebacks."""
+nothing (CONTRACT "Exit codes": nono-shell 125; nono-supervisor 2 for a usage error or a bad file, naming
+it, 125 when the sandbox could not be set up). Issue 23, finding 6: a deleted cwd, a profile that is not
+UTF-8 and an XDG_STATE_HOME that is a file were tracebacks."""
 
 from __future__ import annotations
 
