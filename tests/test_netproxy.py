@@ -365,11 +365,15 @@ def test_what_steps_around_landlock_is_refused_as_under_net_block(home, what, up
 
 
 def test_no_trap_refuses_domains_mode_and_runs_nothing(home):
-    result = _exec(home, "touch", "ran", flags=("--no-trap", "--allow-domain", "allowed.test"))
+    # In a directory of the workdir: under --no-trap its root refuses every creation (it holds runs-later
+    # names, .mcp.json..., which Landlock alone keeps only so; README, Runs later).
+    (home.work / "out").mkdir()
+    ran = home.work / "out" / "ran"
+    result = _exec(home, "touch", str(ran), flags=("--no-trap", "--allow-domain", "allowed.test"))
     assert result.returncode == 125 and "needs the seccomp layer" in result.stderr
-    assert not (home.work / "ran").exists()
-    twin = _exec(home, "touch", "ran", flags=("--no-trap", "--net-block"))
-    assert twin.returncode == 0 and (home.work / "ran").exists()
+    assert not ran.exists()
+    twin = _exec(home, "touch", str(ran), flags=("--no-trap", "--net-block"))
+    assert twin.returncode == 0 and ran.exists()
 
 
 def test_the_commands_environment_points_at_the_proxy(home):
