@@ -184,3 +184,20 @@ def test_system_secrets_are_denied_even_to_a_sandboxed_root(home):
     assert "root:" in home.run(["cat", "/etc/shadow"]).stdout  # the twin
     listing = home.run([SUPERVISOR, "exec", "--", "ls", "/etc"])  # its directory is still listable
     assert listing.returncode == 0 and "passwd" in listing.stdout.split()
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_file_grant_of_a_directory_does_not_open_the_files_beneath_it(request, user):
+    """--read-file DIR grants the one path; Landlock would give a directory's file rights to every file
+    beneath it (found by the policy core's property test): no rule, and the file stays unreadable. Twin:
+    --read DIR reads it, as does bare."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    notes = home.home / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("nono-test-private-notes\n")
+    cat = ["cat", str(notes / "todo.txt")]
+    refused = home.run([SUPERVISOR, "exec", "--read-file", str(notes), "--", *cat], user=user)
+    assert refused.returncode == 1 and "nono-test-private-notes" not in refused.stdout, refused.stderr
+    granted = home.run([SUPERVISOR, "exec", "--read", str(notes), "--", *cat], user=user)
+    assert granted.returncode == 0 and granted.stdout == "nono-test-private-notes\n", granted.stderr
+    assert home.run(cat, user=user).stdout == "nono-test-private-notes\n"

@@ -313,6 +313,21 @@ def test_a_missing_grant_is_a_note_not_a_rule() -> None:
     assert any(note.startswith("/nowhere: does not exist") for note in plan.notes)
 
 
+def test_a_file_grant_naming_a_directory_grants_nothing_beneath_it() -> None:
+    """Landlock applies a directory's file rights to every file beneath it; the policy grants the one path
+    (AccessIndex covers the path itself), so the plan gives no rule and says why. Twin: --read grants it."""
+    fs = FakeFs(MACHINE)
+    plan = plan_of(policy_of(read_file=(f"{HOME}/notes",)), fs)
+    assert granted(plan, f"{HOME}/notes/todo.txt") == 0
+    assert any(note.startswith("~/notes: a directory, not granted by a file grant") for note in plan.notes)
+    assert (
+        not index_of(policy_of(read_file=(f"{HOME}/notes",)), fs)
+        .verdict(f"{HOME}/notes/todo.txt", "read")
+        .allowed
+    )
+    assert granted(plan_of(policy_of(read=(f"{HOME}/notes",)), fs), f"{HOME}/notes/todo.txt") & READ
+
+
 def test_an_unlistable_directory_above_a_deny_grants_nothing_inside_beyond_the_safe_rights() -> None:
     class Unlistable(FakeFs):
         def listdir(self, path: str) -> list[str]:

@@ -506,6 +506,14 @@ def compile_plan(
                 f"{policy.display(grant.path)}: does not exist, not granted ({grant.source})"
             )
             continue
+        if grant.kind == "file" and fs.isdir(path):
+            # Landlock applies a directory's file rights to every file beneath it, where the policy (and
+            # AccessIndex) grants the one path: no rule rather than the whole tree (fail closed).
+            compiler.notes.append(
+                f"{policy.display(grant.path)}: a directory, not granted by a file grant ({grant.source});"
+                " a directory is granted with --read, --write or --allow"
+            )
+            continue
         rights = _rights(grant)
         inside = [c for c in carves if _under(path, c.path)]
         sealed = any(c.rule == NEVER_GRANTABLE for c in inside) and grant.source != HANDED_TERMINAL
