@@ -64,6 +64,7 @@ def start_sandboxed(
     left_to_landlock: bool = False,
     launch_extra: dict[str, object] | None = None,
     notify_class: type | None = None,
+    undo: object | None = None,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
@@ -77,6 +78,8 @@ def start_sandboxed(
     ``left_to_landlock`` (a command's, not the agent's): opens and execve are left to Landlock where
     that loses nothing a dynamically linked process could report (``_ask_again_library``; README "Left to
     Landlock").
+
+    ``undo`` (Linux, with ``trap``): the command's ``undo.CommandLog``; what it changes is recorded first.
     """
     if sys.platform.startswith("linux"):
         from nono_supervisor.linux import sandbox, seccomp
@@ -127,13 +130,16 @@ def start_sandboxed(
                 own_terminals=session.own_terminals(),
                 linked_denied=lambda: session.linked_denied(policy),
                 linked=linked,
+                undo=undo,
             )
             if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
                 loop.net_proxy = net.client(policy, consent, argv, on_decision)
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(ask_again))
+        program = seccomp.build_program(
+            policy.net_mode, leave_to_landlock=bool(ask_again), record_writes=undo is not None
+        )
         return sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing

@@ -284,6 +284,7 @@ def run_agent(
         trap=session.trap,
         launch_extra=extra,
         notify_class=watcher,
+        undo=session.undo_log("agent", session.policy),  # the agent's own writes, in the commands' trees
     )
     try:
         if not os.isatty(0):

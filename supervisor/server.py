@@ -421,6 +421,7 @@ class Server:
                     consent=consent.allows,
                     trap=self.session.trap,
                     left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
+                    undo=self.session.undo_log(command, policy),
                 )
             except NonoError as e:
                 if lease:

@@ -496,6 +496,7 @@ typedef struct {
     PyObject_HEAD
     int listener;
     int linked; /* a multi-linked denied file exists: no regular-file open is fast (NotifyLoop._linked) */
+    int recording; /* undo: an open that may write goes to Python, which records the file first */
     Rights *rights;
     struct trap traps[MAX_NR];
     unsigned long long received, continued, escalated;
@@ -666,6 +667,8 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
             return 0; /* refused and reported by Python */
         if (flags & O_PATH)
             return 1; /* Landlock grants no right to O_PATH: it reads and writes nothing */
+        if (self->recording && (flags & (O_WRONLY | O_RDWR | O_TRUNC | O_CREAT)))
+            return 0; /* undo_calls.record_call keeps the file before it is opened */
         if (self->linked && !(flags & O_DIRECTORY))
             return 0;
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
@@ -911,12 +914,14 @@ static void Loop_dealloc(Loop *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Loop(listener, rights, table: dict[nr, (kind, path, dirfd, flags, mode, path2, dirfd2)], linked) */
+/* Loop(listener, rights, table: dict[nr, (kind, path, dirfd, flags, mode, path2, dirfd2)], linked,
+ * recording=False) */
 static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
-    int listener, linked;
+    int listener, linked, recording = 0;
     PyObject *rights, *table;
     (void)kw;
-    if (!PyArg_ParseTuple(args, "iO!O!p", &listener, &RightsType, &rights, &PyDict_Type, &table, &linked))
+    if (!PyArg_ParseTuple(args, "iO!O!p|p", &listener, &RightsType, &rights, &PyDict_Type, &table, &linked,
+                          &recording))
         return -1;
     for (int nr = 0; nr < MAX_NR; nr++)
         self->traps[nr].kind = -1;
@@ -958,6 +963,7 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->rights, (Rights *)rights);
     self->listener = listener;
     self->linked = linked;
+    self->recording = recording;
     self->page = sysconf(_SC_PAGESIZE);
     return 0;
 }

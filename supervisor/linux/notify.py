@@ -30,7 +30,7 @@ from dataclasses import replace
 from functools import cache
 
 from nono_supervisor.access import AccessIndex
-from nono_supervisor.linux import emulate, sockets
+from nono_supervisor.linux import emulate, sockets, undo_calls
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from nono_supervisor.linux.kernel import pidfd_getfd
@@ -159,8 +159,10 @@ class NotifyLoop:
         own_terminals: frozenset[str] = frozenset(),
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
         linked: bool | None = None,
+        undo: object | None = None,
     ) -> None:
         self.name = f"nono-notify-{listener}"
+        self.undo = undo  # the command's undo.CommandLog: paths recorded before a call may change them
         self._started = False
         self._finished = threading.Event()
         self.listener = listener
@@ -236,6 +238,8 @@ class NotifyLoop:
             with self._pending_lock:
                 self._pending_lock.wait_for(lambda: self._pending == 0)
             os.close(self.listener)
+            if self.undo is not None:
+                self.undo.finish()  # the last process under the filter is gone: the command has ended
 
     def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> None:
         """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read."""
@@ -280,6 +284,8 @@ class NotifyLoop:
             return
         trap, handler = entry  # an unbound function: no per-loop table, no self -> dict -> self cycle
         self._current, self._tid = nid, tid  # for a question held on this syscall, and for its report
+        if self.undo is not None and trap.kind in undo_calls.RECORDED:
+            self._record(trap, tid, args)
         try:
             decision = handler(self, trap, tid, args)
         except OSError as e:
@@ -296,6 +302,14 @@ class NotifyLoop:
                 return
             decision = _carry_out(decision)
         self._respond(nid, decision)
+
+    def _record(self, trap: Trap, tid: int, args: list[int]) -> None:
+        """What the call may change, kept for undo before it is answered; a failure here loses that record
+        only, never the answer."""
+        try:
+            undo_calls.record_call(self, trap, tid, args)
+        except Exception:  # noqa: BLE001 - undo is a convenience: the syscall is decided as without it
+            _debug_trace()
 
     def _run_on_worker(self, nid: int, emulation: Emulate) -> None:
         """A call that may block (connect, send on a full buffer) runs on a worker, so the command's other
@@ -1190,9 +1204,11 @@ def native_kind(trap: Trap) -> int:
 
 
 @cache
-def native_table() -> dict[int, tuple[int, ...]]:
+def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     """Syscall number -> (kind, path, dirfd, flags, mode, path2, dirfd2) for the C loop, from ``TRAPS``
-    (the one list the filter is built from); -1 for an argument the syscall does not have."""
+    (the one list the filter is built from); -1 for an argument the syscall does not have. ``recording``
+    (undo): the calls that change a directory's entries have no fast path (the C loop sends opens for
+    writing to Python itself), so that their paths are recorded first."""
 
     def index(value: int | None) -> int:
         return -1 if value is None else value
@@ -1200,8 +1216,9 @@ def native_table() -> dict[int, tuple[int, ...]]:
     table = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
+        recorded = recording and trap.kind != "open" and trap.kind in undo_calls.RECORDED
         table[nr] = (
-            native_kind(trap),
+            0 if recorded else native_kind(trap),
             index(trap.path),
             index(trap.dirfd),
             index(trap.flags),
@@ -1221,7 +1238,8 @@ def _native_loop(loop: NotifyLoop, listener: int, rights: RightsIndex):
         from nono_supervisor.linux import _notify
     except ImportError:
         return None
-    return _notify.Loop(listener, rights.native(), native_table(), loop._linked)
+    recording = loop.undo is not None
+    return _notify.Loop(listener, rights.native(), native_table(recording), loop._linked, recording)
 
 
 def handler_for(kind: str) -> Callable:

@@ -155,23 +155,33 @@ LISTING_MARK = 0x6E6F6E6F << 32  # _askagain's LISTING_MARK: 0 in the 16 bits a 
 TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
 UNTRAPPED_OPENS = {"open": (1, 2), "openat": (2, 3)}  # syscall -> its flags and mode arguments
 UNTRAPPED_EXECS = ("execve",)
+# Undo: an open that may write (its access mode) or truncate or create, as (mask, value) of its flags.
+RECORDED_OPENS = (
+    (os.O_ACCMODE, os.O_WRONLY),
+    (os.O_ACCMODE, os.O_RDWR),
+    (os.O_TRUNC, os.O_TRUNC),
+    (os.O_CREAT, os.O_CREAT),
+)
 
 
-def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) -> bytes:
+def build_program(
+    net: str | bool = "open", *, leave_to_landlock: bool = False, record_writes: bool = False
+) -> bytes:
     """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed).
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
     ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, unmarked listings and setid
     creations), and execve, are not trapped (a command's, with the ask-again library preloaded; see
-    UNTRAPPED_OPENS)."""
+    UNTRAPPED_OPENS). ``record_writes`` (undo): of those opens, the ones that may write or create are
+    trapped again (RECORDED_OPENS), so that the supervisor keeps the file first; reads stay Landlock's."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
-    return _program(net in (True, "block", "domains"), leave_to_landlock)
+    return _program(net in (True, "block", "domains"), leave_to_landlock, record_writes)
 
 
 @cache
-def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
+def _program(net_block: bool, leave_to_landlock: bool = False, record_writes: bool = False) -> bytes:
     import pyseccomp
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
@@ -199,6 +209,10 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
             for bit in TRAPPED_CREATE_MODES:
                 setid = pyseccomp.Arg(mode, pyseccomp.MASKED_EQ, bit, bit)
                 flt.add_rule(pyseccomp.NOTIFY, trap.name, creating, setid)
+            for mask, value in RECORDED_OPENS if record_writes else ():
+                flt.add_rule(
+                    pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, mask, value)
+                )
         elif trap.name == "socket":
             for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
                 flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
