@@ -64,6 +64,7 @@ _FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): a reflink where the filesyste
 _TEMP_PREFIX = ".nono-undo-"
 _O_READ_LEAF = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 AGENT = "agent"
+_SETID = stat.S_ISUID | stat.S_ISGID
 
 
 class UndoRefused(NonoError):
@@ -153,7 +154,7 @@ class Store:
         blob, lost = self._keep(
             dirfd, name, st, removing, bulk or ("a large file" if st.st_size > LARGE_FILE else "")
         )
-        return {"kind": "file", "size": st.st_size, "blob": blob, "lost": lost, **state}
+        return {"kind": "file", "ino": st.st_ino, "size": st.st_size, "blob": blob, "lost": lost, **state}
 
     def _keep(
         self, dirfd: int, name: str, st: os.stat_result, removing: bool, bulk: str
@@ -335,12 +336,28 @@ class CommandLog:
         with self._lock:
             if lexical:
                 self.lexical.add(lexical)
-            if path in self.seen or not self.covers(path) or not self.allowed(path):
+            again = path in self.seen
+            if again or not self.covers(path) or not self.allowed(path):
+                if again and to:  # renamed after a first change: ``changes`` says where it went
+                    self.store.append({"event": "moved", "command": self.command, "path": path, "to": to})
                 return
             self.seen.add(path)
         # unlink and a rename over take the name from the inode: a hard link keeps it without a copy
         state = self.store.capture(dirfd, name, removing=op in ("unlink", "replace"), bulk=self._bulk(path))
-        record = {"event": "change", "command": self.command, "path": path, "op": op, "before": state}
+        self._change(path, op, state, to)
+
+    def created(self, path: str) -> None:
+        """A file the command created where the kernel alone was asked (the C fast path saw it absent):
+        nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed."""
+        with self._lock:
+            if path in self.seen or not self.covers(path):
+                return
+            self.seen.add(path)
+            self.lexical.add(path)
+        self._change(path, "create", {"kind": "absent"})
+
+    def _change(self, path: str, op: str, before: dict, to: str = "") -> None:
+        record = {"event": "change", "command": self.command, "path": path, "op": op, "before": before}
         if to:
             record["to"] = to
         self.store.append(record)
@@ -406,6 +423,7 @@ class _Command:
     of: str = ""  # for an undo: the command it undid
     changes: dict[str, tuple[int, dict]] = field(default_factory=dict)  # path -> (position, record)
     after: dict[str, list[int] | None] | None = None  # None: still running (or its supervisor died)
+    moves: dict[str, str] = field(default_factory=dict)  # path -> where its last rename took it
     last: int = -1  # position of its last change record
 
 
@@ -464,6 +482,8 @@ class Journal:
             command.last = position
         elif event == "end" and isinstance(record.get("after"), dict):
             command.after = record["after"]
+        elif event == "moved" and isinstance(record.get("to"), str):
+            command.moves[str(record.get("path"))] = record["to"]
 
     @classmethod
     def for_command(cls, command: str | None, session: str | None, env=os.environ) -> Journal:
@@ -512,13 +532,13 @@ def changes(journal: Journal, command: _Command) -> list[Change]:
                 out.append(Change(path, "created"))
             continue
         if after is None:
-            to = record.get("to", "")
+            to = command.moves.get(path) or record.get("to", "")
             out.append(Change(path, "renamed" if to else "deleted", to, lost))
             continue
         fmt = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "file": stat.S_IFREG}.get(kind)
         if after[0] != fmt:
             out.append(Change(path, "replaced", lost=lost))
-        elif kind == "file" and (after[2] != before.get("size") or after[3] != before.get("mtime_ns")):
+        elif kind == "file" and after[1:4] != [before.get("ino"), before.get("size"), before.get("mtime_ns")]:
             out.append(Change(path, "modified", lost=lost))
         elif kind == "symlink" and after[3] != before.get("mtime_ns"):
             out.append(Change(path, "modified"))
@@ -732,7 +752,8 @@ def _moved_from(command: _Command, path: str, current: os.stat_result) -> str | 
         return None
     for source, (_position, record) in command.changes.items():
         before = record.get("before", {})
-        if record.get("to") == path and before.get("kind") == "dir" and before.get("ino") == current.st_ino:
+        to = command.moves.get(source) or record.get("to")
+        if to == path and before.get("kind") == "dir" and before.get("ino") == current.st_ino:
             return source
     return None
 
@@ -776,7 +797,7 @@ def _write_file(store: Store, blob: str, dirfd: int, tmp: str, before: dict) -> 
         )
         try:
             copy_content(source, target)
-            os.fchmod(target, before["mode"])
+            os.fchmod(target, before["mode"] & ~_SETID)  # never a setuid file, whatever a record says
             os.utime(target, ns=(before["atime_ns"], before["mtime_ns"]))
         finally:
             os.close(target)

@@ -194,8 +194,10 @@ def test_undo_of_a_command_still_running_is_refused_with_a_line(supervisor):
             result.stderr.strip() == f"nono-supervisor: {command} is still running: undo it once it has ended"
         )
         assert flag.exists()
-        listed = json.loads(cli(home, "changes", command, "--json").stdout)
-        assert listed["state"] == "running" and listed["changes"][0]["change"] == "created"
+        # a running command's files made on the C fast path are listed within a second (README "Undo")
+        listed = lambda: json.loads(cli(home, "changes", command, "--json").stdout)  # noqa: E731
+        assert wait_until(lambda: listed()["changes"])
+        assert listed()["state"] == "running" and listed()["changes"][0]["change"] == "created"
     finally:
         for record in home.audit():  # the command's main process (its keeper ends the rest)
             if record.get("event") == "start" and "long-runner" in " ".join(record.get("argv") or []):

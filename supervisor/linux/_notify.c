@@ -26,11 +26,13 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #ifndef SECCOMP_USER_NOTIF_FLAG_CONTINUE
@@ -48,6 +50,7 @@
 #define AT_REMOVEDIR_ 0x200
 #define O_TMPFILE_BIT 020000000 /* __O_TMPFILE, as notify._O_TMPFILE */
 #define SETID_BITS 06000
+#define CREATED_MAX (1u << 20) /* undo: at most this much of created paths waits for Python */
 
 /* Landlock rights (include/uapi/linux/landlock.h), as landlock.ACCESS_FS */
 #define LL_EXECUTE (1ull << 0)
@@ -497,6 +500,9 @@ typedef struct {
     int listener;
     int linked; /* a multi-linked denied file exists: no regular-file open is fast (NotifyLoop._linked) */
     int recording; /* undo: an open that may write goes to Python, which records the file first */
+    char *created; /* undo: paths of files created on the fast path, NUL-separated (created()) */
+    size_t created_len, created_cap;
+    pthread_mutex_t created_lock; /* created() is also called by NotifyLoop's drainer thread */
     Rights *rights;
     struct trap traps[MAX_NR];
     unsigned long long received, continued, escalated;
@@ -641,6 +647,38 @@ static uint64_t open_rights(uint32_t flags) {
 
 static uint64_t arg(const struct seccomp_notif *req, int index) { return req->data.args[index]; }
 
+/* Undo: an open that may write is CONTINUEd here only when it creates its file (nothing to keep): the path
+ * is queued for Loop.created(), which NotifyLoop drains into the record before the next escalation and when
+ * the command ends. A file already there (or anything unusual) goes to Python, which keeps it first
+ * (undo_calls.record_call). Creations are most of a build's and an install's writes (README "Undo"). */
+static int created(Loop *self, size_t n, uint32_t flags) {
+    struct stat sb;
+    if (!(flags & O_CREAT) || !allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
+        return 0;
+    if (lstat(self->norm, &sb) == 0 || errno != ENOENT)
+        return 0;
+    int queued = 0;
+    pthread_mutex_lock(&self->created_lock);
+    if (self->created_len + n + 1 <= CREATED_MAX && self->created_len + n + 1 > self->created_cap) {
+        size_t cap = self->created_cap ? self->created_cap * 2 : 16384;
+        while (cap < self->created_len + n + 1)
+            cap *= 2;
+        char *grown = realloc(self->created, cap);
+        if (grown) {
+            self->created = grown;
+            self->created_cap = cap;
+        }
+    }
+    if (self->created_len + n + 1 <= self->created_cap) { /* else (not drained for long): Python records it */
+        memcpy(self->created + self->created_len, self->norm, n);
+        self->created[self->created_len + n] = '\0';
+        self->created_len += n + 1;
+        queued = 1;
+    }
+    pthread_mutex_unlock(&self->created_lock);
+    return queued;
+}
+
 /* 1: CONTINUE. 0: Python decides. The order of reads and checks is the Python handler's. */
 static int fast(Loop *self, const struct seccomp_notif *req) {
     if (req->data.nr < 0 || req->data.nr >= MAX_NR)
@@ -667,13 +705,13 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
             return 0; /* refused and reported by Python */
         if (flags & O_PATH)
             return 1; /* Landlock grants no right to O_PATH: it reads and writes nothing */
-        if (self->recording && (flags & (O_WRONLY | O_RDWR | O_TRUNC | O_CREAT)))
-            return 0; /* undo_calls.record_call keeps the file before it is opened */
         if (self->linked && !(flags & O_DIRECTORY))
             return 0;
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
         if (!allows_at(self, n, open_rights(flags)))
             return 0;
+        if (self->recording && (flags & (O_WRONLY | O_RDWR | O_TRUNC | O_CREAT)))
+            return created(self, n, flags);
         if (!creating || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
             return 1;
         /* NotifyLoop._may_create: a file already there is opened, not created (> /dev/null) */
@@ -859,6 +897,30 @@ static PyObject *Loop_serve(Loop *self, PyObject *args) {
 
 /* decide(nr, pid, args, reads): the fast path's verdict for one made-up notification (tests): True for
  * CONTINUE. ``reads`` stands in for the target's memory: the strings at the addresses the args name. */
+/* The paths created on the fast path since the last call (undo), oldest first; the queue is emptied. */
+static PyObject *Loop_created(Loop *self, PyObject *noargs) {
+    (void)noargs;
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    pthread_mutex_lock(&self->created_lock);
+    for (size_t i = 0; i < self->created_len;) {
+        size_t n = strlen(self->created + i);
+        PyObject *path = PyBytes_FromStringAndSize(self->created + i, (Py_ssize_t)n);
+        if (!path || PyList_Append(out, path) < 0) {
+            pthread_mutex_unlock(&self->created_lock);
+            Py_XDECREF(path);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(path);
+        i += n + 1;
+    }
+    self->created_len = 0;
+    pthread_mutex_unlock(&self->created_lock);
+    return out;
+}
+
 static PyObject *Loop_stats(Loop *self, PyObject *noargs) {
     (void)noargs;
     return Py_BuildValue("{s:K,s:K,s:K}", "received", self->received, "continued", self->continued,
@@ -910,6 +972,8 @@ static PyObject *Loop_table(Loop *self, PyObject *noargs) {
 }
 
 static void Loop_dealloc(Loop *self) {
+    pthread_mutex_destroy(&self->created_lock);
+    free(self->created);
     Py_XDECREF(self->rights);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -964,6 +1028,7 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     self->listener = listener;
     self->linked = linked;
     self->recording = recording;
+    pthread_mutex_init(&self->created_lock, NULL);
     self->page = sysconf(_SC_PAGESIZE);
     return 0;
 }
@@ -973,6 +1038,7 @@ static PyMethodDef Loop_methods[] = {
      "serve(callback): answer notifications until the listener hangs up; callback(nid, tid, nr, args, "
      "reads) for everything the fast path does not CONTINUE (reads: ((address, bytes), ...) already read)."},
     {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
+    {"created", (PyCFunction)Loop_created, METH_NOARGS, "Paths created on the fast path since the last call."},
     {"fast", (PyCFunction)Loop_fast, METH_VARARGS, "fast(nr, tid, args): the fast path's verdict (tests)."},
     {"table", (PyCFunction)Loop_table, METH_NOARGS, "The trap table as given (tests)."},
     {NULL, NULL, 0, NULL},

@@ -25,6 +25,8 @@ import select
 import stat
 import struct
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
@@ -138,6 +140,41 @@ class _Slot:
 _THREADS = _Threads()
 
 
+class _Drainer:
+    """One thread for the session: every second, the files each running command created on the C fast
+    path are recorded for undo (``NotifyLoop._created``); started with the first recording loop."""
+
+    def __init__(self) -> None:
+        self._loops: weakref.WeakSet[NotifyLoop] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, loop: NotifyLoop) -> None:
+        with self._lock:
+            self._loops.add(loop)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nono-undo-drain", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                loops = list(self._loops)
+            for loop in loops:
+                if loop.is_alive():
+                    try:
+                        loop._created()
+                    except Exception:  # noqa: BLE001 - a lost record, never a stopped drainer
+                        _debug_trace()
+                else:
+                    with self._lock:
+                        self._loops.discard(loop)
+
+
+_DRAINER = _Drainer()
+
+
 class NotifyLoop:
     """Answers one command tree's notifications until the last process holding the filter exits; runs on
     a thread of ``_THREADS`` (``start``, ``join`` and ``is_alive`` as a thread's)."""
@@ -189,6 +226,7 @@ class NotifyLoop:
         self._workers = threading.BoundedSemaphore(_MAX_WORKERS)
         self._pending = 0
         self._pending_lock = threading.Condition()
+        self._drain_lock = threading.Lock()
         self._set_sync_wakeup()
 
     def start(self) -> None:
@@ -196,6 +234,8 @@ class NotifyLoop:
         if self._started:
             raise RuntimeError("a notify loop is started once")
         self._started = True
+        if self.undo is not None and self._native is not None:
+            _DRAINER.add(self)
         _THREADS.run(self)
 
     def join(self, timeout: float | None = None) -> None:
@@ -234,6 +274,7 @@ class NotifyLoop:
                     self._native.serve(self._escalate)
                 finally:
                     self.native_stats = self._native.stats()
+                    self._created()
         finally:
             with self._pending_lock:
                 self._pending_lock.wait_for(lambda: self._pending == 0)
@@ -243,6 +284,7 @@ class NotifyLoop:
 
     def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> None:
         """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read."""
+        self._created()
         self._preread = reads
         try:
             self._dispatch(nid, tid, nr, list(args))
@@ -302,6 +344,15 @@ class NotifyLoop:
                 return
             decision = _carry_out(decision)
         self._respond(nid, decision)
+
+    def _created(self) -> None:
+        """Files the C fast path created (undo): recorded before anything else of the command is (the loop
+        thread drains them before each escalation), so that a path's first state is its state before the
+        command; and every second by ``_DRAINER``, so that ``changes`` of a running command lags by that."""
+        if self.undo is not None and self._native is not None:
+            with self._drain_lock:
+                for raw in self._native.created():
+                    self.undo.created(os.fsdecode(raw))
 
     def _record(self, trap: Trap, tid: int, args: list[int]) -> None:
         """What the call may change, kept for undo before it is answered; a failure here loses that record
