@@ -188,6 +188,12 @@ class Store:
             self.used += size
         return ""
 
+    def budget(self) -> int:
+        """What the C fast path may keep by hard link before its next drain: what fits under the bulk share
+        (it cannot tell an ignored tree; ``CommandLog.kept`` settles each file exactly)."""
+        with self._lock:
+            return max(0, min(int(self.limits.max_bytes * BULK_SHARE) - self.used, 256 * MiB))
+
     def _release(self, size: int) -> None:
         with self._lock:
             self.used -= size
@@ -355,6 +361,30 @@ class CommandLog:
             self.seen.add(path)
             self.lexical.add(path)
         self._change(path, "create", {"kind": "absent"})
+
+    def kept(self, path: str, blob: str, fields: str) -> None:
+        """A file the C fast path kept by hard link (``blob``) before the command unlinked it: recorded, or
+        given up (already recorded, not the command's to keep, over the cap)."""
+        mode, atime, mtime, size, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
+        with self._lock:
+            fresh = path not in self.seen and self.covers(path) and self.allowed(path)
+            if fresh:
+                self.seen.add(path)
+                self.lexical.add(path)
+        if not fresh:
+            _unlink_quietly(blob, self.store.blobs)
+            return
+        lost = self.store._reserve(size, self._bulk(path) or ("a large file" if size > LARGE_FILE else ""))
+        if lost:
+            _unlink_quietly(blob, self.store.blobs)
+        else:
+            self.store._kept_now(blob, size)
+        state = {"mode": mode, "atime_ns": atime, "mtime_ns": mtime}
+        self._change(
+            path,
+            "unlink",
+            {"kind": "file", "ino": ino, "size": size, "blob": None if lost else blob, "lost": lost, **state},
+        )
 
     def _change(self, path: str, op: str, before: dict, to: str = "") -> None:
         record = {"event": "change", "command": self.command, "path": path, "op": op, "before": before}

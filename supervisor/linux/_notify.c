@@ -503,6 +503,10 @@ typedef struct {
     char *created; /* undo: paths of files created on the fast path, NUL-separated (created()) */
     size_t created_len, created_cap;
     pthread_mutex_t created_lock; /* created() is also called by NotifyLoop's drainer thread */
+    int blobs;               /* undo: the store's blobs/ (keep()); -1: files about to be unlinked go to Python */
+    long long budget;        /* undo: bytes the fast path may still keep by hard link (keep()) */
+    char **prefixes;         /* undo: the trees recorded, then (after nroots) the ones skipped */
+    size_t nroots, nprefixes;
     Rights *rights;
     struct trap traps[MAX_NR];
     unsigned long long received, continued, escalated;
@@ -647,6 +651,134 @@ static uint64_t open_rights(uint32_t flags) {
 
 static uint64_t arg(const struct seccomp_notif *req, int index) { return req->data.args[index]; }
 
+/* Undo: append items (NUL-terminated each) to the queue Loop.created() drains. 0: full, not queued. */
+static int queue(Loop *self, const char *const *items, const size_t *lens, int count) {
+    size_t need = 0;
+    for (int i = 0; i < count; i++)
+        need += lens[i] + 1;
+    int queued = 0;
+    pthread_mutex_lock(&self->created_lock);
+    if (self->created_len + need <= CREATED_MAX && self->created_len + need > self->created_cap) {
+        size_t cap = self->created_cap ? self->created_cap * 2 : 16384;
+        while (cap < self->created_len + need)
+            cap *= 2;
+        char *grown = realloc(self->created, cap);
+        if (grown) {
+            self->created = grown;
+            self->created_cap = cap;
+        }
+    }
+    if (self->created_len + need <= self->created_cap) { /* else (not drained for long): Python records it */
+        for (int i = 0; i < count; i++) {
+            memcpy(self->created + self->created_len, items[i], lens[i]);
+            self->created[self->created_len + lens[i]] = '\0';
+            self->created_len += lens[i] + 1;
+        }
+        queued = 1;
+    }
+    pthread_mutex_unlock(&self->created_lock);
+    return queued;
+}
+
+static int under(const char *path, size_t n, const char *top) {
+    size_t m = strlen(top);
+    while (m > 1 && top[m - 1] == '/')
+        m--;
+    return n >= m && memcmp(path, top, m) == 0 && (n == m || path[m] == '/' || m == 1);
+}
+
+struct open_how_ {
+    uint64_t flags, mode, resolve;
+};
+
+/* Undo: a regular file about to be unlinked (Landlock lets the command read it and remove it) keeps its
+ * inode under a second name in the store: a hard link, no copy, and no wake of Python (rm -rf, make clean,
+ * git checkout). The parent is walked without a symlink or magic link (RESOLVE_NO_SYMLINKS: the path kept
+ * is the real one), the link checked to be the inode that was looked at, and the item queued for Python's
+ * record (CommandLog.kept), which may still drop it (already recorded, over the cap). Anything else, a
+ * failure included, goes to Python (undo_calls.record_call): 0. Outside the recorded trees: 1, nothing. */
+static int kept(Loop *self, size_t n) {
+    if (self->blobs < 0)
+        return 0;
+    int covered = 0;
+    for (size_t i = 0; i < self->nprefixes; i++)
+        if (under(self->norm, n, self->prefixes[i])) {
+            if (i >= self->nroots)
+                return 1; /* the session's temp dir: not recorded */
+            covered = 1;
+        }
+    if (!covered)
+        return 1;
+    if (!allows_at(self, n, LL_READ_FILE)) /* never keeps what the command may not read */
+        return 0;
+    size_t d = dirname_len(self->norm, n), name = d;
+    while (name < n && self->norm[name] == '/')
+        name++;
+    if (!d || name >= n)
+        return 0;
+    char saved = self->norm[d];
+    self->norm[d] = '\0';
+    struct open_how_ how = {O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0x04 | 0x02}; /* NO_SYMLINKS|NO_MAGICLINKS */
+    int parent = (int)syscall(SYS_openat2, AT_FDCWD, self->norm, &how, sizeof how);
+    self->norm[d] = saved;
+    if (parent < 0)
+        return 0;
+    int result = 0;
+    struct stat sb, kb;
+    const char *leaf = self->norm + name;
+    if (fstatat(parent, leaf, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+        result = errno == ENOENT; /* the kernel answers ENOENT: nothing to keep */
+        goto out;
+    }
+    if (!S_ISREG(sb.st_mode) || sb.st_nlink != 1)
+        goto out;
+    pthread_mutex_lock(&self->created_lock);
+    int room = sb.st_size <= self->budget;
+    if (room)
+        self->budget -= sb.st_size;
+    pthread_mutex_unlock(&self->created_lock);
+    if (!room)
+        goto out;
+    static unsigned long long counter;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char blob[96], fields[128];
+    snprintf(blob, sizeof blob, "c%d-%lld%09ld-%llu", (int)getpid(), (long long)now.tv_sec, now.tv_nsec,
+             __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+    if (linkat(parent, leaf, self->blobs, blob, 0) != 0)
+        goto refund;
+    if (fstatat(self->blobs, blob, &kb, AT_SYMLINK_NOFOLLOW) != 0 || kb.st_dev != sb.st_dev ||
+        kb.st_ino != sb.st_ino) {
+        unlinkat(self->blobs, blob, 0); /* swapped meanwhile: not what was looked at */
+        goto refund;
+    }
+    snprintf(fields, sizeof fields, "%o %lld%09ld %lld%09ld %lld %llu", (unsigned)(sb.st_mode & 07777),
+             (long long)sb.st_atim.tv_sec, sb.st_atim.tv_nsec, (long long)sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
+             (long long)sb.st_size, (unsigned long long)sb.st_ino);
+    char tag[PATH_MAX_ + 2];
+    if (n + 1 >= sizeof tag) {
+        unlinkat(self->blobs, blob, 0);
+        goto refund;
+    }
+    tag[0] = 'U';
+    memcpy(tag + 1, self->norm, n);
+    const char *items[3] = {tag, blob, fields};
+    size_t lens[3] = {n + 1, strlen(blob), strlen(fields)};
+    if (!queue(self, items, lens, 3)) {
+        unlinkat(self->blobs, blob, 0);
+        goto refund;
+    }
+    result = 1;
+    goto out;
+refund:
+    pthread_mutex_lock(&self->created_lock);
+    self->budget += sb.st_size;
+    pthread_mutex_unlock(&self->created_lock);
+out:
+    close(parent);
+    return result;
+}
+
 /* Undo: an open that may write is CONTINUEd here only when it creates its file (nothing to keep): the path
  * is queued for Loop.created(), which NotifyLoop drains into the record before the next escalation and when
  * the command ends. A file already there (or anything unusual) goes to Python, which keeps it first
@@ -657,26 +789,14 @@ static int created(Loop *self, size_t n, uint32_t flags) {
         return 0;
     if (lstat(self->norm, &sb) == 0 || errno != ENOENT)
         return 0;
-    int queued = 0;
-    pthread_mutex_lock(&self->created_lock);
-    if (self->created_len + n + 1 <= CREATED_MAX && self->created_len + n + 1 > self->created_cap) {
-        size_t cap = self->created_cap ? self->created_cap * 2 : 16384;
-        while (cap < self->created_len + n + 1)
-            cap *= 2;
-        char *grown = realloc(self->created, cap);
-        if (grown) {
-            self->created = grown;
-            self->created_cap = cap;
-        }
-    }
-    if (self->created_len + n + 1 <= self->created_cap) { /* else (not drained for long): Python records it */
-        memcpy(self->created + self->created_len, self->norm, n);
-        self->created[self->created_len + n] = '\0';
-        self->created_len += n + 1;
-        queued = 1;
-    }
-    pthread_mutex_unlock(&self->created_lock);
-    return queued;
+    char tag[PATH_MAX_ + 2];
+    if (n + 1 >= sizeof tag)
+        return 0;
+    tag[0] = 'C';
+    memcpy(tag + 1, self->norm, n);
+    const char *items[1] = {tag};
+    size_t lens[1] = {n + 1};
+    return queue(self, items, lens, 1);
 }
 
 /* 1: CONTINUE. 0: Python decides. The order of reads and checks is the Python handler's. */
@@ -769,7 +889,11 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
         if (!read_string(self, tid, arg(req, t->path), slot))
             return 0;
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, slot);
-        return n && allows_at(self, dirname_len(self->norm, n), needed);
+        if (!n || !allows_at(self, dirname_len(self->norm, n), needed))
+            return 0;
+        if (self->recording) /* only unlink's kind is fast while recording (notify.native_table) */
+            return needed == LL_REMOVE_FILE && kept(self, n);
+        return 1;
     }
     case K_RENAME: {
         const uint64_t moving = LL_REMOVE_FILE | LL_REMOVE_DIR | LL_MAKE_REG | LL_MAKE_DIR | LL_REFER;
@@ -897,6 +1021,39 @@ static PyObject *Loop_serve(Loop *self, PyObject *args) {
 
 /* decide(nr, pid, args, reads): the fast path's verdict for one made-up notification (tests): True for
  * CONTINUE. ``reads`` stands in for the target's memory: the strings at the addresses the args name. */
+/* Undo: keep(blobs_fd, roots, skip, budget): let the fast path keep files about to be unlinked (below). */
+static PyObject *Loop_keep(Loop *self, PyObject *args) {
+    int blobs;
+    long long budget;
+    PyObject *roots, *skip;
+    if (!PyArg_ParseTuple(args, "iO!O!L", &blobs, &PyTuple_Type, &roots, &PyTuple_Type, &skip, &budget))
+        return NULL;
+    pthread_mutex_lock(&self->created_lock);
+    self->budget = budget;
+    pthread_mutex_unlock(&self->created_lock);
+    if (self->prefixes || blobs < 0)
+        Py_RETURN_NONE; /* set once: later calls give a new budget only */
+    Py_ssize_t nr = PyTuple_GET_SIZE(roots), ns = PyTuple_GET_SIZE(skip);
+    char **prefixes = calloc((size_t)(nr + ns) + 1, sizeof *prefixes);
+    if (!prefixes)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < nr + ns; i++) {
+        PyObject *item = i < nr ? PyTuple_GET_ITEM(roots, i) : PyTuple_GET_ITEM(skip, i - nr);
+        const char *text = PyBytes_AsString(item);
+        if (!text || !(prefixes[i] = strdup(text))) {
+            for (Py_ssize_t j = 0; j < i; j++)
+                free(prefixes[j]);
+            free(prefixes);
+            return text ? PyErr_NoMemory() : NULL;
+        }
+    }
+    self->prefixes = prefixes;
+    self->nroots = (size_t)nr;
+    self->nprefixes = (size_t)(nr + ns);
+    self->blobs = blobs;
+    Py_RETURN_NONE;
+}
+
 /* The paths created on the fast path since the last call (undo), oldest first; the queue is emptied. */
 static PyObject *Loop_created(Loop *self, PyObject *noargs) {
     (void)noargs;
@@ -972,6 +1129,9 @@ static PyObject *Loop_table(Loop *self, PyObject *noargs) {
 }
 
 static void Loop_dealloc(Loop *self) {
+    for (size_t i = 0; i < self->nprefixes; i++)
+        free(self->prefixes[i]);
+    free(self->prefixes);
     pthread_mutex_destroy(&self->created_lock);
     free(self->created);
     Py_XDECREF(self->rights);
@@ -1028,6 +1188,7 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     self->listener = listener;
     self->linked = linked;
     self->recording = recording;
+    self->blobs = -1;
     pthread_mutex_init(&self->created_lock, NULL);
     self->page = sysconf(_SC_PAGESIZE);
     return 0;
@@ -1038,7 +1199,10 @@ static PyMethodDef Loop_methods[] = {
      "serve(callback): answer notifications until the listener hangs up; callback(nid, tid, nr, args, "
      "reads) for everything the fast path does not CONTINUE (reads: ((address, bytes), ...) already read)."},
     {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
-    {"created", (PyCFunction)Loop_created, METH_NOARGS, "Paths created on the fast path since the last call."},
+    {"created", (PyCFunction)Loop_created, METH_NOARGS,
+     "What the fast path recorded since the last call: b'C' + path (created), or b'U' + path, blob, "
+     "b'mode atime_ns mtime_ns size ino' (kept before an unlink), as NUL-separated items."},
+    {"keep", (PyCFunction)Loop_keep, METH_VARARGS, "keep(blobs_fd, roots, skip, budget): see kept()."},
     {"fast", (PyCFunction)Loop_fast, METH_VARARGS, "fast(nr, tid, args): the fast path's verdict (tests)."},
     {"table", (PyCFunction)Loop_table, METH_NOARGS, "The trap table as given (tests)."},
     {NULL, NULL, 0, NULL},

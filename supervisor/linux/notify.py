@@ -217,6 +217,10 @@ class NotifyLoop:
         self._reader: Reader | None = None  # made on first use: most commands never need it (C reads)
         self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
         self._native = _native_loop(self, listener, rights)
+        if undo is not None and self._native is not None:
+            store = undo.store
+            trees = tuple(os.fsencode(p) for p in undo.roots), tuple(os.fsencode(p) for p in undo.skip)
+            self._native.keep(store.blobs, *trees, store.budget())
         self.native_stats: dict[str, int] = {}
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
@@ -351,8 +355,17 @@ class NotifyLoop:
         command; and every second by ``_DRAINER``, so that ``changes`` of a running command lags by that."""
         if self.undo is not None and self._native is not None:
             with self._drain_lock:
-                for raw in self._native.created():
-                    self.undo.created(os.fsdecode(raw))
+                items = self._native.created()
+                i = 0
+                while i < len(items):
+                    tag, path = items[i][:1], os.fsdecode(items[i][1:])
+                    if tag == b"U":  # kept before an unlink: blob, then "mode atime mtime size ino"
+                        self.undo.kept(path, os.fsdecode(items[i + 1]), items[i + 2].decode())
+                        i += 3
+                    else:
+                        self.undo.created(path)
+                        i += 1
+                self._native.keep(-1, (), (), self.undo.store.budget())
 
     def _record(self, trap: Trap, tid: int, args: list[int]) -> None:
         """What the call may change, kept for undo before it is answered; a failure here loses that record
@@ -1258,8 +1271,9 @@ def native_kind(trap: Trap) -> int:
 def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     """Syscall number -> (kind, path, dirfd, flags, mode, path2, dirfd2) for the C loop, from ``TRAPS``
     (the one list the filter is built from); -1 for an argument the syscall does not have. ``recording``
-    (undo): the calls that change a directory's entries have no fast path (the C loop sends opens for
-    writing to Python itself), so that their paths are recorded first."""
+    (undo): the calls that change a directory's entries have no fast path, so that their paths are recorded
+    first; the C loop records creations and keeps files before an unlink itself (``_notify.c``: created,
+    kept) and sends the rest to Python."""
 
     def index(value: int | None) -> int:
         return -1 if value is None else value
@@ -1267,7 +1281,7 @@ def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     table = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
-        recorded = recording and trap.kind != "open" and trap.kind in undo_calls.RECORDED
+        recorded = recording and trap.kind not in ("open", "unlink") and trap.kind in undo_calls.RECORDED
         table[nr] = (
             0 if recorded else native_kind(trap),
             index(trap.path),
