@@ -380,3 +380,72 @@ def test_a_forged_record_cannot_make_undo_write_outside_the_trees(supervisor):
     assert f"not restored: {home.work / 'door' / 'victim'}" in result.stdout  # the walk refuses the symlink
     assert not (home.work / "door").exists()  # the link itself is removed, never followed
     assert (outside / "victim").exists()
+
+
+def test_a_denied_file_is_never_kept(home):
+    """--deny inside the workdir: the command's tries on the file are refused and nothing of it is kept."""
+    secret = home.work / "secret.txt"
+    secret.write_text("nono-undo-denied-7c1e\n")
+    sup = start_supervisor(home, "--deny", str(secret))
+    try:
+        sup.shell("-c", "rm -f secret.txt; echo x > secret.txt; mv secret.txt s2; chmod 600 secret.txt; true")
+        assert secret.read_text() == "nono-undo-denied-7c1e\n"
+        blobs = store_of(home) / "blobs"
+        assert all(b"7c1e" not in p.read_bytes() for p in blobs.iterdir())
+        assert str(secret) not in (store_of(home) / "journal.jsonl").read_text()
+    finally:
+        sup.stop()
+
+
+def test_twin_the_same_file_not_denied_is_kept(home):
+    secret = home.work / "secret.txt"
+    secret.write_text("nono-undo-denied-7c1e\n")
+    sup = start_supervisor(home)
+    try:
+        assert sup.shell("-c", "rm -f secret.txt").returncode == 0
+        blobs = store_of(home) / "blobs"
+        assert any(b"7c1e" in p.read_bytes() for p in blobs.iterdir())
+    finally:
+        sup.stop()
+
+
+def test_rm_rf_and_creations_are_kept_without_a_wake_of_python(home):
+    """The C fast path keeps files before an unlink and records creations itself: rm -rf of 300 files and
+    300 new ones escalate a handful of calls, not one per file (counted, not timed)."""
+    from nono_supervisor.backend import start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
+    from nono_supervisor.undo import Journal, changes
+
+    (home.work / "old").mkdir()
+    for i in range(300):
+        (home.work / "old" / f"f{i}").write_text(f"{i}\n")
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        script = "rm -rf old && mkdir new && for i in $(seq 300); do echo $i > new/f$i; done"
+        argv = ["/bin/bash", "-c", script]
+        undo = session.undo_log("t-1")
+        process = start_sandboxed(session, argv[0], argv, home.env, str(home.work), (0, 1, 2), undo=undo)
+        assert os.waitstatus_to_exitcode(process.wait()) == 0
+        process.notify.join(10)
+        stats = process.notify.native_stats
+        assert stats["escalated"] < 30, stats
+        journal = Journal(store_of(home))
+        listed = changes(journal, journal.commands["t-1"])
+        assert sum(c.change == "deleted" for c in listed) == 301
+        assert sum(c.change == "created" for c in listed) == 301
+    finally:
+        session.close()
+
+
+def test_the_profile_and_the_flag_turn_undo_off(home):
+    off = home.root / "off.toml"
+    off.write_text('extends = "default"\n[undo]\nenabled = false\n')
+    policy = lambda *flags: json.loads(home.run([SUPERVISOR, "policy", "--format", "json", *flags]).stdout)  # noqa: E731
+    assert policy()["undo"] is True
+    assert policy("--no-undo")["undo"] is False
+    assert policy("--profile", str(off))["undo"] is False
+    bad = home.root / "bad.toml"
+    bad.write_text('extends = "default"\n[undo]\nmax_gb = 3\n')
+    result = home.run([SUPERVISOR, "policy", "--profile", str(bad)])
+    assert result.returncode == 2 and "unknown key 'undo.max_gb'" in result.stderr
