@@ -779,6 +779,17 @@ out:
     return result;
 }
 
+static int queue_created(Loop *self, size_t n) {
+    char tag[PATH_MAX_ + 2];
+    if (n + 1 >= sizeof tag)
+        return 0;
+    tag[0] = 'C';
+    memcpy(tag + 1, self->norm, n);
+    const char *items[1] = {tag};
+    size_t lens[1] = {n + 1};
+    return queue(self, items, lens, 1);
+}
+
 /* Undo: an open that may write is CONTINUEd here only when it creates its file (nothing to keep): the path
  * is queued for Loop.created(), which NotifyLoop drains into the record before the next escalation and when
  * the command ends. A file already there (or anything unusual) goes to Python, which keeps it first
@@ -789,14 +800,16 @@ static int created(Loop *self, size_t n, uint32_t flags) {
         return 0;
     if (lstat(self->norm, &sb) == 0 || errno != ENOENT)
         return 0;
-    char tag[PATH_MAX_ + 2];
-    if (n + 1 >= sizeof tag)
-        return 0;
-    tag[0] = 'C';
-    memcpy(tag + 1, self->norm, n);
-    const char *items[1] = {tag};
-    size_t lens[1] = {n + 1};
-    return queue(self, items, lens, 1);
+    return queue_created(self, n);
+}
+
+/* Undo: mkdir, mknod and symlink make an entry (nothing to keep): queued like a created file. One that is
+ * already there is left to the kernel (EEXIST; npm's mkdir -p makes a thousand). */
+static int made(Loop *self, size_t n) {
+    struct stat sb;
+    if (lstat(self->norm, &sb) == 0)
+        return 1;
+    return errno == ENOENT && queue_created(self, n);
 }
 
 /* 1: CONTINUE. 0: Python decides. The order of reads and checks is the Python handler's. */
@@ -891,9 +904,11 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, slot);
         if (!n || !allows_at(self, dirname_len(self->norm, n), needed))
             return 0;
-        if (self->recording) /* only unlink's kind is fast while recording (notify.native_table) */
-            return needed == LL_REMOVE_FILE && kept(self, n);
-        return 1;
+        if (!self->recording)
+            return 1;
+        if (t->kind == K_MKDIR || t->kind == K_MKNOD || t->kind == K_SYMLINK)
+            return made(self, n);
+        return needed == LL_REMOVE_FILE && kept(self, n); /* rmdir's kind is Python's (native_table) */
     }
     case K_RENAME: {
         const uint64_t moving = LL_REMOVE_FILE | LL_REMOVE_DIR | LL_MAKE_REG | LL_MAKE_DIR | LL_REFER;

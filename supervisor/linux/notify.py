@@ -1271,9 +1271,9 @@ def native_kind(trap: Trap) -> int:
 def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     """Syscall number -> (kind, path, dirfd, flags, mode, path2, dirfd2) for the C loop, from ``TRAPS``
     (the one list the filter is built from); -1 for an argument the syscall does not have. ``recording``
-    (undo): the calls that change a directory's entries have no fast path, so that their paths are recorded
-    first; the C loop records creations and keeps files before an unlink itself (``_notify.c``: created,
-    kept) and sends the rest to Python."""
+    (undo): rmdir, rename, link and truncate have no fast path, so that their paths are recorded first
+    (chmod and utime never have one); the C loop records creations (open, mkdir, mknod, symlink) and keeps
+    files before an unlink itself (``_notify.c``: created, made, kept) and sends the rest to Python."""
 
     def index(value: int | None) -> int:
         return -1 if value is None else value
@@ -1281,7 +1281,7 @@ def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     table = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
-        recorded = recording and trap.kind not in ("open", "unlink") and trap.kind in undo_calls.RECORDED
+        recorded = recording and trap.kind in ("rmdir", "rename", "link", "truncate")
         table[nr] = (
             0 if recorded else native_kind(trap),
             index(trap.path),
