@@ -687,6 +687,18 @@ static int under(const char *path, size_t n, const char *top) {
     return n >= m && memcmp(path, top, m) == 0 && (n == m || path[m] == '/' || m == 1);
 }
 
+/* Undo: the path is inside the trees recorded (CommandLog.covers): not the session's temp dir, not /dev. */
+static int recorded(Loop *self, size_t n) {
+    int covered = 0;
+    for (size_t i = 0; i < self->nprefixes; i++)
+        if (under(self->norm, n, self->prefixes[i])) {
+            if (i >= self->nroots)
+                return 0; /* the session's temp and runtime dirs: removed with the session */
+            covered = 1;
+        }
+    return covered;
+}
+
 struct open_how_ {
     uint64_t flags, mode, resolve;
 };
@@ -700,14 +712,7 @@ struct open_how_ {
 static int kept(Loop *self, size_t n) {
     if (self->blobs < 0)
         return 0;
-    int covered = 0;
-    for (size_t i = 0; i < self->nprefixes; i++)
-        if (under(self->norm, n, self->prefixes[i])) {
-            if (i >= self->nroots)
-                return 1; /* the session's temp dir: not recorded */
-            covered = 1;
-        }
-    if (!covered)
+    if (!recorded(self, n))
         return 1;
     if (!allows_at(self, n, LL_READ_FILE)) /* never keeps what the command may not read */
         return 0;
@@ -790,12 +795,23 @@ static int queue_created(Loop *self, size_t n) {
     return queue(self, items, lens, 1);
 }
 
+/* The fast path's answer to an open Landlock allows, as without undo: a creation needs make_reg of the
+ * parent, or a file already there (NotifyLoop._may_create). */
+static int creating_ok(Loop *self, size_t n, uint32_t flags) {
+    struct stat sb;
+    if (!(flags & (O_CREAT | O_TMPFILE_BIT)) || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
+        return 1;
+    return stat(self->norm, &sb) == 0 && !S_ISDIR(sb.st_mode);
+}
+
 /* Undo: an open that may write is CONTINUEd here only when it creates its file (nothing to keep): the path
  * is queued for Loop.created(), which NotifyLoop drains into the record before the next escalation and when
  * the command ends. A file already there (or anything unusual) goes to Python, which keeps it first
  * (undo_calls.record_call). Creations are most of a build's and an install's writes (README "Undo"). */
 static int created(Loop *self, size_t n, uint32_t flags) {
     struct stat sb;
+    if (self->blobs >= 0 && !recorded(self, n))
+        return creating_ok(self, n, flags); /* not recorded (a compiler's temp file, /dev/null) */
     if (!(flags & O_CREAT) || !allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
         return 0;
     if (lstat(self->norm, &sb) == 0 || errno != ENOENT)
@@ -807,7 +823,7 @@ static int created(Loop *self, size_t n, uint32_t flags) {
  * already there is left to the kernel (EEXIST; npm's mkdir -p makes a thousand). */
 static int made(Loop *self, size_t n) {
     struct stat sb;
-    if (lstat(self->norm, &sb) == 0)
+    if ((self->blobs >= 0 && !recorded(self, n)) || lstat(self->norm, &sb) == 0)
         return 1;
     return errno == ENOENT && queue_created(self, n);
 }
@@ -845,11 +861,7 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
             return 0;
         if (self->recording && (flags & (O_WRONLY | O_RDWR | O_TRUNC | O_CREAT)))
             return created(self, n, flags);
-        if (!creating || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
-            return 1;
-        /* NotifyLoop._may_create: a file already there is opened, not created (> /dev/null) */
-        struct stat sb;
-        return stat(self->norm, &sb) == 0 && !S_ISDIR(sb.st_mode);
+        return creating_ok(self, n, flags);
     }
     case K_EXEC:
         if (!read_string(self, tid, arg(req, t->path), 0))
