@@ -334,8 +334,9 @@ class CommandLog:
         return any(_under(path, root) for root in self.roots) and not any(_under(path, s) for s in self.skip)
 
     def known(self, lexical: str) -> bool:
-        """A path as read that this command has already recorded (the cheap check before a pin)."""
-        return lexical in self.lexical or not self.covers(lexical)
+        """A path as read that this command has already recorded (the cheap check before a pin; whether it
+        is inside the trees is decided on the pin's real path: a symlinked name may lead into them)."""
+        return lexical in self.lexical
 
     def before(self, dirfd: int, name: str, path: str, op: str, lexical: str = "", to: str = "") -> None:
         """Record ``path`` (``name`` in our directory fd ``dirfd``) before ``op`` changes it."""

@@ -449,3 +449,17 @@ def test_the_profile_and_the_flag_turn_undo_off(home):
     bad.write_text('extends = "default"\n[undo]\nmax_gb = 3\n')
     result = home.run([SUPERVISOR, "policy", "--profile", str(bad)])
     assert result.returncode == 2 and "unknown key 'undo.max_gb'" in result.stderr
+
+
+def test_undo_of_a_tree_removed_through_a_symlinked_name(supervisor):
+    """The trees are recorded by their real paths; a command that names them through a symlink
+    (``$PWD`` of a symlinked checkout) is recorded all the same."""
+    home = supervisor.home
+    make_tree(home.work)
+    alias = home.root / "alias"
+    os.symlink(home.work, alias)
+    before = snapshot(home.work)
+    assert supervisor.shell("-c", f"rm -rf {alias}/src && echo new > {alias}/added").returncode == 0
+    assert not (home.work / "src").exists()
+    undo_ok(home)
+    assert snapshot(home.work) == before

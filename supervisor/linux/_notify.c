@@ -687,6 +687,16 @@ static int under(const char *path, size_t n, const char *top) {
     return n >= m && memcmp(path, top, m) == 0 && (n == m || path[m] == '/' || m == 1);
 }
 
+/* Undo: norm[:n] made real where it goes through a granted symlink (a workdir named by a symlinked path:
+ * the recorded trees are real paths, RightsIndex.dealias); its new length, 0 if it does not fit. */
+static size_t real_path(Loop *self, size_t n) {
+    size_t m = dealias(self->rights, self->norm, n, self->real, sizeof self->real);
+    if (!m || m >= sizeof self->norm)
+        return 0;
+    memcpy(self->norm, self->real, m + 1);
+    return m;
+}
+
 /* Undo: the path is inside the trees recorded (CommandLog.covers): not the session's temp dir, not /dev. */
 static int recorded(Loop *self, size_t n) {
     int covered = 0;
@@ -710,7 +720,7 @@ struct open_how_ {
  * record (CommandLog.kept), which may still drop it (already recorded, over the cap). Anything else, a
  * failure included, goes to Python (undo_calls.record_call): 0. Outside the recorded trees: 1, nothing. */
 static int kept(Loop *self, size_t n) {
-    if (self->blobs < 0)
+    if (self->blobs < 0 || !(n = real_path(self, n)))
         return 0;
     if (!recorded(self, n))
         return 1;
@@ -810,6 +820,8 @@ static int creating_ok(Loop *self, size_t n, uint32_t flags) {
  * (undo_calls.record_call). Creations are most of a build's and an install's writes (README "Undo"). */
 static int created(Loop *self, size_t n, uint32_t flags) {
     struct stat sb;
+    if (self->blobs >= 0 && !(n = real_path(self, n)))
+        return 0;
     if (self->blobs >= 0 && !recorded(self, n))
         return creating_ok(self, n, flags); /* not recorded (a compiler's temp file, /dev/null) */
     if (!(flags & O_CREAT) || !allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
@@ -823,6 +835,8 @@ static int created(Loop *self, size_t n, uint32_t flags) {
  * already there is left to the kernel (EEXIST; npm's mkdir -p makes a thousand). */
 static int made(Loop *self, size_t n) {
     struct stat sb;
+    if (self->blobs >= 0 && !(n = real_path(self, n)))
+        return 0;
     if ((self->blobs >= 0 && !recorded(self, n)) || lstat(self->norm, &sb) == 0)
         return 1;
     return errno == ENOENT && queue_created(self, n);
