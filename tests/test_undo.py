@@ -463,3 +463,37 @@ def test_undo_of_a_tree_removed_through_a_symlinked_name(supervisor):
     assert not (home.work / "src").exists()
     undo_ok(home)
     assert snapshot(home.work) == before
+
+
+def test_the_agents_own_writes_are_the_command_agent(home):
+    """The agent's loop (every call trapped, the Python pipeline, no C fast path) records into ``agent``;
+    undo of ``agent`` puts the tree back."""
+    from nono_supervisor.backend import start_sandboxed
+    from nono_supervisor.launcher import _watching_loop
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
+    from nono_supervisor.undo import Journal, changes, undo
+
+    make_tree(home.work)
+    before = snapshot(home.work)
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        argv = ["/bin/bash", "-c", "rm -rf src/lib && echo edited > src/f1.c && mkdir made && ln -s x made/l"]
+        log = session.undo_log("agent")
+        loop = _watching_loop(lambda tid, raw: None)
+        env = session.command_env(home.env)
+        process = start_sandboxed(
+            session, argv[0], argv, env, str(home.work), (0, 1, 2), notify_class=loop, undo=log
+        )
+        assert os.waitstatus_to_exitcode(process.wait()) == 0
+        process.notify.join(10)
+        assert process.notify.native_stats == {}  # the Python pipeline saw every call
+        journal = Journal(store_of(home))
+        agent = journal.commands["agent"]
+        listed = {c.path: c.change for c in changes(journal, agent)}
+        assert listed[str(home.work / "src" / "f1.c")] == "modified"
+        assert listed[str(home.work / "made")] == "created"
+        undo(journal, agent)
+        assert snapshot(home.work) == before
+    finally:
+        session.close()
