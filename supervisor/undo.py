@@ -29,6 +29,7 @@ import secrets
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,9 @@ class Store:
         self.blobs = os.open(directory / "blobs", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._names = itertools.count()
-        self._kept: list[tuple[float, str, int]] = []  # (when, blob, bytes): for the age limit
+        self._kept: deque[tuple[float, str, int]] = (
+            deque()
+        )  # (when, blob, bytes), oldest first: the age limit
         self.used = sum(entry.stat().st_size for entry in os.scandir(directory / "blobs"))
         journal = directory / "journal.jsonl"
         self._journal = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -230,9 +233,10 @@ class Store:
     def prune(self) -> None:
         """Old contents past the age limit are given up (their paths then say "not kept")."""
         horizon = time.time() - self.limits.max_age
-        with self._lock:
-            old = [entry for entry in self._kept if entry[0] < horizon]
-            self._kept = [entry for entry in self._kept if entry[0] >= horizon]
+        old = []
+        with self._lock:  # oldest first: what is past the horizon is at the front (once per command)
+            while self._kept and self._kept[0][0] < horizon:
+                old.append(self._kept.popleft())
         for _when, blob, size in old:
             _unlink_quietly(blob, self.blobs)
             self._release(size)

@@ -497,3 +497,32 @@ def test_the_agents_own_writes_are_the_command_agent(home):
         assert snapshot(home.work) == before
     finally:
         session.close()
+
+
+def test_contents_past_the_age_limit_are_given_up_and_said_so(tmp_path):
+    """[undo] max_age_hours: a kept content older than the limit is removed at the next command's start,
+    and the path is then listed as not kept (no sandbox needed: the store alone)."""
+    from nono_supervisor.undo import CommandLog, Journal, Limits, Store, changes
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("old\n")
+    store_dir = tmp_path / "store"
+    store = Store(store_dir, Limits(max_age=0.05))
+    (store_dir / "session.json").write_text(json.dumps({"session": "s", "pid": 0}))
+    log = CommandLog(store, "s-1", (str(tree),)).begin()
+    fd = os.open(tree, os.O_PATH)
+    try:
+        log.before(fd, "f", str(tree / "f"), "write")
+    finally:
+        os.close(fd)
+    (tree / "f").write_text("new\n")
+    log.finish()
+    assert len(os.listdir(store_dir / "blobs")) == 1
+    time.sleep(0.1)
+    CommandLog(store, "s-2", (str(tree),)).begin()  # a later command's start prunes
+    store.close()
+    assert os.listdir(store_dir / "blobs") == []
+    journal = Journal(store_dir)
+    (change,) = changes(journal, journal.commands["s-1"])
+    assert change.change == "modified" and change.lost == "older than the store's age limit"
