@@ -365,7 +365,8 @@ class NotifyLoop:
                     else:
                         self.undo.created(path)
                         i += 1
-                self._native.keep(-1, (), (), self.undo.store.budget())
+                if items:  # a new budget for what the fast path may keep by hard link
+                    self._native.keep(-1, (), (), self.undo.store.budget())
 
     def _record(self, trap: Trap, tid: int, args: list[int]) -> None:
         """What the call may change, kept for undo before it is answered; a failure here loses that record
