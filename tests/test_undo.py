@@ -526,3 +526,31 @@ def test_contents_past_the_age_limit_are_given_up_and_said_so(tmp_path):
     journal = Journal(store_dir)
     (change,) = changes(journal, journal.commands["s-1"])
     assert change.change == "modified" and change.lost == "older than the store's age limit"
+
+
+def test_undo_never_writes_through_a_symlink_planted_in_the_tree(supervisor):
+    """A command removes a/x, and later a/ becomes a symlink to a directory outside (by hand here, or by
+    a later command): undo --force restores nothing through it, and the outside stays as it was."""
+    home = supervisor.home
+    outside = home.root / "outside"
+    outside.mkdir()
+    (home.work / "a").mkdir()
+    (home.work / "a" / "x").write_text("kept\n")
+    assert supervisor.shell("-c", "rm a/x # plant").returncode == 0
+    (home.work / "a").rmdir()
+    os.symlink(outside, home.work / "a")
+    (first,) = command_ids(home, "# plant")
+    result = cli(home, "undo", first, "--force")
+    assert result.returncode == 1 and f"not restored: {home.work / 'a' / 'x'}" in result.stdout
+    assert os.listdir(outside) == []
+    assert os.readlink(home.work / "a") == str(outside)
+
+
+def test_twin_undo_restores_the_same_file_when_no_symlink_was_planted(supervisor):
+    home = supervisor.home
+    (home.work / "a").mkdir()
+    (home.work / "a" / "x").write_text("kept\n")
+    before = snapshot(home.work)
+    assert supervisor.shell("-c", "rm a/x").returncode == 0
+    undo_ok(home)
+    assert snapshot(home.work) == before
