@@ -104,6 +104,7 @@ def start_sandboxed(
     launch_extra: dict[str, object] | None = None,
     notify_class: type | None = None,
     on_late_deny: Callable[[str, dict], None] | None = None,
+    undo: object | None = None,
 ):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
     """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
 
@@ -121,6 +122,7 @@ def start_sandboxed(
     Linux: while it runs, a denied node that moves into what its ruleset grants stops it, or, where its
     loop sees every open, guards that loop (``linux.latedeny``); ``on_late_deny(line, audit fields)`` tells
     its report.
+    ``undo`` (Linux, with ``trap``): the command's ``undo.CommandLog``; what it changes is recorded first.
     """
     if sys.platform.startswith("linux"):
         from nono_supervisor.linux import latedeny, sandbox, seccomp
@@ -180,13 +182,16 @@ def start_sandboxed(
                 own_terminals=session.own_terminals(),
                 linked_denied=lambda: session.linked_denied(policy),
                 linked=linked,
+                undo=undo,
             )
             if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
                 loop.net_proxy = net.client(policy, consent, argv, on_decision)
             loop.start()
             return loop
 
-        program = seccomp.build_program(policy.net_mode, leave_to_landlock=bool(ask_again))
+        program = seccomp.build_program(
+            policy.net_mode, leave_to_landlock=bool(ask_again), record_writes=undo is not None
+        )
         process = sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
         # Every open trapped (the agent, linked denied files, no library): its loop can refuse the moved
         # node from now on; left to Landlock, only stopping it can (the kernel is not asked again).

@@ -96,6 +96,7 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
         help="Landlock only: no seccomp notification (no denial reports, no dynamic grants)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the effective policy and run nothing")
+    parser.add_argument("--no-undo", action="store_true", help="do not record what commands change (no undo)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no line of nono-supervisor's own at start (run, serve)"
@@ -119,6 +120,7 @@ def _options(args: argparse.Namespace) -> PolicyOptions:
         allow_domains=tuple(args.allow_domains),
         deny_domains=tuple(args.deny_domains),
         prompt=args.prompt,
+        no_undo=args.no_undo,
         **{key: tuple(getattr(args, key)) for key in (*GRANT_LISTS, "deny")},
     )
 
@@ -169,6 +171,7 @@ def _build_parser() -> _Parser:
     shims = sub.add_parser("shims", help="create the bash-named shims in DIR")
     shims.add_argument("dir", type=Path)
     sub.add_parser("doctor", help="report what this machine can enforce")
+    _add_undo_commands(sub)
     return parser
 
 
@@ -416,6 +419,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
                 trap=session.trap,
                 left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
                 on_late_deny=report.late_deny,
+                undo=session.undo_log(command_id),
             )
         except BaseException:
             if lease:
@@ -675,6 +679,72 @@ def _check_workdir() -> None:
         raise SandboxError(f"the current directory is gone ({e.strerror}); cd to one that exists") from None
 
 
+# ---- changes and undo (issue 25; supervisor/undo.py) -------------------------------------------------
+
+
+def _add_undo_commands(sub) -> None:
+    changes = sub.add_parser("changes", help="what a command created, modified, deleted, renamed or re-moded")
+    changes.add_argument(
+        "id", nargs="?", metavar="COMMAND-ID", help="default: the last that changed anything"
+    )
+    changes.add_argument("--json", action="store_true")
+    changes.add_argument("--session", default=None, help="default: the command id's, else the newest")
+    undo = sub.add_parser("undo", help="put back what a command changed (undoing an undo redoes)")
+    undo.add_argument("id", nargs="?", metavar="COMMAND-ID", help="default: the last that changed anything")
+    undo.add_argument("--force", action="store_true", help="take the older state where it changed since")
+    undo.add_argument("--session", default=None, help="default: the command id's, else the newest")
+
+
+def _cmd_changes(args: argparse.Namespace) -> int:
+    from nono_supervisor import undo
+
+    journal = undo.Journal.for_command(args.id, args.session)
+    command = journal.pick(args.id)
+    listed = undo.changes(journal, command)
+    state = "running" if journal.running(command) else "ended"
+    if args.json:
+        print(json.dumps({"command": command.id, "state": state, "changes": [c.to_json() for c in listed]}))
+        return 0
+    print(f"{command.id} ({state}{', undo of ' + command.of if command.of else ''}): {len(listed)} changed")
+    for change in listed:
+        to = f" -> {change.to}" if change.to else ""
+        lost = f"  (not kept: {change.lost})" if change.lost else ""
+        print(f"  {change.change:9} {change.path}{to}{lost}")
+    return 0
+
+
+def _cmd_undo(args: argparse.Namespace) -> int:
+    from nono_supervisor import undo
+    from nono_supervisor.audit import AuditLog
+
+    journal = undo.Journal.for_command(args.id, args.session)
+    command = journal.pick(args.id)
+    meta = journal.meta
+    protected = [*meta.get("protected", []), str(paths.config_dir()), str(paths.state_dir())]
+    protected += [str(p) for p in paths.package_dirs()]
+    limits = undo.Limits(
+        int(meta.get("max_mb", 1024)) * undo.MiB, float(meta.get("max_age_hours", 24)) * 3600
+    )
+    audit = AuditLog(Path(meta.get("audit_log") or paths.audit_log_path()), journal.session)
+    try:
+        outcome = undo.undo(journal, command, force=args.force, protected=protected, limits=limits)
+    except undo.UndoRefused as e:
+        audit.write(command=command.id, event="undo-refused", reason=str(e))
+        raise
+    audit.write(
+        command=outcome.undo_id,
+        event="undo",
+        of=command.id,
+        forced=args.force,
+        restored=outcome.restored,
+        not_restored=[f"{path}: {why}" for path, why in outcome.not_restored],
+    )
+    print(f"undid {command.id} as {outcome.undo_id}: {len(outcome.restored)} restored")
+    for path, why in outcome.not_restored:
+        print(f"  not restored: {path} ({why})")
+    return 1 if outcome.not_restored else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     options, command = _split_command(argv)
@@ -689,6 +759,8 @@ def main(argv: list[str] | None = None) -> None:
             "shims": lambda: _cmd_shims(args),
             "grants": lambda: _cmd_grants(args),
             "doctor": lambda: _cmd_doctor(args),
+            "changes": lambda: _cmd_changes(args),
+            "undo": lambda: _cmd_undo(args),
         }[args.command]
         if command and args.command not in ("run", "exec"):
             raise UsageError(f"{args.command}: unexpected command after '--'")

@@ -303,6 +303,7 @@ def run_agent(
         launch_extra=extra,
         notify_class=watcher,
         on_late_deny=functools.partial(_tell_late_deny, report),
+        undo=session.undo_log("agent", session.policy),  # the agent's own writes, in the commands' trees
     )
     master = -1
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["config_dir", "state_dir", "audit_log_path", "grants_path", "package_dirs"]
+__all__ = ["config_dir", "state_dir", "undo_dir", "audit_log_path", "grants_path", "package_dirs"]
 
 
 def _xdg(var: str, fallback: str, env: dict[str, str] | os._Environ[str]) -> Path:
@@ -21,6 +21,11 @@ def config_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
 
 def state_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state", env) / "nono-shell"
+
+
+def undo_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    """The sessions' undo stores: sealed from every command and the agent (old contents of files)."""
+    return state_dir(env) / "undo"
 
 
 def audit_log_path(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:

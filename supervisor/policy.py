@@ -51,11 +51,12 @@ GRANT_LISTS: dict[str, tuple[str, str]] = {
     "write_file": ("write", "file"),
 }
 PROMPT_MODES = ("auto", "tty", "after", "never")
-_PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt", "agent"}
+_PROFILE_KEYS = {"extends", "description", "filesystem", "network", "prompt", "agent", "undo"}
 _SECTION_KEYS = {
     "filesystem": set(GRANT_LISTS) | {"deny", "probes"},
     "network": {"block", "mode", "allow_domains", "deny_domains", "agent_allow_domains"},
     "prompt": {"mode", "timeout", "quiet", "silent"},
+    "undo": {"enabled", "max_mb", "max_age_hours"},  # README "Undo": what is kept, and for how long
     # What only the agent gets (nono_supervisor.agents): its state, never its commands'.
     "agent": set(GRANT_LISTS)
     | {"list", "programs", "packages", "create", "env", "start_note", "start_note_unless"},
@@ -153,6 +154,7 @@ class PolicyOptions:
     allow_domains: tuple[str, ...] = ()
     deny_domains: tuple[str, ...] = ()
     net_mode: str | None = None  # --net-mode; None: the profile's, or domains when a domain flag is given
+    no_undo: bool = False  # --no-undo: no command's changes are recorded
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,10 @@ class Policy:
     deny_domains: tuple[Pattern, ...] = ()
     agent_domains: tuple[Pattern, ...] = ()  # allowed to the agent's own connections only
     runs_later: tuple[RunsLater, ...] = ()  # never writable by a command but by an explicit flag (RunsLater)
+    # Undo ([undo]): record each command's changes; the session's store's cap and the age of what it keeps.
+    undo: bool = True
+    undo_max_mb: int = 1024
+    undo_max_age_hours: float = 24.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,6 +313,13 @@ def _validate(data: dict[str, Any], origin: str) -> None:
     timeout = data.get("prompt", {}).get("timeout", 60)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise UsageError(f"{origin}: 'prompt.timeout' must be a positive number of seconds")
+    undo = data.get("undo", {})
+    if not isinstance(undo.get("enabled", True), bool):
+        raise UsageError(f"{origin}: 'undo.enabled' must be true or false")
+    for key in ("max_mb", "max_age_hours"):
+        value = undo.get(key, 1)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise UsageError(f"{origin}: 'undo.{key}' must be a positive number")
 
 
 def _validate_agent(agent: dict[str, Any], origin: str) -> None:
@@ -427,6 +440,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
     timeout: float = 60
     quiet: list[str] = []
     silent: list[str] = []
+    undo: dict[str, Any] = {}
     domains: dict[str, list[Pattern]] = {key: [] for key in DOMAIN_LISTS}
     for label, data in chain:
         for key in DOMAIN_LISTS:
@@ -446,6 +460,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         timeout = data.get("prompt", {}).get("timeout", timeout)
         quiet += data.get("prompt", {}).get("quiet", [])
         silent += data.get("prompt", {}).get("silent", [])
+        undo = {**undo, **data.get("undo", {})}
     for key, (access, kind) in GRANT_LISTS.items():
         flag = "--" + key.replace("_", "-")
         for raw in getattr(options, key):
@@ -482,4 +497,7 @@ def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
         deny_domains=tuple(dict.fromkeys(domains["deny_domains"])),
         agent_domains=tuple(dict.fromkeys(domains["agent_allow_domains"])),
         runs_later=_runs_later(ctx),
+        undo=undo.get("enabled", True) and not options.no_undo,
+        undo_max_mb=int(undo.get("max_mb", 1024)),
+        undo_max_age_hours=float(undo.get("max_age_hours", 24)),
     )

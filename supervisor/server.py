@@ -434,6 +434,7 @@ class Server:
                     trap=self.session.trap,
                     left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
                     on_late_deny=report.late_deny,  # stopped when a denied node moves into its grants
+                    undo=self.session.undo_log(command, policy),
                 )
             except NonoError as e:
                 if lease:

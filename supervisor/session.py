@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import os
 import re
 import secrets
@@ -163,6 +164,9 @@ class Session:
         self._own_ttys = {os.fstat(fd).st_rdev for fd in (0, 1, 2) if os.isatty(fd)}
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
+        self._undo = None  # the session's undo store (undo.Store), made for the first recorded command
+        self._undo_lock = threading.Lock()
+        self._undo_trees: tuple[Policy, tuple[str, ...]] | None = None
         self._netproxy = None  # domains mode: the session's proxy (netproxy), started at first use
         self.late_denies = None  # Linux: where the denied paths lead, watched (linux.latedeny.for_session)
         self._net_lock = threading.Lock()
@@ -186,6 +190,10 @@ class Session:
             runtime_parent = None
         runtime_dir = _private_dir("nono-shell-run-", runtime_parent)
         tmpdir = _private_dir("nono-shell-tmp-", None)
+        try:  # before the policy is compiled: its seal is a directory that exists (undo.Store fills it)
+            paths.undo_dir(env).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            pass
         workdir = str(kw.pop("workdir", None) or os.getcwd())
         if shims:
             kw["shims_dir"] = runtime_dir / "shims" if shims is True else Path(shims).absolute()
@@ -242,7 +250,8 @@ class Session:
             return self._base
         from nono_supervisor.agents import list_only
 
-        ctx = replace(self.context(platform), sealed=_own_terminal_names())  # its state is not sealed from it
+        # its state is not sealed from it; the undo store is (old contents; a forged record would be acted on)
+        ctx = replace(self.context(platform), sealed=_own_terminal_names() + (str(paths.undo_dir(self.env)),))
         policy = resolve_policy(self.options, ctx)
         # Agents walk up from the workdir for their project files (.git, AGENTS.md, opencode.json): the
         # directories above it are listed, names only.
@@ -383,7 +392,7 @@ class Session:
             platform=platform,
             config_dir=str(paths.config_dir(self.env)),
             protected=self.protected_paths(),
-            sealed=_own_terminal_names() + tuple(agent_state),
+            sealed=_own_terminal_names() + tuple(agent_state) + (str(paths.undo_dir(self.env)),),
             groups=self._computed_groups(),
             runs_later=self.runs_later,
         )
@@ -511,6 +520,66 @@ class Session:
                 self._netproxy = NetProxy(self).start()
             return self._netproxy
 
+    def undo_log(self, command: str, policy: Policy | None = None):
+        """The record of ``command``'s changes (an ``undo.CommandLog``, begun), or None when undo is off:
+        ``--no-undo``, the profile's ``[undo] enabled = false``, ``--no-trap`` (nothing is seen), not Linux.
+        Recorded: the trees the policy lets commands write, but the session's own temp and runtime dirs
+        (removed with the session) and devices; never a path the policy denies or never grants."""
+        policy = policy or self.policy
+        if not (self.trap and policy.undo and sys.platform.startswith("linux")):
+            return None
+        from nono_supervisor.undo import CommandLog
+
+        access = self.access_index(policy)
+        # A directory with no denied or never-grantable node below it, itself readable and writable, has
+        # only such entries: decided once per directory (a verdict costs ~50 us; rm -rf asks per file).
+        open_dirs: dict[str, bool] = {}
+
+        def both(path: str) -> bool:
+            return access.verdict(path, "write").allowed and access.verdict(path, "read").allowed
+
+        def allowed(path: str) -> bool:
+            parent = os.path.dirname(path)
+            clear = open_dirs.get(parent)
+            if clear is None:
+                clear = open_dirs[parent] = not access.denied_below(parent) and both(parent)
+            return clear or both(path)
+
+        skip = (str(self.tmpdir), str(self.runtime_dir))
+        return CommandLog(self._undo_store(policy), command, self._undo_roots(policy), allowed, skip).begin()
+
+    def _undo_roots(self, policy: Policy) -> tuple[str, ...]:
+        """The real paths of the trees ``policy`` lets commands write, once per policy (a realpath of each
+        grant cost a command ~150 us here)."""
+        cached = self._undo_trees
+        if cached is None or cached[0] is not policy:
+            writable = [g.path for g in policy.grants if g.access in ("write", "allow")]
+            roots = (os.path.realpath(p) for p in writable if not p.startswith(("/dev", "/proc", "/sys")))
+            cached = self._undo_trees = (policy, tuple(dict.fromkeys(roots)))
+        return cached[1]
+
+    def _undo_store(self, policy: Policy):
+        from nono_supervisor.undo import Limits, MiB, Store, prune_sessions
+
+        with self._undo_lock:
+            if self._undo is None:
+                directory = paths.undo_dir(self.env) / self.id
+                limits = Limits(policy.undo_max_mb * MiB, policy.undo_max_age_hours * 3600)
+                paths.undo_dir(self.env).mkdir(mode=0o700, parents=True, exist_ok=True)
+                prune_sessions(directory.parent, limits.max_age, self.id)
+                self._undo = Store(directory, limits)
+                meta = {
+                    "session": self.id,
+                    "pid": os.getpid(),
+                    "workdir": self.workdir,
+                    "audit_log": str(self.audit.path),
+                    "protected": list(self.protected_paths()),
+                    "max_mb": policy.undo_max_mb,
+                    "max_age_hours": policy.undo_max_age_hours,
+                }
+                (directory / "session.json").write_text(json.dumps(meta))
+            return self._undo
+
     def next_command_id(self) -> str:
         with self._id_lock:
             return f"{self.id}-{next(self._ids)}"
@@ -520,5 +589,7 @@ class Session:
             self.late_denies.close()
         if self._netproxy is not None:
             self._netproxy.close()
+        if self._undo is not None:
+            self._undo.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         shutil.rmtree(self.tmpdir, ignore_errors=True)

@@ -228,12 +228,15 @@ def test_a_denied_write_as_an_unprivileged_user_is_enforced_and_reported(nobody_
 
 
 def test_a_denied_write_by_a_static_binary_is_enforced_by_the_kernel_and_not_reported(home, writers):
-    """The documented loss, as for reads; with every call trapped the same write is reported."""
+    """The documented loss without undo (--no-undo), as for reads; with every call trapped, and with undo
+    on (it traps opens for writing, issue 25), the same write is reported."""
     argv = [writers["static"], str(home.key), "x"]
-    result = _exec(home, *argv)
+    result = _exec(home, *argv, flags=("--allow", "~", "--no-undo"))
     assert result.stdout == "errno=13\n" and "nono: denied" not in result.stderr
-    trapped = _exec(home, *argv, env={**home.env, "NONO_TRAP_ALL": "1"})
+    trapped = _exec(home, *argv, flags=("--allow", "~", "--no-undo"), env={**home.env, "NONO_TRAP_ALL": "1"})
     assert trapped.stdout == "errno=13\n" and "nono: denied write ~/.ssh/id_rsa" in trapped.stderr
+    recorded = _exec(home, *argv)
+    assert recorded.stdout == "errno=13\n" and "nono: denied write ~/.ssh/id_rsa" in recorded.stderr
     assert home.key.read_text() == FAKE_KEY + "\n"
     assert home.run(argv).stdout == "wrote\n"  # the twin
 
@@ -241,15 +244,19 @@ def test_a_denied_write_by_a_static_binary_is_enforced_by_the_kernel_and_not_rep
 def test_a_create_the_policy_allows_beyond_the_baseline_is_emulated_for_dynamic_programs(home, writers):
     """~ holds the denied ~/.ssh, so the baseline grants ~'s entries one by one and not the making of new
     ones: the supervisor makes ~/new-* for a dynamic writer (asked again through openat2); a static one
-    gets the kernel's EACCES (the loss), and made it while every open was trapped."""
+    gets the kernel's EACCES (the loss, without undo), and made it while every open was trapped, or the
+    opens for writing (undo on, issue 25)."""
+    no_undo = ("--allow", "~", "--no-undo")
     for kind, expected in (("dynamic", "wrote\n"), ("static", "errno=13\n")):
-        result = _exec(home, writers[kind], str(home.home / f"new-{kind}"), "made")
+        result = _exec(home, writers[kind], str(home.home / f"new-{kind}"), "made", flags=no_undo)
         assert result.stdout == expected, (kind, result.stderr)
         assert "nono: denied" not in result.stderr
     assert (home.home / "new-dynamic").read_text() == "made" and not (home.home / "new-static").exists()
     every = {**home.env, "NONO_TRAP_ALL": "1"}
-    trapped = _exec(home, writers["static"], str(home.home / "new-static"), "made", env=every)
+    trapped = _exec(home, writers["static"], str(home.home / "new-static"), "made", env=every, flags=no_undo)
     assert trapped.stdout == "wrote\n" and (home.home / "new-static").read_text() == "made"
+    recorded = _exec(home, writers["static"], str(home.home / "new-undo"), "made")
+    assert recorded.stdout == "wrote\n" and (home.home / "new-undo").read_text() == "made"
 
 
 def test_a_question_on_a_denied_write_is_still_asked_and_its_grant_emulated(home, writers):
@@ -269,19 +276,22 @@ def test_a_question_on_a_denied_write_is_still_asked_and_its_grant_emulated(home
 
 def test_stdout_reopened_by_name_outside_the_grants(home, writers, tmp_path):
     """/dev/stdout is the command's own fd 1 (invariant 8), here a file outside the grants: a dynamic
-    writer gets what it gets bare (a new open of the file, at offset 0: its own "wrote" lands over it)."""
+    writer gets what it gets bare (a new open of the file, at offset 0: its own "wrote" lands over it); so
+    does a static one while undo traps its opens for writing (issue 25)."""
 
-    def wrote(kind: str, sandboxed: bool) -> str:
-        outside = tmp_path / f"outside-{kind}-{sandboxed}.txt"
+    def wrote(kind: str, sandboxed: bool, *flags: str) -> str:
+        outside = tmp_path / f"outside-{kind}-{sandboxed}-{len(flags)}.txt"
         argv = [writers[kind], "/dev/stdout", f"to {kind} stdout\n"]
         with open(outside, "w") as stdout:
             run = _exec if sandboxed else lambda h, *a, **kw: h.run(list(a), **kw)
-            run(home, *argv, capture_output=False, stdout=stdout, stderr=subprocess.PIPE)
+            extra = {"flags": ("--allow", "~", *flags)} if sandboxed else {}
+            run(home, *argv, capture_output=False, stdout=stdout, stderr=subprocess.PIPE, **extra)
         return outside.read_text()
 
     assert wrote("dynamic", True) == wrote("dynamic", False) == "wrote\namic stdout\n"
-    assert wrote("static", True) == "errno=13\n"  # the loss: Landlock checks the object behind the link
-    assert wrote("static", False) == "wrote\ntic stdout\n"
+    # the loss without undo: Landlock checks the object behind the link
+    assert wrote("static", True, "--no-undo") == "errno=13\n"
+    assert wrote("static", True) == wrote("static", False) == "wrote\ntic stdout\n"
 
 
 def test_a_write_refused_by_the_files_mode_is_not_a_policy_denial(nobody_home):

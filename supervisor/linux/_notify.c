@@ -26,11 +26,13 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #ifndef SECCOMP_USER_NOTIF_FLAG_CONTINUE
@@ -48,6 +50,7 @@
 #define AT_REMOVEDIR_ 0x200
 #define O_TMPFILE_BIT 020000000 /* __O_TMPFILE, as notify._O_TMPFILE */
 #define SETID_BITS 06000
+#define CREATED_MAX (1u << 20) /* undo: at most this much of created paths waits for Python */
 
 /* Landlock rights (include/uapi/linux/landlock.h), as landlock.ACCESS_FS */
 #define LL_EXECUTE (1ull << 0)
@@ -497,6 +500,14 @@ typedef struct {
     int listener;
     int linked; /* a multi-linked denied file exists: no regular-file open is fast (NotifyLoop._linked) */
     int guarded; /* a denied node moved into the baseline: nothing is fast any more (NotifyLoop.guard) */
+    int recording; /* undo: an open that may write goes to Python, which records the file first */
+    char *created; /* undo: paths of files created on the fast path, NUL-separated (created()) */
+    size_t created_len, created_cap;
+    pthread_mutex_t created_lock; /* created() is also called by NotifyLoop's drainer thread */
+    int blobs;               /* undo: the store's blobs/ (keep()); -1: files about to be unlinked go to Python */
+    long long budget;        /* undo: bytes the fast path may still keep by hard link (keep()) */
+    char **prefixes;         /* undo: the trees recorded, then (after nroots) the ones skipped */
+    size_t nroots, nprefixes;
     Rights *rights;
     struct trap traps[MAX_NR];
     unsigned long long received, continued, escalated;
@@ -641,6 +652,197 @@ static uint64_t open_rights(uint32_t flags) {
 
 static uint64_t arg(const struct seccomp_notif *req, int index) { return req->data.args[index]; }
 
+/* Undo: append items (NUL-terminated each) to the queue Loop.created() drains. 0: full, not queued. */
+static int queue(Loop *self, const char *const *items, const size_t *lens, int count) {
+    size_t need = 0;
+    for (int i = 0; i < count; i++)
+        need += lens[i] + 1;
+    int queued = 0;
+    pthread_mutex_lock(&self->created_lock);
+    if (self->created_len + need <= CREATED_MAX && self->created_len + need > self->created_cap) {
+        size_t cap = self->created_cap ? self->created_cap * 2 : 16384;
+        while (cap < self->created_len + need)
+            cap *= 2;
+        char *grown = realloc(self->created, cap);
+        if (grown) {
+            self->created = grown;
+            self->created_cap = cap;
+        }
+    }
+    if (self->created_len + need <= self->created_cap) { /* else (not drained for long): Python records it */
+        for (int i = 0; i < count; i++) {
+            memcpy(self->created + self->created_len, items[i], lens[i]);
+            self->created[self->created_len + lens[i]] = '\0';
+            self->created_len += lens[i] + 1;
+        }
+        queued = 1;
+    }
+    pthread_mutex_unlock(&self->created_lock);
+    return queued;
+}
+
+static int under(const char *path, size_t n, const char *top) {
+    size_t m = strlen(top);
+    while (m > 1 && top[m - 1] == '/')
+        m--;
+    return n >= m && memcmp(path, top, m) == 0 && (n == m || path[m] == '/' || m == 1);
+}
+
+/* Undo: norm[:n] made real where it goes through a granted symlink (a workdir named by a symlinked path:
+ * the recorded trees are real paths, RightsIndex.dealias); its new length, 0 if it does not fit. */
+static size_t real_path(Loop *self, size_t n) {
+    size_t m = dealias(self->rights, self->norm, n, self->real, sizeof self->real);
+    if (!m || m >= sizeof self->norm)
+        return 0;
+    memcpy(self->norm, self->real, m + 1);
+    return m;
+}
+
+/* Undo: the path is inside the trees recorded (CommandLog.covers): not the session's temp dir, not /dev. */
+static int recorded(Loop *self, size_t n) {
+    int covered = 0;
+    for (size_t i = 0; i < self->nprefixes; i++)
+        if (under(self->norm, n, self->prefixes[i])) {
+            if (i >= self->nroots)
+                return 0; /* the session's temp and runtime dirs: removed with the session */
+            covered = 1;
+        }
+    return covered;
+}
+
+struct open_how_ {
+    uint64_t flags, mode, resolve;
+};
+
+/* Undo: a regular file about to be unlinked (Landlock lets the command read it and remove it) keeps its
+ * inode under a second name in the store: a hard link, no copy, and no wake of Python (rm -rf, make clean,
+ * git checkout). The parent is walked without a symlink or magic link (RESOLVE_NO_SYMLINKS: the path kept
+ * is the real one), the link checked to be the inode that was looked at, and the item queued for Python's
+ * record (CommandLog.kept), which may still drop it (already recorded, over the cap). Anything else, a
+ * failure included, goes to Python (undo_calls.record_call): 0. Outside the recorded trees: 1, nothing. */
+static int kept(Loop *self, size_t n) {
+    if (self->blobs < 0 || !(n = real_path(self, n)))
+        return 0;
+    if (!recorded(self, n))
+        return 1;
+    if (!allows_at(self, n, LL_READ_FILE)) /* never keeps what the command may not read */
+        return 0;
+    size_t d = dirname_len(self->norm, n), name = d;
+    while (name < n && self->norm[name] == '/')
+        name++;
+    if (!d || name >= n)
+        return 0;
+    char saved = self->norm[d];
+    self->norm[d] = '\0';
+    struct open_how_ how = {O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0x04 | 0x02}; /* NO_SYMLINKS|NO_MAGICLINKS */
+    int parent = (int)syscall(SYS_openat2, AT_FDCWD, self->norm, &how, sizeof how);
+    self->norm[d] = saved;
+    if (parent < 0)
+        return 0;
+    int result = 0;
+    struct stat sb, kb;
+    const char *leaf = self->norm + name;
+    if (fstatat(parent, leaf, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+        result = errno == ENOENT; /* the kernel answers ENOENT: nothing to keep */
+        goto out;
+    }
+    if (!S_ISREG(sb.st_mode) || sb.st_nlink != 1)
+        goto out;
+    pthread_mutex_lock(&self->created_lock);
+    int room = sb.st_size <= self->budget;
+    if (room)
+        self->budget -= sb.st_size;
+    pthread_mutex_unlock(&self->created_lock);
+    if (!room)
+        goto out;
+    static unsigned long long counter;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char blob[96], fields[128];
+    snprintf(blob, sizeof blob, "c%d-%lld%09ld-%llu", (int)getpid(), (long long)now.tv_sec, now.tv_nsec,
+             __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
+    if (linkat(parent, leaf, self->blobs, blob, 0) != 0)
+        goto refund;
+    if (fstatat(self->blobs, blob, &kb, AT_SYMLINK_NOFOLLOW) != 0 || kb.st_dev != sb.st_dev ||
+        kb.st_ino != sb.st_ino) {
+        unlinkat(self->blobs, blob, 0); /* swapped meanwhile: not what was looked at */
+        goto refund;
+    }
+    snprintf(fields, sizeof fields, "%o %lld%09ld %lld%09ld %lld %llu", (unsigned)(sb.st_mode & 07777),
+             (long long)sb.st_atim.tv_sec, sb.st_atim.tv_nsec, (long long)sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
+             (long long)sb.st_size, (unsigned long long)sb.st_ino);
+    char tag[PATH_MAX_ + 2];
+    if (n + 1 >= sizeof tag) {
+        unlinkat(self->blobs, blob, 0);
+        goto refund;
+    }
+    tag[0] = 'U';
+    memcpy(tag + 1, self->norm, n);
+    const char *items[3] = {tag, blob, fields};
+    size_t lens[3] = {n + 1, strlen(blob), strlen(fields)};
+    if (!queue(self, items, lens, 3)) {
+        unlinkat(self->blobs, blob, 0);
+        goto refund;
+    }
+    result = 1;
+    goto out;
+refund:
+    pthread_mutex_lock(&self->created_lock);
+    self->budget += sb.st_size;
+    pthread_mutex_unlock(&self->created_lock);
+out:
+    close(parent);
+    return result;
+}
+
+static int queue_created(Loop *self, size_t n) {
+    char tag[PATH_MAX_ + 2];
+    if (n + 1 >= sizeof tag)
+        return 0;
+    tag[0] = 'C';
+    memcpy(tag + 1, self->norm, n);
+    const char *items[1] = {tag};
+    size_t lens[1] = {n + 1};
+    return queue(self, items, lens, 1);
+}
+
+/* The fast path's answer to an open Landlock allows, as without undo: a creation needs make_reg of the
+ * parent, or a file already there (NotifyLoop._may_create). */
+static int creating_ok(Loop *self, size_t n, uint32_t flags) {
+    struct stat sb;
+    if (!(flags & (O_CREAT | O_TMPFILE_BIT)) || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
+        return 1;
+    return stat(self->norm, &sb) == 0 && !S_ISDIR(sb.st_mode);
+}
+
+/* Undo: an open that may write is CONTINUEd here only when it creates its file (nothing to keep): the path
+ * is queued for Loop.created(), which NotifyLoop drains into the record before the next escalation and when
+ * the command ends. A file already there (or anything unusual) goes to Python, which keeps it first
+ * (undo_calls.record_call). Creations are most of a build's and an install's writes (README "Undo"). */
+static int created(Loop *self, size_t n, uint32_t flags) {
+    struct stat sb;
+    if (self->blobs >= 0 && !(n = real_path(self, n)))
+        return 0;
+    if (self->blobs >= 0 && !recorded(self, n))
+        return creating_ok(self, n, flags); /* not recorded (a compiler's temp file, /dev/null) */
+    if (!(flags & O_CREAT) || !allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
+        return 0;
+    if (lstat(self->norm, &sb) == 0 || errno != ENOENT)
+        return 0;
+    return queue_created(self, n);
+}
+
+/* Undo: mkdir, mknod and symlink make an entry (nothing to keep): queued like a created file. One that is
+ * already there is left to the kernel (EEXIST; npm's mkdir -p makes a thousand). */
+static int made(Loop *self, size_t n) {
+    struct stat sb;
+    if (self->blobs >= 0 && !(n = real_path(self, n)))
+        return 0;
+    if ((self->blobs >= 0 && !recorded(self, n)) || lstat(self->norm, &sb) == 0)
+        return 1;
+    return errno == ENOENT && queue_created(self, n);
+}
+
 /* 1: CONTINUE. 0: Python decides. The order of reads and checks is the Python handler's. */
 static int fast(Loop *self, const struct seccomp_notif *req) {
     if (req->data.nr < 0 || req->data.nr >= MAX_NR)
@@ -674,11 +876,9 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, 0);
         if (!allows_at(self, n, open_rights(flags)))
             return 0;
-        if (!creating || allows_at(self, dirname_len(self->norm, n), LL_MAKE_REG))
-            return 1;
-        /* NotifyLoop._may_create: a file already there is opened, not created (> /dev/null) */
-        struct stat sb;
-        return stat(self->norm, &sb) == 0 && !S_ISDIR(sb.st_mode);
+        if (self->recording && (flags & (O_WRONLY | O_RDWR | O_TRUNC | O_CREAT)))
+            return created(self, n, flags);
+        return creating_ok(self, n, flags);
     }
     case K_EXEC:
         if (!read_string(self, tid, arg(req, t->path), 0))
@@ -731,7 +931,13 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
         if (!read_string(self, tid, arg(req, t->path), slot))
             return 0;
         n = lexical(self, tid, t->dirfd >= 0, t->dirfd >= 0 ? arg(req, t->dirfd) : 0, slot);
-        return n && allows_at(self, dirname_len(self->norm, n), needed);
+        if (!n || !allows_at(self, dirname_len(self->norm, n), needed))
+            return 0;
+        if (!self->recording)
+            return 1;
+        if (t->kind == K_MKDIR || t->kind == K_MKNOD || t->kind == K_SYMLINK)
+            return made(self, n);
+        return needed == LL_REMOVE_FILE && kept(self, n); /* rmdir's kind is Python's (native_table) */
     }
     case K_RENAME: {
         const uint64_t moving = LL_REMOVE_FILE | LL_REMOVE_DIR | LL_MAKE_REG | LL_MAKE_DIR | LL_REFER;
@@ -860,6 +1066,63 @@ static PyObject *Loop_serve(Loop *self, PyObject *args) {
 
 /* decide(nr, pid, args, reads): the fast path's verdict for one made-up notification (tests): True for
  * CONTINUE. ``reads`` stands in for the target's memory: the strings at the addresses the args name. */
+/* Undo: keep(blobs_fd, roots, skip, budget): let the fast path keep files about to be unlinked (below). */
+static PyObject *Loop_keep(Loop *self, PyObject *args) {
+    int blobs;
+    long long budget;
+    PyObject *roots, *skip;
+    if (!PyArg_ParseTuple(args, "iO!O!L", &blobs, &PyTuple_Type, &roots, &PyTuple_Type, &skip, &budget))
+        return NULL;
+    pthread_mutex_lock(&self->created_lock);
+    self->budget = budget;
+    pthread_mutex_unlock(&self->created_lock);
+    if (self->prefixes || blobs < 0)
+        Py_RETURN_NONE; /* set once: later calls give a new budget only */
+    Py_ssize_t nr = PyTuple_GET_SIZE(roots), ns = PyTuple_GET_SIZE(skip);
+    char **prefixes = calloc((size_t)(nr + ns) + 1, sizeof *prefixes);
+    if (!prefixes)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < nr + ns; i++) {
+        PyObject *item = i < nr ? PyTuple_GET_ITEM(roots, i) : PyTuple_GET_ITEM(skip, i - nr);
+        const char *text = PyBytes_AsString(item);
+        if (!text || !(prefixes[i] = strdup(text))) {
+            for (Py_ssize_t j = 0; j < i; j++)
+                free(prefixes[j]);
+            free(prefixes);
+            return text ? PyErr_NoMemory() : NULL;
+        }
+    }
+    self->prefixes = prefixes;
+    self->nroots = (size_t)nr;
+    self->nprefixes = (size_t)(nr + ns);
+    self->blobs = blobs;
+    Py_RETURN_NONE;
+}
+
+/* The paths created on the fast path since the last call (undo), oldest first; the queue is emptied. */
+static PyObject *Loop_created(Loop *self, PyObject *noargs) {
+    (void)noargs;
+    PyObject *out = PyList_New(0);
+    if (!out)
+        return NULL;
+    pthread_mutex_lock(&self->created_lock);
+    for (size_t i = 0; i < self->created_len;) {
+        size_t n = strlen(self->created + i);
+        PyObject *path = PyBytes_FromStringAndSize(self->created + i, (Py_ssize_t)n);
+        if (!path || PyList_Append(out, path) < 0) {
+            pthread_mutex_unlock(&self->created_lock);
+            Py_XDECREF(path);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(path);
+        i += n + 1;
+    }
+    self->created_len = 0;
+    pthread_mutex_unlock(&self->created_lock);
+    return out;
+}
+
 static PyObject *Loop_stats(Loop *self, PyObject *noargs) {
     (void)noargs;
     return Py_BuildValue("{s:K,s:K,s:K}", "received", self->received, "continued", self->continued,
@@ -917,16 +1180,23 @@ static PyObject *Loop_table(Loop *self, PyObject *noargs) {
 }
 
 static void Loop_dealloc(Loop *self) {
+    for (size_t i = 0; i < self->nprefixes; i++)
+        free(self->prefixes[i]);
+    free(self->prefixes);
+    pthread_mutex_destroy(&self->created_lock);
+    free(self->created);
     Py_XDECREF(self->rights);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Loop(listener, rights, table: dict[nr, (kind, path, dirfd, flags, mode, path2, dirfd2)], linked) */
+/* Loop(listener, rights, table: dict[nr, (kind, path, dirfd, flags, mode, path2, dirfd2)], linked,
+ * recording=False) */
 static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
-    int listener, linked;
+    int listener, linked, recording = 0;
     PyObject *rights, *table;
     (void)kw;
-    if (!PyArg_ParseTuple(args, "iO!O!p", &listener, &RightsType, &rights, &PyDict_Type, &table, &linked))
+    if (!PyArg_ParseTuple(args, "iO!O!p|p", &listener, &RightsType, &rights, &PyDict_Type, &table, &linked,
+                          &recording))
         return -1;
     for (int nr = 0; nr < MAX_NR; nr++)
         self->traps[nr].kind = -1;
@@ -968,6 +1238,9 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->rights, (Rights *)rights);
     self->listener = listener;
     self->linked = linked;
+    self->recording = recording;
+    self->blobs = -1;
+    pthread_mutex_init(&self->created_lock, NULL);
     self->page = sysconf(_SC_PAGESIZE);
     return 0;
 }
@@ -977,6 +1250,10 @@ static PyMethodDef Loop_methods[] = {
      "serve(callback): answer notifications until the listener hangs up; callback(nid, tid, nr, args, "
      "reads) for everything the fast path does not CONTINUE (reads: ((address, bytes), ...) already read)."},
     {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
+    {"created", (PyCFunction)Loop_created, METH_NOARGS,
+     "What the fast path recorded since the last call: b'C' + path (created), or b'U' + path, blob, "
+     "b'mode atime_ns mtime_ns size ino' (kept before an unlink), as NUL-separated items."},
+    {"keep", (PyCFunction)Loop_keep, METH_VARARGS, "keep(blobs_fd, roots, skip, budget): see kept()."},
     {"fast", (PyCFunction)Loop_fast, METH_VARARGS, "fast(nr, tid, args): the fast path's verdict (tests)."},
     {"table", (PyCFunction)Loop_table, METH_NOARGS, "The trap table as given (tests)."},
     {"guard", (PyCFunction)Loop_guard, METH_NOARGS, "Nothing is CONTINUEd here from now on (NotifyLoop.guard)."},

@@ -25,6 +25,8 @@ import select
 import stat
 import struct
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
@@ -32,7 +34,7 @@ from functools import cache
 from nono_shell.personality import START_UP
 from nono_supervisor import access
 from nono_supervisor.access import ON_THE_WAY, AccessIndex
-from nono_supervisor.linux import emulate, sockets, terminals
+from nono_supervisor.linux import emulate, sockets, terminals, undo_calls
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from nono_supervisor.linux.kernel import pidfd_getfd
@@ -139,6 +141,41 @@ class _Slot:
 _THREADS = _Threads()
 
 
+class _Drainer:
+    """One thread for the session: every second, the files each running command created on the C fast
+    path are recorded for undo (``NotifyLoop._created``); started with the first recording loop."""
+
+    def __init__(self) -> None:
+        self._loops: weakref.WeakSet[NotifyLoop] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, loop: NotifyLoop) -> None:
+        with self._lock:
+            self._loops.add(loop)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nono-undo-drain", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                loops = list(self._loops)
+            for loop in loops:
+                if loop.is_alive():
+                    try:
+                        loop._created()
+                    except Exception:  # noqa: BLE001 - a lost record, never a stopped drainer
+                        _debug_trace()
+                else:
+                    with self._lock:
+                        self._loops.discard(loop)
+
+
+_DRAINER = _Drainer()
+
+
 class NotifyLoop:
     """Answers one command tree's notifications until the last process holding the filter exits; runs on
     a thread of ``_THREADS`` (``start``, ``join`` and ``is_alive`` as a thread's)."""
@@ -160,8 +197,10 @@ class NotifyLoop:
         own_terminals: frozenset[str] = frozenset(),
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
         linked: bool | None = None,
+        undo: object | None = None,
     ) -> None:
         self.name = f"nono-notify-{listener}"
+        self.undo = undo  # the command's undo.CommandLog: paths recorded before a call may change them
         self._started = False
         self._finished = threading.Event()
         self._dropped: threading.Event | None = None  # set once the loop's thread acts with no capability
@@ -182,6 +221,10 @@ class NotifyLoop:
         self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
         self._native = _native_loop(self, listener, rights)
         self.guarded = False  # a denied node moved into what the frozen baseline grants (``guard``)
+        if undo is not None and self._native is not None:
+            store = undo.store
+            trees = tuple(os.fsencode(p) for p in undo.roots), tuple(os.fsencode(p) for p in undo.skip)
+            self._native.keep(store.blobs, *trees, store.budget())
         self.native_stats: dict[str, int] = {}
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
@@ -191,6 +234,7 @@ class NotifyLoop:
         self._workers = threading.BoundedSemaphore(_MAX_WORKERS)
         self._pending = 0
         self._pending_lock = threading.Condition()
+        self._drain_lock = threading.Lock()
         self._set_sync_wakeup()
 
     def guard(self) -> None:
@@ -212,6 +256,8 @@ class NotifyLoop:
         self._started = True
         if emulate.has_effective_capabilities():
             self._dropped = threading.Event()
+        if self.undo is not None and self._native is not None:
+            _DRAINER.add(self)
         _THREADS.run(self)
         if self._dropped is not None:
             self._dropped.wait()
@@ -259,13 +305,17 @@ class NotifyLoop:
                     self._native.serve(self._escalate)
                 finally:
                     self.native_stats = self._native.stats()
+                    self._created()
         finally:
             with self._pending_lock:
                 self._pending_lock.wait_for(lambda: self._pending == 0)
             os.close(self.listener)
+            if self.undo is not None:
+                self.undo.finish()  # the last process under the filter is gone: the command has ended
 
     def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> None:
         """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read."""
+        self._created()
         self._preread = reads
         try:
             self._dispatch(nid, tid, nr, list(args))
@@ -307,6 +357,8 @@ class NotifyLoop:
             return
         trap, handler = entry  # an unbound function: no per-loop table, no self -> dict -> self cycle
         self._current, self._tid = nid, tid  # for a question held on this syscall, and for its report
+        if self.undo is not None and trap.kind in undo_calls.RECORDED:
+            self._record(trap, tid, args)
         try:
             decision = handler(self, trap, tid, args)
         except OSError as e:
@@ -323,6 +375,33 @@ class NotifyLoop:
                 return
             decision = _carry_out(decision)
         self._respond(nid, decision)
+
+    def _created(self) -> None:
+        """Files the C fast path created (undo): recorded before anything else of the command is (the loop
+        thread drains them before each escalation), so that a path's first state is its state before the
+        command; and every second by ``_DRAINER``, so that ``changes`` of a running command lags by that."""
+        if self.undo is not None and self._native is not None:
+            with self._drain_lock:
+                items = self._native.created()
+                i = 0
+                while i < len(items):
+                    tag, path = items[i][:1], os.fsdecode(items[i][1:])
+                    if tag == b"U":  # kept before an unlink: blob, then "mode atime mtime size ino"
+                        self.undo.kept(path, os.fsdecode(items[i + 1]), items[i + 2].decode())
+                        i += 3
+                    else:
+                        self.undo.created(path)
+                        i += 1
+                if items:  # a new budget for what the fast path may keep by hard link
+                    self._native.keep(-1, (), (), self.undo.store.budget())
+
+    def _record(self, trap: Trap, tid: int, args: list[int]) -> None:
+        """What the call may change, kept for undo before it is answered; a failure here loses that record
+        only, never the answer."""
+        try:
+            undo_calls.record_call(self, trap, tid, args)
+        except Exception:  # noqa: BLE001 - undo is a convenience: the syscall is decided as without it
+            _debug_trace()
 
     def _run_on_worker(self, nid: int, emulation: Emulate) -> None:
         """A call that may block (connect, send on a full buffer) runs on a worker, so the command's other
@@ -1327,9 +1406,12 @@ def native_kind(trap: Trap) -> int:
 
 
 @cache
-def native_table() -> dict[int, tuple[int, ...]]:
+def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     """Syscall number -> (kind, path, dirfd, flags, mode, path2, dirfd2) for the C loop, from ``TRAPS``
-    (the one list the filter is built from); -1 for an argument the syscall does not have."""
+    (the one list the filter is built from); -1 for an argument the syscall does not have. ``recording``
+    (undo): rmdir, rename, link and truncate have no fast path, so that their paths are recorded first
+    (chmod and utime never have one); the C loop records creations (open, mkdir, mknod, symlink) and keeps
+    files before an unlink itself (``_notify.c``: created, made, kept) and sends the rest to Python."""
 
     def index(value: int | None) -> int:
         return -1 if value is None else value
@@ -1337,8 +1419,9 @@ def native_table() -> dict[int, tuple[int, ...]]:
     table = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
+        recorded = recording and trap.kind in ("rmdir", "rename", "link", "truncate")
         table[nr] = (
-            native_kind(trap),
+            0 if recorded else native_kind(trap),
             index(trap.path),
             index(trap.dirfd),
             index(trap.flags),
@@ -1358,7 +1441,8 @@ def _native_loop(loop: NotifyLoop, listener: int, rights: RightsIndex):
         from nono_supervisor.linux import _notify
     except ImportError:
         return None
-    return _notify.Loop(listener, rights.native(), native_table(), loop._linked)
+    recording = loop.undo is not None
+    return _notify.Loop(listener, rights.native(), native_table(recording), loop._linked, recording)
 
 
 def handler_for(kind: str) -> Callable:

@@ -26,14 +26,16 @@ from nono_supervisor.linux import libc
 from nono_supervisor.linux.libc import LIBC, IoVec
 from nono_supervisor.procfs import process_of
 
-__all__ = ["Reader", "Pin", "FdRef", "Errno", "resolve", "PATH_MAX"]
+__all__ = ["Reader", "Pin", "FdRef", "Errno", "resolve", "open_beneath", "PATH_MAX"]
 
 PATH_MAX = 4096
 _MAXSYMLINKS = 40  # the kernel's limit: the 41st link gives ELOOP
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _AT_FDCWD = 0xFFFFFF9C  # -100 as the low 32 bits of a syscall argument
 _SYS_OPENAT2 = libc.number("openat2")
+_RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
 _O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _O_PATH_LEAF = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOREIGN_PROC = re.compile(r"^/proc/[0-9]+(/|$)")
@@ -145,10 +147,18 @@ def _real(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-def _openat2_dir(base: int, path: bytes) -> int:
+def _openat2_dir(base: int, path: bytes, resolve_flags: int = _RESOLVE_NO_SYMLINKS) -> int:
     """One in-kernel walk of ``path`` below ``base`` when no component is a symlink (the common case)."""
-    how = (ctypes.c_uint64 * 3)(_O_PATH_DIR, 0, _RESOLVE_NO_SYMLINKS)
+    how = (ctypes.c_uint64 * 3)(_O_PATH_DIR, 0, resolve_flags)
     return libc.syscall(_SYS_OPENAT2, base, path, how, 24)
+
+
+def open_beneath(base: int, path: str) -> int:
+    """An O_PATH fd of the directory ``path`` inside the directory ``base``: one in-kernel walk that never
+    follows a symlink or a magic link and never leaves ``base`` (``undo`` writes only through these)."""
+    return _openat2_dir(
+        base, os.fsencode(path), _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+    )
 
 
 class _Walk:

@@ -171,19 +171,33 @@ TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
 TRAPPED_TERMINAL_OPEN = (os.O_ACCMODE | os.O_NOCTTY, os.O_RDWR | os.O_NOCTTY)
 UNTRAPPED_OPENS = {"open": (1, 2), "openat": (2, 3)}  # syscall -> its flags and mode arguments
 UNTRAPPED_EXECS = ("execve",)
+# Undo: an open that may write (its access mode) or truncate or create, as (mask, value) of its flags. One
+# with O_NONBLOCK that neither creates nor truncates is a device's, a fifo's or a terminal's (bash opens
+# /dev/tty O_RDWR|O_NONBLOCK at every start: trapped, it cost every command a wake): left to Landlock,
+# unrecorded (README "Undo": what cannot be undone).
+RECORDED_OPENS = (
+    (os.O_ACCMODE | os.O_NONBLOCK, os.O_WRONLY),
+    (os.O_ACCMODE | os.O_NONBLOCK, os.O_RDWR),
+    (os.O_TRUNC, os.O_TRUNC),
+    (os.O_CREAT, os.O_CREAT),
+)
 
 
-def build_program(net: str | bool = "open", *, leave_to_landlock: bool = False) -> bytes:
+def build_program(
+    net: str | bool = "open", *, leave_to_landlock: bool = False, record_writes: bool = False
+) -> bytes:
     """The BPF program (native arch only; any other arch, x32 and i386 ``int 0x80`` included, is killed).
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
-    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, a terminal's open, unmarked listings
-    and setid creations), and execve, are not trapped (a command's, with the ask-again library preloaded; see
-    UNTRAPPED_OPENS)."""
+    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, a terminal's open, unmarked
+    listings and setid creations), and execve, are not trapped (a command's, with the ask-again library
+    preloaded; see UNTRAPPED_OPENS). ``record_writes`` (undo): of those opens, the ones that may write or
+    create are trapped again (RECORDED_OPENS), so that the supervisor keeps the file first; reads stay
+    Landlock's."""
     if net not in (True, False, "open", "domains", "block"):
         raise ValueError(f"unknown network mode {net!r}")
-    return _program(net in (True, "block", "domains"), leave_to_landlock)
+    return _program(net in (True, "block", "domains"), leave_to_landlock, record_writes)
 
 
 # User notification (SCMP_ACT_NOTIFY) and the binary-tree filter came with libseccomp 2.5.0.
@@ -226,7 +240,7 @@ def libseccomp_version() -> tuple[int, int, int] | None:
 
 
 @cache
-def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
+def _program(net_block: bool, leave_to_landlock: bool = False, record_writes: bool = False) -> bytes:
     pyseccomp = load_pyseccomp()
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
@@ -256,6 +270,10 @@ def _program(net_block: bool, leave_to_landlock: bool = False) -> bytes:
             for bit in TRAPPED_CREATE_MODES:
                 setid = pyseccomp.Arg(mode, pyseccomp.MASKED_EQ, bit, bit)
                 flt.add_rule(pyseccomp.NOTIFY, trap.name, creating, setid)
+            for mask, value in RECORDED_OPENS if record_writes else ():
+                flt.add_rule(
+                    pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, mask, value)
+                )
         elif trap.name == "socket":
             for family in _INET_FAMILIES:  # unix and netlink sockets are not the network
                 flt.add_rule(pyseccomp.NOTIFY, "socket", pyseccomp.Arg(0, pyseccomp.EQ, family))
