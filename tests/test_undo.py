@@ -417,12 +417,15 @@ def test_rm_rf_and_creations_are_kept_without_a_wake_of_python(home):
     from nono_supervisor.session import Session
     from nono_supervisor.undo import Journal, changes
 
-    (home.work / "old").mkdir()
+    # In a directory of the workdir: its root holds runs-later names (.mcp.json...), so Landlock gives the
+    # root, and a directory made in it during the command, no create rights (README, Runs later): there
+    # every creation is the supervisor's, which is what this test must not count.
+    (home.work / "tree" / "old").mkdir(parents=True)
     for i in range(300):
-        (home.work / "old" / f"f{i}").write_text(f"{i}\n")
+        (home.work / "tree" / "old" / f"f{i}").write_text(f"{i}\n")
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:
-        script = "rm -rf old && mkdir new && for i in $(seq 300); do echo $i > new/f$i; done"
+        script = "cd tree && rm -rf old && mkdir new && for i in $(seq 300); do echo $i > new/f$i; done"
         argv = ["/bin/bash", "-c", script]
         undo = session.undo_log("t-1")
         process = start_sandboxed(session, argv[0], argv, home.env, str(home.work), (0, 1, 2), undo=undo)

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nono_supervisor.linux import libc
 from nono_supervisor.linux.landlock import _Fs
 from nono_supervisor.policy import NEVER_GRANTABLE, Deny, Policy
 
@@ -55,9 +56,6 @@ _MASK = (
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len (then len bytes of name)
 # A directory that cannot be watched (the inotify limit, a mode) is looked at this often instead.
 POLL_SECONDS = 0.5
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 
 def _chain(real: str) -> list[tuple[int, int]]:
@@ -230,7 +228,7 @@ class LateDenies:
                 for directory, names in looked.items():
                     wd = self._watched.get(directory)
                     if wd is None:
-                        wd = _libc.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
+                        wd = libc.LIBC.inotify_add_watch(self._fd.fileno(), os.fsencode(directory), _MASK)
                         if wd >= 0:
                             self._watched[directory] = wd
                             added = True
@@ -330,7 +328,7 @@ class LateDenies:
 
 
 def _inotify_init() -> int:
-    fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    fd = libc.LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
