@@ -471,14 +471,17 @@ class Session:
         return grants
 
     def command_env(self, env: dict[str, str], agent: bool = False) -> dict[str, str]:
-        """The environment a sandboxed command gets: the caller's, with the session's private temp dir, and
-        (not for the agent, whose own caches are its state) the project's tool caches."""
+        """The environment a sandboxed command gets: the caller's, with the session's private temp dir and
+        the project's tool caches and token-free npmrc. An agent without a profile (`run -- bash`: what the
+        user types runs in it) gets them too (issue 20: `npm install` asked 7 questions about ~/.npm and
+        ~/.npmrc). An agent with one does not: its commands can write those caches, and a package it then
+        loads from them would run with its state and credentials (its own caches are its state)."""
         env = dict(env)
         # TMUX_TMPDIR: tmux makes its server socket there (else /tmp/tmux-UID, beside the user's own)
         for name in ("TMPDIR", "TMP", "TEMP", "TMUX_TMPDIR"):
             env[name] = str(self.tmpdir)
         self._make_caches()
-        if not agent:
+        if not agent or self.agent is None:
             env.update(self._cache_env)
         if self.policy.net_mode == "domains":  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY and their twins
             env.update(self.netproxy().environment())

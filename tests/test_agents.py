@@ -224,7 +224,7 @@ def _session(home: Home, agent=None, **kw) -> Session:
     return Session.create(PolicyOptions(), dict(home.env), workdir=str(home.work), agent=agent, **kw)
 
 
-def test_commands_cache_in_nonos_own_per_project_cache_the_agent_does_not(home):
+def test_commands_and_a_profileless_agent_cache_in_nonos_own_per_project_cache(home):
     session = _session(home)
     try:
         env = session.command_env(home.env)
@@ -239,10 +239,17 @@ def test_commands_cache_in_nonos_own_per_project_cache_the_agent_does_not(home):
             .verdict(str(home.home / ".cache" / "pip"), "create")
             .allowed
         )
-        agent_env = session.command_env(home.env, agent=True)
-        assert "PIP_CACHE_DIR" not in agent_env and "XDG_CACHE_HOME" not in agent_env
+        # `run -- bash`: what the user types runs in the agent, and gets what the agent's commands get
+        assert session.command_env(home.env, agent=True)["PIP_CACHE_DIR"] == env["PIP_CACHE_DIR"]
     finally:
         session.close()
+    profiled = _session(home, agent=agents.load_agent("claude-code", _ctx(home)))
+    try:
+        # An agent with a profile loads nothing from caches its commands can write (it holds credentials)
+        agent_env = profiled.command_env(home.env, agent=True)
+        assert "PIP_CACHE_DIR" not in agent_env and "XDG_CACHE_HOME" not in agent_env
+    finally:
+        profiled.close()
     other = home.root / "other-project"
     other.mkdir()
     second = Session.create(PolicyOptions(), dict(home.env), workdir=str(other))
