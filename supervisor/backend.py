@@ -160,6 +160,7 @@ def start_sandboxed(
                 own_terminals=session.own_terminals(),
                 linked_denied=lambda: session.linked_denied(policy),
                 linked=linked,
+                shm=session.shm,
             )
             if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
                 loop.net_proxy = net.client(policy, consent, argv, on_decision)

@@ -35,6 +35,7 @@ from nono_supervisor.policy import (
 )
 from nono_supervisor.prompt import Prompter
 from nono_supervisor.shims import package_root, write_shims
+from nono_supervisor.shm import SessionShm
 
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
@@ -164,6 +165,7 @@ class Session:
         self._id_lock = threading.Lock()
         self._netproxy = None  # domains mode: the session's proxy (netproxy), started at first use
         self._net_lock = threading.Lock()
+        self.shm = SessionShm()  # the POSIX shared memory and semaphores its processes made (/dev/shm)
 
     @classmethod
     def create(

@@ -7,6 +7,7 @@ uid 65534.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -144,3 +145,167 @@ def test_bare_twin_npm_npx_and_pip_typed_into_bash(tool_home):
     out = _typed(home, ["bash", "--norc"], user)
     assert _statuses(out) == [0] * len(TYPED), out
     assert "hello from npx" in out and "hello from a wheel" in out, out
+
+
+# --- Session-private POSIX shared memory and semaphores (/dev/shm) ------------------------------------------
+
+POOL = r"""
+import multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import shared_memory
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with ctx.Pool(2) as pool:
+        print("pool", sum(pool.map(abs, range(-5, 5))))
+    with ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        print("executor", sum(executor.map(abs, range(-3, 3))))
+    lock = ctx.Lock()
+    with lock:
+        print("lock ok")
+    shm = shared_memory.SharedMemory(create=True, size=16)
+    again = shared_memory.SharedMemory(name=shm.name)  # reopened by name (shm_open inside glibc)
+    again.buf[0] = 42
+    print("shm", shm.buf[0])
+    again.close(); shm.close(); shm.unlink()
+"""
+
+
+def _exec(home: Home, argv: list[str], user: bool = False) -> subprocess.CompletedProcess:
+    return home.run([SUPERVISOR, "exec", "--prompt", "never", "--", *argv], user=user, timeout=120)
+
+
+def _shm_names() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_pool_an_executor_and_shared_memory_work_in_a_command(request, user, method):
+    """Issue 20: multiprocessing's semaphores (sem_open: create, link, reopen by name in a spawned child,
+    unlink) and shared memory (shm_open, reopened by name) in /dev/shm, which the profile does not grant."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    (home.work / "pool.py").write_text(POOL)
+    before = _shm_names()
+    run = _exec(home, [sys.executable, "pool.py", method], user)
+    assert run.returncode == 0, run.stderr
+    assert "pool 25\nexecutor 9\nlock ok\nshm 42\n" == run.stdout, run.stderr
+    assert "nono:" not in run.stderr, run.stderr
+    assert _shm_names() <= before  # each was unlinked (a grant of /dev/shm would have been the same)
+    twin = home.run([sys.executable, "pool.py", method], user=user, timeout=120)
+    assert twin.returncode == 0 and twin.stdout == run.stdout, twin.stderr
+
+
+TOUCH = r"""
+import os, sys
+import _posixshmem  # shm_open and shm_unlink as glibc makes them (multiprocessing.shared_memory's own)
+what, name = sys.argv[1], sys.argv[2]
+try:
+    if what == "open":
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        print("read", os.read(fd, 6).decode())
+    elif what == "unlink":
+        _posixshmem.shm_unlink("/" + name)
+        print("unlinked")
+    elif what == "link":  # a second name for it, made in /dev/shm (the way sem_open names a semaphore)
+        os.link("/dev/shm/" + name, "/dev/shm/" + name + "-mine")
+        print("linked")
+    elif what == "create-over":  # shm_open(O_CREAT) without O_EXCL on the existing name
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT, mode=0o600)
+        print("read", os.read(fd, 6).decode())
+    elif what == "keep":  # made and left for a later command of the same session
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600)
+        os.write(fd, b"shared")
+        print("kept")
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+
+@pytest.fixture
+def foreign_shm():
+    """Another program's shared memory object (readable and writable by the tests' users, as the same
+    uid's objects are to each other)."""
+    name = f"nono-test-foreign-{os.getpid()}-{os.urandom(3).hex()}"
+    path = Path("/dev/shm") / name
+    path.write_bytes(b"secret" + b"\0" * 10)
+    path.chmod(0o666)
+    yield name
+    for leftover in Path("/dev/shm").glob(name + "*"):
+        leftover.unlink()
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+@pytest.mark.parametrize("what", ["open", "unlink", "link", "create-over"])
+def test_another_programs_shared_memory_stays_denied(request, user, what, foreign_shm):
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    if user:  # the same uid's object (/dev/shm is sticky: only its owner may remove it)
+        os.chown(Path("/dev/shm") / foreign_shm, NOBODY, NOBODY)
+    (home.work / "touch.py").write_text(TOUCH)
+    run = _exec(home, [sys.executable, "touch.py", what, foreign_shm], user)
+    assert run.stdout == f"errno {errno.EACCES}\n", (run.stdout, run.stderr)
+    assert f"/dev/shm/{foreign_shm}" in run.stderr and "nono: denied" in run.stderr
+    assert (Path("/dev/shm") / foreign_shm).read_bytes().startswith(b"secret")
+    assert not (Path("/dev/shm") / (foreign_shm + "-mine")).exists()
+    twin = home.run([sys.executable, "touch.py", what, foreign_shm], user=user)
+    assert twin.stdout in ("read secret\n", "unlinked\n", "linked\n"), twin.stderr
+
+
+AGENT = r"""
+import json, subprocess, sys
+for command in json.loads(sys.argv[1]):
+    done = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    print(f"@@ {done.stdout.strip()} | {done.stderr.strip()}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_an_object_one_command_made_is_the_sessions_and_no_other_sessions(request, user):
+    """Made by one routed command, opened by a later one of the same session; another session is denied
+    it as any other program's object (with its bare twin: readable to the same uid without nono)."""
+    import json
+
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    (home.work / "touch.py").write_text(TOUCH)
+    name = f"nono-test-kept-{os.getpid()}-{os.urandom(3).hex()}"
+    touch = f"{sys.executable} touch.py"
+    commands = [f"{touch} keep {name}", f"{touch} open {name}"]
+    argv = [SUPERVISOR, "run", "--prompt", "never", "--", sys.executable, "-c", AGENT, json.dumps(commands)]
+    try:
+        run = home.run(argv, user=user, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines() == ["@@ kept | ", "@@ read shared | "], run.stdout
+        other = _exec(home, [sys.executable, "touch.py", "open", name], user)
+        assert other.stdout == f"errno {errno.EACCES}\n" and f"/dev/shm/{name}" in other.stderr
+        twin = home.run([sys.executable, "touch.py", "open", name], user=user)
+        assert twin.stdout == "read shared\n", twin.stderr
+    finally:
+        for leftover in Path("/dev/shm").glob(name + "*"):
+            leftover.unlink()
+
+
+def test_the_session_set_admits_only_new_regular_files_directly_in_dev_shm_and_its_own(tmp_path):
+    """The bookkeeping alone (nono_supervisor.shm): what a session may create, and that an inode leaves
+    its set with its last name (the number may come back as another program's object)."""
+    from nono_supervisor.shm import SessionShm
+
+    shm = SessionShm(str(tmp_path))
+    mine, theirs, directory = tmp_path / "mine", tmp_path / "theirs", tmp_path / "dir"
+    for path in (mine, theirs):
+        path.write_bytes(b"x")
+    directory.mkdir()
+    assert shm.allows("create", str(tmp_path / "new"), None)
+    assert not shm.allows("read", str(tmp_path / "new"), None)  # nothing to read before it is made
+    assert not shm.allows("create", str(directory / "nested"), None)  # POSIX names are flat
+    assert not shm.allows("create", str(tmp_path), None) and not shm.allows("exec", str(mine), None)
+    shm.made(os.stat(mine))
+    shm.made(os.stat(directory))  # not a regular file: never the session's
+    assert shm.allows("read", str(mine), os.stat(mine)) and shm.allows("delete", str(mine), os.stat(mine))
+    assert not shm.allows("read", str(theirs), os.stat(theirs))
+    assert not shm.allows("delete", str(directory), os.stat(directory))
+    os.link(mine, tmp_path / "second")
+    shm.removed(os.stat(mine))  # two names: still the session's
+    assert shm.allows("write", str(tmp_path / "second"), os.stat(tmp_path / "second"))
+    os.unlink(tmp_path / "second")
+    shm.removed(os.stat(mine))
+    assert not shm.allows("write", str(mine), os.stat(mine))

@@ -49,10 +49,11 @@
  * ignores the mode of an open that creates nothing; the filter lets such a listing through to Landlock. */
 #define LISTING_MARK 0x6e6f6e6f00000000L
 
-/* seccomp.TRAPPED_OPEN_FLAGS, unmarked listings and TRAPPED_CREATE_MODES: what the filter sends to the
- * supervisor (its answer is already the supervisor's: nothing to ask again) */
+/* seccomp.TRAPPED_OPEN_FLAGS and TRAPPED_OPEN_MASKS, unmarked listings and TRAPPED_CREATE_MODES: what the
+ * filter sends to the supervisor (its answer is already the supervisor's: nothing to ask again) */
 static int trapped(int flags, mode_t mode) {
-    return (flags & (O_DIRECTORY | O_EXCL | TMPFILE_BIT)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)));
+    return (flags & (O_DIRECTORY | O_EXCL | TMPFILE_BIT)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)))
+        || (flags & (O_NOFOLLOW | O_ACCMODE)) == (O_NOFOLLOW | O_RDWR);
 }
 
 /* An open that takes a mode (glibc's __OPEN_NEEDS_MODE). */
