@@ -40,6 +40,9 @@ from nono_supervisor.shm import SessionShm
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
 _FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
+# pyenv's exec hooks of nono's own (data/pyenv.d/exec/nono-shell.bash): pip install through pyenv's shims
+# exits as bare while the shims directory stays unwritable to commands.
+_PYENV_HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pyenv.d")
 _ACCESS_CACHE_SIZE = 16
 # How often the session looks at the grant store (one stat) for a revoke or another session's "always":
 # a revoke reaches the running session within this, and costs a clock read on every other policy lookup.
@@ -485,6 +488,9 @@ class Session:
         self._make_caches()
         if not agent or self.agent is None:
             env.update(self._cache_env)
+        hooks = env.get("PYENV_HOOK_PATH", "")
+        if not hooks.startswith(_PYENV_HOOKS):  # first, before pyenv's own; a routed command has it already
+            env["PYENV_HOOK_PATH"] = _PYENV_HOOKS + (os.pathsep + hooks if hooks else "")
         if self.policy.net_mode == "domains":  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY and their twins
             env.update(self.netproxy().environment())
         return env

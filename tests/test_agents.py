@@ -126,7 +126,7 @@ def test_a_version_managers_shim_resolves_to_the_program_it_runs(home):
     shim = _script(
         root / "shims" / "aider", f'#!/usr/bin/env bash\nexec "{root}/libexec/pyenv" exec "$program" "$@"\n'
     )
-    assert agents.resolve_version_shim(str(shim), {"PATH": "/usr/bin:/bin"}) == str(real)
+    assert agents.resolve_version_shim(str(shim), {"PATH": "/usr/bin:/bin"}).program == str(real)
     assert agents.resolve_version_shim("/bin/sh", {}) is None
 
 

@@ -309,3 +309,88 @@ def test_the_session_set_admits_only_new_regular_files_directly_in_dev_shm_and_i
     os.unlink(tmp_path / "second")
     shm.removed(os.stat(mine))
     assert not shm.allows("write", str(mine), os.stat(mine))
+
+
+# --- Version managers' shims --------------------------------------------------------------------------------
+
+PYENV = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+
+
+def _pyenv_home(python: Path, owner: int) -> Home:
+    """A home with pyenv's own scripts (copied from this machine's install: the shims, pyenv-exec, its
+    pip-rehash hook and pyenv-rehash are pyenv's real ones), one version (the toolchain's python, with pip),
+    and its shims made by pyenv rehash itself."""
+    home = _tool_home(python)
+    root = home.home / ".pyenv"
+    shutil.rmtree(root)
+    for part in ("libexec", "pyenv.d"):
+        shutil.copytree(PYENV / part, root / part, symlinks=True)
+    version = python.parent.parent
+    (root / "versions").mkdir()
+    (root / "versions" / version.name).symlink_to(version)  # pyenv users link builds in
+    (root / "version").write_text(version.name + "\n")
+    pip = python.parent / "pip"  # the copy's own (its original names the original tree's python)
+    pip.unlink(missing_ok=True)  # a hard link to the original: never written through
+    pip.write_text(f"#!{python}\nimport sys\nfrom pip._internal.cli.main import main\nsys.exit(main())\n")
+    pip.chmod(0o755)
+    env = {**home.env, "PYENV_ROOT": str(root), "PATH": f"{root / 'shims'}:{home.env['PATH']}"}
+    subprocess.run([str(root / "libexec" / "pyenv"), "rehash"], env=env, check=True)
+    home.env = env
+    if owner:
+        for path in [home.root, *home.root.rglob("*")]:
+            os.lchown(path, owner, owner)
+        home.owner = owner
+    return home
+
+
+@pytest.fixture
+def pyenv_home(request, toolchain_tree):  # noqa: F811 - the fixture imported above
+    if not (PYENV / "libexec" / "pyenv-rehash").is_file() or not (PYENV / "pyenv.d" / "exec").is_dir():
+        pytest.skip(f"pyenv is not installed here ({PYENV})")
+    user = getattr(request, "param", False)
+    if user:
+        require_nobody()
+    h = _pyenv_home(toolchain_tree, NOBODY if user else 0)
+    yield h
+    shutil.rmtree(h.root, ignore_errors=True)
+
+
+PIP_THROUGH_SHIM = "pip install --no-index --target vendor ./hello_wheel-1.0-py3-none-any.whl"
+
+
+@pytest.mark.parametrize("pyenv_home", [False, True], ids=["root", "nobody"], indirect=True)
+def test_pip_install_through_pyenvs_shim_exits_as_bare_and_the_shims_stay_unwritable(pyenv_home):
+    """Issue 20: pyenv's pip-rehash hook rehashed after the install and exited 1 ("cannot rehash: ~/.pyenv/
+    shims isn't writable"). The shims directory stays unwritable (a planted shim runs later, outside)."""
+    home, user = pyenv_home, bool(pyenv_home.owner)
+    shims = home.home / ".pyenv" / "shims"
+    before = sorted(p.name for p in shims.iterdir())
+    plant = f"echo planted > {shims}/planted"
+    run = _exec(home, ["bash", "-c", f"{PIP_THROUGH_SHIM} && ls vendor && {{ {plant}; true; }}"], user)
+    assert run.returncode == 0, run.stderr
+    assert "hello_wheel.py" in run.stdout and "cannot rehash" not in run.stderr, run.stderr
+    assert sorted(p.name for p in shims.iterdir()) == before  # nothing written there, the plant refused
+    assert f"denied create {shims.relative_to(home.home).as_posix()}/planted" in run.stderr.replace("~/", "")
+    shutil.rmtree(home.work / "vendor")
+    twin = home.run(["bash", "-c", f"{PIP_THROUGH_SHIM} && ls vendor"], user=user, timeout=120)
+    assert twin.returncode == 0 and "hello_wheel.py" in twin.stdout, twin.stderr
+
+
+SHOW = "import os, sys; print(os.environ.get('PYENV_VERSION'), sys.executable, os.environ['PATH'], sep='\\n')"
+
+
+@pytest.mark.parametrize("pyenv_home", [False, True], ids=["root", "nobody"], indirect=True)
+def test_run_starts_a_pyenv_shims_program_with_what_pyenv_exec_sets(pyenv_home):
+    """``run`` resolves the agent past the shim (each of pyenv's bash scripts would be routed): it keeps
+    PYENV_VERSION, the version's bin directory on PATH and the sys.executable the shim gives bare."""
+    home, user = pyenv_home, bool(pyenv_home.owner)
+    run = home.run([SUPERVISOR, "run", "--prompt", "never", "--", "python", "-c", SHOW], user=user)
+    twin = home.run(["python", "-c", SHOW], user=user)
+    assert run.returncode == 0 and twin.returncode == 0, (run.stderr, twin.stderr)
+    version, executable, path = run.stdout.splitlines()[-3:]
+    bare_version, bare_executable, bare_path = twin.stdout.splitlines()
+    assert version == bare_version != "None" and executable == bare_executable, (run.stdout, twin.stdout)
+    # nono's own shims come first (routing), then the version's bin and the user's PATH, as pyenv-exec
+    # sets them (pyenv also leaves its own libexec on PATH: its internals, not kept)
+    bare = [p for p in bare_path.split(os.pathsep) if p != str(home.home / ".pyenv" / "libexec")]
+    assert path.split(os.pathsep)[1:] == bare, (path, bare_path)
