@@ -125,11 +125,16 @@ def load_agent(name: str, ctx: Context, program: str | None = None, env: Mapping
         description=description,
         grants=tuple(dict.fromkeys(grants)),
         roots=roots,
-        env=dict(section.get("env", {})),
+        env={k: _home_path(str(v), ctx.home) for k, v in section.get("env", {}).items()},
         create=create,
         start_note=section.get("start_note", ""),
         start_note_unless=tuple(section.get("start_note_unless", [])),
     )
+
+
+def _home_path(value: str, home: str) -> str:
+    """An [agent.env] value: ``~/...`` is under the home (a cache of the agent's own), anything else as is."""
+    return os.path.join(home, value[2:]) if value.startswith("~/") and home else value
 
 
 def list_only(directory: str) -> str:

@@ -466,3 +466,19 @@ def test_run_says_what_codex_needs_under_nono(home):
         stdin=subprocess.DEVNULL,
     )
     assert quiet.returncode == 0 and "danger-full-access" not in quiet.stderr, quiet.stderr
+
+
+def test_opencodes_npm_cache_is_its_own_state_not_the_users_or_its_commands(home):
+    """Issue 20: opencode installs provider packages with npm at first use, into ~/.npm (the user's cache,
+    denied) from its second run. Its profile points npm's cache into its own state, sealed from commands."""
+    opencode = agents.load_agent("opencode", _ctx(home))
+    cache = opencode.env["npm_config_cache"]
+    assert cache == str(home.home / ".cache" / "opencode" / "npm")
+    assert any(cache.startswith(state + "/") for state in opencode.state_paths())
+    session = _session(home, agent=opencode)
+    try:
+        index = session.access_index(session.policy)
+        assert not index.verdict(os.path.join(cache, "_cacache", "x"), "create").allowed  # not its commands'
+        assert session.access_index(session.agent_policy()).verdict(cache + "/_cacache/x", "create").allowed
+    finally:
+        session.close()
