@@ -394,3 +394,101 @@ def test_run_starts_a_pyenv_shims_program_with_what_pyenv_exec_sets(pyenv_home):
     # sets them (pyenv also leaves its own libexec on PATH: its internals, not kept)
     bare = [p for p in bare_path.split(os.pathsep) if p != str(home.home / ".pyenv" / "libexec")]
     assert path.split(os.pathsep)[1:] == bare, (path, bare_path)
+
+
+ATTACKS = r"""
+import os, sys
+name, key = sys.argv[1], sys.argv[2]
+for label, attack in [
+    ("symlink", lambda: os.symlink(key, "/dev/shm/" + name)),  # a name that would open the key
+    ("mkdir", lambda: os.mkdir("/dev/shm/" + name)),  # only regular files are shared memory
+    ("fifo", lambda: os.mkfifo("/dev/shm/" + name)),
+]:
+    try:
+        attack()
+        print(label, "made")
+    except OSError as e:
+        print(label, "errno", e.errno)
+"""
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_only_regular_files_of_its_own_can_be_named_in_dev_shm(request, user):
+    """A session may make shared memory in /dev/shm, not a symlink (to the key), a directory or a fifo there:
+    each would be a name another program trusts. (A hard link of the key is EXDEV bare: another mount.)"""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    (home.work / "attacks.py").write_text(ATTACKS)
+    name = f"nono-test-attack-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        run = _exec(home, [sys.executable, "attacks.py", name, str(home.key)], user)
+        assert run.stdout.splitlines() == [f"{what} errno {errno.EACCES}" for what in ATTACK_LABELS], run
+        assert not os.path.lexists(f"/dev/shm/{name}")
+        for what in ATTACK_LABELS:  # bare, each is made (and removed before the next)
+            twin = home.run([sys.executable, "-c", _one(ATTACKS, what), name, str(home.key)], user=user)
+            assert twin.stdout == f"{what} made\n", (what, twin.stdout, twin.stderr)
+            path = Path("/dev/shm") / name
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    finally:
+        path = Path("/dev/shm") / name
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif os.path.lexists(path):
+            path.unlink()
+
+
+ATTACK_LABELS = ("symlink", "mkdir", "fifo")
+
+
+def _one(script: str, label: str) -> str:
+    """``script`` with only the attack ``label`` in its list."""
+    lines = [
+        line for line in script.splitlines() if not line.lstrip().startswith('("') or f'("{label}"' in line
+    ]
+    return "\n".join(lines)
+
+
+STEPPED = r"""
+import json, subprocess, sys
+for command in json.loads(sys.argv[1]):
+    input()  # the test's go-ahead: it acts outside the session between two commands
+    done = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    print(f"@@ {done.stdout.strip()}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_name_the_session_used_is_not_its_own_once_another_program_replaced_the_object(request, user):
+    """The session's objects are inodes, not names: one replaced from outside at the same name is denied,
+    while the session's own at that name was readable to the command before."""
+    import json
+
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    (home.work / "touch.py").write_text(TOUCH)
+    name = f"nono-test-replaced-{os.getpid()}-{os.urandom(3).hex()}"
+    path = Path("/dev/shm") / name
+    touch = f"{sys.executable} touch.py"
+    commands = [f"{touch} keep {name}", f"{touch} open {name}", f"{touch} open {name}"]
+    argv = [SUPERVISOR, "run", "--prompt", "never", "--", sys.executable, "-c", STEPPED, json.dumps(commands)]
+    if user:
+        argv = as_nobody(argv)
+    agent = subprocess.Popen(
+        argv, cwd=home.work, env=home.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        seen = []
+        for step in range(3):
+            if step == 2:  # another program of the same uid replaces the object under the same name
+                path.unlink()
+                path.write_text("theirs")
+                os.chown(path, home.owner, home.owner)
+            agent.stdin.write("\n")
+            agent.stdin.flush()
+            seen.append(agent.stdout.readline().strip())
+        assert seen == ["@@ kept", "@@ read shared", f"@@ errno {errno.EACCES}"], seen
+        bare = home.run([sys.executable, "touch.py", "open", name], user=user)
+        assert bare.stdout == "read theirs\n", bare.stderr  # the twin: readable to the uid without nono
+    finally:
+        agent.stdin.close()
+        agent.wait(timeout=60)
+        if path.exists():
+            path.unlink()
