@@ -34,6 +34,7 @@ __all__ = [
     "list_only",
     "shell_of_script",
     "resolve_version_shim",
+    "ShimTarget",
     "toolchain",
     "Toolchain",
 ]
@@ -124,11 +125,16 @@ def load_agent(name: str, ctx: Context, program: str | None = None, env: Mapping
         description=description,
         grants=tuple(dict.fromkeys(grants)),
         roots=roots,
-        env=dict(section.get("env", {})),
+        env={k: _home_path(str(v), ctx.home) for k, v in section.get("env", {}).items()},
         create=create,
         start_note=section.get("start_note", ""),
         start_note_unless=tuple(section.get("start_note_unless", [])),
     )
+
+
+def _home_path(value: str, home: str) -> str:
+    """An [agent.env] value: ``~/...`` is under the home (a cache of the agent's own), anything else as is."""
+    return os.path.join(home, value[2:]) if value.startswith("~/") and home else value
 
 
 def list_only(directory: str) -> str:
@@ -297,13 +303,36 @@ def _pyvenv_home(cfg: str) -> str | None:
 
 
 _MANAGER_SHIM = re.compile(rb'exec "([^"]+/libexec/(?:pyenv|rbenv))" exec ')
+_MANAGER_ROOT = re.compile(rb'export ((?:PYENV|RBENV)_ROOT)="([^"]*)"')
 
 
-def resolve_version_shim(path: str, env: Mapping[str, str]) -> str | None:
+@dataclass(frozen=True)
+class ShimTarget:
+    """What a version manager's shim runs, and what its ``exec`` sets around it (pyenv-exec, rbenv-exec):
+    ``<MANAGER>_ROOT`` and ``<MANAGER>_VERSION`` exported, the version's bin directory first on PATH."""
+
+    program: str
+    variables: Mapping[str, str]
+    bin_dir: str | None  # None for the "system" version (the manager adds nothing to PATH then)
+
+
+def _ask_manager(tool: str, args: list[str], env: Mapping[str, str]) -> str | None:
+    try:
+        out = subprocess.run(
+            [tool, *args], env=dict(env), capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[-1] if out.returncode == 0 and lines else None
+
+
+def resolve_version_shim(path: str, env: Mapping[str, str]) -> ShimTarget | None:
     """The real program behind a version manager's shim script (pyenv, rbenv: ``<root>/shims/NAME``, a
     bash script that re-enters the manager through more bash scripts, each of which would be routed as a
-    command), asked of the manager itself as the user's shell would; None when ``path`` is not such a shim
-    or the manager cannot say."""
+    command), asked of the manager itself as the user's shell would, with what the manager's exec would set
+    (issue 20: ``run`` kept neither PYENV_VERSION nor the version's PATH); None when ``path`` is not such a
+    shim or the manager cannot say."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -315,21 +344,24 @@ def resolve_version_shim(path: str, env: Mapping[str, str]) -> str | None:
     tool = os.fsdecode(found.group(1))
     if not os.access(tool, os.X_OK):
         return None
-    try:
-        out = subprocess.run(
-            [tool, "which", os.path.basename(path)],
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            timeout=20,
-            stdin=subprocess.DEVNULL,
+    env = dict(env)
+    exported = _MANAGER_ROOT.search(head)
+    variables = {}
+    if exported is not None:  # the shim exports its root before it runs the manager
+        env[os.fsdecode(exported.group(1))] = variables[os.fsdecode(exported.group(1))] = os.fsdecode(
+            exported.group(2)
         )
-    except (OSError, subprocess.TimeoutExpired):
+    program = _ask_manager(tool, ["which", os.path.basename(path)], env)
+    if program is None or not os.access(program, os.X_OK):
         return None
-    lines = out.stdout.strip().splitlines()
-    if out.returncode == 0 and lines and os.access(lines[-1], os.X_OK):
-        return lines[-1]
-    return None
+    prefix = os.path.basename(tool).upper()
+    version = _ask_manager(tool, ["version-name"], env)
+    if version:
+        variables[f"{prefix}_VERSION"] = version
+    root = variables.get(f"{prefix}_ROOT") or env.get(f"{prefix}_ROOT", "")
+    bin_dir = os.path.dirname(program)
+    inside = bool(root) and _under(bin_dir, root.rstrip("/"))  # pyenv-exec: "only for non-system version"
+    return ShimTarget(program, variables, bin_dir if inside else None)
 
 
 # --- The user's toolchain ---------------------------------------------------------------------------------

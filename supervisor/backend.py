@@ -183,6 +183,7 @@ def start_sandboxed(
                 linked_denied=lambda: session.linked_denied(policy),
                 linked=linked,
                 undo=undo,
+                shm=session.shm,
             )
             if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
                 loop.net_proxy = net.client(policy, consent, argv, on_decision)

@@ -200,7 +200,7 @@ def _agent(args: argparse.Namespace, command: list[str]):
     home = env.get("HOME") or os.path.expanduser("~")
     ctx = Context(workdir=os.getcwd(), home=home, tmpdir="", config_dir=str(paths.config_dir(env)))
     try:
-        program = resolve_program(command[0], env) if command else None
+        program = resolve_program(command[0], env)[0] if command else None
     except NonoError:
         program = None  # run reports "command not found" itself
     return agents.pick_agent(choice, program, ctx, env)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nono_supervisor.backend import start_sandboxed
 from nono_supervisor.consent import Consent
@@ -25,6 +26,9 @@ from nono_supervisor.errors import NonoError, SandboxError
 from nono_supervisor.prompt import Prompter, TtyGuard
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
+
+if TYPE_CHECKING:
+    from nono_supervisor.agents import ShimTarget
 
 __all__ = [
     "RoutingNamespace",
@@ -73,18 +77,30 @@ def agent_env(session: Session, socket_path: Path, interpose: Path | None) -> di
     return env
 
 
-def resolve_program(command: str, env: dict[str, str]) -> str:
+def resolve_program(command: str, env: dict[str, str]) -> tuple[str, ShimTarget | None]:
     """The agent's program as the user's shell would find it; behind a version manager's shim (pyenv,
     rbenv: bash scripts re-entering the manager through more bash scripts, each of which would be routed
-    as a command) the program it names."""
+    as a command) the program it names, with what the manager would set around it."""
     from nono_supervisor.agents import resolve_version_shim
 
     found = command if "/" in command else shutil.which(command, path=env.get("PATH"))
     if not found or not os.access(found, os.X_OK):
         raise NonoError(f"{command}: command not found")
+    shim = resolve_version_shim(found, env)
     # Absolute: the first exec happens before the child drops root's capabilities, and a notify thread
     # without them cannot read a root child's /proc/PID/cwd to resolve "./agent" (exec answers EACCES).
-    return resolve_version_shim(found, env) or os.path.abspath(found)
+    return (shim.program if shim else os.path.abspath(found)), shim
+
+
+def _as_the_shim_would(env: dict[str, str], shim: ShimTarget | None, shims_dir: str) -> None:
+    """The manager's variables, and its version's bin directory first on PATH after nono's own shims (so
+    that the agent's PATH, PYENV_VERSION and sys.executable are those it has bare)."""
+    if shim is None:
+        return
+    env.update(shim.variables)
+    if shim.bin_dir:
+        rest = env.get("PATH", "").removeprefix(shims_dir + os.pathsep)
+        env["PATH"] = os.pathsep.join((shims_dir, shim.bin_dir, rest))
 
 
 # --- Routing layer 4: the agent's mount namespace --------------------------------------------------------
@@ -259,10 +275,11 @@ def run_agent(
     """
     env = agent_env(session, socket_path, interpose)
     try:
-        path = resolve_program(argv[0], session.env)  # the real program: the shims are for what it runs
+        path, shim = resolve_program(argv[0], session.env)  # the real program: the shims are for what it runs
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         return 127
+    _as_the_shim_would(env, shim, str(session.shims_dir))
     routing, why = routing_namespace(session) if namespace else (None, "disabled (--no-namespace)")
     _start_notes(session, argv, routing, why, start_line)
     for directory in session.agent.create if session.agent is not None else ():

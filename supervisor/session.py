@@ -37,10 +37,14 @@ from nono_supervisor.policy import (
 )
 from nono_supervisor.prompt import Prompter
 from nono_supervisor.shims import package_root, write_shims
+from nono_supervisor.shm import SessionShm
 
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
 _FALLBACK_PATH = "/usr/local/bin:/usr/bin:/bin"
+# pyenv's exec hooks of nono's own (data/pyenv.d/exec/nono-shell.bash): pip install through pyenv's shims
+# exits as bare while the shims directory stays unwritable to commands.
+_PYENV_HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pyenv.d")
 _ACCESS_CACHE_SIZE = 16
 # How often the session looks at the grant store (one stat) for a revoke or another session's "always":
 # a revoke reaches the running session within this, and costs a clock read on every other policy lookup.
@@ -170,6 +174,7 @@ class Session:
         self._netproxy = None  # domains mode: the session's proxy (netproxy), started at first use
         self.late_denies = None  # Linux: where the denied paths lead, watched (linux.latedeny.for_session)
         self._net_lock = threading.Lock()
+        self.shm = SessionShm()  # the POSIX shared memory and semaphores its processes made (/dev/shm)
 
     @classmethod
     def create(
@@ -498,15 +503,21 @@ class Session:
         return grants
 
     def command_env(self, env: dict[str, str], agent: bool = False) -> dict[str, str]:
-        """The environment a sandboxed command gets: the caller's, with the session's private temp dir, and
-        (not for the agent, whose own caches are its state) the project's tool caches."""
+        """The environment a sandboxed command gets: the caller's, with the session's private temp dir and
+        the project's tool caches and token-free npmrc. An agent without a profile (`run -- bash`: what the
+        user types runs in it) gets them too (issue 20: `npm install` asked 7 questions about ~/.npm and
+        ~/.npmrc). An agent with one does not: its commands can write those caches, and a package it then
+        loads from them would run with its state and credentials (its own caches are its state)."""
         env = dict(env)
         # TMUX_TMPDIR: tmux makes its server socket there (else /tmp/tmux-UID, beside the user's own)
         for name in ("TMPDIR", "TMP", "TEMP", "TMUX_TMPDIR"):
             env[name] = str(self.tmpdir)
         self._make_caches()
-        if not agent:
+        if not agent or self.agent is None:
             env.update(self._cache_env)
+        hooks = env.get("PYENV_HOOK_PATH", "")
+        if not hooks.startswith(_PYENV_HOOKS):  # first, before pyenv's own; a routed command has it already
+            env["PYENV_HOOK_PATH"] = _PYENV_HOOKS + (os.pathsep + hooks if hooks else "")
         if self.policy.net_mode == "domains":  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY and their twins
             env.update(self.netproxy().environment())
         return env

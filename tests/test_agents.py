@@ -126,7 +126,7 @@ def test_a_version_managers_shim_resolves_to_the_program_it_runs(home):
     shim = _script(
         root / "shims" / "aider", f'#!/usr/bin/env bash\nexec "{root}/libexec/pyenv" exec "$program" "$@"\n'
     )
-    assert agents.resolve_version_shim(str(shim), {"PATH": "/usr/bin:/bin"}) == str(real)
+    assert agents.resolve_version_shim(str(shim), {"PATH": "/usr/bin:/bin"}).program == str(real)
     assert agents.resolve_version_shim("/bin/sh", {}) is None
 
 
@@ -232,7 +232,7 @@ def _session(home: Home, agent=None, **kw) -> Session:
     return Session.create(PolicyOptions(), dict(home.env), workdir=str(home.work), agent=agent, **kw)
 
 
-def test_commands_cache_in_nonos_own_per_project_cache_the_agent_does_not(home):
+def test_commands_and_a_profileless_agent_cache_in_nonos_own_per_project_cache(home):
     session = _session(home)
     try:
         env = session.command_env(home.env)
@@ -247,10 +247,17 @@ def test_commands_cache_in_nonos_own_per_project_cache_the_agent_does_not(home):
             .verdict(str(home.home / ".cache" / "pip"), "create")
             .allowed
         )
-        agent_env = session.command_env(home.env, agent=True)
-        assert "PIP_CACHE_DIR" not in agent_env and "XDG_CACHE_HOME" not in agent_env
+        # `run -- bash`: what the user types runs in the agent, and gets what the agent's commands get
+        assert session.command_env(home.env, agent=True)["PIP_CACHE_DIR"] == env["PIP_CACHE_DIR"]
     finally:
         session.close()
+    profiled = _session(home, agent=agents.load_agent("claude-code", _ctx(home)))
+    try:
+        # An agent with a profile loads nothing from caches its commands can write (it holds credentials)
+        agent_env = profiled.command_env(home.env, agent=True)
+        assert "PIP_CACHE_DIR" not in agent_env and "XDG_CACHE_HOME" not in agent_env
+    finally:
+        profiled.close()
     other = home.root / "other-project"
     other.mkdir()
     second = Session.create(PolicyOptions(), dict(home.env), workdir=str(other))
@@ -473,3 +480,19 @@ def test_run_says_what_codex_needs_under_nono(home):
         stdin=subprocess.DEVNULL,
     )
     assert quiet.returncode == 0 and "danger-full-access" not in quiet.stderr, quiet.stderr
+
+
+def test_opencodes_npm_cache_is_its_own_state_not_the_users_or_its_commands(home):
+    """Issue 20: opencode installs provider packages with npm at first use, into ~/.npm (the user's cache,
+    denied) from its second run. Its profile points npm's cache into its own state, sealed from commands."""
+    opencode = agents.load_agent("opencode", _ctx(home))
+    cache = opencode.env["npm_config_cache"]
+    assert cache == str(home.home / ".cache" / "opencode" / "npm")
+    assert any(cache.startswith(state + "/") for state in opencode.state_paths())
+    session = _session(home, agent=opencode)
+    try:
+        index = session.access_index(session.policy)
+        assert not index.verdict(os.path.join(cache, "_cacache", "x"), "create").allowed  # not its commands'
+        assert session.access_index(session.agent_policy()).verdict(cache + "/_cacache/x", "create").allowed
+    finally:
+        session.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import FAKE_KEY, SUPERVISOR, Home
+from conftest import FAKE_KEY, SUPERVISOR, Home, make_home
 
 pytestmark = [
     pytest.mark.agents,
@@ -409,47 +410,34 @@ def _assert_turn(home: Home, model: FakeModel, state: Path, out: str, status: in
     assert (str(state / "nono-evil"), "never-grantable") in denials, denials
 
 
-@pytest.mark.parametrize("model", ["~/.claude"], indirect=True)
-def test_claude_code_one_turn(home, npm_prefix, model):
+def _claude_code(home: Home, model: FakeModel, prefix: Path) -> tuple[list[str], dict[str, str]]:
     env = {
         **home.env,
-        "PATH": f"{npm_prefix / 'bin'}:{home.env['PATH']}",
+        "PATH": f"{prefix / 'bin'}:{home.env['PATH']}",
         "ANTHROPIC_BASE_URL": model.url,
         "ANTHROPIC_API_KEY": "sk-ant-fake",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "IS_SANDBOX": "1",  # root may skip Claude Code's own permission prompts inside a sandbox
     }
-    result = _run(home, ["claude", "-p", "run the command", "--dangerously-skip-permissions"], env)
-    _assert_turn(home, model, home.home / ".claude", result.stdout + result.stderr, result.returncode)
-    assert (home.home / ".claude.json").is_file()  # its atomic write into ~ went through the supervisor
-    assert "nono:" not in result.stdout + result.stderr.replace("nono: denied read ~/.ssh", "")
+    return ["claude", "-p", "run the command", "--dangerously-skip-permissions"], env
 
 
-@pytest.mark.parametrize("model", ["~/.codex"], indirect=True)
-def test_codex_one_turn(home, npm_prefix, model):
+def _codex(home: Home, model: FakeModel, prefix: Path) -> tuple[list[str], dict[str, str]]:
     config = home.home / ".codex" / "config.toml"
-    config.parent.mkdir()
+    config.parent.mkdir(exist_ok=True)
     config.write_text(
         'model = "gpt-test"\nmodel_provider = "fake"\n[model_providers.fake]\nname = "fake"\n'
         f'base_url = "{model.url}/v1"\nenv_key = "OPENAI_API_KEY"\nwire_api = "responses"\n'
         "supports_websockets = false\n"
     )
-    env = {**home.env, "PATH": f"{npm_prefix / 'bin'}:{home.env['PATH']}", "OPENAI_API_KEY": "sk-fake"}
+    env = {**home.env, "PATH": f"{prefix / 'bin'}:{home.env['PATH']}", "OPENAI_API_KEY": "sk-fake"}
     argv = ["codex", "exec", "--skip-git-repo-check", "--sandbox", "danger-full-access"]
-    result = _run(home, [*argv, "-c", "features.shell_snapshot=false", "run the command"], env)
-    out = result.stdout + result.stderr
-    _assert_turn(home, model, home.home / ".codex", out, result.returncode)
-    # Codex is a static binary that runs /bin/bash by path: routed by the namespace, not the library.
-    (start,) = [
-        r for r in home.audit() if r.get("event") == "start" and "nono-tool-ran" in " ".join(r["argv"])
-    ]
-    assert start["argv"][:2] == ["bash", "-lc"], start
+    return [*argv, "-c", "features.shell_snapshot=false", "run the command"], env
 
 
-@pytest.mark.parametrize("model", ["~/.gemini"], indirect=True)
-def test_gemini_cli_one_turn(home, npm_prefix, model):
+def _gemini(home: Home, model: FakeModel, prefix: Path) -> tuple[list[str], dict[str, str]]:
     settings = home.home / ".gemini" / "settings.json"
-    settings.parent.mkdir()
+    settings.parent.mkdir(exist_ok=True)
     settings.write_text(
         json.dumps(
             {
@@ -461,16 +449,14 @@ def test_gemini_cli_one_turn(home, npm_prefix, model):
     )
     env = {
         **home.env,
-        "PATH": f"{npm_prefix / 'bin'}:{home.env['PATH']}",
+        "PATH": f"{prefix / 'bin'}:{home.env['PATH']}",
         "GEMINI_API_KEY": "fake",
         "GOOGLE_GEMINI_BASE_URL": model.url,
     }
-    result = _run(home, ["gemini", "-p", "run the command", "--yolo"], env)
-    _assert_turn(home, model, home.home / ".gemini", result.stdout + result.stderr, result.returncode)
+    return ["gemini", "-p", "run the command", "--yolo"], env
 
 
-@pytest.mark.parametrize("model", ["~/.local/share/opencode"], indirect=True)
-def test_opencode_one_turn(home, npm_prefix, model):
+def _opencode(home: Home, model: FakeModel, prefix: Path) -> tuple[list[str], dict[str, str]]:
     provider = {
         "npm": "@ai-sdk/openai-compatible",  # fetched from the npm registry by opencode at first use
         "name": "fake",
@@ -485,8 +471,39 @@ def test_opencode_one_turn(home, npm_prefix, model):
         "permission": {"bash": "allow", "external_directory": "allow", "edit": "allow"},
     }
     (home.work / "opencode.json").write_text(json.dumps(config))
-    env = {**home.env, "PATH": f"{npm_prefix / 'bin'}:{home.env['PATH']}"}
-    result = _run(home, ["opencode", "run", "run the command"], env)
+    env = {**home.env, "PATH": f"{prefix / 'bin'}:{home.env['PATH']}"}
+    return ["opencode", "run", "run the command"], env
+
+
+@pytest.mark.parametrize("model", ["~/.claude"], indirect=True)
+def test_claude_code_one_turn(home, npm_prefix, model):
+    result = _run(home, *_claude_code(home, model, npm_prefix))
+    _assert_turn(home, model, home.home / ".claude", result.stdout + result.stderr, result.returncode)
+    assert (home.home / ".claude.json").is_file()  # its atomic write into ~ went through the supervisor
+    assert "nono:" not in result.stdout + result.stderr.replace("nono: denied read ~/.ssh", "")
+
+
+@pytest.mark.parametrize("model", ["~/.codex"], indirect=True)
+def test_codex_one_turn(home, npm_prefix, model):
+    result = _run(home, *_codex(home, model, npm_prefix))
+    out = result.stdout + result.stderr
+    _assert_turn(home, model, home.home / ".codex", out, result.returncode)
+    # Codex is a static binary that runs /bin/bash by path: routed by the namespace, not the library.
+    (start,) = [
+        r for r in home.audit() if r.get("event") == "start" and "nono-tool-ran" in " ".join(r["argv"])
+    ]
+    assert start["argv"][:2] == ["bash", "-lc"], start
+
+
+@pytest.mark.parametrize("model", ["~/.gemini"], indirect=True)
+def test_gemini_cli_one_turn(home, npm_prefix, model):
+    result = _run(home, *_gemini(home, model, npm_prefix))
+    _assert_turn(home, model, home.home / ".gemini", result.stdout + result.stderr, result.returncode)
+
+
+@pytest.mark.parametrize("model", ["~/.local/share/opencode"], indirect=True)
+def test_opencode_one_turn(home, npm_prefix, model):
+    result = _run(home, *_opencode(home, model, npm_prefix))
     _assert_turn(
         home,
         model,
@@ -496,9 +513,54 @@ def test_opencode_one_turn(home, npm_prefix, model):
     )
 
 
-@pytest.mark.parametrize("model", ["~/.aider"], indirect=True)
-def test_aider_one_turn(home, aider_venv, model):
-    env = {**home.env, "PATH": f"{aider_venv / 'bin'}:{home.env['PATH']}", "TERM": "dumb"}
+# --- Quiet on a stock home (issue 20) ----------------------------------------------------------------------
+
+ORDINARY = "git status --short; ls"
+NPM_SETUPS = {"claude-code": _claude_code, "codex": _codex, "gemini": _gemini, "opencode": _opencode}
+
+
+@pytest.fixture
+def skel_home():
+    """A home as a distribution makes it (/etc/skel: .profile, .bashrc, .bash_logout), a ~/.gitconfig, a
+    git project with one commit, and the fake key."""
+    h = make_home()
+    for entry in Path("/etc/skel").iterdir():
+        if entry.is_file():
+            shutil.copy2(entry, h.home / entry.name)
+    (h.home / ".gitconfig").write_text("[user]\n\tname = Nono Tester\n\temail = tester@example.invalid\n")
+    env = {**h.env, "GIT_CONFIG_NOSYSTEM": "1"}
+    for git in (["init", "-q"], ["add", "README"], ["commit", "-qm", "first"]):
+        subprocess.run(["git", *git], cwd=h.work, env=env, check=True, capture_output=True)
+    yield h
+    shutil.rmtree(h.root, ignore_errors=True)
+
+
+def _assert_quiet(home: Home, model: FakeModel, out: str, status: int) -> None:
+    """The ordinary command ran routed, its output reached the model, and neither the agent's output nor
+    what it sent back holds a nono line (ordinary work on a stock home says nothing, asks nothing)."""
+    assert status == 0, out
+    starts = [r for r in home.audit() if r.get("event") == "start" and ORDINARY in " ".join(r["argv"])]
+    assert starts, (out, [r.get("argv") for r in home.audit() if r.get("event") == "start"])
+    assert "README" in model.results(), model.results()[-2000:]
+    lines = re.findall(r"nono: [^\n\"\\\\]*", out + "\n" + model.results())  # results are JSON-quoted
+    assert lines == [], lines
+
+
+@pytest.mark.parametrize("agent", sorted(NPM_SETUPS))
+def test_ordinary_tool_calls_print_no_nono_line_on_a_stock_home(skel_home, npm_prefix, agent):
+    model = FakeModel(ORDINARY)
+    try:
+        argv, env = NPM_SETUPS[agent](skel_home, model, npm_prefix)
+        for _ in range(2):  # a second start too: opencode's npm cache was denied from its second run
+            result = _run(skel_home, argv, env)
+            _assert_quiet(skel_home, model, result.stdout + result.stderr, result.returncode)
+    finally:
+        model.close()
+
+
+def _aider_turn(home: Home, venv: Path, model: FakeModel) -> tuple[str, int]:
+    """aider on a pty (it asks before it runs the block, and before it adds the output to the chat)."""
+    env = {**home.env, "PATH": f"{venv / 'bin'}:{home.env['PATH']}", "TERM": "dumb"}
     argv = [
         SUPERVISOR, "run", "--prompt", "never", "--", "aider", "--no-git", "--no-check-update",
         "--no-show-model-warnings", "--no-analytics", "--no-pretty", "--no-fancy-input",
@@ -508,7 +570,7 @@ def test_aider_one_turn(home, aider_venv, model):
     ]  # fmt: skip
     child = pexpect.spawn(argv[0], argv[1:], env=env, cwd=str(home.work), encoding="utf-8", timeout=TIMEOUT)
     out = ""
-    while True:  # aider asks before it runs the block, and before it adds the output to the chat
+    while True:
         questions = [r"Run shell command\?", r"Add command output to the chat\?", r"what's new", pexpect.EOF]
         found = child.expect(questions)
         out += child.before + (child.after if isinstance(child.after, str) else "")
@@ -516,6 +578,12 @@ def test_aider_one_turn(home, aider_venv, model):
             break
         child.send("y\r" if found < 2 else "n\r")
     child.close()
+    return out, child.exitstatus
+
+
+@pytest.mark.parametrize("model", ["~/.aider"], indirect=True)
+def test_aider_one_turn(home, aider_venv, model):
+    out, status = _aider_turn(home, aider_venv, model)
     assert "nono-tool-ran" in out and "Permission denied" in out, out
     assert FAKE_KEY not in out and FAKE_KEY not in model.results()
     # (aider adds the output to the chat for the next message; --message sends none, so the model's second
@@ -525,4 +593,16 @@ def test_aider_one_turn(home, aider_venv, model):
     assert (str(home.home / ".aider" / "nono-evil"), "never-grantable") in denials, denials
     starts = [r for r in home.audit() if r.get("event") == "start" and "nono-tool-ran" in " ".join(r["argv"])]
     assert len(starts) == 1, out
-    assert child.exitstatus == 0, out
+    assert status == 0, out
+
+
+def test_aiders_ordinary_tool_call_prints_no_nono_line_on_a_stock_home(skel_home, aider_venv):
+    model = FakeModel(ORDINARY)
+    try:
+        out, status = _aider_turn(skel_home, aider_venv, model)
+    finally:
+        model.close()
+    assert status == 0 and "README" in out, out  # aider shows the command's output on its terminal
+    starts = [r for r in skel_home.audit() if r.get("event") == "start" and ORDINARY in " ".join(r["argv"])]
+    assert starts, out
+    assert [line for line in out.splitlines() if "nono:" in line] == []

@@ -344,24 +344,58 @@ try:
     elif what == "listen":
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.listen(1)
-    elif what == "bind":
+    elif what == "bind":  # every interface: a port the network could reach (loopback's port 0 is bound)
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
+    elif what == "bind-port":  # a chosen loopback port: it would keep another program from it
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", int(sys.argv[2])))
+    elif what in ("probe-v6", "probe-v4"):  # urllib3's IPv6 probe (bind [::1]:0), then a listen on it
+        v6 = what == "probe-v6"
+        s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("::1" if v6 else "127.0.0.1", 0))
+        print(f"bound={s.getsockname()[1] != 0}")
+        s.listen(1)
     print("result=ok")
 except OSError as e:
     print(f"result={e.errno}")
 """
 
 
-@pytest.mark.parametrize("what", ["mptcp", "fastopen", "listen", "bind"])
+@pytest.mark.parametrize("what", ["mptcp", "fastopen", "listen", "bind", "bind-port"])
 def test_what_steps_around_landlock_is_refused_as_under_net_block(home, what, upstream):
     if what == "mptcp" and Path("/proc/sys/net/mptcp/enabled").read_text().strip() != "1":
         pytest.skip("MPTCP is disabled on this kernel")
-    args = (sys.executable, "-c", NETWORK, what, str(upstream.port))
+    port = _free_port() if what == "bind-port" else upstream.port
+    args = (sys.executable, "-c", NETWORK, what, str(port))
     refused = _exec(home, *args, flags=("--allow-domain", "allowed.test"))
     assert f"result={errno.EACCES}" in refused.stdout and "[network mode domains]" in refused.stderr
     twin = _exec(home, *args, flags=("--net-mode", "open", "--allow-domain", "allowed.test"))
     assert "result=ok" in twin.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+@pytest.mark.parametrize("family", ["probe-v6", "probe-v4"])
+def test_an_ephemeral_loopback_bind_is_bound_silently_and_cannot_listen(request, user, family):
+    """Issue 20: urllib3's IPv6 probe (bind [::1]:0) printed a denial in every pip run in domains mode. The
+    bind succeeds as bare with no line; the socket still cannot listen (the refusal that follows)."""
+    if family == "probe-v6" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    home = _home(request, user)
+    args = (sys.executable, "-c", NETWORK, family, "0")
+    run = _exec(home, *args, flags=("--allow-domain", "allowed.test"), user=user)
+    assert "bound=True" in run.stdout, run.stderr
+    assert f"result={errno.EACCES}" in run.stdout  # listen: refused, and reported
+    assert "denied bind network (listen) [network mode domains]" in run.stderr
+    assert "::1]:0" not in run.stderr and "127.0.0.1:0" not in run.stderr
+    twin = _exec(home, *args, flags=("--net-mode", "open", "--allow-domain", "allowed.test"), user=user)
+    assert "bound=True" in twin.stdout and "result=ok" in twin.stdout and "nono:" not in twin.stderr
 
 
 def test_no_trap_refuses_domains_mode_and_runs_nothing(home):

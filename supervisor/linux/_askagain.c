@@ -49,13 +49,14 @@
  * ignores the mode of an open that creates nothing; the filter lets such a listing through to Landlock. */
 #define LISTING_MARK 0x6e6f6e6f00000000L
 
-/* seccomp.TRAPPED_OPEN_FLAGS, unmarked listings and TRAPPED_CREATE_MODES: what the filter sends to the
- * supervisor (its answer is already the supervisor's: nothing to ask again). Not TRAPPED_TERMINAL_OPEN:
+/* seccomp.TRAPPED_OPEN_FLAGS and TRAPPED_OPEN_MASKS, unmarked listings and TRAPPED_CREATE_MODES: what
+ * the filter sends to the supervisor (its answer is already the supervisor's: nothing to ask again). Not TRAPPED_TERMINAL_OPEN:
  * the supervisor CONTINUEs it where the path as written is granted, and Landlock may still refuse what it
  * resolves to (a symlink in the workdir to a pty), which only the supervisor's pipeline reports or opens
  * (test_terminals: the symlink route). */
 static int trapped(int flags, mode_t mode) {
-    return (flags & (O_DIRECTORY | O_EXCL | TMPFILE_BIT)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)));
+    return (flags & (O_DIRECTORY | O_EXCL | TMPFILE_BIT)) || ((flags & O_CREAT) && (mode & (S_ISUID | S_ISGID)))
+        || (flags & (O_NOFOLLOW | O_ACCMODE)) == (O_NOFOLLOW | O_RDWR);
 }
 
 /* An open that takes a mode (glibc's __OPEN_NEEDS_MODE). */

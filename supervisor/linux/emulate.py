@@ -28,9 +28,19 @@ from dataclasses import dataclass
 from nono_supervisor.access import AccessIndex
 from nono_supervisor.linux import libc, terminals
 from nono_supervisor.linux.resolve import Pin
+from nono_supervisor.shm import SessionShm
 
-__all__ = ["Permit", "Refusal", "Checker", "drop_capabilities", "has_effective_capabilities", "SETID_BITS"]
+__all__ = [
+    "Permit",
+    "Refusal",
+    "Checker",
+    "drop_capabilities",
+    "has_effective_capabilities",
+    "SETID_BITS",
+    "SHM_RULE",
+]
 
+SHM_RULE = "session /dev/shm"  # a Permit's ``by`` for the session's own shared memory (the audit's rule)
 SETID_BITS = stat.S_ISUID | stat.S_ISGID  # a sandboxed command never sets these (a backdoor for later)
 _SYS_OPENAT2 = libc.number("openat2")
 _SYS_CAPGET, _SYS_CAPSET = libc.number("capget"), libc.number("capset")
@@ -122,16 +132,22 @@ class Checker:
         access: AccessIndex,
         ask: Callable[[str, str, str, bool], bool] | None = None,
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
+        shm: SessionShm | None = None,
     ) -> None:
         self.access = access
         self.ask = ask  # (op, path, rule, is_dir) -> the human allowed it
         self.linked_denied = linked_denied  # (dev, ino) of denied files that have other names
         self.guarded = False  # a denied node moved into the baseline (NotifyLoop.guard): it permits less
+        self.shm = shm  # the session's own POSIX shared memory and semaphores in /dev/shm
 
-    def decide(self, op: str, pin: Pin, baseline: bool = False, process: int = 0) -> Permit | Refusal:
+    def decide(
+        self, op: str, pin: Pin, baseline: bool = False, process: int = 0, shm: bool = False
+    ) -> Permit | Refusal:
         """``baseline``: the Landlock baseline alone grants this on ``pin`` (the route's own grants are
         there and not in the policy); only the second-name check can still refuse it. ``process``: the
-        caller's thread group, whose own settings in /proc it may write (_OWN_SETTING)."""
+        caller's thread group, whose own settings in /proc it may write (_OWN_SETTING). ``shm``: the call
+        is one shm_open or sem_open makes (an open, a link or an unlink of a regular file): the session's
+        own objects in /dev/shm are its to make and use (nono_supervisor.shm), by ``SHM_RULE``."""
         if baseline and not (pin.st is not None and self.is_second_name(pin.st)):
             if not (self.guarded and self.access.denied(pin.path, op)):
                 return Permit(_SEAL, pin, op, "policy")
@@ -150,6 +166,8 @@ class Checker:
             return Permit(_SEAL, pin, op, "policy")
         if op == "read" and pin.is_dir and self.access.discoverable(pin.path, verdict.rule):
             return Permit(_SEAL, pin, op, "discovery")  # its names, not its files' contents
+        if shm and self.shm is not None and self.shm.allows(op, pin.path, pin.st):
+            return Permit(_SEAL, pin, op, SHM_RULE)
         if verdict.rule != "never-grantable" and self.ask is not None:
             if self.ask(op, pin.path, verdict.rule, pin.is_dir):
                 return Permit(_SEAL, pin, op, "user")
@@ -186,9 +204,15 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
     pin = permit.pin
     # O_NOCTTY: a terminal opened here must never become the supervisor's controlling terminal
     opening = (flags & ~os.O_TRUNC) | os.O_CLOEXEC | os.O_NOCTTY
+    shm = permit.by == SHM_RULE and checker.shm is not None
+    if shm and pin.st is None:
+        opening |= os.O_EXCL  # a name that appeared since the check is another process's object, not new
     if pin.name:
         how = _OPEN_HOW.pack(opening, mode, _STRICT)
-        fd = _check(libc.LIBC.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
+        try:
+            fd = _check(libc.LIBC.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
+        except FileExistsError:
+            raise _fail(errno.EEXIST if flags & os.O_EXCL or not shm else errno.EACCES) from None
     else:
         # The pinned directory itself ("." or ".." in the last place, never a link): reopened through its
         # magic link, which O_NOFOLLOW would refuse (ENOTDIR, ELOOP) where the kernel opens the directory
@@ -200,6 +224,10 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
         opened = os.fstat(fd)
         if checker.is_second_name(opened):
             raise _fail(errno.EACCES)
+        if shm and pin.st is not None and (opened.st_dev, opened.st_ino) != (pin.st.st_dev, pin.st.st_ino):
+            raise _fail(errno.EACCES)  # replaced since the check: not the session's object any more
+        if shm and pin.st is None:
+            checker.shm.made(opened)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE and stat.S_ISREG(opened.st_mode):
             os.ftruncate(fd, 0)
     except BaseException:
@@ -248,6 +276,19 @@ def symlink(permit: Permit, target: str) -> None:
 
 def remove(permit: Permit, directory: bool) -> None:
     (os.rmdir if directory else os.unlink)(permit.pin.name, dir_fd=permit.pin.dirfd)
+
+
+def remove_shm(permit: Permit, checker: Checker) -> None:
+    """shm_unlink, sem_unlink of one of the session's own objects: the name must still be that object
+    (only a process outside the sandbox can put another there), and its inode leaves the session's set with
+    its last name."""
+    pin = permit.pin
+    now = os.stat(pin.name, dir_fd=pin.dirfd, follow_symlinks=False)
+    if pin.st is None or (now.st_dev, now.st_ino) != (pin.st.st_dev, pin.st.st_ino):
+        raise _fail(errno.EACCES)
+    os.unlink(pin.name, dir_fd=pin.dirfd)
+    if checker.shm is not None:
+        checker.shm.removed(now)
 
 
 def rename(src: Permit, dst: Permit, flags: int) -> None:

@@ -42,6 +42,7 @@ from nono_supervisor.linux.landlock import ACCESS_FS, RightsIndex
 from nono_supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
 from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, load_pyseccomp
 from nono_supervisor.procfs import process_of
+from nono_supervisor.shm import SessionShm
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
 
@@ -198,6 +199,7 @@ class NotifyLoop:
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
         linked: bool | None = None,
         undo: object | None = None,
+        shm: SessionShm | None = None,
     ) -> None:
         self.name = f"nono-notify-{listener}"
         self.undo = undo  # the command's undo.CommandLog: paths recorded before a call may change them
@@ -213,7 +215,7 @@ class NotifyLoop:
         self.allowed_sockets = allowed_sockets  # the supervisor's own socket: nested routing
         self.net_block = net_block
         self.own_terminals = own_terminals  # the supervisor's terminal: never reopened for a command
-        self.checker = Checker(access, self._ask, linked_denied)
+        self.checker = Checker(access, self._ask, linked_denied, shm)
         # With a multi-linked denied file somewhere, no regular-file open may be CONTINUEd: Landlock
         # follows the name, and another name of the file may lie inside a grant.
         self._linked = bool(linked_denied()) if linked is None else linked  # the filter was chosen by it
@@ -523,15 +525,18 @@ class NotifyLoop:
     def _refused(self, refusal: Refusal, error: int = errno.EACCES) -> Deny:
         return Deny(error, Denial(refusal.op, refusal.path, refusal.rule, refusal.is_dir, self._tid))
 
-    def _decide(self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False) -> Permit | Deny:
-        """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's)."""
+    def _decide(
+        self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False, shm: bool = False
+    ) -> Permit | Deny:
+        """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's).
+        ``shm``: a call shm_open or sem_open makes on a regular file (Checker.decide)."""
         process = process_of(self._tid) if pin.path.startswith("/proc/") else 0  # read once, for both checks
         if _foreign_proc(pin.path, self._tid, process):
             # What the supervisor carries out, it does as itself, outside the command's Landlock domain:
             # another process's /proc (the supervisor's own environ or mem included) is refused here, as
             # Landlock's ptrace scoping refuses it to the command.
             return Deny(errno.EACCES, Denial(op, pin.path, access.FOREIGN_PROC, pin.is_dir, self._tid))
-        outcome = self.checker.decide(op, pin, baseline, process)
+        outcome = self.checker.decide(op, pin, baseline, process, shm)
         if isinstance(outcome, Refusal):
             return self._refused(replace(outcome, is_dir=True) if making_dir else outcome)
         return outcome
@@ -687,12 +692,13 @@ class NotifyLoop:
     ) -> Decision:
         permits = []
         for op in ops:
-            permit = self._decide(op, pin, baseline)
+            permit = self._decide(op, pin, baseline, shm=True)  # an open is how shm_open and sem_open make
             if isinstance(permit, Deny):
                 pin.close()
                 return permit
             permits.append(permit)
-        permit = permits[-1]
+        # a permit for the session's own shared memory binds the open to the object checked (open_file)
+        permit = next((p for p in permits if p.by == emulate.SHM_RULE), permits[-1])
         mode = mode & ~_umask(tid) & 0o7777
 
         def act() -> Decision:
@@ -873,9 +879,11 @@ class NotifyLoop:
         if not pin.exists:
             pin.close()
             return Deny(errno.ENOENT)
-        permit = self._decide("delete", pin)
+        permit = self._decide("delete", pin, shm=not pin.is_dir)  # shm_unlink, sem_unlink
         if isinstance(permit, Permit) and pin.is_dir:
             permit = self._carries_denied("delete", pin, permit)
+        if isinstance(permit, Permit) and permit.by == emulate.SHM_RULE:
+            return self._act(pin, permit, lambda: emulate.remove_shm(permit, self.checker))
         return self._act(pin, permit, lambda: emulate.remove(permit, directory))
 
     def _on_mkdir(self, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -1007,7 +1015,7 @@ class NotifyLoop:
         # A hard link is a second name for the file: the source must be readable and writable under the
         # policy, whichever way the destination is decided.
         for op in ("read", "write"):
-            permit = self._decide(op, source)
+            permit = self._decide(op, source, shm=True)  # sem_open names its new semaphore with a link
             if isinstance(permit, Deny):
                 source.close()
                 return permit
@@ -1019,7 +1027,9 @@ class NotifyLoop:
             source.close()
             target.close()
             return Deny(errno.EEXIST)
-        to_permit = self._on_the_way(target) or self._decide("create", target)
+        to_permit = self._on_the_way(target) or self._decide(
+            "create", target, shm=stat.S_ISREG(source.st.st_mode)
+        )
         if isinstance(to_permit, Deny):
             source.close()
             target.close()

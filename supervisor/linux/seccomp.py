@@ -165,6 +165,11 @@ _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 #   notifications, each a cold wake of the supervisor); asked again through execveat.
 _O_TMPFILE_ONLY = os.O_TMPFILE & ~os.O_DIRECTORY  # O_TMPFILE is this bit with O_DIRECTORY
 TRAPPED_OPEN_FLAGS = (os.O_EXCL, _O_TMPFILE_ONLY)
+# (mask, value) of flags also trapped: a read-write open that will not follow a link is how glibc reopens
+# POSIX shared memory and semaphores by name inside shm_open and sem_open (no wrapper can see it): the
+# session's own objects in /dev/shm are decided by the supervisor (nono_supervisor.shm; issue 20). Rare
+# elsewhere: grep -r, compilers and readers open read-only.
+TRAPPED_OPEN_MASKS = ((os.O_NOFOLLOW | os.O_ACCMODE, os.O_NOFOLLOW | os.O_RDWR),)
 LISTING_MARK = 0x6E6F6E6F << 32  # _askagain's LISTING_MARK: 0 in the 16 bits a mode could ever use
 TRAPPED_CREATE_MODES = (stat.S_ISUID, stat.S_ISGID)  # with O_CREAT
 # (mask, value) of the flags of a terminal's open. Not O_NOCTTY alone: grep -r opens every file with it.
@@ -190,7 +195,7 @@ def build_program(
 
     ``net`` is the policy's network mode: ``block`` and ``domains`` (or True) trap what steps around
     Landlock's TCP rules; in domains mode the notify layer then lets TCP reach the supervisor's proxy only.
-    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS, a terminal's open, unmarked
+    ``leave_to_landlock``: open and openat (but for TRAPPED_OPEN_FLAGS and _MASKS, a terminal's open, unmarked
     listings and setid creations), and execve, are not trapped (a command's, with the ask-again library
     preloaded; see UNTRAPPED_OPENS). ``record_writes`` (undo): of those opens, the ones that may write or
     create are trapped again (RECORDED_OPENS), so that the supervisor keeps the file first; reads stay
@@ -263,6 +268,10 @@ def _program(net_block: bool, leave_to_landlock: bool = False, record_writes: bo
                 flt.add_rule(pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, bit, bit))
             terminal = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, *TRAPPED_TERMINAL_OPEN)
             flt.add_rule(pyseccomp.NOTIFY, trap.name, terminal)
+            for mask, value in TRAPPED_OPEN_MASKS:
+                flt.add_rule(
+                    pyseccomp.NOTIFY, trap.name, pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, mask, value)
+                )
             listing = pyseccomp.Arg(flags, pyseccomp.MASKED_EQ, os.O_DIRECTORY, os.O_DIRECTORY)
             unmarked = pyseccomp.Arg(mode, pyseccomp.NE, LISTING_MARK)
             flt.add_rule(pyseccomp.NOTIFY, trap.name, listing, unmarked)

@@ -127,6 +127,16 @@ def _sockaddr_un(path: str) -> bytes:
     return struct.pack("=H", socket.AF_UNIX) + os.fsencode(path) + b"\0"
 
 
+def _loopback_ephemeral(raw: bytes) -> bool:
+    """``raw`` is an inet address on loopback (127.0.0.0/8, ::1) with port 0."""
+    family = struct.unpack_from("=H", raw)[0] if len(raw) >= 2 else 0
+    if family == socket.AF_INET and len(raw) >= 8:
+        return raw[2:4] == b"\0\0" and raw[4] == 127
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return raw[2:4] == b"\0\0" and raw[8:24] == socket.inet_pton(socket.AF_INET6, "::1")
+    return False
+
+
 def _inet_name(raw: bytes) -> str:
     family = struct.unpack_from("=H", raw)[0] if len(raw) >= 2 else 0
     try:
@@ -304,6 +314,11 @@ def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decis
     if isinstance(raw, Deny):
         return raw
     if sock.family in _INET and loop.net_block:
+        if getattr(loop, "net_proxy", None) is not None and _loopback_ephemeral(raw):
+            # Domains mode: a port the kernel picks on loopback, for a socket that may never listen (listen is
+            # refused) is no network: urllib3 probes IPv6 with bind [::1]:0 in every pip and requests run
+            # (issue 20). Bound on our copy of the socket, as bare; any other address or port is refused.
+            return _performed(sock, _Destination(None), False, lambda fd, _a: LIBC.bind(fd, raw, len(raw)))
         return Deny(errno.EACCES, Denial("bind", _inet_name(raw), _net_rule(loop), False, tid))
     if sock.family != socket.AF_UNIX or raw[2:3] in (b"\0", b""):
         return CONTINUE
