@@ -81,6 +81,28 @@ thread.join()
 print(f"held-{result['held']} signals={len(signals)}", flush=True)
 """
 
+# The held thread opens d/f (``--deny d``: a question); once the test has seen it, the main thread renames
+# d/g over d/f, to swap what the answer would open.
+SWAPPED = """
+import os, threading
+def held():
+    try:
+        with open("d/f") as f:
+            print("held-read " + f.read().strip(), flush=True)
+    except OSError as e:
+        print("held-refused " + e.strerror, flush=True)
+thread = threading.Thread(target=held)
+thread.start()
+while not os.path.exists("go"):
+    thread.join(0.01)
+try:
+    os.rename("d/g", "d/f")
+    print("swap-done", flush=True)
+except OSError as e:
+    print("swap-refused " + e.strerror, flush=True)
+thread.join()
+"""
+
 # make -j4: one job asks; once the test has seen the question, three others exec, read and finish.
 MAKEFILE = """\
 all: secret a b c
@@ -96,9 +118,12 @@ def _home(request, user: bool) -> Home:
     return request.getfixturevalue("nobody_home" if user else "home")
 
 
-def _agent(home: Home, user: bool, loop: str, *argv: str, profile: str | None = None) -> pexpect.spawn:
+def _agent(
+    home: Home, user: bool, loop: str, *argv: str, profile: str | None = None, deny: str | None = None
+) -> pexpect.spawn:
     flags = ["--no-interpose", *(["--no-namespace"] if loop == "python" else [])]
     flags += ["--profile", profile] if profile else []
+    flags += ["--deny", deny] if deny else []
     command = [SUPERVISOR, "run", *flags, "--", *argv]
     command = as_nobody(command) if user else command
     return pexpect.spawn(
@@ -212,6 +237,39 @@ def test_a_held_call_interrupted_by_a_signal_gets_the_one_answer(home, loop):
     assert f"held-read {SECRET} signals=1" in out
     assert out.count(QUESTION) == 0  # the only question was the one seen above
     assert _user_answers(home) == ["once"]
+
+
+@USERS
+def test_a_command_cannot_swap_the_file_its_held_question_is_about(request, user):
+    """Invariants 7 and 9 while a call is held, now that the command's other threads run meanwhile: its
+    rename over the file asked about is a decision of its own (a second question, queued behind the first,
+    never done silently), and "once" opens the file that was asked about."""
+    home = _home(request, user)
+    folder = home.work / "d"
+    folder.mkdir()
+    (folder / "f").write_text("asked-about\n")
+    (folder / "g").write_text("put-in-its-place\n")
+    for path in (folder, folder / "f", folder / "g"):
+        os.chown(path, home.owner, home.owner)
+    script = _script(home, "swapped.py", SWAPPED)
+    child = _agent(home, user, "native", sys.executable, "-I", script, deny=str(folder))
+    try:
+        child.expect_exact("wants to read ~/project/d/f")
+        child.expect_exact("? ")
+        _go(home)
+        time.sleep(1)  # the rename reaches its own question (queued) meanwhile; not needed for the outcome
+        _answer(child, "o")
+        child.expect_exact("wants to")  # the rename's question, drawn once the first is answered
+        out = child.before
+        child.expect_exact("? ")
+        _answer(child, "d")
+        out += _finish(child)
+    finally:
+        child.terminate(force=True)
+    assert "held-read asked-about" in out and "put-in-its-place" not in out
+    assert "swap-refused Permission denied" in out
+    assert (folder / "f").read_text() == "asked-about\n"
+    assert _user_answers(home) == ["once", "deny"]
 
 
 def _quick_profile(home: Home, seconds: float) -> str:

@@ -259,16 +259,19 @@ class NotifyLoop:
         """The loop's first thread: drops its capabilities, then serves."""
         # What the supervisor does for a command, it does with the command's powers (a root supervisor's
         # CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN would otherwise reach what the command cannot).
+        dropped = False
         try:
             emulate.drop_capabilities()
+            dropped = True
         except OSError as e:
             self.failure = f"capset: {e.strerror} (the notify thread would keep the supervisor's powers)"
-            self._close()  # every trapped syscall fails (ENOSYS), none is served
-            return
         finally:
             if self._dropped is not None:
                 self._dropped.set()
-        self._serve()
+            if not dropped:
+                self._close()  # every trapped syscall fails (ENOSYS), none is served
+        if dropped:
+            self._serve()
 
     def _serve(self) -> None:
         """Answer notifications until every process under the filter has exited (this thread then closes
@@ -296,10 +299,12 @@ class NotifyLoop:
                     self._pending_lock.notify_all()
 
     def _close(self) -> None:
-        with self._pending_lock:
-            self._pending_lock.wait_for(lambda: self._pending == 0)
-        os.close(self.listener)
-        self._finished.set()
+        try:
+            with self._pending_lock:
+                self._pending_lock.wait_for(lambda: self._pending == 0)
+            os.close(self.listener)
+        finally:
+            self._finished.set()
 
     def _hold(self) -> None:
         """Called by the consent just before it waits for the human (a question on screen, or one asked
