@@ -14,6 +14,10 @@ Every handled syscall goes one way (DESIGN.md invariant 7):
 5. **act through the pin** (``emulate``), only after NOTIF_ID_VALID (invariant 3), with the thread's
    capabilities dropped so the kernel checks what the command itself could do.
 Handlers return decision values (``decisions``); only ``_respond`` issues ioctls.
+
+One thread serves the listener at a time. A decision that waits for the human is held by the thread that
+took it: that thread hands the listener to another first (``_hold``), so a question on screen stalls only
+its own syscall, never the command's other threads or processes.
 """
 
 from __future__ import annotations
