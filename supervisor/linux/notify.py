@@ -311,14 +311,14 @@ class NotifyLoop:
             self._finished.set()
 
     def _hold(self) -> None:
-        """Called by the consent just before it waits for the human (a question on screen, or one asked
-        already for the same call): this thread stops serving and another takes over the listener, so the
+        """Called by the consent just before it waits for the human (its question, or the same question
+        asked already for another call): this thread stops serving and another takes over the listener, so the
         command's other syscalls are answered while this one is held (issue 22: a question no longer stalls
         ``make -j`` siblings or a program's other threads). This thread keeps the call it decides: its
         handler's pins (invariant 7: what was checked is what is acted on, nothing is resolved again), its
         tid, and the final answer, which ``_dispatch`` sends through ``_respond`` after NOTIF_ID_VALID.
-        Not from a worker or a thread that already holds one; past ``_MAX_HELD`` the question is asked
-        while serving (the command waits, as it did before)."""
+        Not from a worker or a thread that already holds one; past ``_MAX_HELD``, or with no thread to
+        take over, the question is asked while serving (the command waits, as it did before)."""
         call = self._call
         if not call.serving:
             return
@@ -328,7 +328,14 @@ class NotifyLoop:
             self._held += 1
             self._pending += 1  # the listener stays open until this call is answered
         call.serving = False
-        _THREADS.run(self._serve)  # a kept thread: its capabilities dropped, as this one's
+        try:
+            _THREADS.run(self._serve)  # a kept thread: its capabilities dropped, as this one's
+        except Exception:  # noqa: BLE001 - no thread to take over (EAGAIN): ask while serving, as before
+            _debug_trace()
+            call.serving = True
+            with self._pending_lock:
+                self._held -= 1
+                self._pending -= 1
 
     def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> bool:
         """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read. True
