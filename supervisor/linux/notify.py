@@ -284,6 +284,7 @@ class NotifyLoop:
         self._call.serving = True
         try:
             if self._native is None:
+                emulate.drop_capabilities()  # as the C loop does: a thread taking over checks its own
                 self._run_python()
             else:
                 try:
