@@ -4,7 +4,8 @@ Real kernel, real supervisor (``nono-supervisor run``) on a pty driven as a huma
 thread of the command opens ~/.aws/credentials and its question is left on screen; meanwhile the command's
 other threads and processes must get their trapped syscalls answered. With a serial loop they waited for
 the human, up to the prompt's timeout. Both loops: the C one (``native``) and the agent's Python one
-(``--no-namespace``: the loop that watches shell execs); as root and as uid 65534.
+(``--no-namespace``: the loop that watches shell execs); as root and as uid 65534; and a command routed
+through ``serve``. Each scenario but the invariant test fails on the code before the hold (checked).
 
 Progress is reported through files in the workdir, not the terminal: while a question is on screen the
 supervisor holds the command's terminal output (the pty proxy is paused).
@@ -56,6 +57,34 @@ with open("others.tmp", "w") as f:
 os.rename("others.tmp", "others.txt")
 thread.join()
 print("held-" + result["held"], flush=True)
+"""
+
+# A command routed through ``serve`` (its opens are Landlock's; a denied one is asked about again through
+# an always-trapped twin): once the test has seen the question, the main thread makes and removes
+# directories (trapped: mkdir, rmdir) and runs a sibling process.
+ROUTED = """
+import os, subprocess, threading
+def held():
+    try:
+        with open(os.path.expanduser("~/.aws/credentials")) as f:
+            result = "read " + f.read().split("=")[1].strip()
+    except OSError as e:
+        result = "refused " + e.strerror
+    with open("held.txt", "w") as f:
+        f.write(result)
+thread = threading.Thread(target=held)
+thread.start()
+while not os.path.exists("go"):
+    thread.join(0.01)
+for i in range(200):
+    os.mkdir(f"made{i}")
+    os.rmdir(f"made{i}")
+sibling = subprocess.run(["/bin/cat", "README"], capture_output=True).returncode
+with open("others.tmp", "w") as f:
+    f.write(f"dirs=200 sibling={sibling}")
+os.rename("others.tmp", "others.txt")
+thread.join()
+print("held-" + open("held.txt").read(), flush=True)
 """
 
 # The held thread is interrupted by a signal while its question is on screen: its open fails with EINTR
@@ -152,14 +181,14 @@ def _go(home: Home) -> None:
         os.chown(go, home.owner, home.owner)
 
 
-def _others_finish_while_held(home: Home) -> None:
+def _others_finish_while_held(home: Home, done: str = f"opens={OPENS} sibling=0") -> None:
     """Let the others go; they finish while the held call is still held. The stall this removes: they
     waited for the human, or for the question to time out (the held thread's ``held.txt`` came first)."""
     _go(home)
     others, held = home.work / "others.txt", home.work / "held.txt"
     assert wait_until(lambda: others.exists() or held.exists(), WAIT), "the others waited for the question"
     assert not held.exists(), "the others waited for the question to end"
-    assert others.read_text() == f"opens={OPENS} sibling=0"
+    assert others.read_text() == done
 
 
 def _answer(child: pexpect.spawn, line: str) -> None:
@@ -197,6 +226,42 @@ def test_a_held_question_does_not_stall_the_commands_other_threads(request, user
     else:
         assert "held-refused Permission denied" in out and SECRET not in out
     assert _user_answers(home) == [{"o": "once", "d": "deny"}[answer]]
+
+
+def test_a_routed_commands_question_does_not_stall_its_other_syscalls(home):
+    """The same through ``serve`` (the agent's commands): the C loop keeps answering the command's trapped
+    mkdir and rmdir while its open is held at the question asked again through the preloaded library."""
+    run_dir = home.root / "run"
+    run_dir.mkdir(mode=0o700)
+    sock, shims = run_dir / "socket", home.root / "shims"
+    serve = pexpect.spawn(
+        SUPERVISOR,
+        ["serve", "--socket", str(sock), "--shims", str(shims)],
+        env=home.env,
+        cwd=str(home.work),
+        encoding="utf-8",
+        timeout=WAIT + 30,
+        dimensions=(40, 200),
+    )
+    try:
+        serve.expect_exact("serving on")
+        script = _script(home, "routed.py", ROUTED)
+        client = subprocess.Popen(
+            [str(shims / "bash"), "-c", f"exec {sys.executable} -I {script}"],
+            env={**home.env, "NONO_SOCKET": str(sock)},
+            cwd=home.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        serve.expect_exact(QUESTION)
+        serve.expect_exact("? ")
+        _others_finish_while_held(home, "dirs=200 sibling=0")
+        _answer(serve, "o")
+        out, _err = client.communicate(timeout=WAIT)
+    finally:
+        serve.terminate(force=True)
+    assert client.returncode == 0 and f"held-read {SECRET}" in out
 
 
 @USERS
@@ -307,7 +372,7 @@ def test_the_scripts_run_bare():
         with open(f"{home_dir}/go", "w"):
             pass
         env = {**os.environ, "HOME": home_dir}
-        for script in (HELD, SIGNALLED):
+        for script in (HELD, SIGNALLED, ROUTED):
             done = subprocess.run(
                 [sys.executable, "-I", "-c", script], cwd=home_dir, env=env, capture_output=True, text=True
             )
