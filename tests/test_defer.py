@@ -264,6 +264,45 @@ def test_a_routed_commands_question_does_not_stall_its_other_syscalls(home):
     assert client.returncode == 0 and f"held-read {SECRET}" in out
 
 
+def test_two_processes_of_a_command_waiting_on_the_same_question_are_asked_once(home):
+    """Now that the second's call is received while the first's question is on screen, it waits for that
+    question instead of queueing a second one (a command's ``once`` covers its processes)."""
+    run_dir = home.root / "run"
+    run_dir.mkdir(mode=0o700)
+    sock, shims = run_dir / "socket", home.root / "shims"
+    serve = pexpect.spawn(
+        SUPERVISOR,
+        ["serve", "--socket", str(sock), "--shims", str(shims)],
+        env=home.env,
+        cwd=str(home.work),
+        encoding="utf-8",
+        timeout=WAIT + 30,
+        dimensions=(40, 200),
+    )
+    try:
+        serve.expect_exact("serving on")
+        client = subprocess.Popen(
+            [str(shims / "bash"), "-c", "cat ~/.aws/credentials & cat ~/.aws/credentials; wait"],
+            env={**home.env, "NONO_SOCKET": str(sock)},
+            cwd=home.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        serve.expect_exact(QUESTION)
+        serve.expect_exact("? ")
+        time.sleep(1)  # both cats are waiting by now; not needed for the outcome
+        _answer(serve, "o")
+        out, _err = client.communicate(timeout=WAIT)
+        serve.expect(pexpect.TIMEOUT, timeout=1)  # what else reached the screen
+        after = serve.before
+    finally:
+        serve.terminate(force=True)
+    assert client.returncode == 0 and out.count(SECRET) == 2
+    assert QUESTION not in after
+    assert _user_answers(home) == ["once"]
+
+
 @USERS
 def test_make_j4_finishes_its_other_jobs_while_one_asks(request, user):
     home = _home(request, user)
