@@ -6,6 +6,10 @@ watches the store: a revoke reaches a running session). A ``deny`` is remembered
 (operation, path) and not asked again; a question that timed out is not asked again in the same command.
 Never-grantable paths are never asked about. The denial line of the command's report says which of these
 happened.
+
+A question in flight is asked once: another call that needs the same answer (the held syscall restarted
+after a signal, with a new notification id; a sibling process of the same command) waits for it, and the
+question stays on screen while any of them still waits.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Consent:
         self.report = None  # the CommandReport of the current run: notes on its denial lines
         self._once: set[tuple[str, str, int]] = set()
         self._refused: set[tuple[str, str, int]] = set()  # timed out in this command: not asked again
+        self._asking: dict[tuple[str, str, int], _InFlight] = {}
         self._lock = threading.Lock()
 
     def allows(
@@ -61,9 +66,12 @@ class Consent:
         is_dir: bool,
         alive: Callable[[], bool] = lambda: True,
         tid: int = 0,
+        hold: Callable[[], None] = lambda: None,
     ) -> bool:
         """Whether the human allows ``op`` on ``path``, which the policy denied by ``rule``. ``alive()`` turns
-        False when the waiting syscall is gone (the command was killed): the question is then withdrawn."""
+        False when the waiting syscall is gone (the command was killed): the question is then withdrawn.
+        ``hold()`` is called just before waiting for the human (the notify loop lets another thread serve the
+        command's other syscalls meanwhile); answers already given never wait."""
         if rule == "never-grantable":
             return False
         key = self._key(op, path, tid)
@@ -85,6 +93,25 @@ class Consent:
                 return False
         if self.prompter is None:
             return False
+        with self._lock:
+            flight = self._asking.get(key)
+            asking = flight is None
+            if asking:
+                flight = self._asking[key] = _InFlight()
+            flight.waiting.append(alive)
+        hold()
+        if not asking:
+            flight.answered.wait()  # bounded: the prompter ends every question (timeout, wait)
+            return flight.granted
+        try:
+            flight.granted = self._ask(op, path, rule, is_dir, tid, flight.alive)
+        finally:
+            with self._lock:
+                del self._asking[key]
+            flight.answered.set()
+        return flight.granted
+
+    def _ask(self, op: str, path: str, rule: str, is_dir: bool, tid: int, alive: Callable[[], bool]) -> bool:
         question = Question(
             op,
             self.session.policy.display(path),
@@ -170,6 +197,19 @@ class Consent:
             answer=answer,
             **extra,
         )
+
+
+class _InFlight:
+    """A question on screen or queued, and the calls waiting for its answer."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Callable[[], bool]] = []  # each waiting call's alive()
+        self.answered = threading.Event()
+        self.granted = False
+
+    def alive(self) -> bool:
+        """Whether any call still waits: the first may have been interrupted by a signal and restarted."""
+        return any(alive() for alive in list(self.waiting))
 
 
 def asker(tid: int) -> dict[str, object]:

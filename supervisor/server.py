@@ -87,6 +87,35 @@ _ACCEPT_PAUSE = 0.1
 _READ_CHUNK = 256 * 1024
 
 
+# A command's lifecycle in the server (STYLE: lifecycles are tables): (state, event) -> the next state. It
+# runs once; with ``--prompt after``, a failed run whose denials the human then grants runs once more, on the
+# same fds, and only once (nothing leaves ``rerunning`` but its exit). An unlisted event raises ProtocolError.
+_LIFECYCLE: dict[tuple[str, str], str] = {
+    ("new", "started"): "running",
+    ("running", "exited"): "ended",
+    ("ended", "finished"): "done",  # succeeded, no ``after`` questions, or the client went away
+    ("ended", "ask"): "asking",  # --prompt after: the denials nobody was asked about while it ran
+    ("asking", "declined"): "done",  # nothing granted
+    ("asking", "granted"): "granted",
+    ("granted", "started"): "rerunning",
+    ("rerunning", "exited"): "done",
+}
+
+
+class _Lifecycle:
+    """Where one command is in ``_LIFECYCLE``."""
+
+    def __init__(self) -> None:
+        self.state = "new"
+
+    def on(self, event: str) -> str:
+        following = _LIFECYCLE.get((self.state, event))
+        if following is None:
+            raise protocol.ProtocolError(f"command lifecycle: no {event!r} in state {self.state!r}")
+        self.state = following
+        return following
+
+
 class _Refuse(Exception):
     pass
 
@@ -413,7 +442,8 @@ class Server:
         consent = Consent(self.session, command, text, asker, argv=request.argv)
         env = self.session.command_env(request.env)
         policy = None
-        for attempt in range(2):
+        life = _Lifecycle()
+        while True:
             report = CommandReport(
                 self.session.audit, self.session.policy, command, request.argv, request.cwd
             )
@@ -450,6 +480,8 @@ class Server:
             try:
                 if lease:
                     lease.start(process)
+                first = life.state == "new"
+                life.on("started")
                 report.pid = process.pid
                 self.session.audit.write(
                     command=command,
@@ -458,9 +490,9 @@ class Server:
                     cwd=request.cwd,
                     pid=process.pid,
                     shell=shell,
-                    attempt=attempt,
+                    attempt=0 if first else 1,
                 )
-                if attempt == 0:
+                if first:
                     _try_send(conn, protocol.Started(command))
                 status, client_alive = self._supervise(conn, decoder, conversation, process)
             except BaseException:
@@ -475,13 +507,18 @@ class Server:
                 report.write_to(stdio[2])
             code, signo = exit_parts(status)
             self.session.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)
-            if mode != "after" or attempt or not client_alive or status_code(status) == 0:
+            if life.on("exited") == "done":
                 return status
+            if mode != "after" or not client_alive or status_code(status) == 0:
+                life.on("finished")
+                return status
+            life.on("ask")
             granted = self._ask_after(consent, report)
             if not granted:
+                life.on("declined")
                 return status
+            life.on("granted")
             policy = replace(self.session.policy, grants=self.session.policy.grants + tuple(granted))
-        return status
 
     def _ask_after(self, consent: Consent, report: CommandReport) -> list[Grant]:
         """One question per denial of the failed command that was not asked about while it ran; the grants

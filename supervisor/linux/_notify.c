@@ -16,7 +16,9 @@
  *
  * Threads: serve() is called from the command's NotifyLoop thread, releases the GIL for the whole loop and
  * takes it back only to call the callback. One Loop per command; nothing here is shared between loops but
- * the Rights table (read-only once built).
+ * the Rights table (read-only once built). One thread serves a Loop at a time: when the callback returns
+ * true, its thread held a question for the human and another thread has called serve() meanwhile (after
+ * the callback had copied what it needed out of the buffers), so this serve() returns without touching them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1011,7 +1013,8 @@ static int drop_effective_capabilities(void) {
     return data[0].effective || data[1].effective ? EPERM : 0;
 }
 
-/* serve(callback): answer until every process under the filter has exited. */
+/* serve(callback): answer until every process under the filter has exited, or until the callback returns
+ * true (its thread holds a question; another thread serves). */
 static PyObject *Loop_serve(Loop *self, PyObject *args) {
     PyObject *callback;
     if (!PyArg_ParseTuple(args, "O", &callback))
@@ -1057,7 +1060,10 @@ static PyObject *Loop_serve(Loop *self, PyObject *args) {
         PyObject *result = escalate(self, callback, &req);
         if (!result)
             return NULL; /* the callback let an exception out (SystemExit...): the loop ends */
+        int handed_over = PyObject_IsTrue(result);
         Py_DECREF(result);
+        if (handed_over)
+            Py_RETURN_TRUE; /* this thread held a question; another serves: the buffers are its now */
         ts = PyEval_SaveThread();
     }
     PyEval_RestoreThread(ts);
@@ -1248,7 +1254,8 @@ static int Loop_init(Loop *self, PyObject *args, PyObject *kw) {
 static PyMethodDef Loop_methods[] = {
     {"serve", (PyCFunction)Loop_serve, METH_VARARGS,
      "serve(callback): answer notifications until the listener hangs up; callback(nid, tid, nr, args, "
-     "reads) for everything the fast path does not CONTINUE (reads: ((address, bytes), ...) already read)."},
+     "reads) for everything the fast path does not CONTINUE (reads: ((address, bytes), ...) already read); "
+     "returns True at once when the callback returns true (its thread handed the loop to another)."},
     {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
     {"created", (PyCFunction)Loop_created, METH_NOARGS,
      "What the fast path recorded since the last call: b'C' + path (created), or b'U' + path, blob, "

@@ -8,6 +8,11 @@
 - ``Emulate``: do it, but only once ``NOTIF_ID_VALID`` confirms the request is still the one that was
   read and checked (invariant 3); ``blocking`` ones (a connect on a blocking socket) run on a worker so
   that the command's other threads are still answered meanwhile.
+
+A question for the human is not one of these: it is asked while the handler decides (``Checker.decide``),
+and the thread asking it stops serving the loop first (``NotifyLoop._hold``), so the command's other
+syscalls are answered while this one is held; the answer then becomes one of the decisions above, sent
+by ``_respond`` after NOTIF_ID_VALID like any other.
 """
 
 from __future__ import annotations

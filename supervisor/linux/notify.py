@@ -14,6 +14,10 @@ Every handled syscall goes one way (DESIGN.md invariant 7):
 5. **act through the pin** (``emulate``), only after NOTIF_ID_VALID (invariant 3), with the thread's
    capabilities dropped so the kernel checks what the command itself could do.
 Handlers return decision values (``decisions``); only ``_respond`` issues ioctls.
+
+One thread serves the listener at a time. A decision that waits for the human is held by the thread that
+took it: that thread hands the listener to another first (``_hold``), so a question on screen stalls only
+its own syscall, never the command's other threads or processes.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ _FAN_MARK_DONT_FOLLOW = 0x04
 _XATTR_SIZE_MAX = 65536
 _XATTR_NAME_MAX = 255
 _MAX_WORKERS = 8  # blocking emulations (connects) in flight per command; more wait for a free worker
+# Syscalls of one command held at a question while another thread serves the rest (``_hold``); past this,
+# a question is asked on the serving thread and the command's other syscalls wait for it, as a bound on the
+# threads a command tree of many asking processes can make the supervisor hold.
+_MAX_HELD = 16
 
 _A = ACCESS_FS
 _O_ACCMODE, _O_WRONLY, _O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
@@ -92,14 +100,15 @@ class _Threads:
         self._lock = threading.Lock()
         self._idle_max = idle_max
 
-    def run(self, loop: NotifyLoop) -> None:
+    def run(self, work: Callable[[], None]) -> None:
+        """Run ``work``: a loop's ``run``, or its ``_serve`` taking over from one that holds a question."""
         with self._lock:
             slot = self._idle.pop() if self._idle else None
         if slot is not None:
-            slot.give(loop)
+            slot.give(work)
             return
         slot = _Slot(self)
-        slot.give(loop)
+        slot.give(work)
         threading.Thread(target=slot.serve, name="nono-notify", daemon=True).start()
 
     def park(self, slot: _Slot) -> bool:
@@ -111,30 +120,28 @@ class _Threads:
 
 
 class _Slot:
-    """One thread of ``_Threads``: the loop it runs next."""
+    """One thread of ``_Threads``: the loop work it runs next."""
 
     def __init__(self, threads: _Threads) -> None:
         self._threads = threads
-        self._next: list[NotifyLoop] = []
+        self._next: list[Callable[[], None]] = []
         self._ready = threading.Condition(threading.Lock())
 
-    def give(self, loop: NotifyLoop) -> None:
+    def give(self, work: Callable[[], None]) -> None:
         with self._ready:
-            self._next.append(loop)
+            self._next.append(work)
             self._ready.notify()
 
     def serve(self) -> None:
         while True:
             with self._ready:
                 self._ready.wait_for(lambda: self._next)
-                loop = self._next.pop()
+                work = self._next.pop()
             try:
-                loop.run()
+                work()
             except BaseException:  # noqa: BLE001 - a loop's end (SystemExit included) is not the thread's
                 _debug_trace()
-            finally:
-                loop._finished.set()
-            del loop
+            del work
             if not self._threads.park(self):
                 return
 
@@ -175,6 +182,17 @@ class _Drainer:
 
 
 _DRAINER = _Drainer()
+
+
+class _Call(threading.local):
+    """What one thread knows of the notification it is deciding. Per thread: a thread that holds a question
+    goes on deciding its own call (its handler's frame, its pins, its tid) while another serves the loop."""
+
+    serving = False  # this thread receives the loop's notifications (at most one thread at a time does)
+    preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
+    nid = 0
+    tid = 0
+    reader: Reader | None = None
 
 
 class NotifyLoop:
@@ -219,8 +237,7 @@ class NotifyLoop:
         # With a multi-linked denied file somewhere, no regular-file open may be CONTINUEd: Landlock
         # follows the name, and another name of the file may lie inside a grant.
         self._linked = bool(linked_denied()) if linked is None else linked  # the filter was chosen by it
-        self._reader: Reader | None = None  # made on first use: most commands never need it (C reads)
-        self._preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
+        self._call = _Call()
         self._native = _native_loop(self, listener, rights)
         self.guarded = False  # a denied node moved into what the frozen baseline grants (``guard``)
         if undo is not None and self._native is not None:
@@ -230,11 +247,10 @@ class NotifyLoop:
         self.native_stats: dict[str, int] = {}
         self._recv = bytearray(_NOTIF.size)
         self._zero = bytes(_NOTIF.size)
-        self._continue_resp = bytearray(_RESP.size)
-        self._current = self._tid = 0
         self._handlers = _dispatch_table()
         self._workers = threading.BoundedSemaphore(_MAX_WORKERS)
-        self._pending = 0
+        self._pending = 0  # workers and held questions still to answer: the listener stays open for them
+        self._held = 0  # of which held questions (``_hold``)
         self._pending_lock = threading.Condition()
         self._drain_lock = threading.Lock()
         self._set_sync_wakeup()
@@ -260,7 +276,7 @@ class NotifyLoop:
             self._dropped = threading.Event()
         if self.undo is not None and self._native is not None:
             _DRAINER.add(self)
-        _THREADS.run(self)
+        _THREADS.run(self.run)
         if self._dropped is not None:
             self._dropped.wait()
 
@@ -272,10 +288,27 @@ class NotifyLoop:
 
     @property
     def reader(self) -> Reader:
-        """This loop's reader of the target's memory (used by the loop thread only)."""
-        if self._reader is None:
-            self._reader = Reader()
-        return self._reader
+        """This thread's reader of the target's memory (made on first use: most commands never need one)."""
+        if self._call.reader is None:
+            self._call.reader = Reader()
+        return self._call.reader
+
+    # The notification the calling thread decides (``_Call``).
+    @property
+    def _preread(self) -> tuple[tuple[int, bytes], ...]:
+        return self._call.preread
+
+    @_preread.setter
+    def _preread(self, reads: tuple[tuple[int, bytes], ...]) -> None:
+        self._call.preread = reads
+
+    @property
+    def _current(self) -> int:
+        return self._call.nid
+
+    @property
+    def _tid(self) -> int:
+        return self._call.tid
 
     def _set_sync_wakeup(self) -> None:
         """Wake the answering thread on the waiting CPU (6.6+): 82 -> 11 us per trapped open here."""
@@ -287,36 +320,90 @@ class NotifyLoop:
             pass  # before 6.6: still correct, only slower
 
     def run(self) -> None:
+        """The loop's first thread: drops its capabilities, then serves."""
         # What the supervisor does for a command, it does with the command's powers (a root supervisor's
         # CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN would otherwise reach what the command cannot).
+        dropped = False
         try:
-            try:
-                emulate.drop_capabilities()
-            except OSError as e:
-                self.failure = f"capset: {e.strerror} (the notify thread would keep the supervisor's powers)"
-                return  # the listener closes: every trapped syscall fails (ENOSYS), none is served
-            finally:
-                if self._dropped is not None:
-                    self._dropped.set()
+            emulate.drop_capabilities()
+            dropped = True
+        except OSError as e:
+            self.failure = f"capset: {e.strerror} (the notify thread would keep the supervisor's powers)"
+        finally:
+            if self._dropped is not None:
+                self._dropped.set()
+            if not dropped:
+                self._close()  # every trapped syscall fails (ENOSYS), none is served
+        if dropped:
+            self._serve()
+
+    def _serve(self) -> None:
+        """Answer notifications until every process under the filter has exited (this thread then closes
+        the listener, once what is pending is answered), or until this thread holds a question (``_hold``:
+        another thread serves meanwhile; this one answers its own call, then is done with the loop)."""
+        self._call.serving = True
+        try:
             if self._native is None:
+                emulate.drop_capabilities()  # as the C loop does: a thread taking over checks its own
                 self._run_python()
             else:
                 try:
-                    # drops this thread's effective capabilities again (C, the same check); the GIL is taken
-                    # only for what it escalates
+                    # drops this thread's effective capabilities (C, the same check as ``run``): also the
+                    # first thing a thread taking over does; the GIL is taken only for what it escalates
                     self._native.serve(self._escalate)
                 finally:
                     self.native_stats = self._native.stats()
                     self._created()
         finally:
+            if self._call.serving:
+                self._call.serving = False
+                self._close()
+            else:
+                with self._pending_lock:
+                    self._held -= 1
+                    self._pending -= 1
+                    self._pending_lock.notify_all()
+
+    def _close(self) -> None:
+        try:
             with self._pending_lock:
                 self._pending_lock.wait_for(lambda: self._pending == 0)
             os.close(self.listener)
             if self.undo is not None:
                 self.undo.finish()  # the last process under the filter is gone: the command has ended
+        finally:
+            self._finished.set()
 
-    def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> None:
-        """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read."""
+    def _hold(self) -> None:
+        """Called by the consent just before it waits for the human (its question, or the same question
+        asked already for another call): this thread stops serving and another takes over the listener, so the
+        command's other syscalls are answered while this one is held (issue 22: a question no longer stalls
+        ``make -j`` siblings or a program's other threads). This thread keeps the call it decides: its
+        handler's pins (invariant 7: what was checked is what is acted on, nothing is resolved again), its
+        tid, and the final answer, which ``_dispatch`` sends through ``_respond`` after NOTIF_ID_VALID.
+        Not from a worker or a thread that already holds one; past ``_MAX_HELD``, or with no thread to
+        take over, the question is asked while serving (the command waits, as it did before)."""
+        call = self._call
+        if not call.serving:
+            return
+        with self._pending_lock:
+            if self._held >= _MAX_HELD:
+                return
+            self._held += 1
+            self._pending += 1  # the listener stays open until this call is answered
+        call.serving = False
+        try:
+            _THREADS.run(self._serve)  # a kept thread: its capabilities dropped, as this one's
+        except Exception:  # noqa: BLE001 - no thread to take over (EAGAIN): ask while serving, as before
+            _debug_trace()
+            call.serving = True
+            with self._pending_lock:
+                self._held -= 1
+                self._pending -= 1
+
+    def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> bool:
+        """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read. True
+        when this thread held a question meanwhile and another now serves: the C loop then returns."""
         self._created()
         self._preread = reads
         try:
@@ -326,6 +413,7 @@ class NotifyLoop:
             self._respond_quietly(nid, errno.EACCES)
         finally:
             self._preread = ()
+        return not self._call.serving
 
     def _run_python(self) -> None:
         """The loop without the C fast path (NONO_NOTIFY_NATIVE=0, or a subclass that replaces
@@ -351,6 +439,8 @@ class NotifyLoop:
             except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
                 _debug_trace()
                 self._respond_quietly(nid, errno.EACCES)
+            if not self._call.serving:
+                return  # this thread held a question (``_hold``): another serves the loop now
 
     def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
         entry = self._handlers.get(nr)
@@ -358,7 +448,7 @@ class NotifyLoop:
             self._respond(nid, Deny(errno.ENOSYS))
             return
         trap, handler = entry  # an unbound function: no per-loop table, no self -> dict -> self cycle
-        self._current, self._tid = nid, tid  # for a question held on this syscall, and for its report
+        self._call.nid, self._call.tid = nid, tid  # for a question held on this syscall, and for its report
         if self.undo is not None and trap.kind in undo_calls.RECORDED:
             self._record(trap, tid, args)
         try:
@@ -431,11 +521,11 @@ class NotifyLoop:
             return False
 
     def _respond(self, nid: int, decision: Decision) -> None:
-        """The only place that answers the kernel (from the loop thread or a worker)."""
+        """The only place that answers the kernel (from the serving thread, a worker, or a thread that held
+        a question: each with a response of its own)."""
         try:
             if decision is CONTINUE:
-                _RESP.pack_into(self._continue_resp, 0, nid, 0, 0, _FLAG_CONTINUE)
-                fcntl.ioctl(self.listener, _IOCTL_SEND, self._continue_resp, True)
+                fcntl.ioctl(self.listener, _IOCTL_SEND, _RESP.pack(nid, 0, 0, _FLAG_CONTINUE))
                 return
             if isinstance(decision, Inject):
                 try:
@@ -519,8 +609,8 @@ class NotifyLoop:
     def _ask(self, op: str, path: str, rule: str, is_dir: bool) -> bool:
         if self.consent is None:
             return False
-        nid = self._current
-        return self.consent(op, path, rule, is_dir, lambda: self._still_valid(nid), self._tid)
+        nid, tid = self._current, self._tid
+        return self.consent(op, path, rule, is_dir, lambda: self._still_valid(nid), tid, hold=self._hold)
 
     def _refused(self, refusal: Refusal, error: int = errno.EACCES) -> Deny:
         return Deny(error, Denial(refusal.op, refusal.path, refusal.rule, refusal.is_dir, self._tid))
