@@ -339,6 +339,7 @@ def run_agent(
     finally:
         if exec_fd >= 0:
             os.close(exec_fd)
+    _end_with_the_agent(process)
     try:
         with _ended_by_signals(process) as received:
             if master >= 0:
@@ -349,6 +350,24 @@ def run_agent(
     finally:
         TtyGuard.release_all()  # a question still on screen when the agent ended holds the terminal too
     return 128 + received[0] if received else status_code(status)
+
+
+def _end_with_the_agent(process) -> None:
+    """The session is the agent's: once the agent has exited, what it left (a child held on a question, a
+    background job) is killed at once, as it would be when the supervisor exits. The keeper stays the
+    subreaper of the agent's tree until it is empty, so without this a child held on a question kept the
+    terminal (the proxy paused behind the question) until the question timed out
+    (test_terminal_is_restored_after_a_question_and_after_the_agent_is_killed_mid_question)."""
+    ended = process.exit_fd()
+
+    def watch() -> None:
+        try:
+            select.select([ended], [], [])
+        finally:
+            os.close(ended)
+        process.kill_tree()  # a no-op once the status was read (the keeper may be reaped)
+
+    threading.Thread(target=watch, name="nono-agent-ended", daemon=True).start()
 
 
 @contextlib.contextmanager
