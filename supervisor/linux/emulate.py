@@ -204,7 +204,8 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
     pin = permit.pin
     # O_NOCTTY: a terminal opened here must never become the supervisor's controlling terminal
     opening = (flags & ~os.O_TRUNC) | os.O_CLOEXEC | os.O_NOCTTY
-    shm = permit.by == SHM_RULE and checker.shm is not None
+    session_shm = checker.shm if permit.by == SHM_RULE else None  # the session's own /dev/shm object
+    shm = session_shm is not None
     if shm and pin.st is None:
         opening |= os.O_EXCL  # a name that appeared since the check is another process's object, not new
     if pin.name:
@@ -226,8 +227,8 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
             raise _fail(errno.EACCES)
         if shm and pin.st is not None and (opened.st_dev, opened.st_ino) != (pin.st.st_dev, pin.st.st_ino):
             raise _fail(errno.EACCES)  # replaced since the check: not the session's object any more
-        if shm and pin.st is None:
-            checker.shm.made(opened)
+        if session_shm is not None and pin.st is None:
+            session_shm.made(opened)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE and stat.S_ISREG(opened.st_mode):
             os.ftruncate(fd, 0)
     except BaseException:
