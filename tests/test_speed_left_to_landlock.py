@@ -160,7 +160,7 @@ def test_a_denied_plain_read_is_still_reported_where_the_process_can_report_it(h
 def test_a_question_on_a_denied_plain_read_is_still_asked_and_its_grant_emulated(home, readers):
     asked = []
 
-    def consent(op, path, rule, is_dir, *rest):
+    def consent(op, path, rule, is_dir, *rest, **_hold):
         asked.append((op, path))
         return True
 
@@ -262,7 +262,7 @@ def test_a_create_the_policy_allows_beyond_the_baseline_is_emulated_for_dynamic_
 def test_a_question_on_a_denied_write_is_still_asked_and_its_grant_emulated(home, writers):
     asked = []
 
-    def consent(op, path, rule, is_dir, *rest):
+    def consent(op, path, rule, is_dir, *rest, **_hold):
         asked.append((op, path))
         return True
 
@@ -394,7 +394,7 @@ def test_any_process_may_set_the_listing_mark_and_gains_nothing_from_it(home, li
 def test_a_question_on_a_denied_listing_is_still_asked_and_its_grant_emulated(home, listers):
     asked = []
 
-    def consent(op, path, rule, is_dir, *rest):
+    def consent(op, path, rule, is_dir, *rest, **_hold):
         asked.append((op, path, is_dir))
         return True
 

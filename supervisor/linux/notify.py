@@ -539,8 +539,14 @@ class NotifyLoop:
             if isinstance(decision, Value):
                 response, verdict, what = _RESP.pack(nid, decision.value, 0, 0), "grant", decision.grant
             else:
-                response, verdict, what = _RESP.pack(nid, 0, -decision.error, 0), "deny", decision.denial
-            fcntl.ioctl(self.listener, _IOCTL_SEND, response)  # answer first: reporting may be slow
+                # A denial is reported before it is answered: the agent's line (``report.tell_process``)
+                # then reaches its stderr while the call still waits, before the program's own error and
+                # its shell's next prompt (test_prompt's in-flight deny read it after the prompt, now and
+                # then). Denials are few; a grant is answered first (reporting may be slow).
+                self._report("deny", decision.denial)
+                fcntl.ioctl(self.listener, _IOCTL_SEND, _RESP.pack(nid, 0, -decision.error, 0))
+                return
+            fcntl.ioctl(self.listener, _IOCTL_SEND, response)
         except OSError as e:
             if e.errno != errno.ENOENT:  # ENOENT: the target was signalled meanwhile; it will retry
                 raise
