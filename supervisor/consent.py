@@ -145,9 +145,7 @@ class Consent:
         """Whether the human already had a say in ``op`` on ``path`` (an after-the-fact question would be a
         second one)."""
         with self._lock:
-            done = any(k[:2] == (OPS[op], path) for k in self._once) or (op, path) in {
-                (o, p) for o, p, _ in self._refused
-            }
+            done = any(k[:2] == (OPS[op], path) for k in (*self._once, *self._refused))
         return done or self.session.refusal(op, path) is not None
 
     def _granted(self, op: str, path: str) -> bool:
@@ -178,7 +176,7 @@ class Consent:
             self._note(op, path, NOTE_DENIED)
         else:  # timed out or withdrawn: nobody decided; not asked again in this command
             with self._lock:
-                self._refused.add((op, path, key[2]))
+                self._refused.add(key)  # by the op's access, as it is looked up (exec asks as read)
             if answer == TIMED_OUT:
                 self._note(op, path, NOTE_TIMED_OUT)
         if answer in ("session", "always"):

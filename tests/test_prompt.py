@@ -670,3 +670,33 @@ def test_replies_from_a_real_terminal_never_answer(home):
         assert not _grants(home).exists()
     finally:
         tmux("kill-server")
+
+
+@pytest.mark.parametrize("op", ["read", "exec", "connect", "create"])
+def test_a_question_that_timed_out_is_not_asked_again_in_the_command(home, op):
+    """A timed-out question is recorded under the key it was asked by (the op's access: exec asks as read,
+    connect and create as write). It was recorded under the op itself, so for exec, connect and create
+    the next identical call asked again."""
+    from nono_supervisor.consent import Consent
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.prompt import TIMED_OUT
+    from nono_supervisor.session import Session
+
+    target = home.home / "notes.txt"
+    target.write_text("nono-test-notes\n")
+    asked = []
+
+    class TimesOut:
+        def ask(self, question, **_):
+            asked.append(question)
+            return TIMED_OUT
+
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        consent = Consent(session, "t-1", "cat notes.txt", TimesOut())
+        assert not consent.allows(op, str(target), "not granted", False)
+        assert not consent.allows(op, str(target), "not granted", False)
+        assert len(asked) == 1  # the second call met the timed-out question, not the human
+        assert consent.asked(op, str(target))
+    finally:
+        session.close()
