@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("counts", nargs="*", type=int, default=[100, 1000, 1300, 5000])
     args = parser.parse_args()
     from nono_supervisor.errors import UsageError
-    from nono_supervisor.grants import MAX_STORE_BYTES
     from nono_supervisor.linux.kernel import probe
     from nono_supervisor.linux.landlock import compile_plan
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.grants import MAX_STORE_BYTES
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     abi = max(probe().landlock_abi, 1)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from nono_supervisor.backend import start_sandboxed
-from nono_supervisor.policy import PolicyOptions
+from nono_supervisor.policy.profile import PolicyOptions
 from nono_supervisor.session import Session
 
 READER = "while :; do cat x/token 2>/dev/null && echo hit; done"

@@ -233,7 +233,7 @@ def _kernel_alone(top: Path, home: Path, env: dict[str, str]):
     from nono_supervisor.linux import seccomp
     from nono_supervisor.linux.kernel import probe
     from nono_supervisor.linux.notify import ask_again_library
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     loader = top / "kernel_alone"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nono_supervisor.errors import SandboxError
-from nono_supervisor.policy import Policy
+from nono_supervisor.policy.profile import Policy
 from nono_supervisor.session import Session
 
 __all__ = [

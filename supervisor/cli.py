@@ -11,13 +11,20 @@ import sys
 from pathlib import Path
 
 from nono_supervisor import __version__, paths
-from nono_supervisor.access import hint_for
 from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
 from nono_supervisor.errors import NonoError, SandboxError, UsageError
-from nono_supervisor.policy import GRANT_LISTS, NET_MODES, PROMPT_MODES, Policy, PolicyOptions, display
-from nono_supervisor.prompt import GUARD_SECONDS, TtyGuard, shown
+from nono_supervisor.policy.access import hint_for
+from nono_supervisor.policy.profile import (
+    GRANT_LISTS,
+    NET_MODES,
+    PROMPT_MODES,
+    Policy,
+    PolicyOptions,
+    display,
+)
 from nono_supervisor.report import collapsed
 from nono_supervisor.session import Session
+from nono_supervisor.terminal.prompt import GUARD_SECONDS, TtyGuard, shown
 
 __all__ = ["main"]
 
@@ -187,14 +194,14 @@ def _add_agent_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _agent(args: argparse.Namespace, command: list[str]):
-    """The agent profile of ``run``/``policy`` (nono_supervisor.agents): ``--agent``, else detected from the
+    """The agent profile of ``run``/``policy`` (``policy.agents``): ``--agent``, else detected from the
     resolved program; None for ``--agent none`` or an agent no profile knows."""
     choice = getattr(args, "agent", None)
     if choice is None and not command:
         return None
-    from nono_supervisor import agents
     from nono_supervisor.launcher import resolve_program
-    from nono_supervisor.policy import Context
+    from nono_supervisor.policy import agents
+    from nono_supervisor.policy.profile import Context
 
     env = dict(os.environ)
     home = env.get("HOME") or os.path.expanduser("~")
@@ -308,7 +315,7 @@ def _start_line(session: Session) -> str:
     """``run``'s one line at start (CONTRACT): the profile, the agent profile, what the commands are
     granted beyond the workdir (groups by name, flags and the grant store's entries by path), and the
     network mode. ``policy`` lists every path."""
-    from nono_supervisor.grants import SOURCE as STORED
+    from nono_supervisor.policy.grants import SOURCE as STORED
 
     policy = session.policy
     beyond: dict[str, list[str]] = {"allow": [], "write": [], "read": []}
@@ -379,11 +386,12 @@ def _require_command(command: list[str], name: str) -> None:
 
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from nono_supervisor.backend import finish, start_sandboxed
-    from nono_supervisor.consent import Consent
-    from nono_supervisor.launcher import TerminalLease, status_code
-    from nono_supervisor.prompt import Prompter
+    from nono_supervisor.launcher import status_code
     from nono_supervisor.report import CommandReport
     from nono_supervisor.server import exit_parts
+    from nono_supervisor.terminal.consent import Consent
+    from nono_supervisor.terminal.prompt import Prompter
+    from nono_supervisor.terminal.proxy import TerminalLease
 
     session = _session(args)
     try:
@@ -467,7 +475,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.dry_run:
             _print_policy(session.policy, "text", session)
             return 0
-        from nono_supervisor.prompt import Prompter
+        from nono_supervisor.terminal.prompt import Prompter
 
         session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         _say_no_trap(session)  # before the socket exists: a client never meets a server that has not said it
@@ -635,7 +643,7 @@ class _LogView:
 
 
 def _cmd_grants(args: argparse.Namespace) -> int:
-    from nono_supervisor.grants import GrantStore
+    from nono_supervisor.policy.grants import GrantStore
 
     store = GrantStore(paths.grants_path())
     if args.action == "revoke":

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nono_supervisor import paths
-from nono_supervisor.netpolicy import (
+from nono_supervisor.policy.netpolicy import (
     LOCAL_ADDRESS,
     NOT_ALLOWED,
     UNATTRIBUTED,
@@ -46,7 +46,7 @@ from nono_supervisor.netpolicy import (
     normalize_host,
     split_authority,
 )
-from nono_supervisor.policy import Policy
+from nono_supervisor.policy.profile import Policy
 from nono_supervisor.procfs import process_of
 
 __all__ = ["NetProxy", "NetClient", "proxy_environment", "check_bind", "TEST_HOSTS_VAR"]
@@ -215,8 +215,8 @@ class NetClient:
     def ask(self, host: str, port: int, rule: str, tid: int, alive: Callable[[], bool]) -> bool:
         """A question for ``host:port`` on the supervisor's terminal (the session's prompter, the same
         queue, guard and answers as the file questions); True when the human allowed it. Blocking."""
-        from nono_supervisor.consent import NOTE_DENIED, NOTE_REFUSED, NOTE_TIMED_OUT, asker
-        from nono_supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Question
+        from nono_supervisor.terminal.consent import NOTE_DENIED, NOTE_REFUSED, NOTE_TIMED_OUT, asker
+        from nono_supervisor.terminal.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Question
 
         display = _display(host, port)
         prompter = self.prompter()
@@ -387,7 +387,7 @@ class NetProxy:
             return self._session_grants + self._stored
 
     def _refresh_store(self, now: float) -> None:
-        from nono_supervisor.grants import GrantStore, to_domain_patterns
+        from nono_supervisor.policy.grants import GrantStore, to_domain_patterns
 
         path = paths.grants_path(self.session.env)
         try:
@@ -410,7 +410,7 @@ class NetProxy:
         with self._lock:
             self._session_grants.append(Pattern(host, False, port, "user"))
         if persist:
-            from nono_supervisor.grants import DOMAIN, GrantStore
+            from nono_supervisor.policy.grants import DOMAIN, GrantStore
 
             GrantStore(paths.grants_path(self.session.env)).add(
                 _display(host, port), "connect", DOMAIN, command=command

@@ -7,10 +7,10 @@ import re
 import threading
 from dataclasses import dataclass, replace
 
-from nono_supervisor.access import hint_for, silent
 from nono_supervisor.audit import AuditLog
-from nono_supervisor.policy import Policy
-from nono_supervisor.prompt import shown as escaped
+from nono_supervisor.policy.access import hint_for, silent
+from nono_supervisor.policy.profile import Policy
+from nono_supervisor.terminal.prompt import shown as escaped
 
 __all__ = ["CommandReport", "Denied", "collapsed"]
 

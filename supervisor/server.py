@@ -24,15 +24,16 @@ from pathlib import Path
 from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
 from nono_shell.personality import command_text
-from nono_supervisor.access import OPS
 from nono_supervisor.backend import finish, left_running, rename_noreplace, start_sandboxed
-from nono_supervisor.consent import Consent
 from nono_supervisor.errors import NonoError
-from nono_supervisor.launcher import TerminalLease, status_code
-from nono_supervisor.policy import Grant
-from nono_supervisor.prompt import GRANTING, Question
+from nono_supervisor.launcher import status_code
+from nono_supervisor.policy.access import OPS
+from nono_supervisor.policy.profile import Grant
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
+from nono_supervisor.terminal.consent import Consent
+from nono_supervisor.terminal.prompt import GRANTING, Question
+from nono_supervisor.terminal.proxy import TerminalLease
 
 __all__ = ["Server", "exit_parts"]
 

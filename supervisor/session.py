@@ -20,13 +20,13 @@ from pathlib import Path
 
 from nono_shell.personality import SHELLS
 from nono_supervisor import paths
-from nono_supervisor.access import AccessIndex, real_paths
 from nono_supervisor.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
-from nono_supervisor.gitrepos import repository_entries
-from nono_supervisor.grants import GrantStore, to_policy_grants
-from nono_supervisor.policy import (
+from nono_supervisor.policy.access import AccessIndex, real_paths
+from nono_supervisor.policy.gitrepos import repository_entries
+from nono_supervisor.policy.grants import GrantStore, to_policy_grants
+from nono_supervisor.policy.profile import (
     HANDED_TERMINAL,
     Context,
     Grant,
@@ -35,9 +35,9 @@ from nono_supervisor.policy import (
     RunsLater,
     resolve_policy,
 )
-from nono_supervisor.prompt import Prompter
 from nono_supervisor.shims import package_root, write_shims
 from nono_supervisor.shm import SessionShm
+from nono_supervisor.terminal.prompt import Prompter
 
 __all__ = ["Session", "find_real_shell", "is_nono_shim"]
 
@@ -253,7 +253,7 @@ class Session:
     def _resolve_agent(self, platform: str) -> Policy:
         if self.agent is None:
             return self._base
-        from nono_supervisor.agents import list_only
+        from nono_supervisor.policy.agents import list_only
 
         # its state is not sealed from it; the undo store is (old contents; a forged record would be acted on)
         ctx = replace(self.context(platform), sealed=_own_terminal_names() + (str(paths.undo_dir(self.env)),))
@@ -279,8 +279,8 @@ class Session:
 
     @functools.cached_property
     def toolchain(self):
-        """The user's toolchain from PATH (nono_supervisor.agents.toolchain), computed once, at start."""
-        from nono_supervisor.agents import toolchain
+        """The user's toolchain from PATH (``policy.agents.toolchain``), computed once, at start."""
+        from nono_supervisor.policy.agents import toolchain
 
         return toolchain(self.env, self.home, skip=(self.workdir, self.tmpdir, self.runtime_dir))
 

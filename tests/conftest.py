@@ -296,7 +296,7 @@ def run_sandboxed(
     notify loop ended). ``options``: the PolicyOptions (the default policy); ``start``: start_sandboxed's
     keywords (trap, consent, on_decision, left_to_landlock...)."""
     from nono_supervisor.backend import start_sandboxed
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(options or PolicyOptions(), env=home.env, workdir=str(home.work))

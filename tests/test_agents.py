@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import SUPERVISOR, Home
-from nono_supervisor import agents
-from nono_supervisor.consent import Consent
-from nono_supervisor.policy import NEVER_GRANTABLE, Context, PolicyOptions
+from nono_supervisor.policy import agents
+from nono_supervisor.policy.profile import NEVER_GRANTABLE, Context, PolicyOptions
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
+from nono_supervisor.terminal.consent import Consent
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sessions")
 

@@ -22,7 +22,7 @@ import pexpect
 import pytest
 
 from conftest import SUPERVISOR, Home, as_nobody, wait_until
-from nono_supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.terminal.prompt import GUARD_SECONDS
 
 QUESTION = "wants to read ~/.aws/credentials"
 SECRET = "nono-test-aws-secret-41d2"

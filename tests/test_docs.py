@@ -124,7 +124,7 @@ def test_the_code_cites_the_documents():
     cited = {(where, doc) for where, doc, _ in _citations()}
     assert ("supervisor/linux/notify.py", "DESIGN") in cited
     assert ("supervisor/linux/_spawn.c", "KERNEL-NOTES") in cited
-    assert ("supervisor/access.py", "CONTRACT") in cited
+    assert ("supervisor/policy/access.py", "CONTRACT") in cited
     assert len(cited) > 40
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import NOBODY, SUPERVISOR
-from nono_supervisor import grants as grants_mod
 from nono_supervisor import paths
 from nono_supervisor.errors import NonoError, UsageError
-from nono_supervisor.grants import GrantStore, StoredGrant, to_policy_grants
-from nono_supervisor.policy import Grant
+from nono_supervisor.policy import grants as grants_mod
+from nono_supervisor.policy.grants import GrantStore, StoredGrant, to_policy_grants
+from nono_supervisor.policy.profile import Grant
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -352,7 +352,7 @@ def test_killed_mid_write_keeps_old_file(store: GrantStore, tmp_path: Path) -> N
         f"""
         import os, signal
         from pathlib import Path
-        from nono_supervisor.grants import GrantStore
+        from nono_supervisor.policy.grants import GrantStore
         os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
         GrantStore(Path({str(store.path)!r})).add("/second", "write", "dir")
         """
@@ -525,7 +525,7 @@ def test_a_session_refuses_a_store_granting_root_and_runs_nothing(request, user:
 
 def test_a_store_edited_into_a_grant_of_root_mid_session_grants_nothing(home) -> None:
     """Fail closed: an edit that makes the store invalid takes every stored grant away until it is fixed."""
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     store = GrantStore(paths.grants_path(home.env))

@@ -289,10 +289,10 @@ def test_a_guarded_loop_continues_nothing(tmp_path):
 
     import pyseccomp
 
-    from nono_supervisor.access import AccessIndex, real_paths
     from nono_supervisor.linux import notify
     from nono_supervisor.linux.landlock import READ, LandlockPlan, RightsIndex, Rule, handled_fs
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.access import AccessIndex, real_paths
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), workdir=str(tmp_path))

@@ -33,7 +33,7 @@ from nono_supervisor.launcher import status_code
 from nono_supervisor.macos import launch, runner
 from nono_supervisor.macos.launch import SeatbeltDenial, macos_policy
 from nono_supervisor.macos.process import SandboxedProcess, wait_status
-from nono_supervisor.policy import Grant, PolicyOptions
+from nono_supervisor.policy.profile import Grant, PolicyOptions
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
 

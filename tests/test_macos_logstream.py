@@ -23,7 +23,7 @@ from nono_supervisor.macos.logstream import (
     stderr_denials,
 )
 from nono_supervisor.macos.seatbelt import generate_profile
-from nono_supervisor.policy import Context, PolicyOptions, resolve_policy
+from nono_supervisor.policy.profile import Context, PolicyOptions, resolve_policy
 
 DATA = Path(__file__).parent / "data" / "macos"
 CHROME_STATE = "/Users/alice/Library/Application Support/Google/Chrome/Local State"

@@ -25,14 +25,14 @@ import pexpect
 import pytest
 
 from conftest import SUPERVISOR, Home
-from nono_supervisor import netpolicy
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
-from nono_supervisor.grants import DOMAIN, GrantStore, to_domain_patterns, to_policy_grants
-from nono_supervisor.netpolicy import decide, network_hint, parse_pattern, split_authority
 from nono_supervisor.netproxy import TEST_HOSTS_VAR, NetClient, NetProxy, proxy_environment
-from nono_supervisor.policy import Context, PolicyOptions, resolve_policy
-from nono_supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.policy import netpolicy
+from nono_supervisor.policy.grants import DOMAIN, GrantStore, to_domain_patterns, to_policy_grants
+from nono_supervisor.policy.netpolicy import decide, network_hint, parse_pattern, split_authority
+from nono_supervisor.policy.profile import Context, PolicyOptions, resolve_policy
+from nono_supervisor.terminal.prompt import GUARD_SECONDS
 
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 NAMES = ("allowed", "denied", "api", "once", "keep", "nope", "other", "c0", "c1", "c2", "c3")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from nono_supervisor.access import AccessIndex, real_paths
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux.landlock import READ, WRITE, LandlockPlan, RightsIndex, compile_plan, handled_fs
-from nono_supervisor.policy import (
+from nono_supervisor.policy.access import AccessIndex, real_paths
+from nono_supervisor.policy.profile import (
     NEVER_GRANTABLE,
     RUNS_LATER,
     TERMINALS,

@@ -13,7 +13,7 @@ import pexpect
 import pytest
 
 from conftest import FAKE_AWS, FAKE_KEY, SUPERVISOR, Home, wait_until
-from nono_supervisor.prompt import GUARD_SECONDS
+from nono_supervisor.terminal.prompt import GUARD_SECONDS
 
 SECRET = "nono-test-aws-secret-41d2"
 QUESTION = "wants to read ~/.aws/credentials"
@@ -442,7 +442,7 @@ def test_the_question_names_the_program_that_asked(home):
 
 
 def test_a_revoke_reaches_a_running_session(home):
-    from nono_supervisor.grants import GrantStore
+    from nono_supervisor.policy.grants import GrantStore
 
     grant = GrantStore(_grants(home)).add(str(home.aws), "read", "file", command="test")
     child = _agent(home)
@@ -677,10 +677,10 @@ def test_a_question_that_timed_out_is_not_asked_again_in_the_command(home, op):
     """A timed-out question is recorded under the key it was asked by (the op's access: exec asks as read,
     connect and create as write). It was recorded under the op itself, so for exec, connect and create
     the next identical call asked again."""
-    from nono_supervisor.consent import Consent
-    from nono_supervisor.policy import PolicyOptions
-    from nono_supervisor.prompt import TIMED_OUT
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
+    from nono_supervisor.terminal.consent import Consent
+    from nono_supervisor.terminal.prompt import TIMED_OUT
 
     target = home.home / "notes.txt"
     target.write_text("nono-test-notes\n")

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from nono_supervisor import prompt
-from nono_supervisor.answer import CANCEL, MAX_LINE, NEED_DATA, AnswerReader, Line, interpret
-from nono_supervisor.prompt import GUARD_SECONDS, Prompter, Question, shown
+from nono_supervisor.terminal import prompt
+from nono_supervisor.terminal.answer import CANCEL, MAX_LINE, NEED_DATA, AnswerReader, Line, interpret
+from nono_supervisor.terminal.prompt import GUARD_SECONDS, Prompter, Question, shown
 
 REPLIES = {
     "OSC 11 background colour (ST)": b"\x1b]11;rgb:2828/2a2a/3636\x1b\\",

@@ -130,9 +130,9 @@ def test_a_question_never_wakes_a_closed_proxy_through_a_reused_fd_number(monkey
     """The swap: a question's thread checks that the proxy is running, the proxy closes its wake pipe, the
     kernel gives the pipe's number to another file, and then the thread writes its wake byte there.
     Here the write is held between the check and the syscall while the proxy closes."""
-    from nono_supervisor import launcher
+    from nono_supervisor.terminal import proxy as proxy_mod
 
-    proxy = launcher._Proxy(keys=None, screen=-1)
+    proxy = proxy_mod.PtyProxy(keys=None, screen=-1)
     master_read, master = os.pipe()  # stands in for the pty master; only closed here
     wake = proxy._wake_write
     in_write, release = threading.Event(), threading.Event()
@@ -144,7 +144,7 @@ def test_a_question_never_wakes_a_closed_proxy_through_a_reused_fd_number(monkey
             release.wait(5)
         return real_write(fd, data)
 
-    monkeypatch.setattr(launcher.os, "write", held_write)
+    monkeypatch.setattr(proxy_mod.os, "write", held_write)
     proxy._idle.set()  # no proxy thread runs here to acknowledge the pause
 
     def ask() -> None:

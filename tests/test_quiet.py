@@ -15,7 +15,7 @@ import pytest
 
 from conftest import FAKE_KEY, NOBODY, SKEL_MARK, SUPERVISOR, Home, as_nobody
 from nono_shell.personality import command_text
-from nono_supervisor.access import SHELL_OWN
+from nono_supervisor.policy.access import SHELL_OWN
 
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 CHOICES = "[o]nce  [s]ession  [a]lways  [d]eny"

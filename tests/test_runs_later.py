@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SUPERVISOR, Home, start_supervisor
-from nono_supervisor import agents
-from nono_supervisor.gitrepos import repository_entries
-from nono_supervisor.policy import (
+from nono_supervisor.policy import agents
+from nono_supervisor.policy.gitrepos import repository_entries
+from nono_supervisor.policy.profile import (
     RUNS_LATER,
     Context,
     PolicyOptions,
@@ -531,7 +531,7 @@ def test_no_trap_says_at_start_that_unix_sockets_are_not_mediated(home):
 def test_no_question_is_asked_and_no_answer_or_stored_grant_lifts_a_member(home):
     """Whatever is answered: the human is never asked about a member (a prompter that would say "always"
     is not called), and a session or stored grant of a wider path leaves it refused."""
-    from nono_supervisor.consent import Consent
+    from nono_supervisor.terminal.consent import Consent
 
     class Yes:
         def ask(self, *_args, **_kw):

@@ -16,7 +16,7 @@ import pytest
 
 from nono_supervisor.errors import UsageError
 from nono_supervisor.macos.seatbelt import FORBIDDEN_OPERATIONS, generate_profile, sbpl_string
-from nono_supervisor.policy import Context, Deny, Grant, Policy, PolicyOptions, resolve_policy
+from nono_supervisor.policy.profile import Context, Deny, Grant, Policy, PolicyOptions, resolve_policy
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "seatbelt"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_KEY, SUPERVISOR, run_sandboxed, syscall_numbers
-from nono_supervisor.access import FOREIGN_PROC
 from nono_supervisor.linux import notify, seccomp
+from nono_supervisor.policy.access import FOREIGN_PROC
 
 C_DIR = Path(__file__).parent / "c"
 
@@ -56,7 +56,7 @@ def _exec(home, *argv, flags=("--allow", "~"), **kw):
 
 def _in_process(home, argv, *, consent=None, left_to_landlock=True):
     """argv under start_sandboxed here as a command, on --allow ~: (status, stdout, decisions, loop stats)."""
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
 
     seen = []
     status, out, process = run_sandboxed(
@@ -607,7 +607,7 @@ def test_reading_every_processs_environ_is_refused_silently_and_audited(home):
 
 
 def test_the_agent_is_not_told_of_another_processs_proc_entry(home, capfd):
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.report import CommandReport, Denied
     from nono_supervisor.session import Session
 

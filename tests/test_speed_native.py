@@ -129,7 +129,7 @@ def test_a_symlinked_system_directory_is_looked_up_where_it_leads(tmp_path):
     """On a merged /usr, /lib and /bin are links: the loader's opens of /lib/... and an exec of /bin/bash
     are decided on the fast path by the rules of /usr/lib and /usr/bin, where the kernel finds them."""
     from nono_supervisor.linux.landlock import compile_plan
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     if not os.path.islink("/lib"):
@@ -193,8 +193,8 @@ def tree(tmp_path, monkeypatch):
 
 
 def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
-    from nono_supervisor.access import AccessIndex, real_paths
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.access import AccessIndex, real_paths
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions())
@@ -393,7 +393,7 @@ def test_denials_read_and_written_through_the_c_loop_are_reported_as_without_it(
 
 def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
     from nono_supervisor.backend import finish, start_sandboxed
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     (home.work / "data").write_text("data\n")
@@ -500,7 +500,7 @@ def test_the_c_loop_answers_with_its_effective_capabilities_dropped(home, monkey
     """What the supervisor does for a command it does with the command's powers: the C loop clears its
     thread's effective capabilities before it answers anything (as emulate.drop_capabilities)."""
     from nono_supervisor.backend import finish, start_sandboxed
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     if os.geteuid() != 0:
@@ -535,7 +535,7 @@ def test_notify_loops_run_on_kept_threads(home):
     import threading
 
     from nono_supervisor.backend import finish, start_sandboxed
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))

@@ -10,7 +10,7 @@ import pytest
 
 from nono_supervisor.linux import landlock
 from nono_supervisor.linux.kernel import probe
-from nono_supervisor.policy import PolicyOptions
+from nono_supervisor.policy.profile import PolicyOptions
 from nono_supervisor.session import Session
 
 ABI = probe().landlock_abi
@@ -107,7 +107,7 @@ def test_a_grant_that_appears_later_recompiles(home, settled):
 def test_a_symlinked_grant_retargeted_recompiles(home, settled, tmp_path):
     from dataclasses import replace
 
-    from nono_supervisor.policy import Grant
+    from nono_supervisor.policy.profile import Grant
 
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not os.access(sandbox.KEEPER, os.X_OK), reason="
 
 def _start(home, script: str, **kw):
     from nono_supervisor.backend import start_sandboxed
-    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))

@@ -460,7 +460,7 @@ def test_no_grant_reaches_another_terminal(request, user, grant):
 
 def test_the_landlock_plan_has_no_rule_into_dev_pts_but_the_handed_terminal(home):
     from nono_supervisor.linux.landlock import abi_version, compile_plan
-    from nono_supervisor.policy import HANDED_TERMINAL, Grant, PolicyOptions
+    from nono_supervisor.policy.profile import HANDED_TERMINAL, Grant, PolicyOptions
     from nono_supervisor.session import Session
 
     with other_terminal(False) as (other, _master), other_terminal(False) as (handed, _):

@@ -25,9 +25,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nono_supervisor.access import AccessIndex
 from nono_supervisor.linux import libc, terminals
 from nono_supervisor.linux.resolve import Pin
+from nono_supervisor.policy.access import AccessIndex
 from nono_supervisor.shm import SessionShm
 
 __all__ = [

@@ -19,9 +19,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from nono_supervisor.errors import SandboxError
-from nono_supervisor.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.linux import libc
-from nono_supervisor.policy import HANDED_TERMINAL, NEVER_GRANTABLE, RUNS_LATER, TERMINALS, Grant, Policy
+from nono_supervisor.policy.gitrepos import GIT_DIR_MARKS
+from nono_supervisor.policy.profile import (
+    HANDED_TERMINAL,
+    NEVER_GRANTABLE,
+    RUNS_LATER,
+    TERMINALS,
+    Grant,
+    Policy,
+)
 
 if TYPE_CHECKING:  # the C extension is imported where it is used: it may not be built (_Fs.still_valid)
     from nono_supervisor.linux import _notify

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from nono_supervisor.linux import libc
 from nono_supervisor.linux.landlock import _Fs
-from nono_supervisor.policy import NEVER_GRANTABLE, Deny, Policy
+from nono_supervisor.policy.profile import NEVER_GRANTABLE, Deny, Policy
 
 __all__ = ["LateDenies", "for_session"]
 

@@ -36,8 +36,6 @@ from dataclasses import replace
 from functools import cache
 
 from nono_shell.personality import START_UP
-from nono_supervisor import access
-from nono_supervisor.access import ON_THE_WAY, AccessIndex
 from nono_supervisor.linux import emulate, sockets, terminals, undo_calls
 from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
@@ -45,6 +43,8 @@ from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS, RightsIndex
 from nono_supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
 from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, load_pyseccomp
+from nono_supervisor.policy import access
+from nono_supervisor.policy.access import ON_THE_WAY, AccessIndex
 from nono_supervisor.procfs import process_of
 from nono_supervisor.shm import SessionShm
 

@@ -33,7 +33,7 @@ from nono_supervisor.linux.landlock import ACCESS_FS
 from nono_supervisor.linux.libc import LIBC, IoVec, MsgHdr, last_error
 from nono_supervisor.linux.resolve import FdRef, Pin, resolve_bytes
 from nono_supervisor.linux.seccomp import MSG_FASTOPEN, Trap
-from nono_supervisor.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
+from nono_supervisor.policy.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
 
 if TYPE_CHECKING:
     from nono_supervisor.linux.notify import NotifyLoop

@@ -22,7 +22,7 @@ import stat
 
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.seccomp import TIOCGPTPEER
-from nono_supervisor.policy import NOT_ITS_TERMINAL
+from nono_supervisor.policy.profile import NOT_ITS_TERMINAL
 
 __all__ = ["NOT_ITS_TERMINAL", "is_pty", "held", "open_through"]
 

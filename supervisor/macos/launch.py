@@ -35,14 +35,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from nono_supervisor.access import AccessIndex, real_paths
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.macos import runner
 from nono_supervisor.macos.logstream import Denial as LoggedDenial
 from nono_supervisor.macos.logstream import LogMonitor
 from nono_supervisor.macos.process import SandboxedProcess
 from nono_supervisor.macos.seatbelt import generate_profile
-from nono_supervisor.policy import Policy
+from nono_supervisor.policy.access import AccessIndex, real_paths
+from nono_supervisor.policy.profile import Policy
 
 if TYPE_CHECKING:
     from nono_supervisor.session import Session

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 from nono_supervisor.errors import UsageError
-from nono_supervisor.policy import Deny, Grant, Policy
+from nono_supervisor.policy.profile import Deny, Grant, Policy
 
 __all__ = ["generate_profile", "sbpl_string", "MARKER_PREFIX", "FORBIDDEN_OPERATIONS"]
 

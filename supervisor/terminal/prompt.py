@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
-from nono_supervisor.answer import ANSWERS, CANCEL, NEED_DATA, AnswerReader, Line, interpret
+from nono_supervisor.terminal.answer import ANSWERS, CANCEL, NEED_DATA, AnswerReader, Line, interpret
 
 __all__ = [
     "TtyGuard",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 
-from nono_supervisor.policy import RunsLater
+from nono_supervisor.policy.profile import RunsLater
 
 __all__ = ["GIT_DIR_MARKS", "repository_entries"]
 

@@ -19,9 +19,9 @@ import shlex
 import threading
 from collections.abc import Callable
 
-from nono_supervisor.access import OPS, silent
+from nono_supervisor.policy.access import OPS, silent
 from nono_supervisor.procfs import process_of
-from nono_supervisor.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
+from nono_supervisor.terminal.prompt import GRANTING, TIMED_OUT, WITHDRAWN, Prompter, Question
 
 __all__ = ["Consent", "asker"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nono_supervisor.errors import UsageError
-from nono_supervisor.netpolicy import NET_MODES, Pattern, parse_pattern
+from nono_supervisor.policy.netpolicy import NET_MODES, Pattern, parse_pattern
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,7 +57,7 @@ _SECTION_KEYS = {
     "network": {"block", "mode", "allow_domains", "deny_domains", "agent_allow_domains"},
     "prompt": {"mode", "timeout", "quiet", "silent"},
     "undo": {"enabled", "max_mb", "max_age_hours"},  # README "Undo": what is kept, and for how long
-    # What only the agent gets (nono_supervisor.agents): its state, never its commands'.
+    # What only the agent gets (nono_supervisor.policy.agents): its state, never its commands'.
     "agent": set(GRANT_LISTS)
     | {"list", "programs", "packages", "create", "env", "start_note", "start_note_unless"},
 }

@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from nono_supervisor.netpolicy import network_hint
-from nono_supervisor.policy import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
+from nono_supervisor.policy.netpolicy import network_hint
+from nono_supervisor.policy.profile import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
 
 __all__ = [
     "Verdict",

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from nono_supervisor.errors import NonoError, UsageError
-from nono_supervisor.netpolicy import Pattern, parse_pattern
-from nono_supervisor.policy import Grant
+from nono_supervisor.policy.netpolicy import Pattern, parse_pattern
+from nono_supervisor.policy.profile import Grant
 
 if sys.version_info >= (3, 11):
     import tomllib

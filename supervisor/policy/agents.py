@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nono_supervisor.errors import UsageError
-from nono_supervisor.policy import GRANT_LISTS, Context, Grant, _load_chain, expand
+from nono_supervisor.policy.profile import GRANT_LISTS, Context, Grant, _load_chain, expand
 
 __all__ = [
     "AGENT_NAMES",
@@ -140,7 +140,7 @@ def _home_path(value: str, home: str) -> str:
 def list_only(directory: str) -> str:
     """A file grant that lets ``directory`` itself be opened (listed) and nothing in it: a pattern naming
     exactly it (``/home/[a]lice``). A rule on the directory would cover its whole tree in Landlock, so
-    there is none: the supervisor opens it (nono_supervisor.access: a pattern covers the names it matches)."""
+    there is none: the supervisor opens it (``policy.access``: a pattern covers the names it matches)."""
     parent, name = os.path.split(directory.rstrip("/"))
     if not name:
         raise UsageError(f"agent.list: {directory!r} is not a directory below /")
