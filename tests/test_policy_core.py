@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from nono_supervisor.errors import SandboxError
-from nono_supervisor.linux.landlock import READ, WRITE, LandlockPlan, RightsIndex, compile_plan, handled_fs
+from nono_supervisor.linux.landlock import (
+    FILE_RIGHTS,
+    READ,
+    WRITE,
+    LandlockPlan,
+    RightsIndex,
+    compile_plan,
+    handled_fs,
+)
 from nono_supervisor.policy.access import AccessIndex, real_paths
 from nono_supervisor.policy.profile import (
     NEVER_GRANTABLE,
@@ -504,3 +512,25 @@ def test_the_fake_filesystem_compiles_as_the_real_one_does(tmp_path: Path, seed:
     real = compile_plan(policy, ABI)
     fake = plan_of(policy, FakeFs({root: "dir", **entries}))
     assert (real.rules, real.notes, real.aliases) == (fake.rules, fake.notes, fake.aliases)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_index_is_never_stricter_than_the_plan(seed: int) -> None:
+    """The kernel as oracle, over the fake tree: what the Landlock plan grants (the rights a read or a write
+    of that node needs), the checker allows too, so a trapped command is refused nothing ``--no-trap`` lets
+    through. It was stricter where a group's grant lay deeper inside a tree an explicit grant lifts from a
+    deny or a runs-later entry, or beside it on the same path: the deepest grant alone was asked whether it
+    lifts (seeds 6, 81, 114). The index may allow more than the plan (the supervisor carries it out)."""
+    rng = random.Random(seed)
+    fs = FakeFs(_random_tree(rng))
+    policy = _random_policy(rng, sorted(fs.nodes))
+    plan = plan_of(policy, fs)
+    index = index_of(policy, fs)
+    for node, kind in fs.nodes.items():
+        if kind.startswith("->"):
+            continue
+        for op, rights in (("read", READ), ("write", WRITE)):
+            need = (rights & FILE_RIGHTS if kind == "file" else rights) & plan.handled_fs
+            if granted(plan, node) & need == need:
+                verdict = index.verdict(node, op)
+                assert verdict.allowed, f"seed {seed}: the plan grants {op} {node}, the index: {verdict.rule}"

@@ -527,7 +527,7 @@ def compile_plan(
         if inside and (grant.source.startswith("group:") or sealed):
             continue  # group grants never override a deny; explicit ones inside one do, unless it is sealed
         applicable = [c for c in carves if _under(c.path, path) and c.path != path]
-        # A runs-later entry is lifted only by the human's flag at or below it (access.AccessIndex._lifted).
+        # A runs-later entry is lifted only by the human's flag at or below it (access.AccessIndex.verdict).
         held = [c for c in later if not (grant.source.startswith("--") and _under(path, c.path))]
         applicable += [c for c in (*protected, *held) if _under(c.path, path)]
         rights &= ~_protected_removal(path, [*protected, *held])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from nono_supervisor.policy.netpolicy import network_hint
-from nono_supervisor.policy.profile import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Grant, Policy
+from nono_supervisor.policy.profile import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Policy
 
 __all__ = [
     "Verdict",
@@ -211,35 +211,37 @@ class AccessIndex:
         if any(rule == NEVER_GRANTABLE for _d, rule in covering):
             return Verdict(False, NEVER_GRANTABLE)  # sealed (an agent's state): nothing inside lifts it
         deny = max(covering, key=lambda x: len(x[0]), default=None)
-        best = None
-        for root, grant in self._grants:
-            if grant.access not in (need, "allow"):
-                continue
-            covers = _covers_file(root, path) if grant.kind == "file" else _under(path, root)
-            if covers and (best is None or len(root) > len(best[0])):
-                best = (root, grant)
+        candidates = [
+            (root, grant)
+            for root, grant in self._grants
+            if grant.access in (need, "allow")
+            and (_covers_file(root, path) if grant.kind == "file" else _under(path, root))
+        ]
         if deny is not None:
             # Only an explicit grant at or below the denied node overrides it (CONTRACT: --read-file
             # ~/.aws/credentials beats deny_credentials); group grants never do; a sealed path, nothing.
-            lifts = best is not None and not best[1].source.startswith("group:") and _under(best[0], deny[0])
-            if deny[1] == NEVER_GRANTABLE or not lifts:
+            # Every such grant counts, not only the deepest: a group's grant deeper inside the lifted tree
+            # takes nothing from it, as Landlock adds up the rules (tests/test_policy_core.py).
+            candidates = [
+                (r, g) for r, g in candidates if not g.source.startswith("group:") and _under(r, deny[0])
+            ]
+            if not candidates:
                 return Verdict(False, deny[1])
-        if need == "write" and not self._lifted(path, best):
-            return Verdict(False, RUNS_LATER)
-        if best is None:
+        if need == "write":
+            holding = [entry for entry in self._runs_later if _under(path, entry)]
+            if holding:
+                # Only the human's flag at or below each entry that holds it (``--write-file ~/.tmux.conf``):
+                # a wider grant, a group, a profile, an answer or a stored "always" never is.
+                candidates = [
+                    (r, g)
+                    for r, g in candidates
+                    if g.source.startswith("--") and all(_under(r, e) for e in holding)
+                ]
+                if not candidates:
+                    return Verdict(False, RUNS_LATER)
+        if not candidates:
             return Verdict(False, self._ungranted_rule(path))
-        return Verdict(True, best[1].source)
-
-    def _lifted(self, path: str, best: tuple[str, Grant] | None) -> bool:
-        """Whether ``path`` is outside every runs-later entry, or the grant that covers it is the human's
-        flag at or below each entry that holds it (``--write-file ~/.tmux.conf``): a wider grant, a group,
-        a profile, an answer or a stored "always" never is."""
-        holding = [entry for entry in self._runs_later if _under(path, entry)]
-        if not holding:
-            return True
-        if best is None or not best[1].source.startswith("--"):
-            return False
-        return all(_under(best[0], entry) for entry in holding)
+        return Verdict(True, max(candidates, key=lambda c: len(c[0]))[1].source)
 
     def _ungranted_rule(self, path: str) -> str:
         """Why nothing grants ``path``: the probe rule of the path or of an ancestor, else "not granted"."""
