@@ -117,6 +117,7 @@ class PolicyState:
         platform = "macos" if sys.platform == "darwin" else "linux"
         self._base = resolve_policy(self.options, self.context(platform))
         self._agent_base = self._resolve_agent(platform)
+        self._cache_variables = self._resolve_caches()  # of the resolved options: fixed for the session
         self._user: tuple[Grant, ...] = ()  # session and always answers of this session
         self._stored: tuple[Grant, ...] = ()
         self._store_stamp: object = None
@@ -205,6 +206,9 @@ class PolicyState:
     def cache_variables(self) -> dict[str, str]:
         """The commands' cache variables, when the policy grants the project's cache directory, and the
         token-free npmrc when it grants ``session_configs`` (the session's files make them: ``caches``)."""
+        return dict(self._cache_variables)
+
+    def _resolve_caches(self) -> dict[str, str]:
         cache = str(self._files.cache_dir)
         if not any(g.path == cache for g in self._base.grants):
             return {}
