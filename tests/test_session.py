@@ -83,6 +83,7 @@ report = {
 services = Services("hand", state, files, AuditLog(paths.audit_log_path(env), "hand"), None)
 session = Session("hand", state, files, services)
 try:
+    report["from_state_beside_services"] = services_reachable(state)  # they exist now: none is reached
     report["from_session"] = services_reachable(session)
     report["prompt_mode"] = services.prompt_mode()
     report["key_sandboxed"] = sandboxed(session, key)
@@ -108,7 +109,7 @@ def test_the_policy_state_is_built_alone_and_reaches_no_service(request, user):
     report = json.loads(result.stdout)
     assert report["key_allowed"] is False and report["readme_allowed"] is True
     assert report["audit_log_made"] is False  # the policy state alone wrote no audit log
-    assert report["from_state"] == []
+    assert report["from_state"] == [] and report["from_state_beside_services"] == []
     assert {"Services", "AuditLog"} <= set(report["from_session"])  # the twin: the walk finds them
     assert report["prompt_mode"] == "never"  # no prompter given: nothing is asked
     code, out = report["key_sandboxed"]
