@@ -62,12 +62,12 @@ def main() -> None:
                 continue
             start = time.perf_counter() - began
             store.write_text(text + "# changed\n")
-            session._next_check = 0.0  # the next lookup, as after STORE_CHECK_SECONDS
+            session.state._next_check = 0.0  # the next lookup, as after STORE_CHECK_SECONDS
             began = time.perf_counter()
-            policy = session.policy
+            policy = session.state.policy
             reload = time.perf_counter() - began
             began = time.perf_counter()
-            compile_plan(policy, abi, session.route_grants())
+            compile_plan(policy, abi, session.state.route_grants())
             plan = time.perf_counter() - began
             session.close()
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

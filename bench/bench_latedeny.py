@@ -70,7 +70,7 @@ def _evaluation(
         )
         for _ in range(running)
     ]
-    watch = session.late_denies
+    watch = session.services.late_denies()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()

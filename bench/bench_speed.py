@@ -241,11 +241,13 @@ def _kernel_alone(top: Path, home: Path, env: dict[str, str]):
     options = PolicyOptions(allow=(str(home),), read=(sys.prefix, sys.base_prefix), prompt="never")
     session = Session.create(options, env=env, workdir=str(home / "work"))
     try:
-        command_env = session.command_env(env)  # first: it makes the project's caches the plan grants
-        extra = session.route_grants() + session.terminal_grants((0, 1, 2))
-        _entry, ruleset = plan_cache().get(session.policy, probe().landlock_abi, extra, ())
+        command_env = session.services.command_env(
+            env
+        )  # first: it makes the project's caches the plan grants
+        extra = session.state.route_grants() + session.state.terminal_grants((0, 1, 2))
+        _entry, ruleset = plan_cache().get(session.state.policy, probe().landlock_abi, extra, ())
         filter_path = top / "kernel_alone.bpf"
-        program = seccomp.build_program(session.policy.net_mode, leave_to_landlock=True)
+        program = seccomp.build_program(session.state.policy.net_mode, leave_to_landlock=True)
         filter_path.write_bytes(_answered_by_kernel(program))
         library = ask_again_library()
         if library:

@@ -79,7 +79,8 @@ def landlock_plan(session: Session):
     from nono_supervisor.linux.kernel import probe
     from nono_supervisor.linux.landlock import compile_plan
 
-    return compile_plan(session.policy, max(probe().landlock_abi, 1), session.route_grants())
+    state = session.state
+    return compile_plan(state.policy, max(probe().landlock_abi, 1), state.route_grants())
 
 
 # After the command exits, how long its notify loop may take to answer what is still in flight before
@@ -125,12 +126,13 @@ def start_sandboxed(
     ``undo`` (Linux, with ``trap``): the command's ``undo.CommandLog``; what it changes is recorded first.
     """
     if sys.platform.startswith("linux"):
-        from nono_supervisor.linux import latedeny, sandbox, seccomp
+        from nono_supervisor.linux import sandbox, seccomp
         from nono_supervisor.linux.kernel import probe
 
+        state, services = session.state, session.services
         support = probe()
-        policy = policy or session.policy
-        extra = session.route_grants() + session.terminal_grants(stdio)
+        policy = policy or state.policy
+        extra = state.route_grants() + state.terminal_grants(stdio)
         net = None
         if policy.net_mode == "domains":
             if not trap:
@@ -138,7 +140,7 @@ def start_sandboxed(
                     "network mode domains (--allow-domain) needs the seccomp layer: the supervisor performs"
                     " every connect to tie it to its command. Hint: drop --no-trap, or use --net-block"
                 )
-            net = session.netproxy()  # Landlock's backstop: TCP connect to the proxy's port only
+            net = services.netproxy()  # Landlock's backstop: TCP connect to the proxy's port only
         if trap and not (support.seccomp_notify and support.seccomp_addfd):
             raise SandboxError(
                 "seccomp user notification with ADDFD is not available (needs Linux >= 5.14)."
@@ -147,13 +149,13 @@ def start_sandboxed(
         from nono_supervisor.linux.notify import NotifyLoop
 
         loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
-        linked = trap and bool(session.linked_denied(policy))
+        linked = trap and bool(state.linked_denied(policy))
         ask_again = trap and left_to_landlock and _ask_again_library(loop_class, linked)
         if ask_again:
             env = _preloaded(env, ask_again)
         # launch_extra: the agent's routing namespace (binds, userns, exec_fd; nono_supervisor.launcher).
         launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
-        watch = latedeny.for_session(session)
+        watch = services.late_denies()
         since = watch.generation  # a move noticed after this is evaluated for this command too
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
         cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
@@ -168,7 +170,7 @@ def start_sandboxed(
         if not trap:
             return watched(sandbox.start(plan, launch, ruleset=ruleset))
         rights = cached.rights
-        access = session.access_index(policy)
+        access = state.access_index(policy)
 
         def start_loop(listener: int) -> NotifyLoop:
             loop = loop_class(
@@ -177,13 +179,13 @@ def start_sandboxed(
                 access,
                 on_decision or (lambda *_: None),
                 consent,
-                session.own_sockets(),
+                state.own_sockets(),
                 net_block=policy.net_block,
-                own_terminals=session.own_terminals(),
-                linked_denied=lambda: session.linked_denied(policy),
+                own_terminals=state.own_terminals(),
+                linked_denied=lambda: state.linked_denied(policy),
                 linked=linked,
                 undo=undo,
-                shm=session.shm,
+                shm=session.files.shm,
             )
             if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
                 loop.net_proxy = net.client(policy, consent, argv, on_decision)
@@ -200,12 +202,20 @@ def start_sandboxed(
     if sys.platform == "darwin":
         # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
         # to act on. Denials come from ``log stream`` once the command has ended (macos.launch).
-        # ``session.policy`` is resolved for Linux; ``macos.launch.macos_policy`` re-resolves it for macOS
-        # and carries over the grants a human added to it.
+        # ``session.state.policy`` is resolved for Linux; ``macos.launch.macos_policy`` re-resolves it for
+        # macOS and carries over the grants a human added to it.
         from nono_supervisor.macos import launch as macos_launch
 
         return macos_launch.start(
-            session, policy or session.policy, path, argv, env, cwd, stdio, ctty=ctty, on_decision=on_decision
+            session,
+            policy or session.state.policy,
+            path,
+            argv,
+            env,
+            cwd,
+            stdio,
+            ctty=ctty,
+            on_decision=on_decision,
         )
     raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
 

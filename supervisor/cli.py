@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from nono_supervisor import __version__, paths
 from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
@@ -221,7 +222,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def _session(args: argparse.Namespace, **kw: object) -> Session:
+def _session(args: argparse.Namespace, **kw: Any) -> Session:
     return Session.create(
         _options(args), audit_path=args.audit_log, audit_max=args.audit_log_max, trap=not args.no_trap, **kw
     )
@@ -230,7 +231,7 @@ def _session(args: argparse.Namespace, **kw: object) -> Session:
 def _say_no_trap(session: Session) -> None:
     """run, exec and serve with --no-trap say at start the widest thing it gives up, in policy's words: a
     command may then connect to any socket file of the user's (issue 24, finding 6)."""
-    if not session.trap:
+    if not session.state.trap:
         from nono_supervisor.backend import NO_TRAP_UNIX_SOCKETS
 
         print(f"nono-supervisor: not enforced with --no-trap: {NO_TRAP_UNIX_SOCKETS}", file=sys.stderr)
@@ -239,13 +240,13 @@ def _say_no_trap(session: Session) -> None:
 def _print_agent(session: Session) -> None:
     """The second policy of the session: what the agent's baseline adds to the commands' (DESIGN: two
     policies per session)."""
-    agent = session.agent
+    agent = session.state.agent
     if agent is None:
         print("agent baseline: the commands' policy above (no agent profile; --agent NAME picks one)")
         return
-    policy = session.agent_policy()
+    policy = session.state.agent_policy()
     print(f"agent baseline: {agent.name} ({agent.label}): the commands' policy above, and to the agent only:")
-    commands = set(session.policy.grants)
+    commands = set(session.state.policy.grants)
     for grant in policy.grants:
         if grant in commands:
             continue
@@ -263,8 +264,8 @@ def _print_agent(session: Session) -> None:
 def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
     if fmt == "json":
         data = policy.to_json()
-        if session.agent is not None:
-            agent = session.agent
+        if session.state.agent is not None:
+            agent = session.state.agent
             data["agent"] = {
                 "profile": agent.name,
                 "grants": [g.__dict__ for g in agent.policy_grants()],
@@ -274,7 +275,7 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
     elif fmt == "seatbelt":
         from nono_supervisor.macos.seatbelt import generate_profile
 
-        macos = session.policy_for("macos")
+        macos = session.state.policy_for("macos")
         print(generate_profile(macos), end="")
     elif fmt == "landlock":
         from nono_supervisor.backend import landlock_plan
@@ -294,11 +295,11 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
         for probe in policy.probes:
             print(f"  probe      {policy.display(probe.pattern)}  [{probe.rule}]")
         _print_network(policy)
-        print(f"prompt:  {policy.prompt} (now: {session.prompt_mode()})")
+        print(f"prompt:  {policy.prompt} (now: {session.services.prompt_mode()})")
         from nono_supervisor.backend import enforcement
 
-        print(f"enforced by: {enforcement(session.trap)}")
-        if not session.trap and sys.platform.startswith("linux"):
+        print(f"enforced by: {enforcement(session.state.trap)}")
+        if not session.state.trap and sys.platform.startswith("linux"):
             from nono_supervisor.backend import NO_TRAP_GIVES_UP
 
             for lost in NO_TRAP_GIVES_UP:
@@ -317,7 +318,7 @@ def _start_line(session: Session) -> str:
     network mode. ``policy`` lists every path."""
     from nono_supervisor.policy.grants import SOURCE as STORED
 
-    policy = session.policy
+    policy = session.state.policy
     beyond: dict[str, list[str]] = {"allow": [], "write": [], "read": []}
     for grant in policy.grants:
         if grant.path == policy.workdir:
@@ -340,7 +341,7 @@ def _start_line(session: Session) -> str:
     network = policy.net_mode
     if network == "domains":
         network += f" ({len(policy.allow_domains)} hosts allowed)"
-    agent = session.agent.name if session.agent is not None else "none"
+    agent = session.state.agent.name if session.state.agent is not None else "none"
     return (
         f"nono-supervisor: profile {policy.profile}, agent profile {agent};"
         f" beyond the workdir: {granted or 'nothing'}; network {network}"
@@ -373,7 +374,7 @@ def _print_network(policy: Policy) -> None:
 def _cmd_policy(args: argparse.Namespace, command: list[str] | None = None) -> int:
     session = _session(args, agent=_agent(args, command or []))
     try:
-        _print_policy(session.policy, args.format, session)
+        _print_policy(session.state.policy, args.format, session)
     finally:
         session.close()
     return 0
@@ -390,25 +391,24 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
     from nono_supervisor.report import CommandReport
     from nono_supervisor.server import exit_parts
     from nono_supervisor.terminal.consent import Consent
-    from nono_supervisor.terminal.prompt import Prompter
     from nono_supervisor.terminal.proxy import TerminalLease
 
-    session = _session(args)
+    session = _session(args, prompter=not args.dry_run)
+    state, services = session.state, session.services
     try:
         if args.dry_run:
-            _print_policy(session.policy, "text", session)
+            _print_policy(state.policy, "text", session)
             return 0
         _require_command(command, "exec")
         _say_no_trap(session)
-        env = session.command_env(session.env)
+        env = services.command_env(state.env)
         path = command[0] if "/" in command[0] else _which(command[0], env)
         if path is None:
             print(f"nono-supervisor: {command[0]}: command not found", file=sys.stderr)
             return 127
         command_id = session.next_command_id()
-        report = CommandReport(session.audit, session.policy, command_id, command, os.getcwd())
-        session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
-        asker = session.prompter if session.prompt_mode() in ("tty", "after") else None
+        report = CommandReport(services.audit, state.policy, command_id, command, os.getcwd())
+        asker = services.prompter if services.prompt_mode() in ("tty", "after") else None
         consent = Consent(session, command_id, " ".join(command), asker, argv=command)
         consent.report = report
         # The terminal belongs to the prompter: the command gets a pty of ours in its place (CONTRACT).
@@ -424,10 +424,10 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
                 ctty=bool(lease and lease.ctty),
                 on_decision=report.record,
                 consent=consent.allows,
-                trap=session.trap,
+                trap=state.trap,
                 left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
                 on_late_deny=report.late_deny,
-                undo=session.undo_log(command_id),
+                undo=services.undo_log(command_id),
             )
         except BaseException:
             if lease:
@@ -437,14 +437,16 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         forward = lambda signo, _frame: process.signal(signo)  # noqa: E731
         for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signo, forward)
-        session.audit.write(command=command_id, event="start", argv=command, cwd=os.getcwd(), pid=process.pid)
+        services.audit.write(
+            command=command_id, event="start", argv=command, cwd=os.getcwd(), pid=process.pid
+        )
         if lease:
             lease.run(process)  # until the command's main process exits; then the pty is hung up
         status = process.wait()
         finish(process)
         report.write_to(2)
         code, signo = exit_parts(status)  # as a routed command's: log folds its decisions up to here
-        session.audit.write(command=command_id, event="exit", pid=process.pid, code=code, signal=signo)
+        services.audit.write(command=command_id, event="exit", pid=process.pid, code=code, signal=signo)
         return status_code(status)
     finally:
         session.close()
@@ -456,13 +458,13 @@ def _which(name: str, env: dict[str, str]) -> str | None:
     return shutil.which(name, path=env.get("PATH"))
 
 
-def _serve(session: Session, socket_path: Path, verbose: int):
+def _serve(session: Session, verbose: int):
     from nono_supervisor.server import Server
 
     try:
-        return Server(session, socket_path, verbose)
+        return Server(session, verbose)
     except OSError as e:  # a supervisor already listens there, or the directory is gone: one line
-        raise SandboxError(f"cannot listen on {socket_path}: {e.strerror or e}") from None
+        raise SandboxError(f"cannot listen on {session.state.socket_path}: {e.strerror or e}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -470,16 +472,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     parent = socket_path.parent
     if not parent.is_dir() or (parent.stat().st_mode & 0o077) or parent.stat().st_uid != os.getuid():
         raise UsageError(f"--socket: {parent} must be an existing directory of yours with mode 0700")
-    session = _session(args, shims=args.shims or False)
+    session = _session(args, shims=args.shims or False, socket=socket_path, prompter=not args.dry_run)
     try:
         if args.dry_run:
-            _print_policy(session.policy, "text", session)
+            _print_policy(session.state.policy, "text", session)
             return 0
-        from nono_supervisor.terminal.prompt import Prompter
-
-        session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
         _say_no_trap(session)  # before the socket exists: a client never meets a server that has not said it
-        server = _serve(session, socket_path, args.verbose)
+        server = _serve(session, args.verbose)
         for signo in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # kill, a closed window: end cleanly
             signal.signal(signo, lambda *_: sys.exit(0))
         if not args.quiet:
@@ -519,17 +518,14 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
         return _cmd_policy(argparse.Namespace(**vars(args), format="text"), command)
     _require_command(command, "run")
     library = _interpose_library(args)
-    session = _session(args, shims=True, agent=_agent(args, command))
+    session = _session(args, shims=True, socket=True, agent=_agent(args, command), prompter=True)
     try:
         _say_no_trap(session)
-        socket_path = session.runtime_dir / "socket"
-        server = _serve(session, socket_path, args.verbose)
+        server = _serve(session, args.verbose)
         server.start()
         first = "" if args.quiet else shown(_start_line(session))
         try:
-            return run_agent(
-                session, socket_path, command, library, namespace=not args.no_namespace, start_line=first
-            )
+            return run_agent(session, command, library, namespace=not args.no_namespace, start_line=first)
         finally:
             server.close()
     finally:

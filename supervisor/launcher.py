@@ -20,7 +20,7 @@ from nono_supervisor.errors import NonoError, SandboxError
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
 from nono_supervisor.terminal.consent import Consent
-from nono_supervisor.terminal.prompt import Prompter, TtyGuard
+from nono_supervisor.terminal.prompt import TtyGuard
 from nono_supervisor.terminal.proxy import PtyProxy, copy_window_size, lent
 
 if TYPE_CHECKING:
@@ -54,17 +54,18 @@ def status_code(status: int) -> int:
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def agent_env(session: Session, socket_path: Path, interpose: Path | None) -> dict[str, str]:
+def agent_env(session: Session, interpose: Path | None) -> dict[str, str]:
     """The agent's environment: every route into nono-shell set up, the session's private temp dir, and
     what its profile sets (DISABLE_AUTOUPDATER for Claude Code: its install tree is read-only here)."""
-    assert session.shims_dir is not None
-    env = session.command_env(session.env, agent=True)
-    if session.agent is not None:
-        env.update(session.agent.env)
-    shims = str(session.shims_dir)
+    state = session.state
+    assert session.files.shims_dir is not None and state.socket_path is not None
+    env = session.services.command_env(state.env, agent=True)
+    if state.agent is not None:
+        env.update(state.agent.env)
+    shims = str(session.files.shims_dir)
     env["SHELL"] = env["CLAUDE_CODE_SHELL"] = os.path.join(shims, "bash")
     env["PATH"] = shims + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env["NONO_SOCKET"] = str(socket_path)
+    env["NONO_SOCKET"] = str(state.socket_path)
     env["NONO_SHIM_DIR"] = shims
     env["NONO_SHELLS"] = "sh:bash:dash:zsh"
     if interpose is not None:
@@ -154,15 +155,16 @@ def routing_namespace(session: Session) -> tuple[RoutingNamespace | None, str]:
     """The agent's routing namespace, or None and why it cannot be had here."""
     if not sys.platform.startswith("linux"):
         return None, "no mount namespaces on this platform"
-    if session.shims_dir is None:
+    shims_dir = session.files.shims_dir
+    if shims_dir is None:
         return None, "no shims"
     userns = os.geteuid() != 0
     error = _namespace_error(userns)
     if error:
         kind = "a user namespace with a mount namespace" if userns else "a mount namespace"
         return None, f"{kind} cannot be created here ({os.strerror(error)})"
-    shim = str((session.shims_dir / "bash").resolve())
-    targets = real_shells(session.env, exclude=(str(session.shims_dir),))
+    shim = str((shims_dir / "bash").resolve())
+    targets = real_shells(session.state.env, exclude=(str(shims_dir),))
     return RoutingNamespace(tuple((shim, t) for t in targets), userns), ""
 
 
@@ -176,7 +178,7 @@ def _exec_plan(session: Session, path: str, argv: list[str], bound: frozenset[st
     script = shell_of_script(real)
     if script is not None:
         name, args = script
-        shell = session.shells.get(name)
+        shell = session.files.shells.get(name)
         if shell is None:
             raise NonoError(f"{path}: a script for {name}, and no real {name} is found")
         return shell, [shell, *args, path, *argv[1:]], os.open(shell, os.O_RDONLY | os.O_CLOEXEC)
@@ -208,7 +210,7 @@ def _watching_loop(on_shell: Callable[[int, bytes], None]) -> type:
 
 
 def _unrouted_recorder(session: Session) -> Callable[[int, bytes], None]:
-    shims = os.path.realpath(session.shims_dir) if session.shims_dir else ""
+    shims = os.path.realpath(session.files.shims_dir) if session.files.shims_dir else ""
     names = {os.fsencode(n) for n in SHELL_NAMES}
 
     def on_exec(tid: int, raw: bytes) -> None:
@@ -222,7 +224,7 @@ def _unrouted_recorder(session: Session) -> Callable[[int, bytes], None]:
                 pass
         if os.path.dirname(os.path.realpath(path)) == shims:
             return  # the shim itself: routed
-        session.audit.write(
+        session.services.audit.write(
             command="agent",
             event="unrouted-shell",
             path=path,
@@ -240,7 +242,7 @@ def _start_notes(
     agent's profile says about it."""
     if first:
         print(first, file=sys.stderr, flush=True)
-    agent = session.agent
+    agent = session.state.agent
     if namespace is None:
         who = f"{agent.name}" if agent is not None and agent.name == "codex" else "a static agent (codex)"
         print(
@@ -256,7 +258,6 @@ def _start_notes(
 
 def run_agent(
     session: Session,
-    socket_path: Path,
     argv: list[str],
     interpose: Path | None,
     namespace: bool = True,
@@ -264,21 +265,22 @@ def run_agent(
 ) -> int:
     """Run the agent to completion; returns its shell-style status.
 
-    The agent runs under its own baseline (``Session.agent_policy``: the commands' policy, and its
+    The agent runs under its own baseline (``PolicyState.agent_policy``: the commands' policy, and its
     profile's state and install tree), in the routing namespace where the kernel allows one
     (``namespace``). Its own syscalls are trapped too (what it does without a shell is decided like a
     command's), and a question about them pauses the terminal proxy while it is up.
     """
-    env = agent_env(session, socket_path, interpose)
+    state, services = session.state, session.services
+    env = agent_env(session, interpose)
     try:
-        path, shim = resolve_program(argv[0], session.env)  # the real program: the shims are for what it runs
+        path, shim = resolve_program(argv[0], state.env)  # the real program: the shims are for what it runs
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         return 127
-    _as_the_shim_would(env, shim, str(session.shims_dir))
+    _as_the_shim_would(env, shim, str(session.files.shims_dir))
     routing, why = routing_namespace(session) if namespace else (None, "disabled (--no-namespace)")
     _start_notes(session, argv, routing, why, start_line)
-    for directory in session.agent.create if session.agent is not None else ():
+    for directory in state.agent.create if state.agent is not None else ():
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)  # its state exists: Landlock grants what exists
         except OSError:
@@ -290,33 +292,32 @@ def run_agent(
         return 127
     extra: dict[str, object] = routing.launch_extra() if routing else {}
     extra["exec_fd"] = exec_fd
-    linux = session.trap and sys.platform.startswith("linux")
+    linux = state.trap and sys.platform.startswith("linux")
     watcher = _watching_loop(_unrouted_recorder(session)) if linux and routing is None else None
-    session.prompter = Prompter.for_terminal(session.policy.prompt_timeout)
     text = " ".join(argv)
-    report = CommandReport(session.audit, session.policy, "agent", argv, session.workdir)
-    asker = session.prompter if session.prompt_mode() in ("tty", "after") else None
+    report = CommandReport(services.audit, state.policy, "agent", argv, state.workdir)
+    asker = services.prompter if services.prompt_mode() in ("tty", "after") else None
     consent = Consent(session, "agent", text, asker, per_process=True, routed=False, argv=argv)
     consent.report = report
     # The agent lives as long as the session: stored grants reach it through the live check only, so that
     # a revoke does (Landlock rules cannot be taken back). Without the seccomp layer (--no-trap, macOS)
     # there is no live check: they are compiled in.
-    policy = session.agent_policy(stored=not linux)
+    policy = state.agent_policy(stored=not linux)
     start = functools.partial(
         start_sandboxed,
         session,
         path,
         exec_argv,
         env,
-        session.workdir,
+        state.workdir,
         policy=policy,
         on_decision=report.tell_process,
         consent=consent.allows,
-        trap=session.trap,
+        trap=state.trap,
         launch_extra=extra,
         notify_class=watcher,
         on_late_deny=functools.partial(_tell_late_deny, report),
-        undo=session.undo_log("agent", session.policy),  # the agent's own writes, in the commands' trees
+        undo=services.undo_log("agent", state.policy),  # the agent's own writes, in the commands' trees
     )
     master = -1
     try:
@@ -340,7 +341,7 @@ def run_agent(
         with _ended_by_signals(process) as received:
             if master >= 0:
                 proxy = PtyProxy(0, 1)
-                with lent(session.prompter, proxy):
+                with lent(services.prompter, proxy):
                     proxy.run(master, process.exit_fd())
             status = process.wait()
     finally:

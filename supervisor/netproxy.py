@@ -265,7 +265,7 @@ class NetClient:
         extra = {"reason": "timed out"} if answer == TIMED_OUT else {}
         if answer == WITHDRAWN:
             extra = {"reason": "withdrawn: the connection went away"}
-        self.proxy.session.audit.write(
+        self.proxy.services.audit.write(
             command=self.command,
             argv=self.argv or [self.text],
             op="connect",
@@ -282,8 +282,8 @@ class NetClient:
 class NetProxy:
     """The session's proxy: ``start()`` binds 127.0.0.1 and runs the event loop in a thread of its own."""
 
-    def __init__(self, session, resolve: Callable[[str, int], list[str]] | None = None) -> None:
-        self.session = session
+    def __init__(self, services, resolve: Callable[[str, int], list[str]] | None = None) -> None:
+        self.services = services  # the session's services: its environment (the grant store), its audit log
         self._resolve_override = resolve
         self._hosts = _test_hosts(os.environ)
         self._lock = threading.Lock()
@@ -389,7 +389,7 @@ class NetProxy:
     def _refresh_store(self, now: float) -> None:
         from nono_supervisor.policy.grants import GrantStore, to_domain_patterns
 
-        path = paths.grants_path(self.session.env)
+        path = paths.grants_path(self.services.env)
         try:
             st = os.stat(path)
             stamp: object = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -412,7 +412,7 @@ class NetProxy:
         if persist:
             from nono_supervisor.policy.grants import DOMAIN, GrantStore
 
-            GrantStore(paths.grants_path(self.session.env)).add(
+            GrantStore(paths.grants_path(self.services.env)).add(
                 _display(host, port), "connect", DOMAIN, command=command
             )
             self._refresh_store(time.monotonic())

@@ -150,10 +150,13 @@ def _rename_noreplace(source: Path, target: Path) -> None:
 
 
 class Server:
-    def __init__(self, session: Session, socket_path: Path, verbose: int = 0) -> None:
+    def __init__(self, session: Session, verbose: int = 0) -> None:
+        """Listens on the session's socket (``Session.create(socket=...)``), which its commands may reach."""
+        socket_path = session.state.socket_path
+        if socket_path is None:
+            raise ValueError("a session made without a socket path cannot be served")
         self.session = session
         self.socket_path = socket_path
-        session.socket_path = socket_path
         self.verbose = verbose
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | transport.SOCK_CLOEXEC)
         # Bound under a temporary name and renamed into place once listening: a client that sees the
@@ -177,9 +180,7 @@ class Server:
         os.set_blocking(self._wake_w, False)
         self.max_commands = _command_cap()
         if sys.platform.startswith("linux"):  # the session's watch over late denies, from the start
-            from nono_supervisor.linux import latedeny
-
-            latedeny.for_session(session).watch(session.policy)
+            session.services.late_denies().watch(session.state.policy)
         self._held_lock = threading.Lock()  # the intake reserves, a command's thread releases
         self._running = 0  # commands with a thread
         self._held = 0  # bytes of their requests
@@ -420,7 +421,7 @@ class Server:
         assert isinstance(request, protocol.RunRequest)
         if len(fds) != len(request.stdio):
             raise _Refuse(f"request names {len(request.stdio)} stdio fds but carried {len(fds)}")
-        shell = self.session.shells.get(request.shell)
+        shell = self.session.files.shells.get(request.shell)
         if shell is None:
             raise _Refuse(f"no real {request.shell} found on this machine")
         stdio = tuple(fds[request.stdio.index(n)] if n in request.stdio else -1 for n in range(3))
@@ -437,17 +438,16 @@ class Server:
         once the command failed, saying that it will run again, and it is run again with what the human
         granted, on the same fds (DESIGN: "after the fact"). A stdio fd that is the supervisor's own
         terminal is replaced by a pty of ours, hung up when the command ends (CONTRACT)."""
-        mode = self.session.prompt_mode()
+        state, services = self.session.state, self.session.services
+        mode = services.prompt_mode()
         text = command_text(request.argv)
-        asker = self.session.prompter if mode in ("tty", "after") else None
+        asker = services.prompter if mode in ("tty", "after") else None
         consent = Consent(self.session, command, text, asker, argv=request.argv)
-        env = self.session.command_env(request.env)
+        env = services.command_env(request.env)
         policy = None
         life = _Lifecycle()
         while True:
-            report = CommandReport(
-                self.session.audit, self.session.policy, command, request.argv, request.cwd
-            )
+            report = CommandReport(services.audit, state.policy, command, request.argv, request.cwd)
             consent.report = report
             lease = TerminalLease.for_stdio(self.session, stdio)
             try:
@@ -462,15 +462,15 @@ class Server:
                     policy=policy,
                     on_decision=report.record,
                     consent=consent.allows,
-                    trap=self.session.trap,
+                    trap=state.trap,
                     left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
                     on_late_deny=report.late_deny,  # stopped when a denied node moves into its grants
-                    undo=self.session.undo_log(command, policy),
+                    undo=services.undo_log(command, policy),
                 )
             except NonoError as e:
                 if lease:
                     lease.hangup()
-                self.session.audit.write(
+                services.audit.write(
                     command=command, event="refused", argv=request.argv, cwd=request.cwd, reason=str(e)
                 )
                 raise _Refuse(str(e)) from None
@@ -484,7 +484,7 @@ class Server:
                 first = life.state == "new"
                 life.on("started")
                 report.pid = process.pid
-                self.session.audit.write(
+                services.audit.write(
                     command=command,
                     event="start",
                     argv=request.argv,
@@ -507,7 +507,7 @@ class Server:
             if stdio[2] >= 0:
                 report.write_to(stdio[2])
             code, signo = exit_parts(status)
-            self.session.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)
+            services.audit.write(command=command, event="exit", pid=process.pid, code=code, signal=signo)
             if life.on("exited") == "done":
                 return status
             if mode != "after" or not client_alive or status_code(status) == 0:
@@ -519,7 +519,7 @@ class Server:
                 life.on("declined")
                 return status
             life.on("granted")
-            policy = replace(self.session.policy, grants=self.session.policy.grants + tuple(granted))
+            policy = replace(state.policy, grants=state.policy.grants + tuple(granted))
 
     def _ask_after(self, consent: Consent, report: CommandReport) -> list[Grant]:
         """One question per denial of the failed command that was not asked about while it ran; the grants
@@ -530,12 +530,12 @@ class Server:
                 continue
             question = Question(
                 denial.op,
-                self.session.policy.display(denial.path),
+                self.session.state.policy.display(denial.path),
                 denial.rule,
                 command=consent.command_text,
                 rerun=True,
             )
-            answer = self.session.prompter.ask(question)
+            answer = self.session.services.prompter.ask(question)
             consent.record(denial.op, denial.path, denial.rule, denial.is_dir, answer)
             if answer in GRANTING:
                 granted.append(Grant(denial.path, OPS[denial.op], "dir" if denial.is_dir else "file", "user"))

@@ -235,26 +235,30 @@ def _session(home: Home, agent=None, **kw) -> Session:
 def test_commands_and_a_profileless_agent_cache_in_nonos_own_per_project_cache(home):
     session = _session(home)
     try:
-        env = session.command_env(home.env)
+        env = session.services.command_env(home.env)
         cache = Path(env["XDG_CACHE_HOME"])
         assert cache.parent == home.home / ".cache" / "nono-shell" / "projects" and cache.is_dir()
         assert cache.name.startswith("project-") and oct(cache.stat().st_mode & 0o777) == "0o700"
         for name, sub in [("PIP_CACHE_DIR", "pip"), ("npm_config_cache", "npm"), ("GOCACHE", "go-build")]:
             assert env[name] == str(cache / sub)
-        assert session.access_index(session.policy).verdict(str(cache / "pip" / "x"), "create").allowed
         assert (
-            not session.access_index(session.policy)
+            session.state.access_index(session.state.policy)
+            .verdict(str(cache / "pip" / "x"), "create")
+            .allowed
+        )
+        assert (
+            not session.state.access_index(session.state.policy)
             .verdict(str(home.home / ".cache" / "pip"), "create")
             .allowed
         )
         # `run -- bash`: what the user types runs in the agent, and gets what the agent's commands get
-        assert session.command_env(home.env, agent=True)["PIP_CACHE_DIR"] == env["PIP_CACHE_DIR"]
+        assert session.services.command_env(home.env, agent=True)["PIP_CACHE_DIR"] == env["PIP_CACHE_DIR"]
     finally:
         session.close()
     profiled = _session(home, agent=agents.load_agent("claude-code", _ctx(home)))
     try:
         # An agent with a profile loads nothing from caches its commands can write (it holds credentials)
-        agent_env = profiled.command_env(home.env, agent=True)
+        agent_env = profiled.services.command_env(home.env, agent=True)
         assert "PIP_CACHE_DIR" not in agent_env and "XDG_CACHE_HOME" not in agent_env
     finally:
         profiled.close()
@@ -262,7 +266,7 @@ def test_commands_and_a_profileless_agent_cache_in_nonos_own_per_project_cache(h
     other.mkdir()
     second = Session.create(PolicyOptions(), dict(home.env), workdir=str(other))
     try:
-        assert second.command_env(home.env)["XDG_CACHE_HOME"] != str(cache)  # one cache per project
+        assert second.services.command_env(home.env)["XDG_CACHE_HOME"] != str(cache)  # one cache per project
     finally:
         second.close()
 
@@ -274,12 +278,12 @@ def test_npmrc_settings_reach_commands_its_tokens_do_not(home):
     )
     session = _session(home)
     try:
-        env = session.command_env(home.env)
+        env = session.services.command_env(home.env)
         copy = Path(env["npm_config_userconfig"])
         text = copy.read_text()
         assert "registry=https://registry.example.invalid/" in text and "save-exact=true" in text
         assert "SECRET" not in text and "c2VjcmV0" not in text and "email" not in text
-        index = session.access_index(session.policy)
+        index = session.state.access_index(session.state.policy)
         assert index.verdict(str(copy), "read").allowed and not index.verdict(str(copy), "write").allowed
         assert index.verdict(str(home.home / ".npmrc"), "read").rule == "group:deny_credentials"
     finally:
@@ -289,11 +293,11 @@ def test_npmrc_settings_reach_commands_its_tokens_do_not(home):
 def test_trace_marker_probes_are_denied_without_a_question_or_a_line(home):
     session = _session(home)
     try:
-        policy = session.policy
-        verdict = session.access_index(policy).verdict("/sys/kernel/tracing/trace_marker", "write")
+        policy = session.state.policy
+        verdict = session.state.access_index(policy).verdict("/sys/kernel/tracing/trace_marker", "write")
         assert not verdict.allowed and verdict.rule == "group:deny_probes"
         assert not Consent(session, "c", "bun", None).askable(verdict.rule)
-        report = CommandReport(session.audit, policy, "c", ["bun"], str(home.work))
+        report = CommandReport(session.services.audit, policy, "c", ["bun"], str(home.work))
 
         class Denial:
             op, path, rule, is_dir, pid = "write", "/sys/kernel/tracing/trace_marker", verdict.rule, False, 0
@@ -311,14 +315,14 @@ def test_the_jvms_perf_data_is_a_silent_probe_that_a_grant_still_grants(home):
     perf_data = "/tmp/hsperfdata_nono-test"
     session = _session(home)
     try:
-        policy = session.policy
-        index = session.access_index(policy)
+        policy = session.state.policy
+        index = session.state.access_index(policy)
         for op in ("read", "write"):
             verdict = index.verdict(f"{perf_data}/4242", op)
             assert not verdict.allowed and verdict.rule == "group:ungranted_probes"
         assert index.verdict("/tmp/other", "read").rule == "not granted"  # the twin: only the probe is
         assert not Consent(session, "c", "java", None).askable("group:ungranted_probes")
-        report = CommandReport(session.audit, policy, "c", ["java"], str(home.work))
+        report = CommandReport(session.services.audit, policy, "c", ["java"], str(home.work))
 
         class Denial:
             op, path, rule, is_dir, pid = "read", perf_data, "group:ungranted_probes", True, 0
@@ -330,11 +334,11 @@ def test_the_jvms_perf_data_is_a_silent_probe_that_a_grant_still_grants(home):
         session.close()
     granted = Session.create(PolicyOptions(allow=("/tmp",)), dict(home.env), workdir=str(home.work))
     try:
-        assert granted.access_index(granted.policy).verdict(f"{perf_data}/4242", "write").allowed
+        assert granted.state.access_index(granted.state.policy).verdict(f"{perf_data}/4242", "write").allowed
         if sys.platform.startswith("linux"):
             from nono_supervisor.linux.landlock import abi_version, compile_plan
 
-            policy = granted.policy
+            policy = granted.state.policy
             assert policy.probes  # the probes add no Landlock rule and carve nothing out of /tmp
             without = replace(policy, probes=())
             # /tmp is shared: compare on a moment it held still (the plans before and after agree)
@@ -356,8 +360,8 @@ def test_the_agents_state_is_its_own_and_sealed_from_commands(home):
     session = _session(home, agent=claude)
     try:
         state = home.home / ".claude" / "settings.json"
-        commands = session.access_index(session.policy)
-        agent = session.access_index(session.agent_policy())
+        commands = session.state.access_index(session.state.policy)
+        agent = session.state.access_index(session.state.agent_policy())
         for op in ("read", "write"):
             assert agent.verdict(str(state), op).allowed
             assert commands.verdict(str(state), op).rule == NEVER_GRANTABLE
@@ -383,14 +387,17 @@ def test_the_agents_state_is_its_own_and_sealed_from_commands(home):
         agent=claude,
     )
     try:
-        verdict = explicit.access_index(explicit.policy).verdict(credentials, "read")
+        verdict = explicit.state.access_index(explicit.state.policy).verdict(credentials, "read")
         assert verdict.rule == NEVER_GRANTABLE and not verdict.allowed
     finally:
         explicit.close()
     # Without an agent profile, the agent's credential files are a deny group like any other.
     plain = _session(home)
     try:
-        assert plain.access_index(plain.policy).verdict(credentials, "read").rule == "group:deny_credentials"
+        assert (
+            plain.state.access_index(plain.state.policy).verdict(credentials, "read").rule
+            == "group:deny_credentials"
+        )
     finally:
         plain.close()
 
@@ -491,8 +498,12 @@ def test_opencodes_npm_cache_is_its_own_state_not_the_users_or_its_commands(home
     assert any(cache.startswith(state + "/") for state in opencode.state_paths())
     session = _session(home, agent=opencode)
     try:
-        index = session.access_index(session.policy)
+        index = session.state.access_index(session.state.policy)
         assert not index.verdict(os.path.join(cache, "_cacache", "x"), "create").allowed  # not its commands'
-        assert session.access_index(session.agent_policy()).verdict(cache + "/_cacache/x", "create").allowed
+        assert (
+            session.state.access_index(session.state.agent_policy())
+            .verdict(cache + "/_cacache/x", "create")
+            .allowed
+        )
     finally:
         session.close()

@@ -533,12 +533,12 @@ def test_a_store_edited_into_a_grant_of_root_mid_session_grants_nothing(home) ->
     store.add(outside, "read", "dir")
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:
-        assert outside in {g.path for g in session.policy.grants}
+        assert outside in {g.path for g in session.state.policy.grants}
         with store.path.open("a") as f:
             f.write(entry(id='"0000r00t"', path='"/"'))
-        session._refresh_store(force=False)  # the next lookup after STORE_CHECK_SECONDS
-        session._next_check = 0
-        grants = {g.path for g in session.policy.grants}
+        session.state._refresh_store(force=False)  # the next lookup after STORE_CHECK_SECONDS
+        session.state._next_check = 0
+        grants = {g.path for g in session.state.policy.grants}
         assert outside not in grants and "/" not in grants
     finally:
         session.close()

@@ -297,7 +297,7 @@ def test_a_guarded_loop_continues_nothing(tmp_path):
 
     session = Session.create(PolicyOptions(), workdir=str(tmp_path))
     try:
-        access = AccessIndex(session.policy, real_paths(session.policy, os.path.realpath))
+        access = AccessIndex(session.state.policy, real_paths(session.state.policy, os.path.realpath))
     finally:
         session.close()
     plan = LandlockPlan(7, handled_fs(7), 0, 0, (Rule(str(tmp_path), READ, "test"),))

@@ -314,8 +314,8 @@ def session(home: Home):
         PolicyOptions(net_block=True, deny=(str(home.work / "private"),)),
         env=home.env,
         workdir=str(home.work),
+        socket=True,
     )
-    s.socket_path = s.runtime_dir / "socket"
     yield s
     s.close()
 
@@ -337,8 +337,8 @@ def _run(session: Session, argv: list[str], **kw) -> tuple[SandboxedProcess, int
             session,
             "/bin/sh",
             argv,
-            session.command_env(session.env),
-            session.workdir,
+            session.services.command_env(session.state.env),
+            session.state.workdir,
             (kw.pop("stdin", -1), write_end, write_end),
             **kw,
         )
@@ -365,7 +365,7 @@ def test_the_darwin_branch_runs_the_command_under_the_macos_profile(darwin: Fake
     assert f'(subpath "{home.home}/Library/Keychains")' in profile  # resolved for macOS, not Linux
     assert '"/proc"' not in profile
     # --net-block, with the supervisor's socket still reachable for nested commands.
-    assert f'(allow network-outbound (literal "{session.socket_path}"))' in profile
+    assert f'(allow network-outbound (literal "{session.state.socket_path}"))' in profile
     # nono-shell itself stays readable (nested routing), the workdir writable.
     assert f'(subpath "{sys.prefix}")' in profile
     assert f'(allow file-read* file-write* file-map-executable file-ioctl (subpath "{home.work}"))' in profile
@@ -392,7 +392,7 @@ def test_a_helper_that_cannot_start_is_a_sandbox_error(darwin: FakeSeam, session
 def test_a_recorded_log_denial_reaches_on_decision(darwin: FakeSeam, session, home) -> None:
     flag = home.work / "go"
     decisions: list[tuple[str, object]] = []
-    report = CommandReport(session.audit, session.policy, "c1", ["sh"], str(home.work))
+    report = CommandReport(session.services.audit, session.state.policy, "c1", ["sh"], str(home.work))
 
     def on_decision(decision: str, what) -> None:
         decisions.append((decision, what))
@@ -447,11 +447,12 @@ def test_a_recorded_log_denial_reaches_on_decision(darwin: FakeSeam, session, ho
 
 
 def test_grants_added_to_the_session_policy_reach_the_macos_profile(darwin: FakeSeam, session, home) -> None:
-    """Prompt grants live in session.policy (resolved for Linux) and in the retry policy of --prompt after;
-    the macOS profile is compiled from the macOS resolution and must carry them."""
-    session.add_grant(str(home.home / "notes"), "read", "dir")
+    """Prompt grants live in session.state.policy (resolved for Linux) and in the retry policy of --prompt
+    after; the macOS profile is compiled from the macOS resolution and must carry them."""
+    session.state.add_grant(str(home.home / "notes"), "read", "dir")
     retry = replace(
-        session.policy, grants=session.policy.grants + (Grant(str(home.key), "read", "file", "user"),)
+        session.state.policy,
+        grants=session.state.policy.grants + (Grant(str(home.key), "read", "file", "user"),),
     )
     process, status, _ = _run(session, ["sh", "-c", "true"], policy=retry)
     assert status == 0
@@ -465,8 +466,8 @@ def test_grants_added_to_the_session_policy_reach_the_macos_profile(darwin: Fake
 
 
 def test_macos_policy_reresolves_only_a_policy_of_another_platform(session, home) -> None:
-    linux = session.policy
-    mac = session.policy_for("macos")
+    linux = session.state.policy
+    mac = session.state.policy_for("macos")
     calls = []
 
     def resolve():
@@ -490,7 +491,7 @@ def test_ctty_makes_the_pty_the_command_s_controlling_terminal(darwin: FakeSeam,
                 "/bin/sh",
                 ["sh", "-c", script],
                 {"PATH": "/usr/bin:/bin"},
-                session.workdir,
+                session.state.workdir,
                 (slave, slave, slave),
                 ctty=ctty,
             )
@@ -615,13 +616,13 @@ def test_policy_and_doctor_run_on_macos_without_the_linux_backend(
 def served(darwin: FakeSeam, macos_libc, home: Home):
     from nono_supervisor.server import Server
 
-    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work), shims=True)
-    server = Server(session, session.runtime_dir / "socket")
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work), shims=True, socket=True)
+    server = Server(session)
     server.start()
     env = {
         **home.env,
-        "NONO_SOCKET": str(session.socket_path),
-        "PATH": f"{session.shims_dir}:{home.env['PATH']}",
+        "NONO_SOCKET": str(session.state.socket_path),
+        "PATH": f"{session.files.shims_dir}:{home.env['PATH']}",
     }
     yield session, env
     server.close()
@@ -637,7 +638,7 @@ def test_server_runs_the_command_on_the_client_s_fds_and_reports_its_denials(
     flag = home.work / "go"
     client = subprocess.Popen(
         [
-            str(session.shims_dir / "bash"),
+            str(session.files.shims_dir / "bash"),
             "-c",
             f"echo out; while [ ! -e {flag} ]; do sleep 0.01; done; exit 2",
         ],
@@ -660,7 +661,7 @@ def test_server_runs_the_command_on_the_client_s_fds_and_reports_its_denials(
     assert events == ["start", "deny", "exit"]
     # The socket was put in place by macOS's call (renameat2 does not exist there).
     renames = [call for libc in macos_libc for call in libc.calls]
-    assert renames == [("renamex_np", ANY, os.fsencode(session.socket_path), _RENAME_EXCL)]
+    assert renames == [("renamex_np", ANY, os.fsencode(session.state.socket_path), _RENAME_EXCL)]
 
 
 def test_a_second_server_on_a_live_socket_is_refused_on_macos(darwin, served, home) -> None:
@@ -669,10 +670,13 @@ def test_a_second_server_on_a_live_socket_is_refused_on_macos(darwin, served, ho
 
     session, env = served
     with pytest.raises(OSError) as e:
-        Server(session, session.socket_path)
+        Server(session)
     assert e.value.errno == errno.EADDRINUSE
     client = subprocess.run(
-        [str(session.shims_dir / "bash"), "-c", "echo still-served"], env=env, capture_output=True, text=True
+        [str(session.files.shims_dir / "bash"), "-c", "echo still-served"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert client.stdout == "still-served\n"
 
@@ -680,7 +684,7 @@ def test_a_second_server_on_a_live_socket_is_refused_on_macos(darwin, served, ho
 def test_server_forwards_signals_and_kills_the_group_when_the_client_goes(darwin, served, home) -> None:
     session, env = served
     client = subprocess.Popen(
-        [str(session.shims_dir / "bash"), "-c", "sleep 30 & echo $!; wait"],
+        [str(session.files.shims_dir / "bash"), "-c", "sleep 30 & echo $!; wait"],
         cwd=home.work,
         env=env,
         stdout=subprocess.PIPE,
@@ -692,7 +696,7 @@ def test_server_forwards_signals_and_kills_the_group_when_the_client_goes(darwin
     _gone(background)
 
     client = subprocess.Popen(
-        [str(session.shims_dir / "bash"), "-c", "sleep 30 & echo $!; wait"],
+        [str(session.files.shims_dir / "bash"), "-c", "sleep 30 & echo $!; wait"],
         cwd=home.work,
         env=env,
         stdout=subprocess.PIPE,

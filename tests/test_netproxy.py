@@ -748,7 +748,9 @@ def test_landlock_lets_tcp_connect_reach_only_the_proxy_port(home):
     )
 
     def connects(connect_ports: list[int]) -> list[str]:
-        plan = landlock.compile_plan(session.policy, abi, session.route_grants(), connect_ports=connect_ports)
+        plan = landlock.compile_plan(
+            session.state.policy, abi, session.state.route_grants(), connect_ports=connect_ports
+        )
         want = [{"port": p, "rights": ["connect_tcp"]} for p in sorted(connect_ports)]
         assert plan.to_json()["net_rules"] == want
         read, write = os.pipe()

@@ -496,8 +496,8 @@ def test_the_agents_own_configuration_is_its_state_and_no_other_agents(home):
     claude = agents.load_agent("claude-code", ctx)
     session = Session.create(PolicyOptions(), dict(home.env), workdir=str(home.work), agent=claude)
     try:
-        commands = session.access_index(session.policy)
-        agent = session.access_index(session.agent_policy())
+        commands = session.state.access_index(session.state.policy)
+        agent = session.state.access_index(session.state.agent_policy())
         own = [home.work / ".mcp.json", home.work / ".claude" / "settings.local.json"]
         for path in own:
             assert agent.verdict(str(path), "create").allowed
@@ -543,11 +543,15 @@ def test_no_question_is_asked_and_no_answer_or_stored_grant_lifts_a_member(home)
         consent = Consent(session, "c", "sh", Yes())
         assert not consent.askable(RUNS_LATER)
         assert not consent.allows("write", tmux, RUNS_LATER, False)
-        session.add_grant(str(home.home), "allow", "dir")  # an answer "session" for ~
-        session.add_grant(tmux, "write", "file")  # even one naming the member itself
-        verdict = session.access_index(session.policy).verdict(tmux, "write")
+        session.state.add_grant(str(home.home), "allow", "dir")  # an answer "session" for ~
+        session.state.add_grant(tmux, "write", "file")  # even one naming the member itself
+        verdict = session.state.access_index(session.state.policy).verdict(tmux, "write")
         assert not verdict.allowed and verdict.rule == RUNS_LATER
-        assert session.access_index(session.policy).verdict(str(home.home / ".tmuxx"), "write").allowed
+        assert (
+            session.state.access_index(session.state.policy)
+            .verdict(str(home.home / ".tmuxx"), "write")
+            .allowed
+        )
     finally:
         session.close()
 

@@ -613,7 +613,7 @@ def test_the_agent_is_not_told_of_another_processs_proc_entry(home, capfd):
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:
-        report = CommandReport(session.audit, session.policy, "c", ["ps"], str(home.work))
+        report = CommandReport(session.services.audit, session.state.policy, "c", ["ps"], str(home.work))
         report.record("deny", Denied("read", "/proc/41/environ", FOREIGN_PROC, False))
         assert report.lines() == []
         what = type("What", (), {"op": "read", "path": "/proc/41/mem", "rule": FOREIGN_PROC, "is_dir": False})

@@ -136,7 +136,7 @@ def test_a_symlinked_system_directory_is_looked_up_where_it_leads(tmp_path):
         pytest.skip("/lib is not a symlink here")
     session = Session.create(PolicyOptions())
     try:
-        plan = compile_plan(session.policy, 7)
+        plan = compile_plan(session.state.policy, 7)
     finally:
         session.close()
     assert ("/lib", os.path.realpath("/lib")) in plan.aliases
@@ -199,7 +199,7 @@ def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
 
     session = Session.create(PolicyOptions())
     try:
-        access = AccessIndex(session.policy, real_paths(session.policy, os.path.realpath))
+        access = AccessIndex(session.state.policy, real_paths(session.state.policy, os.path.realpath))
     finally:
         session.close()
     dummy = os.open("/dev/null", os.O_RDONLY)

@@ -31,7 +31,7 @@ def session(home):
 
 
 def _get(cache, session, extra=()):
-    entry, fd = cache.get(session.policy, ABI, list(extra))
+    entry, fd = cache.get(session.state.policy, ABI, list(extra))
     os.close(fd)
     return entry
 
@@ -43,14 +43,14 @@ def _paths(entry) -> dict[str, int]:
 def test_one_compile_per_policy_and_the_same_plan_as_a_fresh_compile(session, settled):
     cache = landlock.PlanCache()
     first = _get(cache, session)
-    second, fd = cache.get(session.policy, ABI, [])
+    second, fd = cache.get(session.state.policy, ABI, [])
     try:
         assert second is first and cache.compiled == 1
         assert fd != first.ruleset and os.fstat(fd)  # the caller's own dup of the cached ruleset
     finally:
         os.close(fd)
-    assert first.plan == landlock.compile_plan(session.policy, ABI)
-    assert _get(cache, session, session.route_grants()) is not first  # other extra grants: another plan
+    assert first.plan == landlock.compile_plan(session.state.policy, ABI)
+    assert _get(cache, session, session.state.route_grants()) is not first  # other extra grants: another plan
     assert cache.compiled == 2
 
 
@@ -86,7 +86,7 @@ def test_changing_an_expanded_entry_recompiles(home, session, settled, change):
         (home.home / "afile").mkdir()
     second = _get(cache, session)
     assert second is not first
-    assert second.plan == landlock.compile_plan(session.policy, ABI)
+    assert second.plan == landlock.compile_plan(session.state.policy, ABI)
 
 
 def test_a_grant_that_appears_later_recompiles(home, settled):
@@ -116,7 +116,9 @@ def test_a_symlinked_grant_retargeted_recompiles(home, settled, tmp_path):
     s = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:
         # a policy naming the link itself (the session's own resolution would already have followed it)
-        policy = replace(s.policy, grants=(*s.policy.grants, Grant(str(link), "read", "dir", "test")))
+        policy = replace(
+            s.state.policy, grants=(*s.state.policy.grants, Grant(str(link), "read", "dir", "test"))
+        )
         cache = landlock.PlanCache()
         first, fd = cache.get(policy, ABI, [])
         os.close(fd)
@@ -154,7 +156,7 @@ def test_the_racy_window_follows_the_timestamps_resolution():
 def test_a_new_policy_object_gets_its_own_plan(session, settled, tmp_path):
     cache = landlock.PlanCache()
     first = _get(cache, session)
-    session.add_grant(str(tmp_path), "read", "dir")  # a human's session grant: a new policy
+    session.state.add_grant(str(tmp_path), "read", "dir")  # a human's session grant: a new policy
     second = _get(cache, session)
     assert second is not first and str(tmp_path) in _paths(second)
 
@@ -231,7 +233,7 @@ def test_the_plan_cache_is_per_supervisor_process_and_fds_do_not_leak(home, sett
     try:
         cache = landlock.PlanCache(size=2)
         for i in range(6):
-            s.add_grant(str(home.root / f"g{i}"), "read", "dir")  # a new policy each time
+            s.state.add_grant(str(home.root / f"g{i}"), "read", "dir")  # a new policy each time
             _get(cache, s)
         assert len(os.listdir("/proc/self/fd")) <= before + 2
         cache.clear()
@@ -317,6 +319,6 @@ def test_a_git_command_in_a_protected_repository_does_not_recompile_and_a_new_su
         (home.work / ".git" / "rr-cache").mkdir()
         second = _get(cache, s)
         assert cache.compiled == 2 and f"{dotgit}/rr-cache" in _paths(second)
-        assert second.plan == landlock.compile_plan(s.policy, ABI)
+        assert second.plan == landlock.compile_plan(s.state.policy, ABI)
     finally:
         s.close()

@@ -467,7 +467,7 @@ def test_the_landlock_plan_has_no_rule_into_dev_pts_but_the_handed_terminal(home
         options = PolicyOptions(allow=("/dev",), allow_file=(other,))
         session = Session.create(options, env=home.env, workdir=str(home.work))
         try:
-            policy = session.policy
+            policy = session.state.policy
             plan = compile_plan(policy, abi_version(), [Grant(handed, "allow", "file", HANDED_TERMINAL)])
         finally:
             session.close()

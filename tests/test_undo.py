@@ -427,7 +427,7 @@ def test_rm_rf_and_creations_are_kept_without_a_wake_of_python(home):
     try:
         script = "cd tree && rm -rf old && mkdir new && for i in $(seq 300); do echo $i > new/f$i; done"
         argv = ["/bin/bash", "-c", script]
-        undo = session.undo_log("t-1")
+        undo = session.services.undo_log("t-1")
         process = start_sandboxed(session, argv[0], argv, home.env, str(home.work), (0, 1, 2), undo=undo)
         assert os.waitstatus_to_exitcode(process.wait()) == 0
         process.notify.join(10)
@@ -482,9 +482,9 @@ def test_the_agents_own_writes_are_the_command_agent(home):
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:
         argv = ["/bin/bash", "-c", "rm -rf src/lib && echo edited > src/f1.c && mkdir made && ln -s x made/l"]
-        log = session.undo_log("agent")
+        log = session.services.undo_log("agent")
         loop = _watching_loop(lambda tid, raw: None)
-        env = session.command_env(home.env)
+        env = session.services.command_env(home.env)
         process = start_sandboxed(
             session, argv[0], argv, env, str(home.work), (0, 1, 2), notify_class=loop, undo=log
         )

@@ -40,7 +40,7 @@ from nono_supervisor.linux import libc
 from nono_supervisor.linux.landlock import _Fs
 from nono_supervisor.policy.profile import NEVER_GRANTABLE, Deny, Policy
 
-__all__ = ["LateDenies", "for_session"]
+__all__ = ["LateDenies"]
 
 # include/uapi/linux/inotify.h
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -110,10 +110,13 @@ class _Tracked:
 
 
 class LateDenies:
-    """The session's watch over where its denied paths lead, and the sandboxes running meanwhile."""
+    """The session's watch over where its denied paths lead, and the sandboxes running meanwhile: over the
+    session's policy state (its denies, its access indexes), writing what it does to the audit log. One
+    per session, started by ``session.services.Services.late_denies``."""
 
-    def __init__(self, session) -> None:
-        self._session = session
+    def __init__(self, state, audit) -> None:
+        self._state = state
+        self._audit = audit
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()  # the watched directories (the watch thread and ``track``)
         self._tracked: list[_Tracked] = []
@@ -159,7 +162,7 @@ class LateDenies:
             for deny in new:
                 self._denies[deny.path] = deny
         if new and self._resolve([d.path for d in new])[0]:
-            self._session.relocate_denies()  # an index built before: the decisions may predate a move
+            self._state.relocate_denies()  # an index built before: the decisions may predate a move
         return bool(new)
 
     def close(self) -> None:
@@ -260,7 +263,7 @@ class LateDenies:
             resolving = list(self._denies) if paths is None else list(paths)
         moved, added = self._resolve(resolving)
         if moved:
-            self._session.relocate_denies()
+            self._state.relocate_denies()
         for entry, deny, real in hits:
             if entry.guard and entry.loop is not None:
                 self._act(entry, deny, real)
@@ -286,7 +289,7 @@ class LateDenies:
                 real, keys = located[deny.path]
                 if not any(entry.inodes.get(key, 0) for key in keys):
                     continue
-                access = self._session.access_index(entry.policy)
+                access = self._state.access_index(entry.policy)
                 if deny.rule != NEVER_GRANTABLE and access.grants_node(real):
                     continue  # an explicit grant of the node itself overrides its deny (CONTRACT)
                 hits.append((entry, deny, real))
@@ -298,7 +301,7 @@ class LateDenies:
             if entry.acted:
                 return
             entry.acted = True
-        policy = self._session.policy
+        policy = self._state.policy
         where = policy.display(real)
         fields = {"event": "late-deny", "path": deny.path, "now": real, "rule": deny.rule}
         if entry.guard and entry.loop is not None:
@@ -317,7 +320,7 @@ class LateDenies:
         if entry.notice is not None:
             entry.notice(line, fields)
         else:
-            self._session.audit.write(pid=getattr(entry.process, "pid", 0), **fields)
+            self._audit.write(pid=getattr(entry.process, "pid", 0), **fields)
         if fields["action"] == "stopped":
             if entry.process.status is None:  # reaped, the keeper's pid may be another process's now
                 entry.process.kill_tree()  # the keeper kills the tree, daemons included
@@ -333,14 +336,3 @@ def _inotify_init() -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return fd
-
-
-_SESSIONS_LOCK = threading.Lock()
-
-
-def for_session(session) -> LateDenies:
-    """The session's watch, started with its first sandbox."""
-    with _SESSIONS_LOCK:
-        if session.late_denies is None:
-            session.late_denies = LateDenies(session)
-        return session.late_denies

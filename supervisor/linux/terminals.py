@@ -1,6 +1,6 @@
 """Which terminals a command reaches (DESIGN.md invariant 11): the one it was handed and the ptys it made.
 
-Landlock grants no ``/dev/pts`` node but the handed terminal's (``Session.terminal_grants``, a rule on
+Landlock grants no ``/dev/pts`` node but the handed terminal's (``PolicyState.terminal_grants``, a rule on
 that node's inode): a node made later cannot be named ahead (KERNEL-NOTES), and a rule on ``/dev/pts``
 grants every terminal of the uid (the agent's, another tmux window's). So the supervisor decides every
 other open of a pty: the caller's process must hold that very pty already, a master whose peer it is

@@ -53,7 +53,7 @@ __all__ = ["SeatbeltDenial", "macos_policy", "monitor_for", "start", "GRACE_SECO
 # that failed (a denial may be why, and ``--prompt after`` may ask about it) waits this long for stragglers
 # before its exit is reported; one that succeeded reports what has arrived and does not wait.
 GRACE_SECONDS = 0.25
-# The source of the grants a human added during the session (``Session.add_grant``, the retry of
+# The source of the grants a human added during the session (``PolicyState.add_grant``, the retry of
 # ``--prompt after``): the grants no resolution of the options reproduces.
 USER_SOURCE = "user"
 
@@ -87,13 +87,13 @@ class SeatbeltDenial:
 def macos_policy(policy: Policy, resolve_for_macos: Callable[[], Policy]) -> Policy:
     """``policy`` as the Seatbelt profile must see it.
 
-    A policy resolved for macOS is used as it is. One resolved for another platform (``Session`` resolves
-    ``session.policy`` for Linux, on every OS, today) cannot be: its system paths and security groups are
-    Linux's (``/proc``, no ``~/Library/Keychains``). It is replaced by ``resolve_for_macos()``, the same
-    options (and stored "always" grants) resolved with platform "macos", plus the grants a human added on top
-    of the Linux one: source ``user``, the session grants of prompts and the retry grants of
-    ``--prompt after``. Those are the only difference between ``policy`` and its own resolution: nothing
-    else ever modifies a resolved policy.
+    A policy resolved for macOS is used as it is. One resolved for another platform (the policy state
+    resolves ``session.state.policy`` for Linux, on every OS, today) cannot be: its system paths and
+    security groups are Linux's (``/proc``, no ``~/Library/Keychains``). It is replaced by
+    ``resolve_for_macos()``, the same options (and stored "always" grants) resolved with platform "macos",
+    plus the grants a human added on top of the Linux one: source ``user``, the session grants of prompts
+    and the retry grants of ``--prompt after``. Those are the only difference between ``policy`` and its
+    own resolution: nothing else ever modifies a resolved policy.
     """
     if policy.platform == "macos":
         return policy
@@ -106,8 +106,8 @@ def macos_policy(policy: Policy, resolve_for_macos: Callable[[], Policy]) -> Pol
 
 _lock = threading.Lock()
 # id(session) -> (weak reference to it, its options resolved for macOS). Resolved once per session, like
-# ``session.policy``: a profile edited or a grant revoked mid-session takes effect in the next session on
-# both platforms.
+# ``session.state.policy``: a profile edited or a grant revoked mid-session takes effect in the next session
+# on both platforms.
 _resolved: dict[int, tuple[weakref.ref, Policy]] = {}
 _monitors: dict[str, tuple[LogMonitor, Iterator[int]]] = {}
 
@@ -118,7 +118,7 @@ def _resolved_for_macos(session: Session) -> Policy:
         entry = _resolved.get(key)
         if entry is not None and entry[0]() is session:
             return entry[1]
-    policy = session.policy_for("macos")
+    policy = session.state.policy_for("macos")
     with _lock:
         _resolved[key] = (weakref.ref(session, lambda _ref: _resolved.pop(key, None)), policy)
     return policy
@@ -174,11 +174,11 @@ def start(
 ) -> SandboxedProcess:
     """Start ``path`` (with ``argv``, ``argv[0]`` included) under ``policy`` compiled for Seatbelt."""
     compiled = macos_policy(policy, lambda: _resolved_for_macos(session))
-    extra = session.route_grants() + session.terminal_grants(stdio)
+    extra = session.state.route_grants() + session.state.terminal_grants(stdio)
     compiled = replace(compiled, grants=compiled.grants + tuple(g for g in extra if g not in compiled.grants))
     monitor, counter = _monitor_and_counter(session.id)
     marker = monitor.marker(next(counter))
-    socket = str(session.socket_path) if session.socket_path else None
+    socket = str(session.state.socket_path) if session.state.socket_path else None
     profile = generate_profile(compiled, marker, supervisor_socket=socket)
     workdir = cwd or os.getcwd()
     plan = runner.prepare(profile, argv, env, workdir, program=path, ctty=ctty)

@@ -44,7 +44,8 @@ class Consent:
         routed: bool = True,
         argv: list[str] | None = None,
     ) -> None:
-        self.session = session
+        self.state = session.state  # the policy state: answers given, grants, refusals
+        self.audit = session.services.audit
         # For the agent, which lives as long as the session, "once" means the process that asked.
         self.per_process = per_process
         self.command = command
@@ -84,7 +85,7 @@ class Consent:
             return False
         if op in ("read", "exec", "connect") and not os.path.lexists(path):
             return False  # a probe for an optional file (~/.inputrc): the answer could only be ENOENT
-        if self.session.refusal(op, path) is not None:
+        if self.state.refusal(op, path) is not None:
             self._note(op, path, NOTE_REFUSED)
             return False
         with self._lock:
@@ -114,7 +115,7 @@ class Consent:
     def _ask(self, op: str, path: str, rule: str, is_dir: bool, tid: int, alive: Callable[[], bool]) -> bool:
         question = Question(
             op,
-            self.session.policy.display(path),
+            self.state.policy.display(path),
             rule,
             command=self.command_text if self.routed else "",
             **asker(tid),
@@ -138,7 +139,7 @@ class Consent:
 
     def askable(self, rule: str) -> bool:
         """Whether a denial by ``rule`` may become a question at all (never-grantable and quiet ones not)."""
-        policy = self.session.policy
+        policy = self.state.policy
         return rule != "never-grantable" and rule not in policy.prompt_quiet and not silent(rule, policy)
 
     def asked(self, op: str, path: str) -> bool:
@@ -146,15 +147,15 @@ class Consent:
         second one)."""
         with self._lock:
             done = any(k[:2] == (OPS[op], path) for k in (*self._once, *self._refused))
-        return done or self.session.refusal(op, path) is not None
+        return done or self.state.refusal(op, path) is not None
 
     def _granted(self, op: str, path: str) -> bool:
-        return self.session.access_index(self.session.policy).verdict(path, op).allowed
+        return self.state.access_index(self.state.policy).verdict(path, op).allowed
 
     def _answered(self, op: str, path: str) -> str | None:
         if self._granted(op, path):
             return "session"
-        refused = self.session.refusal(op, path)
+        refused = self.state.refusal(op, path)
         return "deny" if refused is not None else None
 
     def _key(self, op: str, path: str, tid: int) -> tuple[str, str, int]:
@@ -172,7 +173,7 @@ class Consent:
             with self._lock:
                 self._once.add(key)
         elif answer == "deny":
-            self.session.refuse(op, path, answer)
+            self.state.refuse(op, path, answer)
             self._note(op, path, NOTE_DENIED)
         else:  # timed out or withdrawn: nobody decided; not asked again in this command
             with self._lock:
@@ -180,11 +181,11 @@ class Consent:
             if answer == TIMED_OUT:
                 self._note(op, path, NOTE_TIMED_OUT)
         if answer in ("session", "always"):
-            self.session.add_grant(path, OPS[op], kind, persist=answer == "always", command=self.command_text)
+            self.state.add_grant(path, OPS[op], kind, persist=answer == "always", command=self.command_text)
         extra = {"reason": "timed out"} if answer == TIMED_OUT else {}
         if answer == WITHDRAWN:
             extra = {"reason": "withdrawn: the command went away"}
-        self.session.audit.write(
+        self.audit.write(
             command=self.command,
             argv=self.argv,
             op=op,

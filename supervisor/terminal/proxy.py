@@ -45,7 +45,7 @@ class TerminalLease:
     command left behind reads EOF/EIO and never the keys typed afterwards."""
 
     def __init__(self, session: Session, stdio: tuple[int, int, int]) -> None:
-        own = [i for i, fd in enumerate(stdio) if fd >= 0 and session.is_own_terminal(fd)]
+        own = [i for i, fd in enumerate(stdio) if fd >= 0 and session.state.is_own_terminal(fd)]
         terminal = stdio[own[0]]
         self.master, slave = os.openpty()
         try:
@@ -64,13 +64,13 @@ class TerminalLease:
         # (test_exec_in_a_terminal_asks_the_same_way, 1 in 8 under load). Until the proxy runs, a question
         # waits for it to hold (it checks for one before reading anything).
         self._lending = contextlib.ExitStack()
-        self._lending.enter_context(lent(session.prompter, self.proxy))
+        self._lending.enter_context(lent(session.services.prompter, self.proxy))
         self._thread: threading.Thread | None = None
 
     @classmethod
     def for_stdio(cls, session: Session, stdio: tuple[int, int, int]) -> TerminalLease | None:
         """A lease when any of ``stdio`` is the supervisor's own terminal, else None (nothing to stand in)."""
-        if not any(fd >= 0 and session.is_own_terminal(fd) for fd in stdio):
+        if not any(fd >= 0 and session.state.is_own_terminal(fd) for fd in stdio):
             return None
         return cls(session, stdio)
 
