@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nono_shell.personality import SHELLS
-from nono_supervisor import paths
+from nono_supervisor import backend, paths
 from nono_supervisor.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
@@ -143,7 +143,7 @@ class Session:
         self.prompter: Prompter | None = None
         self._grant_lock = threading.Lock()
         self._store = GrantStore(paths.grants_path(self.env))
-        platform = "macos" if sys.platform == "darwin" else "linux"
+        platform = backend.current().platform
         self._base = resolve_policy(self.options, self.context(platform))
         self._agent_base = self._resolve_agent(platform)
         self._prepare_caches()
@@ -224,8 +224,8 @@ class Session:
         mode = self.policy.prompt
         if self.prompter is None or mode == "never":
             return "never"
-        if not sys.platform.startswith("linux"):
-            return "after"  # only the Linux backend can hold a syscall while the human answers
+        if not backend.current().holds_syscalls:
+            return "after"  # macOS: Seatbelt answers the syscall itself, a question comes after it
         return "tty" if mode == "auto" else mode
 
     @property
@@ -537,7 +537,7 @@ class Session:
         Recorded: the trees the policy lets commands write, but the session's own temp and runtime dirs
         (removed with the session) and devices; never a path the policy denies or never grants."""
         policy = policy or self.policy
-        if not (self.trap and policy.undo and sys.platform.startswith("linux")):
+        if not (self.trap and policy.undo and backend.current().records_changes):
             return None
         from nono_supervisor.undo import CommandLog
 

@@ -1,0 +1,86 @@
+"""The macOS side of the platform seam: Seatbelt (``sandbox_init``), denials read from ``log stream``.
+
+No in-flight layer: Seatbelt answers every syscall itself, so nothing waits for a human (questions come after
+the fact, ``--prompt after``), nothing is recorded before it changes (no undo), and another process's
+descriptors cannot be reached (a denial is told when the command has ended). Imports on any OS and never the
+Linux backend (tests/test_macos_backend.py runs it on Linux with its OS seams faked).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any, NoReturn
+
+from nono_supervisor.backend import Checkup, CommandGets, Hooks, Launch, PolicySource
+from nono_supervisor.errors import SandboxError
+from nono_supervisor.macos import launch as macos_launch
+from nono_supervisor.macos.launch import MacPlan
+from nono_supervisor.macos.process import SandboxedProcess
+
+__all__ = ["MacBackend"]
+
+
+class MacBackend:
+    platform = "macos"
+    preload_var = "DYLD_INSERT_LIBRARIES"
+    interpose_library = "libnono_interpose.dylib"  # setup.py PRELOADS
+    holds_syscalls = False
+    records_changes = False
+
+    def doctor(self) -> Checkup:
+        """Seatbelt through sandbox_init (or sandbox-exec); the log stream that reports denials."""
+        from nono_supervisor.macos.runner import load_libsandbox
+
+        native = load_libsandbox() is not None
+        fallback = shutil.which("sandbox-exec")
+        log = shutil.which("log")
+        lines = (
+            (
+                native or (None if fallback else False),
+                "seatbelt sandbox_init",
+                "available" if native else "missing",
+            ),
+            (bool(fallback) or None, "sandbox-exec fallback", fallback or "missing"),
+            (log is not None or None, "log stream (denial detection)", log or "missing"),
+        )
+        return Checkup(lines, native or bool(fallback))
+
+    def enforcement(self, trap: bool) -> str:
+        return (
+            "Seatbelt (sandbox_init); denials from log stream once the command ends, no questions in flight"
+        )
+
+    def policy_notes(self, gets: CommandGets) -> list[str]:
+        return []
+
+    def landlock_plan(self, gets: CommandGets) -> NoReturn:
+        raise SandboxError("Landlock plans are Linux's; this is darwin (try --format seatbelt)")
+
+    def namespace_error(self, userns: bool) -> int | None:
+        return None
+
+    def compile(self, gets: CommandGets) -> MacPlan:
+        return macos_launch.compile_profile(gets)
+
+    def start(self, plan: MacPlan, launch: Launch, hooks: Hooks) -> SandboxedProcess:
+        return macos_launch.start(plan, launch, hooks)
+
+    def finish(self, process: Any) -> None:
+        """Nothing to settle: the waiter completes the report before the exit is published."""
+
+    def left_running(self) -> int:
+        return 0  # no keeper holds what a command left running (macos.process): nothing to count
+
+    def serve(self, source: PolicySource) -> None:
+        """Nothing to start: the session's log monitor starts with its first command."""
+
+    def rename_noreplace(self, source: Path, target: Path) -> None:
+        from nono_supervisor.macos.libc import rename_noreplace
+
+        rename_noreplace(os.fsencode(source), os.fsencode(target))
+
+    def stderr_of(self, pid: int) -> int:
+        raise OSError(errno.ENOTSUP, "another process's descriptors cannot be reached here")
