@@ -267,7 +267,7 @@ def _preloaded(env: dict[str, str], library: str) -> dict[str, str]:
 
 @functools.cache
 def _namespace_error(userns: bool) -> int:
-    from nono_supervisor.linux import _spawn
+    from nono_supervisor.linux import _spawn  # type: ignore[attr-defined]  # C, no stubs (setup.py)
 
     return _spawn.probe_namespace(userns)
 
@@ -338,7 +338,7 @@ def _built_parts_lines(lines: list[Line]) -> bool:
     from nono_supervisor import interpose, shims
 
     try:
-        from nono_supervisor.linux import _notify, _spawn  # noqa: F401 - whether they were built
+        from nono_supervisor.linux import _notify, _spawn  # type: ignore[attr-defined]  # noqa: F401 - built?
     except ImportError as e:
         lines.append((False, "C extensions (_spawn, _notify)", f"{e}: {_REBUILD}"))
         return False
@@ -352,8 +352,16 @@ def _built_parts_lines(lines: list[Line]) -> bool:
     detail = client or f"not built (the Python client: ~25 ms more per command): {_REBUILD}"
     lines.append((client is not None or None, "C client (shims, nono-shell)", detail))
     library = notify.ask_again_library()
-    problem = (
-        interpose.check_loadable(library) if library else f"not built (every open is trapped): {_REBUILD}"
-    )
-    lines.append((problem is None or None, "ask-again library", library if problem is None else problem))
+    if library is None:
+        lines.append((None, "ask-again library", f"not built (every open is trapped): {_REBUILD}"))
+    else:
+        problem = interpose.check_loadable(library)
+        lines.append((problem is None or None, "ask-again library", problem or library))
     return True
+
+
+if TYPE_CHECKING:  # the protocol conformance, checked by mypy (.ci/types; tests/test_backend.py runs it)
+    from nono_supervisor import backend as _seam
+
+    _linux: _seam.Backend[LinuxPlan] = LinuxBackend()
+    _process: type[_seam.Process] = Process

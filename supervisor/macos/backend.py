@@ -12,7 +12,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from nono_supervisor.backend import Checkup, CommandGets, Hooks, Launch, PolicySource
 from nono_supervisor.errors import SandboxError
@@ -84,3 +84,10 @@ class MacBackend:
 
     def stderr_of(self, pid: int) -> int:
         raise OSError(errno.ENOTSUP, "another process's descriptors cannot be reached here")
+
+
+if TYPE_CHECKING:  # the protocol conformance, checked by mypy (.ci/types; tests/test_backend.py runs it)
+    from nono_supervisor import backend as _seam
+
+    _mac: _seam.Backend[MacPlan] = MacBackend()
+    _process: type[_seam.Process] = SandboxedProcess
