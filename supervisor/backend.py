@@ -37,6 +37,7 @@ __all__ = [
     "Process",
     "GroupSignal",
     "Checkup",
+    "Support",
     "Backend",
     "current",
     "for_platform",
@@ -218,6 +219,15 @@ class GroupSignal:
 Line = tuple[bool | None, str, str]  # doctor's: (ok, or None for a warning; what; detail)
 
 
+class Support(Protocol):
+    """What this machine can enforce, probed once and read by ``compile`` and ``doctor`` alike (Linux:
+    ``kernel.KernelSupport``, which keeps why Landlock is missing)."""
+
+    def missing(self) -> str | None:
+        """Why no command can be sandboxed here, in one phrase; None where one can."""
+        ...
+
+
 @dataclass(frozen=True)
 class Checkup:
     """``doctor``'s lines for what the backend needs, and whether a command can be sandboxed here."""
@@ -243,8 +253,12 @@ class Backend(Protocol[PlanT]):
     @property
     def records_changes(self) -> bool: ...  # what a command changes can be recorded first (undo)
 
+    def probe(self) -> Support:
+        """What this machine can enforce (cached: the kernel does not change under a running supervisor)."""
+        ...
+
     def doctor(self) -> Checkup:
-        """What this machine can enforce, probed (``probe``) and said in ``doctor``'s lines."""
+        """What ``probe`` found and what else the backend needs here, in ``doctor``'s lines."""
         ...
 
     def enforcement(self, trap: bool) -> str:

@@ -181,7 +181,7 @@ def test_the_same_value_feeds_the_landlock_plan_and_the_seatbelt_profile(home: H
 def test_landlock_missing_keeps_why(monkeypatch, code: int, said: str) -> None:
     real = landlock.abi_probe()
     assert real[0] >= 1 and real[1] == 0  # the twin: this kernel has it
-    assert dataclasses.replace(probe(), landlock_abi=real[0]).landlock_missing() is None
+    assert dataclasses.replace(probe(), landlock_abi=real[0]).missing() is None
 
     def refuse(*_args):
         raise OSError(code, os.strerror(code))
@@ -189,10 +189,10 @@ def test_landlock_missing_keeps_why(monkeypatch, code: int, said: str) -> None:
     monkeypatch.setattr(landlock.libc, "syscall", refuse)
     assert landlock.abi_probe() == (0, code)
     support = dataclasses.replace(probe(), landlock_abi=0, landlock_errno=code)
-    assert said in support.landlock_missing()
-    monkeypatch.setattr(linux_backend, "probe", lambda: support)
+    assert said in support.missing()
+    monkeypatch.setattr(linux_backend.LinuxBackend, "probe", lambda self: support)
     checkup = linux_backend.LinuxBackend().doctor()
-    assert checkup.lines[0] == (False, "landlock", f"unavailable: {support.landlock_missing()}")
+    assert checkup.lines[0] == (False, "landlock", f"unavailable: {support.missing()}")
     assert not checkup.enforceable
 
 
@@ -202,7 +202,7 @@ def test_a_command_is_refused_where_landlock_is_disabled_at_boot(home: Home, mon
     launch = Launch("/bin/sh", ["sh", "-c", f"touch {ran}"], home.env, str(home.work), (0, 1, 2))
     try:
         disabled = dataclasses.replace(probe(), landlock_abi=0, landlock_errno=errno.EOPNOTSUPP)
-        monkeypatch.setattr(linux_backend, "probe", lambda: disabled)
+        monkeypatch.setattr(linux_backend.LinuxBackend, "probe", lambda self: disabled)
         with pytest.raises(SandboxError, match=r"^Landlock is disabled at boot .*; nothing was run$"):
             backend.start(session, launch, Hooks())
         assert not ran.exists()

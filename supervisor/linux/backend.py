@@ -25,7 +25,8 @@ from nono_supervisor.backend import (
     PolicySource,
 )
 from nono_supervisor.errors import NonoError, SandboxError
-from nono_supervisor.linux.kernel import KernelSupport, probe
+from nono_supervisor.linux import kernel
+from nono_supervisor.linux.kernel import KernelSupport
 from nono_supervisor.linux.landlock import CachedPlan, LandlockPlan, PlanCache, compile_plan
 
 if TYPE_CHECKING:  # sandbox needs the built spawner, which doctor reports missing rather than fail on
@@ -91,12 +92,16 @@ class LinuxBackend:
         return lost + [f"note: {note}" for note in self.landlock_plan(gets).notes]
 
     def landlock_plan(self, gets: CommandGets) -> LandlockPlan:
-        return compile_plan(gets.policy, max(probe().landlock_abi, 1), gets.extra)
+        return compile_plan(gets.policy, max(self.probe().landlock_abi, 1), gets.extra)
+
+    def probe(self) -> KernelSupport:
+        return kernel.probe()
 
     def doctor(self) -> Checkup:
-        lines = list(_kernel_lines(probe()))
+        support = self.probe()
+        lines = list(_kernel_lines(support))
         spawner = _built_parts_lines(lines)
-        return Checkup(tuple(lines), probe().landlock_abi >= 1 and spawner)
+        return Checkup(tuple(lines), support.missing() is None and spawner)
 
     def namespace_error(self, userns: bool) -> int | None:
         return _namespace_error(userns)
@@ -106,8 +111,8 @@ class LinuxBackend:
     def compile(self, gets: CommandGets) -> LinuxPlan:
         from nono_supervisor.linux import latedeny
 
-        support = probe()
-        missing = support.landlock_missing()
+        support = self.probe()
+        missing = support.missing()
         if missing:
             raise SandboxError(f"Landlock is {missing}; nothing was run")
         net = None
@@ -225,9 +230,7 @@ class LinuxBackend:
         rename_noreplace(os.fsencode(source), os.fsencode(target))
 
     def stderr_of(self, pid: int) -> int:
-        from nono_supervisor.linux.kernel import pidfd_getfd
-
-        return pidfd_getfd(pid, 2)
+        return kernel.pidfd_getfd(pid, 2)
 
 
 def _namespace(launch: Launch) -> dict[str, Any]:
@@ -277,7 +280,7 @@ def _namespace_error(userns: bool) -> int:
 
 def _kernel_lines(k: KernelSupport) -> Iterator[Line]:
     abi = k.landlock_abi
-    yield abi >= 1, "landlock", f"ABI {abi}" if abi else f"unavailable: {k.landlock_missing()}"
+    yield abi >= 1, "landlock", f"ABI {abi}" if abi else f"unavailable: {k.missing()}"
     features = {
         2: "refer",
         3: "truncate",

@@ -55,7 +55,7 @@ class KernelSupport:
     user_namespaces: bool
     landlock_errno: int = 0  # why the ABI is 0: ENOSYS (not in this kernel) or EOPNOTSUPP (not enabled)
 
-    def landlock_missing(self) -> str | None:
+    def missing(self) -> str | None:
         """Why Landlock cannot be used here, in one phrase (``doctor``, a refused command); None if it can."""
         if self.landlock_abi >= 1:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,7 +21,19 @@ from nono_supervisor.macos import launch as macos_launch
 from nono_supervisor.macos.launch import MacPlan
 from nono_supervisor.macos.process import SandboxedProcess
 
-__all__ = ["MacBackend"]
+__all__ = ["MacBackend", "SeatbeltSupport"]
+
+
+@dataclass(frozen=True)
+class SeatbeltSupport:
+    native: bool  # libsandbox's sandbox_init
+    fallback: str | None  # sandbox-exec
+    log: str | None  # /usr/bin/log: denials are read from log stream
+
+    def missing(self) -> str | None:
+        if self.native or self.fallback:
+            return None
+        return "Seatbelt is unavailable (neither sandbox_init nor sandbox-exec)"
 
 
 class MacBackend:
@@ -30,23 +43,23 @@ class MacBackend:
     holds_syscalls = False
     records_changes = False
 
-    def doctor(self) -> Checkup:
-        """Seatbelt through sandbox_init (or sandbox-exec); the log stream that reports denials."""
+    def probe(self) -> SeatbeltSupport:
         from nono_supervisor.macos.runner import load_libsandbox
 
-        native = load_libsandbox() is not None
-        fallback = shutil.which("sandbox-exec")
-        log = shutil.which("log")
-        lines = (
-            (
-                native or (None if fallback else False),
-                "seatbelt sandbox_init",
-                "available" if native else "missing",
-            ),
-            (bool(fallback) or None, "sandbox-exec fallback", fallback or "missing"),
-            (log is not None or None, "log stream (denial detection)", log or "missing"),
+        return SeatbeltSupport(
+            load_libsandbox() is not None, shutil.which("sandbox-exec"), shutil.which("log")
         )
-        return Checkup(lines, native or bool(fallback))
+
+    def doctor(self) -> Checkup:
+        """Seatbelt through sandbox_init (or sandbox-exec); the log stream that reports denials."""
+        k = self.probe()
+        native = "available" if k.native else "missing"
+        lines = (
+            (k.native or (None if k.fallback else False), "seatbelt sandbox_init", native),
+            (bool(k.fallback) or None, "sandbox-exec fallback", k.fallback or "missing"),
+            (k.log is not None or None, "log stream (denial detection)", k.log or "missing"),
+        )
+        return Checkup(lines, k.missing() is None)
 
     def enforcement(self, trap: bool) -> str:
         return (
