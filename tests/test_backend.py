@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +212,34 @@ def test_a_command_is_refused_where_landlock_is_disabled_at_boot(home: Home, mon
         assert os.waitstatus_to_exitcode(process.wait()) == 0 and ran.exists()
     finally:
         session.close()
+
+
+# Runs the CLI as if the kernel had Landlock built in but not enabled at boot: its version query fails so.
+_LANDLOCK_OFF = (
+    "import errno, os; from nono_supervisor.linux import landlock;"
+    " real = landlock.libc.syscall;"
+    " off = lambda nr, *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP)));"
+    " landlock.libc.syscall = lambda nr, *a: off(nr) if nr == landlock._SYS_CREATE_RULESET and not a[1]"
+    " else real(nr, *a);"
+    " from nono_supervisor.cli import main; main()"
+)
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_exec_and_doctor_say_landlock_is_disabled_at_boot_and_run_nothing(request, user: bool) -> None:
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    marker = home.work / "ran"
+    result = home.run([sys.executable, "-c", _LANDLOCK_OFF, "exec", "--", "touch", str(marker)], user=user)
+    assert result.returncode == 125 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("nono-supervisor: Landlock is disabled at boot (EOPNOTSUPP"), (
+        result.stderr
+    )
+    assert not marker.exists()
+    doctor = home.run([sys.executable, "-c", _LANDLOCK_OFF, "doctor"], user=user)
+    assert doctor.returncode == 1
+    assert "[FAIL] landlock: unavailable: disabled at boot (EOPNOTSUPP" in doctor.stdout
+    twin = home.run([sys.executable, "-m", "nono_supervisor", "exec", "--", "touch", str(marker)], user=user)
+    assert twin.returncode == 0 and marker.exists(), twin.stderr  # the twin: this kernel's Landlock
 
 
 def _fds() -> int:
