@@ -24,7 +24,6 @@ from nono_supervisor.errors import SandboxError
 from nono_supervisor.policy.profile import Grant, Policy
 
 if TYPE_CHECKING:
-    from nono_supervisor.launcher import RoutingNamespace
     from nono_supervisor.policy.access import AccessIndex
     from nono_supervisor.shm import SessionShm
 
@@ -154,9 +153,9 @@ def command_gets(
 class Launch:
     """What to run and on which fds. ``leave_to_kernel``: a command of the agent's (not the agent, whose
     loop must see every exec): what the kernel's rules decide alone may be left to them where no report is
-    lost (Linux: opens and execve, README "Left to Landlock"). ``routing`` and ``exec_fd``: the agent's
-    routing namespace and the fd of the real shell to exec in place of ``path`` (Linux only; None and -1
-    elsewhere, where ``Backend.namespace_error`` says there is none)."""
+    lost (Linux: opens and execve, README "Left to Landlock"). ``exec_fd``: an fd of the file to exec in
+    place of ``path`` (the agent's real shell, which its routing namespace hides; -1: none), or ignored
+    where the backend has no such exec (macOS's helper execs ``path``)."""
 
     path: str
     argv: list[str]
@@ -165,7 +164,6 @@ class Launch:
     stdio: tuple[int, int, int]  # fds to place on 0, 1, 2 (-1: leave closed)
     ctty: bool = False  # make stdin the controlling terminal (the agent's pty, a command's lease)
     leave_to_kernel: bool = False
-    routing: RoutingNamespace | None = None
     exec_fd: int = -1
 
 

@@ -408,7 +408,10 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
             ctty = bool(lease and lease.ctty)
             # A command: opens and execve are Landlock's (linux.backend).
             launch = Launch(path, command, env, os.getcwd(), stdio, ctty=ctty, leave_to_kernel=True)
-            hooks = Hooks(report.record, consent.allows, report.late_deny, session.undo_log(command_id))
+            undo = session.undo_log(command_id)
+            hooks = Hooks(
+                on_decision=report.record, consent=consent.allows, on_late_deny=report.late_deny, undo=undo
+            )
             process = backend.start(session, launch, hooks)
         except BaseException:
             if lease:

@@ -301,9 +301,11 @@ def run_agent(
         hooks = LinuxHooks(**vars(hooks), loop_class=_watching_loop(_unrouted_recorder(session)))
 
     def start(stdio: tuple[int, int, int], ctty: bool = False) -> Process:
-        launch = Launch(
-            path, exec_argv, env, session.workdir, stdio, ctty=ctty, routing=routing, exec_fd=exec_fd
-        )
+        launch = Launch(path, exec_argv, env, session.workdir, stdio, ctty=ctty, exec_fd=exec_fd)
+        if routing is not None:  # only Linux has one (Backend.namespace_error)
+            from nono_supervisor.linux.backend import LinuxLaunch
+
+            launch = LinuxLaunch(**vars(launch), routing=routing)
         return backend.start(session, launch, hooks, policy)
 
     master = -1

@@ -30,9 +30,10 @@ from nono_supervisor.linux.kernel import KernelSupport
 from nono_supervisor.linux.landlock import CachedPlan, LandlockPlan, PlanCache, compile_plan
 
 if TYPE_CHECKING:  # sandbox needs the built spawner, which doctor reports missing rather than fail on
+    from nono_supervisor.launcher import RoutingNamespace
     from nono_supervisor.linux.sandbox import Process
 
-__all__ = ["LinuxBackend", "LinuxPlan", "LinuxHooks"]
+__all__ = ["LinuxBackend", "LinuxPlan", "LinuxLaunch", "LinuxHooks"]
 
 # After the command exits, how long its notify loop may take to answer what is still in flight before
 # the denial report is written. Processes the command left running keep their loop; they are not waited for.
@@ -48,11 +49,18 @@ class LinuxPlan:
     noticed after it is evaluated for this command too)."""
 
     gets: CommandGets
-    support: KernelSupport
     cached: CachedPlan
     ruleset: int
     net: Any  # domains mode: the session's proxy, Landlock's backstop allows TCP connect to its ports only
     since: int
+
+
+@dataclass(frozen=True)
+class LinuxLaunch(Launch):
+    """The agent's launch where it has a routing namespace (``launcher.routing_namespace``): the mount
+    namespace in which its real shells show the shim (DESIGN routing layer 4)."""
+
+    routing: RoutingNamespace | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ class LinuxBackend:
         # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
         ports = net.ports if net else ()
         cached, ruleset = self.plan_cache().get(gets.policy, support.landlock_abi, gets.extra, ports)
-        return LinuxPlan(gets, support, cached, ruleset, net, since)
+        return LinuxPlan(gets, cached, ruleset, net, since)
 
     def start(self, plan: LinuxPlan, launch: Launch, hooks: Hooks) -> Process:
         """Without trap, Landlock alone. With it, path syscalls also go to the command's notify loop:
@@ -235,7 +243,7 @@ class LinuxBackend:
 
 def _namespace(launch: Launch) -> dict[str, Any]:
     """The agent's routing namespace as the spawner takes it: (shim, real shell) binds, as bytes."""
-    if launch.routing is None:
+    if not isinstance(launch, LinuxLaunch) or launch.routing is None:
         return {}
     binds = tuple((os.fsencode(shim), os.fsencode(real)) for shim, real in launch.routing.binds)
     return {"binds": binds, "userns": launch.routing.userns}
