@@ -95,6 +95,13 @@ class PolicySource(Protocol):
     def policy_for(self, platform: str) -> Policy: ...
     def netproxy(self) -> Any: ...
 
+    # Linux's late-deny watch lives on the session (``linux.latedeny.for_session``) and reads it too.
+    late_denies: Any
+
+    @property
+    def audit(self) -> Any: ...
+    def relocate_denies(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class CommandGets:
