@@ -40,6 +40,7 @@ __all__ = [
     "PlanCache",
     "Rule",
     "abi_version",
+    "abi_probe",
     "compile_plan",
     "create_ruleset",
     "rights_names",
