@@ -271,8 +271,12 @@ def test_a_start_that_fails_before_the_spawn_keeps_no_ruleset_fd(home: Home, bro
         session.close()
 
 
-def test_command_gets_is_what_policy_format_landlock_prints(home: Home, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("fmt", ["landlock", "seatbelt"])
+def test_policy_format_prints_what_a_command_gets(home: Home, monkeypatch, capsys, fmt: str) -> None:
+    """Both formats print the plan of ``command_gets``: the route's grants (nono-shell's own package, for
+    nested routing) are in them, which the policy alone does not grant (the twin: its own profile)."""
     from nono_supervisor import cli
+    from nono_supervisor.macos.seatbelt import generate_profile
 
     for name, value in home.env.items():
         monkeypatch.setenv(name, value)
@@ -281,8 +285,12 @@ def test_command_gets_is_what_policy_format_landlock_prints(home: Home, monkeypa
     real = backend.command_gets
     monkeypatch.setattr(cli, "command_gets", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     with pytest.raises(SystemExit) as e:
-        cli.main(["policy", "--format", "landlock"])
+        cli.main(["policy", "--format", fmt])
     assert e.value.code == 0
     printed = capsys.readouterr().out
     (gets,) = seen
-    assert gets.extra and all(f'"path": "{g.path}"' in printed for g in gets.extra if os.path.exists(g.path))
+    assert gets.extra == tuple(gets.source.route_grants())  # no terminal: none was handed
+    bare = generate_profile(gets.source.policy_for("macos"))
+    only_route = [g.path for g in gets.extra if f'"{g.path}"' not in bare]
+    assert only_route, "the twin: some of the route's grants are not the policy's own"
+    assert all(f'"{path}"' in printed for path in only_route), only_route
