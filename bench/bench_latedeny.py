@@ -7,8 +7,8 @@
 2. the supervisor's time for an evaluation (``LateDenies.evaluate``: resolve again and check every
    running sandbox) of every denied path (a lost event) and of the one an event names, with 1 and with
    50 commands running, in the supervisor's process.
-The default profile (79 denies) on a fake HOME; commands are started in this process (``start_sandboxed``),
-as the supervisor starts them.
+The default profile (79 denies) on a fake HOME; commands are started in this process through the platform
+seam (``backend.start``), as the supervisor starts them.
 """
 
 from __future__ import annotations
@@ -21,12 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from nono_supervisor.backend import start_sandboxed
+from nono_supervisor import backend
+from nono_supervisor.backend import Hooks, Launch
 from nono_supervisor.policy.profile import PolicyOptions
 from nono_supervisor.session import Session
 
 READER = "while :; do cat x/token 2>/dev/null && echo hit; done"
-_COMMAND = {"left_to_landlock": True}  # as the server starts one
+
+
+def _start(session: Session, argv: list[str], env: dict[str, str], work: Path, stdio: tuple[int, int, int]):
+    """``argv`` as the server starts a command: its opens and execve left to Landlock."""
+    launch = Launch(argv[0], argv, env, str(work), stdio, leave_to_kernel=True)
+    return backend.start(session, launch, Hooks())
 
 
 def _home(top: Path) -> tuple[dict[str, str], Path]:
@@ -42,9 +48,7 @@ def _home(top: Path) -> tuple[dict[str, str], Path]:
 def _window(session: Session, env: dict[str, str], work: Path) -> tuple[float, int]:
     link, token = Path(env["HOME"]) / ".cache" / "huggingface", work / "x" / "token"
     read_end, write_end = os.pipe()
-    process = start_sandboxed(
-        session, "/bin/bash", ["bash", "-c", READER], env, str(work), (0, write_end, 2), **_COMMAND
-    )
+    process = _start(session, ["/bin/bash", "-c", READER], env, work, (0, write_end, 2))
     os.close(write_end)
     time.sleep(0.2)  # the loop is running
     start = time.monotonic()
@@ -64,12 +68,7 @@ def _window(session: Session, env: dict[str, str], work: Path) -> tuple[float, i
 def _evaluation(
     session: Session, env: dict[str, str], work: Path, running: int, rounds: int, changed: set[str] | None
 ) -> float:
-    processes = [
-        start_sandboxed(
-            session, "/bin/sleep", ["sleep", "60"], env, str(work), (0, 1, 2), left_to_landlock=True
-        )
-        for _ in range(running)
-    ]
+    processes = [_start(session, ["/bin/sleep", "60"], env, work, (0, 1, 2)) for _ in range(running)]
     watch = session.services.late_denies()
     times = []
     for _ in range(rounds):

@@ -229,7 +229,7 @@ def _answered_by_kernel(program: bytes) -> bytes:
 def _kernel_alone(top: Path, home: Path, env: dict[str, str]):
     """The ``kernel alone`` mode: this install's plan and filter for the policy ``_serve`` gives the route
     (``--allow HOME --read`` the interpreter), applied by ``kernel_alone.c`` with no supervisor."""
-    from nono_supervisor.backend import plan_cache
+    from nono_supervisor import backend
     from nono_supervisor.linux import seccomp
     from nono_supervisor.linux.kernel import probe
     from nono_supervisor.linux.notify import ask_again_library
@@ -241,11 +241,12 @@ def _kernel_alone(top: Path, home: Path, env: dict[str, str]):
     options = PolicyOptions(allow=(str(home),), read=(sys.prefix, sys.base_prefix), prompt="never")
     session = Session.create(options, env=env, workdir=str(home / "work"))
     try:
-        command_env = session.services.command_env(
-            env
-        )  # first: it makes the project's caches the plan grants
-        extra = session.state.route_grants() + session.state.terminal_grants((0, 1, 2))
-        _entry, ruleset = plan_cache().get(session.state.policy, probe().landlock_abi, extra, ())
+        # First: it makes the project's caches the plan grants.
+        command_env = session.services.command_env(env)
+        gets = backend.command_gets(session, (0, 1, 2))
+        _entry, ruleset = (
+            backend.current().plan_cache().get(gets.policy, probe().landlock_abi, gets.extra, ())
+        )
         filter_path = top / "kernel_alone.bpf"
         program = seccomp.build_program(session.state.policy.net_mode, leave_to_landlock=True)
         filter_path.write_bytes(_answered_by_kernel(program))

@@ -1,27 +1,47 @@
-"""The platform seam: one call starts a command in the per-command sandbox of this OS."""
+"""The platform seam: what one command gets, and the backend of this OS that enforces it.
+
+One command's way (README "Architecture"): the server (or ``exec``, or ``run`` for the agent) asks
+``command_gets`` what the command gets, a pure function of the session's policy state, the route and the
+stdio; ``current()``, the backend of this OS, compiles that (``compile``: a Landlock ruleset, a Seatbelt
+profile) and starts the command under it (``start``), which returns a ``Process``. ``start`` below is that
+sequence in one call.
+
+``current()`` is chosen once per process and is the supervisor's only test of ``sys.platform`` (but the
+CLI's help text): everything that differs between Linux and macOS is a member of ``Backend``, implemented by
+``linux.backend`` and ``macos.backend``, which never import each other (tests/test_macos_backend.py).
+"""
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
-import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from nono_supervisor.errors import SandboxError
-from nono_supervisor.policy.profile import Policy
-from nono_supervisor.session import Session
+from nono_supervisor.policy.profile import Grant, Policy
+
+if TYPE_CHECKING:
+    from nono_supervisor.policy.access import AccessIndex
+    from nono_supervisor.session import Session
 
 __all__ = [
-    "start_sandboxed",
-    "finish",
-    "left_running",
-    "plan_cache",
-    "enforcement",
-    "landlock_plan",
-    "rename_noreplace",
-    "stderr_of",
+    "PolicySource",
+    "CommandGets",
+    "command_gets",
+    "Launch",
+    "Hooks",
+    "Process",
+    "GroupSignal",
+    "Checkup",
+    "Support",
+    "Backend",
+    "current",
+    "for_platform",
+    "start",
+    "NO_STDIO",
     "NO_TRAP_GIVES_UP",
     "NO_TRAP_UNIX_SOCKETS",
 ]
@@ -45,233 +65,273 @@ NO_TRAP_GIVES_UP = (
     " handed terminal's (the supervisor opens a command's own ptys through the master it holds)",
 )
 
-_plans_lock = threading.Lock()
-_plans = None
+# The stdio of a command that is not started (``policy --format``): no terminal handed, none granted.
+NO_STDIO = (-1, -1, -1)
 
 
-def plan_cache():
-    """The Landlock plans (and ruleset fds) of this process, compiled once per policy (Linux)."""
-    global _plans
-    with _plans_lock:
-        if _plans is None:
-            from nono_supervisor.linux.landlock import PlanCache
-
-            _plans = PlanCache()
-        return _plans
+# ---- what a command gets -----------------------------------------------------------------------------------
 
 
-def enforcement(trap: bool) -> str:
-    """What enforces a command's policy on this platform (``policy`` prints it)."""
-    if sys.platform == "darwin":
-        return (
-            "Seatbelt (sandbox_init); denials from log stream once the command ends, no questions in flight"
-        )
-    if not trap:
-        return "Landlock only (--no-trap): no reports, no emulated grants"
-    return "Landlock + seccomp user notification (reports, emulated grants, questions)"
+class PolicySource(Protocol):
+    """What ``command_gets`` and the backends read of the session's policy state (``session.PolicyState``;
+    the members named here are all they use)."""
+
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def trap(self) -> bool: ...
+    @property
+    def socket_path(self) -> Path | None: ...
+    def route_grants(self) -> list[Grant]: ...
+    def terminal_grants(self, stdio: tuple[int, int, int]) -> list[Grant]: ...
+    def own_sockets(self) -> frozenset[str]: ...
+    def own_terminals(self) -> frozenset[str]: ...
+    def linked_denied(self, policy: Policy) -> frozenset[tuple[int, int]]: ...
+    def access_index(self, policy: Policy) -> AccessIndex: ...
+    def policy_for(self, platform: str) -> Policy: ...
 
 
-def landlock_plan(session: Session):
-    """The session's policy as a Landlock plan for this kernel's ABI (``policy``: its notes, ``--format
-    landlock``). Linux only: the ABI is probed, and the Landlock module needs the Linux build."""
-    if not sys.platform.startswith("linux"):
-        raise SandboxError(f"Landlock plans are Linux's; this is {sys.platform} (try --format seatbelt)")
-    from nono_supervisor.linux.kernel import probe
-    from nono_supervisor.linux.landlock import compile_plan
+@dataclass(frozen=True)
+class CommandGets:
+    """What one command gets, on every platform: its policy, the grants every command of the session adds
+    to it (read and exec of nono-shell itself for nested routing, the terminal it was handed), whether the
+    in-flight layer is on, the supervisor's own sockets and terminals (never grantable), and the denied
+    files that have other names (Landlock follows names: the notify layer checks their inodes).
 
-    state = session.state
-    return compile_plan(state.policy, max(probe().landlock_abi, 1), state.route_grants())
+    ``state`` is the policy state it was read from (linked denied files and access indexes are asked again
+    while the command runs); ``session`` the session whose services the sandbox is tied to (the network
+    proxy in domains mode, the late-deny watch, the session's /dev/shm, macOS's monitor)."""
+
+    policy: Policy
+    extra: tuple[Grant, ...]
+    trap: bool
+    own_sockets: frozenset[str]
+    own_terminals: frozenset[str]
+    linked: frozenset[tuple[int, int]]  # at start; empty without trap (nothing would check them)
+    state: PolicySource = field(compare=False, repr=False)
+    session: Session = field(compare=False, repr=False)
+
+    def linked_denied(self) -> frozenset[tuple[int, int]]:
+        """The linked denied files now: links made outside the sandbox while the command runs count."""
+        return self.state.linked_denied(self.policy)
+
+    def access(self) -> AccessIndex:
+        """The policy's intent for concrete paths (built once per policy by the session)."""
+        return self.state.access_index(self.policy)
 
 
-# After the command exits, how long its notify loop may take to answer what is still in flight before
-# the denial report is written. Processes the command left running keep their loop; they are not waited for.
-_DRAIN_SECONDS = 0.2
-
-
-def start_sandboxed(
+def command_gets(
     session: Session,
-    path: str,
-    argv: list[str],
-    env: dict[str, str],
-    cwd: str | None,
     stdio: tuple[int, int, int],
-    *,
-    ctty: bool = False,
     policy: Policy | None = None,
-    on_decision: Callable[[str, object], None] | None = None,
-    consent: Callable[[str, str, str, bool], bool] | None = None,
-    trap: bool = True,
-    left_to_landlock: bool = False,
-    launch_extra: dict[str, object] | None = None,
-    notify_class: type | None = None,
-    on_late_deny: Callable[[str, dict], None] | None = None,
-    undo: object | None = None,
-):  # -> a Process of the platform backend (signal, kill_tree, wait, poll, exit_fd, pid, keeper, notify)
-    """Compile ``policy`` (default: the session's) for this kernel and start ``path`` under it.
-
-    Linux: Landlock (+ seccomp user notification). macOS: a Seatbelt profile (``macos.launch``).
-
-    With ``trap``, path syscalls are also sent to the supervisor (seccomp user notification on Linux), so
-    denials are seen and reported through ``on_decision(decision, denial)`` and grants Landlock cannot
-    express are carried out by the supervisor; ``consent(op, path, rule, is_dir)`` may let a human allow
-    what the policy denies, while the syscall waits.
-
-    ``left_to_landlock`` (a command's, not the agent's): opens and execve are left to Landlock where
-    that loses nothing a dynamically linked process could report (``_ask_again_library``; README "Left to
-    Landlock").
-
-    Linux: while it runs, a denied node that moves into what its ruleset grants stops it, or, where its
-    loop sees every open, guards that loop (``linux.latedeny``); ``on_late_deny(line, audit fields)`` tells
-    its report.
-    ``undo`` (Linux, with ``trap``): the command's ``undo.CommandLog``; what it changes is recorded first.
-    """
-    if sys.platform.startswith("linux"):
-        from nono_supervisor.linux import sandbox, seccomp
-        from nono_supervisor.linux.kernel import probe
-
-        state, services = session.state, session.services
-        support = probe()
-        policy = policy or state.policy
-        extra = state.route_grants() + state.terminal_grants(stdio)
-        net = None
-        if policy.net_mode == "domains":
-            if not trap:
-                raise SandboxError(
-                    "network mode domains (--allow-domain) needs the seccomp layer: the supervisor performs"
-                    " every connect to tie it to its command. Hint: drop --no-trap, or use --net-block"
-                )
-            net = services.netproxy()  # Landlock's backstop: TCP connect to the proxy's port only
-        if trap and not (support.seccomp_notify and support.seccomp_addfd):
-            raise SandboxError(
-                "seccomp user notification with ADDFD is not available (needs Linux >= 5.14)."
-                " Hint: --no-trap runs with Landlock alone"
-            )
-        from nono_supervisor.linux.notify import NotifyLoop
-
-        loop_class = notify_class or NotifyLoop  # the agent's: one that also watches its shell execs
-        linked = trap and bool(state.linked_denied(policy))
-        ask_again = trap and left_to_landlock and _ask_again_library(loop_class, linked)
-        if ask_again:
-            env = _preloaded(env, ask_again)
-        # launch_extra: the agent's routing namespace (binds, userns, exec_fd; nono_supervisor.launcher).
-        launch = sandbox.Launch.build(path, argv, env, cwd, stdio, ctty=ctty, **(launch_extra or {}))
-        watch = services.late_denies()
-        since = watch.generation  # a move noticed after this is evaluated for this command too
-        # Compiled once per policy and reused while the directories it read are unchanged (PlanCache).
-        cached, ruleset = plan_cache().get(policy, support.landlock_abi, extra, net.ports if net else ())
-        plan = cached.plan
-
-        def watched(process, guard: bool = False):
-            watch.track(
-                process, policy, cached.inodes, process.notify, guard=guard, notice=on_late_deny, since=since
-            )
-            return process
-
-        if not trap:
-            return watched(sandbox.start(plan, launch, ruleset=ruleset))
-        rights = cached.rights
-        access = state.access_index(policy)
-
-        def start_loop(listener: int) -> NotifyLoop:
-            loop = loop_class(
-                listener,
-                rights,
-                access,
-                on_decision or (lambda *_: None),
-                consent,
-                state.own_sockets(),
-                net_block=policy.net_block,
-                own_terminals=state.own_terminals(),
-                linked_denied=lambda: state.linked_denied(policy),
-                linked=linked,
-                undo=undo,
-                shm=session.files.shm,
-            )
-            if net is not None:  # domains mode: inet connects go to the proxy, tied to this command
-                loop.net_proxy = net.client(policy, consent, argv, on_decision)
-            loop.start()
-            return loop
-
-        program = seccomp.build_program(
-            policy.net_mode, leave_to_landlock=bool(ask_again), record_writes=undo is not None
-        )
-        process = sandbox.start(plan, launch, (program, seccomp.FILTER_FLAGS), start_loop, ruleset=ruleset)
-        # Every open trapped (the agent, linked denied files, no library): its loop can refuse the moved
-        # node from now on; left to Landlock, only stopping it can (the kernel is not asked again).
-        return watched(process, guard=not ask_again)
-    if sys.platform == "darwin":
-        # Seatbelt answers every syscall itself: no in-flight layer, so ``trap`` and ``consent`` have nothing
-        # to act on. Denials come from ``log stream`` once the command has ended (macos.launch).
-        # ``session.state.policy`` is resolved for Linux; ``macos.launch.macos_policy`` re-resolves it for
-        # macOS and carries over the grants a human added to it.
-        from nono_supervisor.macos import launch as macos_launch
-
-        return macos_launch.start(
-            session,
-            policy or session.state.policy,
-            path,
-            argv,
-            env,
-            cwd,
-            stdio,
-            ctty=ctty,
-            on_decision=on_decision,
-        )
-    raise SandboxError(f"no sandbox backend for {sys.platform} yet; nothing was run")
+    *,
+    trap: bool | None = None,
+) -> CommandGets:
+    """What a command of ``session`` started on ``stdio`` gets under ``policy`` (default: the session's
+    now); ``trap`` overrides the session's in-flight layer (tests, ``--no-trap`` benches). A function of
+    the session's policy state alone (``PolicySource``) and the one place it is assembled: the backends'
+    ``start``, ``policy --format landlock|seatbelt`` and macOS's profile all read it here."""
+    state = session.state
+    policy = policy or state.policy
+    trap = state.trap if trap is None else trap
+    return CommandGets(
+        policy=policy,
+        extra=tuple(state.route_grants() + state.terminal_grants(stdio)),
+        trap=trap,
+        own_sockets=state.own_sockets(),
+        own_terminals=state.own_terminals(),
+        linked=state.linked_denied(policy) if trap else frozenset(),
+        state=state,
+        session=session,
+    )
 
 
-def _ask_again_library(loop_class: type, linked: bool) -> str | None:
-    """The ask-again library to preload when the command's opens and execs may be left to Landlock
-    (issue 13), else None: all are trapped for a loop that must see them all (the agent's), while a denied
-    file has several names (Landlock follows names: each regular-file open must be checked on its inode),
-    where the library is not built (a denial could not be reported even where the process can), and with
-    NONO_TRAP_ALL=1 in the supervisor's environment (bench/bench_speed.py's comparison)."""
-    from nono_supervisor.linux.notify import ask_again_library, wants_every_notification
-
-    if linked or wants_every_notification(loop_class) or os.environ.get("NONO_TRAP_ALL") == "1":
-        return None
-    return ask_again_library()
+# ---- how it is started -------------------------------------------------------------------------------------
 
 
-def _preloaded(env: dict[str, str], library: str) -> dict[str, str]:
-    """``env`` with ``library`` in LD_PRELOAD (once: nested commands inherit it through nono-shell)."""
-    current = env.get("LD_PRELOAD", "")
-    if library in current.replace(":", " ").split():
-        return env
-    return {**env, "LD_PRELOAD": f"{current} {library}".strip()}
+@dataclass(frozen=True)
+class Launch:
+    """What to run and on which fds. ``leave_to_kernel``: a command of the agent's (not the agent, whose
+    loop must see every exec): what the kernel's rules decide alone may be left to them where no report is
+    lost (Linux: opens and execve, README "Left to Landlock"). ``exec_fd``: an fd of the file to exec in
+    place of ``path`` (the agent's real shell, which its routing namespace hides; -1: none), or ignored
+    where the backend has no such exec (macOS's helper execs ``path``)."""
+
+    path: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    stdio: tuple[int, int, int]  # fds to place on 0, 1, 2 (-1: leave closed)
+    ctty: bool = False  # make stdin the controlling terminal (the agent's pty, a command's lease)
+    leave_to_kernel: bool = False
+    exec_fd: int = -1
 
 
-def left_running() -> int:
-    """Commands that returned but left background jobs their keeper still holds (Linux): each keeps its
-    notify loop, a thread and the listener's fd, so the server counts them against its command cap."""
-    if sys.platform.startswith("linux"):
-        from nono_supervisor.linux.sandbox import reap_keepers
+@dataclass(frozen=True)
+class Hooks:
+    """What the supervisor is told, and asked, while the command runs. ``on_decision(decision, denial)``:
+    each decision's report. ``consent(op, path, rule, is_dir)``: whether a human allows what the policy
+    denies, while the syscall waits (Linux's in-flight layer; macOS asks after the fact). ``on_late_deny(line,
+    audit fields)``: a denied node moved into the command's grants and it was stopped or guarded (Linux).
+    ``undo``: the command's ``undo.CommandLog``, where what it changes is recorded first (Linux, trap)."""
 
-        return reap_keepers()
-    return 0
-
-
-def finish(process) -> None:
-    """Let the command's decision stream settle so that its report is complete."""
-    loop = getattr(process, "notify", None)
-    if loop is not None:
-        loop.join(_DRAIN_SECONDS)
+    on_decision: Callable[[str, Any], None] | None = None
+    consent: Callable[[str, str, str, bool], bool] | None = None
+    on_late_deny: Callable[[str, dict], None] | None = None
+    undo: Any = None
 
 
-def rename_noreplace(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target`` in one step unless ``target`` exists (FileExistsError)."""
-    if sys.platform == "darwin":
-        from nono_supervisor.macos.libc import rename_noreplace as rename
-    else:
-        from nono_supervisor.linux.libc import rename_noreplace as rename
-    rename(os.fsencode(source), os.fsencode(target))
+class Process(Protocol):
+    """A running sandboxed command, as the server, ``exec`` and ``run`` hold it. ``keeper`` is the
+    supervisor's child (Linux: the keeper; macOS: the command itself), ``pid`` the command (and its process
+    group), ``notify`` its in-flight loop (None without one)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def keeper(self) -> int: ...
+    @property
+    def notify(self) -> Any: ...
+    def signal(self, signo: int) -> None: ...
+    def kill_tree(self) -> None: ...
+    def wait(self) -> int: ...
+    def poll(self) -> int | None: ...
+    def exit_fd(self) -> int: ...
 
 
-def stderr_of(pid: int) -> int:
-    """A duplicate of process ``pid``'s stderr, to tell it of a denial while it waits (OSError where it
-    cannot be reached: gone, not ours, or macOS, which has no way to take another process's descriptor)."""
-    if not sys.platform.startswith("linux"):
-        raise OSError(errno.ENOTSUP, "another process's descriptors cannot be reached here")
-    from nono_supervisor.linux.kernel import pidfd_getfd
+class GroupSignal:
+    """``Process.signal`` of both backends: the command leads its process group."""
 
-    return pidfd_getfd(pid, 2)
+    pid: int
+
+    def signal(self, signo: int) -> None:
+        """Deliver to the command's process group (what nono-shell forwards)."""
+        try:
+            os.killpg(self.pid, signo)
+        except ProcessLookupError:
+            pass
+
+
+# ---- the backend -------------------------------------------------------------------------------------------
+
+Line = tuple[bool | None, str, str]  # doctor's: (ok, or None for a warning; what; detail)
+
+
+class Support(Protocol):
+    """What this machine can enforce, probed once and read by ``compile`` and ``doctor`` alike (Linux:
+    ``kernel.KernelSupport``, which keeps why Landlock is missing)."""
+
+    def missing(self) -> str | None:
+        """Why no command can be sandboxed here, in one phrase; None where one can."""
+        ...
+
+
+@dataclass(frozen=True)
+class Checkup:
+    """``doctor``'s lines for what the backend needs, and whether a command can be sandboxed here."""
+
+    lines: tuple[Line, ...]
+    enforceable: bool
+
+
+PlanT = TypeVar("PlanT")
+
+
+class Backend(Protocol[PlanT]):
+    """One OS's way to sandbox a command (``linux.backend.LinuxBackend``, ``macos.backend.MacBackend``)."""
+
+    @property
+    def platform(self) -> str: ...  # the policy's platform name (``resolve_policy``): linux, macos
+    @property
+    def preload_var(self) -> str: ...  # the loader's preload variable (interpose)
+    @property
+    def interpose_library(self) -> str: ...  # the file name setup.py builds the library as
+    @property
+    def holds_syscalls(self) -> bool: ...  # a syscall can wait for the human's answer (prompt mode tty)
+    @property
+    def records_changes(self) -> bool: ...  # what a command changes can be recorded first (undo)
+
+    def probe(self) -> Support:
+        """What this machine can enforce (cached: the kernel does not change under a running supervisor)."""
+        ...
+
+    def doctor(self) -> Checkup:
+        """What ``probe`` found and what else the backend needs here, in ``doctor``'s lines."""
+        ...
+
+    def enforcement(self, trap: bool) -> str:
+        """What enforces a command's policy here (``policy`` prints it)."""
+        ...
+
+    def policy_notes(self, gets: CommandGets) -> list[str]:
+        """``policy``'s lines on what this platform cannot enforce of ``gets``."""
+        ...
+
+    def landlock_plan(self, gets: CommandGets) -> Any:
+        """``gets`` as a Landlock plan for this kernel (``policy --format landlock``); SandboxError where
+        there is no Landlock."""
+        ...
+
+    def compile(self, gets: CommandGets) -> PlanT:
+        """``gets`` in the kernel's terms; SandboxError (nothing runs) where it cannot be enforced here."""
+        ...
+
+    def start(self, plan: PlanT, launch: Launch, hooks: Hooks) -> Process:
+        """Start ``launch`` under ``plan`` (which it consumes); SandboxError: nothing ran."""
+        ...
+
+    def finish(self, process: Process) -> None:
+        """Let the command's decision stream settle so that its report is complete."""
+        ...
+
+    def left_running(self) -> int:
+        """Commands that returned but left background jobs the supervisor still holds (the server's cap)."""
+        ...
+
+    def serve(self, session: Session) -> None:
+        """What a serving session starts once, before its first command (Linux: the late-deny watch)."""
+        ...
+
+    def rename_noreplace(self, source: Path, target: Path) -> None:
+        """Rename ``source`` to ``target`` in one step unless ``target`` exists (FileExistsError)."""
+        ...
+
+    def stderr_of(self, pid: int) -> int:
+        """A duplicate of process ``pid``'s stderr, to tell it of a denial while it waits (OSError where it
+        cannot be reached: gone, not ours, or no way to take another process's descriptor)."""
+        ...
+
+    def namespace_error(self, userns: bool) -> int | None:
+        """The agent's routing namespace: 0 if it can be made here, the errno that refused it, or None on a
+        platform without mount namespaces."""
+        ...
+
+
+def for_platform(platform: str) -> Backend[Any]:
+    """The backend for ``sys.platform`` ``platform``; SandboxError where there is none."""
+    if platform.startswith("linux"):
+        from nono_supervisor.linux.backend import LinuxBackend
+
+        return LinuxBackend()
+    if platform == "darwin":
+        from nono_supervisor.macos.backend import MacBackend
+
+        return MacBackend()
+    raise SandboxError(f"no sandbox backend for {platform} yet; nothing was run")
+
+
+_current: Backend[Any] | None = None
+
+
+def current() -> Backend[Any]:
+    """This OS's backend, chosen at first use (tests put another in place of this function)."""
+    global _current
+    if _current is None:
+        _current = for_platform(sys.platform)
+    return _current
+
+
+def start(session: Session, launch: Launch, hooks: Hooks, policy: Policy | None = None) -> Process:
+    """Start ``launch`` under what it gets in ``session`` (``policy``: default the session's now)."""
+    backend = current()
+    return backend.start(backend.compile(command_gets(session, launch.stdio, policy)), launch, hooks)

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nono_supervisor import __version__, paths
+from nono_supervisor import __version__, backend, paths
 from nono_supervisor.audit import MAX_BYTES, ROTATED_KEPT, log_files
+from nono_supervisor.backend import NO_STDIO, command_gets
 from nono_supervisor.errors import NonoError, SandboxError, UsageError
 from nono_supervisor.policy.access import hint_for
 from nono_supervisor.policy.profile import (
@@ -272,15 +273,14 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
                 "sealed_from_commands": list(agent.state_paths()),
             }
         print(json.dumps(data, indent=2))
-    elif fmt == "seatbelt":
+    elif fmt == "seatbelt":  # on any OS: the profile a Mac would apply, with what every command gets
+        from nono_supervisor.macos.launch import profile_policy
         from nono_supervisor.macos.seatbelt import generate_profile
 
-        macos = session.state.policy_for("macos")
-        print(generate_profile(macos), end="")
+        print(generate_profile(profile_policy(command_gets(session, NO_STDIO))), end="")
     elif fmt == "landlock":
-        from nono_supervisor.backend import landlock_plan
-
-        print(json.dumps(landlock_plan(session).to_json(), indent=2))
+        gets = command_gets(session, NO_STDIO)
+        print(json.dumps(backend.current().landlock_plan(gets).to_json(), indent=2))
     else:
         print(f"profile: {policy.profile} ({', '.join(policy.sources)})")
         print(f"workdir: {policy.workdir}\ntmpdir:  {policy.tmpdir}")
@@ -296,19 +296,9 @@ def _print_policy(policy: Policy, fmt: str, session: Session) -> None:
             print(f"  probe      {policy.display(probe.pattern)}  [{probe.rule}]")
         _print_network(policy)
         print(f"prompt:  {policy.prompt} (now: {session.services.prompt_mode()})")
-        from nono_supervisor.backend import enforcement
-
-        print(f"enforced by: {enforcement(session.state.trap)}")
-        if not session.state.trap and sys.platform.startswith("linux"):
-            from nono_supervisor.backend import NO_TRAP_GIVES_UP
-
-            for lost in NO_TRAP_GIVES_UP:
-                print(f"not enforced with --no-trap: {lost}")
-        if sys.platform.startswith("linux"):
-            from nono_supervisor.backend import landlock_plan
-
-            for note in landlock_plan(session).notes:
-                print(f"note: {note}")
+        print(f"enforced by: {backend.current().enforcement(session.state.trap)}")
+        for note in backend.current().policy_notes(command_gets(session, NO_STDIO)):
+            print(note)
         _print_agent(session)
 
 
@@ -386,7 +376,7 @@ def _require_command(command: list[str], name: str) -> None:
 
 
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
-    from nono_supervisor.backend import finish, start_sandboxed
+    from nono_supervisor.backend import Hooks, Launch
     from nono_supervisor.launcher import status_code
     from nono_supervisor.report import CommandReport
     from nono_supervisor.server import exit_parts
@@ -414,21 +404,15 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         # The terminal belongs to the prompter: the command gets a pty of ours in its place (CONTRACT).
         lease = TerminalLease.for_stdio(session, (0, 1, 2))
         try:
-            process = start_sandboxed(
-                session,
-                path,
-                command,
-                env,
-                os.getcwd(),
-                lease.stdio if lease else (0, 1, 2),
-                ctty=bool(lease and lease.ctty),
-                on_decision=report.record,
-                consent=consent.allows,
-                trap=state.trap,
-                left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
-                on_late_deny=report.late_deny,
-                undo=services.undo_log(command_id),
+            stdio = lease.stdio if lease else (0, 1, 2)
+            ctty = bool(lease and lease.ctty)
+            # A command: opens and execve are Landlock's (linux.backend).
+            launch = Launch(path, command, env, os.getcwd(), stdio, ctty=ctty, leave_to_kernel=True)
+            undo = services.undo_log(command_id)
+            hooks = Hooks(
+                on_decision=report.record, consent=consent.allows, on_late_deny=report.late_deny, undo=undo
             )
+            process = backend.start(session, launch, hooks)
         except BaseException:
             if lease:
                 lease.hangup()
@@ -443,7 +427,7 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
         if lease:
             lease.run(process)  # until the command's main process exits; then the pty is hung up
         status = process.wait()
-        finish(process)
+        backend.current().finish(process)
         report.write_to(2)
         code, signo = exit_parts(status)  # as a routed command's: log folds its decisions up to here
         services.audit.write(command=command_id, event="exit", pid=process.pid, code=code, signal=signo)

@@ -12,12 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nono_supervisor import backend
+
 __all__ = ["PRELOAD_VAR", "LIBRARY_NAME", "library_path", "built_beside", "check_loadable"]
 
-#: The variable the dynamic loader reads the library from.
-PRELOAD_VAR = "DYLD_INSERT_LIBRARIES" if sys.platform == "darwin" else "LD_PRELOAD"
-
-LIBRARY_NAME = "libnono_interpose.dylib" if sys.platform == "darwin" else "libnono_interpose.so"  # setup.py
+#: The variable the dynamic loader reads the library from, and the file setup.py builds it as (this OS's).
+PRELOAD_VAR = backend.current().preload_var
+LIBRARY_NAME = backend.current().interpose_library
 _CHECK_TIMEOUT = 30.0  # seconds; one interpreter start with the library preloaded
 # Loads the library through ctypes too: a preload error is only a warning on stderr, dlopen raises.
 _CHECK_SCRIPT = "import ctypes, sys; ctypes.CDLL(sys.argv[1])"

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nono_supervisor.backend import start_sandboxed
+from nono_supervisor import backend
+from nono_supervisor.backend import Hooks, Launch, Process
 from nono_supervisor.errors import NonoError, SandboxError
 from nono_supervisor.report import CommandReport
 from nono_supervisor.session import Session
@@ -116,10 +117,6 @@ class RoutingNamespace:
     def bound(self) -> frozenset[str]:
         return frozenset(target for _shim, target in self.binds)
 
-    def launch_extra(self) -> dict[str, object]:
-        binds = tuple((os.fsencode(a), os.fsencode(b)) for a, b in self.binds)
-        return {"binds": binds, "userns": self.userns}
-
 
 def real_shells(env: dict[str, str], exclude: tuple[str, ...] = ()) -> list[str]:
     """Real paths of the shells an agent may exec (on PATH and in the system's shell directories); a
@@ -144,22 +141,15 @@ def real_shells(env: dict[str, str], exclude: tuple[str, ...] = ()) -> list[str]
     return found
 
 
-@functools.cache
-def _namespace_error(userns: bool) -> int:
-    from nono_supervisor.linux import _spawn
-
-    return _spawn.probe_namespace(userns)
-
-
 def routing_namespace(session: Session) -> tuple[RoutingNamespace | None, str]:
     """The agent's routing namespace, or None and why it cannot be had here."""
-    if not sys.platform.startswith("linux"):
+    userns = os.geteuid() != 0
+    error = backend.current().namespace_error(userns)
+    if error is None:
         return None, "no mount namespaces on this platform"
     shims_dir = session.files.shims_dir
     if shims_dir is None:
         return None, "no shims"
-    userns = os.geteuid() != 0
-    error = _namespace_error(userns)
     if error:
         kind = "a user namespace with a mount namespace" if userns else "a mount namespace"
         return None, f"{kind} cannot be created here ({os.strerror(error)})"
@@ -290,10 +280,7 @@ def run_agent(
     except NonoError as e:
         print(f"nono-supervisor: {e}", file=sys.stderr)
         return 127
-    extra: dict[str, object] = routing.launch_extra() if routing else {}
-    extra["exec_fd"] = exec_fd
-    linux = state.trap and sys.platform.startswith("linux")
-    watcher = _watching_loop(_unrouted_recorder(session)) if linux and routing is None else None
+    in_flight = state.trap and backend.current().holds_syscalls  # the agent's live check of grants
     text = " ".join(argv)
     report = CommandReport(services.audit, state.policy, "agent", argv, state.workdir)
     asker = services.prompter if services.prompt_mode() in ("tty", "after") else None
@@ -302,23 +289,26 @@ def run_agent(
     # The agent lives as long as the session: stored grants reach it through the live check only, so that
     # a revoke does (Landlock rules cannot be taken back). Without the seccomp layer (--no-trap, macOS)
     # there is no live check: they are compiled in.
-    policy = state.agent_policy(stored=not linux)
-    start = functools.partial(
-        start_sandboxed,
-        session,
-        path,
-        exec_argv,
-        env,
-        state.workdir,
-        policy=policy,
+    policy = state.agent_policy(stored=not in_flight)
+    hooks = Hooks(
         on_decision=report.tell_process,
         consent=consent.allows,
-        trap=state.trap,
-        launch_extra=extra,
-        notify_class=watcher,
         on_late_deny=functools.partial(_tell_late_deny, report),
         undo=services.undo_log("agent", state.policy),  # the agent's own writes, in the commands' trees
     )
+    if in_flight and routing is None:  # no namespace: its shell execs by path are recorded (layer 5)
+        from nono_supervisor.linux.backend import LinuxHooks
+
+        hooks = LinuxHooks(**vars(hooks), loop_class=_watching_loop(_unrouted_recorder(session)))
+
+    def start(stdio: tuple[int, int, int], ctty: bool = False) -> Process:
+        launch = Launch(path, exec_argv, env, state.workdir, stdio, ctty=ctty, exec_fd=exec_fd)
+        if routing is not None:  # only Linux has one (Backend.namespace_error)
+            from nono_supervisor.linux.backend import LinuxLaunch
+
+            launch = LinuxLaunch(**vars(launch), routing=routing)
+        return backend.start(session, launch, hooks, policy)
+
     master = -1
     try:
         if not os.isatty(0):

@@ -121,9 +121,9 @@ class CommandReport:
         if not first or not what.pid:
             return
         try:
-            from nono_supervisor.backend import stderr_of
+            from nono_supervisor import backend
 
-            stderr = stderr_of(what.pid)
+            stderr = backend.current().stderr_of(what.pid)
         except OSError:
             return  # gone, or not ours to reach: the audit log has it
         try:

@@ -24,7 +24,8 @@ from pathlib import Path
 from nono_shell import protocol, transport
 from nono_shell.client import FORWARDED_SIGNALS
 from nono_shell.personality import command_text
-from nono_supervisor.backend import finish, left_running, rename_noreplace, start_sandboxed
+from nono_supervisor import backend
+from nono_supervisor.backend import Hooks, Launch
 from nono_supervisor.errors import NonoError
 from nono_supervisor.launcher import status_code
 from nono_supervisor.policy.access import OPS
@@ -144,7 +145,7 @@ def _command_cap() -> int:
 
 def _rename_noreplace(source: Path, target: Path) -> None:
     try:
-        rename_noreplace(source, target)
+        backend.current().rename_noreplace(source, target)
     except FileExistsError:
         raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE)) from None
 
@@ -179,8 +180,7 @@ class Server:
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the intake thread through it
         os.set_blocking(self._wake_w, False)
         self.max_commands = _command_cap()
-        if sys.platform.startswith("linux"):  # the session's watch over late denies, from the start
-            session.services.late_denies().watch(session.state.policy)
+        backend.current().serve(session)  # Linux: the session's watch over late denies, from the start
         self._held_lock = threading.Lock()  # the intake reserves, a command's thread releases
         self._running = 0  # commands with a thread
         self._held = 0  # bytes of their requests
@@ -367,7 +367,7 @@ class Server:
 
     def _reserve(self, size: int) -> str | None:
         """Room for one more command holding a ``size``-byte request, or why not."""
-        left = left_running()
+        left = backend.current().left_running()
         with self._held_lock:
             if self._running + left >= self.max_commands:
                 jobs = f" ({left} of them returned, leaving background jobs)" if left else ""
@@ -451,22 +451,22 @@ class Server:
             consent.report = report
             lease = TerminalLease.for_stdio(self.session, stdio)
             try:
-                process = start_sandboxed(
-                    self.session,
+                launch = Launch(
                     shell,
                     request.argv,
                     env,
                     request.cwd,
                     lease.stdio if lease else stdio,
                     ctty=bool(lease and lease.ctty),
-                    policy=policy,
+                    leave_to_kernel=True,  # a command: opens and execve are Landlock's (linux.backend)
+                )
+                hooks = Hooks(
                     on_decision=report.record,
                     consent=consent.allows,
-                    trap=state.trap,
-                    left_to_landlock=True,  # a command: opens and execve are Landlock's (backend)
                     on_late_deny=report.late_deny,  # stopped when a denied node moves into its grants
                     undo=services.undo_log(command, policy),
                 )
+                process = backend.start(self.session, launch, hooks, policy)
             except NonoError as e:
                 if lease:
                     lease.hangup()
@@ -503,7 +503,7 @@ class Server:
             finally:
                 if lease:
                     lease.hangup()  # the main process is gone: so is the pty
-            finish(process)
+            backend.current().finish(process)
             if stdio[2] >= 0:
                 report.write_to(stdio[2])
             code, signo = exit_parts(status)

@@ -289,13 +289,46 @@ def nobody_supervisor(nobody_home: Home) -> Supervisor:
     s.stop()
 
 
+def start_sandboxed(
+    session,
+    path: str,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    stdio: tuple[int, int, int],
+    *,
+    ctty: bool = False,
+    policy=None,
+    trap: bool = True,
+    left_to_landlock: bool = False,
+    notify_class: type | None = None,
+    **hooks: object,
+):
+    """One command through the platform seam in this process, as the tests drive it: what it gets
+    (``backend.command_gets``, ``trap`` on unless a test says otherwise), compiled and started by this OS's
+    backend. ``left_to_landlock``: a command's launch (``Launch.leave_to_kernel``), else every open is
+    trapped as for the agent; ``notify_class``: Linux's loop class (``LinuxHooks``); ``hooks``: the
+    ``backend.Hooks`` fields (on_decision, consent, on_late_deny, undo)."""
+    from nono_supervisor import backend
+
+    gets = backend.command_gets(session, stdio, policy, trap=trap)
+    launch = backend.Launch(path, argv, env, cwd, stdio, ctty=ctty, leave_to_kernel=left_to_landlock)
+    if notify_class is None:
+        said = backend.Hooks(**hooks)
+    else:
+        from nono_supervisor.linux.backend import LinuxHooks
+
+        said = LinuxHooks(**hooks, loop_class=notify_class)
+    platform = backend.current()
+    return platform.start(platform.compile(gets), launch, said)
+
+
 def run_sandboxed(
     home: Home, argv: list[str], *, options: object = None, **start: object
 ) -> tuple[int, str, object]:
     """argv under ``start_sandboxed`` in this process, stdout a pipe: (exit code, stdout, the process, its
     notify loop ended). ``options``: the PolicyOptions (the default policy); ``start``: start_sandboxed's
     keywords (trap, consent, on_decision, left_to_landlock...)."""
-    from nono_supervisor.backend import start_sandboxed
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 

@@ -155,19 +155,17 @@ def test_without_libseccomp_doctor_names_the_package_to_install(home):
     assert "[FAIL] with --no-trap only: " in result.stdout
 
 
-def test_doctor_fails_a_libseccomp_without_user_notification(monkeypatch, capsys):
-    from nono_supervisor import doctor
+def test_doctor_fails_a_libseccomp_without_user_notification(monkeypatch):
     from nono_supervisor.linux import seccomp
+    from nono_supervisor.linux.backend import libseccomp_line
 
     monkeypatch.setattr(seccomp, "libseccomp_version", lambda: (2, 4, 4))  # before SCMP_ACT_NOTIFY
-    assert doctor._libseccomp_line() is False
-    line = capsys.readouterr().out
-    assert line.startswith("[FAIL] libseccomp: 2.4.4 has no user notification: install libseccomp2"), line
+    ok, what, detail = libseccomp_line()
+    assert ok is False and what == "libseccomp"
+    assert detail.startswith("2.4.4 has no user notification: install libseccomp2"), detail
     monkeypatch.undo()
-    assert doctor._libseccomp_line() is True  # the twin: this machine's
-    assert (
-        capsys.readouterr().out == f"[ok  ] libseccomp: {'.'.join(map(str, seccomp.libseccomp_version()))}\n"
-    )
+    # the twin: this machine's
+    assert libseccomp_line() == (True, "libseccomp", ".".join(map(str, seccomp.libseccomp_version())))
 
 
 def test_without_libseccomp_a_command_is_refused_in_one_line_and_never_runs(home):

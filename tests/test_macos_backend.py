@@ -1,10 +1,11 @@
 """The macOS backend behind the platform seam, exercised on Linux.
 
-``sys.platform`` says darwin and one OS seam is faked: the helper interpreter's ``sandbox_init`` (it records
-the profile it was given instead of applying it), as tests/test_macos_runner.py does, plus ``log stream``,
-which is fed recorded lines. Everything else is real: the session's policy resolved for macOS, the profile
-compiler, the runner's plan, the helper's exec in a new session on the caller's fds, the process adapter
-and its waiter, the log parser and routing, the report, the server's wait loop and a real nono-shell client.
+The seam's backend is macOS's (``backend.current``) and one OS seam is faked: the helper interpreter's
+``sandbox_init`` (it records the profile it was given instead of applying it), as tests/test_macos_runner.py
+does, plus ``log stream``, which is fed recorded lines. Everything else is real: the session's policy
+resolved for macOS, the profile compiler, the runner's plan, the helper's exec in a new session on the
+caller's fds, the process adapter and its waiter, the log parser and routing, the report, the server's wait
+loop and a real nono-shell client.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from unittest.mock import ANY
 
 import pytest
 
-from conftest import FAKE_KEY, Home, pid_alive
+from conftest import FAKE_KEY, Home, pid_alive, start_sandboxed
 from nono_supervisor import backend
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.launcher import status_code
@@ -229,14 +230,14 @@ def test_backends_do_not_import_each_other(mine: str, theirs: str) -> None:
 def test_the_darwin_branch_imports_on_linux_without_the_linux_backend() -> None:
     code = (
         "import sys\n"
-        "import nono_supervisor.macos.launch, nono_supervisor.macos.process\n"
+        "import nono_supervisor.macos.backend, nono_supervisor.macos.launch, nono_supervisor.macos.process\n"
         "assert 'nono_supervisor.linux' not in sys.modules, sorted(m for m in sys.modules if 'linux' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 # --------------------------------------------------------------------------------------------------------
-# The darwin branch of start_sandboxed
+# The macOS backend through the seam (compile, start)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -302,7 +303,8 @@ def darwin(monkeypatch, tmp_path: Path):
 
     monkeypatch.setattr(launch, "HELPER_POPEN", seam)
     monkeypatch.setattr(launch, "LOG_RUNNER", log_runner)
-    monkeypatch.setattr(sys, "platform", "darwin")
+    mac = backend.for_platform("darwin")  # the seam's choice of backend, as on a Mac
+    monkeypatch.setattr(backend, "current", lambda: mac)
     seam.streams = streams  # type: ignore[attr-defined]
     yield seam
     launch._stop_monitors()
@@ -333,7 +335,7 @@ def _run(session: Session, argv: list[str], **kw) -> tuple[SandboxedProcess, int
     """Start through the seam with stdout/stderr on one pipe; returns the process, its status, output."""
     read_end, write_end = os.pipe()
     try:
-        process = backend.start_sandboxed(
+        process = start_sandboxed(
             session,
             "/bin/sh",
             argv,
@@ -384,7 +386,7 @@ def test_a_profile_the_sandbox_refuses_runs_nothing(darwin: FakeSeam, session, h
 
 def test_a_helper_that_cannot_start_is_a_sandbox_error(darwin: FakeSeam, session, home) -> None:
     with pytest.raises(SandboxError, match="nothing was run"):
-        backend.start_sandboxed(
+        start_sandboxed(
             session, "/bin/sh", ["sh", "-c", "true"], {}, str(home.root / "missing"), (-1, -1, -1)
         )
 
@@ -399,7 +401,7 @@ def test_a_recorded_log_denial_reaches_on_decision(darwin: FakeSeam, session, ho
         report.record(decision, what)
 
     read_end, write_end = os.pipe()
-    process = backend.start_sandboxed(
+    process = start_sandboxed(
         session,
         "/bin/sh",
         ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.01; done; exit 1"],
@@ -486,7 +488,7 @@ def test_ctty_makes_the_pty_the_command_s_controlling_terminal(darwin: FakeSeam,
     for ctty, expected in ((True, "has-ctty"), (False, "no-ctty")):
         master, slave = os.openpty()
         try:
-            process = backend.start_sandboxed(
+            process = start_sandboxed(
                 session,
                 "/bin/sh",
                 ["sh", "-c", script],

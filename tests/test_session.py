@@ -31,7 +31,7 @@ import gc, json, os, subprocess, sys, types
 
 from nono_supervisor import paths
 from nono_supervisor.audit import AuditLog
-from nono_supervisor.backend import finish, start_sandboxed
+from nono_supervisor import backend
 from nono_supervisor.linux.latedeny import LateDenies
 from nono_supervisor.netproxy import NetProxy
 from nono_supervisor.policy.profile import PolicyOptions
@@ -62,12 +62,13 @@ def services_reachable(root):
 
 def sandboxed(session, path):
     read, write = os.pipe()
-    process = start_sandboxed(session, "/bin/cat", ["cat", path], env, work, (0, write, write))
+    launch = backend.Launch("/bin/cat", ["cat", path], env, work, (0, write, write))
+    process = backend.start(session, launch, backend.Hooks())
     os.close(write)
     with os.fdopen(read, "rb") as f:
         out = f.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(process.wait())
-    finish(process)
+    backend.current().finish(process)
     return code, out
 
 

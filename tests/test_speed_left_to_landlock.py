@@ -450,7 +450,7 @@ def test_a_loop_that_must_see_every_read_gets_them_all(home):
 
     assert not notify.wants_every_notification(notify.NotifyLoop)
     assert notify.wants_every_notification(Watching) and notify.wants_every_notification(Flagged)
-    from nono_supervisor.backend import _ask_again_library
+    from nono_supervisor.linux.backend import _ask_again_library
 
     assert _ask_again_library(notify.NotifyLoop, linked=False) == notify.ask_again_library()
     assert _ask_again_library(Watching, linked=False) is None

@@ -392,7 +392,8 @@ def test_denials_read_and_written_through_the_c_loop_are_reported_as_without_it(
 
 
 def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
-    from nono_supervisor.backend import finish, start_sandboxed
+    from conftest import start_sandboxed
+    from nono_supervisor.backend import current
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
@@ -420,7 +421,7 @@ def test_the_fast_path_is_answered_in_c_and_the_rest_in_python(home):
             on_decision=lambda *a: seen.append(a),
         )
         assert process.wait() == 0
-        finish(process)
+        current().finish(process)
         process.notify.join(5)
     finally:
         session.close()
@@ -499,7 +500,8 @@ def test_without_the_extension_the_python_loop_answers(home):
 def test_the_c_loop_answers_with_its_effective_capabilities_dropped(home, monkeypatch):
     """What the supervisor does for a command it does with the command's powers: the C loop clears its
     thread's effective capabilities before it answers anything (as emulate.drop_capabilities)."""
-    from nono_supervisor.backend import finish, start_sandboxed
+    from conftest import start_sandboxed
+    from nono_supervisor.backend import current
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
@@ -521,7 +523,7 @@ def test_the_c_loop_answers_with_its_effective_capabilities_dropped(home, monkey
             session, sys.executable, [sys.executable, "-c", script], home.env, str(home.work), (0, 1, 2)
         )
         process.wait()
-        finish(process)
+        current().finish(process)
     finally:
         session.close()
     assert seen and set(seen) == {"0000000000000000"}
@@ -534,7 +536,8 @@ def test_notify_loops_run_on_kept_threads(home):
     bounded (16 idle at most)."""
     import threading
 
-    from nono_supervisor.backend import finish, start_sandboxed
+    from conftest import start_sandboxed
+    from nono_supervisor.backend import current
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
@@ -543,7 +546,7 @@ def test_notify_loops_run_on_kept_threads(home):
         for _ in range(30):
             process = start_sandboxed(session, "/bin/true", ["true"], home.env, str(home.work), (0, 1, 2))
             process.wait()
-            finish(process)
+            current().finish(process)
             process.notify.join(5)
             assert not process.notify.is_alive()
     finally:

@@ -196,35 +196,38 @@ def test_the_noted_realpath_is_os_path_realpath(tmp_path):
 
 
 def test_the_route_reuses_the_plan_and_a_new_directory_is_granted_at_once(home, monkeypatch):
-    """Through start_sandboxed (Landlock alone, so only the plan can grant it): the second command reuses
+    """Through the Linux backend (Landlock alone, so only the plan can grant it): the second command reuses
     the first's plan; after a new directory appears in ~ (a sibling of the denied ~/.ssh), the next command
     may write in it without any emulation."""
+    from conftest import start_sandboxed
     from nono_supervisor import backend
+    from nono_supervisor.linux.backend import LinuxBackend
 
     monkeypatch.setattr(landlock, "_RACY_NS", 0)
     monkeypatch.setattr(landlock, "_RACY_FINE_NS", 0)
-    monkeypatch.setattr(backend, "_plans", None)
+    linux = LinuxBackend()  # its plan cache starts empty
+    monkeypatch.setattr(backend, "current", lambda: linux)
     s = Session.create(
         PolicyOptions(allow=(str(home.home),)), env=home.env, workdir=str(home.work), trap=False
     )
 
     def run(script: str) -> int:
-        process = backend.start_sandboxed(
+        process = start_sandboxed(
             s, "/bin/sh", ["sh", "-c", script], home.env, str(home.work), (0, 1, 2), trap=False
         )
         return os.waitstatus_to_exitcode(process.wait())
 
     try:
         assert run("true") == 0 and run("true") == 0
-        assert backend.plan_cache().compiled == 1
+        assert linux.plan_cache().compiled == 1
         assert run(f"cat {home.key} 2>/dev/null") != 0  # the cached ruleset still denies the key
         (home.home / "fresh").mkdir()
         assert run(f"echo x > {home.home}/fresh/f") == 0
-        assert backend.plan_cache().compiled == 2
+        assert linux.plan_cache().compiled == 2
         assert (home.home / "fresh" / "f").read_text() == "x\n"
     finally:
         s.close()
-        backend.plan_cache().clear()
+        linux.plan_cache().clear()
 
 
 def test_the_plan_cache_is_per_supervisor_process_and_fds_do_not_leak(home, settled):

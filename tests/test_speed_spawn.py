@@ -12,14 +12,13 @@ import time
 
 import pytest
 
-from conftest import run_sandboxed
+from conftest import run_sandboxed, start_sandboxed
 from nono_supervisor.linux import sandbox
 
 pytestmark = pytest.mark.skipif(not os.access(sandbox.KEEPER, os.X_OK), reason="nono-keeper is not built")
 
 
 def _start(home, script: str, **kw):
-    from nono_supervisor.backend import start_sandboxed
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 

@@ -412,7 +412,7 @@ def test_twin_the_same_file_not_denied_is_kept(home):
 def test_rm_rf_and_creations_are_kept_without_a_wake_of_python(home):
     """The C fast path keeps files before an unlink and records creations itself: rm -rf of 300 files and
     300 new ones escalate a handful of calls, not one per file (counted, not timed)."""
-    from nono_supervisor.backend import start_sandboxed
+    from conftest import start_sandboxed
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
     from nono_supervisor.undo import Journal, changes
@@ -471,7 +471,7 @@ def test_undo_of_a_tree_removed_through_a_symlinked_name(supervisor):
 def test_the_agents_own_writes_are_the_command_agent(home):
     """The agent's loop (every call trapped, the Python pipeline, no C fast path) records into ``agent``;
     undo of ``agent`` puts the tree back."""
-    from nono_supervisor.backend import start_sandboxed
+    from conftest import start_sandboxed
     from nono_supervisor.launcher import _watching_loop
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from nono_supervisor.linux import libc
-from nono_supervisor.linux.landlock import abi_version
+from nono_supervisor.linux.landlock import abi_probe
 
 __all__ = ["KernelSupport", "probe", "pidfd_getfd"]
 
@@ -53,15 +53,26 @@ class KernelSupport:
     seccomp_addfd: bool  # SECCOMP_IOCTL_NOTIF_ADDFD with SEND: Linux 5.14
     seccomp_sync_wakeup: bool  # SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: Linux 6.6
     user_namespaces: bool
+    landlock_errno: int = 0  # why the ABI is 0: ENOSYS (not in this kernel) or EOPNOTSUPP (not enabled)
+
+    def missing(self) -> str | None:
+        """Why Landlock cannot be used here, in one phrase (``doctor``, a refused command); None if it can."""
+        if self.landlock_abi >= 1:
+            return None
+        if self.landlock_errno == errno.EOPNOTSUPP:
+            return "disabled at boot (EOPNOTSUPP: built in, not enabled; add landlock to the kernel's lsm=)"
+        return "not in this kernel (ENOSYS: needs Linux >= 5.13 built with CONFIG_SECURITY_LANDLOCK)"
 
 
 @cache
 def probe() -> KernelSupport:
     release = _release()
     notify = _seccomp_notify_available()
+    abi, why = abi_probe()
     return KernelSupport(
         release=release,
-        landlock_abi=abi_version(),
+        landlock_abi=abi,
+        landlock_errno=why,
         seccomp_notify=notify,
         seccomp_addfd=notify and release >= (5, 14),
         seccomp_sync_wakeup=notify and release >= (6, 6),

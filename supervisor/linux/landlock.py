@@ -40,6 +40,7 @@ __all__ = [
     "PlanCache",
     "Rule",
     "abi_version",
+    "abi_probe",
     "compile_plan",
     "create_ruleset",
     "rights_names",
@@ -97,11 +98,17 @@ _RULE_NET_PORT = 2  # ABI 4: struct landlock_net_port_attr { __u64 allowed_acces
 
 def abi_version() -> int:
     """The kernel's Landlock ABI (1..7 here), 0 when Landlock is missing or disabled at boot."""
+    return abi_probe()[0]
+
+
+def abi_probe() -> tuple[int, int]:
+    """(the kernel's Landlock ABI, 0) or (0, why not): ENOSYS, a kernel built without it; EOPNOTSUPP, built
+    in but not enabled at boot (``lsm=``). ``doctor`` says which: the cures differ."""
     try:
-        return libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
+        return libc.syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION), 0
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
-            return 0
+            return 0, e.errno
         raise
 
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nono_supervisor.backend import GroupSignal
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux import _spawn
 from nono_supervisor.linux.kernel import pidfd_getfd
@@ -67,7 +68,7 @@ class Launch:
 
 
 @dataclass
-class Process:
+class Process(GroupSignal):
     """A running sandboxed command: its keeper (our child), the command's pid (also its process group) and
     the status pipe on which the keeper reports the command's wait status the moment it ends. The keeper
     may live on after that, as the subreaper of what the command left running (a background job, a
@@ -79,13 +80,6 @@ class Process:
     status: int | None = None
     notify: object | None = None  # the command's NotifyLoop, when seccomp is on
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def signal(self, signo: int) -> None:
-        """Deliver to the command's process group (what nono-shell forwards)."""
-        try:
-            os.killpg(self.pid, signo)
-        except ProcessLookupError:
-            pass
 
     def kill_tree(self) -> None:
         """Ask the keeper to SIGKILL the command and every descendant (the client went away). Only while

@@ -214,7 +214,7 @@ def _destination(
         return _Destination(None)
     if sock.family in _INET:
         if loop.net_block:
-            proxy = getattr(loop, "net_proxy", None)  # domains mode (backend.start_sandboxed sets it)
+            proxy = getattr(loop, "net_proxy", None)  # domains mode (linux.backend sets it)
             if proxy is not None:
                 return _domains_destination(proxy, tid, sock, raw, op, connecting)
             return Deny(errno.EACCES, Denial(op, _inet_name(raw), _NET_BLOCK, False, tid))

@@ -1,14 +1,14 @@
 """The darwin side of the platform seam: one command under its Seatbelt profile, its denials reported.
 
-``backend.start_sandboxed`` calls ``start``. In order:
+``macos.backend.MacBackend`` calls ``compile_profile`` and ``start``. In order:
 
-1. The policy, resolved for macOS (``macos_policy``), plus what every command needs on top of it (read and
-   exec of nono-shell itself for nested routing, the terminal it was handed), as on Linux.
-2. ``generate_profile`` with a marker of its own (``<session>-<n>``) and the supervisor's socket.
-3. ``runner.prepare`` / ``runner.spawn``: the helper interpreter applies the profile and execs the real
-   program in place, on the client's fds (no pipe, no copy), in a new session. A refused profile or a
+1. ``compile_profile``: what the command gets (``backend.command_gets``), its policy resolved for macOS
+   (``macos_policy``) with the grants every command gets on top of it, as on Linux (``profile_policy``);
+   ``generate_profile`` with a marker of its own (``<session>-<n>``) and the supervisor's socket.
+2. ``start``: ``runner.prepare`` / ``runner.spawn``: the helper interpreter applies the profile and execs
+   the real program in place, on the client's fds (no pipe, no copy), in a new session. A refused profile or a
    helper that cannot start raises SandboxError: nothing ran.
-4. The ``SandboxedProcess`` adapter; when the command has ended, its waiter collects what the session's
+3. The ``SandboxedProcess`` adapter; when the command has ended, its waiter collects what the session's
    ``log stream`` attributed to the marker and hands each denial to ``on_decision("deny", denial)``, with
    the ``op``, ``path``, ``rule``, ``is_dir`` and ``pid`` the Linux notify loop gives, so the ``nono: denied``
    lines, the audit records and ``--prompt after`` work unchanged.
@@ -45,9 +45,19 @@ from nono_supervisor.policy.access import AccessIndex, real_paths
 from nono_supervisor.policy.profile import Policy
 
 if TYPE_CHECKING:
-    from nono_supervisor.session import Session
+    from nono_supervisor.backend import CommandGets, Hooks, Launch, PolicySource
 
-__all__ = ["SeatbeltDenial", "macos_policy", "monitor_for", "start", "GRACE_SECONDS", "USER_SOURCE"]
+__all__ = [
+    "SeatbeltDenial",
+    "MacPlan",
+    "macos_policy",
+    "profile_policy",
+    "monitor_for",
+    "compile_profile",
+    "start",
+    "GRACE_SECONDS",
+    "USER_SOURCE",
+]
 
 # The kernel logs a denial asynchronously, so it may reach ``log stream`` after the command is gone. A command
 # that failed (a denial may be why, and ``--prompt after`` may ask about it) waits this long for stragglers
@@ -87,13 +97,13 @@ class SeatbeltDenial:
 def macos_policy(policy: Policy, resolve_for_macos: Callable[[], Policy]) -> Policy:
     """``policy`` as the Seatbelt profile must see it.
 
-    A policy resolved for macOS is used as it is. One resolved for another platform (the policy state
-    resolves ``session.state.policy`` for Linux, on every OS, today) cannot be: its system paths and
-    security groups are Linux's (``/proc``, no ``~/Library/Keychains``). It is replaced by
-    ``resolve_for_macos()``, the same options (and stored "always" grants) resolved with platform "macos",
-    plus the grants a human added on top of the Linux one: source ``user``, the session grants of prompts
-    and the retry grants of ``--prompt after``. Those are the only difference between ``policy`` and its
-    own resolution: nothing else ever modifies a resolved policy.
+    A policy resolved for macOS is used as it is. One resolved for another platform (the policy state resolves
+    ``session.policy`` for Linux, on every OS, today) cannot be: its system paths and security groups are
+    Linux's (``/proc``, no ``~/Library/Keychains``). It is replaced by ``resolve_for_macos()``, the same
+    options (and stored "always" grants) resolved with platform "macos", plus the grants a human added on top
+    of the Linux one: source ``user``, the session grants of prompts and the retry grants of
+    ``--prompt after``. Those are the only difference between ``policy`` and its own resolution: nothing
+    else ever modifies a resolved policy.
     """
     if policy.platform == "macos":
         return policy
@@ -106,19 +116,19 @@ def macos_policy(policy: Policy, resolve_for_macos: Callable[[], Policy]) -> Pol
 
 _lock = threading.Lock()
 # id(session) -> (weak reference to it, its options resolved for macOS). Resolved once per session, like
-# ``session.state.policy``: a profile edited or a grant revoked mid-session takes effect in the next session
-# on both platforms.
+# ``session.policy``: a profile edited or a grant revoked mid-session takes effect in the next session on
+# both platforms.
 _resolved: dict[int, tuple[weakref.ref, Policy]] = {}
 _monitors: dict[str, tuple[LogMonitor, Iterator[int]]] = {}
 
 
-def _resolved_for_macos(session: Session) -> Policy:
+def _resolved_for_macos(session: PolicySource) -> Policy:
     key = id(session)
     with _lock:
         entry = _resolved.get(key)
         if entry is not None and entry[0]() is session:
             return entry[1]
-    policy = session.state.policy_for("macos")
+    policy = session.policy_for("macos")
     with _lock:
         _resolved[key] = (weakref.ref(session, lambda _ref: _resolved.pop(key, None)), policy)
     return policy
@@ -160,34 +170,47 @@ def _stop_monitors() -> None:
 # ---- one command -------------------------------------------------------------------------------------------
 
 
-def start(
-    session: Session,
-    policy: Policy,
-    path: str,
-    argv: list[str],
-    env: dict[str, str],
-    cwd: str | None,
-    stdio: tuple[int, int, int],
-    *,
-    ctty: bool = False,
-    on_decision: Callable[[str, object], None] | None = None,
-) -> SandboxedProcess:
-    """Start ``path`` (with ``argv``, ``argv[0]`` included) under ``policy`` compiled for Seatbelt."""
-    compiled = macos_policy(policy, lambda: _resolved_for_macos(session))
-    extra = session.state.route_grants() + session.state.terminal_grants(stdio)
-    compiled = replace(compiled, grants=compiled.grants + tuple(g for g in extra if g not in compiled.grants))
-    monitor, counter = _monitor_and_counter(session.id)
+@dataclass(frozen=True)
+class MacPlan:
+    """A command's Seatbelt profile, under the marker its denials are logged with."""
+
+    policy: Policy  # the policy the profile was generated from, resolved for macOS
+    profile: str
+    marker: str
+    monitor: LogMonitor
+
+
+def profile_policy(gets: CommandGets) -> Policy:
+    """What ``gets`` grants, as the Seatbelt profile must see it: its policy resolved for macOS
+    (``macos_policy``) with the grants every command gets on top (``CommandGets.extra``)."""
+    policy = macos_policy(gets.policy, lambda: _resolved_for_macos(gets.state))
+    added = tuple(g for g in gets.extra if g not in policy.grants)
+    return replace(policy, grants=policy.grants + added) if added else policy
+
+
+def compile_profile(gets: CommandGets) -> MacPlan:
+    """``gets`` as a Seatbelt profile, with a marker of its own (``<session>-<n>``) and the socket of the
+    supervisor it may reach (nested nono-shell)."""
+    policy = profile_policy(gets)
+    monitor, counter = _monitor_and_counter(gets.session.id)
     marker = monitor.marker(next(counter))
-    socket = str(session.state.socket_path) if session.state.socket_path else None
-    profile = generate_profile(compiled, marker, supervisor_socket=socket)
-    workdir = cwd or os.getcwd()
-    plan = runner.prepare(profile, argv, env, workdir, program=path, ctty=ctty)
+    socket = str(gets.state.socket_path) if gets.state.socket_path else None
+    return MacPlan(policy, generate_profile(policy, marker, supervisor_socket=socket), marker, monitor)
+
+
+def start(plan: MacPlan, launch: Launch, hooks: Hooks) -> SandboxedProcess:
+    """Start ``launch.path`` (with ``launch.argv``, ``argv[0]`` included) under ``plan``'s profile."""
+    workdir = launch.cwd or os.getcwd()
+    prepared = runner.prepare(
+        plan.profile, launch.argv, launch.env, workdir, program=launch.path, ctty=launch.ctty
+    )
     # -1 is "leave it closed" to the seam but PIPE to Popen: the command gets /dev/null there instead.
-    stdin, stdout, stderr = (fd if fd >= 0 else subprocess.DEVNULL for fd in stdio)
+    stdin, stdout, stderr = (fd if fd >= 0 else subprocess.DEVNULL for fd in launch.stdio)
+    monitor, marker = plan.monitor, plan.marker
     monitor.register(marker)
     try:
         started = runner.spawn(
-            plan,
+            prepared,
             cwd=workdir,
             stdin=stdin,
             stdout=stdout,
@@ -201,7 +224,7 @@ def start(
     except OSError as e:
         monitor.collect(marker)
         raise SandboxError(f"cannot start the sandbox helper: {e.strerror or e}; nothing was run") from None
-    reporter = _Reporter(monitor, marker, compiled, on_decision)
+    reporter = _Reporter(monitor, marker, plan.policy, hooks.on_decision)
     return SandboxedProcess(started.process, on_exit=reporter.settle, marker=marker)
 
 

@@ -24,6 +24,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from nono_supervisor.backend import GroupSignal
+
 __all__ = ["SandboxedProcess", "wait_status"]
 
 
@@ -37,7 +39,7 @@ def wait_status(returncode: int) -> int:
     return (returncode & 0xFF) << 8
 
 
-class SandboxedProcess:
+class SandboxedProcess(GroupSignal):
     """A running command: ``pid``/``keeper`` (the same process), ``notify`` (None: no in-flight layer)."""
 
     def __init__(
@@ -77,13 +79,6 @@ class SandboxedProcess:
     def exit_fd(self) -> int:
         """A new fd, the caller's to close, that polls readable once ``poll()`` is no longer None."""
         return os.dup(self._exit_r)
-
-    def signal(self, signo: int) -> None:
-        """Deliver to the command's process group (what nono-shell forwards)."""
-        try:
-            os.killpg(self.pid, signo)
-        except ProcessLookupError:
-            pass
 
     def kill_tree(self) -> None:
         """SIGKILL the command's process group (the client went away). Also after the command itself

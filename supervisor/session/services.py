@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from typing import TYPE_CHECKING
 
+from nono_supervisor import backend
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.policy.profile import Policy
 from nono_supervisor.session.files import SessionFiles
@@ -68,8 +68,8 @@ class Services:
         mode = self.state.policy.prompt
         if self.prompter is None or mode == "never":
             return "never"
-        if not sys.platform.startswith("linux"):
-            return "after"  # only the Linux backend can hold a syscall while the human answers
+        if not backend.current().holds_syscalls:
+            return "after"  # macOS: Seatbelt answers the syscall itself, a question comes after it
         return "tty" if mode == "auto" else mode
 
     def command_env(self, env: dict[str, str], agent: bool = False) -> dict[str, str]:
@@ -117,7 +117,7 @@ class Services:
         Recorded: the trees the policy lets commands write, but the session's own temp and runtime dirs
         (removed with the session) and devices; never a path the policy denies or never grants."""
         policy = policy or self.state.policy
-        if not (self.state.trap and policy.undo and sys.platform.startswith("linux")):
+        if not (self.state.trap and policy.undo and backend.current().records_changes):
             return None
         from nono_supervisor.undo import CommandLog
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nono_supervisor import paths
+from nono_supervisor import backend, paths
 from nono_supervisor.errors import UsageError
 from nono_supervisor.policy.access import AccessIndex, real_paths
 from nono_supervisor.policy.gitrepos import repository_entries
@@ -114,7 +114,7 @@ class PolicyState:
         self._files = files
         self._grant_lock = threading.Lock()
         self._store = GrantStore(paths.grants_path(self.env))
-        platform = "macos" if sys.platform == "darwin" else "linux"
+        platform = backend.current().platform
         self._base = resolve_policy(self.options, self.context(platform))
         self._agent_base = self._resolve_agent(platform)
         self._cache_variables = self._resolve_caches()  # of the resolved options: fixed for the session
