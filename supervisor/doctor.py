@@ -140,10 +140,10 @@ def _built_parts_lines() -> bool:
 def _routing_lines() -> None:
     """Routing layer 4 (the agent's mount namespace): whether it can be had here, and so which agents are
     routed only by SHELL, PATH and the preloaded library (DESIGN: routing)."""
-    from nono_supervisor.launcher import _namespace_error, real_shells
+    from nono_supervisor.launcher import namespace_error, real_shells
 
     userns = os.geteuid() != 0
-    error = _namespace_error(userns)
+    error = namespace_error(userns)
     kind = "user namespace + mount namespace" if userns else "mount namespace (root)"
     if error == 0:
         shells = ", ".join(real_shells(dict(os.environ))) or "none found"

@@ -144,7 +144,10 @@ def real_shells(env: dict[str, str], exclude: tuple[str, ...] = ()) -> list[str]
 
 
 @functools.cache
-def _namespace_error(userns: bool) -> int:
+def namespace_error(userns: bool) -> int:
+    """0, or the errno with which a mount namespace (in a user namespace of its own: ``userns``) cannot be
+    made here, as a probe child met it; once per process (the kernel's answer does not change). Also
+    ``doctor``'s."""
     from nono_supervisor.linux import _spawn
 
     return _spawn.probe_namespace(userns)
@@ -157,7 +160,7 @@ def routing_namespace(session: Session) -> tuple[RoutingNamespace | None, str]:
     if session.shims_dir is None:
         return None, "no shims"
     userns = os.geteuid() != 0
-    error = _namespace_error(userns)
+    error = namespace_error(userns)
     if error:
         kind = "a user namespace with a mount namespace" if userns else "a mount namespace"
         return None, f"{kind} cannot be created here ({os.strerror(error)})"
@@ -187,22 +190,12 @@ def _exec_plan(session: Session, path: str, argv: list[str], bound: frozenset[st
 
 def _watching_loop(on_shell: Callable[[int, bytes], None]) -> type:
     """A notify loop for the agent that also sees each ``execve`` of a shell (routing layer 5: no
-    namespace, so one by path from a static binary is not routed: it is recorded)."""
-    from nono_supervisor.linux.notify import NotifyLoop, _dispatch_table
-
-    execs = {nr: trap for nr, (trap, _handler) in _dispatch_table().items() if trap.kind == "exec"}
+    namespace, so one by path from a static binary is not routed: it is recorded). A class, as
+    ``start_sandboxed`` takes one; the hook is ``NotifyLoop.on_exec``."""
+    from nono_supervisor.linux.notify import NotifyLoop
 
     class WatchingLoop(NotifyLoop):
-        def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
-            trap = execs.get(nr)
-            raw = self._read(tid, args[trap.path]) if trap is not None else None
-            if isinstance(raw, bytes):
-                on_shell(tid, raw)
-                self._preread = ((args[trap.path], raw),)  # read once: the handler decides on these bytes
-            try:
-                super()._dispatch(nid, tid, nr, args)
-            finally:
-                self._preread = ()
+        on_exec = staticmethod(on_shell)
 
     return WatchingLoop
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from nono_supervisor.linux.loopapi import LoopApi
 from nono_supervisor.linux.resolve import Pin, resolve_bytes
 from nono_supervisor.linux.seccomp import Trap
 
@@ -30,18 +31,14 @@ _AT_REMOVEDIR = 0x200
 _RENAME_EXCHANGE = 2
 
 
-def record_call(loop, trap: Trap, tid: int, args: list[int]) -> None:
+def record_call(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> None:
     """Record the state of each path ``trap`` may change, before the call is answered."""
     targets = _targets(loop, trap, tid, args)
-    for address, _dirfd, _follow, _op in targets:  # every path first: read once, the handler decides on these
-        raw = loop._read(tid, address)
-        if isinstance(raw, bytes) and all(where != address for where, _raw in loop._preread):
-            loop._preread = (*loop._preread, (address, raw))
     for address, dirfd, follow, op in targets:
-        raw = loop._read(tid, address)
+        raw = loop.read(tid, address)  # read once: the handler decides on these bytes (``LoopApi.read``)
         if not isinstance(raw, bytes):
             continue
-        lexical = loop._lexical(tid, dirfd, raw)
+        lexical = loop.lexical(tid, dirfd, raw)
         if lexical is None or loop.undo.known(lexical):
             continue
         pin = resolve_bytes(tid, dirfd, raw, follow=follow)
@@ -54,7 +51,7 @@ def record_call(loop, trap: Trap, tid: int, args: list[int]) -> None:
                 pin.close()
 
 
-def _targets(loop, trap: Trap, tid: int, args: list[int]) -> list[tuple[int, int | None, bool, str]]:
+def _targets(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> list[tuple[int, int | None, bool, str]]:
     """(address of the path, dirfd, follow the last symlink, operation) of what the call may change."""
     dirfd = args[trap.dirfd] if trap.dirfd is not None else None
     kind = trap.kind
@@ -88,7 +85,7 @@ def _targets(loop, trap: Trap, tid: int, args: list[int]) -> list[tuple[int, int
     return [(args[trap.path], dirfd, not (trap.nofollow or flags & _AT_SYMLINK_NOFOLLOW), kind)]
 
 
-def _open_flags(loop, trap: Trap, tid: int, args: list[int]) -> int | None:
+def _open_flags(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> int | None:
     if trap.name == "creat":
         return os.O_CREAT | os.O_WRONLY | os.O_TRUNC
     if trap.name == "openat2":
@@ -97,12 +94,12 @@ def _open_flags(loop, trap: Trap, tid: int, args: list[int]) -> int | None:
     return args[trap.flags] & 0xFFFFFFFF
 
 
-def _destination(loop, trap: Trap, tid: int, args: list[int], op: str) -> str:
+def _destination(loop: LoopApi, trap: Trap, tid: int, args: list[int], op: str) -> str:
     """Where a rename moves the source (for ``changes``: renamed a -> b), as read."""
     if op != "rename":
         return ""
-    raw = loop._read(tid, args[trap.second[1]])
+    raw = loop.read(tid, args[trap.second[1]])
     if not isinstance(raw, bytes):
         return ""
     second_dirfd = args[trap.second[0]] if trap.second[0] is not None else None
-    return loop._lexical(tid, second_dirfd, raw) or ""
+    return loop.lexical(tid, second_dirfd, raw) or ""
