@@ -5,7 +5,7 @@ command started, its domain never changes, and a command's plain opens are left 
 the node a deny names later lies inside what a running domain grants, the kernel lets that command read
 it: the human's ``stow`` makes ``~/.config/gh`` a symlink into the project and ``gh auth login`` writes the
 token there; ``~/.cache/huggingface`` becomes a symlink to ``./x`` and ``huggingface-cli login`` writes
-``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._on_the_way``.)
+``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._decide_name``.)
 
 So the supervisor watches (inotify) every directory whose entries the resolution of a denied path reads:
 its ancestors, and the directories its symlinks lead through. When an entry looked up there changes

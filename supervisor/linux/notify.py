@@ -995,9 +995,7 @@ class NotifyLoop:
         if not pin.exists:
             pin.close()
             return Deny(errno.ENOENT)
-        permit = self.decide("delete", pin, shm=not pin.is_dir)  # shm_unlink, sem_unlink
-        if isinstance(permit, Permit) and pin.is_dir:
-            permit = self._carries_denied("delete", pin, permit)
+        permit = self._decide_name("delete", pin, shm=not pin.is_dir)  # shm_unlink, sem_unlink
         if isinstance(permit, Permit) and permit.by == emulate.SHM_RULE:
             return self._act(pin, permit, lambda: emulate.remove_shm(permit, self.checker))
         return self._act(pin, permit, lambda: emulate.remove(permit, directory))
@@ -1048,7 +1046,7 @@ class NotifyLoop:
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._on_the_way(pin) or self._carries_denied("create", pin, self.decide("create", pin))
+        permit = self._decide_name("create", pin)
         return self._act(pin, permit, lambda: emulate.symlink(permit, os.fsdecode(target)))
 
     def _on_rename(self, trap: Trap, tid: int, args: list[int]) -> Decision:
@@ -1079,29 +1077,22 @@ class NotifyLoop:
             source.close()
             target.close()
             return CONTINUE
-        # A new name on the way to a denied node (either end of an exchange) would redirect it.
-        way = self._on_the_way(target) or (self._on_the_way(source) if flags & _RENAME_EXCHANGE else None)
-        if way is not None:
-            source.close()
-            target.close()
-            return way
-        # Both ends (both ways for an exchange); a moved directory must not carry a denied node with it.
-        checks = [("delete", source), ("create", target)]
+        # Both ends (both ways for an exchange), each a name made or taken away (``_decide_name``); the
+        # names made first, so that one on the way to a denied node says so whatever else is refused.
+        checks = [("create", target), ("delete", source)]
+        if flags & _RENAME_EXCHANGE:
+            checks.insert(1, ("create", source))
         if target.exists:
             checks.append(("delete", target))
-        if flags & _RENAME_EXCHANGE:
-            checks.append(("create", source))
         permits = []
         for op, pin in checks:
-            permit = self.decide(op, pin)
-            if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
-                permit = self._carries_denied(op, pin, permit)
+            permit = self._decide_name(op, pin)
             if isinstance(permit, Deny):
                 source.close()
                 target.close()
                 return permit
             permits.append(permit)
-        from_permit, to_permit = permits[0], permits[1]
+        to_permit, from_permit = permits[0], permits[2 if flags & _RENAME_EXCHANGE else 1]
 
         def release() -> None:
             source.close()
@@ -1143,9 +1134,7 @@ class NotifyLoop:
             source.close()
             target.close()
             return Deny(errno.EEXIST)
-        to_permit = self._on_the_way(target) or self.decide(
-            "create", target, shm=stat.S_ISREG(source.st.st_mode)
-        )
+        to_permit = self._decide_name("create", target, shm=stat.S_ISREG(source.st.st_mode))
         if isinstance(to_permit, Deny):
             source.close()
             target.close()
@@ -1183,29 +1172,31 @@ class NotifyLoop:
         length = args[1]
         return self._act(pin, permit, lambda: emulate.truncate(permit, length, self.checker))
 
-    def _on_the_way(self, pin: Pin) -> Deny | None:
-        """A command never makes a name (symlink, rename, link) that is a strict ancestor of a denied node:
-        the node would be wherever the name leads, and the human's next login (``huggingface-cli login``
-        through ``~/.cache/huggingface -> ./x``) would write the token where the command reads it. The node
-        itself is refused by the policy as any create in it is."""
-        found = self.access.on_the_way(pin.path)
-        if found is None:
-            return None
-        denied, rule = found
-        why = f"{ON_THE_WAY}: {denied} ({rule})"
-        return Deny(errno.EACCES, Denial("create", pin.path, why, pin.is_dir, self._tid))
+    def _decide_name(self, op: str, pin: Pin, shm: bool = False) -> Permit | Deny:
+        """``decide`` for a name a call makes ("create": a symlink, a link, either end of a rename) or takes
+        away ("delete": an unlink, an rmdir, a rename's source or the target it replaces), which must also
+        never move a denied, never-grantable or runs-later node (invariants 10 and 12). The one check of
+        both ways a name can move one, tests/test_late_denies.py and tests/test_runs_later.py:
 
-    def _carries_denied(self, op: str, pin: Pin, permit: Permit | Deny) -> Permit | Deny:
-        """Moving or removing a directory that holds a denied node would carry it out from under its rule;
-        a new name (a symlink, a directory moved in) above a denied or runs-later node that is not there
-        would make it resolve into what the command wrote (DESIGN invariant 10: ``ln -s ./x ~/.config``
-        puts ~/.config/nvim in the command's reach)."""
-        if isinstance(permit, Deny):
-            return permit
-        for denied_path, rule in self.access.denied_below(pin.path):
-            return Deny(
-                errno.EACCES, Denial(op, pin.path, f"{rule} (inside: {denied_path})", True, self._tid)
-            )
+        - made at a name on the way to a denied node as the policy spells it (``AccessIndex.on_the_way``:
+          its parent resolved, its last component not), it would send the node wherever it leads: the
+          human's next ``huggingface-cli login`` through ``~/.cache/huggingface -> ./x`` writes the token
+          where the command reads it. Refused before the policy is asked: no flag lifts it;
+        - made above such a node where it resolves (one not there yet included), or taking away a directory
+          that holds one (``AccessIndex.denied_below``), it carries the node out from under its rule, or
+          makes it resolve into what the command wrote (``ln -s ./x ~/.config`` puts ~/.config/nvim in its
+          reach). Asked once the policy allows the call: a refusal by the policy keeps its own line.
+
+        A directory made (mkdir) moves nothing: the node stays where its path leads."""
+        if op == "create" and (way := self.access.on_the_way(pin.path)) is not None:
+            denied, rule = way
+            why = f"{ON_THE_WAY}: {denied} ({rule})"
+            return Deny(errno.EACCES, Denial("create", pin.path, why, pin.is_dir, self._tid))
+        permit = self.decide(op, pin, shm=shm)
+        if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
+            for denied_path, rule in self.access.denied_below(pin.path):
+                why = f"{rule} (inside: {denied_path})"
+                return Deny(errno.EACCES, Denial(op, pin.path, why, True, self._tid))
         return permit
 
     def _act(
