@@ -38,12 +38,23 @@ from typing import TYPE_CHECKING
 
 from nono_shell.personality import START_UP
 from nono_supervisor.linux import emulate, sockets, terminals, undo_calls
-from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
+from nono_supervisor.linux.decisions import (
+    CONTINUE,
+    Continue,
+    Decision,
+    Denial,
+    Deny,
+    Emulate,
+    Inject,
+    Outcome,
+    Value,
+)
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS, RightsIndex
+from nono_supervisor.linux.loopapi import Entry
 from nono_supervisor.linux.resolve import OPEN_HOW, FdRef, Pin, Reader, resolve_bytes
-from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, load_pyseccomp
+from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, arg, load_pyseccomp, position
 from nono_supervisor.policy import access
 from nono_supervisor.policy.access import ON_THE_WAY, AccessIndex
 from nono_supervisor.procfs import process_of, umask_of
@@ -51,6 +62,7 @@ from nono_supervisor.shm import SessionShm
 
 if TYPE_CHECKING:
     from nono_supervisor.netproxy import NetClient
+    from nono_supervisor.undo import CommandLog
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
 
@@ -204,8 +216,9 @@ class NotifyLoop:
     """Answers one command tree's notifications until the last process holding the filter exits; runs on
     a thread of ``_THREADS`` (``start``, ``join`` and ``is_alive`` as a thread's)."""
 
-    # The agent's hook (``launcher``: routing without a namespace records each shell it runs): called with
-    # (tid, path as read) for every execve and execveat before the call is decided on the same bytes. A
+    # The agent's hook, set on a loop class as a staticmethod (``launcher``: routing without a namespace
+    # records each shell it runs): called with (tid, path as read) for every execve and execveat before
+    # the call is decided on the same bytes, start_sandboxed taking a loop class, not a loop. A
     # loop class with the hook sees every notification: its filter traps every open and exec (no
     # ask-again library: its own reads are asked about and reported at once, static binaries included),
     # and the Python pipeline answers them all (the C fast path would CONTINUE an exec unseen).
@@ -225,7 +238,7 @@ class NotifyLoop:
         own_terminals: frozenset[str] = frozenset(),
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
         linked: bool | None = None,
-        undo: object | None = None,
+        undo: CommandLog | None = None,
         shm: SessionShm | None = None,
     ) -> None:
         self.name = f"nono-notify-{listener}"
@@ -457,8 +470,8 @@ class NotifyLoop:
             return
         trap, handler = entry  # an unbound function: no per-loop table, no self -> dict -> self cycle
         self._call.nid, self._call.tid = nid, tid  # for a question held on this syscall, and for its report
-        if self.on_exec is not None and trap.kind == "exec" and trap.path is not None:
-            raw = self.read(tid, args[trap.path])  # read once: the handler decides on these bytes
+        if self.on_exec is not None and trap.kind == "exec":
+            raw = self.read(tid, arg(args, trap.path))  # read once: the handler decides on these bytes
             if isinstance(raw, bytes):
                 self.on_exec(tid, raw)  # a failure fails this exec closed (EACCES, by the caller)
         if self.undo is not None and trap.kind in undo_calls.RECORDED:
@@ -532,11 +545,11 @@ class NotifyLoop:
         except OSError:
             return False
 
-    def _respond(self, nid: int, decision: Decision) -> None:
+    def _respond(self, nid: int, decision: Outcome) -> None:
         """The only place that answers the kernel (from the serving thread, a worker, or a thread that held
         a question: each with a response of its own)."""
         try:
-            if decision is CONTINUE:
+            if isinstance(decision, Continue):
                 fcntl.ioctl(self.listener, _IOCTL_SEND, _RESP.pack(nid, 0, 0, _FLAG_CONTINUE))
                 return
             if isinstance(decision, Inject):
@@ -682,11 +695,11 @@ class NotifyLoop:
     def _object_of(self, tid: int, trap: Trap, args: list[int], follow: bool) -> Pin | Deny:
         """The object a metadata call acts on: its path argument (or its fd form), pinned."""
         if trap.path is None:
-            return self._fd_pin(tid, args[trap.fd])
+            return self._fd_pin(tid, arg(args, trap.fd))
         flags = args[trap.flags] if trap.flags is not None else 0
-        if trap.name == "utimensat" and args[trap.path] == 0:
-            return self._fd_pin(tid, args[trap.dirfd])  # utimensat(fd, NULL, ...) is futimens
-        raw = self.read(tid, args[trap.path])
+        if trap.name == "utimensat" and arg(args, trap.path) == 0:
+            return self._fd_pin(tid, arg(args, trap.dirfd))  # utimensat(fd, NULL, ...) is futimens
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
@@ -695,7 +708,7 @@ class NotifyLoop:
     # ---- opens -----------------------------------------------------------------------------------------
 
     def _on_open(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        raw = self.read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         untrusted_how = False
@@ -712,7 +725,7 @@ class NotifyLoop:
         elif trap.name == "creat":
             flags, mode = os.O_CREAT | os.O_WRONLY | os.O_TRUNC, args[1]
         else:
-            flags, mode = args[trap.flags] & 0xFFFFFFFF, args[trap.mode] & 0xFFFFFFFF
+            flags, mode = arg(args, trap.flags) & 0xFFFFFFFF, arg(args, trap.mode) & 0xFFFFFFFF
         creating = bool(flags & (os.O_CREAT | _O_TMPFILE))
         if creating and mode & SETID_BITS:
             return self._setid(os.fsdecode(raw))
@@ -723,7 +736,7 @@ class NotifyLoop:
         if not untrusted_how and (not self._linked or flags & os.O_DIRECTORY):
             lexical = self.lexical(tid, dirfd, raw)
             fast = self._continue(lexical, needed)
-            if fast and (not creating or self._may_create(lexical)):
+            if fast and (not creating or (lexical is not None and self._may_create(lexical))):
                 return fast
         exclusive = flags & os.O_CREAT and flags & os.O_EXCL
         resolved = self._pin(tid, dirfd, raw, follow=not (flags & os.O_NOFOLLOW or exclusive))
@@ -755,7 +768,7 @@ class NotifyLoop:
         landlock_path = pin.path if pin.exists else os.path.dirname(pin.path)
         landlock_needed = needed if pin.exists else _A["make_reg"]
         baseline = self.rights.allows(landlock_path, landlock_needed)
-        linked = self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)
+        linked = self._linked and pin.is_file
         if baseline and not untrusted and not linked and not self.guarded:
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
@@ -778,7 +791,7 @@ class NotifyLoop:
         process is told by its executable (/proc/TID/exe, read before NOTIF_ID_VALID): a program named
         bash gains nothing by it. None: not such an open."""
         directory, name = os.path.split(pin.path)
-        reading = ops == ["read"] and stat.S_ISREG(pin.st.st_mode)
+        reading = ops == ["read"] and pin.is_file
         writing_history = name.endswith("_history") and not {"write", "create"}.isdisjoint(ops)
         if not (reading or writing_history) or directory != self.access.home:
             return None
@@ -797,7 +810,7 @@ class NotifyLoop:
             pin.close()
             return Deny(errno.EACCES, denial)
 
-        def act() -> Decision:
+        def act() -> Outcome:
             pin.close()
             return Inject(emulate.empty_file(), bool(flags & os.O_CLOEXEC), denial, recorded="deny")
 
@@ -817,7 +830,7 @@ class NotifyLoop:
         permit = next((p for p in permits if p.by == emulate.SHM_RULE), permits[-1])
         mode = mode & ~umask_of(tid) & 0o7777
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 fd = emulate.open_file(permit, flags, mode, self.checker)
             finally:
@@ -851,7 +864,7 @@ class NotifyLoop:
                 errno.EACCES, Denial(op, pin.path, "the descriptor is not open for it", False, self._tid)
             )
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 reopen = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)) | os.O_CLOEXEC
                 fd = os.open(f"/proc/self/fd/{pin.dirfd}", reopen)
@@ -887,13 +900,16 @@ class NotifyLoop:
         reported, never asked about. Also for the handed terminal's name once Landlock refused it: its
         node may since be another terminal's (a closed pty's number is reused)."""
         ops = [op for op, wanted in _open_ops(flags, True) if wanted]
+        permits = []
         for op in ops:  # a deny of the human's, or a sealed terminal (the supervisor's), comes first
-            permit = self.checker.decide_terminal(op, pin)
-            if isinstance(permit, Refusal):
+            outcome = self.checker.decide_terminal(op, pin)
+            if isinstance(outcome, Refusal):
                 _close_fd(held)
                 pin.close()
-                return self._refused(permit)
-        if held is None:
+                return self._refused(outcome)
+            permits.append(outcome)
+        permit = permits[-1]
+        if held is None and pin.st is not None:
             held = terminals.held(tid, pin.st, pin.path)
         if held is None:
             pin.close()
@@ -903,7 +919,7 @@ class NotifyLoop:
             os.close(held)
             pin.close()
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 fd = emulate.open_terminal(permit, held, flags)
             finally:
@@ -915,7 +931,7 @@ class NotifyLoop:
     # ---- exec ------------------------------------------------------------------------------------------
 
     def _on_exec(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        raw = self.read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
@@ -941,19 +957,19 @@ class NotifyLoop:
 
     # ---- directory entries -----------------------------------------------------------------------------
 
-    def _entry_bytes(self, tid: int, dirfd_arg: int | None, path_arg: int, args: list[int]):
+    def _entry_bytes(
+        self, tid: int, dirfd_arg: int | None, path_arg: int | None, args: list[int]
+    ) -> Entry | Deny:
         """The (bytes, dirfd) of a directory-entry argument, read once."""
-        raw = self.read(tid, args[path_arg])
+        raw = self.read(tid, arg(args, path_arg))
         return raw if isinstance(raw, Deny) else (raw, args[dirfd_arg] if dirfd_arg is not None else None)
 
-    def entry_fast(self, tid: int, entry: tuple[bytes, int | None], needed: int) -> Continue | None:
+    def entry_fast(self, tid: int, entry: Entry, needed: int) -> Continue | None:
         """CONTINUE when the Landlock baseline grants ``needed`` on the entry's parent, as read."""
         lexical = self.lexical(tid, entry[1], entry[0])
         return self._continue(os.path.dirname(lexical) if lexical else None, needed)
 
-    def entry_pin(
-        self, tid: int, entry: tuple[bytes, int | None], needed: int | None
-    ) -> Pin | Continue | Deny:
+    def entry_pin(self, tid: int, entry: Entry, needed: int | None) -> Pin | Continue | Deny:
         """The entry pinned (its last component not followed); CONTINUE when, resolved, its parent's
         Landlock rights cover ``needed`` after all (None: never)."""
         resolved = self._pin(tid, entry[1], entry[0], follow=False)
@@ -973,7 +989,9 @@ class NotifyLoop:
             return CONTINUE
         return resolved
 
-    def _entry(self, tid: int, dirfd_arg: int | None, path_arg: int, args: list[int], needed: int):
+    def _entry(
+        self, tid: int, dirfd_arg: int | None, path_arg: int | None, args: list[int], needed: int
+    ) -> Pin | Continue | Deny:
         """Read once; CONTINUE on the parent's Landlock rights; else the entry pinned."""
         entry = self._entry_bytes(tid, dirfd_arg, path_arg, args)
         if isinstance(entry, Deny):
@@ -997,8 +1015,8 @@ class NotifyLoop:
             return Deny(errno.ENOENT)
         permit = self._decide_name("delete", pin, shm=not pin.is_dir)  # shm_unlink, sem_unlink
         if isinstance(permit, Permit) and permit.by == emulate.SHM_RULE:
-            return self._act(pin, permit, lambda: emulate.remove_shm(permit, self.checker))
-        return self._act(pin, permit, lambda: emulate.remove(permit, directory))
+            return self._act(pin, permit, lambda p: emulate.remove_shm(p, self.checker))
+        return self._act(pin, permit, lambda p: emulate.remove(p, directory))
 
     def _on_mkdir(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         pin = self._entry(tid, trap.dirfd, trap.path, args, _A["make_dir"])
@@ -1008,11 +1026,12 @@ class NotifyLoop:
             pin.close()
             return Deny(errno.EEXIST)
         permit = self.decide("create", pin, making_dir=True)
-        mode = args[trap.mode] & ~umask_of(tid) & 0o7777
-        return self._act(pin, permit, lambda: emulate.mkdir(permit, mode), is_dir=True)
+        mode = arg(args, trap.mode) & ~umask_of(tid) & 0o7777
+        return self._act(pin, permit, lambda p: emulate.mkdir(p, mode), is_dir=True)
 
     def _on_mknod(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        mode, device = args[trap.mode] & 0xFFFFFFFF, args[trap.mode + 1]
+        at = position(trap.mode)  # mknod(path, mode, dev), mknodat(dirfd, path, mode, dev)
+        mode, device = args[at] & 0xFFFFFFFF, args[at + 1]
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         needed = {
             stat.S_IFREG: _A["make_reg"],
@@ -1024,7 +1043,7 @@ class NotifyLoop:
         if needed is None:
             return Deny(errno.EINVAL)
         if mode & SETID_BITS:
-            raw = self.read(tid, args[trap.path])
+            raw = self.read(tid, arg(args, trap.path))
             return raw if isinstance(raw, Deny) else self._setid(os.fsdecode(raw))
         pin = self._entry(tid, trap.dirfd, trap.path, args, needed)
         if not isinstance(pin, Pin):
@@ -1034,7 +1053,7 @@ class NotifyLoop:
             return Deny(errno.EEXIST)
         permit = self.decide("create", pin)
         mode = (mode & ~stat.S_IFMT(mode) & ~umask_of(tid) & 0o7777) | kind
-        return self._act(pin, permit, lambda: emulate.mknod(permit, mode, device))
+        return self._act(pin, permit, lambda p: emulate.mknod(p, mode, device))
 
     def _on_symlink(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         target = self.read(tid, args[0])  # symlink and symlinkat both take the target first
@@ -1047,27 +1066,28 @@ class NotifyLoop:
             pin.close()
             return Deny(errno.EEXIST)
         permit = self._decide_name("create", pin)
-        return self._act(pin, permit, lambda: emulate.symlink(permit, os.fsdecode(target)))
+        return self._act(pin, permit, lambda p: emulate.symlink(p, os.fsdecode(target)))
 
     def _on_rename(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         flags = args[trap.flags] & 0xFFFFFFFF if trap.flags is not None else 0
         moving = _A["remove_file"] | _A["remove_dir"] | _A["make_reg"] | _A["make_dir"] | _A["refer"]
-        ends = [
-            self._entry_bytes(tid, trap.dirfd, trap.path, args),
-            self._entry_bytes(tid, *trap.second, args),
-        ]
-        for end in ends:
-            if isinstance(end, Deny):
-                return end
+        first = self._entry_bytes(tid, trap.dirfd, trap.path, args)
+        if isinstance(first, Deny):
+            return first
+        second = self._entry_bytes(tid, *trap.second_pair, args)
+        if isinstance(second, Deny):
+            return second
+        ends = (first, second)
         if not self.guarded and all(self.entry_fast(tid, end, moving) for end in ends):
             return CONTINUE  # Landlock checks both ends itself, REFER included
-        pins = [self.entry_pin(tid, end, None) for end in ends]
-        for pin in pins:
-            if isinstance(pin, Deny):
-                for other in pins:
-                    _close(other)
-                return pin
-        source, target = pins
+        source, target = (self.entry_pin(tid, end, None) for end in ends)
+        if not isinstance(source, Pin):  # a Deny: ``entry_pin`` without ``needed`` never CONTINUEs
+            _close(target)
+            return source
+        if not isinstance(target, Pin):
+            source.close()
+            return target
+        pins = (source, target)
         error = _rename_errno(source, target, flags)
         if error:
             source.close()
@@ -1098,7 +1118,7 @@ class NotifyLoop:
             source.close()
             target.close()
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 emulate.rename(from_permit, to_permit, flags)
             finally:
@@ -1109,7 +1129,7 @@ class NotifyLoop:
 
     def _on_link(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         flags = args[trap.flags] if trap.flags is not None else 0
-        raw = self.read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         if flags & _AT_EMPTY_PATH:
@@ -1122,11 +1142,12 @@ class NotifyLoop:
         # A hard link is a second name for the file: the source must be readable and writable under the
         # policy, whichever way the destination is decided.
         for op in ("read", "write"):
-            permit = self.decide(op, source, shm=True)  # sem_open names its new semaphore with a link
-            if isinstance(permit, Deny):
+            checked = self.decide(op, source, shm=True)  # sem_open names its new semaphore with a link
+            if isinstance(checked, Deny):
                 source.close()
-                return permit
-        target = self._entry(tid, *trap.second, args, _A["make_reg"] | _A["refer"])
+                return checked
+            permit = checked
+        target = self._entry(tid, *trap.second_pair, args, _A["make_reg"] | _A["refer"])
         if not isinstance(target, Pin):
             source.close()
             return target  # CONTINUE: Landlock checks the destination (and REFER) itself
@@ -1134,13 +1155,13 @@ class NotifyLoop:
             source.close()
             target.close()
             return Deny(errno.EEXIST)
-        to_permit = self._decide_name("create", target, shm=stat.S_ISREG(source.st.st_mode))
+        to_permit = self._decide_name("create", target, shm=source.is_file)
         if isinstance(to_permit, Deny):
             source.close()
             target.close()
             return to_permit
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 emulate.link(permit, to_permit)
             finally:
@@ -1155,7 +1176,7 @@ class NotifyLoop:
         return Emulate(act, release=release)
 
     def _on_truncate(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        raw = self.read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         if not self._linked:
@@ -1170,7 +1191,7 @@ class NotifyLoop:
             return Deny(errno.EISDIR)
         permit = self.decide("write", pin)
         length = args[1]
-        return self._act(pin, permit, lambda: emulate.truncate(permit, length, self.checker))
+        return self._act(pin, permit, lambda p: emulate.truncate(p, length, self.checker))
 
     def _decide_name(self, op: str, pin: Pin, shm: bool = False) -> Permit | Deny:
         """``decide`` for a name a call makes ("create": a symlink, a link, either end of a rename) or takes
@@ -1200,16 +1221,16 @@ class NotifyLoop:
         return permit
 
     def _act(
-        self, pin: Pin, permit: Permit | Deny, action: Callable[[], object], is_dir: bool = False
+        self, pin: Pin, permit: Permit | Deny, action: Callable[[Permit], object], is_dir: bool = False
     ) -> Decision:
-        """Carry out ``action`` through the pin once the request is confirmed; the result is 0."""
+        """Carry out ``action(permit)`` through the pin once the request is confirmed; the result is 0."""
         if isinstance(permit, Deny):
             pin.close()
             return permit
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
-                action()
+                action(permit)
             finally:
                 pin.close()
             return Value(0, Denial(permit.op, pin.path, permit.by, is_dir))
@@ -1224,7 +1245,7 @@ class NotifyLoop:
         return self._object_of(tid, trap, args, follow)
 
     def _on_chmod(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        mode = args[trap.mode] & 0o7777
+        mode = arg(args, trap.mode) & 0o7777
         pin = self._metadata(trap, tid, args)
         if isinstance(pin, Deny):
             return pin
@@ -1306,7 +1327,7 @@ class NotifyLoop:
     def _write_meta(self, pin: Pin, action: Callable[[Permit], object]) -> Decision:
         """Mode, owner, times and xattrs are the file's: changed only where the policy allows writing it."""
         permit = self.decide("write", pin)
-        return self._act(pin, permit, lambda: action(permit))
+        return self._act(pin, permit, action)
 
     # ---- watches ---------------------------------------------------------------------------------------
 
@@ -1352,7 +1373,7 @@ class NotifyLoop:
             resolved.close()
             raise
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 return Value(add(permit, instance))
             finally:
@@ -1387,7 +1408,7 @@ def _foreign_proc(path: str, tid: int, tgid: int) -> bool:
     return pid.isdigit() and int(pid) != tid and int(pid) != tgid
 
 
-def _carry_out(emulation: Emulate) -> Decision:
+def _carry_out(emulation: Emulate) -> Outcome:
     try:
         return emulation.act()
     except OSError as e:
@@ -1519,7 +1540,7 @@ def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     def index(value: int | None) -> int:
         return -1 if value is None else value
 
-    table = {}
+    table: dict[int, tuple[int, ...]] = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
         recorded = recording and trap.kind in ("rmdir", "rename", "link", "truncate")

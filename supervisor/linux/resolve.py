@@ -121,6 +121,10 @@ class Pin:
         return self.st is not None and stat.S_ISDIR(self.st.st_mode)
 
     @property
+    def is_file(self) -> bool:
+        return self.st is not None and stat.S_ISREG(self.st.st_mode)
+
+    @property
     def is_link(self) -> bool:
         return self.st is not None and stat.S_ISLNK(self.st.st_mode)
 

@@ -26,7 +26,7 @@ import socket
 import stat
 import struct
 
-from nono_supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Value
+from nono_supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Outcome, Value
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS
 from nono_supervisor.linux.libc import LIBC, IoVec, MsgHdr, last_error
@@ -230,9 +230,10 @@ def _destination(
     if not isinstance(resolved, Pin):
         return Deny(resolved.error)
     try:
-        if not resolved.exists:
+        found = resolved.st
+        if found is None:
             return Deny(errno.ENOENT)
-        if not stat.S_ISSOCK(resolved.st.st_mode):
+        if not stat.S_ISSOCK(found.st_mode):
             return Deny(errno.ECONNREFUSED)
         if resolved.path in loop.allowed_sockets:
             grant = None
@@ -242,7 +243,7 @@ def _destination(
                 return permit
             grant = Denial("connect", resolved.path, permit.by, False, tid)
         pinned = os.open(resolved.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=resolved.dirfd)
-        if os.fstat(pinned).st_ino != resolved.st.st_ino:
+        if os.fstat(pinned).st_ino != found.st_ino:
             os.close(pinned)
             return Deny(errno.EACCES)  # swapped between the check and the pin: refuse rather than chase
         return _Destination(_sockaddr_un(f"/proc/self/fd/{pinned}"), pinned, grant)
@@ -270,7 +271,7 @@ def _performed(
         sock.close()
         _close_all(passed)
 
-    def run() -> Decision:
+    def run() -> Outcome:
         try:
             result = act(sock.fd, destination.address)
             return Deny(_errno()) if result < 0 else Value(result, destination.grant)
@@ -347,7 +348,7 @@ def on_bind(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision
         pin.close()
         sock.close()
 
-    def bind() -> Decision:
+    def bind() -> Outcome:
         try:
             if LIBC.bind(sock.fd, address, len(address)) != 0:
                 return Deny(_errno())
@@ -374,7 +375,7 @@ def on_socket(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> Decision:
     kind, protocol = args[1] & 0xF, args[2] & 0xFFFFFFFF
     if kind == socket.SOCK_STREAM and protocol in (0, socket.IPPROTO_TCP):
         return CONTINUE
-    name = {socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}.get(
+    name = {int(socket.SOCK_DGRAM): "udp", int(socket.SOCK_RAW): "raw"}.get(
         kind, "mptcp" if protocol == 262 else "socket"
     )
     return Deny(errno.EACCES, Denial("connect", f"network ({name})", _net_rule(loop), False, tid))
@@ -392,10 +393,11 @@ def on_sendto(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decisi
     if loop.net_block and flags & MSG_FASTOPEN and sock.family in _INET:
         return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
     message = _read_data(loop, tid, [(args[1], args[2])], sock)
+    if isinstance(message, Deny):
+        return message
     raw = _read_sockaddr(loop, tid, args[4], args[5] & 0xFFFFFFFF)
-    for failed in (message, raw):
-        if isinstance(failed, Deny):
-            return failed
+    if isinstance(raw, Deny):
+        return raw
     if loop.net_block and sock.family in _INET and flags & MSG_FASTOPEN:
         return Deny(errno.EACCES, Denial("connect", _inet_name(raw), _net_rule(loop), False, tid))
     destination = _destination(loop, tid, sock, raw, "connect")
@@ -422,7 +424,7 @@ def on_sendmmsg(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Deci
     """Each message as sendmsg, in order; ``msg_len`` of each sent one is written back to the target, as
     the kernel does (glibc's resolver checks it)."""
     vector, count, flags = args[1], min(args[2] & 0xFFFFFFFF, _MAX_IOV), args[3] & 0xFFFFFFFF
-    prepared = []
+    prepared: list[tuple[_Destination, bytes, list[int]]] = []
 
     def release() -> None:
         for destination, _data, fds in prepared:
@@ -443,7 +445,7 @@ def on_sendmmsg(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Deci
         release()
         raise
 
-    def send_all() -> Decision:
+    def send_all() -> Outcome:
         sent = 0
         try:
             for index, (destination, data, fds) in enumerate(prepared):
@@ -478,11 +480,12 @@ def _message(
     data = _read_data(loop, tid, list(_IOVEC.iter_unpack(vectors)), sock)
     if isinstance(data, Deny):
         return data
-    raw = None
+    raw: bytes | None = None
     if name and namelen and sock.type != socket.SOCK_STREAM:
-        raw = _read_sockaddr(loop, tid, name, namelen)
-        if isinstance(raw, Deny):
-            return raw
+        read = _read_sockaddr(loop, tid, name, namelen)
+        if isinstance(read, Deny):
+            return read
+        raw = read
     if loop.net_block and sock.family in _INET and (flags & MSG_FASTOPEN or raw is not None):
         return Deny(errno.EACCES, Denial("connect", _inet_name(raw or b""), _net_rule(loop), False, tid))
     fds = _read_fds(loop, tid, control, controllen)
