@@ -179,22 +179,12 @@ def _exec_plan(session: Session, path: str, argv: list[str], bound: frozenset[st
 
 def _watching_loop(on_shell: Callable[[int, bytes], None]) -> type:
     """A notify loop for the agent that also sees each ``execve`` of a shell (routing layer 5: no
-    namespace, so one by path from a static binary is not routed: it is recorded)."""
-    from nono_supervisor.linux.notify import NotifyLoop, _dispatch_table
-
-    execs = {nr: trap for nr, (trap, _handler) in _dispatch_table().items() if trap.kind == "exec"}
+    namespace, so one by path from a static binary is not routed: it is recorded). A class, as
+    ``LinuxHooks.loop_class`` takes one; the hook is ``NotifyLoop.on_exec``."""
+    from nono_supervisor.linux.notify import NotifyLoop
 
     class WatchingLoop(NotifyLoop):
-        def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
-            trap = execs.get(nr)
-            raw = self._read(tid, args[trap.path]) if trap is not None else None
-            if isinstance(raw, bytes):
-                on_shell(tid, raw)
-                self._preread = ((args[trap.path], raw),)  # read once: the handler decides on these bytes
-            try:
-                super()._dispatch(nid, tid, nr, args)
-            finally:
-                self._preread = ()
+        on_exec = staticmethod(on_shell)
 
     return WatchingLoop
 

@@ -155,6 +155,21 @@ class NetClient:
     _open: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    # -- the proxy's side ------------------------------------------------------------------------------
+
+    def admit(self) -> bool:
+        """One more of this command's connections through the proxy, unless it holds MAX_PER_CLIENT."""
+        with self._lock:
+            if self._open >= MAX_PER_CLIENT:
+                return False
+            self._open += 1
+            return True
+
+    def leave(self) -> None:
+        """One admitted connection has ended."""
+        with self._lock:
+            self._open -= 1
+
     # -- the notify layer's side -----------------------------------------------------------------------
 
     def is_proxy(self, address: str, port: int) -> bool:
@@ -469,11 +484,9 @@ class NetProxy:
             try:
                 entry = await self._attributed(_peer_key(peer))
                 if entry is not None:
-                    client, tid = entry
-                    with client._lock:
-                        if client._open >= MAX_PER_CLIENT:
-                            return
-                        client._open += 1
+                    if not entry[0].admit():
+                        return
+                    client, tid = entry  # admitted: the finally below lets it go
                 first = await asyncio.wait_for(reader.readexactly(1), HEAD_SECONDS)
                 if first == b"\x05":
                     await self._socks(client, tid, reader, writer)
@@ -482,8 +495,7 @@ class NetProxy:
             finally:
                 self._open -= 1
                 if client is not None:
-                    with client._lock:
-                        client._open -= 1
+                    client.leave()
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError):
             pass
         except asyncio.CancelledError:

@@ -1,11 +1,18 @@
-"""Where nono-shell keeps its own files, per the XDG base directories of the user running it."""
+"""Where nono-shell keeps its own files, per the XDG base directories of the user running it; and
+``under``, the one test of a path lying inside another."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["config_dir", "state_dir", "undo_dir", "audit_log_path", "grants_path", "package_dirs"]
+__all__ = ["config_dir", "state_dir", "undo_dir", "audit_log_path", "grants_path", "package_dirs", "under"]
+
+
+def under(path: str, top: str) -> bool:
+    """``path`` is ``top`` or inside it, compared as strings: component-wise (``/a/bc`` is not under
+    ``/a/b``), with no resolving (callers compare paths that are both real, or both as named)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _xdg(var: str, fallback: str, env: dict[str, str] | os._Environ[str]) -> Path:

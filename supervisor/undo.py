@@ -36,6 +36,7 @@ from pathlib import Path
 
 from nono_supervisor import paths
 from nono_supervisor.errors import NonoError
+from nono_supervisor.paths import under
 
 __all__ = [
     "Limits",
@@ -93,10 +94,6 @@ def fingerprint(path: str) -> list[int] | None:
         st.st_ctime_ns,
         stat.S_IMODE(st.st_mode),
     ]
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 # ---- the store -------------------------------------------------------------------------------------------
@@ -162,26 +159,29 @@ class Store:
     def _keep(
         self, dirfd: int, name: str, st: os.stat_result, removing: bool, bulk: str
     ) -> tuple[str | None, str]:
-        lost = self._reserve(st.st_size, bulk)
+        lost = self.reserve(st.st_size, bulk)
         if lost:
             return None, lost
         blob = f"{os.getpid()}-{time.monotonic_ns()}-{next(self._names)}"
         try:
             if removing and st.st_nlink == 1 and self._link(dirfd, name, blob, st):
-                return self._kept_now(blob, st.st_size), ""
+                return self.kept_now(blob, st.st_size), ""
             self._copy(dirfd, name, blob, st)
         except OSError as e:
             self._release(st.st_size)
             _unlink_quietly(blob, self.blobs)
             return None, f"could not be read ({e.strerror or e})"
-        return self._kept_now(blob, st.st_size), ""
+        return self.kept_now(blob, st.st_size), ""
 
-    def _kept_now(self, blob: str, size: int) -> str:
+    def kept_now(self, blob: str, size: int) -> str:
+        """``blob`` (its ``size`` reserved) is kept from now: the time-ordered list the store trims."""
         with self._lock:
             self._kept.append((time.time(), blob, size))
         return blob
 
-    def _reserve(self, size: int, bulk: str) -> str:
+    def reserve(self, size: int, bulk: str) -> str:
+        """Room for ``size`` bytes, or why not ("": reserved); ``bulk`` names a bulky file, kept only
+        within the bulk share of the cap."""
         cap = self.limits.max_bytes
         with self._lock:
             if self.used + size > cap:
@@ -335,7 +335,7 @@ class CommandLog:
         return self
 
     def covers(self, path: str) -> bool:
-        return any(_under(path, root) for root in self.roots) and not any(_under(path, s) for s in self.skip)
+        return any(under(path, root) for root in self.roots) and not any(under(path, s) for s in self.skip)
 
     def known(self, lexical: str) -> bool:
         """A path as read that this command has already recorded (the cheap check before a pin; whether it
@@ -379,11 +379,11 @@ class CommandLog:
         if not fresh:
             _unlink_quietly(blob, self.store.blobs)
             return
-        lost = self.store._reserve(size, self._bulk(path) or ("a large file" if size > LARGE_FILE else ""))
+        lost = self.store.reserve(size, self._bulk(path) or ("a large file" if size > LARGE_FILE else ""))
         if lost:
             _unlink_quietly(blob, self.store.blobs)
         else:
-            self.store._kept_now(blob, size)
+            self.store.kept_now(blob, size)
         state = {"mode": mode, "atime_ns": atime, "mtime_ns": mtime}
         self._change(
             path,
@@ -410,7 +410,7 @@ class CommandLog:
 
     def _bulk(self, path: str) -> str:
         for root in self.roots:
-            if not _under(path, root):
+            if not under(path, root):
                 continue
             relative = os.path.relpath(path, root)
             parts = relative.split("/")
@@ -649,7 +649,7 @@ def undo(
                 outcome.not_restored.append((path, why))
                 continue
             try:
-                root = next(r for r in sorted(command.roots, key=len, reverse=True) if _under(path, r))
+                root = next(r for r in sorted(command.roots, key=len, reverse=True) if under(path, r))
                 done = _restore(
                     journal, store, log, _tree(trees, root), root, path, record, command, moved_back
                 )
@@ -663,7 +663,7 @@ def undo(
             elif done:
                 outcome.not_restored.append((path, done))
         for path, before in dirs:  # a directory's times once what it holds is back
-            root = next(r for r in sorted(command.roots, key=len, reverse=True) if _under(path, r))
+            root = next(r for r in sorted(command.roots, key=len, reverse=True) if under(path, r))
             try:
                 _set_dir_times(_tree(trees, root), root, path, before)
             except OSError:
@@ -693,9 +693,9 @@ def _outside(path: str, roots: tuple[str, ...], protected: tuple[str, ...]) -> s
     """Why undo will not touch ``path`` (a record names it, but no record is trusted that far), or ""."""
     if not path.startswith("/") or os.path.normpath(path) != path or "/../" in path + "/":
         return "not a plain absolute path"
-    if not any(_under(path, root) and path != root for root in roots):
+    if not any(under(path, root) and path != root for root in roots):
         return "outside the trees the command could write"
-    if any(_under(path, p) for p in protected):
+    if any(under(path, p) for p in protected):
         return "never grantable"
     if os.path.basename(path).startswith(_TEMP_PREFIX):
         return "an undo's own temporary name"

@@ -232,3 +232,49 @@ def test_doctor_says_whether_the_agents_are_routed(home):
     lines = [line for line in result.stdout.splitlines() if "] agent routing namespace:" in line]
     assert len(lines) == 1, result.stdout
     assert lines[0].startswith("[ok  ]") and "/usr/bin/bash" in lines[0], lines
+
+
+def test_the_exec_hook_and_the_decision_see_the_same_bytes(home, monkeypatch):
+    """Read once (invariant 7) across ``NotifyLoop.on_exec``: the path changed in the target's memory after
+    the hook read it (here by the hook itself, as a racing thread would) is not what the exec is decided
+    on: the unrouted-shell record and the decision name one path. Control: the memory does hold the other
+    path by then, which a second read would have taken."""
+    import ctypes
+    import threading
+
+    from nono_supervisor.linux import notify
+    from nono_supervisor.linux.decisions import Deny
+    from nono_supervisor.linux.landlock import LandlockPlan, RightsIndex, handled_fs
+    from nono_supervisor.policy.access import AccessIndex, real_paths
+    from nono_supervisor.policy.profile import PolicyOptions
+    from nono_supervisor.session import Session
+
+    session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
+    try:
+        policy = session.state.policy
+        access = AccessIndex(policy, real_paths(policy, os.path.realpath))
+    finally:
+        session.close()
+    path = ctypes.create_string_buffer(os.fsencode(home.key), 256)
+    seen: list[bytes] = []
+
+    def hook(tid: int, raw: bytes) -> None:
+        seen.append(raw)
+        path.value = os.fsencode(home.aws)  # swapped after the hook's read
+
+    class Watching(notify.NotifyLoop):
+        on_exec = staticmethod(hook)
+
+    dummy = os.open("/dev/null", os.O_RDONLY)
+    plan = LandlockPlan(7, handled_fs(7), 0, 0, ())  # grants nothing: the exec is decided here
+    loop = Watching(dummy, RightsIndex(plan), access, lambda *_: None)
+    os.close(dummy)
+    answered: list = []
+    monkeypatch.setattr(loop, "_respond", lambda nid, decision: answered.append(decision))
+    execve = next(nr for nr, (trap, _h) in notify._dispatch_table().items() if trap.name == "execve")
+    loop._dispatch(1, threading.get_native_id(), execve, [ctypes.addressof(path), 0, 0, 0, 0, 0])
+    assert seen == [os.fsencode(home.key)]
+    assert path.value == os.fsencode(home.aws)  # control: what a second read would have taken
+    [decision] = answered
+    assert isinstance(decision, Deny) and decision.denial is not None
+    assert decision.denial.path == str(home.key), decision

@@ -237,6 +237,73 @@ def test_a_command_still_makes_other_names_beside_a_denied_node(home):
     assert (home.home / ".cache" / "other").is_symlink()
 
 
+# renameat2(a, b, RENAME_EXCHANGE): mv --exchange is too new for every runner's coreutils
+EXCHANGE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+done = libc.renameat2(-100, os.fsencode(sys.argv[1]), -100, os.fsencode(sys.argv[2]), 2) == 0
+print("rc=0" if done else f"rc=1 {os.strerror(ctypes.get_errno())}")
+"""
+
+
+@pytest.mark.parametrize("end", ["target", "source"])
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_an_exchange_cannot_put_a_name_on_the_way_from_either_end(request, user, end):
+    """An exchange makes a name at both ends: with ~/.cache/huggingface at either one, ./x would take its
+    place on the way to the denied token. Refused with the on-the-way line whichever end it is (one name
+    check for both ends, ``NotifyLoop._decide_name``). Twin: bare, the two are exchanged."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    way = home.home / ".cache" / "huggingface"
+    way.mkdir(parents=True)
+    _as_owner(home, way.parent, way)
+    ends = [str(home.work / "x"), str(way)] if end == "target" else [str(way), str(home.work / "x")]
+    argv = [sys.executable, "-c", EXCHANGE, *ends]
+    sandboxed = home.run([SUPERVISOR, "exec", "--allow", str(home.home), "--", *argv], user=user)
+    assert "rc=1 Permission denied" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    assert "nono: denied create ~/.cache/huggingface [a name on the way to a denied path" in sandboxed.stderr
+    twin = home.run(argv, user=user)
+    assert "rc=0" in twin.stdout, (twin.stdout, twin.stderr)
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_directory_holding_a_denied_node_is_not_moved_away(request, user):
+    """``mv ~/.cache/huggingface ./hf`` would carry the token out from under its rule, into the project:
+    refused, the line names the node inside. Twin: bare, it moves and the token is read there."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    way = home.home / ".cache" / "huggingface"
+    way.mkdir(parents=True)
+    (way / "token").write_text(HF_TOKEN + "\n")
+    _as_owner(home, way.parent, way, way / "token")
+    script = f"mv ~/.cache/huggingface {home.work}/hf; echo rc=$?; cat {home.work}/hf/token"
+    sandboxed = home.run(
+        [SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script], user=user
+    )
+    assert "rc=1" in sandboxed.stdout and HF_TOKEN not in sandboxed.stdout, sandboxed.stdout
+    assert "nono: denied delete ~/.cache/huggingface [" in sandboxed.stderr, sandboxed.stderr
+    assert f"(inside: {way / 'token'})" in sandboxed.stderr, sandboxed.stderr
+    assert (way / "token").exists()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and HF_TOKEN in twin.stdout
+
+
+def test_a_directory_made_on_the_way_moves_nothing_and_is_made(home):
+    """Fidelity: mkdir on the way to the denied token is made as bare (the token's path leads where it
+    led), and the token in it stays denied. Twin: bare, both are made."""
+    _prepare(home)
+    (home.home / ".cache").mkdir()
+    script = "mkdir ~/.cache/huggingface; echo rc=$?; echo t > ~/.cache/huggingface/token; echo rc=$?"
+    sandboxed = home.run([SUPERVISOR, "exec", "--allow", str(home.home), "--", "bash", "-c", script])
+    assert sandboxed.stdout.split() == ["rc=0", "rc=1"], (sandboxed.stdout, sandboxed.stderr)
+    assert (home.home / ".cache" / "huggingface").is_dir()
+    assert not (home.home / ".cache" / "huggingface" / "token").exists()
+    assert "nono: denied create ~/.cache/huggingface/token" in sandboxed.stderr, sandboxed.stderr
+    (home.home / ".cache" / "huggingface").rmdir()
+    twin = home.run(["bash", "-c", script])
+    assert twin.stdout.split() == ["rc=0", "rc=0"]
+
+
 def test_what_a_command_left_running_is_stopped_too(supervisor):
     """Its main process has ended and the keeper with it; a background job it left behind keeps the
     domain (and its loop): its process group is killed. Twin: bare, the job reads the token."""

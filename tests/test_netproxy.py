@@ -24,7 +24,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import SUPERVISOR, Home
+from conftest import SUPERVISOR, Home, wait_until
 from nono_supervisor.audit import AuditLog
 from nono_supervisor.errors import UsageError
 from nono_supervisor.netproxy import TEST_HOSTS_VAR, NetClient, NetProxy, proxy_environment
@@ -826,6 +826,34 @@ def test_a_connection_nobody_registered_is_refused(home, proxy, upstream):
     twin = _proxied(proxy, request, client)
     assert twin.startswith(b"HTTP/1.0 200") and twin.endswith(f"{BODY} /p\n".encode())
     assert records == [("allow", f"127.0.0.1:{upstream.port}")]
+
+
+def test_a_connection_refused_over_the_per_command_cap_frees_no_place(home, proxy, upstream, monkeypatch):
+    """The cap on one command's connections through the proxy (MAX_PER_CLIENT, here 1): a connection
+    refused over it must not count one down that it never counted up, or each refusal would let one more
+    through later (it did: the refusal's cleanup ran as an admitted connection's). Twin: once the held one
+    closes, the next is served."""
+    from nono_supervisor import netproxy
+
+    monkeypatch.setattr(netproxy, "MAX_PER_CLIENT", 1)
+    policy = resolve_policy(PolicyOptions(allow_domains=("127.0.0.1",)), _ctx(home))
+    client = NetClient(proxy, policy, "c1", "curl", lambda *_: None)
+    request = f"GET http://127.0.0.1:{upstream.port}/p HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    held = socket.create_connection(proxy.address, timeout=10)
+    try:
+        proxy.register(held.getsockname(), client, 0)
+        assert wait_until(lambda: client._open == 1)  # admitted: it waits for its request's first byte
+        for _ in range(2):
+            try:  # over the cap: closed unserved (a reset: the request was not read)
+                assert _proxied(proxy, request, client) == b""
+            except ConnectionResetError:
+                pass
+            assert client._open == 1
+    finally:
+        held.close()
+    assert wait_until(lambda: client._open == 0)
+    twin = _proxied(proxy, request, client)
+    assert twin.startswith(b"HTTP/1.0 200"), twin
 
 
 def test_proxy_environment_has_both_cases():

@@ -47,7 +47,7 @@ ABI = 6  # the newest the plan's shape depends on (scoped signals and abstract s
 
 
 class FakeFs:
-    """An in-memory tree with what ``compile_plan`` reads of a filesystem (``landlock._Fs``): lookups that
+    """An in-memory tree with what ``compile_plan`` reads of a filesystem (``landlock.NotedFs``): lookups that
     follow symlinks, listings, and the symlinks met on the way (``aliases``). ``entries`` maps a path to
     "dir", "file" or "-> target" (a symlink; a relative target is relative to its directory); the
     directories on the way are made."""
@@ -179,7 +179,7 @@ def index_of(policy: Policy, fs: FakeFs) -> AccessIndex:
 
 
 def plan_of(policy: Policy, fs: FakeFs, abi: int = ABI, extra=()) -> LandlockPlan:
-    return compile_plan(policy, abi, extra, _fs=fs)  # FakeFs stands in for landlock._Fs
+    return compile_plan(policy, abi, extra, _fs=fs)  # FakeFs stands in for landlock.NotedFs
 
 
 def granted(plan: LandlockPlan, path: str) -> int:

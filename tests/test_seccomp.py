@@ -266,6 +266,7 @@ def test_a_dead_notify_loop_fails_closed_mid_command(home, monkeypatch):
         print(ok, fail, errno.errorcode[code] if fail else "-")
     """)
     monkeypatch.setattr(notify, "NotifyLoop", DiesAfter)
+    monkeypatch.setenv("NONO_NOTIFY_NATIVE", "0")  # every notification through ``_dispatch``: no C fast path
     _status, out, _process = run_sandboxed(home, [sys.executable, "-c", script])
     ok, fail, code = out.split()
     assert int(fail) > 0 and code == "ENOSYS"

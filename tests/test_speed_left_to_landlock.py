@@ -442,14 +442,10 @@ def test_the_agent_and_any_caller_that_does_not_ask_keep_every_read_trapped(home
 
 def test_a_loop_that_must_see_every_read_gets_them_all(home):
     class Watching(notify.NotifyLoop):
-        def _dispatch(self, nid, tid, nr, args):
-            super()._dispatch(nid, tid, nr, args)
-
-    class Flagged(notify.NotifyLoop):
-        every_call = True
+        on_exec = staticmethod(lambda tid, raw: None)
 
     assert not notify.wants_every_notification(notify.NotifyLoop)
-    assert notify.wants_every_notification(Watching) and notify.wants_every_notification(Flagged)
+    assert notify.wants_every_notification(Watching)
     from nono_supervisor.linux.backend import _ask_again_library
 
     assert _ask_again_library(notify.NotifyLoop, linked=False) == notify.ask_again_library()

@@ -337,7 +337,7 @@ def test_the_c_fast_path_decides_exactly_as_the_python_fast_path(tree, linked, m
     top_path, plan = tree
     top = str(top_path)
     loop = _loop(plan, linked, monkeypatch)
-    native = notify._native_loop(loop, -1, loop.rights)
+    native = notify._native_loop(notify.NotifyLoop, -1, loop.rights, linked, recording=False)
     assert native is not None
     traps = {trap.name: trap for trap in TRAPS}
     read_end, write_end = os.pipe()

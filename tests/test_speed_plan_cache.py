@@ -191,8 +191,8 @@ def test_the_noted_realpath_is_os_path_realpath(tmp_path):
     ]
     for name in names:
         path = f"{tmp_path}/{name}"
-        assert landlock._Fs().realpath(path) == os.path.realpath(path), name
-    assert landlock._Fs().realpath("/") == "/"
+        assert landlock.NotedFs().realpath(path) == os.path.realpath(path), name
+    assert landlock.NotedFs().realpath("/") == "/"
 
 
 def test_the_route_reuses_the_plan_and_a_new_directory_is_granted_at_once(home, monkeypatch):
@@ -265,7 +265,7 @@ def test_a_grant_root_removed_and_made_again_recompiles(home, settled, tmp_path)
 
 
 def test_the_c_check_of_the_notes_is_the_python_one(home, settled, tmp_path):
-    """landlock._Fs.still_valid runs in C (_notify.Stamps): after each kind of change it answers as the
+    """landlock.NotedFs.still_valid runs in C (_notify.Stamps): after each kind of change it answers as the
     Python check does."""
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "e").mkdir()
@@ -281,7 +281,7 @@ def test_the_c_check_of_the_notes_is_the_python_one(home, settled, tmp_path):
         lambda: (tmp_path / "missing").mkdir(),
     ]
     for change in changes:
-        fs = landlock._Fs()
+        fs = landlock.NotedFs()
         fs.realpath(str(tmp_path / "link" / "e"))
         fs.exists(str(tmp_path / "file"))
         fs.exists(str(tmp_path / "missing" / "deep"))

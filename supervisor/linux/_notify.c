@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h> /* capget/capset structs: the kernel's own (also _spawn.c) */
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <stdint.h>
@@ -350,7 +351,7 @@ static PyTypeObject RightsType = {
     .tp_methods = Rights_methods,
 };
 
-/* ---- Stamps: landlock._Fs.still_valid in C ---------------------------------------------------------- */
+/* ---- Stamps: landlock.NotedFs.still_valid in C --------------------------------------------------------- */
 
 struct stamp {
     char *path;
@@ -488,7 +489,7 @@ static PyTypeObject StampsType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "nono_supervisor.linux._notify.Stamps",
     .tp_basicsize = sizeof(Stamps),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "What a Landlock plan's compiler read of the filesystem (landlock._Fs), checked in C.",
+    .tp_doc = "What a Landlock plan's compiler read of the filesystem (landlock.NotedFs), checked in C.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Stamps_init,
     .tp_dealloc = (destructor)Stamps_dealloc,
@@ -998,13 +999,8 @@ static PyObject *escalate(Loop *self, PyObject *callback, const struct seccomp_n
  * fails closed (serve then answers nothing and the command does not run), also when the kernel, asked
  * again, still shows an effective capability. */
 static int drop_effective_capabilities(void) {
-    struct {
-        uint32_t version;
-        int pid;
-    } header = {0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0};
-    struct {
-        uint32_t effective, permitted, inheritable;
-    } data[2];
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
     if (syscall(SYS_capget, &header, data) != 0)
         return errno ? errno : EPERM;
     data[0].effective = data[1].effective = 0;

@@ -13,7 +13,7 @@ class Rights:
     def dealias(self, path: bytes, /) -> bytes: ...
 
 class Stamps:
-    """``_Fs``'s notes: each looked-up path's identity (or None: missing), each listed directory's stamp."""
+    """``NotedFs``' notes: each looked-up path's identity (None: missing), each listed directory's stamp."""
 
     def __init__(
         self,

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <fcntl.h>
+#include <linux/capability.h> /* capget/capset structs: the kernel's own (also _notify.c) */
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <signal.h>
@@ -302,13 +303,8 @@ static _Noreturn void exec_command(const struct plan *p) {
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
         fail(p->errpipe, "cap_ambient_clear", errno);
     {
-        struct {
-            uint32_t version;
-            int pid;
-        } header = {0x20080522 /* _LINUX_CAPABILITY_VERSION_3 */, 0};
-        struct {
-            uint32_t effective, permitted, inheritable;
-        } data[2];
+        struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+        struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
         if (syscall(SYS_capget, &header, data) != 0)
             fail(p->errpipe, "capget", errno);
         data[0].inheritable = data[1].inheritable = 0;

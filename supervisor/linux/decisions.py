@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["CONTINUE", "Continue", "Deny", "Value", "Inject", "Emulate", "Denial", "Decision"]
+__all__ = ["CONTINUE", "Continue", "Deny", "Value", "Inject", "Emulate", "Denial", "Decision", "Outcome"]
 
 
 class Continue:
@@ -69,9 +69,10 @@ class Inject:
 class Emulate:
     """Carry out ``act`` (which returns the final decision) once the request is confirmed still valid."""
 
-    act: Callable[[], Continue | Deny | Value | Inject]
+    act: Callable[[], Outcome]
     blocking: bool = False
     release: Callable[[], None] = lambda: None  # frees what the handler pinned, whether or not it ran
 
 
-Decision = Continue | Deny | Value | Inject | Emulate
+Outcome = Continue | Deny | Value | Inject  # what the kernel is answered (an Emulate's act gives one)
+Decision = Outcome | Emulate

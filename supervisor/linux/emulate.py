@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nono_supervisor.linux import libc, terminals
-from nono_supervisor.linux.resolve import Pin
+from nono_supervisor.linux.resolve import OPEN_HOW, RESOLVE_STRICT, SYS_OPENAT2, Pin
 from nono_supervisor.policy.access import AccessIndex
 from nono_supervisor.shm import SessionShm
 
@@ -42,14 +42,8 @@ __all__ = [
 
 SHM_RULE = "session /dev/shm"  # a Permit's ``by`` for the session's own shared memory (the audit's rule)
 SETID_BITS = stat.S_ISUID | stat.S_ISGID  # a sandboxed command never sets these (a backdoor for later)
-_SYS_OPENAT2 = libc.number("openat2")
 _SYS_CAPGET, _SYS_CAPSET = libc.number("capget"), libc.number("capset")
 _CAP_VERSION_3 = 0x20080522
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
-_STRICT = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
-_OPEN_HOW = struct.Struct("=QQQ")
 _AT_SYMLINK_NOFOLLOW = 0x100
 _IN_DONT_FOLLOW = 0x02000000
 _FAN_MARK_DONT_FOLLOW = 0x04
@@ -209,9 +203,9 @@ def open_file(permit: Permit, flags: int, mode: int, checker: Checker) -> int:
     if shm and pin.st is None:
         opening |= os.O_EXCL  # a name that appeared since the check is another process's object, not new
     if pin.name:
-        how = _OPEN_HOW.pack(opening, mode, _STRICT)
+        how = OPEN_HOW.pack(opening, mode, RESOLVE_STRICT)
         try:
-            fd = _check(libc.LIBC.syscall(_SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
+            fd = _check(libc.LIBC.syscall(SYS_OPENAT2, pin.dirfd, os.fsencode(pin.name), how, len(how)))
         except FileExistsError:
             raise _fail(errno.EEXIST if flags & os.O_EXCL or not shm else errno.EACCES) from None
     else:

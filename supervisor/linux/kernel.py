@@ -10,6 +10,7 @@ from functools import cache
 
 from nono_supervisor.linux import libc
 from nono_supervisor.linux.landlock import abi_probe
+from nono_supervisor.procfs import process_of
 
 __all__ = ["KernelSupport", "probe", "pidfd_getfd"]
 
@@ -80,14 +81,6 @@ def probe() -> KernelSupport:
     )
 
 
-def _thread_group(tid: int) -> int:
-    with open(f"/proc/{tid}/status") as status:
-        for line in status:
-            if line.startswith("Tgid:"):
-                return int(line.split()[1])
-    raise ProcessLookupError(tid)
-
-
 def pidfd_getfd(tid: int, fd: int) -> int:
     """A duplicate (O_CLOEXEC) of descriptor ``fd`` of thread ``tid``'s process: the same open file, so its
     offset, flags and socket state are shared. Needs ptrace access to the target (our own descendants)."""
@@ -98,7 +91,7 @@ def pidfd_getfd(tid: int, fd: int) -> int:
         # without PIDFD_THREAD). Its thread group shares the descriptor table.
         if e.errno not in (errno.EINVAL, errno.ENOENT):
             raise
-        pidfd = os.pidfd_open(_thread_group(tid))
+        pidfd = os.pidfd_open(process_of(tid))  # gone: the tid again, and its own error
     try:
         return libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
     finally:

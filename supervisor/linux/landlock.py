@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux import libc
+from nono_supervisor.paths import under
 from nono_supervisor.policy.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.policy.profile import (
     HANDED_TERMINAL,
@@ -30,7 +31,7 @@ from nono_supervisor.policy.profile import (
     Policy,
 )
 
-if TYPE_CHECKING:  # the C extension is imported where it is used: it may not be built (_Fs.still_valid)
+if TYPE_CHECKING:  # the C extension is imported where it is used: it may not be built (NotedFs.still_valid)
     from nono_supervisor.linux import _notify
 
 __all__ = [
@@ -224,10 +225,6 @@ class _Carve:
     rule: str
 
 
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def _rights(grant: Grant) -> int:
     rights = _ACCESS[grant.access]
     return rights & FILE_RIGHTS if grant.kind == "file" else rights
@@ -278,7 +275,7 @@ def _listing(path: str) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class _Fs:
+class NotedFs:
     """The compiler's reads of the filesystem, each noted with what would change its answer, so that a
     cached plan is reused only while every answer still holds (``PlanCache``). Every note is taken before
     the read it covers: a change in between makes the plan stale, never wrongly fresh.
@@ -432,7 +429,7 @@ def _subdir_set(path: str) -> frozenset[tuple[str, int, int]] | None:
 
 
 class _Compiler:
-    def __init__(self, mask: int, fs: _Fs) -> None:
+    def __init__(self, mask: int, fs: NotedFs) -> None:
         self.mask = mask
         self.fs = fs
         self.rules: dict[str, tuple[int, str]] = {}
@@ -473,11 +470,11 @@ class _Compiler:
             child = os.path.join(path, name)
             if self.fs.islink(child):
                 continue  # a link needs no right to be followed; its target is governed by its own rules
-            self.emit(child, rest, [c for c in inner if _under(c.path, child)], why)
+            self.emit(child, rest, [c for c in inner if under(c.path, child)], why)
 
 
-def _is_git_dir(fs: _Fs, path: str) -> bool:
-    """A git directory holding a carve (its config, hooks): only its subdirectories get rules (``_Fs``).
+def _is_git_dir(fs: NotedFs, path: str) -> bool:
+    """A git directory holding a carve (its config, hooks): only its subdirectories get rules (``NotedFs``).
     Its own files are written by git through a lock file and a rename, which the supervisor carries out,
     or asked again (FETCH_HEAD, COMMIT_EDITMSG). git's own test: HEAD, and objects and refs or (a linked
     worktree's) commondir. Not noted: a cached plan of a directory that stopped being one is narrower
@@ -496,14 +493,14 @@ def compile_plan(
     extra: Iterable[Grant] = (),
     connect_ports: Iterable[int] = (),
     *,
-    _fs: _Fs | None = None,
+    _fs: NotedFs | None = None,
 ) -> LandlockPlan:
     """The rules for ``policy`` (plus ``extra`` grants the route itself needs) at Landlock ``abi``.
     ``connect_ports``: in domains mode, the supervisor's proxy port, the one TCP port connect() may reach
     (the kernel's backstop: the notify layer lets through only the proxy's own address)."""
     if abi < 1:
         raise SandboxError("Landlock is not available. Hint: needs Linux >= 5.13 with lsm=landlock enabled")
-    fs = _fs or _Fs()
+    fs = _fs or NotedFs()
     mask = handled_fs(abi)
     compiler = _Compiler(mask, fs)
     carves = [_Carve(fs.realpath(d.path), mask, d.rule) for d in policy.denies]
@@ -529,20 +526,20 @@ def compile_plan(
             )
             continue
         rights = _rights(grant)
-        inside = [c for c in carves if _under(path, c.path)]
+        inside = [c for c in carves if under(path, c.path)]
         sealed = any(c.rule == NEVER_GRANTABLE for c in inside) and grant.source != HANDED_TERMINAL
         if inside and (grant.source.startswith("group:") or sealed):
             continue  # group grants never override a deny; explicit ones inside one do, unless it is sealed
-        applicable = [c for c in carves if _under(c.path, path) and c.path != path]
+        applicable = [c for c in carves if under(c.path, path) and c.path != path]
         # A runs-later entry is lifted only by the human's flag at or below it (access.AccessIndex.verdict).
-        held = [c for c in later if not (grant.source.startswith("--") and _under(path, c.path))]
-        applicable += [c for c in (*protected, *held) if _under(c.path, path)]
+        held = [c for c in later if not (grant.source.startswith("--") and under(path, c.path))]
+        applicable += [c for c in (*protected, *held) if under(c.path, path)]
         rights &= ~_protected_removal(path, [*protected, *held])
         compiler.emit(path, rights, applicable, grant.source)
     notes = list(compiler.notes)
     granted = [fs.realpath(g.path) for g in policy.grants]
     for carve in carves:
-        if any(_under(carve.path, root) and carve.path != root for root in granted):
+        if any(under(carve.path, root) and carve.path != root for root in granted):
             notes.append(
                 f"deny {policy.display(carve.path)} ({carve.rule}): Landlock grants the siblings along its"
                 " path; creating, removing or listing directly in its parent directories is carried out by"
@@ -577,7 +574,7 @@ def compile_plan(
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:
     """Write rights are removed from a grant that lies inside a never-grantable or runs-later path."""
-    return WRITE if any(_under(path, c.path) and c.path != path for c in protected) else 0
+    return WRITE if any(under(path, c.path) and c.path != path for c in protected) else 0
 
 
 def create_ruleset(plan: LandlockPlan, inodes: dict[tuple[int, int], int] | None = None) -> int:
@@ -624,7 +621,7 @@ class CachedPlan:
     plan: LandlockPlan
     rights: RightsIndex
     ruleset: int
-    fs: _Fs
+    fs: NotedFs
     inodes: dict[tuple[int, int], int]  # (dev, ino) -> rights, as the ruleset holds them (create_ruleset)
     extra: dict[str, object] = field(default_factory=dict)  # derived per plan by other layers (notify)
     closed: bool = False
@@ -637,7 +634,7 @@ class CachedPlan:
 
 class PlanCache:
     """Landlock plans (and their ruleset fds) compiled once per policy and reused by every command, for as
-    long as the filesystem the compiler read is unchanged (``_Fs``: the sibling expansion depends on which
+    long as the filesystem the compiler read is unchanged (``NotedFs``: the sibling expansion depends on which
     entries exist). Each ``get`` re-checks those notes (one lstat or stat each); any change recompiles.
 
     A cached ruleset fd holds the inodes its rules were opened on, exactly as a fresh one opened at the
@@ -658,7 +655,7 @@ class PlanCache:
             with self._lock:
                 if not entry.closed:
                     return entry, os.dup(entry.ruleset)
-        fs = _Fs()
+        fs = NotedFs()
         plan = compile_plan(policy, abi, key[2], *args, _fs=fs)
         inodes: dict[tuple[int, int], int] = {}
         entry = CachedPlan(policy, plan, RightsIndex(plan), create_ruleset(plan, inodes), fs, inodes)

@@ -5,7 +5,7 @@ command started, its domain never changes, and a command's plain opens are left 
 the node a deny names later lies inside what a running domain grants, the kernel lets that command read
 it: the human's ``stow`` makes ``~/.config/gh`` a symlink into the project and ``gh auth login`` writes the
 token there; ``~/.cache/huggingface`` becomes a symlink to ``./x`` and ``huggingface-cli login`` writes
-``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._on_the_way``.)
+``token`` into the project. (Commands cannot make such names themselves: ``NotifyLoop._decide_name``.)
 
 So the supervisor watches (inotify) every directory whose entries the resolution of a denied path reads:
 its ancestors, and the directories its symlinks lead through. When an entry looked up there changes
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nono_supervisor.linux import libc
-from nono_supervisor.linux.landlock import _Fs
+from nono_supervisor.linux.landlock import NotedFs
 from nono_supervisor.policy.profile import NEVER_GRANTABLE, Deny, Policy
 
 __all__ = ["LateDenies"]
@@ -80,9 +80,9 @@ def _chain(real: str) -> list[tuple[int, int]]:
 def _resolution(path: str) -> tuple[str, dict[str, set[str]]]:
     """Where ``path`` leads now, and the entries that resolution looks up, by directory (a symlink's
     target included: its own directories are read too): a change of any other entry cannot change where
-    it leads. The Landlock compiler's notes of its own reads (``_Fs``: what would change a cached plan)
+    it leads. The Landlock compiler's notes of its own reads (``NotedFs``: what would change a cached plan)
     are these."""
-    fs = _Fs()
+    fs = NotedFs()
     real = fs.realpath(path)
     looked: dict[str, set[str]] = {}
     for entry in fs.identities:

@@ -34,19 +34,35 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
+from typing import TYPE_CHECKING
 
 from nono_shell.personality import START_UP
 from nono_supervisor.linux import emulate, sockets, terminals, undo_calls
-from nono_supervisor.linux.decisions import CONTINUE, Continue, Decision, Denial, Deny, Emulate, Inject, Value
+from nono_supervisor.linux.decisions import (
+    CONTINUE,
+    Continue,
+    Decision,
+    Denial,
+    Deny,
+    Emulate,
+    Inject,
+    Outcome,
+    Value,
+)
 from nono_supervisor.linux.emulate import SETID_BITS, Checker, Permit, Refusal
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS, RightsIndex
-from nono_supervisor.linux.resolve import FdRef, Pin, Reader, resolve_bytes
-from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, load_pyseccomp
+from nono_supervisor.linux.loopapi import Entry
+from nono_supervisor.linux.resolve import OPEN_HOW, FdRef, Pin, Reader, resolve_bytes
+from nono_supervisor.linux.seccomp import TIOCGPTPEER, TRAPS, Trap, arg, load_pyseccomp, position
 from nono_supervisor.policy import access
 from nono_supervisor.policy.access import ON_THE_WAY, AccessIndex
-from nono_supervisor.procfs import process_of
+from nono_supervisor.procfs import process_of, umask_of
 from nono_supervisor.shm import SessionShm
+
+if TYPE_CHECKING:
+    from nono_supervisor.netproxy import NetClient
+    from nono_supervisor.undo import CommandLog
 
 __all__ = ["NotifyLoop", "Denial", "Decision"]
 
@@ -63,7 +79,6 @@ _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]: 80
 _RESP = struct.Struct("=QqiI")  # id, val, error, flags: 24 bytes
 _ADDFD = struct.Struct("=QIIII")  # id, flags, srcfd, newfd, newfd_flags: 24 bytes
 _ID = struct.Struct("=Q")
-_OPEN_HOW = struct.Struct("=QQQ")  # flags, mode, resolve
 _TIMESPEC2 = struct.Struct("=qqqq")
 _AT_FDCWD = 0xFFFFFF9C  # -100 as the low 32 bits of a syscall argument
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -151,7 +166,7 @@ _THREADS = _Threads()
 
 class _Drainer:
     """One thread for the session: every second, the files each running command created on the C fast
-    path are recorded for undo (``NotifyLoop._created``); started with the first recording loop."""
+    path are recorded for undo (``NotifyLoop.record_created``); started with the first recording loop."""
 
     def __init__(self) -> None:
         self._loops: weakref.WeakSet[NotifyLoop] = weakref.WeakSet()
@@ -173,7 +188,7 @@ class _Drainer:
             for loop in loops:
                 if loop.is_alive():
                     try:
-                        loop._created()
+                        loop.record_created()
                     except Exception:  # noqa: BLE001 - a lost record, never a stopped drainer
                         _debug_trace()
                 else:
@@ -189,7 +204,9 @@ class _Call(threading.local):
     goes on deciding its own call (its handler's frame, its pins, its tid) while another serves the loop."""
 
     serving = False  # this thread receives the loop's notifications (at most one thread at a time does)
-    preread: tuple[tuple[int, bytes], ...] = ()  # what the C fast path read for this notification
+    # (address, bytes) of what this notification read: the C fast path's reads, then ``read``'s; None
+    # outside ``_dispatch`` (a handler called alone, as tests do, reads afresh each time)
+    preread: tuple[tuple[int, bytes], ...] | None = None
     nid = 0
     tid = 0
     reader: Reader | None = None
@@ -199,9 +216,14 @@ class NotifyLoop:
     """Answers one command tree's notifications until the last process holding the filter exits; runs on
     a thread of ``_THREADS`` (``start``, ``join`` and ``is_alive`` as a thread's)."""
 
-    # A loop that must see every read (the agent's: its own reads are asked about and reported at once,
-    # static binaries included) sets this; so does any subclass that replaces ``_dispatch``.
-    every_call = False
+    # The agent's hook, set on a loop class as a staticmethod (``launcher``: routing without a namespace
+    # records each shell it runs): called with (tid, path as read) for every execve and execveat before
+    # the call is decided on the same bytes, LinuxHooks taking a loop class, not a loop. A
+    # loop class with the hook sees every notification: its filter traps every open and exec (no
+    # ask-again library: its own reads are asked about and reported at once, static binaries included),
+    # and the Python pipeline answers them all (the C fast path would CONTINUE an exec unseen).
+    on_exec: Callable[[int, bytes], None] | None = None
+    net_proxy: NetClient | None = None  # domains mode: set by linux.backend (``sockets``)
 
     def __init__(
         self,
@@ -216,7 +238,7 @@ class NotifyLoop:
         own_terminals: frozenset[str] = frozenset(),
         linked_denied: Callable[[], frozenset[tuple[int, int]]] = frozenset,
         linked: bool | None = None,
-        undo: object | None = None,
+        undo: CommandLog | None = None,
         shm: SessionShm | None = None,
     ) -> None:
         self.name = f"nono-notify-{listener}"
@@ -238,7 +260,7 @@ class NotifyLoop:
         # follows the name, and another name of the file may lie inside a grant.
         self._linked = bool(linked_denied()) if linked is None else linked  # the filter was chosen by it
         self._call = _Call()
-        self._native = _native_loop(self, listener, rights)
+        self._native = _native_loop(type(self), listener, rights, self._linked, undo is not None)
         self.guarded = False  # a denied node moved into what the frozen baseline grants (``guard``)
         if undo is not None and self._native is not None:
             store = undo.store
@@ -295,14 +317,6 @@ class NotifyLoop:
 
     # The notification the calling thread decides (``_Call``).
     @property
-    def _preread(self) -> tuple[tuple[int, bytes], ...]:
-        return self._call.preread
-
-    @_preread.setter
-    def _preread(self, reads: tuple[tuple[int, bytes], ...]) -> None:
-        self._call.preread = reads
-
-    @property
     def _current(self) -> int:
         return self._call.nid
 
@@ -353,7 +367,7 @@ class NotifyLoop:
                     self._native.serve(self._escalate)
                 finally:
                     self.native_stats = self._native.stats()
-                    self._created()
+                    self.record_created()
         finally:
             if self._call.serving:
                 self._call.serving = False
@@ -404,20 +418,17 @@ class NotifyLoop:
     def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> bool:
         """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read. True
         when this thread held a question meanwhile and another now serves: the C loop then returns."""
-        self._created()
-        self._preread = reads
+        self.record_created()
         try:
-            self._dispatch(nid, tid, nr, list(args))
+            self._dispatch(nid, tid, nr, list(args), reads)
         except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
             _debug_trace()
             self._respond_quietly(nid, errno.EACCES)
-        finally:
-            self._preread = ()
         return not self._call.serving
 
     def _run_python(self) -> None:
-        """The loop without the C fast path (NONO_NOTIFY_NATIVE=0, or a subclass that replaces
-        ``_dispatch`` and so wants every notification)."""
+        """The loop without the C fast path (NONO_NOTIFY_NATIVE=0, or a loop class with ``on_exec``,
+        which wants every notification)."""
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         while True:
@@ -442,13 +453,27 @@ class NotifyLoop:
             if not self._call.serving:
                 return  # this thread held a question (``_hold``): another serves the loop now
 
-    def _dispatch(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
+    def _dispatch(
+        self, nid: int, tid: int, nr: int, args: list[int], reads: tuple[tuple[int, bytes], ...] = ()
+    ) -> None:
+        """Decide one notification and answer it; ``reads``: what the C fast path read of its memory."""
+        self._call.preread = reads  # this notification's own: never another's bytes at the same address
+        try:
+            self._decide_and_answer(nid, tid, nr, args)
+        finally:
+            self._call.preread = None
+
+    def _decide_and_answer(self, nid: int, tid: int, nr: int, args: list[int]) -> None:
         entry = self._handlers.get(nr)
         if entry is None:  # the filter and this table come from one list; this is a bug, fail closed
             self._respond(nid, Deny(errno.ENOSYS))
             return
         trap, handler = entry  # an unbound function: no per-loop table, no self -> dict -> self cycle
         self._call.nid, self._call.tid = nid, tid  # for a question held on this syscall, and for its report
+        if self.on_exec is not None and trap.kind == "exec":
+            raw = self.read(tid, arg(args, trap.path))  # read once: the handler decides on these bytes
+            if isinstance(raw, bytes):
+                self.on_exec(tid, raw)  # a failure fails this exec closed (EACCES, by the caller)
         if self.undo is not None and trap.kind in undo_calls.RECORDED:
             self._record(trap, tid, args)
         try:
@@ -468,7 +493,7 @@ class NotifyLoop:
             decision = _carry_out(decision)
         self._respond(nid, decision)
 
-    def _created(self) -> None:
+    def record_created(self) -> None:
         """Files the C fast path created (undo): recorded before anything else of the command is (the loop
         thread drains them before each escalation), so that a path's first state is its state before the
         command; and every second by ``_DRAINER``, so that ``changes`` of a running command lags by that."""
@@ -520,11 +545,11 @@ class NotifyLoop:
         except OSError:
             return False
 
-    def _respond(self, nid: int, decision: Decision) -> None:
+    def _respond(self, nid: int, decision: Outcome) -> None:
         """The only place that answers the kernel (from the serving thread, a worker, or a thread that held
         a question: each with a response of its own)."""
         try:
-            if decision is CONTINUE:
+            if isinstance(decision, Continue):
                 fcntl.ioctl(self.listener, _IOCTL_SEND, _RESP.pack(nid, 0, 0, _FLAG_CONTINUE))
                 return
             if isinstance(decision, Inject):
@@ -569,14 +594,22 @@ class NotifyLoop:
 
     # ---- the pipeline's steps --------------------------------------------------------------------------
 
-    def _read(self, tid: int, address: int) -> bytes | Deny:
-        for where, raw in self._preread:  # read once: what the fast path read is what is decided on
+    def read(self, tid: int, address: int) -> bytes | Deny:
+        """The string at ``address``, read once per notification (invariant 7): what the C fast path
+        read, or what this notification read there before (undo's recorder, ``on_exec``), is what is
+        decided on."""
+        call = self._call
+        for where, raw in call.preread or ():
             if where == address:
                 return raw
-        raw = self.reader.read_string(tid, address)
-        return Deny(raw) if isinstance(raw, int) else raw
+        read = self.reader.read_string(tid, address)
+        if isinstance(read, int):
+            return Deny(read)
+        if call.preread is not None:
+            call.preread = (*call.preread, (address, read))
+        return read
 
-    def _lexical(self, tid: int, dirfd: int | None, raw: bytes) -> str | None:
+    def lexical(self, tid: int, dirfd: int | None, raw: bytes) -> str | None:
         """The path as read, made absolute against the target's cwd or dirfd: only for the fast path
         (anything Landlock then allows is allowed whatever the path really is). None: not for the fast
         path (magic /proc and /dev/fd names are the target's, not ours)."""
@@ -621,7 +654,7 @@ class NotifyLoop:
     def _refused(self, refusal: Refusal, error: int = errno.EACCES) -> Deny:
         return Deny(error, Denial(refusal.op, refusal.path, refusal.rule, refusal.is_dir, self._tid))
 
-    def _decide(
+    def decide(
         self, op: str, pin: Pin, baseline: bool = False, making_dir: bool = False, shm: bool = False
     ) -> Permit | Deny:
         """``making_dir``: the entry does not exist yet and would be a directory (its hint is a dir's).
@@ -662,11 +695,11 @@ class NotifyLoop:
     def _object_of(self, tid: int, trap: Trap, args: list[int], follow: bool) -> Pin | Deny:
         """The object a metadata call acts on: its path argument (or its fd form), pinned."""
         if trap.path is None:
-            return self._fd_pin(tid, args[trap.fd])
+            return self._fd_pin(tid, arg(args, trap.fd))
         flags = args[trap.flags] if trap.flags is not None else 0
-        if trap.name == "utimensat" and args[trap.path] == 0:
-            return self._fd_pin(tid, args[trap.dirfd])  # utimensat(fd, NULL, ...) is futimens
-        raw = self._read(tid, args[trap.path])
+        if trap.name == "utimensat" and arg(args, trap.path) == 0:
+            return self._fd_pin(tid, arg(args, trap.dirfd))  # utimensat(fd, NULL, ...) is futimens
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
@@ -675,15 +708,15 @@ class NotifyLoop:
     # ---- opens -----------------------------------------------------------------------------------------
 
     def _on_open(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        raw = self._read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         untrusted_how = False
         if trap.name == "openat2":
-            how = self.reader.read_exactly(tid, args[2], _OPEN_HOW.size)
+            how = self.reader.read_exactly(tid, args[2], OPEN_HOW.size)
             if how is None:
                 return Deny(errno.EFAULT)
-            flags, mode, resolve_flags = _OPEN_HOW.unpack(how)
+            flags, mode, resolve_flags = OPEN_HOW.unpack(how)
             if resolve_flags:
                 # RESOLVE_* restrictions are the caller's own; answered as a kernel without openat2 would,
                 # so it falls back to openat (trapped too).
@@ -692,7 +725,7 @@ class NotifyLoop:
         elif trap.name == "creat":
             flags, mode = os.O_CREAT | os.O_WRONLY | os.O_TRUNC, args[1]
         else:
-            flags, mode = args[trap.flags] & 0xFFFFFFFF, args[trap.mode] & 0xFFFFFFFF
+            flags, mode = arg(args, trap.flags) & 0xFFFFFFFF, arg(args, trap.mode) & 0xFFFFFFFF
         creating = bool(flags & (os.O_CREAT | _O_TMPFILE))
         if creating and mode & SETID_BITS:
             return self._setid(os.fsdecode(raw))
@@ -701,9 +734,9 @@ class NotifyLoop:
         dirfd = args[0] if trap.dirfd is not None else None
         needed = _open_rights(flags)
         if not untrusted_how and (not self._linked or flags & os.O_DIRECTORY):
-            lexical = self._lexical(tid, dirfd, raw)
+            lexical = self.lexical(tid, dirfd, raw)
             fast = self._continue(lexical, needed)
-            if fast and (not creating or self._may_create(lexical)):
+            if fast and (not creating or (lexical is not None and self._may_create(lexical))):
                 return fast
         exclusive = flags & os.O_CREAT and flags & os.O_EXCL
         resolved = self._pin(tid, dirfd, raw, follow=not (flags & os.O_NOFOLLOW or exclusive))
@@ -735,7 +768,7 @@ class NotifyLoop:
         landlock_path = pin.path if pin.exists else os.path.dirname(pin.path)
         landlock_needed = needed if pin.exists else _A["make_reg"]
         baseline = self.rights.allows(landlock_path, landlock_needed)
-        linked = self._linked and pin.exists and stat.S_ISREG(pin.st.st_mode)
+        linked = self._linked and pin.is_file
         if baseline and not untrusted and not linked and not self.guarded:
             pin.close()
             return CONTINUE  # the kernel, under Landlock, allows exactly this: let it do it
@@ -758,7 +791,7 @@ class NotifyLoop:
         process is told by its executable (/proc/TID/exe, read before NOTIF_ID_VALID): a program named
         bash gains nothing by it. None: not such an open."""
         directory, name = os.path.split(pin.path)
-        reading = ops == ["read"] and stat.S_ISREG(pin.st.st_mode)
+        reading = ops == ["read"] and pin.is_file
         writing_history = name.endswith("_history") and not {"write", "create"}.isdisjoint(ops)
         if not (reading or writing_history) or directory != self.access.home:
             return None
@@ -777,7 +810,7 @@ class NotifyLoop:
             pin.close()
             return Deny(errno.EACCES, denial)
 
-        def act() -> Decision:
+        def act() -> Outcome:
             pin.close()
             return Inject(emulate.empty_file(), bool(flags & os.O_CLOEXEC), denial, recorded="deny")
 
@@ -788,16 +821,16 @@ class NotifyLoop:
     ) -> Decision:
         permits = []
         for op in ops:
-            permit = self._decide(op, pin, baseline, shm=True)  # an open is how shm_open and sem_open make
+            permit = self.decide(op, pin, baseline, shm=True)  # an open is how shm_open and sem_open make
             if isinstance(permit, Deny):
                 pin.close()
                 return permit
             permits.append(permit)
         # a permit for the session's own shared memory binds the open to the object checked (open_file)
         permit = next((p for p in permits if p.by == emulate.SHM_RULE), permits[-1])
-        mode = mode & ~_umask(tid) & 0o7777
+        mode = mode & ~umask_of(tid) & 0o7777
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 fd = emulate.open_file(permit, flags, mode, self.checker)
             finally:
@@ -831,7 +864,7 @@ class NotifyLoop:
                 errno.EACCES, Denial(op, pin.path, "the descriptor is not open for it", False, self._tid)
             )
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 reopen = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)) | os.O_CLOEXEC
                 fd = os.open(f"/proc/self/fd/{pin.dirfd}", reopen)
@@ -867,13 +900,16 @@ class NotifyLoop:
         reported, never asked about. Also for the handed terminal's name once Landlock refused it: its
         node may since be another terminal's (a closed pty's number is reused)."""
         ops = [op for op, wanted in _open_ops(flags, True) if wanted]
+        permits = []
         for op in ops:  # a deny of the human's, or a sealed terminal (the supervisor's), comes first
-            permit = self.checker.decide_terminal(op, pin)
-            if isinstance(permit, Refusal):
+            outcome = self.checker.decide_terminal(op, pin)
+            if isinstance(outcome, Refusal):
                 _close_fd(held)
                 pin.close()
-                return self._refused(permit)
-        if held is None:
+                return self._refused(outcome)
+            permits.append(outcome)
+        permit = permits[-1]
+        if held is None and pin.st is not None:
             held = terminals.held(tid, pin.st, pin.path)
         if held is None:
             pin.close()
@@ -883,7 +919,7 @@ class NotifyLoop:
             os.close(held)
             pin.close()
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 fd = emulate.open_terminal(permit, held, flags)
             finally:
@@ -895,11 +931,11 @@ class NotifyLoop:
     # ---- exec ------------------------------------------------------------------------------------------
 
     def _on_exec(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        raw = self._read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         dirfd = args[trap.dirfd] if trap.dirfd is not None else None
-        fast = self._continue(self._lexical(tid, dirfd, raw), _A["execute"])
+        fast = self._continue(self.lexical(tid, dirfd, raw), _A["execute"])
         if fast:
             return fast
         flags = args[trap.flags] if trap.flags is not None else 0
@@ -921,19 +957,19 @@ class NotifyLoop:
 
     # ---- directory entries -----------------------------------------------------------------------------
 
-    def _entry_bytes(self, tid: int, dirfd_arg: int | None, path_arg: int, args: list[int]):
+    def _entry_bytes(
+        self, tid: int, dirfd_arg: int | None, path_arg: int | None, args: list[int]
+    ) -> Entry | Deny:
         """The (bytes, dirfd) of a directory-entry argument, read once."""
-        raw = self._read(tid, args[path_arg])
+        raw = self.read(tid, arg(args, path_arg))
         return raw if isinstance(raw, Deny) else (raw, args[dirfd_arg] if dirfd_arg is not None else None)
 
-    def _entry_fast(self, tid: int, entry: tuple[bytes, int | None], needed: int) -> Continue | None:
+    def entry_fast(self, tid: int, entry: Entry, needed: int) -> Continue | None:
         """CONTINUE when the Landlock baseline grants ``needed`` on the entry's parent, as read."""
-        lexical = self._lexical(tid, entry[1], entry[0])
+        lexical = self.lexical(tid, entry[1], entry[0])
         return self._continue(os.path.dirname(lexical) if lexical else None, needed)
 
-    def _entry_pin(
-        self, tid: int, entry: tuple[bytes, int | None], needed: int | None
-    ) -> Pin | Continue | Deny:
+    def entry_pin(self, tid: int, entry: Entry, needed: int | None) -> Pin | Continue | Deny:
         """The entry pinned (its last component not followed); CONTINUE when, resolved, its parent's
         Landlock rights cover ``needed`` after all (None: never)."""
         resolved = self._pin(tid, entry[1], entry[0], follow=False)
@@ -953,12 +989,14 @@ class NotifyLoop:
             return CONTINUE
         return resolved
 
-    def _entry(self, tid: int, dirfd_arg: int | None, path_arg: int, args: list[int], needed: int):
+    def _entry(
+        self, tid: int, dirfd_arg: int | None, path_arg: int | None, args: list[int], needed: int
+    ) -> Pin | Continue | Deny:
         """Read once; CONTINUE on the parent's Landlock rights; else the entry pinned."""
         entry = self._entry_bytes(tid, dirfd_arg, path_arg, args)
         if isinstance(entry, Deny):
             return entry
-        return self._entry_fast(tid, entry, needed) or self._entry_pin(tid, entry, needed)
+        return self.entry_fast(tid, entry, needed) or self.entry_pin(tid, entry, needed)
 
     def _on_unlink(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         rmdir = trap.flags is not None and bool(args[trap.flags] & _AT_REMOVEDIR)
@@ -975,12 +1013,10 @@ class NotifyLoop:
         if not pin.exists:
             pin.close()
             return Deny(errno.ENOENT)
-        permit = self._decide("delete", pin, shm=not pin.is_dir)  # shm_unlink, sem_unlink
-        if isinstance(permit, Permit) and pin.is_dir:
-            permit = self._carries_denied("delete", pin, permit)
+        permit = self._decide_name("delete", pin, shm=not pin.is_dir)  # shm_unlink, sem_unlink
         if isinstance(permit, Permit) and permit.by == emulate.SHM_RULE:
-            return self._act(pin, permit, lambda: emulate.remove_shm(permit, self.checker))
-        return self._act(pin, permit, lambda: emulate.remove(permit, directory))
+            return self._act(pin, permit, lambda p: emulate.remove_shm(p, self.checker))
+        return self._act(pin, permit, lambda p: emulate.remove(p, directory))
 
     def _on_mkdir(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         pin = self._entry(tid, trap.dirfd, trap.path, args, _A["make_dir"])
@@ -989,12 +1025,13 @@ class NotifyLoop:
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._decide("create", pin, making_dir=True)
-        mode = args[trap.mode] & ~_umask(tid) & 0o7777
-        return self._act(pin, permit, lambda: emulate.mkdir(permit, mode), is_dir=True)
+        permit = self.decide("create", pin, making_dir=True)
+        mode = arg(args, trap.mode) & ~umask_of(tid) & 0o7777
+        return self._act(pin, permit, lambda p: emulate.mkdir(p, mode), is_dir=True)
 
     def _on_mknod(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        mode, device = args[trap.mode] & 0xFFFFFFFF, args[trap.mode + 1]
+        at = position(trap.mode)  # mknod(path, mode, dev), mknodat(dirfd, path, mode, dev)
+        mode, device = args[at] & 0xFFFFFFFF, args[at + 1]
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         needed = {
             stat.S_IFREG: _A["make_reg"],
@@ -1006,7 +1043,7 @@ class NotifyLoop:
         if needed is None:
             return Deny(errno.EINVAL)
         if mode & SETID_BITS:
-            raw = self._read(tid, args[trap.path])
+            raw = self.read(tid, arg(args, trap.path))
             return raw if isinstance(raw, Deny) else self._setid(os.fsdecode(raw))
         pin = self._entry(tid, trap.dirfd, trap.path, args, needed)
         if not isinstance(pin, Pin):
@@ -1014,12 +1051,12 @@ class NotifyLoop:
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._decide("create", pin)
-        mode = (mode & ~stat.S_IFMT(mode) & ~_umask(tid) & 0o7777) | kind
-        return self._act(pin, permit, lambda: emulate.mknod(permit, mode, device))
+        permit = self.decide("create", pin)
+        mode = (mode & ~stat.S_IFMT(mode) & ~umask_of(tid) & 0o7777) | kind
+        return self._act(pin, permit, lambda p: emulate.mknod(p, mode, device))
 
     def _on_symlink(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        target = self._read(tid, args[0])  # symlink and symlinkat both take the target first
+        target = self.read(tid, args[0])  # symlink and symlinkat both take the target first
         if isinstance(target, Deny):
             return target
         pin = self._entry(tid, trap.dirfd, trap.path, args, _A["make_sym"])
@@ -1028,28 +1065,29 @@ class NotifyLoop:
         if pin.exists:
             pin.close()
             return Deny(errno.EEXIST)
-        permit = self._on_the_way(pin) or self._carries_denied("create", pin, self._decide("create", pin))
-        return self._act(pin, permit, lambda: emulate.symlink(permit, os.fsdecode(target)))
+        permit = self._decide_name("create", pin)
+        return self._act(pin, permit, lambda p: emulate.symlink(p, os.fsdecode(target)))
 
     def _on_rename(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         flags = args[trap.flags] & 0xFFFFFFFF if trap.flags is not None else 0
         moving = _A["remove_file"] | _A["remove_dir"] | _A["make_reg"] | _A["make_dir"] | _A["refer"]
-        ends = [
-            self._entry_bytes(tid, trap.dirfd, trap.path, args),
-            self._entry_bytes(tid, *trap.second, args),
-        ]
-        for end in ends:
-            if isinstance(end, Deny):
-                return end
-        if not self.guarded and all(self._entry_fast(tid, end, moving) for end in ends):
+        first = self._entry_bytes(tid, trap.dirfd, trap.path, args)
+        if isinstance(first, Deny):
+            return first
+        second = self._entry_bytes(tid, *trap.second_pair, args)
+        if isinstance(second, Deny):
+            return second
+        ends = (first, second)
+        if not self.guarded and all(self.entry_fast(tid, end, moving) for end in ends):
             return CONTINUE  # Landlock checks both ends itself, REFER included
-        pins = [self._entry_pin(tid, end, None) for end in ends]
-        for pin in pins:
-            if isinstance(pin, Deny):
-                for other in pins:
-                    _close(other)
-                return pin
-        source, target = pins
+        source, target = (self.entry_pin(tid, end, None) for end in ends)
+        if not isinstance(source, Pin):  # a Deny: ``entry_pin`` without ``needed`` never CONTINUEs
+            _close(target)
+            return source
+        if not isinstance(target, Pin):
+            source.close()
+            return target
+        pins = (source, target)
         error = _rename_errno(source, target, flags)
         if error:
             source.close()
@@ -1059,35 +1097,28 @@ class NotifyLoop:
             source.close()
             target.close()
             return CONTINUE
-        # A new name on the way to a denied node (either end of an exchange) would redirect it.
-        way = self._on_the_way(target) or (self._on_the_way(source) if flags & _RENAME_EXCHANGE else None)
-        if way is not None:
-            source.close()
-            target.close()
-            return way
-        # Both ends (both ways for an exchange); a moved directory must not carry a denied node with it.
-        checks = [("delete", source), ("create", target)]
+        # Both ends (both ways for an exchange), each a name made or taken away (``_decide_name``); the
+        # names made first, so that one on the way to a denied node says so whatever else is refused.
+        checks = [("create", target), ("delete", source)]
+        if flags & _RENAME_EXCHANGE:
+            checks.insert(1, ("create", source))
         if target.exists:
             checks.append(("delete", target))
-        if flags & _RENAME_EXCHANGE:
-            checks.append(("create", source))
         permits = []
         for op, pin in checks:
-            permit = self._decide(op, pin)
-            if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
-                permit = self._carries_denied(op, pin, permit)
+            permit = self._decide_name(op, pin)
             if isinstance(permit, Deny):
                 source.close()
                 target.close()
                 return permit
             permits.append(permit)
-        from_permit, to_permit = permits[0], permits[1]
+        to_permit, from_permit = permits[0], permits[2 if flags & _RENAME_EXCHANGE else 1]
 
         def release() -> None:
             source.close()
             target.close()
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 emulate.rename(from_permit, to_permit, flags)
             finally:
@@ -1098,7 +1129,7 @@ class NotifyLoop:
 
     def _on_link(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         flags = args[trap.flags] if trap.flags is not None else 0
-        raw = self._read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         if flags & _AT_EMPTY_PATH:
@@ -1111,11 +1142,12 @@ class NotifyLoop:
         # A hard link is a second name for the file: the source must be readable and writable under the
         # policy, whichever way the destination is decided.
         for op in ("read", "write"):
-            permit = self._decide(op, source, shm=True)  # sem_open names its new semaphore with a link
-            if isinstance(permit, Deny):
+            checked = self.decide(op, source, shm=True)  # sem_open names its new semaphore with a link
+            if isinstance(checked, Deny):
                 source.close()
-                return permit
-        target = self._entry(tid, *trap.second, args, _A["make_reg"] | _A["refer"])
+                return checked
+            permit = checked
+        target = self._entry(tid, *trap.second_pair, args, _A["make_reg"] | _A["refer"])
         if not isinstance(target, Pin):
             source.close()
             return target  # CONTINUE: Landlock checks the destination (and REFER) itself
@@ -1123,15 +1155,13 @@ class NotifyLoop:
             source.close()
             target.close()
             return Deny(errno.EEXIST)
-        to_permit = self._on_the_way(target) or self._decide(
-            "create", target, shm=stat.S_ISREG(source.st.st_mode)
-        )
+        to_permit = self._decide_name("create", target, shm=source.is_file)
         if isinstance(to_permit, Deny):
             source.close()
             target.close()
             return to_permit
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 emulate.link(permit, to_permit)
             finally:
@@ -1146,11 +1176,11 @@ class NotifyLoop:
         return Emulate(act, release=release)
 
     def _on_truncate(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        raw = self._read(tid, args[trap.path])
+        raw = self.read(tid, arg(args, trap.path))
         if isinstance(raw, Deny):
             return raw
         if not self._linked:
-            fast = self._continue(self._lexical(tid, None, raw), _A["truncate"] | _A["write_file"])
+            fast = self._continue(self.lexical(tid, None, raw), _A["truncate"] | _A["write_file"])
             if fast:
                 return fast
         pin = self._existing(self._pin(tid, None, raw, follow=True))
@@ -1159,46 +1189,48 @@ class NotifyLoop:
         if pin.is_dir:
             pin.close()
             return Deny(errno.EISDIR)
-        permit = self._decide("write", pin)
+        permit = self.decide("write", pin)
         length = args[1]
-        return self._act(pin, permit, lambda: emulate.truncate(permit, length, self.checker))
+        return self._act(pin, permit, lambda p: emulate.truncate(p, length, self.checker))
 
-    def _on_the_way(self, pin: Pin) -> Deny | None:
-        """A command never makes a name (symlink, rename, link) that is a strict ancestor of a denied node:
-        the node would be wherever the name leads, and the human's next login (``huggingface-cli login``
-        through ``~/.cache/huggingface -> ./x``) would write the token where the command reads it. The node
-        itself is refused by the policy as any create in it is."""
-        found = self.access.on_the_way(pin.path)
-        if found is None:
-            return None
-        denied, rule = found
-        why = f"{ON_THE_WAY}: {denied} ({rule})"
-        return Deny(errno.EACCES, Denial("create", pin.path, why, pin.is_dir, self._tid))
+    def _decide_name(self, op: str, pin: Pin, shm: bool = False) -> Permit | Deny:
+        """``decide`` for a name a call makes ("create": a symlink, a link, either end of a rename) or takes
+        away ("delete": an unlink, an rmdir, a rename's source or the target it replaces), which must also
+        never move a denied, never-grantable or runs-later node (invariants 10 and 12). The one check of
+        both ways a name can move one, tests/test_late_denies.py and tests/test_runs_later.py:
 
-    def _carries_denied(self, op: str, pin: Pin, permit: Permit | Deny) -> Permit | Deny:
-        """Moving or removing a directory that holds a denied node would carry it out from under its rule;
-        a new name (a symlink, a directory moved in) above a denied or runs-later node that is not there
-        would make it resolve into what the command wrote (DESIGN invariant 10: ``ln -s ./x ~/.config``
-        puts ~/.config/nvim in the command's reach)."""
-        if isinstance(permit, Deny):
-            return permit
-        for denied_path, rule in self.access.denied_below(pin.path):
-            return Deny(
-                errno.EACCES, Denial(op, pin.path, f"{rule} (inside: {denied_path})", True, self._tid)
-            )
+        - made at a name on the way to a denied node as the policy spells it (``AccessIndex.on_the_way``:
+          its parent resolved, its last component not), it would send the node wherever it leads: the
+          human's next ``huggingface-cli login`` through ``~/.cache/huggingface -> ./x`` writes the token
+          where the command reads it. Refused before the policy is asked: no flag lifts it;
+        - made above such a node where it resolves (one not there yet included), or taking away a directory
+          that holds one (``AccessIndex.denied_below``), it carries the node out from under its rule, or
+          makes it resolve into what the command wrote (``ln -s ./x ~/.config`` puts ~/.config/nvim in its
+          reach). Asked once the policy allows the call: a refusal by the policy keeps its own line.
+
+        A directory made (mkdir) moves nothing: the node stays where its path leads."""
+        if op == "create" and (way := self.access.on_the_way(pin.path)) is not None:
+            denied, rule = way
+            why = f"{ON_THE_WAY}: {denied} ({rule})"
+            return Deny(errno.EACCES, Denial("create", pin.path, why, pin.is_dir, self._tid))
+        permit = self.decide(op, pin, shm=shm)
+        if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
+            for denied_path, rule in self.access.denied_below(pin.path):
+                why = f"{rule} (inside: {denied_path})"
+                return Deny(errno.EACCES, Denial(op, pin.path, why, True, self._tid))
         return permit
 
     def _act(
-        self, pin: Pin, permit: Permit | Deny, action: Callable[[], object], is_dir: bool = False
+        self, pin: Pin, permit: Permit | Deny, action: Callable[[Permit], object], is_dir: bool = False
     ) -> Decision:
-        """Carry out ``action`` through the pin once the request is confirmed; the result is 0."""
+        """Carry out ``action(permit)`` through the pin once the request is confirmed; the result is 0."""
         if isinstance(permit, Deny):
             pin.close()
             return permit
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
-                action()
+                action(permit)
             finally:
                 pin.close()
             return Value(0, Denial(permit.op, pin.path, permit.by, is_dir))
@@ -1213,7 +1245,7 @@ class NotifyLoop:
         return self._object_of(tid, trap, args, follow)
 
     def _on_chmod(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        mode = args[trap.mode] & 0o7777
+        mode = arg(args, trap.mode) & 0o7777
         pin = self._metadata(trap, tid, args)
         if isinstance(pin, Deny):
             return pin
@@ -1264,7 +1296,7 @@ class NotifyLoop:
         return _TIMESPEC2.pack(a_sec, a_usec * 1000, m_sec, m_usec * 1000)
 
     def _on_setxattr(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        name = self._read(tid, args[1])
+        name = self.read(tid, args[1])
         if isinstance(name, Deny):
             return name
         size = args[3]
@@ -1283,7 +1315,7 @@ class NotifyLoop:
         return self._write_meta(pin, lambda permit: emulate.setxattr(permit, text, value, flags))
 
     def _on_removexattr(self, trap: Trap, tid: int, args: list[int]) -> Decision:
-        name = self._read(tid, args[1])
+        name = self.read(tid, args[1])
         if isinstance(name, Deny):
             return name
         pin = self._metadata(trap, tid, args)
@@ -1294,14 +1326,14 @@ class NotifyLoop:
 
     def _write_meta(self, pin: Pin, action: Callable[[Permit], object]) -> Decision:
         """Mode, owner, times and xattrs are the file's: changed only where the policy allows writing it."""
-        permit = self._decide("write", pin)
-        return self._act(pin, permit, lambda: action(permit))
+        permit = self.decide("write", pin)
+        return self._act(pin, permit, action)
 
     # ---- watches ---------------------------------------------------------------------------------------
 
     def _on_inotify(self, trap: Trap, tid: int, args: list[int]) -> Decision:
         mask = args[2] & 0xFFFFFFFF
-        raw = self._read(tid, args[1])
+        raw = self.read(tid, args[1])
         if isinstance(raw, Deny):
             return raw
         resolved = self._pin(tid, None, raw, follow=not mask & _IN_DONT_FOLLOW)
@@ -1314,7 +1346,7 @@ class NotifyLoop:
         if args[4] == 0:
             resolved = self._fd_pin(tid, args[3])
         else:
-            raw = self._read(tid, args[4])
+            raw = self.read(tid, args[4])
             if isinstance(raw, Deny):
                 return raw
             resolved = self._pin(tid, args[3], raw, follow=not flags & _FAN_MARK_DONT_FOLLOW)
@@ -1331,7 +1363,7 @@ class NotifyLoop:
         resolved = self._existing(resolved)
         if isinstance(resolved, Deny):
             return resolved
-        permit = self._decide("read", resolved)
+        permit = self.decide("read", resolved)
         if isinstance(permit, Deny):
             resolved.close()
             return permit
@@ -1341,7 +1373,7 @@ class NotifyLoop:
             resolved.close()
             raise
 
-        def act() -> Decision:
+        def act() -> Outcome:
             try:
                 return Value(add(permit, instance))
             finally:
@@ -1376,7 +1408,7 @@ def _foreign_proc(path: str, tid: int, tgid: int) -> bool:
     return pid.isdigit() and int(pid) != tid and int(pid) != tgid
 
 
-def _carry_out(emulation: Emulate) -> Decision:
+def _carry_out(emulation: Emulate) -> Outcome:
     try:
         return emulation.act()
     except OSError as e:
@@ -1410,17 +1442,6 @@ def _id_arg(value: int) -> int:
     """uid_t/gid_t -1 (0xFFFFFFFF) means "leave unchanged", as os.chown's -1."""
     value &= 0xFFFFFFFF
     return -1 if value == 0xFFFFFFFF else value
-
-
-def _umask(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 def _open_rights(flags: int) -> int:
@@ -1472,12 +1493,9 @@ def _rename_errno(source: Pin, target: Pin, flags: int) -> int:
     return 0
 
 
-_DISPATCH = NotifyLoop._dispatch  # the class itself, whatever a test later binds the name to
-
-
-def wants_every_notification(cls: type) -> bool:
+def wants_every_notification(cls: type[NotifyLoop]) -> bool:
     """Whether a loop class must see every open and exec (so the filter traps them all for it)."""
-    return bool(getattr(cls, "every_call", False)) or getattr(cls, "_dispatch", None) is not _DISPATCH
+    return cls.on_exec is not None
 
 
 ASK_AGAIN_NAME = "libnono_askagain.so"  # setup.py PRELOADS
@@ -1522,7 +1540,7 @@ def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     def index(value: int | None) -> int:
         return -1 if value is None else value
 
-    table = {}
+    table: dict[int, tuple[int, ...]] = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
         recorded = recording and trap.kind in ("rmdir", "rename", "link", "truncate")
@@ -1538,17 +1556,17 @@ def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     return table
 
 
-def _native_loop(loop: NotifyLoop, listener: int, rights: RightsIndex):
-    """The C loop for ``loop``, or None: disabled (NONO_NOTIFY_NATIVE=0, for comparisons), not built, or a
-    subclass that replaces ``_dispatch`` (it wants to see every notification)."""
-    if os.environ.get("NONO_NOTIFY_NATIVE") == "0" or type(loop)._dispatch is not _DISPATCH:
+def _native_loop(cls: type[NotifyLoop], listener: int, rights: RightsIndex, linked: bool, recording: bool):
+    """The C loop for a loop of class ``cls``, or None: disabled (NONO_NOTIFY_NATIVE=0, for comparisons),
+    not built, or a class that wants to see every notification (``on_exec``). ``linked``: no regular-file
+    open is CONTINUEd (``NotifyLoop``); ``recording``: undo keeps what the fast path creates and unlinks."""
+    if os.environ.get("NONO_NOTIFY_NATIVE") == "0" or wants_every_notification(cls):
         return None
     try:
         from nono_supervisor.linux import _notify
     except ImportError:
         return None
-    recording = loop.undo is not None
-    return _notify.Loop(listener, rights.native(), native_table(recording), loop._linked, recording)
+    return _notify.Loop(listener, rights.native(), native_table(recording), linked, recording)
 
 
 def handler_for(kind: str) -> Callable:

@@ -20,6 +20,7 @@ import errno
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass
 
 from nono_supervisor.linux import libc
@@ -32,10 +33,14 @@ PATH_MAX = 4096
 _MAXSYMLINKS = 40  # the kernel's limit: the 41st link gives ELOOP
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _AT_FDCWD = 0xFFFFFF9C  # -100 as the low 32 bits of a syscall argument
-_SYS_OPENAT2 = libc.number("openat2")
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
+SYS_OPENAT2 = libc.number("openat2")
+# openat2's ``struct open_how`` (flags, mode, resolve) and its RESOLVE_* flags (linux/openat2.h): for the
+# walks here, ``emulate``'s opens and ``notify``'s read of a target's own open_how.
+OPEN_HOW = struct.Struct("=QQQ")
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_STRICT = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS  # below the fd, no link
 _O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _O_PATH_LEAF = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOREIGN_PROC = re.compile(r"^/proc/[0-9]+(/|$)")
@@ -116,6 +121,10 @@ class Pin:
         return self.st is not None and stat.S_ISDIR(self.st.st_mode)
 
     @property
+    def is_file(self) -> bool:
+        return self.st is not None and stat.S_ISREG(self.st.st_mode)
+
+    @property
     def is_link(self) -> bool:
         return self.st is not None and stat.S_ISLNK(self.st.st_mode)
 
@@ -147,18 +156,16 @@ def _real(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
 
 
-def _openat2_dir(base: int, path: bytes, resolve_flags: int = _RESOLVE_NO_SYMLINKS) -> int:
+def _openat2_dir(base: int, path: bytes, resolve_flags: int = RESOLVE_NO_SYMLINKS) -> int:
     """One in-kernel walk of ``path`` below ``base`` when no component is a symlink (the common case)."""
-    how = (ctypes.c_uint64 * 3)(_O_PATH_DIR, 0, resolve_flags)
-    return libc.syscall(_SYS_OPENAT2, base, path, how, 24)
+    how = OPEN_HOW.pack(_O_PATH_DIR, 0, resolve_flags)
+    return libc.syscall(SYS_OPENAT2, base, path, how, len(how))
 
 
 def open_beneath(base: int, path: str) -> int:
     """An O_PATH fd of the directory ``path`` inside the directory ``base``: one in-kernel walk that never
     follows a symlink or a magic link and never leaves ``base`` (``undo`` writes only through these)."""
-    return _openat2_dir(
-        base, os.fsencode(path), _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
-    )
+    return _openat2_dir(base, os.fsencode(path), RESOLVE_STRICT)
 
 
 class _Walk:
@@ -170,12 +177,12 @@ class _Walk:
         self.path = base_path  # the real path of ``fd``
         self.links = 0
 
-    def _move(self, fd: int, path: str) -> None:
+    def move(self, fd: int, path: str) -> None:
         os.close(self.fd)
         self.fd, self.path = fd, path
 
     def root(self) -> None:
-        self._move(os.open("/", _O_PATH_DIR), "/")
+        self.move(os.open("/", _O_PATH_DIR), "/")
 
     def step(self, name: str, pending: list[str], follow: bool) -> FdRef | None:
         """Enter ``name`` (a directory), or splice in a symlink's target. A FdRef when ``name`` is one of
@@ -183,10 +190,10 @@ class _Walk:
         if name == ".":
             return None
         if name == "..":
-            self._move(os.open("..", _O_PATH_DIR, dir_fd=self.fd), "")
+            self.move(os.open("..", _O_PATH_DIR, dir_fd=self.fd), "")
             self.path = _real(self.fd)
             return None
-        proc = self._proc_entry(name, pending)
+        proc = self.proc_entry(name, pending)
         if proc is not None:
             return proc if isinstance(proc, FdRef) else None
         child = os.open(name, _O_PATH_LEAF, dir_fd=self.fd)
@@ -202,7 +209,7 @@ class _Walk:
         if not stat.S_ISDIR(st.st_mode):
             os.close(child)
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        self._move(child, self.path.rstrip("/") + "/" + name)
+        self.move(child, self.path.rstrip("/") + "/" + name)
         return None
 
     def splice(self, name: str) -> list[str]:
@@ -223,7 +230,7 @@ class _Walk:
             self.root()
         return [c for c in target.split("/") if c]
 
-    def _proc_entry(self, name: str, pending: list[str]) -> FdRef | bool | None:
+    def proc_entry(self, name: str, pending: list[str]) -> FdRef | bool | None:
         """``/proc`` seen from the target: ``self`` and ``thread-self`` are the target; ``fd/N``, ``cwd`` and
         ``root`` of the target's own process are followed once into a pin (or become its FdRef)."""
         if self.path == "/proc" and name in ("self", "thread-self"):
@@ -245,13 +252,13 @@ class _Walk:
                 return FdRef(self.tid, int(name))
             copy = _pidfd_getfd(self.tid, int(name))
             try:
-                self._move(os.open(f"/proc/self/fd/{copy}", _O_PATH_DIR), "")
+                self.move(os.open(f"/proc/self/fd/{copy}", _O_PATH_DIR), "")
             finally:
                 os.close(copy)
             self.path = _real(self.fd)
             return True
         if tail[1:] == [] and name in ("cwd", "root"):
-            self._move(os.open(f"/proc/{self.tid}/{name}", _O_PATH_DIR), "")
+            self.move(os.open(f"/proc/{self.tid}/{name}", _O_PATH_DIR), "")
             self.path = _real(self.fd)
             return True
         return None
@@ -336,7 +343,7 @@ def _walk_parents(walk: _Walk, components: list[str]) -> None:
             if e.errno not in (errno.ELOOP, errno.EXDEV):
                 raise
         else:
-            walk._move(fd, "")
+            walk.move(fd, "")
             walk.path = _real(fd)
             return
     pending = list(components)
@@ -355,7 +362,7 @@ def _pin_leaf(walk: _Walk, leaf: str, follow: bool, must_dir: bool) -> Resolved:
             walk.fd = -1
             return Pin(fd, "", walk.path, os.fstat(fd))
         pending: list[str] = []
-        proc = walk._proc_entry(leaf, pending)
+        proc = walk.proc_entry(leaf, pending)
         if isinstance(proc, FdRef):
             os.close(walk.fd)
             return proc

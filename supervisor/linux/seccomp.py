@@ -19,6 +19,8 @@ __all__ = [
     "TRAPS",
     "BLOCKED",
     "Trap",
+    "arg",
+    "position",
     "FILTER_FLAGS",
     "build_program",
     "load_pyseccomp",
@@ -52,6 +54,27 @@ class Trap:
     nofollow: bool = False
     nonzero: int | None = None  # trap only when this argument is not 0 (decided in BPF, race-free)
     net_block: bool = False
+
+    @property
+    def second_pair(self) -> tuple[int | None, int]:
+        """``second`` of a rename or link (its absence a table bug, as for ``position``)."""
+        if self.second is None:
+            raise ValueError(f"{self.name}: no second path in TRAPS")
+        return self.second
+
+
+def position(index: int | None) -> int:
+    """Where an argument its kind always has (a trap's path, mode or fd) is, for the handler that reads
+    it. None would be a trap in ``TRAPS`` without it, which tests/test_syscalls.py rules out; met anyway,
+    the ValueError fails that one call closed (its handler's EACCES)."""
+    if index is None:
+        raise ValueError("a trapped call without the argument its handler reads (seccomp.TRAPS)")
+    return index
+
+
+def arg(args: list[int], index: int | None) -> int:
+    """Argument ``index`` of a trapped call (``position``)."""
+    return args[position(index)]
 
 
 TRAPS: tuple[Trap, ...] = (

@@ -25,18 +25,15 @@ import os
 import socket
 import stat
 import struct
-from typing import TYPE_CHECKING
 
-from nono_supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Value
+from nono_supervisor.linux.decisions import CONTINUE, Decision, Denial, Deny, Emulate, Outcome, Value
 from nono_supervisor.linux.kernel import pidfd_getfd
 from nono_supervisor.linux.landlock import ACCESS_FS
 from nono_supervisor.linux.libc import LIBC, IoVec, MsgHdr, last_error
+from nono_supervisor.linux.loopapi import LoopApi
 from nono_supervisor.linux.resolve import FdRef, Pin, resolve_bytes
 from nono_supervisor.linux.seccomp import MSG_FASTOPEN, Trap
 from nono_supervisor.policy.netpolicy import DIRECT, DOMAINS_ONLY, RAW_DNS
-
-if TYPE_CHECKING:
-    from nono_supervisor.linux.notify import NotifyLoop
 
 __all__ = [
     "on_connect",
@@ -65,9 +62,9 @@ _NET_BLOCK = "--net-block"
 _DNS_PORT = 53
 
 
-def _net_rule(loop: NotifyLoop) -> str:
+def _net_rule(loop: LoopApi) -> str:
     """The rule a restricted network's refusal names: --net-block, or domains mode (the proxy is set)."""
-    return DOMAINS_ONLY if getattr(loop, "net_proxy", None) is not None else _NET_BLOCK
+    return DOMAINS_ONLY if loop.net_proxy is not None else _NET_BLOCK
 
 
 class _Socket:
@@ -97,7 +94,7 @@ def _on_socket_call(handler):
     taking connects after its process died (the connect then waits for an accept that never comes)."""
 
     @functools.wraps(handler)
-    def on_call(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+    def on_call(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> Decision:
         sock = _Socket(tid, args[0])
         try:
             decision = handler(loop, tid, args, sock)
@@ -206,7 +203,7 @@ def _domains_destination(
 
 
 def _destination(
-    loop: NotifyLoop, tid: int, sock: _Socket, raw: bytes | None, op: str, connecting: bool = False
+    loop: LoopApi, tid: int, sock: _Socket, raw: bytes | None, op: str, connecting: bool = False
 ) -> _Destination | Deny:
     """Decide the destination ``raw`` (a sockaddr read once; None: the connected peer) for ``sock``.
     ``connecting``: for connect() itself (not an addressed send)."""
@@ -214,7 +211,7 @@ def _destination(
         return _Destination(None)
     if sock.family in _INET:
         if loop.net_block:
-            proxy = getattr(loop, "net_proxy", None)  # domains mode (linux.backend sets it)
+            proxy = loop.net_proxy  # domains mode (linux.backend sets it)
             if proxy is not None:
                 return _domains_destination(proxy, tid, sock, raw, op, connecting)
             return Deny(errno.EACCES, Denial(op, _inet_name(raw), _NET_BLOCK, False, tid))
@@ -233,19 +230,20 @@ def _destination(
     if not isinstance(resolved, Pin):
         return Deny(resolved.error)
     try:
-        if not resolved.exists:
+        found = resolved.st
+        if found is None:
             return Deny(errno.ENOENT)
-        if not stat.S_ISSOCK(resolved.st.st_mode):
+        if not stat.S_ISSOCK(found.st_mode):
             return Deny(errno.ECONNREFUSED)
         if resolved.path in loop.allowed_sockets:
             grant = None
         else:
-            permit = loop._decide("connect", resolved)
+            permit = loop.decide("connect", resolved)
             if isinstance(permit, Deny):
                 return permit
             grant = Denial("connect", resolved.path, permit.by, False, tid)
         pinned = os.open(resolved.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=resolved.dirfd)
-        if os.fstat(pinned).st_ino != resolved.st.st_ino:
+        if os.fstat(pinned).st_ino != found.st_ino:
             os.close(pinned)
             return Deny(errno.EACCES)  # swapped between the check and the pin: refuse rather than chase
         return _Destination(_sockaddr_un(f"/proc/self/fd/{pinned}"), pinned, grant)
@@ -253,7 +251,7 @@ def _destination(
         resolved.close()
 
 
-def _read_sockaddr(loop: NotifyLoop, tid: int, address: int, length: int) -> bytes | Deny:
+def _read_sockaddr(loop: LoopApi, tid: int, address: int, length: int) -> bytes | Deny:
     if length > _SOCKADDR_MAX or length < 2:
         return Deny(errno.EINVAL)
     raw = loop.reader.read_exactly(tid, address, length)
@@ -273,7 +271,7 @@ def _performed(
         sock.close()
         _close_all(passed)
 
-    def run() -> Decision:
+    def run() -> Outcome:
         try:
             result = act(sock.fd, destination.address)
             return Deny(_errno()) if result < 0 else Value(result, destination.grant)
@@ -284,7 +282,7 @@ def _performed(
 
 
 @_on_socket_call
-def on_connect(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
+def on_connect(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision:
     raw = _read_sockaddr(loop, tid, args[1], args[2] & 0xFFFFFFFF)
     if isinstance(raw, Deny):
         return raw
@@ -305,7 +303,7 @@ def on_connect(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> De
 
 
 @_on_socket_call
-def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
+def on_bind(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision:
     """A unix path is a created file (Landlock's make_sock decides it when it covers the parent; else the
     policy, and the supervisor binds the command's socket in the pinned directory). Everything else is
     CONTINUEd: whatever the fd turns out to be, Landlock's make_sock and TCP-bind rules (--net-block, where
@@ -314,7 +312,7 @@ def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decis
     if isinstance(raw, Deny):
         return raw
     if sock.family in _INET and loop.net_block:
-        if getattr(loop, "net_proxy", None) is not None and _loopback_ephemeral(raw):
+        if loop.net_proxy is not None and _loopback_ephemeral(raw):
             # Domains mode: a port the kernel picks on loopback, for a socket that may never listen (listen is
             # refused) is no network: urllib3 probes IPv6 with bind [::1]:0 in every pip and requests run
             # (issue 20). Bound on our copy of the socket, as bare; any other address or port is refused.
@@ -324,17 +322,17 @@ def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decis
         return CONTINUE
     path = raw[2:].split(b"\0")[0]
     entry = (path, None)
-    fast = loop._entry_fast(tid, entry, ACCESS_FS["make_sock"])
+    fast = loop.entry_fast(tid, entry, ACCESS_FS["make_sock"])
     if fast:
         return fast
-    pin = loop._entry_pin(tid, entry, ACCESS_FS["make_sock"])
+    pin = loop.entry_pin(tid, entry, ACCESS_FS["make_sock"])
     if not isinstance(pin, Pin):
         return pin
     try:
         if pin.exists:
             pin.close()
             return Deny(errno.EADDRINUSE)
-        permit = loop._decide("create", pin)
+        permit = loop.decide("create", pin)
         address = _sockaddr_un(pin.via)
     except BaseException:
         pin.close()
@@ -350,7 +348,7 @@ def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decis
         pin.close()
         sock.close()
 
-    def bind() -> Decision:
+    def bind() -> Outcome:
         try:
             if LIBC.bind(sock.fd, address, len(address)) != 0:
                 return Deny(_errno())
@@ -362,7 +360,7 @@ def on_bind(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decis
 
 
 @_on_socket_call
-def on_listen(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
+def on_listen(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision:
     """--net-block only: listen() on an unbound inet socket binds a port by itself."""
     if sock.family in _INET:
         return Deny(errno.EACCES, Denial("bind", "network (listen)", _net_rule(loop), False, tid))
@@ -370,35 +368,36 @@ def on_listen(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Dec
     return _performed(sock, _Destination(None), False, lambda fd, _a: LIBC.listen(fd, backlog))
 
 
-def on_socket(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+def on_socket(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> Decision:
     """--net-block only (the filter sends only inet families): TCP sockets are left to Landlock's TCP
     rules; UDP, raw, SCTP and MPTCP sockets, which Landlock cannot stop, are refused. All registers: a
     CONTINUE here cannot be raced."""
     kind, protocol = args[1] & 0xF, args[2] & 0xFFFFFFFF
     if kind == socket.SOCK_STREAM and protocol in (0, socket.IPPROTO_TCP):
         return CONTINUE
-    name = {socket.SOCK_DGRAM: "udp", socket.SOCK_RAW: "raw"}.get(
+    name = {int(socket.SOCK_DGRAM): "udp", int(socket.SOCK_RAW): "raw"}.get(
         kind, "mptcp" if protocol == 262 else "socket"
     )
     return Deny(errno.EACCES, Denial("connect", f"network ({name})", _net_rule(loop), False, tid))
 
 
-def on_setsockopt(loop: NotifyLoop, trap: Trap, tid: int, args: list[int]) -> Decision:
+def on_setsockopt(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> Decision:
     """--net-block only, and only TCP_FASTOPEN_CONNECT (the filter sends nothing else): with it, a later
     write connects by itself."""
     return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
 
 
 @_on_socket_call
-def on_sendto(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
+def on_sendto(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision:
     flags = args[3] & 0xFFFFFFFF
     if loop.net_block and flags & MSG_FASTOPEN and sock.family in _INET:
         return Deny(errno.EACCES, Denial("connect", "network (tcp fast open)", _net_rule(loop), False, tid))
     message = _read_data(loop, tid, [(args[1], args[2])], sock)
+    if isinstance(message, Deny):
+        return message
     raw = _read_sockaddr(loop, tid, args[4], args[5] & 0xFFFFFFFF)
-    for failed in (message, raw):
-        if isinstance(failed, Deny):
-            return failed
+    if isinstance(raw, Deny):
+        return raw
     if loop.net_block and sock.family in _INET and flags & MSG_FASTOPEN:
         return Deny(errno.EACCES, Denial("connect", _inet_name(raw), _net_rule(loop), False, tid))
     destination = _destination(loop, tid, sock, raw, "connect")
@@ -410,7 +409,7 @@ def on_sendto(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Dec
 
 
 @_on_socket_call
-def on_sendmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
+def on_sendmsg(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision:
     flags = args[2] & 0xFFFFFFFF
     decision = _message(loop, tid, sock, args[1], flags)
     if isinstance(decision, Deny):
@@ -421,11 +420,11 @@ def on_sendmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> De
 
 
 @_on_socket_call
-def on_sendmmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> Decision:
+def on_sendmmsg(loop: LoopApi, tid: int, args: list[int], sock: _Socket) -> Decision:
     """Each message as sendmsg, in order; ``msg_len`` of each sent one is written back to the target, as
     the kernel does (glibc's resolver checks it)."""
     vector, count, flags = args[1], min(args[2] & 0xFFFFFFFF, _MAX_IOV), args[3] & 0xFFFFFFFF
-    prepared = []
+    prepared: list[tuple[_Destination, bytes, list[int]]] = []
 
     def release() -> None:
         for destination, _data, fds in prepared:
@@ -446,7 +445,7 @@ def on_sendmmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> D
         release()
         raise
 
-    def send_all() -> Decision:
+    def send_all() -> Outcome:
         sent = 0
         try:
             for index, (destination, data, fds) in enumerate(prepared):
@@ -465,7 +464,7 @@ def on_sendmmsg(loop: NotifyLoop, tid: int, args: list[int], sock: _Socket) -> D
 
 
 def _message(
-    loop: NotifyLoop, tid: int, sock: _Socket, address: int, flags: int
+    loop: LoopApi, tid: int, sock: _Socket, address: int, flags: int
 ) -> tuple[_Destination, bytes, list[int]] | Deny:
     """A struct msghdr of the target, read once: its destination (decided), its bytes, its SCM_RIGHTS
     descriptors as ours."""
@@ -481,11 +480,12 @@ def _message(
     data = _read_data(loop, tid, list(_IOVEC.iter_unpack(vectors)), sock)
     if isinstance(data, Deny):
         return data
-    raw = None
+    raw: bytes | None = None
     if name and namelen and sock.type != socket.SOCK_STREAM:
-        raw = _read_sockaddr(loop, tid, name, namelen)
-        if isinstance(raw, Deny):
-            return raw
+        read = _read_sockaddr(loop, tid, name, namelen)
+        if isinstance(read, Deny):
+            return read
+        raw = read
     if loop.net_block and sock.family in _INET and (flags & MSG_FASTOPEN or raw is not None):
         return Deny(errno.EACCES, Denial("connect", _inet_name(raw or b""), _net_rule(loop), False, tid))
     fds = _read_fds(loop, tid, control, controllen)
@@ -502,7 +502,7 @@ def _message(
     return destination, data, fds
 
 
-def _read_data(loop: NotifyLoop, tid: int, parts: list[tuple[int, int]], sock: _Socket) -> bytes | Deny:
+def _read_data(loop: LoopApi, tid: int, parts: list[tuple[int, int]], sock: _Socket) -> bytes | Deny:
     total = sum(length for _base, length in parts)
     if total > MAX_SEND and sock.type != socket.SOCK_STREAM:
         return Deny(errno.EMSGSIZE)
@@ -517,7 +517,7 @@ def _read_data(loop: NotifyLoop, tid: int, parts: list[tuple[int, int]], sock: _
     return b"".join(chunks)
 
 
-def _read_fds(loop: NotifyLoop, tid: int, control: int, length: int) -> list[int] | Deny:
+def _read_fds(loop: LoopApi, tid: int, control: int, length: int) -> list[int] | Deny:
     """SCM_RIGHTS descriptors named in the control data, as our copies (the same open files)."""
     if not length:
         return []

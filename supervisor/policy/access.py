@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from nono_supervisor.paths import under
 from nono_supervisor.policy.netpolicy import network_hint
 from nono_supervisor.policy.profile import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Policy
 
@@ -64,10 +65,6 @@ def silent(rule: str, policy: Policy) -> bool:
 class Verdict:
     allowed: bool
     rule: str  # the grant's source when allowed; the deny rule, "never-grantable" or "not granted" when not
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _pattern_directory(pattern: str) -> str | None:
@@ -154,7 +151,7 @@ class AccessIndex:
         on_the_way: dict[str, tuple[str, str]] = {}
         explicit = [root for root, grant in self._grants if not grant.source.startswith("group:")]
         for deny, (resolved, rule) in zip(self.policy.denies, self._denies, strict=True):
-            if any(_under(root, resolved) for root in explicit) and self.verdict(resolved, "read").allowed:
+            if any(under(root, resolved) for root in explicit) and self.verdict(resolved, "read").allowed:
                 continue  # an explicit grant of the node itself overrides the deny
             node = os.path.normpath(deny.path)
             while (parent := os.path.dirname(node)) != node:
@@ -191,9 +188,9 @@ class AccessIndex:
     def denied_below(self, path: str) -> list[tuple[str, str]]:
         """Denied, never-grantable and runs-later nodes strictly inside ``path``: moving or removing it
         moves them."""
-        inside = [(d, rule) for d, rule in self._denies if d != path and _under(d, path)]
-        protected = [(p, "never-grantable") for p in self._protected if p != path and _under(p, path)]
-        later = [(p, RUNS_LATER) for p in self._runs_later if p != path and _under(p, path)]
+        inside = [(d, rule) for d, rule in self._denies if d != path and under(d, path)]
+        protected = [(p, "never-grantable") for p in self._protected if p != path and under(p, path)]
+        later = [(p, RUNS_LATER) for p in self._runs_later if p != path and under(p, path)]
         return inside + protected + later
 
     def denied(self, path: str, op: str) -> str | None:
@@ -205,9 +202,9 @@ class AccessIndex:
 
     def verdict(self, path: str, op: str) -> Verdict:
         need = OPS[op]
-        if need == "write" and any(_under(path, p) for p in self._protected):
+        if need == "write" and any(under(path, p) for p in self._protected):
             return Verdict(False, "never-grantable")
-        covering = [(d, rule) for d, rule in self._denies if _under(path, d)]
+        covering = [(d, rule) for d, rule in self._denies if under(path, d)]
         if any(rule == NEVER_GRANTABLE for _d, rule in covering):
             return Verdict(False, NEVER_GRANTABLE)  # sealed (an agent's state): nothing inside lifts it
         deny = max(covering, key=lambda x: len(x[0]), default=None)
@@ -215,7 +212,7 @@ class AccessIndex:
             (root, grant)
             for root, grant in self._grants
             if grant.access in (need, "allow")
-            and (_covers_file(root, path) if grant.kind == "file" else _under(path, root))
+            and (_covers_file(root, path) if grant.kind == "file" else under(path, root))
         ]
         if deny is not None:
             # Only an explicit grant at or below the denied node overrides it (CONTRACT: --read-file
@@ -223,19 +220,19 @@ class AccessIndex:
             # Every such grant counts, not only the deepest: a group's grant deeper inside the lifted tree
             # takes nothing from it, as Landlock adds up the rules (tests/test_policy_core.py).
             candidates = [
-                (r, g) for r, g in candidates if not g.source.startswith("group:") and _under(r, deny[0])
+                (r, g) for r, g in candidates if not g.source.startswith("group:") and under(r, deny[0])
             ]
             if not candidates:
                 return Verdict(False, deny[1])
         if need == "write":
-            holding = [entry for entry in self._runs_later if _under(path, entry)]
+            holding = [entry for entry in self._runs_later if under(path, entry)]
             if holding:
                 # Only the human's flag at or below each entry that holds it (``--write-file ~/.tmux.conf``):
                 # a wider grant, a group, a profile, an answer or a stored "always" never is.
                 candidates = [
                     (r, g)
                     for r, g in candidates
-                    if g.source.startswith("--") and all(_under(r, e) for e in holding)
+                    if g.source.startswith("--") and all(under(r, e) for e in holding)
                 ]
                 if not candidates:
                     return Verdict(False, RUNS_LATER)

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nono_supervisor.errors import UsageError
-from nono_supervisor.policy.profile import GRANT_LISTS, Context, Grant, _load_chain, expand
+from nono_supervisor.paths import under
+from nono_supervisor.policy.profile import GRANT_LISTS, Context, Grant, expand, load_chain
 
 __all__ = [
     "AGENT_NAMES",
@@ -88,7 +89,7 @@ class AgentProfile:
 
 
 def _agent_section(name: str, ctx: Context) -> tuple[str, dict, str]:
-    chain = _load_chain(name, ctx)
+    chain = load_chain(name, ctx)
     section: dict = {}
     description = ""
     for _label, data in chain:  # base first: a profile extending an agent profile may add to it
@@ -181,15 +182,11 @@ def pick_agent(choice: str | None, program: str | None, ctx: Context, env: Mappi
 # --- Install trees ---------------------------------------------------------------------------------------
 
 
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def _too_wide(path: str, home: str) -> bool:
     """Never a tree root: /, $HOME or one of its ancestors, a top-level directory."""
     if path in ("/", "") or path.count("/") < 2:
         return True
-    return bool(home) and _under(home, path)
+    return bool(home) and under(home, path)
 
 
 def install_root(real: str, home: str) -> str:
@@ -360,7 +357,7 @@ def resolve_version_shim(path: str, env: Mapping[str, str]) -> ShimTarget | None
         variables[f"{prefix}_VERSION"] = version
     root = variables.get(f"{prefix}_ROOT") or env.get(f"{prefix}_ROOT", "")
     bin_dir = os.path.dirname(program)
-    inside = bool(root) and _under(bin_dir, root.rstrip("/"))  # pyenv-exec: "only for non-system version"
+    inside = bool(root) and under(bin_dir, root.rstrip("/"))  # pyenv-exec: "only for non-system version"
     return ShimTarget(program, variables, bin_dir if inside else None)
 
 
@@ -377,7 +374,7 @@ class Toolchain:
 
 
 def _system(path: str) -> bool:
-    return any(_under(path, top) for top in _SYSTEM)
+    return any(under(path, top) for top in _SYSTEM)
 
 
 def _toolchain_root(real: str, home: str) -> list[str]:
@@ -416,7 +413,7 @@ def _outward_links(
                         if "/" not in text or _system(os.path.normpath(os.path.join(directory, text))):
                             continue
                     real = os.path.realpath(entry.path)
-                    if not _under(real, inside) and os.path.exists(real):
+                    if not under(real, inside) and os.path.exists(real):
                         yield real
                 elif depth > 1 and entry.is_dir(follow_symlinks=False):
                     yield from _outward_links(entry.path, inside, depth - 1, budget)
@@ -435,8 +432,8 @@ def toolchain(env: Mapping[str, str], home: str, skip: Iterable[str] = ()) -> To
 
     def add(path: str) -> None:
         if path and os.path.isdir(path) and not _system(path) and not _too_wide(path, home):
-            if not any(_under(path, r) for r in read) and not any(_under(path, s) for s in skip):
-                read[:] = [r for r in read if not _under(r, path)] + [path]
+            if not any(under(path, r) for r in read) and not any(under(path, s) for s in skip):
+                read[:] = [r for r in read if not under(r, path)] + [path]
 
     for entry in env.get("PATH", "").split(os.pathsep):
         if not entry or not os.path.isabs(entry):
@@ -444,7 +441,7 @@ def toolchain(env: Mapping[str, str], home: str, skip: Iterable[str] = ()) -> To
         real = os.path.realpath(entry)
         if not os.path.isdir(real):
             continue
-        local = not _system(real) and not any(_under(real, s) for s in skip)
+        local = not _system(real) and not any(under(real, s) for s in skip)
         if local:
             if real not in dirs and not _too_wide(real, home):
                 dirs.append(real)
@@ -455,7 +452,7 @@ def toolchain(env: Mapping[str, str], home: str, skip: Iterable[str] = ()) -> To
         # Links out of the PATH directory (~/.local/bin/aider -> a pipx venv; .venv/bin/python -> pyenv):
         # each target's install tree. System directories only where they lead out of the system.
         # (Of the system's, only the admin's own: the distribution's /usr/bin never links into a home.)
-        if not _system(real) or _under(real, "/usr/local") or _under(real, "/opt"):
+        if not _system(real) or under(real, "/usr/local") or under(real, "/opt"):
             for target in _outward_links(real, real, 1, budget, system=not local):
                 if local or not _system(target):
                     add(install_root(target, home))
@@ -466,6 +463,6 @@ def toolchain(env: Mapping[str, str], home: str, skip: Iterable[str] = ()) -> To
                         add(target if os.path.isdir(target) else install_root(target, home))
     for var in ("PYENV_ROOT", "NVM_DIR", "VOLTA_HOME", "BUN_INSTALL", "GOROOT", "RUSTUP_HOME"):
         value = env.get(var)
-        if value and os.path.isabs(value) and any(_under(d, os.path.realpath(value)) for d in dirs):
+        if value and os.path.isabs(value) and any(under(d, os.path.realpath(value)) for d in dirs):
             add(os.path.realpath(value))  # a manager's home that some PATH entry lives in
     return Toolchain(tuple(read), tuple(dirs))

@@ -123,7 +123,7 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
         entries += [RunsLater(join(common, "config"), _CONFIG), RunsLater(join(common, "hooks"), _HOOKS)]
     # git reads config.worktree only where the (protected) config sets extensions.worktreeConfig; a name
     # that does not exist is carved by listing its directory, which git rewrites at every command
-    # (landlock._Fs: the plan would be compiled again after each): only then, or where it exists.
+    # (landlock.NotedFs: the plan would be compiled again after each): only then, or where it exists.
     worktree_config = _mentions(join(common, "config"), b"worktreeconfig")
     for place in (gitdir, *_subdirs(join(gitdir, "worktrees"))):
         if worktree_config or os.path.lexists(join(place, "config.worktree")):

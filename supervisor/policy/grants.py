@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nono_supervisor.errors import NonoError, UsageError
+from nono_supervisor.paths import under
 from nono_supervisor.policy.netpolicy import Pattern, parse_pattern
 from nono_supervisor.policy.profile import Grant
 
@@ -382,7 +383,7 @@ def _check_grantable(path: str, access: str, protected: tuple[str, ...], where: 
         raise UsageError(f"{where}: {access} on '/' would cover every file, never-grantable ones included")
     if access != "read":
         for top in protected:
-            if any(_under(a, b) or _under(b, a) for a in mine for b in _forms(top)):
+            if any(under(a, b) or under(b, a) for a in mine for b in _forms(top)):
                 raise UsageError(f"{where}: {access} on {path!r} would cover never-grantable {top!r}")
 
 
@@ -396,10 +397,6 @@ def _check_domain(pattern: object, access: str, where: str) -> str:
     if access != "connect":
         raise UsageError(f"{where}: a domain grant's access must be 'connect', got {access!r}")
     return parse_pattern(pattern, SOURCE, where).text()
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 # -- time -------------------------------------------------------------------------------------------------

@@ -351,7 +351,7 @@ def _find_profile(name: str, ctx: Context, relative_to: Path | None) -> tuple[st
     return f"built-in {name}", None
 
 
-def _load_chain(name: str, ctx: Context) -> list[tuple[str, dict[str, Any]]]:
+def load_chain(name: str, ctx: Context) -> list[tuple[str, dict[str, Any]]]:
     """The profile and everything it extends, base first."""
     chain: list[tuple[str, dict[str, Any]]] = []
     relative_to: Path | None = None
@@ -432,7 +432,7 @@ def _net_mode(chain: list[tuple[str, dict[str, Any]]], options: PolicyOptions) -
 def resolve_policy(options: PolicyOptions, ctx: Context) -> Policy:
     """Profile chain, then the flags on top: the effective policy for one platform."""
     groups = {**security_groups(ctx.platform), **ctx.groups}
-    chain = _load_chain(options.profile, ctx)
+    chain = load_chain(options.profile, ctx)
     grants: list[Grant] = []
     denies: list[Deny] = []
     probes: list[Probe] = []

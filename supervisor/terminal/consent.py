@@ -18,6 +18,7 @@ import os
 import shlex
 import threading
 from collections.abc import Callable
+from typing import TypedDict
 
 from nono_supervisor.policy.access import OPS, silent
 from nono_supervisor.procfs import process_of
@@ -92,12 +93,13 @@ class Consent:
             if key in self._refused:
                 self._note(op, path, NOTE_TIMED_OUT)
                 return False
-        if self.prompter is None:
+        prompter = self.prompter
+        if prompter is None:
             return False
         with self._lock:
             flight = self._asking.get(key)
             asking = flight is None
-            if asking:
+            if flight is None:
                 flight = self._asking[key] = _InFlight()
             flight.waiting.append(alive)
         hold()
@@ -105,14 +107,23 @@ class Consent:
             flight.answered.wait()  # bounded: the prompter ends every question (timeout, wait)
             return flight.granted
         try:
-            flight.granted = self._ask(op, path, rule, is_dir, tid, flight.alive)
+            flight.granted = self._ask(prompter, op, path, rule, is_dir, tid, flight.alive)
         finally:
             with self._lock:
                 del self._asking[key]
             flight.answered.set()
         return flight.granted
 
-    def _ask(self, op: str, path: str, rule: str, is_dir: bool, tid: int, alive: Callable[[], bool]) -> bool:
+    def _ask(
+        self,
+        prompter: Prompter,
+        op: str,
+        path: str,
+        rule: str,
+        is_dir: bool,
+        tid: int,
+        alive: Callable[[], bool],
+    ) -> bool:
         question = Question(
             op,
             self.state.policy.display(path),
@@ -128,7 +139,7 @@ class Consent:
                 reused.append(earlier)
             return earlier
 
-        answer = self.prompter.ask(question, already=already, alive=alive)
+        answer = prompter.ask(question, already=already, alive=alive)
         if reused:
             if answer in GRANTING:
                 return True
@@ -211,7 +222,16 @@ class _InFlight:
         return any(alive() for alive in list(self.waiting))
 
 
-def asker(tid: int) -> dict[str, object]:
+class Asker(TypedDict, total=False):
+    """Who asked, as ``Question`` takes it."""
+
+    program: str
+    pid: int
+    exe: str
+    argv: str
+
+
+def asker(tid: int) -> Asker:
     """Who asked, from ``/proc/TID``: the executable's name and path, the process id, its command line.
     Nothing here is trusted for a decision; the executable link is the kernel's, the command line the
     process's own (it is shown escaped, for recognition)."""
