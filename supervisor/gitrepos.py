@@ -17,6 +17,7 @@ the human pushes to it) and submodules' directories under ``.git/modules`` alike
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from nono_supervisor.policy import RunsLater
@@ -38,7 +39,7 @@ def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
     it."""
     gitdirs: list[str] = []
     gitfiles: list[str] = []
-    _walk(os.path.realpath(workdir), gitdirs, gitfiles)
+    _walk(os.path.realpath(workdir), gitdirs, gitfiles, _kernel_mounts())
     _above(os.path.realpath(workdir), gitdirs, gitfiles)
     entries: list[RunsLater] = []
     for gitfile in gitfiles:
@@ -51,34 +52,63 @@ def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
     return tuple(dict.fromkeys(entries))
 
 
-def _walk(top: str, gitdirs: list[str], gitfiles: list[str]) -> None:
-    """Depth first, without following links: git directories are recorded and not descended into."""
+def _walk(top: str, gitdirs: list[str], gitfiles: list[str], skip: frozenset[str] = frozenset()) -> None:
+    """Depth first, without following links: git directories are recorded and not descended into, nor
+    is anything in ``skip``."""
     stack = [top]
     while stack:
         directory = stack.pop()
-        try:
-            listing = os.scandir(directory)
-        except OSError:
-            continue  # unreadable to the user: nothing git run by the user reads there either
+        if directory in skip:
+            continue
         names, below = set(), []
-        with listing:
-            for entry in listing:
-                names.add(entry.name)
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.name == ".git":
-                    if is_dir:
-                        gitdirs.append(entry.path)
-                    elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
-                        gitfiles.append(entry.path)  # names a git directory elsewhere
-                elif is_dir:
-                    below.append(entry.path)
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    names.add(entry.name)
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone since it was listed
+                    if entry.name == ".git":
+                        if is_dir:
+                            gitdirs.append(entry.path)
+                        elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                            gitfiles.append(entry.path)  # names a git directory elsewhere
+                    elif is_dir:
+                        below.append(entry.path)
+        except OSError:
+            # Unreadable to the user, wholly or part way through (/proc/1/map_files fails at the first
+            # entry): nothing git run by the user reads there either. What was listed is still walked.
+            pass
         if GIT_DIR_MARKS <= names:
             gitdirs.append(directory)  # a bare repository: its own hooks and config
         else:
             stack.extend(below)
+
+
+# Filesystems the kernel makes up (cgroup, proc, sys, debug, bpf...), where no one can create a git
+# repository: a workdir of `/` walks past them (their listings fail part way, or never end: /proc/PID/task).
+_KERNEL_FILESYSTEMS = frozenset(
+    "proc sysfs cgroup cgroup2 devpts debugfs tracefs securityfs bpf configfs pstore fusectl mqueue "
+    "binfmt_misc efivarfs nsfs hugetlbfs rpc_pipefs".split()
+)
+
+
+def _kernel_mounts() -> frozenset[str]:
+    """The mount points of kernel filesystems (``/proc/self/mountinfo``; none where there is none)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as mountinfo:
+            lines = mountinfo.read().decode(errors="surrogateescape").splitlines()
+    except OSError:
+        return frozenset()
+    found = set()
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        point = fields.split(" ")[4] if fields.count(" ") >= 4 else ""
+        if rest.split(" ")[0] in _KERNEL_FILESYSTEMS:
+            # mountinfo writes a space, tab, newline or backslash as a backslash and three octal digits
+            found.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point))
+    return frozenset(found)
 
 
 def _above(workdir: str, gitdirs: list[str], gitfiles: list[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUPERVISOR, Home, start_supervisor
+from conftest import FAKE_KEY, SUPERVISOR, Home, start_supervisor
 from nono_supervisor import agents
 from nono_supervisor.gitrepos import repository_entries
 from nono_supervisor.policy import (
@@ -357,6 +357,24 @@ def test_discovery_follows_a_git_symlink_and_never_blocks_on_a_fifo(home):
     found = {entry.path for entry in repository_entries(str(home.work))}
     assert {str(home.work / "linked" / ".git"), str(elsewhere / ".git" / "hooks")} <= found, sorted(found)
     assert str(trap / ".git" / "config") in found
+
+
+ROOT_CWD = 'pwd; ls -d /proc/self /usr/bin; cat "$0" 2>/dev/null || echo "no key"'
+
+
+@USERS
+@pytest.mark.parametrize("how", ["exec", "run"])
+def test_a_command_started_in_root_runs_as_bare_and_the_deny_groups_hold(request, user, how):
+    """A workdir of ``/``: discovery walks past the kernel's filesystems (listing /proc/1/map_files failed
+    part way, and run and exec exited 125). The command sees what it sees bare, but the fake key."""
+    home = _home(request, user)
+    argv = ["/bin/sh", "-c", ROOT_CWD, str(home.key)]
+    flags = ["-q"] if how == "run" else []
+    result = home.run([SUPERVISOR, how, *flags, "--", *argv], user=user, cwd="/", stdin=subprocess.DEVNULL)
+    bare = home.run(argv, user=user, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bare.stdout.replace(FAKE_KEY, "no key"), (result.stdout, bare.stdout)
+    assert FAKE_KEY in bare.stdout
 
 
 HUSKY = r"""
