@@ -290,11 +290,12 @@ def nobody_supervisor(nobody_home: Home) -> Supervisor:
 
 
 def run_sandboxed(
-    home: Home, argv: list[str], *, options: object = None, **start: object
+    home: Home, argv: list[str], *, options: object = None, during=None, **start: object
 ) -> tuple[int, str, object]:
     """argv under ``start_sandboxed`` in this process, stdout a pipe: (exit code, stdout, the process, its
-    notify loop ended). ``options``: the PolicyOptions (the default policy); ``start``: start_sandboxed's
-    keywords (trap, consent, on_decision, left_to_landlock...)."""
+    notify loop ended). ``options``: the PolicyOptions (the default policy); ``during``: called with the
+    process once it runs, before the wait; ``start``: start_sandboxed's keywords (trap, consent,
+    on_decision, left_to_landlock...)."""
     from nono_supervisor.backend import start_sandboxed
     from nono_supervisor.policy import PolicyOptions
     from nono_supervisor.session import Session
@@ -307,6 +308,8 @@ def run_sandboxed(
         )
         os.close(write_end)
         write_end = -1
+        if during is not None:
+            during(process)
         status = process.wait()
         out = os.read(read_end, 1 << 16).decode()
         if process.notify is not None:
