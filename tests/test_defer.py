@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pexpect
 import pytest
@@ -154,7 +155,11 @@ def _agent(
     flags += ["--profile", profile] if profile else []
     flags += ["--deny", deny] if deny else []
     command = [SUPERVISOR, "run", *flags, "--", *argv]
-    command = as_nobody(command) if user else command
+    return _on_a_terminal(home, as_nobody(command) if user else command)
+
+
+def _on_a_terminal(home: Home, command: list[str]) -> pexpect.spawn:
+    """``command`` on a pty of the test's, where the supervisor draws its questions and reads answers."""
     return pexpect.spawn(
         command[0],
         command[1:],
@@ -164,6 +169,32 @@ def _agent(
         timeout=WAIT + 30,
         dimensions=(40, 200),
     )
+
+
+def _serve(home: Home) -> tuple[pexpect.spawn, Callable[[str], subprocess.Popen]]:
+    """``serve`` on a terminal of the test's, once it serves, and what starts ``bash -c COMMAND`` routed to
+    it (an agent's command), its output in pipes. The caller terminates the serve."""
+    run_dir = home.root / "run"
+    run_dir.mkdir(mode=0o700)
+    sock, shims = run_dir / "socket", home.root / "shims"
+    serve = _on_a_terminal(home, [SUPERVISOR, "serve", "--socket", str(sock), "--shims", str(shims)])
+    try:
+        serve.expect_exact("serving on")
+    except BaseException:
+        serve.terminate(force=True)
+        raise
+
+    def bash(command: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(shims / "bash"), "-c", command],
+            env={**home.env, "NONO_SOCKET": str(sock)},
+            cwd=home.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return serve, bash
 
 
 def _script(home: Home, name: str, text: str) -> str:
@@ -231,29 +262,9 @@ def test_a_held_question_does_not_stall_the_commands_other_threads(request, user
 def test_a_routed_commands_question_does_not_stall_its_other_syscalls(home):
     """The same through ``serve`` (the agent's commands): the C loop keeps answering the command's trapped
     mkdir and rmdir while its open is held at the question asked again through the preloaded library."""
-    run_dir = home.root / "run"
-    run_dir.mkdir(mode=0o700)
-    sock, shims = run_dir / "socket", home.root / "shims"
-    serve = pexpect.spawn(
-        SUPERVISOR,
-        ["serve", "--socket", str(sock), "--shims", str(shims)],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=WAIT + 30,
-        dimensions=(40, 200),
-    )
+    serve, bash = _serve(home)
     try:
-        serve.expect_exact("serving on")
-        script = _script(home, "routed.py", ROUTED)
-        client = subprocess.Popen(
-            [str(shims / "bash"), "-c", f"exec {sys.executable} -I {script}"],
-            env={**home.env, "NONO_SOCKET": str(sock)},
-            cwd=home.work,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        client = bash(f"exec {sys.executable} -I {_script(home, 'routed.py', ROUTED)}")
         serve.expect_exact(QUESTION)
         serve.expect_exact("? ")
         _others_finish_while_held(home, "dirs=200 sibling=0")
@@ -267,28 +278,9 @@ def test_a_routed_commands_question_does_not_stall_its_other_syscalls(home):
 def test_two_processes_of_a_command_waiting_on_the_same_question_are_asked_once(home):
     """Now that the second's call is received while the first's question is on screen, it waits for that
     question instead of queueing a second one (a command's ``once`` covers its processes)."""
-    run_dir = home.root / "run"
-    run_dir.mkdir(mode=0o700)
-    sock, shims = run_dir / "socket", home.root / "shims"
-    serve = pexpect.spawn(
-        SUPERVISOR,
-        ["serve", "--socket", str(sock), "--shims", str(shims)],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=WAIT + 30,
-        dimensions=(40, 200),
-    )
+    serve, bash = _serve(home)
     try:
-        serve.expect_exact("serving on")
-        client = subprocess.Popen(
-            [str(shims / "bash"), "-c", "cat ~/.aws/credentials & cat ~/.aws/credentials; wait"],
-            env={**home.env, "NONO_SOCKET": str(sock)},
-            cwd=home.work,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        client = bash("cat ~/.aws/credentials & cat ~/.aws/credentials; wait")
         serve.expect_exact(QUESTION)
         serve.expect_exact("? ")
         time.sleep(1)  # both cats are waiting by now; not needed for the outcome
