@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,34 +193,33 @@ def make_skel_home(owner: int = 0) -> Home:
     return home
 
 
-@pytest.fixture
-def skel_home() -> Home:
-    h = make_skel_home()
+def _for_one_test(make, owner: int = 0) -> Iterator[Home]:
+    """A fake home made by ``make`` for one test (uid 65534's where it can run), removed after it."""
+    if owner:
+        require_nobody()
+    h = make(owner)
     yield h
     shutil.rmtree(h.root, ignore_errors=True)
 
 
 @pytest.fixture
-def nobody_skel_home() -> Home:
-    require_nobody()
-    h = make_skel_home(owner=NOBODY)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def skel_home() -> Iterator[Home]:
+    yield from _for_one_test(make_skel_home)
 
 
 @pytest.fixture
-def home() -> Home:
-    h = make_home()
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def nobody_skel_home() -> Iterator[Home]:
+    yield from _for_one_test(make_skel_home, NOBODY)
 
 
 @pytest.fixture
-def nobody_home() -> Home:
-    require_nobody()
-    h = make_home(owner=NOBODY)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def home() -> Iterator[Home]:
+    yield from _for_one_test(make_home)
+
+
+@pytest.fixture
+def nobody_home() -> Iterator[Home]:
+    yield from _for_one_test(make_home, NOBODY)
 
 
 @dataclass
