@@ -136,6 +136,15 @@ class Home:
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
+    def give_to(self, owner: int) -> Home:
+        """Everything under the root becomes ``owner``'s (uid 65534's home, as the human's own files are);
+        nothing for root (0)."""
+        if owner:
+            for path in [self.root, *self.root.rglob("*")]:
+                os.lchown(path, owner, owner)
+            self.owner = owner
+        return self
+
     def run(
         self, argv: list[str], *, user: bool = False, caps: tuple[str, ...] = (), **kw
     ) -> subprocess.CompletedProcess:
@@ -164,10 +173,7 @@ def make_home(owner: int = 0) -> Home:
         "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
     }
-    if owner:
-        for path in [root, *root.rglob("*")]:
-            os.lchown(path, owner, owner)
-    return home
+    return home.give_to(owner)
 
 
 SKEL = Path("/etc/skel")
@@ -193,7 +199,7 @@ def make_skel_home(owner: int = 0) -> Home:
     return home
 
 
-def _for_one_test(make, owner: int = 0) -> Iterator[Home]:
+def for_one_test(make, owner: int = 0) -> Iterator[Home]:
     """A fake home made by ``make`` for one test (uid 65534's where it can run), removed after it."""
     if owner:
         require_nobody()
@@ -204,22 +210,22 @@ def _for_one_test(make, owner: int = 0) -> Iterator[Home]:
 
 @pytest.fixture
 def skel_home() -> Iterator[Home]:
-    yield from _for_one_test(make_skel_home)
+    yield from for_one_test(make_skel_home)
 
 
 @pytest.fixture
 def nobody_skel_home() -> Iterator[Home]:
-    yield from _for_one_test(make_skel_home, NOBODY)
+    yield from for_one_test(make_skel_home, NOBODY)
 
 
 @pytest.fixture
 def home() -> Iterator[Home]:
-    yield from _for_one_test(make_home)
+    yield from for_one_test(make_home)
 
 
 @pytest.fixture
 def nobody_home() -> Iterator[Home]:
-    yield from _for_one_test(make_home, NOBODY)
+    yield from for_one_test(make_home, NOBODY)
 
 
 @dataclass
