@@ -328,6 +328,19 @@ def run_sandboxed(
     return os.waitstatus_to_exitcode(status), out, process
 
 
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def matches_golden(text: str, golden: Path) -> None:
+    """``text`` is the reviewed golden file (``tests/golden/...``); ``NONO_UPDATE_GOLDEN=1`` rewrites it, to
+    be reviewed as a diff."""
+    if os.environ.get("NONO_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.is_file(), f"missing {golden}; run with NONO_UPDATE_GOLDEN=1 and review it"
+    assert text == golden.read_text(encoding="utf-8"), f"{golden.stem}: drifted from {golden}"
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
