@@ -33,11 +33,11 @@ WAIT = 30  # seconds the others get to finish while the question is on screen (t
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 LOOPS = pytest.mark.parametrize("loop", ["native", "python"])
 
-# The held thread opens the secret; once the test has seen the question (the file ``go``), the main thread
-# makes OPENS opens the policy allows and runs a sibling process, and says so in ``others.txt``.
-HELD = f"""
-import os, subprocess, threading
-result = {{}}
+# How each script starts: a thread opens the secret (its question stays on screen) and writes what it got
+# to held.txt; the main thread waits for ``go`` (the test has seen the question).
+_HOLD = """
+import os, signal, subprocess, threading
+result = {}
 def held():
     try:
         with open(os.path.expanduser("~/.aws/credentials")) as f:
@@ -50,65 +50,43 @@ thread = threading.Thread(target=held)
 thread.start()
 while not os.path.exists("go"):
     thread.join(0.01)
-for _ in range({OPENS}):
-    os.close(os.open("README", os.O_RDONLY))
+"""
+# How the others end: a sibling process, then ``others.txt`` says what they did (renamed in: whole when
+# seen); last, what the held thread got.
+_OTHERS_DONE = """
 sibling = subprocess.run(["/bin/cat", "README"], capture_output=True).returncode
 with open("others.tmp", "w") as f:
-    f.write(f"opens={OPENS} sibling={{sibling}}")
+    f.write(f"{done} sibling={sibling}")
 os.rename("others.tmp", "others.txt")
 thread.join()
 print("held-" + result["held"], flush=True)
 """
 
+# Meanwhile the main thread makes OPENS opens the policy allows.
+HELD = f"""{_HOLD}
+done = "opens={OPENS}"
+for _ in range({OPENS}):
+    os.close(os.open("README", os.O_RDONLY))
+{_OTHERS_DONE}"""
+
 # A command routed through ``serve`` (its opens are Landlock's; a denied one is asked about again through
-# an always-trapped twin): once the test has seen the question, the main thread makes and removes
-# directories (trapped: mkdir, rmdir) and runs a sibling process.
-ROUTED = """
-import os, subprocess, threading
-def held():
-    try:
-        with open(os.path.expanduser("~/.aws/credentials")) as f:
-            result = "read " + f.read().split("=")[1].strip()
-    except OSError as e:
-        result = "refused " + e.strerror
-    with open("held.txt", "w") as f:
-        f.write(result)
-thread = threading.Thread(target=held)
-thread.start()
-while not os.path.exists("go"):
-    thread.join(0.01)
+# an always-trapped twin): meanwhile the main thread makes and removes directories (trapped: mkdir, rmdir).
+ROUTED = f"""{_HOLD}
+done = "dirs=200"
 for i in range(200):
-    os.mkdir(f"made{i}")
-    os.rmdir(f"made{i}")
-sibling = subprocess.run(["/bin/cat", "README"], capture_output=True).returncode
-with open("others.tmp", "w") as f:
-    f.write(f"dirs=200 sibling={sibling}")
-os.rename("others.tmp", "others.txt")
-thread.join()
-print("held-" + open("held.txt").read(), flush=True)
-"""
+    os.mkdir(f"made{{i}}")
+    os.rmdir(f"made{{i}}")
+{_OTHERS_DONE}"""
 
 # The held thread is interrupted by a signal while its question is on screen: its open fails with EINTR
 # and Python opens again (PEP 475), a new notification for the same answer.
-SIGNALLED = """
-import os, signal, threading
+SIGNALLED = f"""{_HOLD}
 signals = []
 signal.signal(signal.SIGUSR1, lambda *_: signals.append(1))
-result = {}
-def held():
-    try:
-        with open(os.path.expanduser("~/.aws/credentials")) as f:
-            result["held"] = "read " + f.read().split("=")[1].strip()
-    except OSError as e:
-        result["held"] = "refused " + e.strerror
-thread = threading.Thread(target=held)
-thread.start()
-while not os.path.exists("go"):
-    thread.join(0.01)
 signal.pthread_kill(thread.ident, signal.SIGUSR1)
 open("signalled.txt", "w").close()
 thread.join()
-print(f"held-{result['held']} signals={len(signals)}", flush=True)
+print(f"held-{{result['held']}} signals={{len(signals)}}", flush=True)
 """
 
 # The held thread opens d/f (``--deny d``: a question); once the test has seen it, the main thread renames
