@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,15 @@ class Home:
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
+    def give_to(self, owner: int) -> Home:
+        """Everything under the root becomes ``owner``'s (uid 65534's home, as the human's own files are);
+        nothing for root (0)."""
+        if owner:
+            for path in [self.root, *self.root.rglob("*")]:
+                os.lchown(path, owner, owner)
+            self.owner = owner
+        return self
+
     def run(
         self, argv: list[str], *, user: bool = False, caps: tuple[str, ...] = (), **kw
     ) -> subprocess.CompletedProcess:
@@ -163,10 +173,7 @@ def make_home(owner: int = 0) -> Home:
         "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
     }
-    if owner:
-        for path in [root, *root.rglob("*")]:
-            os.lchown(path, owner, owner)
-    return home
+    return home.give_to(owner)
 
 
 SKEL = Path("/etc/skel")
@@ -192,34 +199,33 @@ def make_skel_home(owner: int = 0) -> Home:
     return home
 
 
-@pytest.fixture
-def skel_home() -> Home:
-    h = make_skel_home()
+def for_one_test(make, owner: int = 0) -> Iterator[Home]:
+    """A fake home made by ``make`` for one test (uid 65534's where it can run), removed after it."""
+    if owner:
+        require_nobody()
+    h = make(owner)
     yield h
     shutil.rmtree(h.root, ignore_errors=True)
 
 
 @pytest.fixture
-def nobody_skel_home() -> Home:
-    require_nobody()
-    h = make_skel_home(owner=NOBODY)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def skel_home() -> Iterator[Home]:
+    yield from for_one_test(make_skel_home)
 
 
 @pytest.fixture
-def home() -> Home:
-    h = make_home()
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def nobody_skel_home() -> Iterator[Home]:
+    yield from for_one_test(make_skel_home, NOBODY)
 
 
 @pytest.fixture
-def nobody_home() -> Home:
-    require_nobody()
-    h = make_home(owner=NOBODY)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def home() -> Iterator[Home]:
+    yield from for_one_test(make_home)
+
+
+@pytest.fixture
+def nobody_home() -> Iterator[Home]:
+    yield from for_one_test(make_home, NOBODY)
 
 
 @dataclass
@@ -324,11 +330,12 @@ def start_sandboxed(
 
 
 def run_sandboxed(
-    home: Home, argv: list[str], *, options: object = None, **start: object
+    home: Home, argv: list[str], *, options: object = None, during=None, **start: object
 ) -> tuple[int, str, object]:
     """argv under ``start_sandboxed`` in this process, stdout a pipe: (exit code, stdout, the process, its
-    notify loop ended). ``options``: the PolicyOptions (the default policy); ``start``: start_sandboxed's
-    keywords (trap, consent, on_decision, left_to_landlock...)."""
+    notify loop ended). ``options``: the PolicyOptions (the default policy); ``during``: called with the
+    process once it runs, before the wait; ``start``: start_sandboxed's keywords (trap, consent,
+    on_decision, left_to_landlock...)."""
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
@@ -340,6 +347,8 @@ def run_sandboxed(
         )
         os.close(write_end)
         write_end = -1
+        if during is not None:
+            during(process)
         status = process.wait()
         out = os.read(read_end, 1 << 16).decode()
         if process.notify is not None:
@@ -350,6 +359,19 @@ def run_sandboxed(
         os.close(read_end)
         session.close()
     return os.waitstatus_to_exitcode(status), out, process
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def matches_golden(text: str, golden: Path) -> None:
+    """``text`` is the reviewed golden file (``tests/golden/...``); ``NONO_UPDATE_GOLDEN=1`` rewrites it, to
+    be reviewed as a diff."""
+    if os.environ.get("NONO_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.is_file(), f"missing {golden}; run with NONO_UPDATE_GOLDEN=1 and review it"
+    assert text == golden.read_text(encoding="utf-8"), f"{golden.stem}: drifted from {golden}"
 
 
 def pid_alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pexpect
 import pytest
@@ -32,11 +33,11 @@ WAIT = 30  # seconds the others get to finish while the question is on screen (t
 USERS = pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
 LOOPS = pytest.mark.parametrize("loop", ["native", "python"])
 
-# The held thread opens the secret; once the test has seen the question (the file ``go``), the main thread
-# makes OPENS opens the policy allows and runs a sibling process, and says so in ``others.txt``.
-HELD = f"""
-import os, subprocess, threading
-result = {{}}
+# How each script starts: a thread opens the secret (its question stays on screen) and writes what it got
+# to held.txt; the main thread waits for ``go`` (the test has seen the question).
+_HOLD = """
+import os, signal, subprocess, threading
+result = {}
 def held():
     try:
         with open(os.path.expanduser("~/.aws/credentials")) as f:
@@ -49,65 +50,43 @@ thread = threading.Thread(target=held)
 thread.start()
 while not os.path.exists("go"):
     thread.join(0.01)
-for _ in range({OPENS}):
-    os.close(os.open("README", os.O_RDONLY))
+"""
+# How the others end: a sibling process, then ``others.txt`` says what they did (renamed in: whole when
+# seen); last, what the held thread got.
+_OTHERS_DONE = """
 sibling = subprocess.run(["/bin/cat", "README"], capture_output=True).returncode
 with open("others.tmp", "w") as f:
-    f.write(f"opens={OPENS} sibling={{sibling}}")
+    f.write(f"{done} sibling={sibling}")
 os.rename("others.tmp", "others.txt")
 thread.join()
 print("held-" + result["held"], flush=True)
 """
 
+# Meanwhile the main thread makes OPENS opens the policy allows.
+HELD = f"""{_HOLD}
+done = "opens={OPENS}"
+for _ in range({OPENS}):
+    os.close(os.open("README", os.O_RDONLY))
+{_OTHERS_DONE}"""
+
 # A command routed through ``serve`` (its opens are Landlock's; a denied one is asked about again through
-# an always-trapped twin): once the test has seen the question, the main thread makes and removes
-# directories (trapped: mkdir, rmdir) and runs a sibling process.
-ROUTED = """
-import os, subprocess, threading
-def held():
-    try:
-        with open(os.path.expanduser("~/.aws/credentials")) as f:
-            result = "read " + f.read().split("=")[1].strip()
-    except OSError as e:
-        result = "refused " + e.strerror
-    with open("held.txt", "w") as f:
-        f.write(result)
-thread = threading.Thread(target=held)
-thread.start()
-while not os.path.exists("go"):
-    thread.join(0.01)
+# an always-trapped twin): meanwhile the main thread makes and removes directories (trapped: mkdir, rmdir).
+ROUTED = f"""{_HOLD}
+done = "dirs=200"
 for i in range(200):
-    os.mkdir(f"made{i}")
-    os.rmdir(f"made{i}")
-sibling = subprocess.run(["/bin/cat", "README"], capture_output=True).returncode
-with open("others.tmp", "w") as f:
-    f.write(f"dirs=200 sibling={sibling}")
-os.rename("others.tmp", "others.txt")
-thread.join()
-print("held-" + open("held.txt").read(), flush=True)
-"""
+    os.mkdir(f"made{{i}}")
+    os.rmdir(f"made{{i}}")
+{_OTHERS_DONE}"""
 
 # The held thread is interrupted by a signal while its question is on screen: its open fails with EINTR
 # and Python opens again (PEP 475), a new notification for the same answer.
-SIGNALLED = """
-import os, signal, threading
+SIGNALLED = f"""{_HOLD}
 signals = []
 signal.signal(signal.SIGUSR1, lambda *_: signals.append(1))
-result = {}
-def held():
-    try:
-        with open(os.path.expanduser("~/.aws/credentials")) as f:
-            result["held"] = "read " + f.read().split("=")[1].strip()
-    except OSError as e:
-        result["held"] = "refused " + e.strerror
-thread = threading.Thread(target=held)
-thread.start()
-while not os.path.exists("go"):
-    thread.join(0.01)
 signal.pthread_kill(thread.ident, signal.SIGUSR1)
 open("signalled.txt", "w").close()
 thread.join()
-print(f"held-{result['held']} signals={len(signals)}", flush=True)
+print(f"held-{{result['held']}} signals={{len(signals)}}", flush=True)
 """
 
 # The held thread opens d/f (``--deny d``: a question); once the test has seen it, the main thread renames
@@ -154,7 +133,11 @@ def _agent(
     flags += ["--profile", profile] if profile else []
     flags += ["--deny", deny] if deny else []
     command = [SUPERVISOR, "run", *flags, "--", *argv]
-    command = as_nobody(command) if user else command
+    return _on_a_terminal(home, as_nobody(command) if user else command)
+
+
+def _on_a_terminal(home: Home, command: list[str]) -> pexpect.spawn:
+    """``command`` on a pty of the test's, where the supervisor draws its questions and reads answers."""
     return pexpect.spawn(
         command[0],
         command[1:],
@@ -164,6 +147,32 @@ def _agent(
         timeout=WAIT + 30,
         dimensions=(40, 200),
     )
+
+
+def _serve(home: Home) -> tuple[pexpect.spawn, Callable[[str], subprocess.Popen]]:
+    """``serve`` on a terminal of the test's, once it serves, and what starts ``bash -c COMMAND`` routed to
+    it (an agent's command), its output in pipes. The caller terminates the serve."""
+    run_dir = home.root / "run"
+    run_dir.mkdir(mode=0o700)
+    sock, shims = run_dir / "socket", home.root / "shims"
+    serve = _on_a_terminal(home, [SUPERVISOR, "serve", "--socket", str(sock), "--shims", str(shims)])
+    try:
+        serve.expect_exact("serving on")
+    except BaseException:
+        serve.terminate(force=True)
+        raise
+
+    def bash(command: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(shims / "bash"), "-c", command],
+            env={**home.env, "NONO_SOCKET": str(sock)},
+            cwd=home.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return serve, bash
 
 
 def _script(home: Home, name: str, text: str) -> str:
@@ -231,29 +240,9 @@ def test_a_held_question_does_not_stall_the_commands_other_threads(request, user
 def test_a_routed_commands_question_does_not_stall_its_other_syscalls(home):
     """The same through ``serve`` (the agent's commands): the C loop keeps answering the command's trapped
     mkdir and rmdir while its open is held at the question asked again through the preloaded library."""
-    run_dir = home.root / "run"
-    run_dir.mkdir(mode=0o700)
-    sock, shims = run_dir / "socket", home.root / "shims"
-    serve = pexpect.spawn(
-        SUPERVISOR,
-        ["serve", "--socket", str(sock), "--shims", str(shims)],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=WAIT + 30,
-        dimensions=(40, 200),
-    )
+    serve, bash = _serve(home)
     try:
-        serve.expect_exact("serving on")
-        script = _script(home, "routed.py", ROUTED)
-        client = subprocess.Popen(
-            [str(shims / "bash"), "-c", f"exec {sys.executable} -I {script}"],
-            env={**home.env, "NONO_SOCKET": str(sock)},
-            cwd=home.work,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        client = bash(f"exec {sys.executable} -I {_script(home, 'routed.py', ROUTED)}")
         serve.expect_exact(QUESTION)
         serve.expect_exact("? ")
         _others_finish_while_held(home, "dirs=200 sibling=0")
@@ -267,28 +256,9 @@ def test_a_routed_commands_question_does_not_stall_its_other_syscalls(home):
 def test_two_processes_of_a_command_waiting_on_the_same_question_are_asked_once(home):
     """Now that the second's call is received while the first's question is on screen, it waits for that
     question instead of queueing a second one (a command's ``once`` covers its processes)."""
-    run_dir = home.root / "run"
-    run_dir.mkdir(mode=0o700)
-    sock, shims = run_dir / "socket", home.root / "shims"
-    serve = pexpect.spawn(
-        SUPERVISOR,
-        ["serve", "--socket", str(sock), "--shims", str(shims)],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=WAIT + 30,
-        dimensions=(40, 200),
-    )
+    serve, bash = _serve(home)
     try:
-        serve.expect_exact("serving on")
-        client = subprocess.Popen(
-            [str(shims / "bash"), "-c", "cat ~/.aws/credentials & cat ~/.aws/credentials; wait"],
-            env={**home.env, "NONO_SOCKET": str(sock)},
-            cwd=home.work,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        client = bash("cat ~/.aws/credentials & cat ~/.aws/credentials; wait")
         serve.expect_exact(QUESTION)
         serve.expect_exact("? ")
         time.sleep(1)  # both cats are waiting by now; not needed for the outcome

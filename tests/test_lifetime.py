@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
-from conftest import SUPERVISOR, as_nobody, pid_alive, start_supervisor, wait_until
+from conftest import SUPERVISOR, as_nobody, pid_alive, run_sandboxed, start_supervisor, wait_until
 
 # A daemon (setsid: its own session, reparented when its parent exits) appending to a file in the workdir.
 # After its start it makes no trapped syscall (a write to an open file, a sleep): a shell loop's fork and
@@ -123,3 +124,70 @@ def test_the_agents_children_die_when_the_agent_or_run_is_killed(request, user, 
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+def _ended_as_the_kill_request_came(process) -> None:
+    """The command ends while the keeper is stopped, and the kill request comes before the keeper wakes:
+    the keeper reads both at one wake, and its kill_tree, not its loop, reaps the command."""
+    os.kill(process.keeper, signal.SIGSTOP)
+    try:
+        process.signal(signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(process.pid))  # a zombie: its parent, the keeper, is stopped
+        process.kill_tree()
+    finally:
+        os.kill(process.keeper, signal.SIGCONT)
+
+
+def _killed_running(process) -> None:
+    """As a late deny stops a command: the keeper kills the tree, and the group is sent SIGKILL too."""
+    process.kill_tree()
+    process.signal(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("round_", range(5))
+@pytest.mark.parametrize(
+    "kill", [_ended_as_the_kill_request_came, _killed_running], ids=["reaped-in-kill", "running"]
+)
+def test_a_killed_command_reports_sigkill_whoever_reaps_it(home, kill, round_):
+    """A command SIGKILLed reports SIGKILL (bash's 137), never 127: its status was lost when the keeper's
+    kill_tree reaped it with a bare waitpid (before dad06ac), and the keeper then exited 127 for it."""
+    code, _out, _process = run_sandboxed(home, ["/bin/sleep", "60"], during=kill)
+    assert code == -signal.SIGKILL
+
+
+def test_twin_a_bare_command_killed_reports_sigkill():
+    bare = subprocess.Popen(["/bin/sleep", "60"])
+    bare.kill()
+    assert bare.wait() == -signal.SIGKILL
+
+
+def test_kill_tree_never_signals_a_reaped_keeper(home, monkeypatch):
+    """Another thread reads the status and reaps the keeper while a kill is on its way (run's watch of the
+    agent's end and its main thread's wait): the kill must not go to a reaped pid, which may be anyone's
+    by then (KILL_TREE_SIGNAL's default action ends a process). The waiter is started between the check
+    of the status and the signal, and given time to finish; the signal still finds the keeper unreaped."""
+    from nono_supervisor.linux import sandbox
+
+    real_kill, found, waiters = os.kill, [], []
+
+    def kill_after_a_wait(pid: int, signo: int) -> None:
+        if signo == sandbox.KILL_TREE_SIGNAL:
+            waiters.append(threading.Thread(target=process.wait))
+            waiters[0].start()
+            waiters[0].join(1)
+            found.append(os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT))
+        real_kill(pid, signo)
+
+    def race(started) -> None:
+        nonlocal process
+        process = started
+        # `true` ended, its tree too: the keeper exited (a zombie: only the status read reaps it)
+        assert wait_until(lambda: not pid_alive(process.keeper))
+        monkeypatch.setattr(sandbox.os, "kill", kill_after_a_wait)
+        process.kill_tree()
+        monkeypatch.undo()
+        waiters[0].join()
+
+    process = None
+    code, _out, _process = run_sandboxed(home, ["/bin/true"], during=race)
+    assert code == 0 and len(found) == 1 and found[0] is not None, found

@@ -274,49 +274,38 @@ def test_a_command_looping_on_a_denied_path_is_bounded() -> None:
 CWD = "/Users/alice/project"
 
 
-@pytest.mark.parametrize(
-    ("line", "op", "path"),
-    [
-        ("cat: /Users/alice/.ssh/id_rsa: Permission denied", "read", "/Users/alice/.ssh/id_rsa"),
-        ("cat: /Users/alice/.ssh/id_rsa: Operation not permitted", "read", "/Users/alice/.ssh/id_rsa"),
-        ("bash: /Users/alice/.bashrc: Operation not permitted", "write", "/Users/alice/.bashrc"),
-        ("bash: line 1: /Users/alice/.zshrc: Permission denied", "write", "/Users/alice/.zshrc"),
-        ("/bin/bash: /x/out.log: Permission denied", "write", "/x/out.log"),
-        ("zsh:1: operation not permitted: /Users/alice/.zshenv", "write", "/Users/alice/.zshenv"),
-        ("touch: /Users/alice/.aws/x: Operation not permitted", "create", "/Users/alice/.aws/x"),
-        ("touch: cannot touch '/x/y z': Permission denied", "create", "/x/y z"),
-        ("mkdir: cannot create directory \u2018/x/new\u2019: Permission denied", "create", "/x/new"),
-        (
-            "rm: /Users/alice/.ssh/known_hosts: Operation not permitted",
-            "delete",
-            "/Users/alice/.ssh/known_hosts",
-        ),
-        ("rm: cannot remove '/x/y': Permission denied", "delete", "/x/y"),
-        ("ls: /Users/alice/.ssh: Operation not permitted", "read", "/Users/alice/.ssh"),
-        ("ls: cannot open directory '/Users/alice/.ssh': Permission denied", "read", "/Users/alice/.ssh"),
-        ("tee: /Users/alice/.npmrc: Operation not permitted", "write", "/Users/alice/.npmrc"),
-        ("fatal: could not open '/x/.git/config' for writing: Permission denied", "write", "/x/.git/config"),
-        ("sed: can't read /x/y: Permission denied", "read", "/x/y"),
-        ("mv: rename /x/a to /x/b: Operation not permitted", "write", "/x/a"),
-        (
-            "PermissionError: [Errno 1] Operation not permitted: '/Users/alice/.aws/credentials'",
-            "read",
-            "/Users/alice/.aws/credentials",
-        ),
-        ('PermissionError: [Errno 13] Permission denied: "/x/it\'s"', "read", "/x/it's"),
-        ("Error: EACCES: permission denied, open '/Users/alice/.npmrc'", "read", "/Users/alice/.npmrc"),
-        (
-            "Error: EPERM: operation not permitted, mkdir '/Users/alice/.cache/x'",
-            "create",
-            "/Users/alice/.cache/x",
-        ),
-        ("Error: EPERM: operation not permitted, unlink '/x/y'", "delete", "/x/y"),
-        ("cat: secrets.txt: Permission denied", "read", "/Users/alice/project/secrets.txt"),
-        ("cat: '../my notes.txt': Permission denied", "read", "/Users/alice/my notes.txt"),
-    ],
-)
+# (a line of stderr, where {} stands for the path; the operation; the path, absolute)
+STDERR_LINES = [
+    ("cat: {}: Permission denied", "read", "/Users/alice/.ssh/id_rsa"),
+    ("cat: {}: Operation not permitted", "read", "/Users/alice/.ssh/id_rsa"),
+    ("bash: {}: Operation not permitted", "write", "/Users/alice/.bashrc"),
+    ("bash: line 1: {}: Permission denied", "write", "/Users/alice/.zshrc"),
+    ("/bin/bash: {}: Permission denied", "write", "/x/out.log"),
+    ("zsh:1: operation not permitted: {}", "write", "/Users/alice/.zshenv"),
+    ("touch: {}: Operation not permitted", "create", "/Users/alice/.aws/x"),
+    ("touch: cannot touch '{}': Permission denied", "create", "/x/y z"),
+    ("mkdir: cannot create directory ‘{}’: Permission denied", "create", "/x/new"),
+    ("rm: {}: Operation not permitted", "delete", "/Users/alice/.ssh/known_hosts"),
+    ("rm: cannot remove '{}': Permission denied", "delete", "/x/y"),
+    ("ls: {}: Operation not permitted", "read", "/Users/alice/.ssh"),
+    ("ls: cannot open directory '{}': Permission denied", "read", "/Users/alice/.ssh"),
+    ("tee: {}: Operation not permitted", "write", "/Users/alice/.npmrc"),
+    ("fatal: could not open '{}' for writing: Permission denied", "write", "/x/.git/config"),
+    ("sed: can't read {}: Permission denied", "read", "/x/y"),
+    ("mv: rename {} to /x/b: Operation not permitted", "write", "/x/a"),
+    ("PermissionError: [Errno 1] Operation not permitted: '{}'", "read", "/Users/alice/.aws/credentials"),
+    ('PermissionError: [Errno 13] Permission denied: "{}"', "read", "/x/it's"),
+    ("Error: EACCES: permission denied, open '{}'", "read", "/Users/alice/.npmrc"),
+    ("Error: EPERM: operation not permitted, mkdir '{}'", "create", "/Users/alice/.cache/x"),
+    ("Error: EPERM: operation not permitted, unlink '{}'", "delete", "/x/y"),
+    ("cat: secrets.txt: Permission denied", "read", "/Users/alice/project/secrets.txt"),
+    ("cat: '../my notes.txt': Permission denied", "read", "/Users/alice/my notes.txt"),
+]
+
+
+@pytest.mark.parametrize(("line", "op", "path"), STDERR_LINES)
 def test_stderr_lines_name_op_and_path(line: str, op: str, path: str) -> None:
-    got = stderr_denials("some output\n" + line + "\n", cwd=CWD, marker="s1-c1")
+    got = stderr_denials("some output\n" + line.format(path) + "\n", cwd=CWD, marker="s1-c1")
     assert [(d.operation, d.path, d.source, d.marker) for d in got] == [(op, path, "stderr", "s1-c1")]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import GOLDEN, matches_golden
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux.landlock import (
     FILE_RIGHTS,
@@ -41,8 +42,6 @@ from nono_supervisor.policy.profile import (
     resolve_policy,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "landlock"
-UPDATE = os.environ.get("NONO_UPDATE_GOLDEN") == "1"
 ABI = 6  # the newest the plan's shape depends on (scoped signals and abstract sockets)
 
 
@@ -389,13 +388,7 @@ def golden_text(name: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_plan_matches_golden(name: str) -> None:
-    text = golden_text(name)
-    golden = GOLDEN / f"{name}.json"
-    if UPDATE:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert golden.is_file(), f"missing {golden}; run with NONO_UPDATE_GOLDEN=1 and review it"
-    assert text == golden.read_text(encoding="utf-8"), f"{name}: plan drifted from {golden}"
+    matches_golden(golden_text(name), GOLDEN / "landlock" / f"{name}.json")
 
 
 # ---- the property: no plan grants a denied node or an ancestor that holds one --------------------------

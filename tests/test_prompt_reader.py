@@ -243,6 +243,17 @@ class Pty:
     def type(self, data: bytes) -> None:
         os.write(self.master, data)
 
+    def answer(self, data: bytes) -> None:
+        """Typed as a human answers: once the guard window of what was just drawn has passed."""
+        time.sleep(GUARD_SECONDS + 0.1)
+        self.type(data)
+
+    def asked(self, question: Question) -> tuple[threading.Thread, list[str]]:
+        """``question`` on screen, asked by a prompter of its own (``ask``)."""
+        thread, result = self.ask(Prompter(self.slave, timeout=10), question)
+        self.wait_for(b"? ")
+        return thread, result
+
     def close(self) -> None:
         self._stop.set()
         self._reader.join()
@@ -251,6 +262,12 @@ class Pty:
             thread.join(10)
         os.close(self.slave)
         assert not any(t.is_alive() for t in self.asking), "a question outlived its pty"
+
+
+def _joined(thread: threading.Thread, result: list[str]) -> list[str]:
+    """What the question asked in ``thread`` returned, once it has (5 s at the most)."""
+    thread.join(5)
+    return result
 
 
 @pytest.fixture
@@ -273,16 +290,13 @@ def test_input_within_the_guard_window_is_discarded_and_an_answer_after_it_count
     assert thread.is_alive()  # nothing typed within the window answered
     sent = time.monotonic()
     pty.type(b"d\r")
-    thread.join(5)
-    assert result == ["deny"]
+    assert _joined(thread, result) == ["deny"]
     assert time.monotonic() - sent < 0.5  # an answer after the window is taken at once
     assert sent - drawn < GUARD_SECONDS + 0.5
 
 
 def test_replies_after_the_guard_window_never_answer(pty):
-    prompter = Prompter(pty.slave, timeout=10)
-    thread, result = pty.ask(prompter, PLAIN)
-    pty.wait_for(b"? ")
+    thread, result = pty.asked(PLAIN)
     time.sleep(GUARD_SECONDS + 0.1)
     for reply in REPLIES.values():
         pty.type(reply)
@@ -290,52 +304,35 @@ def test_replies_after_the_guard_window_never_answer(pty):
     time.sleep(0.2)
     assert thread.is_alive() and result == []
     pty.type(b"s\r")
-    thread.join(5)
-    assert result == ["session"]
+    assert _joined(thread, result) == ["session"]
 
 
 def test_ordinary_typing_asks_again(pty):
-    prompter = Prompter(pty.slave, timeout=10)
-    thread, result = pty.ask(prompter, PLAIN)
-    pty.wait_for(b"? ")
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"ls\r")
+    thread, result = pty.asked(PLAIN)
+    pty.answer(b"ls\r")
     pty.wait_for(b"not an answer")
     assert thread.is_alive()
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"o\r")
-    thread.join(5)
-    assert result == ["once"]
+    pty.answer(b"o\r")
+    assert _joined(thread, result) == ["once"]
 
 
 def test_always_on_a_deny_group_path_needs_the_word(pty):
-    prompter = Prompter(pty.slave, timeout=10)
-    thread, result = pty.ask(prompter, QUESTION)
-    pty.wait_for(b"? ")
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"a\r")
+    thread, result = pty.asked(QUESTION)
+    pty.answer(b"a\r")
     pty.wait_for(b"type the word always")
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"a\r")  # a letter is not the word
+    pty.answer(b"a\r")  # a letter is not the word
     pty.wait_for(b"not confirmed")
     assert thread.is_alive()
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"a\r")
+    pty.answer(b"a\r")
     pty.wait_for(b"type the word always", count=2)
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"always\r")
-    thread.join(5)
-    assert result == ["always"]
+    pty.answer(b"always\r")
+    assert _joined(thread, result) == ["always"]
 
 
 def test_always_elsewhere_is_one_answer(pty):
-    prompter = Prompter(pty.slave, timeout=10)
-    thread, result = pty.ask(prompter, PLAIN)
-    pty.wait_for(b"? ")
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"a\r")
-    thread.join(5)
-    assert result == ["always"]
+    thread, result = pty.asked(PLAIN)
+    pty.answer(b"a\r")
+    assert _joined(thread, result) == ["always"]
 
 
 def test_enter_alone_and_ctrl_c_deny(pty):
@@ -344,16 +341,14 @@ def test_enter_alone_and_ctrl_c_deny(pty):
         thread, result = pty.ask(prompter, PLAIN)
         time.sleep(GUARD_SECONDS + 0.2)
         pty.type(key)
-        thread.join(5)
-        assert result == ["deny"], key
+        assert _joined(thread, result) == ["deny"], key
 
 
 def test_no_answer_times_out_from_when_the_question_is_drawn(pty):
     prompter = Prompter(pty.slave, timeout=1.0)
     start = time.monotonic()
     thread, result = pty.ask(prompter, PLAIN)
-    thread.join(5)
-    assert result == [prompt.TIMED_OUT] and 1.0 <= time.monotonic() - start < 2.0
+    assert _joined(thread, result) == [prompt.TIMED_OUT] and 1.0 <= time.monotonic() - start < 2.0
     pty.wait_for(b"no answer: timed out")
 
 
@@ -368,10 +363,8 @@ def test_one_question_at_a_time_and_the_next_comes_up_when_it_is_answered(pty):
     first.join(5)
     shown_at = pty.wait_for(b"wants to", count=2)
     assert first_result == ["deny"] and time.monotonic() - shown_at < 0.5
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"o\r")
-    second.join(5)
-    assert second_result == ["once"]
+    pty.answer(b"o\r")
+    assert _joined(second, second_result) == ["once"]
 
 
 def test_an_unanswered_question_gives_way_to_a_waiting_one(pty):
@@ -385,10 +378,8 @@ def test_an_unanswered_question_gives_way_to_a_waiting_one(pty):
     shown_at = pty.wait_for(b"wants to", count=2)
     assert first_result == [prompt.TIMED_OUT] and b"another question is waiting" in pty.shown
     assert 2.0 - 0.1 <= shown_at - asked < 2.0 + 0.8  # its share: half of the timeout
-    time.sleep(GUARD_SECONDS + 0.1)
-    pty.type(b"o\r")
-    second.join(5)
-    assert second_result == ["once"]
+    pty.answer(b"o\r")
+    assert _joined(second, second_result) == ["once"]
     # Alone on screen, a question has its whole timeout.
     start = time.monotonic()
     third, third_result = pty.ask(prompter, PLAIN)
@@ -402,8 +393,7 @@ def test_a_question_that_cannot_reach_the_screen_is_denied_as_timed_out(pty):
     pty.wait_for(b"? ")
     start = time.monotonic()
     waiting, waiting_result = pty.ask(prompter, PLAIN)
-    waiting.join(5)
-    assert waiting_result == [prompt.TIMED_OUT] and 0.5 <= time.monotonic() - start < 1.2
+    assert _joined(waiting, waiting_result) == [prompt.TIMED_OUT] and 0.5 <= time.monotonic() - start < 1.2
     held.join(5)
 
 

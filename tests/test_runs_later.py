@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUPERVISOR, Home, start_supervisor
+from conftest import FAKE_KEY, SUPERVISOR, Home, start_supervisor
 from nono_supervisor.policy import agents
-from nono_supervisor.policy.gitrepos import repository_entries
+from nono_supervisor.policy.gitrepos import GIT_DIR_MARKS, repository_entries
 from nono_supervisor.policy.profile import (
     RUNS_LATER,
     Context,
@@ -359,6 +359,24 @@ def test_discovery_follows_a_git_symlink_and_never_blocks_on_a_fifo(home):
     assert str(trap / ".git" / "config") in found
 
 
+ROOT_CWD = 'pwd; ls -d /proc/self /usr/bin; cat "$0" 2>/dev/null || echo "no key"'
+
+
+@USERS
+@pytest.mark.parametrize("how", ["exec", "run"])
+def test_a_command_started_in_root_runs_as_bare_and_the_deny_groups_hold(request, user, how):
+    """A workdir of ``/``: discovery walks past the kernel's filesystems (listing /proc/1/map_files failed
+    part way, and run and exec exited 125). The command sees what it sees bare, but the fake key."""
+    home = _home(request, user)
+    argv = ["/bin/sh", "-c", ROOT_CWD, str(home.key)]
+    flags = ["-q"] if how == "run" else []
+    result = home.run([SUPERVISOR, how, *flags, "--", *argv], user=user, cwd="/", stdin=subprocess.DEVNULL)
+    bare = home.run(argv, user=user, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bare.stdout.replace(FAKE_KEY, "no key"), (result.stdout, bare.stdout)
+    assert FAKE_KEY in bare.stdout
+
+
 HUSKY = r"""
 import os, sys
 try:
@@ -383,6 +401,66 @@ def test_hooks_and_included_config_a_repository_points_at_are_protected(home):
     result = _sandboxed(home, HUSKY, hook, flags=())
     assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
     assert "planted" in _bare(home, HUSKY, hook).stdout
+
+
+def test_dependency_trees_are_looked_at_by_their_package_roots(home):
+    """Discovery's bound (README, "Runs later"): in node_modules and site-packages each package root is
+    looked at (an npm @scope's and pnpm's store's too) and a package's own node_modules the same way; the
+    inside of a package is not walked. A submodule's git directory is found whatever its path is."""
+    modules = home.work / "node_modules"
+    clones = [
+        modules / "foo",
+        modules / "@scope" / "bar",
+        modules / ".pnpm" / "baz@1.0.0" / "node_modules" / "baz",
+        modules / "foo" / "node_modules" / "qux",
+        home.work / "venv" / "lib" / "python3.11" / "site-packages" / "patched",
+    ]
+    for clone in clones:
+        _repo(home, clone)
+    fixture = _repo(home, modules / "foo" / "test" / "fixtures" / "repo")  # inside a package
+    submodule = home.work / ".git" / "modules" / "node_modules" / "a" / "b"  # git's name for node_modules/a/b
+    _repo(home, home.work)
+    for mark in GIT_DIR_MARKS:
+        (submodule / mark).mkdir(parents=True)
+    found = {entry.path for entry in repository_entries(str(home.work))}
+    expected = {str(clone / ".git" / "hooks") for clone in clones} | {str(submodule / "hooks")}
+    assert expected <= found, sorted(found)
+    assert str(fixture / ".git" / "hooks") not in found
+
+
+MOVE = """import os, sys
+try:
+    os.rename(sys.argv[1], sys.argv[2])
+    print("moved")
+except OSError as e:
+    print("refused", e.errno)"""
+
+
+@USERS
+def test_a_repository_cannot_be_moved_inside_a_package_to_hide_it_from_discovery(request, user):
+    """The bound is no hiding place: moving a protected repository (a name above its members) inside a
+    package, where the next session's discovery would not look, is refused. Twin: bare, it moves."""
+    home = _home(request, user)
+    repo = _repo(home, home.work / "tool")
+    inside = home.work / "node_modules" / "dep" / "lib"
+    inside.mkdir(parents=True)
+    _own(home, home.work / "node_modules")
+    result = _sandboxed(home, MOVE, str(repo), str(inside / "tool"), flags=(), user=user)
+    assert "refused" in result.stdout and (repo / ".git" / "hooks").is_dir(), result.stdout + result.stderr
+    assert "moved" in _bare(home, MOVE, str(repo), str(inside / "tool"), user=user).stdout
+
+
+@USERS
+def test_a_hook_cannot_be_planted_in_a_clone_at_a_package_root(request, user):
+    """A clone of the human's in node_modules (to patch a dependency) is protected as any repository.
+    Twin: bare, the hook is planted."""
+    home = _home(request, user)
+    clone = _repo(home, home.work / "node_modules" / "dep")
+    _own(home, home.work / "node_modules")
+    hook = str(clone / ".git" / "hooks" / "pre-commit")
+    result = _sandboxed(home, HUSKY, hook, flags=(), user=user)
+    assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
+    assert "planted" in _bare(home, HUSKY, hook, user=user).stdout
 
 
 def test_a_repository_made_during_the_session_is_the_commands_own(home):

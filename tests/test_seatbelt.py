@@ -7,21 +7,19 @@ and read the diff before committing it.
 from __future__ import annotations
 
 import ast
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from conftest import GOLDEN, matches_golden
 from nono_supervisor.errors import UsageError
 from nono_supervisor.macos.seatbelt import FORBIDDEN_OPERATIONS, generate_profile, sbpl_string
 from nono_supervisor.policy.profile import Context, Deny, Grant, Policy, PolicyOptions, resolve_policy
 
 HERE = Path(__file__).parent
-GOLDEN = HERE / "golden" / "seatbelt"
 DATA = HERE / "data" / "macos"
-UPDATE = os.environ.get("NONO_UPDATE_GOLDEN") == "1"
 
 CTX = Context(
     workdir="/Users/alice/project",
@@ -208,13 +206,7 @@ def render(name: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_profile_matches_golden(name: str) -> None:
-    text = render(name)
-    golden = GOLDEN / f"{name}.sb"
-    if UPDATE:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert golden.is_file(), f"missing {golden}; run with NONO_UPDATE_GOLDEN=1 and review it"
-    assert text == golden.read_text(encoding="utf-8"), f"{name}: profile drifted from {golden}"
+    matches_golden(render(name), GOLDEN / "seatbelt" / f"{name}.sb")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

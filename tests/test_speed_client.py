@@ -291,6 +291,20 @@ def _read_by_the_client(conn) -> bool:
     return struct.unpack("i", fcntl.ioctl(conn, termios.TIOCOUTQ, b"\0" * 4))[0] == 0
 
 
+def _signal_once_it_asked(client_path, command: str, env, fake, signo: int, settle: float = 0.0) -> None:
+    """Start the client ``bash -c command``, send it ``signo`` once the fake has its request (and
+    ``settle`` seconds more): it exits 128+N, saying nothing."""
+    asked = len(fake.requests)
+    client = subprocess.Popen([str(client_path), "-c", command], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while len(fake.requests) <= asked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle)
+    client.send_signal(signo)
+    _out, err = client.communicate(timeout=20)
+    assert client.returncode == 128 + signo and err == b"", (client_path, err)
+
+
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGWINCH])
 def test_signals_are_forwarded_once_the_command_started(both, env, tmp_path, signo):
     got: list[int] = []
@@ -307,17 +321,8 @@ def test_signals_are_forwarded_once_the_command_started(both, env, tmp_path, sig
     fake = FakeSupervisor(tmp_path / "s", script)
     try:
         for kind in ("c", "python"):
-            client = subprocess.Popen(
-                [str(both[kind] / "bash"), "-c", "sleep 100"], env=env, stderr=subprocess.PIPE
-            )
-            deadline = time.monotonic() + 20
-            while len(fake.requests) < len(got) + 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.3)  # the Started frame is read (the fake waits for that) and acted on
-            client.send_signal(signo)
-            _out, err = client.communicate(timeout=20)
-            assert client.returncode == 128 + signo, (kind, err)
-            assert err == b""
+            # settle: the Started frame is read (the fake waits for that) and acted on
+            _signal_once_it_asked(both[kind] / "bash", "sleep 100", env, fake, signo, settle=0.3)
     finally:
         fake.close()
     assert got == [signo, signo]
@@ -338,16 +343,7 @@ def test_a_signal_before_the_command_started_ends_the_client(both, env, tmp_path
     fake = FakeSupervisor(tmp_path / "s", script)
     try:
         for kind in ("c", "python"):
-            client = subprocess.Popen(
-                [str(both[kind] / "bash"), "-c", "true"], env=env, stderr=subprocess.PIPE
-            )
-            deadline = time.monotonic() + 20
-            while len(fake.requests) < len(after_request) + 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            client.send_signal(signo)
-            _out, err = client.communicate(timeout=20)
-            assert client.returncode == 128 + signo, (kind, err)
-            assert err == b""
+            _signal_once_it_asked(both[kind] / "bash", "true", env, fake, signo)
     finally:
         fake.close()
     assert after_request == [b"", b""]

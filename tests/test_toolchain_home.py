@@ -11,6 +11,7 @@ by its commands; and the caches went to nono's per-project cache, not the user's
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -20,12 +21,22 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
 import pytest
 
-from conftest import BIN, FAKE_KEY, NOBODY, SUPERVISOR, Home, as_nobody, make_home, require_nobody
+from conftest import (
+    BIN,
+    FAKE_KEY,
+    NOBODY,
+    SUPERVISOR,
+    Home,
+    as_nobody,
+    for_one_test,
+    make_home,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Landlock is Linux")
 
@@ -125,26 +136,17 @@ def developer_home(python: Path, owner: int = 0) -> Home:
     home.env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     home.env.update({"TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"})
     home.env["npm_config_update_notifier"] = "false"
-    if owner:
-        for path in [home.root, *home.root.rglob("*")]:
-            os.lchown(path, owner, owner)
-        home.owner = owner
-    return home
+    return home.give_to(owner)
 
 
 @pytest.fixture
-def dev_home(toolchain_tree: Path) -> Home:
-    h = developer_home(toolchain_tree)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def dev_home(toolchain_tree: Path) -> Iterator[Home]:
+    yield from for_one_test(functools.partial(developer_home, toolchain_tree))
 
 
 @pytest.fixture
-def nobody_dev_home(toolchain_tree: Path) -> Home:
-    require_nobody()
-    h = developer_home(toolchain_tree, owner=NOBODY)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+def nobody_dev_home(toolchain_tree: Path) -> Iterator[Home]:
+    yield from for_one_test(functools.partial(developer_home, toolchain_tree), NOBODY)
 
 
 # The agent: runs each command through sh -c (routed), prints a marker line per command with its status.
@@ -187,22 +189,27 @@ def _run_agent_on_a_pty(home: Home, commands: list[str], *flags: str, user: bool
         AGENT,
         json.dumps(commands),
     ]
-    if user:
-        argv = as_nobody(argv)
-    child = pexpect.spawn(
-        argv[0],
-        argv[1:],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=150,
-        dimensions=(50, 250),
-    )
+    child = on_a_pty(home, argv, user, timeout=150)
     child.expect(pexpect.EOF)
     child.close()
     out = child.before.replace("\r\n", "\n")
     assert child.exitstatus == 0, out
     return out
+
+
+def on_a_pty(home: Home, argv: list[str], user: bool, timeout: float) -> pexpect.spawn:
+    """``argv`` (as uid 65534 for ``user``) in the workdir, on a pty of the test's wide enough for a
+    command's line and its status on one row."""
+    argv = as_nobody(argv) if user else argv
+    return pexpect.spawn(
+        argv[0],
+        argv[1:],
+        env=home.env,
+        cwd=str(home.work),
+        encoding="utf-8",
+        timeout=timeout,
+        dimensions=(50, 250),
+    )
 
 
 def _statuses(out: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ uid 65534.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import re
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from test_toolchain_home import SECRET_WORDS, developer_home, toolchain_tree  # noqa: F401 - a fixture
+from test_toolchain_home import SECRET_WORDS, developer_home, on_a_pty, toolchain_tree  # noqa: F401 - a fixture
 
-from conftest import NOBODY, SUPERVISOR, Home, as_nobody, require_nobody
+from conftest import NOBODY, SUPERVISOR, Home, as_nobody, for_one_test
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Landlock is Linux")
 
@@ -64,21 +65,13 @@ def _tool_home(python: Path, owner: int = 0) -> Home:
         home.env.pop(name, None)
     home.env["PS1"] = PROMPT
     home.env["HISTFILE"] = "/dev/null"  # bash's history at exit: the shells' own files are issue 20's part A
-    if owner:
-        for path in [home.root, *home.root.rglob("*")]:
-            os.lchown(path, owner, owner)
-        home.owner = owner
-    return home
+    return home.give_to(owner)
 
 
 @pytest.fixture
 def tool_home(request, toolchain_tree):  # noqa: F811 - the fixture imported above
-    user = getattr(request, "param", False)
-    if user:
-        require_nobody()
-    h = _tool_home(toolchain_tree, NOBODY if user else 0)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+    owner = NOBODY if getattr(request, "param", False) else 0
+    yield from for_one_test(functools.partial(_tool_home, toolchain_tree), owner)
 
 
 TYPED = [
@@ -94,18 +87,8 @@ TYPED = [
 def _typed(home: Home, argv: list[str], user: bool) -> str:
     """Type each line of TYPED into ``argv`` (an interactive bash) on a pty, its status printed after it: a
     question would wait for its answer and time out as a deny, so the status arrives either way."""
-    if user:
-        argv = as_nobody(argv)
     log = io.StringIO()
-    child = pexpect.spawn(
-        argv[0],
-        argv[1:],
-        env=home.env,
-        cwd=str(home.work),
-        encoding="utf-8",
-        timeout=120,
-        dimensions=(50, 250),
-    )
+    child = on_a_pty(home, argv, user, timeout=120)
     child.logfile_read = log
     try:
         child.expect_exact(PROMPT)
@@ -336,23 +319,15 @@ def _pyenv_home(python: Path, owner: int) -> Home:
     env = {**home.env, "PYENV_ROOT": str(root), "PATH": f"{root / 'shims'}:{home.env['PATH']}"}
     subprocess.run([str(root / "libexec" / "pyenv"), "rehash"], env=env, check=True)
     home.env = env
-    if owner:
-        for path in [home.root, *home.root.rglob("*")]:
-            os.lchown(path, owner, owner)
-        home.owner = owner
-    return home
+    return home.give_to(owner)
 
 
 @pytest.fixture
 def pyenv_home(request, toolchain_tree):  # noqa: F811 - the fixture imported above
     if not (PYENV / "libexec" / "pyenv-rehash").is_file() or not (PYENV / "pyenv.d" / "exec").is_dir():
         pytest.skip(f"pyenv is not installed here ({PYENV})")
-    user = getattr(request, "param", False)
-    if user:
-        require_nobody()
-    h = _pyenv_home(toolchain_tree, NOBODY if user else 0)
-    yield h
-    shutil.rmtree(h.root, ignore_errors=True)
+    owner = NOBODY if getattr(request, "param", False) else 0
+    yield from for_one_test(functools.partial(_pyenv_home, toolchain_tree), owner)
 
 
 PIP_THROUGH_SHIM = "pip install --no-index --target vendor ./hello_wheel-1.0-py3-none-any.whl"

@@ -83,13 +83,17 @@ class Process(GroupSignal):
 
     def kill_tree(self) -> None:
         """Ask the keeper to SIGKILL the command and every descendant (the client went away). Only while
-        the command runs: once its status is read the keeper may have been reaped, and its pid reused."""
-        if self.status is not None:
-            return
-        try:
-            os.kill(self.keeper, KILL_TREE_SIGNAL)
-        except ProcessLookupError:
-            pass
+        the command runs: once its status is read the keeper may have been reaped, and its pid reused.
+        Under the lock, as the status is set and the keeper reaped (``_collect``): a kill from another
+        thread (run's watch of the agent's end, a late deny) cannot reach a pid reaped meanwhile
+        (test_kill_tree_never_signals_a_reaped_keeper)."""
+        with self._lock:
+            if self.status is not None:
+                return
+            try:
+                os.kill(self.keeper, KILL_TREE_SIGNAL)
+            except ProcessLookupError:
+                pass
 
     def wait(self) -> int:
         """Block until the command ends; its raw wait status."""
@@ -119,15 +123,15 @@ class Process(GroupSignal):
         """Read the status the keeper reports (one write), close the pipe, reap the keeper if it is done.
         EOF with no status: the keeper died first (killed), and its own status is the command's."""
         report = os.read(self.status_fd, 64).decode(errors="replace")
+        key, _, value = report.partition(";")[0].partition(":")
         with self._lock:
             os.close(self.status_fd)
             self.status_fd = -1
-        key, _, value = report.partition(";")[0].partition(":")
-        if key == "exit" and value.isdigit():
-            self.status = int(value)
-            _linger(self.keeper)
-        else:
-            self.status = os.waitpid(self.keeper, 0)[1]
+            if key == "exit" and value.isdigit():
+                self.status = int(value)
+                _linger(self.keeper)
+            else:
+                self.status = os.waitpid(self.keeper, 0)[1]
 
 
 # Keepers whose command ended but whose tree has not: our children, so their pids stay theirs until reaped.

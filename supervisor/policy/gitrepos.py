@@ -17,6 +17,7 @@ the human pushes to it) and submodules' directories under ``.git/modules`` alike
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from nono_supervisor.policy.profile import RunsLater
@@ -34,11 +35,11 @@ _GITFILE = "git: which git directory (its config and hooks) git uses in this che
 
 
 def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
-    """The runs-later entries of every repository at any depth of ``workdir`` and of the one that holds
-    it."""
+    """The runs-later entries of every repository at any depth of ``workdir`` (of an installed package's,
+    only at its root: ``_DEPENDENCY_DIRS``) and of the one that holds it."""
     gitdirs: list[str] = []
     gitfiles: list[str] = []
-    _walk(os.path.realpath(workdir), gitdirs, gitfiles)
+    _walk(os.path.realpath(workdir), gitdirs, gitfiles, _kernel_mounts())
     _above(os.path.realpath(workdir), gitdirs, gitfiles)
     entries: list[RunsLater] = []
     for gitfile in gitfiles:
@@ -51,34 +52,89 @@ def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
     return tuple(dict.fromkeys(entries))
 
 
-def _walk(top: str, gitdirs: list[str], gitfiles: list[str]) -> None:
-    """Depth first, without following links: git directories are recorded and not descended into."""
-    stack = [top]
+# Where a package manager installs packages: each entry is a package (an npm @scope and pnpm's .pnpm hold
+# packages in turn). The inside of a package is the package manager's: npm strips .git from every package
+# it installs, so a repository there is a dependency's test fixture, or one the human would have to cd
+# deep into a dependency's files to run git in. A package root is looked at (a clone of the human's:
+# `node_modules/foo/.git`) and its own dependency directory walked the same way; nothing else of it
+# (README, "Runs later": why, and a 50,000-file node_modules in 81-87 -> 11-22 ms).
+_DEPENDENCY_DIRS = frozenset({"node_modules", "site-packages", "dist-packages"})
+_PACKAGE_GROUPS = ("@", ".pnpm")
+_TREE, _DEPENDENCIES, _PACKAGE = range(3)
+
+
+def _walk(
+    top: str, gitdirs: list[str], gitfiles: list[str], skip: frozenset[str] = frozenset(), whole: bool = False
+) -> None:
+    """Depth first, without following links: git directories are recorded and not descended into, nor
+    is anything in ``skip``, nor the inside of an installed package (``_DEPENDENCY_DIRS``) unless
+    ``whole`` (a git directory's ``modules/``, whose directories are named after the submodules' paths)."""
+    stack = [(top, _TREE)]
     while stack:
-        directory = stack.pop()
+        directory, kind = stack.pop()
+        if directory in skip:
+            continue
+        names: set[str] = set()
+        below: list[tuple[str, int | None]] = []
         try:
-            listing = os.scandir(directory)
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    names.add(entry.name)
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone since it was listed
+                    if entry.name == ".git":
+                        if is_dir:
+                            gitdirs.append(entry.path)
+                        elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                            gitfiles.append(entry.path)  # names a git directory elsewhere
+                    elif is_dir:
+                        below.append((entry.path, _TREE if whole else _kind(kind, entry.name)))
         except OSError:
-            continue  # unreadable to the user: nothing git run by the user reads there either
-        names, below = set(), []
-        with listing:
-            for entry in listing:
-                names.add(entry.name)
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.name == ".git":
-                    if is_dir:
-                        gitdirs.append(entry.path)
-                    elif entry.is_symlink() or entry.is_file(follow_symlinks=False):
-                        gitfiles.append(entry.path)  # names a git directory elsewhere
-                elif is_dir:
-                    below.append(entry.path)
+            # Unreadable to the user, wholly or part way through (/proc/1/map_files fails at the first
+            # entry): nothing git run by the user reads there either. What was listed is still walked.
+            pass
         if GIT_DIR_MARKS <= names:
             gitdirs.append(directory)  # a bare repository: its own hooks and config
         else:
-            stack.extend(below)
+            stack.extend((path, kind) for path, kind in below if kind is not None)
+
+
+def _kind(parent: int, name: str) -> int | None:
+    """What a subdirectory named ``name`` of a directory of kind ``parent`` is; None: not walked."""
+    if name in _DEPENDENCY_DIRS:
+        return _DEPENDENCIES
+    if parent == _TREE:
+        return _TREE
+    if parent == _DEPENDENCIES:
+        return _DEPENDENCIES if name.startswith(_PACKAGE_GROUPS) else _PACKAGE
+    return None  # inside a package: only its own dependency directory
+
+
+# Filesystems the kernel makes up (cgroup, proc, sys, debug, bpf...), where no one can create a git
+# repository: a workdir of `/` walks past them (their listings fail part way, or never end: /proc/PID/task).
+_KERNEL_FILESYSTEMS = frozenset(
+    "proc sysfs cgroup cgroup2 devpts debugfs tracefs securityfs bpf configfs pstore fusectl mqueue "
+    "binfmt_misc efivarfs nsfs hugetlbfs rpc_pipefs".split()
+)
+
+
+def _kernel_mounts() -> frozenset[str]:
+    """The mount points of kernel filesystems (``/proc/self/mountinfo``; none where there is none)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as mountinfo:
+            lines = mountinfo.read().decode(errors="surrogateescape").splitlines()
+    except OSError:
+        return frozenset()
+    found = set()
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        point = fields.split(" ")[4] if fields.count(" ") >= 4 else ""
+        if rest.split(" ")[0] in _KERNEL_FILESYSTEMS:
+            # mountinfo writes a space, tab, newline or backslash as a backslash and three octal digits
+            found.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point))
+    return frozenset(found)
 
 
 def _above(workdir: str, gitdirs: list[str], gitfiles: list[str]) -> None:
@@ -131,7 +187,7 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
         if place != gitdir:
             entries.append(RunsLater(join(place, "commondir"), _COMMONDIR))
     modules: list[str] = []
-    _walk(join(gitdir, "modules"), modules, [])
+    _walk(join(gitdir, "modules"), modules, [], whole=True)
     for module in modules:
         entries += _gitdir_entries(module)
     return entries
