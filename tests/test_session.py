@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_KEY
+from conftest import FAKE_KEY, as_nobody
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,3 +185,64 @@ def test_a_start_that_fails_leaves_none_of_its_directories(home, monkeypatch):
     finally:
         session.close()
     assert _leftovers(runtime) == [] and _leftovers(temp) == []
+
+
+# A session in a process of its own that prints its directories and is then killed: nothing removes them.
+_KILLED = r"""
+import os, signal, sys
+from nono_supervisor.policy.profile import PolicyOptions
+from nono_supervisor.session import Session
+session = Session.create(PolicyOptions(), env=dict(os.environ), workdir=sys.argv[1])
+print(session.files.runtime_dir, session.files.tmpdir, flush=True)
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()  # held until the test closes stdin
+session.close()
+"""
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_what_a_killed_session_left_is_swept_at_the_next_start_and_a_live_ones_never(request, user):
+    """A supervisor killed with SIGKILL cannot remove its runtime and temp directories (the twin: they are
+    still there after it died); the next session's start removes them. A live session's, as old, stays:
+    it holds them (a shared flock). A symlink named like one is not followed, and another user's
+    directory, or a fresh one, is left alone."""
+    import subprocess
+
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    parent = home.root / "tmp"
+    parent.mkdir(mode=0o700)
+    os.chown(parent, home.owner, home.owner)
+    env = {**home.env, "TMPDIR": str(parent), "XDG_RUNTIME_DIR": str(parent)}
+
+    def session(mode: str):
+        argv = [sys.executable, "-c", _KILLED, str(home.work), mode]
+        argv = as_nobody(argv) if user else argv
+        return subprocess.Popen(
+            argv, cwd=home.work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    dead = session("kill")
+    left = dead.stdout.readline().split()
+    dead.wait()
+    assert dead.returncode == -9 and all(os.path.isdir(p) for p in left)  # the twin: nothing removed them
+    live = session("hold")
+    held = live.stdout.readline().split()
+    try:
+        kept = parent / "kept"
+        kept.mkdir()
+        (kept / "file").write_text("x")
+        os.symlink(kept, parent / "nono-shell-session-tmp-link")
+        for path in (*left, *held, parent / "nono-shell-session-tmp-link"):  # unchanged for an hour
+            os.utime(path, (0, os.lstat(path).st_mtime - 3600), follow_symlinks=False)
+        fresh = session("kill")
+        made = fresh.stdout.readline().split()
+        fresh.wait()
+        assert not any(os.path.exists(p) for p in left), "a killed session's directories were not swept"
+        assert all(os.path.isdir(p) for p in held), "a live session's directories were swept"
+        assert (kept / "file").exists() and os.path.islink(parent / "nono-shell-session-tmp-link")
+        assert all(os.path.isdir(p) for p in made)  # fresh: younger than a minute
+    finally:
+        live.stdin.close()
+        live.wait()
+    assert not any(os.path.exists(p) for p in held)  # it closed: removed by its own close

@@ -8,13 +8,16 @@ state (``state.py``) reads these paths to grant or protect them.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from nono_shell.personality import SHELLS
@@ -54,8 +57,55 @@ def find_real_shell(name: str, search_path: str, exclude: tuple[str, ...] = ()) 
     return None
 
 
-def _private_dir(prefix: str, parent: str | None) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent)).resolve()
+# The session's private directories, named so that a later session can tell them from anything else.
+_RUNTIME_PREFIX = "nono-shell-session-run-"
+_TMP_PREFIX = "nono-shell-session-tmp-"
+# A directory younger than this is never swept: it may be one a starting session has made and not yet locked.
+_SWEEP_MIN_AGE_SECONDS = 60.0
+
+
+def _private_dir(prefix: str, parent: str | None) -> tuple[Path, int]:
+    """A fresh 0700 directory and an fd that holds it: a shared flock for the session's lifetime (the fd is
+    close-on-exec, and the spawner closes every fd but stdio). What sessions that are gone left behind there
+    (a supervisor killed with SIGKILL, or by the OOM killer, cannot remove its own) is swept first."""
+    parent = parent or tempfile.gettempdir()
+    _sweep(parent, prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent)).resolve()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return path, fd
+
+
+def _sweep(parent: str, prefix: str) -> None:
+    """Remove ``parent``'s directories named ``prefix``* that are this user's, no live session holds (an
+    exclusive flock is granted) and that have not changed for a minute. Never through a symlink (the entry
+    is opened O_NOFOLLOW, and rmtree does not follow links)."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            if now - st.st_mtime < _SWEEP_MIN_AGE_SECONDS:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live session holds it
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 class SessionFiles:
@@ -68,6 +118,7 @@ class SessionFiles:
         runtime_dir: Path,
         tmpdir: Path,
         shims_dir: Path | None = None,
+        holds: tuple[int, ...] = (),
     ) -> None:
         self.env = env
         self.workdir = workdir
@@ -75,6 +126,7 @@ class SessionFiles:
         self.runtime_dir = runtime_dir
         self.tmpdir = tmpdir
         self.shims_dir = shims_dir
+        self._holds = holds  # fds holding runtime_dir and tmpdir (_private_dir), closed by close()
         exclude = tuple(os.path.realpath(p) for p in (shims_dir,) if p)
         self.shells = {
             name: shell
@@ -92,8 +144,8 @@ class SessionFiles:
         runtime_parent = env.get("XDG_RUNTIME_DIR")
         if not (runtime_parent and os.path.isdir(runtime_parent) and os.access(runtime_parent, os.W_OK)):
             runtime_parent = None
-        runtime_dir = _private_dir("nono-shell-run-", runtime_parent)
-        tmpdir = _private_dir("nono-shell-tmp-", None)
+        runtime_dir, runtime_hold = _private_dir(_RUNTIME_PREFIX, runtime_parent)
+        tmpdir, tmp_hold = _private_dir(_TMP_PREFIX, None)
         try:  # before the policy is compiled: its seal is a directory that exists (undo.Store fills it)
             paths.undo_dir(env).mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
@@ -102,7 +154,7 @@ class SessionFiles:
         if shims:
             shims_dir = runtime_dir / "shims" if shims is True else Path(shims).absolute()
             write_shims(shims_dir)
-        return cls(env, workdir, runtime_dir, tmpdir, shims_dir)
+        return cls(env, workdir, runtime_dir, tmpdir, shims_dir, (runtime_hold, tmp_hold))
 
     @functools.cached_property
     def cache_dir(self) -> Path:
@@ -166,3 +218,6 @@ class SessionFiles:
     def close(self) -> None:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+        for fd in self._holds:
+            os.close(fd)
+        self._holds = ()
