@@ -564,3 +564,24 @@ def test_ordinary_work_beside_a_stowed_name_goes_on_through_the_route(request, u
     twin = home.run(["bash", "-c", script], user=user)
     assert routed.stdout == "made\nrc=0\n" and "nono:" not in routed.stderr, (routed.stdout, routed.stderr)
     assert twin.stdout == "made\nrc=0\n"
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_stowed_runs_later_file_is_not_replaced_by_taking_its_name_away(request, user):
+    """Invariant 10 through a link: ~/.gitconfig is stowed (a link to ./dotfiles/gitconfig). Removing the
+    link and writing a new ~/.gitconfig would hand git's pager to the command: the removal is refused
+    with the on-the-way line and the file stays the human's. Twin: bare, it is replaced."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    real = home.work / "dotfiles" / "gitconfig"
+    real.write_text("[user]\n\tname = Human\n")
+    (home.home / ".gitconfig").symlink_to(real)
+    _as_owner(home, real, home.home / ".gitconfig")
+    script = "rm ~/.gitconfig && printf '[core]\\n\\tpager = evil\\n' > ~/.gitconfig; echo rc=$?"
+    sandboxed = _exec(home, user, script)
+    assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    line = "nono: denied delete ~/.gitconfig [a name on the way to a denied path: "
+    assert line in sandboxed.stderr and "/.gitconfig (runs-later)]" in sandboxed.stderr, sandboxed.stderr
+    assert (home.home / ".gitconfig").is_symlink() and "evil" not in real.read_text()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()
