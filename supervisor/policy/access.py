@@ -90,14 +90,18 @@ def real_paths(policy: Policy, realpath: Callable[[str], str]) -> dict[str, str]
     return {path: realpath(path) for path in dict.fromkeys(paths)}
 
 
-def _spelled(path: str, real: Mapping[str, str]) -> list[tuple[str, str]]:
+def _spelled(
+    path: str, real: Mapping[str, str], memo: dict[str, list[tuple[str, str]]]
+) -> list[tuple[str, str]]:
     """(prefix, name) for ``path`` and each directory above it but ``/``: the name as the policy spells it,
     its parent resolved and its last component not. The name differs from ``real[prefix]`` where it is a
-    symlink."""
-    found, node = [], os.path.normpath(path)
-    while (parent := os.path.dirname(node)) != node:
-        found.append((node, os.path.join(real[parent], os.path.basename(node))))
-        node = parent
+    symlink. ``memo``: the lists already made (the held paths share most of their directories)."""
+    node = os.path.normpath(path)
+    found = memo.get(node)
+    if found is None:
+        parent = os.path.dirname(node)
+        name = os.path.join(real[parent], os.path.basename(node))
+        found = memo[node] = [] if parent == node else [(node, name), *_spelled(parent, real, memo)]
     return found
 
 
@@ -165,8 +169,9 @@ class AccessIndex:
         held = list(zip((d.path for d in self.policy.denies), self._denies, strict=True))
         held += [(p, (real[p], "never-grantable")) for p in self.policy.protected]
         held += [(entry.path, (real[entry.path], RUNS_LATER)) for entry in self.policy.runs_later]
+        memo: dict[str, list[tuple[str, str]]] = {}
         for index, (spelled, (resolved, rule)) in enumerate(held):
-            names = _spelled(spelled, real)  # the node's own name first, then each one above it
+            names = _spelled(spelled, real, memo)  # the node's own name first, then each one above it
             if index < len(self._denies):
                 if any(under(root, resolved) for root in explicit) and self.verdict(resolved, "read").allowed:
                     continue  # an explicit grant of the node itself overrides the deny
