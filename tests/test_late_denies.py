@@ -446,6 +446,7 @@ TAKE_AWAY = {
     "rm-r-parent": "rm -rf ~/.config",
     "rename-over": "ln -s {work}/x {work}/c && mv -T {work}/c ~/.config/gh",
     "exchange": f"{sys.executable} -c '{EXCHANGE}' {{work}}/x ~/.config/gh | grep -q ^rc=0",
+    "exchange-source": f"{sys.executable} -c '{EXCHANGE}' ~/.config/gh {{work}}/x | grep -q ^rc=0",
     "after-chdir": "cd ~/.config && rm gh",
     "link-to-parent": "ln -s ~/.config {work}/c && rm {work}/c/gh",
 }

@@ -269,6 +269,27 @@ def test_denied_below_names_what_a_rename_of_an_ancestor_would_move() -> None:
     assert index.denied_below(f"{WORK}/src") == []
 
 
+def test_taken_away_names_each_name_from_the_deepest_link_up_as_the_policy_spells_it() -> None:
+    """stow: ~/.config/gh -> ~/dotfiles/gh and ~/.gitconfig -> ~/dotfiles/gitconfig. Taking away the link
+    or a directory above it moves the deny, the runs-later entry; where the node resolves (and below the
+    deepest link) ``denied_below`` and the verdict already see it; a name with no link on the way, never."""
+    stow = {
+        f"{HOME}/.config/gh": f"-> {HOME}/dotfiles/gh",
+        f"{HOME}/dotfiles/gh/hosts.yml": "file",
+        f"{HOME}/.gitconfig": f"-> {HOME}/dotfiles/gitconfig",
+        f"{HOME}/dotfiles/gitconfig": "file",
+    }
+    machine = {k: v for k, v in MACHINE.items() if k != f"{HOME}/.gitconfig"}
+    index = index_of(policy_of(allow=("~",)), FakeFs({**machine, **stow}))
+    for name in (f"{HOME}/.config/gh", f"{HOME}/.config", HOME, "/home"):
+        assert index.taken_away(name) == (f"{HOME}/.config/gh", "group:deny_credentials"), name
+    assert index.taken_away(f"{HOME}/.gitconfig") == (f"{HOME}/.gitconfig", RUNS_LATER)
+    for name in (f"{HOME}/dotfiles/gh", f"{HOME}/dotfiles", f"{HOME}/.config/other", f"{HOME}/.ssh", WORK):
+        assert index.taken_away(name) is None, name
+    plain = index_of(policy_of(allow=("~",)), FakeFs(MACHINE))
+    assert plain.taken_away(f"{HOME}/.ssh") is None and plain.taken_away(HOME) is None
+
+
 # ---- compile_plan: the deny-inside-allow carving -------------------------------------------------------
 
 
