@@ -100,8 +100,12 @@ def _spelled(
     found = memo.get(node)
     if found is None:
         parent = os.path.dirname(node)
-        name = os.path.join(real[parent], os.path.basename(node))
-        found = memo[node] = [] if parent == node else [(node, name), *_spelled(parent, real, memo)]
+        found = memo[node] = []
+        if parent != node:
+            found += [
+                (node, os.path.join(real[parent], os.path.basename(node))),
+                *_spelled(parent, real, memo),
+            ]
     return found
 
 
@@ -178,8 +182,8 @@ class AccessIndex:
                 for _prefix, name in names[1:]:
                     on_the_way.setdefault(name, (spelled, rule))
             # From the deepest link up: names the resolved checks (denied_below) do not see above the node.
-            links = [i for i, (prefix, name) in enumerate(names) if real[prefix] != name]
-            for _prefix, name in names[links[0] :] if links else ():
+            deepest = next((i for i, (prefix, name) in enumerate(names) if real[prefix] != name), len(names))
+            for _prefix, name in names[deepest:]:
                 taken.setdefault(name, (spelled, rule))
         self._on_the_way = on_the_way
         self._taken = taken
