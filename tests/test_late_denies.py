@@ -581,8 +581,8 @@ def test_a_stowed_runs_later_file_is_not_replaced_by_taking_its_name_away(reques
     script = "rm ~/.gitconfig && printf '[core]\\n\\tpager = evil\\n' > ~/.gitconfig; echo rc=$?"
     sandboxed = _exec(home, user, script)
     assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
-    line = "nono: denied delete ~/.gitconfig [a name on the way to a denied path: "
-    assert line in sandboxed.stderr and "/.gitconfig (runs-later)]" in sandboxed.stderr, sandboxed.stderr
+    line = "nono: denied delete ~/.gitconfig [a name on the way to a denied path: ~/.gitconfig (runs-later)]"
+    assert line in sandboxed.stderr, sandboxed.stderr
     assert (home.home / ".gitconfig").is_symlink() and "evil" not in real.read_text()
     twin = home.run(["bash", "-c", script], user=user)
     assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()

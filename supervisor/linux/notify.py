@@ -1217,7 +1217,7 @@ class NotifyLoop:
             way = self.access.on_the_way(pin.path)
         if way is not None:
             denied, rule = way
-            why = f"{ON_THE_WAY}: {denied} ({rule})"
+            why = f"{ON_THE_WAY}: {self.access.policy.display(denied)} ({rule})"
             return Deny(errno.EACCES, Denial(op, pin.path, why, pin.is_dir, self._tid))
         permit = self.decide(op, pin, shm=shm)
         if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
