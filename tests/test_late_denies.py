@@ -434,3 +434,154 @@ def test_a_name_on_the_way_is_refused_under_any_spelling(home, spelling):
     (home.work / "mine").unlink(missing_ok=True)
     twin = home.run(["bash", "-c", script])
     assert "rc=0" in twin.stdout and (home.home / "real-cache" / "huggingface").is_symlink()
+
+
+# Taking away a name on the way to a stowed token (~/.config/gh -> ./dotfiles/gh): before the fix Landlock
+# and the checker let each through, and the next command read the token. {work} is the project.
+TAKE_AWAY = {
+    "rm-link": "rm ~/.config/gh",
+    "mv-link": "mv ~/.config/gh ~/.config/gh.old",
+    "mv-parent": "mv ~/.config ~/.config.old",
+    "rm-r-parent": "rm -rf ~/.config",
+    "rename-over": "ln -s {work}/x {work}/c && mv -T {work}/c ~/.config/gh",
+    "exchange": f"{sys.executable} -c '{EXCHANGE}' {{work}}/x ~/.config/gh | grep -q ^rc=0",
+    "exchange-source": f"{sys.executable} -c '{EXCHANGE}' ~/.config/gh {{work}}/x | grep -q ^rc=0",
+    "after-chdir": "cd ~/.config && rm gh",
+    "link-to-parent": "ln -s ~/.config {work}/c && rm {work}/c/gh",
+}
+READ_TOKEN = "cat ~/.config/gh/hosts.yml dotfiles/gh/hosts.yml"
+
+
+def _exec(home: Home, user: bool, script: str, *flags: str) -> subprocess.CompletedProcess:
+    argv = [SUPERVISOR, "exec", *flags, "--allow", str(home.home), "--", "bash", "-c", script]
+    return home.run(argv, user=user)
+
+
+def _stowed(home: Home) -> None:
+    _prepare(home)
+    _stow_gh(home)
+    (home.work / "x" / "hosts.yml").write_text("github.com:\n    oauth_token: the command's own\n")
+    _as_owner(home, home.work / "x" / "hosts.yml")
+
+
+@pytest.mark.parametrize("how", TAKE_AWAY)
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_command_cannot_take_away_a_stowed_name_on_the_way_to_a_denied_node(request, user, how):
+    """--allow ~ with ~/.config/gh a link into the project: no removal, move, rename over or exchange of
+    the link, or of ~/.config that holds it, under any spelling (a chdir, a link of the command's own to
+    the parent) takes the name away, so the token stays unreadable in the command and in the next one.
+    Refused with the on-the-way line where the checker sees it (through the command's own link the
+    lexical fast path CONTINUEs and Landlock refuses). Twin: bare, it is taken away and the next sandboxed
+    command reads the token."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _stowed(home)
+    script = TAKE_AWAY[how].replace("{work}", str(home.work)) + f"; echo rc=$?; {READ_TOKEN}"
+    sandboxed = _exec(home, user, script)
+    assert "rc=0" not in sandboxed.stdout and TOKEN not in sandboxed.stdout, sandboxed.stdout
+    assert (home.home / ".config" / "gh").is_symlink() and (home.work / "dotfiles" / "gh").is_dir()
+    if how != "link-to-parent":
+        lines = [
+            line for line in sandboxed.stderr.splitlines() if "[a name on the way to a denied path: " in line
+        ]
+        assert lines and "to allow:" not in lines[0], sandboxed.stderr  # no flag lifts it
+    later = _exec(home, user, READ_TOKEN)
+    assert TOKEN not in later.stdout and "nono: denied read ~/project/dotfiles/gh/hosts.yml" in later.stderr
+    (home.work / "c").unlink(missing_ok=True)
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout, (twin.stdout, twin.stderr)
+    assert TOKEN in _exec(home, user, READ_TOKEN).stdout  # the deny named nothing any more
+
+
+def _stow_own(home: Home) -> list[str]:
+    """A deny of the user's own (``--deny ~/stow/tok``) whose name is a link into the project, in a
+    directory nothing else the policy names lies in: before the fix, its rule there had every right over
+    names (~/.config is carved anyway by the security list's other entries in it). The flags to pass."""
+    vault = home.work / "vault"
+    vault.mkdir()
+    (vault / "token").write_text(TOKEN + "\n")
+    (home.home / "stow").mkdir()
+    (home.home / "stow" / "tok").symlink_to(vault)
+    _as_owner(home, vault, vault / "token", home.home / "stow", home.home / "stow" / "tok")
+    return ["--deny", str(home.home / "stow" / "tok")]
+
+
+@pytest.mark.parametrize("trap", [True, False], ids=["trapped", "no-trap"])
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_landlock_gives_no_right_to_take_away_a_stowed_name(request, user, trap):
+    """The plan: the directory holding a link on the way to a denied node keeps no right over names, so
+    neither the fast path (it CONTINUEd the rm, and Landlock let it through) nor Landlock alone
+    (--no-trap: rm and mv fail with EACCES) takes it away; trapped, the checker says why. The token stays
+    denied to the next command. Twin: bare, both are taken away and the next command reads it."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    flags = _stow_own(home) + ([] if trap else ["--no-trap"])
+    script = "rm ~/stow/tok; echo rc=$?; mv ~/stow/tok ~/stow/old; echo rc=$?; cat vault/token"
+    sandboxed = _exec(home, user, script, *flags)
+    assert sandboxed.stdout.split() == ["rc=1", "rc=1"], (sandboxed.stdout, sandboxed.stderr)
+    assert (home.home / "stow" / "tok").is_symlink()
+    if trap:
+        assert "nono: denied delete ~/stow/tok [a name on the way to a denied path: " in sandboxed.stderr
+    assert TOKEN not in _exec(home, user, "cat vault/token", *flags).stdout
+    twin = home.run(["bash", "-c", script], user=user)
+    assert twin.stdout.split()[:2] == ["rc=0", "rc=1"], (twin.stdout, twin.stderr)  # the mv finds it gone
+    assert TOKEN in _exec(home, user, "cat vault/token", *flags).stdout
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_hard_link_of_a_stowed_name_takes_nothing_away(request, user):
+    """A hard link of the link is a second name for it: the first stays, and the token stays denied
+    through both. Made as bare (twin: bare, the same link is made)."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _stowed(home)
+    script = f"ln ~/.config/gh {home.work}/gh2; echo rc=$?; cat {home.work}/gh2/hosts.yml"
+    sandboxed = _exec(home, user, script)
+    assert "rc=0" in sandboxed.stdout and TOKEN not in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    assert (home.work / "gh2").is_symlink() and (home.home / ".config" / "gh").is_symlink()
+    assert TOKEN not in _exec(home, user, READ_TOKEN).stdout
+    (home.work / "gh2").unlink()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and TOKEN in twin.stdout
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_ordinary_work_beside_a_stowed_name_goes_on_through_the_route(request, user):
+    """Fidelity: ~/.config is carved (its names go through the supervisor), and writing, reading and
+    removing ~/.config/other/x there works as bare. Twin: bare, the same output."""
+    from conftest import start_supervisor
+
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _stowed(home)
+    script = (
+        "mkdir -p ~/.config/other && echo made > ~/.config/other/x && cat ~/.config/other/x"
+        " && mv ~/.config/other/x ~/.config/other/y && rm ~/.config/other/y && rmdir ~/.config/other"
+        " && ln -s x ~/.config/z && rm ~/.config/z; echo rc=$?"
+    )
+    sup = start_supervisor(home, "--allow", str(home.home))
+    try:
+        routed = sup.shell("-c", script)
+    finally:
+        sup.stop()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert routed.stdout == "made\nrc=0\n" and "nono:" not in routed.stderr, (routed.stdout, routed.stderr)
+    assert twin.stdout == "made\nrc=0\n"
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_stowed_runs_later_file_is_not_replaced_by_taking_its_name_away(request, user):
+    """Invariant 10 through a link: ~/.gitconfig is stowed (a link to ./dotfiles/gitconfig). Removing the
+    link and writing a new ~/.gitconfig would hand git's pager to the command: the removal is refused
+    with the on-the-way line and the file stays the human's. Twin: bare, it is replaced."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    real = home.work / "dotfiles" / "gitconfig"
+    real.write_text("[user]\n\tname = Human\n")
+    (home.home / ".gitconfig").symlink_to(real)
+    _as_owner(home, real, home.home / ".gitconfig")
+    script = "rm ~/.gitconfig && printf '[core]\\n\\tpager = evil\\n' > ~/.gitconfig; echo rc=$?"
+    sandboxed = _exec(home, user, script)
+    assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    line = "nono: denied delete ~/.gitconfig [a name on the way to a denied path: ~/.gitconfig (runs-later)]"
+    assert line in sandboxed.stderr, sandboxed.stderr
+    assert (home.home / ".gitconfig").is_symlink() and "evil" not in real.read_text()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()

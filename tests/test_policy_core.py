@@ -20,7 +20,9 @@ import pytest
 from conftest import GOLDEN, matches_golden
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux.landlock import (
+    ACCESS_FS,
     FILE_RIGHTS,
+    NAME_RIGHTS,
     READ,
     WRITE,
     LandlockPlan,
@@ -266,6 +268,27 @@ def test_denied_below_names_what_a_rename_of_an_ancestor_would_move() -> None:
     assert index.denied_below(f"{WORK}/src") == []
 
 
+def test_taken_away_names_each_name_from_the_deepest_link_up_as_the_policy_spells_it() -> None:
+    """stow: ~/.config/gh -> ~/dotfiles/gh and ~/.gitconfig -> ~/dotfiles/gitconfig. Taking away the link
+    or a directory above it moves the deny, the runs-later entry; where the node resolves (and below the
+    deepest link) ``denied_below`` and the verdict already see it; a name with no link on the way, never."""
+    stow = {
+        f"{HOME}/.config/gh": f"-> {HOME}/dotfiles/gh",
+        f"{HOME}/dotfiles/gh/hosts.yml": "file",
+        f"{HOME}/.gitconfig": f"-> {HOME}/dotfiles/gitconfig",
+        f"{HOME}/dotfiles/gitconfig": "file",
+    }
+    machine = {k: v for k, v in MACHINE.items() if k != f"{HOME}/.gitconfig"}
+    index = index_of(policy_of(allow=("~",)), FakeFs({**machine, **stow}))
+    for name in (f"{HOME}/.config/gh", f"{HOME}/.config", HOME, "/home"):
+        assert index.taken_away(name) == (f"{HOME}/.config/gh", "group:deny_credentials"), name
+    assert index.taken_away(f"{HOME}/.gitconfig") == (f"{HOME}/.gitconfig", RUNS_LATER)
+    for name in (f"{HOME}/dotfiles/gh", f"{HOME}/dotfiles", f"{HOME}/.config/other", f"{HOME}/.ssh", WORK):
+        assert index.taken_away(name) is None, name
+    plain = index_of(policy_of(allow=("~",)), FakeFs(MACHINE))
+    assert plain.taken_away(f"{HOME}/.ssh") is None and plain.taken_away(HOME) is None
+
+
 # ---- compile_plan: the deny-inside-allow carving -------------------------------------------------------
 
 
@@ -294,6 +317,20 @@ def test_a_symlink_in_a_granted_tree_gets_no_rule_and_its_target_keeps_its_deny(
     plan = plan_of(policy_of(), FakeFs(MACHINE))
     assert f"{WORK}/secrets" not in {rule.path for rule in plan.rules}
     assert granted(plan, f"{HOME}/.ssh/id_ed25519") == 0
+
+
+def test_a_stowed_denied_node_keeps_its_name_no_rule_takes_the_link_away() -> None:
+    """stow: ~/stow/tok is a link to ~/project/vault, denied by name. Carving only where it resolves left
+    ~/stow every right over its names, so ``rm ~/stow/tok`` took the deny away (tests/test_late_denies.py):
+    the link's directory, and each one above it up to the grant, keeps no right over names (and the plan
+    says so); its siblings keep all."""
+    stow = {f"{HOME}/stow/tok": f"-> {WORK}/vault", f"{WORK}/vault/token": "file", f"{HOME}/stow/b/x": "file"}
+    plan = plan_of(policy_of(allow=("~",), deny=("~/stow/tok",)), FakeFs({**MACHINE, **stow}))
+    for directory in (f"{HOME}/stow", HOME):
+        assert granted(plan, directory) & NAME_RIGHTS == 0, directory
+    assert granted(plan, f"{HOME}/stow/b") & NAME_RIGHTS == NAME_RIGHTS & handled_fs(ABI)
+    assert granted(plan, f"{WORK}/vault/token") == 0
+    assert any(note.startswith("link ~/stow/tok on the way to ~/stow/tok (--deny)") for note in plan.notes)
 
 
 def test_a_grant_through_a_symlink_lands_on_the_real_path_and_is_recorded_as_an_alias() -> None:
@@ -484,6 +521,34 @@ def test_no_plan_grants_a_denied_node_or_an_ancestor_that_holds_one(seed: int) -
             if above or (_under(path, node) and not lifted):  # above it; at it or inside it, unless lifted
                 leaked = granted_there & removed & plan.handled_fs
                 assert not leaked, f"seed {seed}: {path} grants {leaked:#x} over held {node}\n{policy}"
+
+
+def _spelled_names(path: str, fs: FakeFs) -> list[str]:
+    """Each name on the way to ``path`` as the policy spells it, ``path`` included: its parent resolved,
+    its last component not."""
+    names, node = [], os.path.normpath(path)
+    while (parent := os.path.dirname(node)) != node:
+        names.append(os.path.join(fs.realpath(parent), os.path.basename(node)))
+        node = parent
+    return names
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_no_plan_lets_a_name_on_the_way_to_a_held_node_be_taken_away(seed: int) -> None:
+    """Whatever the links on the way (stow), the directory holding each name the policy spells on the way
+    to a denied, never-grantable or runs-later node has no right to remove or move it (REMOVE_*, REFER):
+    taking it away would take the deny with it. Seeds 0-299 found a leak before the links were carved."""
+    rng = random.Random(seed)
+    fs = FakeFs(_random_tree(rng))
+    policy = _random_policy(rng, sorted(fs.nodes))
+    plan = plan_of(policy, fs)
+    taking = (ACCESS_FS["remove_dir"] | ACCESS_FS["remove_file"] | ACCESS_FS["refer"]) & plan.handled_fs
+    held = [d.path for d in policy.denies] + list(policy.protected) + [e.path for e in policy.runs_later]
+    for path in held:
+        for name in _spelled_names(path, fs):
+            parent = os.path.dirname(name)
+            leaked = granted(plan, parent) & taking
+            assert not leaked, f"seed {seed}: {parent} grants {leaked:#x} over {name} (on the way to {path})"
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -88,6 +88,8 @@ WRITE = (
     | _A["ioctl_dev"]
 )
 FILE_RIGHTS = _A["execute"] | _A["write_file"] | _A["read_file"] | _A["truncate"] | _A["ioctl_dev"]
+# What a directory's rule gives over its entries' names: making, removing and moving them (not content).
+NAME_RIGHTS = WRITE & ~FILE_RIGHTS
 _ACCESS = {"read": READ, "write": WRITE, "allow": READ | WRITE}
 
 _SYS_CREATE_RULESET = libc.number("landlock_create_ruleset")
@@ -510,6 +512,15 @@ def compile_plan(
     carves.append(_Carve(TERMINALS, mask, NEVER_GRANTABLE))
     protected = [_Carve(fs.realpath(p), WRITE, "never-grantable") for p in policy.protected]
     later = [_Carve(fs.realpath(entry.path), WRITE, RUNS_LATER) for entry in policy.runs_later]
+    # A held node reached through a link (stow's ~/.config/gh -> ~/dotfiles/gh) is carved where it
+    # resolves; the link is carved too, so that no rule lets a command take that name away (rm, mv, a rename
+    # over it), and with it the deny (tests/test_late_denies.py). Each directory holding such a name (its
+    # ancestors up to the grant) keeps no right over names: those calls go through the supervisor.
+    kept = [(d.path, d.rule) for d in policy.denies]
+    kept += [(p, "never-grantable") for p in policy.protected]
+    kept += [(entry.path, RUNS_LATER) for entry in policy.runs_later]
+    links = [(name, path, rule) for path, rule in kept for name in _links_on_the_way(fs, path)]
+    names = [_Carve(name, NAME_RIGHTS, rule) for name, _path, rule in links]
     for grant in (*policy.grants, *extra):
         path = fs.realpath(grant.path)
         if not fs.exists(path):
@@ -533,7 +544,7 @@ def compile_plan(
         applicable = [c for c in carves if under(c.path, path) and c.path != path]
         # A runs-later entry is lifted only by the human's flag at or below it (access.AccessIndex.verdict).
         held = [c for c in later if not (grant.source.startswith("--") and under(path, c.path))]
-        applicable += [c for c in (*protected, *held) if under(c.path, path)]
+        applicable += [c for c in (*protected, *held, *names) if under(c.path, path)]
         rights &= ~_protected_removal(path, [*protected, *held])
         compiler.emit(path, rights, applicable, grant.source)
     notes = list(compiler.notes)
@@ -544,6 +555,13 @@ def compile_plan(
                 f"deny {policy.display(carve.path)} ({carve.rule}): Landlock grants the siblings along its"
                 " path; creating, removing or listing directly in its parent directories is carried out by"
                 " the supervisor (seccomp), or refused with --no-trap"
+            )
+    for name, path, rule in links:
+        if any(under(name, root) and name != root for root in granted):
+            notes.append(
+                f"link {policy.display(name)} on the way to {policy.display(path)} ({rule}): removing,"
+                " renaming or making names in the directories holding it is carried out by the supervisor"
+                " (seccomp), or refused with --no-trap"
             )
     handled_net = 0
     if policy.net_block:
@@ -570,6 +588,19 @@ def compile_plan(
     rules = tuple(Rule(path, rights, why) for path, (rights, why) in sorted(compiler.rules.items()))
     aliases = tuple(sorted(fs.aliases.items()))
     return LandlockPlan(abi, mask, handled_net, scoped, rules, tuple(notes), ports, aliases)
+
+
+def _links_on_the_way(fs: NotedFs, path: str) -> list[str]:
+    """The names on the way to ``path`` as it is spelled (``path`` itself included), each with its parent
+    resolved and its last component not, that are symlinks: where the spelling and the resolution part.
+    Taking one away moves whatever ``path`` names (``access.AccessIndex`` refuses it by the same test)."""
+    found, node = [], os.path.normpath(path)
+    while (parent := os.path.dirname(node)) != node:
+        name = os.path.join(fs.realpath(parent), os.path.basename(node))
+        if fs.islink(name):
+            found.append(name)
+        node = parent
+    return found
 
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:

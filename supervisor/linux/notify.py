@@ -1203,16 +1203,22 @@ class NotifyLoop:
           its parent resolved, its last component not), it would send the node wherever it leads: the
           human's next ``huggingface-cli login`` through ``~/.cache/huggingface -> ./x`` writes the token
           where the command reads it. Refused before the policy is asked: no flag lifts it;
+        - made or taken away at a name through a link on the way to a held node as the policy spells it
+          (``AccessIndex.taken_away``: stow's ``~/.config/gh -> ~/dotfiles/gh``, or ``~/.config`` holding
+          it): once gone the deny names nothing and the next command reads the token. Refused the same;
         - made above such a node where it resolves (one not there yet included), or taking away a directory
           that holds one (``AccessIndex.denied_below``), it carries the node out from under its rule, or
           makes it resolve into what the command wrote (``ln -s ./x ~/.config`` puts ~/.config/nvim in its
           reach). Asked once the policy allows the call: a refusal by the policy keeps its own line.
 
         A directory made (mkdir) moves nothing: the node stays where its path leads."""
-        if op == "create" and (way := self.access.on_the_way(pin.path)) is not None:
+        way = self.access.taken_away(pin.path)
+        if way is None and op == "create":
+            way = self.access.on_the_way(pin.path)
+        if way is not None:
             denied, rule = way
-            why = f"{ON_THE_WAY}: {denied} ({rule})"
-            return Deny(errno.EACCES, Denial("create", pin.path, why, pin.is_dir, self._tid))
+            why = f"{ON_THE_WAY}: {self.access.policy.display(denied)} ({rule})"
+            return Deny(errno.EACCES, Denial(op, pin.path, why, pin.is_dir, self._tid))
         permit = self.decide(op, pin, shm=shm)
         if isinstance(permit, Permit) and (op == "create" or pin.is_dir):
             for denied_path, rule in self.access.denied_below(pin.path):

@@ -77,18 +77,36 @@ def real_paths(policy: Policy, realpath: Callable[[str], str]) -> dict[str, str]
     """Where each path of ``policy`` really is (``realpath``: ``os.path.realpath``, or a fake filesystem's),
     the facts ``AccessIndex`` compares against: grants, denies, protected and runs-later paths, the
     directory of each probe pattern, the home and the workdir (discovery), and every directory above a
-    denied path (the names on the way to it)."""
+    denied, never-grantable or runs-later path (the names on the way to it)."""
+    held = [*(d.path for d in policy.denies), *policy.protected, *(entry.path for entry in policy.runs_later)]
     paths = [
         *(g.path for g in policy.grants),
-        *(d.path for d in policy.denies),
-        *policy.protected,
-        *(entry.path for entry in policy.runs_later),
+        *held,
         *(d for d in map(_pattern_directory, (probe.pattern for probe in policy.probes)) if d is not None),
         *([policy.home] if policy.home else []),
         policy.workdir,
-        *(above for d in policy.denies for above in _ancestors(d.path)),
+        *(above for path in held for above in _ancestors(path)),
     ]
     return {path: realpath(path) for path in dict.fromkeys(paths)}
+
+
+def _spelled(
+    path: str, real: Mapping[str, str], memo: dict[str, list[tuple[str, str]]]
+) -> list[tuple[str, str]]:
+    """(prefix, name) for ``path`` and each directory above it but ``/``: the name as the policy spells it,
+    its parent resolved and its last component not. The name differs from ``real[prefix]`` where it is a
+    symlink. ``memo``: the lists already made (the held paths share most of their directories)."""
+    node = os.path.normpath(path)
+    found = memo.get(node)
+    if found is None:
+        parent = os.path.dirname(node)
+        found = memo[node] = []
+        if parent != node:
+            found += [
+                (node, os.path.join(real[parent], os.path.basename(node))),
+                *_spelled(parent, real, memo),
+            ]
+    return found
 
 
 def _ancestors(path: str) -> list[str]:
@@ -142,26 +160,33 @@ class AccessIndex:
         return rule == "not granted" and path in self._discoverable
 
     def relocate(self, real: Mapping[str, str]) -> None:
-        """Resolve the denied, never-grantable and runs-later paths again, and the names on the way to each
-        denied node (``real``: ``real_paths`` of the policy, made again). Each list is replaced whole: a
+        """Resolve the denied, never-grantable and runs-later paths again, the names on the way to each
+        denied node (``on_the_way``) and the names through a link on the way to each held one
+        (``taken_away``) (``real``: ``real_paths`` of the policy, made again). Each is replaced whole: a
         decision on another thread sees the old one or the new."""
         self._protected = [real[p] for p in self.policy.protected]
         self._denies = [(real[d.path], d.rule) for d in self.policy.denies]
         self._runs_later = [real[entry.path] for entry in self.policy.runs_later]
         on_the_way: dict[str, tuple[str, str]] = {}
         explicit = [root for root, grant in self._grants if not grant.source.startswith("group:")]
-        for deny, (resolved, rule) in zip(self.policy.denies, self._denies, strict=True):
-            if any(under(root, resolved) for root in explicit) and self.verdict(resolved, "read").allowed:
-                continue  # an explicit grant of the node itself overrides the deny
-            node = os.path.normpath(deny.path)
-            while (parent := os.path.dirname(node)) != node:
-                node = parent
-                if node != "/":
-                    above = os.path.dirname(node)
-                    on_the_way.setdefault(
-                        os.path.join(real[above], os.path.basename(node)), (deny.path, rule)
-                    )
+        taken: dict[str, tuple[str, str]] = {}
+        held = list(zip((d.path for d in self.policy.denies), self._denies, strict=True))
+        held += [(p, (real[p], "never-grantable")) for p in self.policy.protected]
+        held += [(entry.path, (real[entry.path], RUNS_LATER)) for entry in self.policy.runs_later]
+        memo: dict[str, list[tuple[str, str]]] = {}
+        for index, (spelled, (resolved, rule)) in enumerate(held):
+            names = _spelled(spelled, real, memo)  # the node's own name first, then each one above it
+            if index < len(self._denies):
+                if any(under(root, resolved) for root in explicit) and self.verdict(resolved, "read").allowed:
+                    continue  # an explicit grant of the node itself overrides the deny
+                for _prefix, name in names[1:]:
+                    on_the_way.setdefault(name, (spelled, rule))
+            # From the deepest link up: names the resolved checks (denied_below) do not see above the node.
+            deepest = next((i for i, (prefix, name) in enumerate(names) if real[prefix] != name), len(names))
+            for _prefix, name in names[deepest:]:
+                taken.setdefault(name, (spelled, rule))
         self._on_the_way = on_the_way
+        self._taken = taken
 
     def grants_node(self, path: str) -> bool:
         """An explicit (not a group's) grant names ``path`` itself: a deny there is overridden (unless
@@ -177,6 +202,15 @@ class AccessIndex:
         strict ancestor of a denied node: a symlink, rename or link made there would redirect the node
         (the human's next login writes the token through it) into wherever the name leads."""
         return self._on_the_way.get(path)
+
+    def taken_away(self, path: str) -> tuple[str, str] | None:
+        """(held path, rule) when taking the name ``path`` away (unlink, rmdir, either end of a rename, the
+        target it replaces) would move a denied, never-grantable or runs-later node as the policy spells it,
+        where the spelling passes a symlink: stow's ``~/.config/gh -> ~/dotfiles/gh``, or ``~/.config``
+        holding it. Once gone, the path names nothing (or what the command makes there next), and the next
+        command reads the node unguarded. Below the deepest link the name is where the node resolves, and
+        ``denied_below`` says so."""
+        return self._taken.get(path)
 
     @staticmethod
     def _real_pattern(pattern: str, real: Mapping[str, str]) -> str:
