@@ -80,7 +80,10 @@ def run_agent(home: Home, agent: list[str], *flags: str, user: bool = False) -> 
 
 
 def starts(home: Home) -> list[dict]:
-    return [r for r in home.audit() if r.get("event") == "start"]
+    """The start records in the order the supervisor numbered the commands: a nested command's start can be
+    written before the one of the command that ran it (each is written once its own process runs)."""
+    records = [r for r in home.audit() if r.get("event") == "start"]
+    return sorted(records, key=lambda r: int(r["command"].rsplit("-", 1)[1]))
 
 
 def exit_code_of(home: Home, command: str) -> int | None:
