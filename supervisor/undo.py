@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nono_supervisor import paths
+from nono_supervisor.audit import log_files
 from nono_supervisor.errors import NonoError
 
 __all__ = [
@@ -132,10 +133,14 @@ class Store:
 
     # records
 
-    def append(self, record: dict) -> None:
-        line = (json.dumps({"t": time.time(), **record}, separators=(",", ":")) + "\n").encode()
-        if self._journal >= 0:  # closed: the session is over, a last command's end is not recorded
-            os.write(self._journal, line)  # O_APPEND: one write, one whole line, whoever else appends
+    def append(self, *records: dict) -> None:
+        """``records`` as whole lines, in one write (O_APPEND: no line is torn, whoever else appends)."""
+        now = time.time()
+        lines = b"".join(
+            (json.dumps({"t": now, **record}, separators=(",", ":")) + "\n").encode() for record in records
+        )
+        if self._journal >= 0 and lines:  # closed: the session is over, a last command's end is not recorded
+            os.write(self._journal, lines)
 
     # contents
 
@@ -316,7 +321,8 @@ class CommandLog:
 
     ``roots``: the real paths of the trees it may write (its changes elsewhere are not recorded and never
     restored). ``allowed(path)``: the policy lets it read and write the path (never-grantable and denied
-    files are never kept). The state of a path is recorded at the first change only."""
+    files are never kept). The state of a path is recorded at the first change only. A command that changes
+    nothing writes nothing: its begin record goes into the journal with its first change (``_write``)."""
 
     store: Store
     command: str
@@ -328,11 +334,18 @@ class CommandLog:
     _ignores: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ended: bool = False
+    _begin: dict | None = None  # the begin record, until the first change writes it
 
     def begin(self, **extra: object) -> CommandLog:
         self.store.prune()
-        self.store.append({"event": "begin", "command": self.command, "roots": list(self.roots), **extra})
+        self._begin = {"event": "begin", "command": self.command, "roots": list(self.roots), **extra}
         return self
+
+    def _write(self, *records: dict) -> None:
+        """Append ``records``, after the begin record if they are the command's first (in the same write)."""
+        with self._lock:  # held over the write: no record of this command overtakes its begin
+            begin, self._begin = self._begin, None
+            self.store.append(*([begin] if begin else []), *records)
 
     def covers(self, path: str) -> bool:
         return any(_under(path, root) for root in self.roots) and not any(_under(path, s) for s in self.skip)
@@ -348,26 +361,51 @@ class CommandLog:
             if lexical:
                 self.lexical.add(lexical)
             again = path in self.seen
-            if again or not self.covers(path) or not self.allowed(path):
-                if again and to:  # renamed after a first change: ``changes`` says where it went
-                    self.store.append({"event": "moved", "command": self.command, "path": path, "to": to})
-                return
-            self.seen.add(path)
+            fresh = not again and self.covers(path) and self.allowed(path)
+            if fresh:
+                self.seen.add(path)
+        if again and to:  # renamed after a first change: ``changes`` says where it went
+            self._write({"event": "moved", "command": self.command, "path": path, "to": to})
+        if not fresh:
+            return
         # unlink and a rename over take the name from the inode: a hard link keeps it without a copy
         state = self.store.capture(dirfd, name, removing=op in ("unlink", "replace"), bulk=self._bulk(path))
-        self._change(path, op, state, to)
+        self._write(self._change(path, op, state, to))
 
-    def created(self, path: str) -> None:
+    def drained(self, items: list[bytes]) -> None:
+        """What the C fast path recorded (``Loop.created``: b'C' + path, a file it saw made; b'U' + path,
+        blob, b'mode atime_ns mtime_ns size ino', a file it kept by hard link before an unlink; b'D' + path,
+        b'mode atime_ns mtime_ns ino', a directory before its rmdir), in order, in one write (npm install
+        drains a thousand at a time)."""
+        records = []
+        i = 0
+        while i < len(items):
+            path = os.fsdecode(items[i][1:])
+            if items[i][:1] == b"U":
+                record = self._kept(path, os.fsdecode(items[i + 1]), items[i + 2].decode())
+                i += 3
+            elif items[i][:1] == b"D":
+                record = self._dir_kept(path, items[i + 1].decode())
+                i += 2
+            else:
+                record = self._created(path)
+                i += 1
+            if record is not None:
+                records.append(record)
+        if records:
+            self._write(*records)
+
+    def _created(self, path: str) -> dict | None:
         """A file the command created where the kernel alone was asked (the C fast path saw it absent):
         nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed."""
         with self._lock:
             if path in self.seen or not self.covers(path):
-                return
+                return None
             self.seen.add(path)
             self.lexical.add(path)
-        self._change(path, "create", {"kind": "absent"})
+        return self._change(path, "create", {"kind": "absent"})
 
-    def kept(self, path: str, blob: str, fields: str) -> None:
+    def _kept(self, path: str, blob: str, fields: str) -> dict | None:
         """A file the C fast path kept by hard link (``blob``) before the command unlinked it: recorded, or
         given up (already recorded, not the command's to keep, over the cap)."""
         mode, atime, mtime, size, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
@@ -378,35 +416,49 @@ class CommandLog:
                 self.lexical.add(path)
         if not fresh:
             _unlink_quietly(blob, self.store.blobs)
-            return
+            return None
         lost = self.store._reserve(size, self._bulk(path) or ("a large file" if size > LARGE_FILE else ""))
         if lost:
             _unlink_quietly(blob, self.store.blobs)
         else:
             self.store._kept_now(blob, size)
         state = {"mode": mode, "atime_ns": atime, "mtime_ns": mtime}
-        self._change(
+        return self._change(
             path,
             "unlink",
             {"kind": "file", "ino": ino, "size": size, "blob": None if lost else blob, "lost": lost, **state},
         )
 
-    def _change(self, path: str, op: str, before: dict, to: str = "") -> None:
+    def _dir_kept(self, path: str, fields: str) -> dict | None:
+        """A directory the C fast path saw before the command removed it: its mode and times, as
+        ``Store.capture`` has them (the files it held were queued before it)."""
+        mode, atime, mtime, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
+        with self._lock:
+            fresh = path not in self.seen and self.covers(path) and self.allowed(path)
+            if fresh:
+                self.seen.add(path)
+                self.lexical.add(path)
+        if not fresh:
+            return None
+        state = {"kind": "dir", "ino": ino, "mode": mode, "atime_ns": atime, "mtime_ns": mtime}
+        return self._change(path, "rmdir", state)
+
+    def _change(self, path: str, op: str, before: dict, to: str = "") -> dict:
         record = {"event": "change", "command": self.command, "path": path, "op": op, "before": before}
         if to:
             record["to"] = to
-        self.store.append(record)
+        return record
 
     def finish(self) -> None:
-        """The command's last process is gone: how it left each path it changed."""
+        """The command's last process is gone: how it left each path it changed (nothing if none)."""
         with self._lock:
             if self._ended:
                 return
             self._ended = True
             touched = sorted(self.seen)
-        self.store.append(
-            {"event": "end", "command": self.command, "after": {p: fingerprint(p) for p in touched}}
-        )
+            if self._begin is not None:
+                return  # nothing was written: nothing to end
+        self._write({"event": "end", "command": self.command, "after": {p: fingerprint(p) for p in touched}})
 
     def _bulk(self, path: str) -> str:
         for root in self.roots:
@@ -539,7 +591,7 @@ class Journal:
 
     def pick(self, command: str | None) -> _Command:
         if command is not None:
-            found = self.commands.get(command)
+            found = self.commands.get(command) or self._unchanged(command)
             if found is None:
                 raise UndoRefused(f"{command}: no such command in session {self.session}")
             return found
@@ -547,6 +599,33 @@ class Journal:
         if not changed:
             raise UndoRefused(f"no command of session {self.session} changed anything")
         return max(changed, key=lambda c: c.last)
+
+    def _unchanged(self, command: str) -> _Command | None:
+        """A command of the audit log that changed nothing (the journal has no record of it: none is
+        written for such a command, ``CommandLog._write``), or None. Read for an id not in the journal."""
+        audit = self.meta.get("audit_log")
+        if not audit:
+            return None
+        started = ended = False
+        needle = json.dumps(command)
+        for path in log_files(Path(audit)):
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        if needle.encode() not in line:
+                            continue
+                        try:
+                            record = json.loads(line)
+                        except ValueError:
+                            continue
+                        if record.get("command") == command:
+                            started = started or record.get("event") == "start"
+                            ended = ended or record.get("event") == "exit"
+            except OSError:
+                continue
+        if not started:
+            return None
+        return _Command(command, -1, after={} if ended or not _alive(self.meta.get("pid", 0)) else None)
 
 
 def _after(journal: Journal, command: _Command, path: str) -> list[int] | None:
