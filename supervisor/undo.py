@@ -642,8 +642,9 @@ def changes(journal: Journal, command: _Command) -> list[Change]:
         kind = before.get("kind")
         lost = _lost(journal, before)
         if kind == "absent":
-            if after is not None:
-                out.append(Change(path, "created"))
+            carried = _carried(command, path) if after is None else None
+            if after is not None or (carried and fingerprint(carried) is not None):
+                out.append(Change(path, "created"))  # carried: back here once the rename is undone
             continue
         if after is None:
             to = command.moves.get(path) or record.get("to", "")
@@ -659,6 +660,20 @@ def changes(journal: Journal, command: _Command) -> list[Change]:
         elif after[5] != before.get("mode"):
             out.append(Change(path, "re-moded"))
     return out
+
+
+def _carried(command: _Command, path: str) -> str:
+    """Where ``path`` went with a directory above it that the command renamed (``mkdir d && echo x > d/f
+    && mv d e``: d/f is e/f), or "". Undo renames the directory back first (its record is later), then
+    removes what the command made in it."""
+    node = path
+    while (parent := os.path.dirname(node)) != node:
+        node = parent
+        entry = command.changes.get(node)
+        to = command.moves.get(node) or (entry[1].get("to", "") if entry else "")
+        if to:
+            return to + path[len(node) :]
+    return ""
 
 
 def _lost(journal: Journal, before: dict) -> str:
