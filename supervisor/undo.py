@@ -144,10 +144,11 @@ class Store:
 
     # contents
 
-    def capture(self, dirfd: int, name: str, *, removing: bool, bulk: str) -> dict:
+    def capture(self, dirfd: int, name: str, *, removing: bool, bulk: Callable[[], str]) -> dict:
         """The state of ``name`` in the directory ``dirfd`` (our fd), its content kept if it is a file.
         ``removing``: the call takes the name away from the inode (a hard link keeps it, no copy).
-        ``bulk``: why the file counts against the bulk share (an ignored tree), or ""."""
+        ``bulk()``: why the file counts against the bulk share (an ignored tree), or "" (asked only for a
+        file: git's index.lock, absent, paid a relpath and the .gitignore patterns per command)."""
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False) if name else os.fstat(dirfd)
         except FileNotFoundError:
@@ -160,7 +161,7 @@ class Store:
         if not stat.S_ISREG(st.st_mode):
             return {"kind": "other", "lost": "not a regular file, directory or symlink", **state}
         blob, lost = self._keep(
-            dirfd, name, st, removing, bulk or ("a large file" if st.st_size > LARGE_FILE else "")
+            dirfd, name, st, removing, bulk() or ("a large file" if st.st_size > LARGE_FILE else "")
         )
         return {"kind": "file", "ino": st.st_ino, "size": st.st_size, "blob": blob, "lost": lost, **state}
 
@@ -369,7 +370,8 @@ class CommandLog:
         if not fresh:
             return
         # unlink and a rename over take the name from the inode: a hard link keeps it without a copy
-        state = self.store.capture(dirfd, name, removing=op in ("unlink", "replace"), bulk=self._bulk(path))
+        removing = op in ("unlink", "replace")
+        state = self.store.capture(dirfd, name, removing=removing, bulk=lambda: self._bulk(path))
         self._write(self._change(path, op, state, to))
 
     def drained(self, items: list[bytes]) -> None:
