@@ -399,9 +399,11 @@ class CommandLog:
 
     def _created(self, path: str) -> dict | None:
         """A file the command created where the kernel alone was asked (the C fast path saw it absent):
-        nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed."""
+        nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed.
+        Nor ``covers``, for this and the two below: the fast path queues only what lies in ``roots`` and
+        not in ``skip`` (``Loop.keep`` was given them)."""
         with self._lock:
-            if path in self.seen or not self.covers(path):
+            if path in self.seen:
                 return None
             self.seen.add(path)
             self.lexical.add(path)
@@ -412,7 +414,7 @@ class CommandLog:
         given up (already recorded, not the command's to keep, over the cap)."""
         mode, atime, mtime, size, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
         with self._lock:
-            fresh = path not in self.seen and self.covers(path) and self.allowed(path)
+            fresh = path not in self.seen and self.allowed(path)
             if fresh:
                 self.seen.add(path)
                 self.lexical.add(path)
@@ -436,7 +438,7 @@ class CommandLog:
         ``Store.capture`` has them (the files it held were queued before it)."""
         mode, atime, mtime, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
         with self._lock:
-            fresh = path not in self.seen and self.covers(path) and self.allowed(path)
+            fresh = path not in self.seen and self.allowed(path)
             if fresh:
                 self.seen.add(path)
                 self.lexical.add(path)
@@ -466,7 +468,7 @@ class CommandLog:
         for root in self.roots:
             if not _under(path, root):
                 continue
-            relative = os.path.relpath(path, root)
+            relative = path[len(root) :].lstrip("/")  # both normalised: no relpath (a drain asks per file)
             parts = relative.split("/")
             for part in parts[:-1]:
                 if part in IGNORED_NAMES:
