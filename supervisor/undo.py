@@ -323,7 +323,9 @@ class CommandLog:
     ``roots``: the real paths of the trees it may write (its changes elsewhere are not recorded and never
     restored). ``allowed(path)``: the policy lets it read and write the path (never-grantable and denied
     files are never kept). The state of a path is recorded at the first change only. A command that changes
-    nothing writes nothing: its begin record goes into the journal with its first change (``_write``)."""
+    nothing writes nothing: its begin record goes into the journal with its first change (``_write``), and
+    a file Python saw it make waits (``_made``) for the next record, the drainer's next pass or the end,
+    where one that is gone again is dropped (git's index.lock, made and unlinked at every ``git status``)."""
 
     store: Store
     command: str
@@ -336,6 +338,8 @@ class CommandLog:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ended: bool = False
     _begin: dict | None = None  # the begin record, until the first change writes it
+    _made: list[dict] = field(default_factory=list)  # records of files Python saw it make, not written yet
+    _renamed: bool = False  # a rename was recorded: what it made may have moved with a directory
 
     def begin(self, **extra: object) -> CommandLog:
         self.store.prune()
@@ -343,10 +347,19 @@ class CommandLog:
         return self
 
     def _write(self, *records: dict) -> None:
-        """Append ``records``, after the begin record if they are the command's first (in the same write)."""
-        with self._lock:  # held over the write: no record of this command overtakes its begin
+        """Append ``records``, after the begin record if they are the command's first and after the records
+        waiting in ``_made`` (in order, in the same write)."""
+        with self._lock:  # held over the write: no record of this command overtakes an earlier one
             begin, self._begin = self._begin, None
-            self.store.append(*([begin] if begin else []), *records)
+            made, self._made = self._made, []
+            self._renamed = self._renamed or any("to" in r for r in records)
+            self.store.append(*([begin] if begin else []), *made, *records)
+
+    def flush(self) -> None:
+        """The drainer's pass: what waits in ``_made`` goes into the journal (``changes`` of a running
+        command lags by a pass at most)."""
+        if self._made:
+            self._write()
 
     def covers(self, path: str) -> bool:
         return any(_under(path, root) for root in self.roots) and not any(_under(path, s) for s in self.skip)
@@ -372,6 +385,10 @@ class CommandLog:
         # unlink and a rename over take the name from the inode: a hard link keeps it without a copy
         removing = op in ("unlink", "replace")
         state = self.store.capture(dirfd, name, removing=removing, bulk=lambda: self._bulk(path))
+        if state["kind"] == "absent" and not to:
+            with self._lock:
+                self._made.append(self._change(path, op, state))
+            return
         self._write(self._change(path, op, state, to))
 
     def drained(self, items: list[bytes]) -> None:
@@ -454,15 +471,21 @@ class CommandLog:
         return record
 
     def finish(self) -> None:
-        """The command's last process is gone: how it left each path it changed (nothing if none)."""
+        """The command's last process is gone: how it left each path it changed (nothing if none). A file
+        it made that is gone again is dropped unless a rename may have carried it (``_carried``): its
+        record would say nothing to ``changes`` or ``undo``."""
         with self._lock:
             if self._ended:
                 return
             self._ended = True
-            touched = sorted(self.seen)
-            if self._begin is not None:
-                return  # nothing was written: nothing to end
-        self._write({"event": "end", "command": self.command, "after": {p: fingerprint(p) for p in touched}})
+            after = {p: fingerprint(p) for p in sorted(self.seen)}
+            if not self._renamed:
+                gone = {r["path"] for r in self._made if after.get(r["path"]) is None}
+                self._made = [r for r in self._made if r["path"] not in gone]
+                after = {p: state for p, state in after.items() if p not in gone}
+            if self._begin is not None and not self._made:
+                return  # nothing was written, nothing waits: nothing to end
+        self._write({"event": "end", "command": self.command, "after": after})
 
     def _bulk(self, path: str) -> str:
         for root in self.roots:

@@ -501,6 +501,33 @@ def test_a_command_that_changes_nothing_writes_nothing_to_the_store(supervisor):
     assert journal.read_bytes().count(writer.encode()) == 3
 
 
+def test_git_status_leaves_nothing_in_the_store_and_git_add_is_undone(home):
+    """git takes .git/index.lock at every status (made by the supervisor: a protected .git, README "Runs
+    later") and unlinks it: a file the command made that is gone again at its end is dropped, so the
+    store gets no line. Its twin, git add, renames the lock over the index: recorded, and undone."""
+    make_tree(home.work)
+    for path in home.work.rglob("*"):  # older than the index by seconds: no racily clean entry to refresh
+        os.utime(path, (time.time() - 10,) * 2, follow_symlinks=False)
+    git(home, "init", "-q")
+    git(home, "add", "-A")
+    git(home, "commit", "-qm", "base")
+    sup = start_supervisor(home)
+    try:
+        assert sup.shell("-c", "git status --porcelain # status").returncode == 0
+        assert (store_of(home) / "journal.jsonl").read_bytes() == b""
+        (home.work / "src" / "f1.c").write_text("an edit\n")
+        before = snapshot(home.work)
+        assert sup.shell("-c", "git add src/f1.c").returncode == 0
+        listed = json.loads(cli(home, "changes", "--json").stdout)["changes"]
+        index = str(home.work / ".git" / "index")
+        assert any(c["path"] == index and c["change"] in ("modified", "replaced") for c in listed)
+        assert str(home.work / ".git" / "index.lock") not in {c["path"] for c in listed}
+        undo_ok(home)
+        assert snapshot(home.work) == before
+    finally:
+        sup.stop()
+
+
 def test_the_profile_and_the_flag_turn_undo_off(home):
     off = home.root / "off.toml"
     off.write_text('extends = "default"\n[undo]\nenabled = false\n')

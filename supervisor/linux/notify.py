@@ -151,8 +151,8 @@ _THREADS = _Threads()
 
 class _Drainer:
     """One thread for the session: every second, the files each running command created or kept on the C
-    fast path are recorded for undo (``NotifyLoop._created``), off the commands' own time; started with the
-    first recording loop."""
+    fast path, and the files Python saw it make (``CommandLog._made``), are recorded for undo
+    (``NotifyLoop._created``), off the commands' own time; started with the first recording loop."""
 
     def __init__(self) -> None:
         self._loops: weakref.WeakSet[NotifyLoop] = weakref.WeakSet()
@@ -179,6 +179,7 @@ class _Drainer:
                 if loop.is_alive():
                     try:
                         busy = loop._created() or busy
+                        loop.undo.flush()  # what Python saw it make, held back (CommandLog._made)
                     except Exception:  # noqa: BLE001 - a lost record, never a stopped drainer
                         _debug_trace()
                 else:
@@ -279,7 +280,7 @@ class NotifyLoop:
         self._started = True
         if emulate.has_effective_capabilities():
             self._dropped = threading.Event()
-        if self.undo is not None and self._native is not None:
+        if self.undo is not None:
             _DRAINER.add(self)
         _THREADS.run(self.run)
         if self._dropped is not None:
