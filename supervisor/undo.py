@@ -67,6 +67,7 @@ _TEMP_PREFIX = ".nono-undo-"
 _O_READ_LEAF = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 AGENT = "agent"
 _SETID = stat.S_ISUID | stat.S_ISGID
+_LINE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
 
 
 class UndoRefused(NonoError):
@@ -136,9 +137,7 @@ class Store:
     def append(self, *records: dict) -> None:
         """``records`` as whole lines, in one write (O_APPEND: no line is torn, whoever else appends)."""
         now = time.time()
-        lines = b"".join(
-            (json.dumps({"t": now, **record}, separators=(",", ":")) + "\n").encode() for record in records
-        )
+        lines = "".join(_LINE({"t": now, **record}) + "\n" for record in records).encode()
         if self._journal >= 0 and lines:  # closed: the session is over, a last command's end is not recorded
             os.write(self._journal, lines)
 
