@@ -150,9 +150,10 @@ _THREADS = _Threads()
 
 
 class _Drainer:
-    """One thread for the session: every second, the files each running command created or kept on the C
-    fast path, and the files Python saw it make (``CommandLog._made``), are recorded for undo
-    (``NotifyLoop._created``), off the commands' own time; started with the first recording loop."""
+    """One thread for the session: the files each running command created or kept on the C fast path, and
+    the files Python saw it make (``CommandLog._made``), are recorded for undo (``NotifyLoop._created``)
+    off the commands' own time, once a second (four times while it finds any); started with the first
+    recording loop."""
 
     def __init__(self) -> None:
         self._loops: weakref.WeakSet[NotifyLoop] = weakref.WeakSet()
@@ -489,8 +490,9 @@ class NotifyLoop:
     def _drain_for(self, *paths: str) -> None:
         """Before ``paths`` are recorded: what the fast path queued of them, inside them or above them is
         recorded first, so that a path's first state is its state before the command and undo replays
-        related records in the right order (``Loop.queued``; test_undo's rm -rf and rename chain). Only
-        then: draining before every escalation put npm install's thousand records on its own time."""
+        related records in the right order (``Loop.queued``; test_undo: a file made then rewritten, a
+        directory renamed after files were made in it). Only then: draining before every escalation put npm
+        install's thousand records on its own time."""
         if self._native is not None and any(self._native.queued(os.fsencode(p)) for p in paths if p):
             self._created()
 
