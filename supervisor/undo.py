@@ -68,6 +68,7 @@ _O_READ_LEAF = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_
 AGENT = "agent"
 _SETID = stat.S_ISUID | stat.S_ISGID
 _LINE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
+_STRING = json.encoder.encode_basestring_ascii  # a JSON string, as _LINE writes one
 
 
 class UndoRefused(NonoError):
@@ -134,10 +135,15 @@ class Store:
 
     # records
 
-    def append(self, *records: dict) -> None:
-        """``records`` as whole lines, in one write (O_APPEND: no line is torn, whoever else appends)."""
+    def append(self, *records: dict | str) -> None:
+        """``records`` as whole lines, in one write (O_APPEND: no line is torn, whoever else appends). A
+        record is a dict, or the members of one already encoded (``CommandLog._created``)."""
         now = time.time()
-        lines = "".join(_LINE({"t": now, **record}) + "\n" for record in records).encode()
+        stamp = '{"t":' + _LINE(now) + ","
+        lines = "".join(
+            (stamp + record + "}" if isinstance(record, str) else _LINE({"t": now, **record})) + "\n"
+            for record in records
+        ).encode()
         if self._journal >= 0 and lines:  # closed: the session is over, a last command's end is not recorded
             os.write(self._journal, lines)
 
@@ -395,7 +401,7 @@ class CommandLog:
         blob, b'mode atime_ns mtime_ns size ino', a file it kept by hard link before an unlink; b'D' + path,
         b'mode atime_ns mtime_ns ino', a directory before its rmdir), in order, in one write (npm install
         drains a thousand at a time)."""
-        records = []
+        records: list[dict | str] = []
         i = 0
         while i < len(items):
             path = os.fsdecode(items[i][1:])
@@ -413,17 +419,19 @@ class CommandLog:
         if records:
             self._write(*records)
 
-    def _created(self, path: str) -> dict | None:
+    def _created(self, path: str) -> str | None:
         """A file the command created where the kernel alone was asked (the C fast path saw it absent):
         nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed.
         Nor ``covers``, for this and the two below: the fast path queues only what lies in ``roots`` and
-        not in ``skip`` (``Loop.keep`` was given them)."""
+        not in ``skip`` (``Loop.keep`` was given them). Encoded here: the most common record (npm install
+        drains a thousand)."""
         with self._lock:
             if path in self.seen:
                 return None
             self.seen.add(path)
             self.lexical.add(path)
-        return self._change(path, "create", {"kind": "absent"})
+        where = f'"command":{_STRING(self.command)},"path":{_STRING(path)}'
+        return f'"event":"change",{where},"op":"create","before":{{"kind":"absent"}}'
 
     def _kept(self, path: str, blob: str, fields: str) -> dict | None:
         """A file the C fast path kept by hard link (``blob``) before the command unlinked it: recorded, or
