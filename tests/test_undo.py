@@ -528,6 +528,44 @@ def test_git_status_leaves_nothing_in_the_store_and_git_add_is_undone(home):
         sup.stop()
 
 
+def test_redirects_to_dev_null_wake_no_one_and_keep_their_flags(home, tmp_path):
+    """Every `>/dev/null` opens the null device for writing, which undo would trap (a wake of the
+    supervisor per redirect, git's own open at each start another): the preloaded library opens it
+    non-blocking, untrapped, and clears O_NONBLOCK at once. Counted (three such opens add no notification
+    to the same command without them), and the descriptors' flags are the bare twin's (/proc's fdinfo)."""
+    from nono_supervisor.backend import start_sandboxed
+    from nono_supervisor.policy import PolicyOptions
+    from nono_supervisor.session import Session
+
+    flags = "grep flags /proc/self/fdinfo/3 /proc/self/fdinfo/4"
+    nulls = f"echo x >/dev/null; exec 3>/dev/null 4<>/dev/null; {flags}"
+    bare = subprocess.run(["/bin/bash", "-c", nulls], capture_output=True, text=True, check=True).stdout
+    session = Session.create(PolicyOptions(allow=(str(tmp_path),)), env=home.env, workdir=str(home.work))
+
+    def routed(script: str) -> tuple[int, str]:
+        out = tmp_path / "out"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            argv = ["/bin/bash", "-c", script]
+            undo = session.undo_log(f"t-{len(script)}")
+            process = start_sandboxed(
+                session, argv[0], argv, home.env, str(home.work), (0, fd, 2), undo=undo, left_to_landlock=True
+            )
+            assert os.waitstatus_to_exitcode(process.wait()) == 0
+        finally:
+            os.close(fd)
+        process.notify.join(10)
+        return process.notify.native_stats["received"], out.read_text()
+
+    try:
+        with_nulls, output = routed(nulls)
+        without, _ = routed(f"exec 3<&0 4<&0; {flags}")
+        assert with_nulls == without
+        assert output == bare and "flags:" in bare
+    finally:
+        session.close()
+
+
 def test_the_profile_and_the_flag_turn_undo_off(home):
     off = home.root / "off.toml"
     off.write_text('extends = "default"\n[undo]\nenabled = false\n')
