@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nono_supervisor import paths
+from nono_supervisor.audit import log_files
 from nono_supervisor.errors import NonoError
 from nono_supervisor.paths import under
 
@@ -67,6 +68,8 @@ _TEMP_PREFIX = ".nono-undo-"
 _O_READ_LEAF = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 AGENT = "agent"
 _SETID = stat.S_ISUID | stat.S_ISGID
+_LINE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
+_STRING = json.encoder.encode_basestring_ascii  # a JSON string, as _LINE writes one
 
 
 class UndoRefused(NonoError):
@@ -129,17 +132,25 @@ class Store:
 
     # records
 
-    def append(self, record: dict) -> None:
-        line = (json.dumps({"t": time.time(), **record}, separators=(",", ":")) + "\n").encode()
-        if self._journal >= 0:  # closed: the session is over, a last command's end is not recorded
-            os.write(self._journal, line)  # O_APPEND: one write, one whole line, whoever else appends
+    def append(self, *records: dict | str) -> None:
+        """``records`` as whole lines, in one write (O_APPEND: no line is torn, whoever else appends). A
+        record is a dict, or the members of one already encoded (``CommandLog._created``)."""
+        now = time.time()
+        stamp = '{"t":' + _LINE(now) + ","
+        lines = "".join(
+            (stamp + record + "}" if isinstance(record, str) else _LINE({"t": now, **record})) + "\n"
+            for record in records
+        ).encode()
+        if self._journal >= 0 and lines:  # closed: the session is over, a last command's end is not recorded
+            os.write(self._journal, lines)
 
     # contents
 
-    def capture(self, dirfd: int, name: str, *, removing: bool, bulk: str) -> dict:
+    def capture(self, dirfd: int, name: str, *, removing: bool, bulk: Callable[[], str]) -> dict:
         """The state of ``name`` in the directory ``dirfd`` (our fd), its content kept if it is a file.
         ``removing``: the call takes the name away from the inode (a hard link keeps it, no copy).
-        ``bulk``: why the file counts against the bulk share (an ignored tree), or ""."""
+        ``bulk()``: why the file counts against the bulk share (an ignored tree), or "" (asked only for a
+        file: git's index.lock, absent, paid a relpath and the .gitignore patterns per command)."""
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False) if name else os.fstat(dirfd)
         except FileNotFoundError:
@@ -152,7 +163,7 @@ class Store:
         if not stat.S_ISREG(st.st_mode):
             return {"kind": "other", "lost": "not a regular file, directory or symlink", **state}
         blob, lost = self._keep(
-            dirfd, name, st, removing, bulk or ("a large file" if st.st_size > LARGE_FILE else "")
+            dirfd, name, st, removing, bulk() or ("a large file" if st.st_size > LARGE_FILE else "")
         )
         return {"kind": "file", "ino": st.st_ino, "size": st.st_size, "blob": blob, "lost": lost, **state}
 
@@ -316,7 +327,10 @@ class CommandLog:
 
     ``roots``: the real paths of the trees it may write (its changes elsewhere are not recorded and never
     restored). ``allowed(path)``: the policy lets it read and write the path (never-grantable and denied
-    files are never kept). The state of a path is recorded at the first change only."""
+    files are never kept). The state of a path is recorded at the first change only. A command that changes
+    nothing writes nothing: its begin record goes into the journal with its first change (``_write``), and
+    a file Python saw it make waits (``_made``) for the next record, the drainer's next pass or the end,
+    where one that is gone again is dropped (git's index.lock, made and unlinked at every ``git status``)."""
 
     store: Store
     command: str
@@ -328,11 +342,29 @@ class CommandLog:
     _ignores: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ended: bool = False
+    _begin: dict | None = None  # the begin record, until the first change writes it
+    _made: list[dict] = field(default_factory=list)  # records of files Python saw it make, not written yet
+    _renamed: bool = False  # a rename was recorded: what it made may have moved with a directory
 
     def begin(self, **extra: object) -> CommandLog:
         self.store.prune()
-        self.store.append({"event": "begin", "command": self.command, "roots": list(self.roots), **extra})
+        self._begin = {"event": "begin", "command": self.command, "roots": list(self.roots), **extra}
         return self
+
+    def _write(self, *records: dict) -> None:
+        """Append ``records``, after the begin record if they are the command's first and after the records
+        waiting in ``_made`` (in order, in the same write)."""
+        with self._lock:  # held over the write: no record of this command overtakes an earlier one
+            begin, self._begin = self._begin, None
+            made, self._made = self._made, []
+            self._renamed = self._renamed or any("to" in r for r in records)
+            self.store.append(*([begin] if begin else []), *made, *records)
+
+    def flush(self) -> None:
+        """The drainer's pass: what waits in ``_made`` goes into the journal (``changes`` of a running
+        command lags by a pass at most)."""
+        if self._made:
+            self._write()
 
     def covers(self, path: str) -> bool:
         return any(under(path, root) for root in self.roots) and not any(under(path, s) for s in self.skip)
@@ -348,71 +380,125 @@ class CommandLog:
             if lexical:
                 self.lexical.add(lexical)
             again = path in self.seen
-            if again or not self.covers(path) or not self.allowed(path):
-                if again and to:  # renamed after a first change: ``changes`` says where it went
-                    self.store.append({"event": "moved", "command": self.command, "path": path, "to": to})
-                return
-            self.seen.add(path)
+            fresh = not again and self.covers(path) and self.allowed(path)
+            if fresh:
+                self.seen.add(path)
+        if again and to:  # renamed after a first change: ``changes`` says where it went
+            self._write({"event": "moved", "command": self.command, "path": path, "to": to})
+        if not fresh:
+            return
         # unlink and a rename over take the name from the inode: a hard link keeps it without a copy
-        state = self.store.capture(dirfd, name, removing=op in ("unlink", "replace"), bulk=self._bulk(path))
-        self._change(path, op, state, to)
+        removing = op in ("unlink", "replace")
+        state = self.store.capture(dirfd, name, removing=removing, bulk=lambda: self._bulk(path))
+        if state["kind"] == "absent" and not to:
+            with self._lock:
+                self._made.append(self._change(path, op, state))
+            return
+        self._write(self._change(path, op, state, to))
 
-    def created(self, path: str) -> None:
+    def drained(self, items: list[bytes]) -> None:
+        """What the C fast path recorded (``Loop.created``: b'C' + path, a file it saw made; b'U' + path,
+        blob, b'mode atime_ns mtime_ns size ino', a file it kept by hard link before an unlink; b'D' + path,
+        b'mode atime_ns mtime_ns ino', a directory before its rmdir), in order, in one write (npm install
+        drains a thousand at a time)."""
+        records: list[dict | str] = []
+        i = 0
+        while i < len(items):
+            path = os.fsdecode(items[i][1:])
+            if items[i][:1] == b"U":
+                record = self._kept(path, os.fsdecode(items[i + 1]), items[i + 2].decode())
+                i += 3
+            elif items[i][:1] == b"D":
+                record = self._dir_kept(path, items[i + 1].decode())
+                i += 2
+            else:
+                record = self._created(path)
+                i += 1
+            if record is not None:
+                records.append(record)
+        if records:
+            self._write(*records)
+
+    def _created(self, path: str) -> str | None:
         """A file the command created where the kernel alone was asked (the C fast path saw it absent):
-        nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed."""
+        nothing is kept, and Landlock let it be made, so the policy's check (``allowed``) is not needed.
+        Nor ``covers``, for this and the two below: the fast path queues only what lies in ``roots`` and
+        not in ``skip`` (``Loop.keep`` was given them). Encoded here: the most common record (npm install
+        drains a thousand)."""
         with self._lock:
-            if path in self.seen or not self.covers(path):
-                return
+            if path in self.seen:
+                return None
             self.seen.add(path)
             self.lexical.add(path)
-        self._change(path, "create", {"kind": "absent"})
+        where = f'"command":{_STRING(self.command)},"path":{_STRING(path)}'
+        return f'"event":"change",{where},"op":"create","before":{{"kind":"absent"}}'
 
-    def kept(self, path: str, blob: str, fields: str) -> None:
+    def _kept(self, path: str, blob: str, fields: str) -> dict | None:
         """A file the C fast path kept by hard link (``blob``) before the command unlinked it: recorded, or
         given up (already recorded, not the command's to keep, over the cap)."""
         mode, atime, mtime, size, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
         with self._lock:
-            fresh = path not in self.seen and self.covers(path) and self.allowed(path)
+            fresh = path not in self.seen and self.allowed(path)
             if fresh:
                 self.seen.add(path)
                 self.lexical.add(path)
         if not fresh:
             _unlink_quietly(blob, self.store.blobs)
-            return
+            return None
         lost = self.store.reserve(size, self._bulk(path) or ("a large file" if size > LARGE_FILE else ""))
         if lost:
             _unlink_quietly(blob, self.store.blobs)
         else:
             self.store.kept_now(blob, size)
         state = {"mode": mode, "atime_ns": atime, "mtime_ns": mtime}
-        self._change(
+        return self._change(
             path,
             "unlink",
             {"kind": "file", "ino": ino, "size": size, "blob": None if lost else blob, "lost": lost, **state},
         )
 
-    def _change(self, path: str, op: str, before: dict, to: str = "") -> None:
+    def _dir_kept(self, path: str, fields: str) -> dict | None:
+        """A directory the C fast path saw before the command removed it: its mode and times, as
+        ``Store.capture`` has them (the files it held were queued before it)."""
+        mode, atime, mtime, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
+        with self._lock:
+            fresh = path not in self.seen and self.allowed(path)
+            if fresh:
+                self.seen.add(path)
+                self.lexical.add(path)
+        if not fresh:
+            return None
+        state = {"kind": "dir", "ino": ino, "mode": mode, "atime_ns": atime, "mtime_ns": mtime}
+        return self._change(path, "rmdir", state)
+
+    def _change(self, path: str, op: str, before: dict, to: str = "") -> dict:
         record = {"event": "change", "command": self.command, "path": path, "op": op, "before": before}
         if to:
             record["to"] = to
-        self.store.append(record)
+        return record
 
     def finish(self) -> None:
-        """The command's last process is gone: how it left each path it changed."""
+        """The command's last process is gone: how it left each path it changed (nothing if none). A file
+        it made that is gone again is dropped unless a rename may have carried it (``_carried``): its
+        record would say nothing to ``changes`` or ``undo``."""
         with self._lock:
             if self._ended:
                 return
             self._ended = True
-            touched = sorted(self.seen)
-        self.store.append(
-            {"event": "end", "command": self.command, "after": {p: fingerprint(p) for p in touched}}
-        )
+            after = {p: fingerprint(p) for p in sorted(self.seen)}
+            if not self._renamed:
+                gone = {r["path"] for r in self._made if after.get(r["path"]) is None}
+                self._made = [r for r in self._made if r["path"] not in gone]
+                after = {p: state for p, state in after.items() if p not in gone}
+            if self._begin is not None and not self._made:
+                return  # nothing was written, nothing waits: nothing to end
+        self._write({"event": "end", "command": self.command, "after": after})
 
     def _bulk(self, path: str) -> str:
         for root in self.roots:
             if not under(path, root):
                 continue
-            relative = os.path.relpath(path, root)
+            relative = path[len(root) :].lstrip("/")  # both normalised: no relpath (a drain asks per file)
             parts = relative.split("/")
             for part in parts[:-1]:
                 if part in IGNORED_NAMES:
@@ -539,7 +625,7 @@ class Journal:
 
     def pick(self, command: str | None) -> _Command:
         if command is not None:
-            found = self.commands.get(command)
+            found = self.commands.get(command) or self._unchanged(command)
             if found is None:
                 raise UndoRefused(f"{command}: no such command in session {self.session}")
             return found
@@ -547,6 +633,33 @@ class Journal:
         if not changed:
             raise UndoRefused(f"no command of session {self.session} changed anything")
         return max(changed, key=lambda c: c.last)
+
+    def _unchanged(self, command: str) -> _Command | None:
+        """A command of the audit log that changed nothing (the journal has no record of it: none is
+        written for such a command, ``CommandLog._write``), or None. Read for an id not in the journal."""
+        audit = self.meta.get("audit_log")
+        if not audit:
+            return None
+        started = ended = False
+        needle = json.dumps(command)
+        for path in log_files(Path(audit)):
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        if needle.encode() not in line:
+                            continue
+                        try:
+                            record = json.loads(line)
+                        except ValueError:
+                            continue
+                        if record.get("command") == command:
+                            started = started or record.get("event") == "start"
+                            ended = ended or record.get("event") == "exit"
+            except OSError:
+                continue
+        if not started:
+            return None
+        return _Command(command, -1, after={} if ended or not _alive(self.meta.get("pid", 0)) else None)
 
 
 def _after(journal: Journal, command: _Command, path: str) -> list[int] | None:
@@ -563,8 +676,9 @@ def changes(journal: Journal, command: _Command) -> list[Change]:
         kind = before.get("kind")
         lost = _lost(journal, before)
         if kind == "absent":
-            if after is not None:
-                out.append(Change(path, "created"))
+            carried = _carried(command, path) if after is None else None
+            if after is not None or (carried and fingerprint(carried) is not None):
+                out.append(Change(path, "created"))  # carried: back here once the rename is undone
             continue
         if after is None:
             to = command.moves.get(path) or record.get("to", "")
@@ -580,6 +694,20 @@ def changes(journal: Journal, command: _Command) -> list[Change]:
         elif after[5] != before.get("mode"):
             out.append(Change(path, "re-moded"))
     return out
+
+
+def _carried(command: _Command, path: str) -> str:
+    """Where ``path`` went with a directory above it that the command renamed (``mkdir d && echo x > d/f
+    && mv d e``: d/f is e/f), or "". Undo renames the directory back first (its record is later), then
+    removes what the command made in it."""
+    node = path
+    while (parent := os.path.dirname(node)) != node:
+        node = parent
+        entry = command.changes.get(node)
+        to = command.moves.get(node) or (entry[1].get("to", "") if entry else "")
+        if to:
+            return to + path[len(node) :]
+    return ""
 
 
 def _lost(journal: Journal, before: dict) -> str:

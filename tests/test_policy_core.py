@@ -259,6 +259,23 @@ def test_access_index_needs_every_fact_it_compares() -> None:
         AccessIndex(policy_of(), {})
 
 
+def test_a_remembered_verdict_follows_a_deny_that_moves() -> None:
+    """Verdicts are remembered per index (the same paths come back at every command), and forgotten when
+    the denies are resolved again: a deny named through ~/hidden, once it leads to notes/, refuses what the
+    index allowed there before (DESIGN invariant 12), and denied_below names it there."""
+    policy = policy_of(read=("~",), deny=("~/hidden",))
+    before = FakeFs({**MACHINE, f"{HOME}/other/x": "file", f"{HOME}/hidden": "-> other"})
+    index = index_of(policy, before)
+    todo = f"{HOME}/notes/todo.txt"
+    assert index.verdict(todo, "read").allowed and index.verdict(todo, "read").allowed
+    assert index.denied_below(f"{HOME}/notes") == []
+    after = FakeFs({**MACHINE, f"{HOME}/other/x": "file", f"{HOME}/hidden": "-> notes"})
+    index.relocate(real_paths(policy, after.realpath))
+    assert (index.verdict(todo, "read").allowed, index.verdict(todo, "read").rule) == (False, "--deny")
+    assert not index_of(policy, after).verdict(todo, "read").allowed  # the same as a fresh index
+    assert index.verdict(f"{HOME}/other/x", "read").allowed
+
+
 def test_denied_below_names_what_a_rename_of_an_ancestor_would_move() -> None:
     index = index_of(policy_of(), FakeFs(MACHINE))
     inside = dict(index.denied_below(HOME))

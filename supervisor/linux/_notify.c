@@ -684,6 +684,18 @@ static int queue(Loop *self, const char *const *items, const size_t *lens, int c
     return queued;
 }
 
+/* Undo: one item, ``kind`` + norm[:n], then the blob's name (b'U') and the fields (b'U', b'D'). 0: not queued. */
+static int queue_item(Loop *self, char kind, size_t n, const char *blob, const char *fields) {
+    char tag[PATH_MAX_ + 2];
+    if (n + 1 >= sizeof tag)
+        return 0;
+    tag[0] = kind;
+    memcpy(tag + 1, self->norm, n);
+    const char *items[3] = {tag, blob ? blob : fields, fields};
+    size_t lens[3] = {n + 1, blob ? strlen(blob) : fields ? strlen(fields) : 0, fields ? strlen(fields) : 0};
+    return queue(self, items, lens, 1 + (blob != NULL) + (fields != NULL));
+}
+
 static int under(const char *path, size_t n, const char *top) {
     size_t m = strlen(top);
     while (m > 1 && top[m - 1] == '/')
@@ -721,14 +733,18 @@ struct open_how_ {
  * inode under a second name in the store: a hard link, no copy, and no wake of Python (rm -rf, make clean,
  * git checkout). The parent is walked without a symlink or magic link (RESOLVE_NO_SYMLINKS: the path kept
  * is the real one), the link checked to be the inode that was looked at, and the item queued for Python's
- * record (CommandLog.kept), which may still drop it (already recorded, over the cap). Anything else, a
- * failure included, goes to Python (undo_calls.record_call): 0. Outside the recorded trees: 1, nothing. */
-static int kept(Loop *self, size_t n) {
+ * record (CommandLog.kept), which may still drop it (already recorded, over the cap). A directory about to
+ * be removed (``directory``: rmdir, AT_REMOVEDIR) has only its mode and times to keep: queued as b'D' +
+ * path and its fields, after its files' items (undo replays them backwards: the directory first; rm -rf
+ * woke Python once per directory, and drained every file queued before it on the command's time).
+ * Anything else, a failure included, goes to Python (undo_calls.record_call): 0. Outside the recorded
+ * trees: 1, nothing. */
+static int kept(Loop *self, size_t n, int directory) {
     if (self->blobs < 0 || !(n = real_path(self, n)))
         return 0;
     if (!recorded(self, n))
         return 1;
-    if (!allows_at(self, n, LL_READ_FILE)) /* never keeps what the command may not read */
+    if (!allows_at(self, n, directory ? LL_READ_DIR : LL_READ_FILE)) /* never keeps what it may not read */
         return 0;
     size_t d = dirname_len(self->norm, n), name = d;
     while (name < n && self->norm[name] == '/')
@@ -749,6 +765,16 @@ static int kept(Loop *self, size_t n) {
         result = errno == ENOENT; /* the kernel answers ENOENT: nothing to keep */
         goto out;
     }
+    char fields[128];
+    if (directory) {
+        if (!S_ISDIR(sb.st_mode)) /* ENOTDIR, from Python */
+            goto out;
+        snprintf(fields, sizeof fields, "%o %lld%09ld %lld%09ld %llu", (unsigned)(sb.st_mode & 07777),
+                 (long long)sb.st_atim.tv_sec, sb.st_atim.tv_nsec, (long long)sb.st_mtim.tv_sec,
+                 sb.st_mtim.tv_nsec, (unsigned long long)sb.st_ino);
+        result = queue_item(self, 'D', n, NULL, fields);
+        goto out;
+    }
     if (!S_ISREG(sb.st_mode) || sb.st_nlink != 1)
         goto out;
     pthread_mutex_lock(&self->created_lock);
@@ -761,7 +787,7 @@ static int kept(Loop *self, size_t n) {
     static unsigned long long counter;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    char blob[96], fields[128];
+    char blob[96];
     snprintf(blob, sizeof blob, "c%d-%lld%09ld-%llu", (int)getpid(), (long long)now.tv_sec, now.tv_nsec,
              __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
     if (linkat(parent, leaf, self->blobs, blob, 0) != 0)
@@ -774,16 +800,7 @@ static int kept(Loop *self, size_t n) {
     snprintf(fields, sizeof fields, "%o %lld%09ld %lld%09ld %lld %llu", (unsigned)(sb.st_mode & 07777),
              (long long)sb.st_atim.tv_sec, sb.st_atim.tv_nsec, (long long)sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
              (long long)sb.st_size, (unsigned long long)sb.st_ino);
-    char tag[PATH_MAX_ + 2];
-    if (n + 1 >= sizeof tag) {
-        unlinkat(self->blobs, blob, 0);
-        goto refund;
-    }
-    tag[0] = 'U';
-    memcpy(tag + 1, self->norm, n);
-    const char *items[3] = {tag, blob, fields};
-    size_t lens[3] = {n + 1, strlen(blob), strlen(fields)};
-    if (!queue(self, items, lens, 3)) {
+    if (!queue_item(self, 'U', n, blob, fields)) {
         unlinkat(self->blobs, blob, 0);
         goto refund;
     }
@@ -798,16 +815,7 @@ out:
     return result;
 }
 
-static int queue_created(Loop *self, size_t n) {
-    char tag[PATH_MAX_ + 2];
-    if (n + 1 >= sizeof tag)
-        return 0;
-    tag[0] = 'C';
-    memcpy(tag + 1, self->norm, n);
-    const char *items[1] = {tag};
-    size_t lens[1] = {n + 1};
-    return queue(self, items, lens, 1);
-}
+static int queue_created(Loop *self, size_t n) { return queue_item(self, 'C', n, NULL, NULL); }
 
 /* The fast path's answer to an open Landlock allows, as without undo: a creation needs make_reg of the
  * parent, or a file already there (NotifyLoop._may_create). */
@@ -819,9 +827,10 @@ static int creating_ok(Loop *self, size_t n, uint32_t flags) {
 }
 
 /* Undo: an open that may write is CONTINUEd here only when it creates its file (nothing to keep): the path
- * is queued for Loop.created(), which NotifyLoop drains into the record before the next escalation and when
- * the command ends. A file already there (or anything unusual) goes to Python, which keeps it first
- * (undo_calls.record_call). Creations are most of a build's and an install's writes (README "Undo"). */
+ * is queued for Loop.created(), which NotifyLoop drains into the record every second, before a record of a
+ * path still queued (queued()) and when the command ends. A file already there (or anything unusual) goes
+ * to Python, which keeps it first (undo_calls.record_call). Creations are most of a build's and an
+ * install's writes (README "Undo"). */
 static int created(Loop *self, size_t n, uint32_t flags) {
     struct stat sb;
     if (self->blobs >= 0 && !(n = real_path(self, n)))
@@ -940,7 +949,7 @@ static int fast(Loop *self, const struct seccomp_notif *req) {
             return 1;
         if (t->kind == K_MKDIR || t->kind == K_MKNOD || t->kind == K_SYMLINK)
             return made(self, n);
-        return needed == LL_REMOVE_FILE && kept(self, n); /* rmdir's kind is Python's (native_table) */
+        return kept(self, n, needed == LL_REMOVE_DIR);
     }
     case K_RENAME: {
         const uint64_t moving = LL_REMOVE_FILE | LL_REMOVE_DIR | LL_MAKE_REG | LL_MAKE_DIR | LL_REFER;
@@ -1125,6 +1134,35 @@ static PyObject *Loop_created(Loop *self, PyObject *noargs) {
     return out;
 }
 
+/* Undo: whether a queued item (created() not called since) is ``path``, inside it or above it, or the queue
+ * is half full. The records of related paths must keep their order: undo replays them backwards, so a
+ * directory's rmdir recorded before the unlinks of its files (kept here, still queued) would be put back
+ * after them. NotifyLoop drains the queue before recording such a path, and leaves it to the drainer
+ * otherwise (draining at every escalation put npm install's thousand records on the command's own time). */
+static int related(const char *a, size_t an, const char *b, size_t bn) {
+    size_t n = an < bn ? an : bn;
+    return memcmp(a, b, n) == 0 && (an == bn || (an < bn ? b[an] : a[bn]) == '/');
+}
+
+static PyObject *Loop_queued(Loop *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y#", &path, &n))
+        return NULL;
+    pthread_mutex_lock(&self->created_lock);
+    int found = self->created_len > CREATED_MAX / 2; /* drained now rather than full (then all goes to Python) */
+    for (size_t i = 0; i < self->created_len && !found;) {
+        const char *item = self->created + i;
+        size_t len = strlen(item);
+        found = len > 1 && related(item + 1, len - 1, path, (size_t)n);
+        i += len + 1;
+        for (int skip = item[0] == 'U' ? 2 : item[0] == 'D'; skip > 0 && i < self->created_len; skip--)
+            i += strlen(self->created + i) + 1; /* U: then its blob and fields; D: its fields */
+    }
+    pthread_mutex_unlock(&self->created_lock);
+    return PyBool_FromLong(found);
+}
+
 static PyObject *Loop_stats(Loop *self, PyObject *noargs) {
     (void)noargs;
     return Py_BuildValue("{s:K,s:K,s:K}", "received", self->received, "continued", self->continued,
@@ -1254,9 +1292,11 @@ static PyMethodDef Loop_methods[] = {
      "returns True at once when the callback returns true (its thread handed the loop to another)."},
     {"stats", (PyCFunction)Loop_stats, METH_NOARGS, "Counters: received, continued (here), escalated."},
     {"created", (PyCFunction)Loop_created, METH_NOARGS,
-     "What the fast path recorded since the last call: b'C' + path (created), or b'U' + path, blob, "
+     "What the fast path recorded since the last call: b'C' + path (created), b'D' + path, b'mode atime_ns "
+     "mtime_ns ino' (a directory about to be removed), or b'U' + path, blob, "
      "b'mode atime_ns mtime_ns size ino' (kept before an unlink), as NUL-separated items."},
     {"keep", (PyCFunction)Loop_keep, METH_VARARGS, "keep(blobs_fd, roots, skip, budget): see kept()."},
+    {"queued", (PyCFunction)Loop_queued, METH_VARARGS, "queued(path): a queued item is path, inside or above it (see related())."},
     {"fast", (PyCFunction)Loop_fast, METH_VARARGS, "fast(nr, tid, args): the fast path's verdict (tests)."},
     {"table", (PyCFunction)Loop_table, METH_NOARGS, "The trap table as given (tests)."},
     {"guard", (PyCFunction)Loop_guard, METH_NOARGS, "Nothing is CONTINUEd here from now on (NotifyLoop.guard)."},

@@ -56,3 +56,8 @@ class LoopApi(Protocol):
     def entry_pin(self, tid: int, entry: Entry, needed: int | None) -> Pin | Continue | Deny:
         """The entry pinned (its last component not followed), or CONTINUE once resolved."""
         ...
+
+    def drain_for(self, *paths: str) -> None:
+        """Before ``paths`` are recorded for undo: what the C fast path queued of them, inside them or above
+        them is recorded first (undo replays a command's records backwards)."""
+        ...

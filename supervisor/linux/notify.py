@@ -165,8 +165,10 @@ _THREADS = _Threads()
 
 
 class _Drainer:
-    """One thread for the session: every second, the files each running command created on the C fast
-    path are recorded for undo (``NotifyLoop.record_created``); started with the first recording loop."""
+    """One thread for the session: the files each running command created or kept on the C fast path, and
+    the files Python saw it make (``CommandLog._made``), are recorded for undo (``NotifyLoop.record_created``)
+    off the commands' own time, once a second (four times while it finds any); started with the first
+    recording loop."""
 
     def __init__(self) -> None:
         self._loops: weakref.WeakSet[NotifyLoop] = weakref.WeakSet()
@@ -181,14 +183,20 @@ class _Drainer:
                 self._thread.start()
 
     def _run(self) -> None:
+        busy = False
         while True:
-            time.sleep(1.0)
+            # Busy (the last pass found records): 4 passes a second, so that what waits for the command's
+            # end, when its loop drains the rest before its exit is told (npm install: ~10 ms), is small.
+            time.sleep(0.25 if busy else 1.0)
             with self._lock:
                 loops = list(self._loops)
+            busy = False
             for loop in loops:
                 if loop.is_alive():
                     try:
-                        loop.record_created()
+                        busy = loop.record_created() or busy
+                        if loop.undo is not None:  # a recording loop's (only those are registered)
+                            loop.undo.flush()  # what Python saw it make, held back (CommandLog._made)
                     except Exception:  # noqa: BLE001 - a lost record, never a stopped drainer
                         _debug_trace()
                 else:
@@ -296,7 +304,7 @@ class NotifyLoop:
         self._started = True
         if emulate.has_effective_capabilities():
             self._dropped = threading.Event()
-        if self.undo is not None and self._native is not None:
+        if self.undo is not None:
             _DRAINER.add(self)
         _THREADS.run(self.run)
         if self._dropped is not None:
@@ -418,7 +426,6 @@ class NotifyLoop:
     def _escalate(self, nid: int, tid: int, nr: int, args: tuple[int, ...], reads) -> bool:
         """What the C fast path did not CONTINUE: the Python pipeline, on the bytes it already read. True
         when this thread held a question meanwhile and another now serves: the C loop then returns."""
-        self.record_created()
         try:
             self._dispatch(nid, tid, nr, list(args), reads)
         except Exception:  # noqa: BLE001 - one bad answer must not end the loop (ENOSYS for all)
@@ -493,24 +500,27 @@ class NotifyLoop:
             decision = _carry_out(decision)
         self._respond(nid, decision)
 
-    def record_created(self) -> None:
-        """Files the C fast path created (undo): recorded before anything else of the command is (the loop
-        thread drains them before each escalation), so that a path's first state is its state before the
-        command; and every second by ``_DRAINER``, so that ``changes`` of a running command lags by that."""
-        if self.undo is not None and self._native is not None:
-            with self._drain_lock:
-                items = self._native.created()
-                i = 0
-                while i < len(items):
-                    tag, path = items[i][:1], os.fsdecode(items[i][1:])
-                    if tag == b"U":  # kept before an unlink: blob, then "mode atime mtime size ino"
-                        self.undo.kept(path, os.fsdecode(items[i + 1]), items[i + 2].decode())
-                        i += 3
-                    else:
-                        self.undo.created(path)
-                        i += 1
-                if items:  # a new budget for what the fast path may keep by hard link
-                    self._native.keep(-1, (), (), self.undo.store.budget())
+    def record_created(self) -> bool:
+        """What the C fast path created and kept (undo), recorded: by ``_DRAINER`` (``changes`` of a running
+        command lags by a second at most), before a record of a path still queued (``drain_for``), and
+        when the command ends. Whether there was any."""
+        if self.undo is None or self._native is None:
+            return False
+        with self._drain_lock:
+            items = self._native.created()
+            if items:
+                self.undo.drained(items)
+                self._native.keep(-1, (), (), self.undo.store.budget())  # a new budget for hard links
+        return bool(items)
+
+    def drain_for(self, *paths: str) -> None:
+        """Before ``paths`` are recorded: what the fast path queued of them, inside them or above them is
+        recorded first, so that a path's first state is its state before the command and undo replays
+        related records in the right order (``Loop.queued``; test_undo: a file made then rewritten, a
+        directory renamed after files were made in it). Only then: draining before every escalation put npm
+        install's thousand records on its own time."""
+        if self._native is not None and any(self._native.queued(os.fsencode(p)) for p in paths if p):
+            self.record_created()
 
     def _record(self, trap: Trap, tid: int, args: list[int]) -> None:
         """What the call may change, kept for undo before it is answered; a failure here loses that record
@@ -1539,9 +1549,10 @@ def native_kind(trap: Trap) -> int:
 def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     """Syscall number -> (kind, path, dirfd, flags, mode, path2, dirfd2) for the C loop, from ``TRAPS``
     (the one list the filter is built from); -1 for an argument the syscall does not have. ``recording``
-    (undo): rmdir, rename, link and truncate have no fast path, so that their paths are recorded first
-    (chmod and utime never have one); the C loop records creations (open, mkdir, mknod, symlink) and keeps
-    files before an unlink itself (``_notify.c``: created, made, kept) and sends the rest to Python."""
+    (undo): rename, link and truncate have no fast path, so that their paths are recorded first (chmod and
+    utime never have one); the C loop records creations (open, mkdir, mknod, symlink), keeps files before an
+    unlink and directories' modes and times before an rmdir itself (``_notify.c``: created, made, kept) and
+    sends the rest to Python."""
 
     def index(value: int | None) -> int:
         return -1 if value is None else value
@@ -1549,7 +1560,7 @@ def native_table(recording: bool = False) -> dict[int, tuple[int, ...]]:
     table: dict[int, tuple[int, ...]] = {}
     for nr, (trap, _handler) in _dispatch_table().items():
         second = trap.second or (None, None)
-        recorded = recording and trap.kind in ("rmdir", "rename", "link", "truncate")
+        recorded = recording and trap.kind in ("rename", "link", "truncate")
         table[nr] = (
             0 if recorded else native_kind(trap),
             index(trap.path),

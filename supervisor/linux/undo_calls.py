@@ -47,6 +47,9 @@ def record_call(loop: LoopApi, trap: Trap, tid: int, args: list[int]) -> None:
         pin = resolve_bytes(tid, dirfd, raw, follow=follow)
         if isinstance(pin, Pin):
             try:
+                if op == "create" and pin.exists:
+                    continue  # EEXIST: nothing changes (mkdir -p in the workdir's root, answered by Python)
+                loop.drain_for(lexical, pin.path)
                 undo.before(
                     pin.dirfd, pin.name, pin.path, op, lexical, _destination(loop, trap, tid, args, op)
                 )
