@@ -585,3 +585,51 @@ def test_a_stowed_runs_later_file_is_not_replaced_by_taking_its_name_away(reques
     assert (home.home / ".gitconfig").is_symlink() and "evil" not in real.read_text()
     twin = home.run(["bash", "-c", script], user=user)
     assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()
+
+
+# ~/.config/gh is stowed through a link of its own (stow's relative ../src/dotfiles/gh, ~/src/dotfiles a
+# link to the project's dotfiles): the spelling passes one link, its target another. Before the fix only
+# the first was held, and taking the second away (or ~/src that holds it) made the deny name nothing: the
+# next command read the token.
+THROUGH = {
+    "rm": "rm ~/src/dotfiles",
+    "mv": "mv ~/src/dotfiles ~/src/dotfiles.old",
+    "rename-over": "ln -s {work}/x ~/src/d2 && mv -T ~/src/d2 ~/src/dotfiles",
+    "mv-parent": "mv ~/src ~/src.old",
+}
+
+
+def _stowed_through_a_link(home: Home) -> None:
+    _prepare(home)
+    (home.home / "src").mkdir()
+    (home.home / "src" / "dotfiles").symlink_to(home.work / "dotfiles")
+    config = home.home / ".config"
+    config.mkdir(exist_ok=True)
+    (config / "gh").symlink_to("../src/dotfiles/gh")
+    token = home.work / "dotfiles" / "gh" / "hosts.yml"
+    token.write_text(f"github.com:\n    oauth_token: {TOKEN}\n")
+    _as_owner(home, home.home / "src", home.home / "src" / "dotfiles", config, config / "gh", token)
+
+
+@pytest.mark.parametrize("trap", [True, False], ids=["trapped", "no-trap"])
+@pytest.mark.parametrize("how", THROUGH)
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_command_cannot_take_away_a_link_the_stowed_link_leads_through(request, user, how, trap):
+    """--allow ~ with ~/.config/gh -> ../src/dotfiles/gh and ~/src/dotfiles -> ./dotfiles: removing, moving
+    or renaming over ~/src/dotfiles, or moving ~/src, is refused (trapped: the on-the-way line; --no-trap:
+    Landlock gives the directories holding it no right over names), and the token stays denied to the next
+    command. Twin: bare, the name is taken away and the next sandboxed command reads the token."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _stowed_through_a_link(home)
+    flags = [] if trap else ["--no-trap"]
+    script = THROUGH[how].replace("{work}", str(home.work)) + f"; echo rc=$?; {READ_TOKEN}"
+    sandboxed = _exec(home, user, script, *flags)
+    assert "rc=0" not in sandboxed.stdout and TOKEN not in sandboxed.stdout, sandboxed.stdout
+    assert os.readlink(home.home / "src" / "dotfiles") == str(home.work / "dotfiles")
+    if trap:
+        assert "[a name on the way to a denied path: ~/.config/gh " in sandboxed.stderr, sandboxed.stderr
+    later = _exec(home, user, READ_TOKEN)
+    assert TOKEN not in later.stdout and "nono: denied read ~/project/dotfiles/gh/hosts.yml" in later.stderr
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout, (twin.stdout, twin.stderr)
+    assert TOKEN in _exec(home, user, READ_TOKEN).stdout  # the deny named nothing any more
