@@ -9,6 +9,7 @@ tested here. Git's own workflow keeps working exactly as bare (the same commits,
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -686,3 +687,46 @@ def test_a_toolchain_that_path_resolves_into_is_a_member(home):
         f"refused {pth}" in result.stdout and f"nono: denied create {shown} [{RUNS_LATER}]" in result.stderr
     )
     assert f"wrote {pth}" in home.run([sys.executable, "-c", PLANT_EACH, pth], env=env).stdout
+
+
+# A command repoints a submodule's checkout at a git directory of its own, whose fsmonitor the human's
+# next `git status` in the superproject runs (git status runs git in each submodule to see it is clean).
+REPOINT = r"""
+import os, subprocess, sys
+work, checkout = sys.argv[1], sys.argv[2]
+subprocess.run(["git", "clone", "-q", "--no-checkout", "upstream", "evil"], check=True)
+subprocess.run(["git", "config", "core.fsmonitor", f"touch {work}/pwned; false"], cwd="evil", check=True)
+try:
+    with open(os.path.join(checkout, ".git"), "w") as f:
+        f.write(f"gitdir: {work}/evil/.git\n")
+    print("repointed")
+except OSError:
+    print("refused")
+"""
+
+
+@USERS
+def test_a_submodule_inside_a_package_cannot_be_repointed_at_a_git_directory_of_the_commands(request, user):
+    """A submodule checked out inside an installed package, below its root (node_modules/foo/vendor/sub):
+    discovery does not walk there, but its git directory under .git/modules names its checkout
+    (core.worktree), whose ``.git`` file is held as any checkout's. Rewriting it is refused, and the
+    human's later ``git status`` in the project runs nothing of the command's. Twin: bare, it is
+    rewritten and that git status runs the command's fsmonitor."""
+    home = _home(request, user)
+    _repo(home, home.work / "upstream", own=False)
+    _repo(home, home.work, own=False)
+    path = "node_modules/foo/vendor/sub"
+    _setup_git(
+        home, home.work, "-c", "protocol.file.allow=always", "submodule", "add", "-q", "./upstream", path
+    )
+    _setup_git(home, home.work, "commit", "-q", "-m", "sub")
+    _own(home, home.work)
+    args = (str(home.work), str(home.work / path))
+    result = _sandboxed(home, REPOINT, *args, flags=(), user=user, cwd=home.work)
+    assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert not (home.work / "pwned").exists()
+    shutil.rmtree(home.work / "evil")
+    assert "repointed" in _bare(home, REPOINT, *args, user=user, cwd=home.work).stdout
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert (home.work / "pwned").exists()

@@ -195,8 +195,10 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
 
 def _config_references(config: str, gitdir: str) -> list[RunsLater]:
     """What a repository's config points git at, outside its git directory: core.hooksPath (relative to
-    the worktree, where hooks run: husky's ``.husky``, often tracked in the project) and include.path
-    (relative to the config file). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
+    the worktree, where hooks run: husky's ``.husky``, often tracked in the project), include.path
+    (relative to the config file) and core.worktree's ``.git`` file (relative to the git directory: a
+    submodule's checkout, which the walk misses inside a package, and which the superproject's ``git
+    status`` runs git in). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
     lines = _read(config).decode(errors="replace").splitlines()
     found, section = [], ""
     worktree = os.path.dirname(gitdir) if os.path.basename(gitdir) == ".git" else gitdir
@@ -208,6 +210,8 @@ def _config_references(config: str, gitdir: str) -> list[RunsLater]:
         key, value = key.strip().lower(), os.path.expanduser(value.strip().strip('"'))
         if section == "core" and key == "hookspath" and value:
             found.append(RunsLater(os.path.normpath(os.path.join(worktree, value)), _HOOKS_PATH))
+        elif section == "core" and key == "worktree" and value:
+            found.append(RunsLater(os.path.normpath(os.path.join(gitdir, value, ".git")), _GITFILE))
         elif section in ("include", "includeif") and key == "path" and value:
             found.append(RunsLater(os.path.normpath(os.path.join(os.path.dirname(config), value)), _INCLUDED))
     return found
