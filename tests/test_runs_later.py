@@ -730,3 +730,43 @@ def test_a_submodule_inside_a_package_cannot_be_repointed_at_a_git_directory_of_
     assert "repointed" in _bare(home, REPOINT, *args, user=user, cwd=home.work).stdout
     _human(home, "git", "status", cwd=home.work, user=user)
     assert (home.work / "pwned").exists()
+
+
+# A command sets core.fsmonitor in the git directory a submodule keeps in its checkout (`git submodule add`
+# of a repository already there keeps its .git a directory), which git status in the superproject runs.
+FSMONITOR = r"""
+import sys
+try:
+    with open(sys.argv[1], "a") as f:
+        f.write(f"[core]\n\tfsmonitor = touch {sys.argv[2]}/pwned; false\n")
+    print("planted")
+except OSError:
+    print("refused")
+"""
+
+
+@USERS
+def test_a_submodule_kept_in_its_checkout_inside_a_package_is_protected(request, user):
+    """A submodule whose git directory is its checkout's own ``.git`` (added where a clone already was),
+    inside an installed package below its root (node_modules/foo/vendor/sub): the walk does not go there,
+    the superproject's .gitmodules names it, and its config is held as any repository's. Writing its
+    core.fsmonitor is refused, and the human's later ``git status`` in the project runs nothing of the
+    command's. Twin: bare, it is written and that git status runs it."""
+    home = _home(request, user)
+    _repo(home, home.work / "upstream", own=False)
+    _repo(home, home.work, own=False)
+    path = "node_modules/foo/vendor/sub"
+    (home.work / path).parent.mkdir(parents=True)
+    _setup_git(home, home.work, "clone", "-q", "upstream", path)
+    _setup_git(home, home.work, "submodule", "add", "-q", "./upstream", path)
+    _setup_git(home, home.work, "commit", "-q", "-m", "sub")
+    assert (home.work / path / ".git").is_dir()
+    _own(home, home.work)
+    args = (str(home.work / path / ".git" / "config"), str(home.work))
+    result = _sandboxed(home, FSMONITOR, *args, flags=(), user=user)
+    assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert not (home.work / "pwned").exists()
+    assert "planted" in _bare(home, FSMONITOR, *args, user=user).stdout
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert (home.work / "pwned").exists()
