@@ -633,3 +633,32 @@ def test_a_command_cannot_take_away_a_link_the_stowed_link_leads_through(request
     twin = home.run(["bash", "-c", script], user=user)
     assert "rc=0" in twin.stdout, (twin.stdout, twin.stderr)
     assert TOKEN in _exec(home, user, READ_TOKEN).stdout  # the deny named nothing any more
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_runs_later_file_stowed_through_a_link_is_not_replaced_by_taking_that_link_away(request, user):
+    """Invariant 10 through two links: ~/.gitconfig -> src/dotfiles/gitconfig with ~/src/dotfiles ->
+    ./dotfiles. Removing ~/src/dotfiles and making a directory of the command's own there would hand git's
+    pager to the command: the removal is refused with the on-the-way line and git's config stays the
+    human's. Twin: bare, ~/.gitconfig then leads to the command's file."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    real = home.work / "dotfiles" / "gitconfig"
+    real.write_text("[user]\n\tname = Human\n")
+    (home.home / "src").mkdir()
+    (home.home / "src" / "dotfiles").symlink_to(home.work / "dotfiles")
+    (home.home / ".gitconfig").symlink_to("src/dotfiles/gitconfig")
+    _as_owner(home, real, home.home / "src", home.home / "src" / "dotfiles", home.home / ".gitconfig")
+    script = (
+        "rm ~/src/dotfiles && mkdir ~/src/dotfiles"
+        " && printf '[core]\\n\\tpager = evil\\n' > ~/src/dotfiles/gitconfig; echo rc=$?"
+    )
+    sandboxed = _exec(home, user, script)
+    assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    line = (
+        "nono: denied delete ~/src/dotfiles [a name on the way to a denied path: ~/.gitconfig (runs-later)]"
+    )
+    assert line in sandboxed.stderr, sandboxed.stderr
+    assert "evil" not in (home.home / ".gitconfig").read_text()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()
