@@ -770,3 +770,20 @@ def test_a_submodule_kept_in_its_checkout_inside_a_package_is_protected(request,
     assert "planted" in _bare(home, FSMONITOR, *args, user=user).stdout
     _human(home, "git", "status", cwd=home.work, user=user)
     assert (home.work / "pwned").exists()
+
+
+@USERS
+def test_the_refusal_line_shows_a_held_name_inside_escaped(request, user):
+    """A repository a command made in an earlier session, named with a terminal escape (OSC 0 sets the
+    window title), is protected in this one; moving the directory holding it is refused, and the line
+    that names what is inside prints the escape as text, as every string shown (DESIGN invariant 9).
+    Twin: bare, the directory moves."""
+    home = _home(request, user)
+    holder = home.work / "a\x1b]0;pwned\x07b"
+    _repo(home, holder / "tool")
+    _own(home, holder)
+    result = _sandboxed(home, MOVE, str(holder), str(home.work / "moved"), flags=(), user=user)
+    assert "refused" in result.stdout and "(inside: " in result.stderr, result.stdout + result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
+    assert "a\\x1b]0;pwned\\x07b" in result.stderr, repr(result.stderr)
+    assert "moved" in _bare(home, MOVE, str(holder), str(home.work / "moved"), user=user).stdout
