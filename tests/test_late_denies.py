@@ -662,3 +662,34 @@ def test_a_runs_later_file_stowed_through_a_link_is_not_replaced_by_taking_that_
     assert "evil" not in (home.home / ".gitconfig").read_text()
     twin = home.run(["bash", "-c", script], user=user)
     assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()
+
+
+ESCAPED = "e\x1b]0;t\x07e"  # a directory of the project named with a terminal escape (OSC 0: the title)
+
+
+def _link_hf_cache_to_escaped(home: Home) -> None:
+    cache = home.home / ".cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "huggingface").symlink_to(home.work / ESCAPED)
+    (home.work / ESCAPED / "token").write_text(HF_TOKEN + "\n")
+    _as_owner(home, cache, cache / "huggingface", home.work / ESCAPED / "token")
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_the_stop_line_shows_where_the_node_is_now_escaped(request, user):
+    """The late-deny line names where the denied node now is, any name of the project: a terminal escape
+    in it is printed as text (DESIGN invariant 9). Twin: bare, the command reads the token."""
+    sup = request.getfixturevalue("nobody_supervisor" if user else "supervisor")
+    home = sup.home
+    _prepare(home)
+    (home.work / ESCAPED).mkdir()
+    _as_owner(home, home.work / ESCAPED)
+    script = WAIT_THEN.format(path=f"'{ESCAPED}/token'")
+    code, out, err = _wait_then_read(
+        home, [str(sup.shims / "bash"), "-c", script], sup.env, _link_hf_cache_to_escaped, lambda: False
+    )
+    assert HF_TOKEN not in out + err and code == 128 + 9, (code, out, err)
+    assert "nono: stopped: ~/.cache/huggingface/token [" in err, err
+    assert "\x1b" not in err and "\x07" not in err and "e\\x1b]0;t\\x07e" in err, repr(err)
+    twin = home.run(["bash", "-c", f"cat '{ESCAPED}/token'"], user=user)
+    assert HF_TOKEN in twin.stdout, (twin.stdout, twin.stderr)
