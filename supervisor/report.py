@@ -104,7 +104,8 @@ class CommandReport:
         with self._lock:
             note = self._notes.get((d.op, d.path)) or (f"{processes} processes" if processes > 1 else "")
         said = f" ({note})" if note else ""
-        return f"nono: denied {d.op} {shown} [{d.rule}]{said}{hint_for(d.op, shown, d.is_dir, d.rule)}"
+        rule = escaped(d.rule)  # it may name a path inside (a directory holding a held node: denied_below)
+        return f"nono: denied {d.op} {shown} [{rule}]{said}{hint_for(d.op, shown, d.is_dir, d.rule)}"
 
     def tell_process(self, decision: str, what) -> None:
         """For a long-lived process (the agent): record, and write a first denial of an (op, path) straight

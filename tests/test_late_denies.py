@@ -585,3 +585,111 @@ def test_a_stowed_runs_later_file_is_not_replaced_by_taking_its_name_away(reques
     assert (home.home / ".gitconfig").is_symlink() and "evil" not in real.read_text()
     twin = home.run(["bash", "-c", script], user=user)
     assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()
+
+
+# ~/.config/gh is stowed through a link of its own (stow's relative ../src/dotfiles/gh, ~/src/dotfiles a
+# link to the project's dotfiles): the spelling passes one link, its target another. Before the fix only
+# the first was held, and taking the second away (or ~/src that holds it) made the deny name nothing: the
+# next command read the token.
+THROUGH = {
+    "rm": "rm ~/src/dotfiles",
+    "mv": "mv ~/src/dotfiles ~/src/dotfiles.old",
+    "rename-over": "ln -s {work}/x ~/src/d2 && mv -T ~/src/d2 ~/src/dotfiles",
+    "mv-parent": "mv ~/src ~/src.old",
+}
+
+
+def _stowed_through_a_link(home: Home) -> None:
+    _prepare(home)
+    (home.home / "src").mkdir()
+    (home.home / "src" / "dotfiles").symlink_to(home.work / "dotfiles")
+    config = home.home / ".config"
+    config.mkdir(exist_ok=True)
+    (config / "gh").symlink_to("../src/dotfiles/gh")
+    token = home.work / "dotfiles" / "gh" / "hosts.yml"
+    token.write_text(f"github.com:\n    oauth_token: {TOKEN}\n")
+    _as_owner(home, home.home / "src", home.home / "src" / "dotfiles", config, config / "gh", token)
+
+
+@pytest.mark.parametrize("trap", [True, False], ids=["trapped", "no-trap"])
+@pytest.mark.parametrize("how", THROUGH)
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_command_cannot_take_away_a_link_the_stowed_link_leads_through(request, user, how, trap):
+    """--allow ~ with ~/.config/gh -> ../src/dotfiles/gh and ~/src/dotfiles -> ./dotfiles: removing, moving
+    or renaming over ~/src/dotfiles, or moving ~/src, is refused (trapped: the on-the-way line; --no-trap:
+    Landlock gives the directories holding it no right over names), and the token stays denied to the next
+    command. Twin: bare, the name is taken away and the next sandboxed command reads the token."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _stowed_through_a_link(home)
+    flags = [] if trap else ["--no-trap"]
+    script = THROUGH[how].replace("{work}", str(home.work)) + f"; echo rc=$?; {READ_TOKEN}"
+    sandboxed = _exec(home, user, script, *flags)
+    assert "rc=0" not in sandboxed.stdout and TOKEN not in sandboxed.stdout, sandboxed.stdout
+    assert os.readlink(home.home / "src" / "dotfiles") == str(home.work / "dotfiles")
+    if trap:
+        assert "[a name on the way to a denied path: ~/.config/gh " in sandboxed.stderr, sandboxed.stderr
+    later = _exec(home, user, READ_TOKEN)
+    assert TOKEN not in later.stdout and "nono: denied read ~/project/dotfiles/gh/hosts.yml" in later.stderr
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout, (twin.stdout, twin.stderr)
+    assert TOKEN in _exec(home, user, READ_TOKEN).stdout  # the deny named nothing any more
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_a_runs_later_file_stowed_through_a_link_is_not_replaced_by_taking_that_link_away(request, user):
+    """Invariant 10 through two links: ~/.gitconfig -> src/dotfiles/gitconfig with ~/src/dotfiles ->
+    ./dotfiles. Removing ~/src/dotfiles and making a directory of the command's own there would hand git's
+    pager to the command: the removal is refused with the on-the-way line and git's config stays the
+    human's. Twin: bare, ~/.gitconfig then leads to the command's file."""
+    home = request.getfixturevalue("nobody_home" if user else "home")
+    _prepare(home)
+    real = home.work / "dotfiles" / "gitconfig"
+    real.write_text("[user]\n\tname = Human\n")
+    (home.home / "src").mkdir()
+    (home.home / "src" / "dotfiles").symlink_to(home.work / "dotfiles")
+    (home.home / ".gitconfig").symlink_to("src/dotfiles/gitconfig")
+    _as_owner(home, real, home.home / "src", home.home / "src" / "dotfiles", home.home / ".gitconfig")
+    script = (
+        "rm ~/src/dotfiles && mkdir ~/src/dotfiles"
+        " && printf '[core]\\n\\tpager = evil\\n' > ~/src/dotfiles/gitconfig; echo rc=$?"
+    )
+    sandboxed = _exec(home, user, script)
+    assert "rc=1" in sandboxed.stdout, (sandboxed.stdout, sandboxed.stderr)
+    line = (
+        "nono: denied delete ~/src/dotfiles [a name on the way to a denied path: ~/.gitconfig (runs-later)]"
+    )
+    assert line in sandboxed.stderr, sandboxed.stderr
+    assert "evil" not in (home.home / ".gitconfig").read_text()
+    twin = home.run(["bash", "-c", script], user=user)
+    assert "rc=0" in twin.stdout and "evil" in (home.home / ".gitconfig").read_text()
+
+
+ESCAPED = "e\x1b]0;t\x07e"  # a directory of the project named with a terminal escape (OSC 0: the title)
+
+
+def _link_hf_cache_to_escaped(home: Home) -> None:
+    cache = home.home / ".cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "huggingface").symlink_to(home.work / ESCAPED)
+    (home.work / ESCAPED / "token").write_text(HF_TOKEN + "\n")
+    _as_owner(home, cache, cache / "huggingface", home.work / ESCAPED / "token")
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "nobody"])
+def test_the_stop_line_shows_where_the_node_is_now_escaped(request, user):
+    """The late-deny line names where the denied node now is, any name of the project: a terminal escape
+    in it is printed as text (DESIGN invariant 9). Twin: bare, the command reads the token."""
+    sup = request.getfixturevalue("nobody_supervisor" if user else "supervisor")
+    home = sup.home
+    _prepare(home)
+    (home.work / ESCAPED).mkdir()
+    _as_owner(home, home.work / ESCAPED)
+    script = WAIT_THEN.format(path=f"'{ESCAPED}/token'")
+    code, out, err = _wait_then_read(
+        home, [str(sup.shims / "bash"), "-c", script], sup.env, _link_hf_cache_to_escaped, lambda: False
+    )
+    assert HF_TOKEN not in out + err and code == 128 + 9, (code, out, err)
+    assert "nono: stopped: ~/.cache/huggingface/token [" in err, err
+    assert "\x1b" not in err and "\x07" not in err and "e\\x1b]0;t\\x07e" in err, repr(err)
+    twin = home.run(["bash", "-c", f"cat '{ESCAPED}/token'"], user=user)
+    assert HF_TOKEN in twin.stdout, (twin.stdout, twin.stderr)

@@ -30,7 +30,8 @@ from nono_supervisor.linux.landlock import (
     compile_plan,
     handled_fs,
 )
-from nono_supervisor.policy.access import AccessIndex, real_paths
+from nono_supervisor.paths import links_met
+from nono_supervisor.policy.access import AccessIndex, held_links, real_paths
 from nono_supervisor.policy.profile import (
     NEVER_GRANTABLE,
     RUNS_LATER,
@@ -101,6 +102,9 @@ class FakeFs:
 
     def islink(self, path: str) -> bool:
         return self._link(path) is not None
+
+    def readlink(self, path: str) -> str | None:
+        return self._link(path)
 
     def listdir(self, path: str) -> list[str]:
         real = self.realpath(path)
@@ -176,7 +180,7 @@ def policy_of(ctx: Context = CTX, **options) -> Policy:
 
 
 def index_of(policy: Policy, fs: FakeFs) -> AccessIndex:
-    return AccessIndex(policy, real_paths(policy, fs.realpath))
+    return AccessIndex(policy, real_paths(policy, fs.realpath), held_links(policy, fs.readlink))
 
 
 def plan_of(policy: Policy, fs: FakeFs, abi: int = ABI, extra=()) -> LandlockPlan:
@@ -304,6 +308,28 @@ def test_taken_away_names_each_name_from_the_deepest_link_up_as_the_policy_spell
         assert index.taken_away(name) is None, name
     plain = index_of(policy_of(allow=("~",)), FakeFs(MACHINE))
     assert plain.taken_away(f"{HOME}/.ssh") is None and plain.taken_away(HOME) is None
+
+
+def test_a_link_the_spelled_link_leads_through_is_held_by_the_index_and_the_plan() -> None:
+    """stow's relative link through a link of its own: ~/.config/gh -> ../src/dotfiles/gh and
+    ~/src/dotfiles -> ~/project/dotfiles. Taking away ~/src/dotfiles, or ~/src that holds it, leaves the
+    deny naming nothing: the index refuses both, and the plan gives their directories no right to remove
+    or move a name (tests/test_late_denies.py runs it). Both passed them before."""
+    through = {
+        f"{HOME}/.config/gh": "-> ../src/dotfiles/gh",
+        f"{HOME}/src/dotfiles": f"-> {WORK}/dotfiles",
+        f"{WORK}/dotfiles/gh/hosts.yml": "file",
+    }
+    fs = FakeFs({**MACHINE, **through})
+    policy = policy_of(allow=("~",))
+    index = index_of(policy, fs)
+    for name in (f"{HOME}/src/dotfiles", f"{HOME}/src"):
+        assert index.taken_away(name) == (f"{HOME}/.config/gh", "group:deny_credentials"), name
+    assert index.taken_away(f"{HOME}/src/other") is None
+    plan = plan_of(policy, fs)
+    taking = (ACCESS_FS["remove_dir"] | ACCESS_FS["remove_file"] | ACCESS_FS["refer"]) & plan.handled_fs
+    for directory in (f"{HOME}/src", HOME):
+        assert not granted(plan, directory) & taking, directory
 
 
 # ---- compile_plan: the deny-inside-allow carving -------------------------------------------------------
@@ -553,8 +579,9 @@ def _spelled_names(path: str, fs: FakeFs) -> list[str]:
 @pytest.mark.parametrize("seed", range(300))
 def test_no_plan_lets_a_name_on_the_way_to_a_held_node_be_taken_away(seed: int) -> None:
     """Whatever the links on the way (stow), the directory holding each name the policy spells on the way
-    to a denied, never-grantable or runs-later node has no right to remove or move it (REMOVE_*, REFER):
-    taking it away would take the deny with it. Seeds 0-299 found a leak before the links were carved."""
+    to a denied, never-grantable or runs-later node, or that a link's target passes, has no right to remove
+    or move it (REMOVE_*, REFER): taking it away would take the deny with it. Seeds 0-299 found a leak
+    before the links were carved (a chain through a target's link: the named test above)."""
     rng = random.Random(seed)
     fs = FakeFs(_random_tree(rng))
     policy = _random_policy(rng, sorted(fs.nodes))
@@ -562,7 +589,10 @@ def test_no_plan_lets_a_name_on_the_way_to_a_held_node_be_taken_away(seed: int) 
     taking = (ACCESS_FS["remove_dir"] | ACCESS_FS["remove_file"] | ACCESS_FS["refer"]) & plan.handled_fs
     held = [d.path for d in policy.denies] + list(policy.protected) + [e.path for e in policy.runs_later]
     for path in held:
-        for name in _spelled_names(path, fs):
+        # and each link a link's target passes (~/dotfiles under ~/.config/gh -> ../dotfiles/gh), with
+        # the names holding it: taking one away moves the node as much
+        through = [n for link in links_met(path, fs.readlink) for n in (link, *_spelled_names(link, fs)[1:])]
+        for name in _spelled_names(path, fs) + through:
             parent = os.path.dirname(name)
             leaked = granted(plan, parent) & taking
             assert not leaked, f"seed {seed}: {parent} grants {leaked:#x} over {name} (on the way to {path})"

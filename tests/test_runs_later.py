@@ -9,6 +9,7 @@ tested here. Git's own workflow keeps working exactly as bare (the same commits,
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -686,3 +687,103 @@ def test_a_toolchain_that_path_resolves_into_is_a_member(home):
         f"refused {pth}" in result.stdout and f"nono: denied create {shown} [{RUNS_LATER}]" in result.stderr
     )
     assert f"wrote {pth}" in home.run([sys.executable, "-c", PLANT_EACH, pth], env=env).stdout
+
+
+# A command repoints a submodule's checkout at a git directory of its own, whose fsmonitor the human's
+# next `git status` in the superproject runs (git status runs git in each submodule to see it is clean).
+REPOINT = r"""
+import os, subprocess, sys
+work, checkout = sys.argv[1], sys.argv[2]
+subprocess.run(["git", "clone", "-q", "--no-checkout", "upstream", "evil"], check=True)
+subprocess.run(["git", "config", "core.fsmonitor", f"touch {work}/pwned; false"], cwd="evil", check=True)
+try:
+    with open(os.path.join(checkout, ".git"), "w") as f:
+        f.write(f"gitdir: {work}/evil/.git\n")
+    print("repointed")
+except OSError:
+    print("refused")
+"""
+
+
+@USERS
+def test_a_submodule_inside_a_package_cannot_be_repointed_at_a_git_directory_of_the_commands(request, user):
+    """A submodule checked out inside an installed package, below its root (node_modules/foo/vendor/sub):
+    discovery does not walk there, but its git directory under .git/modules names its checkout
+    (core.worktree), whose ``.git`` file is held as any checkout's. Rewriting it is refused, and the
+    human's later ``git status`` in the project runs nothing of the command's. Twin: bare, it is
+    rewritten and that git status runs the command's fsmonitor."""
+    home = _home(request, user)
+    _repo(home, home.work / "upstream", own=False)
+    _repo(home, home.work, own=False)
+    path = "node_modules/foo/vendor/sub"
+    _setup_git(
+        home, home.work, "-c", "protocol.file.allow=always", "submodule", "add", "-q", "./upstream", path
+    )
+    _setup_git(home, home.work, "commit", "-q", "-m", "sub")
+    _own(home, home.work)
+    args = (str(home.work), str(home.work / path))
+    result = _sandboxed(home, REPOINT, *args, flags=(), user=user, cwd=home.work)
+    assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert not (home.work / "pwned").exists()
+    shutil.rmtree(home.work / "evil")
+    assert "repointed" in _bare(home, REPOINT, *args, user=user, cwd=home.work).stdout
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert (home.work / "pwned").exists()
+
+
+# A command sets core.fsmonitor in the git directory a submodule keeps in its checkout (`git submodule add`
+# of a repository already there keeps its .git a directory), which git status in the superproject runs.
+FSMONITOR = r"""
+import sys
+try:
+    with open(sys.argv[1], "a") as f:
+        f.write(f"[core]\n\tfsmonitor = touch {sys.argv[2]}/pwned; false\n")
+    print("planted")
+except OSError:
+    print("refused")
+"""
+
+
+@USERS
+def test_a_submodule_kept_in_its_checkout_inside_a_package_is_protected(request, user):
+    """A submodule whose git directory is its checkout's own ``.git`` (added where a clone already was),
+    inside an installed package below its root (node_modules/foo/vendor/sub): the walk does not go there,
+    the superproject's .gitmodules names it, and its config is held as any repository's. Writing its
+    core.fsmonitor is refused, and the human's later ``git status`` in the project runs nothing of the
+    command's. Twin: bare, it is written and that git status runs it."""
+    home = _home(request, user)
+    _repo(home, home.work / "upstream", own=False)
+    _repo(home, home.work, own=False)
+    path = "node_modules/foo/vendor/sub"
+    (home.work / path).parent.mkdir(parents=True)
+    _setup_git(home, home.work, "clone", "-q", "upstream", path)
+    _setup_git(home, home.work, "submodule", "add", "-q", "./upstream", path)
+    _setup_git(home, home.work, "commit", "-q", "-m", "sub")
+    assert (home.work / path / ".git").is_dir()
+    _own(home, home.work)
+    args = (str(home.work / path / ".git" / "config"), str(home.work))
+    result = _sandboxed(home, FSMONITOR, *args, flags=(), user=user)
+    assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert not (home.work / "pwned").exists()
+    assert "planted" in _bare(home, FSMONITOR, *args, user=user).stdout
+    _human(home, "git", "status", cwd=home.work, user=user)
+    assert (home.work / "pwned").exists()
+
+
+@USERS
+def test_the_refusal_line_shows_a_held_name_inside_escaped(request, user):
+    """A repository a command made in an earlier session, named with a terminal escape (OSC 0 sets the
+    window title), is protected in this one; moving the directory holding it is refused, and the line
+    that names what is inside prints the escape as text, as every string shown (DESIGN invariant 9).
+    Twin: bare, the directory moves."""
+    home = _home(request, user)
+    holder = home.work / "a\x1b]0;pwned\x07b"
+    _repo(home, holder / "tool")
+    _own(home, holder)
+    result = _sandboxed(home, MOVE, str(holder), str(home.work / "moved"), flags=(), user=user)
+    assert "refused" in result.stdout and "(inside: " in result.stderr, result.stdout + result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
+    assert "a\\x1b]0;pwned\\x07b" in result.stderr, repr(result.stderr)
+    assert "moved" in _bare(home, MOVE, str(holder), str(home.work / "moved"), user=user).stdout

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from nono_supervisor.errors import SandboxError
 from nono_supervisor.linux import libc
-from nono_supervisor.paths import under
+from nono_supervisor.paths import links_met, under
 from nono_supervisor.policy.gitrepos import GIT_DIR_MARKS
 from nono_supervisor.policy.profile import (
     HANDED_TERMINAL,
@@ -329,6 +329,13 @@ class NotedFs:
         st = self._note(path)
         return st is not None and stat.S_ISLNK(st.st_mode)
 
+    def readlink(self, path: str) -> str | None:
+        """The target of the link ``path``, or None where it is none (``paths.links_met``); noted."""
+        try:
+            return os.readlink(path) if self.islink(path) else None
+        except OSError:
+            return None  # replaced since the lstat: the note no longer matches, the next get recompiles
+
     def exists(self, path: str) -> bool:
         st = self._note(path)
         if st is not None and stat.S_ISLNK(st.st_mode):
@@ -513,13 +520,15 @@ def compile_plan(
     protected = [_Carve(fs.realpath(p), WRITE, "never-grantable") for p in policy.protected]
     later = [_Carve(fs.realpath(entry.path), WRITE, RUNS_LATER) for entry in policy.runs_later]
     # A held node reached through a link (stow's ~/.config/gh -> ~/dotfiles/gh) is carved where it
-    # resolves; the link is carved too, so that no rule lets a command take that name away (rm, mv, a rename
-    # over it), and with it the deny (tests/test_late_denies.py). Each directory holding such a name (its
-    # ancestors up to the grant) keeps no right over names: those calls go through the supervisor.
+    # resolves; the link is carved too, and each link its target passes through (~/dotfiles ->
+    # ~/src/dotfiles under ~/.config/gh -> ../dotfiles/gh), so that no rule lets a command take that name
+    # away (rm, mv, a rename over it), and with it the deny (tests/test_late_denies.py). Each directory
+    # holding such a name (its ancestors up to the grant) keeps no right over names: those calls go through
+    # the supervisor.
     kept = [(d.path, d.rule) for d in policy.denies]
     kept += [(p, "never-grantable") for p in policy.protected]
     kept += [(entry.path, RUNS_LATER) for entry in policy.runs_later]
-    links = [(name, path, rule) for path, rule in kept for name in _links_on_the_way(fs, path)]
+    links = [(name, path, rule) for path, rule in kept for name in links_met(path, fs.readlink)]
     names = [_Carve(name, NAME_RIGHTS, rule) for name, _path, rule in links]
     for grant in (*policy.grants, *extra):
         path = fs.realpath(grant.path)
@@ -588,19 +597,6 @@ def compile_plan(
     rules = tuple(Rule(path, rights, why) for path, (rights, why) in sorted(compiler.rules.items()))
     aliases = tuple(sorted(fs.aliases.items()))
     return LandlockPlan(abi, mask, handled_net, scoped, rules, tuple(notes), ports, aliases)
-
-
-def _links_on_the_way(fs: NotedFs, path: str) -> list[str]:
-    """The names on the way to ``path`` as it is spelled (``path`` itself included), each with its parent
-    resolved and its last component not, that are symlinks: where the spelling and the resolution part.
-    Taking one away moves whatever ``path`` names (``access.AccessIndex`` refuses it by the same test)."""
-    found, node = [], os.path.normpath(path)
-    while (parent := os.path.dirname(node)) != node:
-        name = os.path.join(fs.realpath(parent), os.path.basename(node))
-        if fs.islink(name):
-            found.append(name)
-        node = parent
-    return found
 
 
 def _protected_removal(path: str, protected: list[_Carve]) -> int:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from nono_supervisor.linux import libc
 from nono_supervisor.linux.landlock import NotedFs
 from nono_supervisor.policy.profile import NEVER_GRANTABLE, Deny, Policy
+from nono_supervisor.terminal.prompt import shown
 
 __all__ = ["LateDenies"]
 
@@ -302,18 +303,19 @@ class LateDenies:
                 return
             entry.acted = True
         policy = self._state.policy
-        where = policy.display(real)
+        # Where the node is now is any name the project holds (a command's own included): shown as text.
+        named, where = shown(policy.display(deny.path)), shown(policy.display(real))
         fields = {"event": "late-deny", "path": deny.path, "now": real, "rule": deny.rule}
         if entry.guard and entry.loop is not None:
             entry.loop.guard()
             line = (
-                f"nono: {policy.display(deny.path)} [{deny.rule}] is now at {where}, inside what this"
+                f"nono: {named} [{deny.rule}] is now at {where}, inside what this"
                 " sandbox was granted: every open is decided by the supervisor from now on"
             )
             fields["action"] = "guarded"
         else:
             line = (
-                f"nono: stopped: {policy.display(deny.path)} [{deny.rule}] is now at {where}, inside what"
+                f"nono: stopped: {named} [{deny.rule}] is now at {where}, inside what"
                 " this command's sandbox grants (a running sandbox cannot be narrowed)"
             )
             fields["action"] = "stopped"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from nono_supervisor.paths import under
+from nono_supervisor.paths import links_met, under
 from nono_supervisor.policy.netpolicy import network_hint
 from nono_supervisor.policy.profile import NEVER_GRANTABLE, NOT_ITS_TERMINAL, RUNS_LATER, Policy
 
@@ -26,6 +26,7 @@ __all__ = [
     "ON_THE_WAY",
     "hint_for",
     "real_paths",
+    "held_links",
     "silent",
     "FOREIGN_PROC",
     "SHELL_OWN",
@@ -91,6 +92,14 @@ def real_paths(policy: Policy, realpath: Callable[[str], str]) -> dict[str, str]
     return {path: realpath(path) for path in dict.fromkeys(paths)}
 
 
+def held_links(policy: Policy, readlink: Callable[[str], str | None]) -> dict[str, list[str]]:
+    """The symlinks each denied, never-grantable and runs-later path resolves through (``paths.links_met``;
+    ``readlink``: the filesystem's, or a fake one's), for ``AccessIndex``: beyond the links its spelling
+    passes, those their targets pass in turn, which ``real_paths`` alone does not show."""
+    held = [*(d.path for d in policy.denies), *policy.protected, *(entry.path for entry in policy.runs_later)]
+    return {path: found for path in dict.fromkeys(held) if (found := links_met(path, readlink))}
+
+
 def _spelled(
     path: str, real: Mapping[str, str], memo: dict[str, list[tuple[str, str]]]
 ) -> list[tuple[str, str]]:
@@ -149,14 +158,16 @@ class AccessIndex:
     (``stow``, or ``~/.cache/huggingface -> ./x``) moves the node it names (DESIGN invariant 12,
     ``linux.latedeny``)."""
 
-    def __init__(self, policy: Policy, real: Mapping[str, str]) -> None:
+    def __init__(
+        self, policy: Policy, real: Mapping[str, str], links: Mapping[str, list[str]] | None = None
+    ) -> None:
         self.policy = policy
         self._grants = [(real[g.path], g) for g in policy.grants]
         self._probes = [(self._real_pattern(probe.pattern, real), probe.rule) for probe in policy.probes]
         self.home = real[policy.home] if policy.home else ""  # resolved, as every path compared here
         self._discoverable = _discoverable(real[policy.workdir], self.home)
         self._answers: dict[tuple[str, str], Any] = {}
-        self.relocate(real)
+        self.relocate(real, links)
 
     def discoverable(self, path: str, rule: str) -> bool:
         """Whether the directory ``path``, which ``rule`` leaves ungranted, may still be listed: discovery,
@@ -166,13 +177,13 @@ class AccessIndex:
         the supervisor lists it, notify). A denied group (``~/.ssh``) or a sealed path is never listed."""
         return rule == "not granted" and path in self._discoverable
 
-    def relocate(self, real: Mapping[str, str]) -> None:
+    def relocate(self, real: Mapping[str, str], links: Mapping[str, list[str]] | None = None) -> None:
         """Resolve the denied, never-grantable and runs-later paths again, the names on the way to each
         denied node (``on_the_way``) and the names through a link on the way to each held one
-        (``taken_away``) (``real``: ``real_paths`` of the policy, made again). Each is replaced whole: a
-        decision on another thread sees the old one or the new. The answers kept are dropped last: one
-        made meanwhile on the old lists went into the old store (``_remembered``); this method's own ask
-        the new lists directly, never the store."""
+        (``taken_away``) (``real``: ``real_paths`` of the policy, made again; ``links``: ``held_links``).
+        Each is replaced whole: a decision on another thread sees the old one or the new. The answers kept
+        are dropped last: one made meanwhile on the old lists went into the old store (``_remembered``);
+        this method's own ask the new lists directly, never the store."""
         self._protected = [real[p] for p in self.policy.protected]
         self._denies = [(real[d.path], d.rule) for d in self.policy.denies]
         self._runs_later = [real[entry.path] for entry in self.policy.runs_later]
@@ -197,6 +208,11 @@ class AccessIndex:
             deepest = next((i for i, (prefix, name) in enumerate(names) if real[prefix] != name), len(names))
             for _prefix, name in names[deepest:]:
                 taken.setdefault(name, (spelled, rule))
+            # Each link a link's target passes (~/dotfiles under ~/.config/gh -> ../dotfiles/gh), and the
+            # directories holding it: removed, the spelling names nothing (tests/test_late_denies.py).
+            for link in (links or {}).get(spelled, ()):
+                for name in (link, *_ancestors(link)[:-1]):
+                    taken.setdefault(name, (spelled, rule))
         self._on_the_way = on_the_way
         self._taken = taken
         self._answers = {}

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 
+from nono_supervisor.paths import under
 from nono_supervisor.policy.profile import RunsLater
 
 __all__ = ["GIT_DIR_MARKS", "repository_entries"]
@@ -42,6 +43,8 @@ def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
     _walk(os.path.realpath(workdir), gitdirs, gitfiles, _kernel_mounts())
     _above(os.path.realpath(workdir), gitdirs, gitfiles)
     entries: list[RunsLater] = []
+    for dotgit in [*(g for g in gitdirs if os.path.basename(g) == ".git"), *gitfiles]:
+        _submodules(os.path.dirname(dotgit), gitdirs, gitfiles)
     for gitfile in gitfiles:
         entries.append(RunsLater(gitfile, _GITFILE))
         target = _gitfile_target(gitfile)
@@ -50,6 +53,25 @@ def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
     for gitdir in gitdirs:
         entries.extend(_gitdir_entries(gitdir))
     return tuple(dict.fromkeys(entries))
+
+
+def _submodules(worktree: str, gitdirs: list[str], gitfiles: list[str]) -> None:
+    """The checkouts a worktree's ``.gitmodules`` names (``path = ...``), wherever they lie, and theirs in
+    turn: git status there runs git in each one, and the walk does not look inside a package (a submodule
+    added where a clone already was keeps its git directory in its checkout; an absorbed one has a ``.git``
+    file). Each is found once (a cycle of names ends there)."""
+    for line in _read(os.path.join(worktree, ".gitmodules")).decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().lower() != "path" or not value.strip():
+            continue
+        dotgit = os.path.normpath(os.path.join(worktree, value.strip().strip('"'), ".git"))
+        if not under(dotgit, worktree):
+            continue  # git refuses a submodule path outside its worktree
+        if dotgit in gitdirs or dotgit in gitfiles or not os.path.lexists(dotgit):
+            continue
+        kept = os.path.isdir(dotgit) and not os.path.islink(dotgit)
+        (gitdirs if kept else gitfiles).append(dotgit)
+        _submodules(os.path.dirname(dotgit), gitdirs, gitfiles)  # its own submodules in turn
 
 
 # Where a package manager installs packages: each entry is a package (an npm @scope and pnpm's .pnpm hold
@@ -195,8 +217,10 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
 
 def _config_references(config: str, gitdir: str) -> list[RunsLater]:
     """What a repository's config points git at, outside its git directory: core.hooksPath (relative to
-    the worktree, where hooks run: husky's ``.husky``, often tracked in the project) and include.path
-    (relative to the config file). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
+    the worktree, where hooks run: husky's ``.husky``, often tracked in the project), include.path
+    (relative to the config file) and core.worktree's ``.git`` file (relative to the git directory: a
+    submodule's checkout, which the walk misses inside a package, and which the superproject's ``git
+    status`` runs git in). A plain reading of git-config(1)'s syntax: sections, ``key = value``."""
     lines = _read(config).decode(errors="replace").splitlines()
     found, section = [], ""
     worktree = os.path.dirname(gitdir) if os.path.basename(gitdir) == ".git" else gitdir
@@ -208,6 +232,8 @@ def _config_references(config: str, gitdir: str) -> list[RunsLater]:
         key, value = key.strip().lower(), os.path.expanduser(value.strip().strip('"'))
         if section == "core" and key == "hookspath" and value:
             found.append(RunsLater(os.path.normpath(os.path.join(worktree, value)), _HOOKS_PATH))
+        elif section == "core" and key == "worktree" and value:
+            found.append(RunsLater(os.path.normpath(os.path.join(gitdir, value, ".git")), _GITFILE))
         elif section in ("include", "includeif") and key == "path" and value:
             found.append(RunsLater(os.path.normpath(os.path.join(os.path.dirname(config), value)), _INCLUDED))
     return found

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from nono_supervisor import backend, paths
 from nono_supervisor.errors import UsageError
-from nono_supervisor.policy.access import AccessIndex, real_paths
+from nono_supervisor.policy.access import AccessIndex, held_links, real_paths
 from nono_supervisor.policy.gitrepos import repository_entries
 from nono_supervisor.policy.grants import GrantStore, to_policy_grants
 from nono_supervisor.policy.profile import (
@@ -137,13 +137,16 @@ class PolicyState:
         if cached is None or cached.policy is not policy:
             if len(self._access) >= _ACCESS_CACHE_SIZE:
                 self._access.clear()  # every grant makes a new policy: keep the cache from growing for ever
-            cached = self._access[id(policy)] = AccessIndex(policy, real_paths(policy, os.path.realpath))
+            real, links = real_paths(policy, os.path.realpath), held_links(policy, paths.link_target)
+            cached = self._access[id(policy)] = AccessIndex(policy, real, links)
         return cached
 
     def relocate_denies(self) -> None:
         """The denied paths resolved again in every policy's index: a node moved (DESIGN invariant 12)."""
         for index in list(self._access.values()):
-            index.relocate(real_paths(index.policy, os.path.realpath))
+            index.relocate(
+                real_paths(index.policy, os.path.realpath), held_links(index.policy, paths.link_target)
+            )
 
     @property
     def policy(self) -> Policy:
