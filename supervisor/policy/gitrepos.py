@@ -33,6 +33,24 @@ _COMMONDIR = "git: which repository's config and hooks a linked worktree uses"
 _HOOKS_PATH = "git: hooks where core.hooksPath points (husky's .husky) at commit, merge, checkout and push"
 _INCLUDED = "git: a file the repository's config includes (include.path), at every command in it"
 _GITFILE = "git: which git directory (its config and hooks) git uses in this checkout"
+_FRAMEWORK = "git: what this repository's {name} hook runs, read from the worktree at commit and push"
+# Hook frameworks: a hook they install runs what a file in the worktree lists (pre-commit's `repo: local`
+# `entry:`, lefthook's `run:`), so that file runs later as the hook does. Found by what the installed hook
+# says of itself (a sample hook names neither); pre-commit's hook names its config (``--config=``).
+_FRAMEWORKS = {
+    b"pre-commit.com": ("pre-commit", (".pre-commit-config.yaml", ".pre-commit-config.yml")),
+    b"lefthook": (
+        "lefthook",
+        tuple(
+            f"{dot}lefthook{local}.{ext}"
+            for dot in ("", ".")
+            for local in ("", "-local")
+            for ext in ("yml", "yaml", "json", "jsonc", "toml")
+        ),
+    ),
+    b"overcommit": ("overcommit", (".overcommit.yml",)),
+}
+_PRE_COMMIT_CONFIG = re.compile(rb"--config[= ]([^\s\"')]+)")
 
 
 def repository_entries(workdir: str) -> tuple[RunsLater, ...]:
@@ -193,7 +211,12 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
     ``commondir`` says whose config and hooks they use) and of its submodules (``modules/``)."""
     join = os.path.join
     entries = [RunsLater(join(gitdir, "config"), _CONFIG), RunsLater(join(gitdir, "hooks"), _HOOKS)]
-    entries += _config_references(join(gitdir, "config"), gitdir)
+    references = _config_references(join(gitdir, "config"), gitdir)
+    entries += references
+    worktree = os.path.dirname(gitdir) if os.path.basename(gitdir) == ".git" else None
+    if worktree is not None:
+        hook_dirs = [join(gitdir, "hooks"), *(r.path for r in references if r.why == _HOOKS_PATH)]
+        entries += _framework_configs(worktree, hook_dirs)
     common = gitdir
     if os.path.isfile(join(gitdir, "commondir")):  # a linked worktree's own git directory
         entries.append(RunsLater(join(gitdir, "commondir"), _COMMONDIR))
@@ -237,6 +260,34 @@ def _config_references(config: str, gitdir: str) -> list[RunsLater]:
         elif section in ("include", "includeif") and key == "path" and value:
             found.append(RunsLater(os.path.normpath(os.path.join(os.path.dirname(config), value)), _INCLUDED))
     return found
+
+
+def _framework_configs(worktree: str, hook_dirs: list[str]) -> list[RunsLater]:
+    """The worktree files that the repository's installed hooks run (``_FRAMEWORKS``), named or not yet
+    made: a command that wrote ``.pre-commit-config.yaml`` with a local hook would run it at the human's
+    next ``git commit``, outside any sandbox, through a hook that is itself protected."""
+    found: list[RunsLater] = []
+    for directory in hook_dirs:
+        for hook in _files(directory):
+            if hook.endswith(".sample"):
+                continue
+            text = _read(hook, 64 << 10)
+            for mark, (name, configs) in _FRAMEWORKS.items():
+                if mark not in text:
+                    continue
+                named = [m.decode(errors="replace") for m in _PRE_COMMIT_CONFIG.findall(text)]
+                for config in (*configs, *named) if name == "pre-commit" else configs:
+                    path = os.path.normpath(os.path.join(worktree, config))
+                    found.append(RunsLater(path, _FRAMEWORK.format(name=name)))
+    return found
+
+
+def _files(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as listing:
+            return [e.path for e in listing if e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 def _read(path: str, limit: int = 1 << 20) -> bytes:
