@@ -437,11 +437,7 @@ class CommandLog:
         """A file the C fast path kept by hard link (``blob``) before the command unlinked it: recorded, or
         given up (already recorded, not the command's to keep, over the cap)."""
         mode, atime, mtime, size, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
-        with self._lock:
-            fresh = path not in self.seen and self.allowed(path)
-            if fresh:
-                self.seen.add(path)
-                self.lexical.add(path)
+        fresh = self._first_record(path)
         if not fresh:
             _unlink_quietly(blob, self.store.blobs)
             return None
@@ -457,15 +453,21 @@ class CommandLog:
             {"kind": "file", "ino": ino, "size": size, "blob": None if lost else blob, "lost": lost, **state},
         )
 
-    def _dir_kept(self, path: str, fields: str) -> dict | None:
-        """A directory the C fast path saw before the command removed it: its mode and times, as
-        ``Store.capture`` has them (the files it held were queued before it)."""
-        mode, atime, mtime, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
+    def _first_record(self, path: str) -> bool:
+        """Whether ``path`` is recorded now for the first time, and is the command's to keep (marked seen
+        if so): what the C fast path queued of a path recorded before is given up."""
         with self._lock:
             fresh = path not in self.seen and self.allowed(path)
             if fresh:
                 self.seen.add(path)
                 self.lexical.add(path)
+        return fresh
+
+    def _dir_kept(self, path: str, fields: str) -> dict | None:
+        """A directory the C fast path saw before the command removed it: its mode and times, as
+        ``Store.capture`` has them (the files it held were queued before it)."""
+        mode, atime, mtime, ino = (int(v, 8 if i == 0 else 10) for i, v in enumerate(fields.split()))
+        fresh = self._first_record(path)
         if not fresh:
             return None
         state = {"kind": "dir", "ino": ino, "mode": mode, "atime_ns": atime, "mtime_ns": mtime}

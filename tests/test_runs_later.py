@@ -378,15 +378,17 @@ def test_a_command_started_in_root_runs_as_bare_and_the_deny_groups_hold(request
     assert FAKE_KEY in bare.stdout
 
 
-HUSKY = r"""
-import os, sys
+# Writes argv[3] to the file argv[1] opened with mode argv[2]: "planted", or "refused" where it cannot.
+WRITE = r"""
+import sys
 try:
-    with open(sys.argv[1], "w") as f:
-        f.write("#!/bin/sh\nid\n")
+    with open(sys.argv[1], sys.argv[2]) as f:
+        f.write(sys.argv[3])
     print("planted")
 except OSError:
     print("refused")
 """
+HOOK = "#!/bin/sh\nid\n"
 
 
 def test_hooks_and_included_config_a_repository_points_at_are_protected(home):
@@ -399,9 +401,9 @@ def test_hooks_and_included_config_a_repository_points_at_are_protected(home):
     found = {entry.path for entry in repository_entries(str(home.work))}
     assert {str(repo / ".husky"), str(repo / ".gitconfig.project")} <= found, sorted(found)
     hook = str(repo / ".husky" / "pre-commit")
-    result = _sandboxed(home, HUSKY, hook, flags=())
+    result = _sandboxed(home, WRITE, hook, "w", HOOK, flags=())
     assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
-    assert "planted" in _bare(home, HUSKY, hook).stdout
+    assert "planted" in _bare(home, WRITE, hook, "w", HOOK).stdout
 
 
 def test_dependency_trees_are_looked_at_by_their_package_roots(home):
@@ -459,9 +461,9 @@ def test_a_hook_cannot_be_planted_in_a_clone_at_a_package_root(request, user):
     clone = _repo(home, home.work / "node_modules" / "dep")
     _own(home, home.work / "node_modules")
     hook = str(clone / ".git" / "hooks" / "pre-commit")
-    result = _sandboxed(home, HUSKY, hook, flags=(), user=user)
+    result = _sandboxed(home, WRITE, hook, "w", HOOK, flags=(), user=user)
     assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
-    assert "planted" in _bare(home, HUSKY, hook, user=user).stdout
+    assert "planted" in _bare(home, WRITE, hook, "w", HOOK, user=user).stdout
 
 
 def test_a_repository_made_during_the_session_is_the_commands_own(home):
@@ -734,17 +736,6 @@ def test_a_submodule_inside_a_package_cannot_be_repointed_at_a_git_directory_of_
 
 # A command sets core.fsmonitor in the git directory a submodule keeps in its checkout (`git submodule add`
 # of a repository already there keeps its .git a directory), which git status in the superproject runs.
-FSMONITOR = r"""
-import sys
-try:
-    with open(sys.argv[1], "a") as f:
-        f.write(f"[core]\n\tfsmonitor = touch {sys.argv[2]}/pwned; false\n")
-    print("planted")
-except OSError:
-    print("refused")
-"""
-
-
 @USERS
 def test_a_submodule_kept_in_its_checkout_inside_a_package_is_protected(request, user):
     """A submodule whose git directory is its checkout's own ``.git`` (added where a clone already was),
@@ -762,12 +753,16 @@ def test_a_submodule_kept_in_its_checkout_inside_a_package_is_protected(request,
     _setup_git(home, home.work, "commit", "-q", "-m", "sub")
     assert (home.work / path / ".git").is_dir()
     _own(home, home.work)
-    args = (str(home.work / path / ".git" / "config"), str(home.work))
-    result = _sandboxed(home, FSMONITOR, *args, flags=(), user=user)
+    args = (
+        str(home.work / path / ".git" / "config"),
+        "a",
+        f"[core]\n\tfsmonitor = touch {home.work}/pwned; false\n",
+    )
+    result = _sandboxed(home, WRITE, *args, flags=(), user=user)
     assert "refused" in result.stdout and f"[{RUNS_LATER}]" in result.stderr, result.stdout + result.stderr
     _human(home, "git", "status", cwd=home.work, user=user)
     assert not (home.work / "pwned").exists()
-    assert "planted" in _bare(home, FSMONITOR, *args, user=user).stdout
+    assert "planted" in _bare(home, WRITE, *args, user=user).stdout
     _human(home, "git", "status", cwd=home.work, user=user)
     assert (home.work / "pwned").exists()
 
@@ -798,15 +793,6 @@ PRE_COMMIT_HOOK = """#!/usr/bin/env bash
 ARGS=(hook-impl --config=.pre-commit-config.yaml --hook-type=pre-commit)
 sed -n 's/^ *entry: *//p' .pre-commit-config.yaml | while read -r entry; do sh -c "$entry"; done
 """
-PLANT_CONFIG = r"""
-import sys
-try:
-    with open(sys.argv[1], "w") as f:
-        f.write(f"repos:\n- repo: local\n  hooks:\n  - id: x\n    entry: touch {sys.argv[2]}\n")
-    print("planted")
-except OSError:
-    print("refused")
-"""
 
 
 @USERS
@@ -824,7 +810,8 @@ def test_a_hook_frameworks_config_is_what_its_installed_hook_runs(request, user,
         hook.write_text(PRE_COMMIT_HOOK)
         hook.chmod(0o755)
     _own(home, repo)
-    result = _sandboxed(home, PLANT_CONFIG, str(config), str(marker), flags=(), user=user)
+    local_hook = f"repos:\n- repo: local\n  hooks:\n  - id: x\n    entry: touch {marker}\n"
+    result = _sandboxed(home, WRITE, str(config), "w", local_hook, flags=(), user=user)
     if not framework:
         assert "planted" in result.stdout, result.stdout + result.stderr
         return
@@ -834,7 +821,7 @@ def test_a_hook_frameworks_config_is_what_its_installed_hook_runs(request, user,
     _human(home, "git", "add", "-A", cwd=repo, user=user)
     _human(home, "git", "commit", "-q", "-m", "two", cwd=repo, user=user)
     assert not marker.exists()
-    twin = _bare(home, PLANT_CONFIG, str(config), str(marker), user=user)
+    twin = _bare(home, WRITE, str(config), "w", local_hook, user=user)
     assert "planted" in twin.stdout, twin.stdout + twin.stderr
     _human(home, "git", "add", "-A", cwd=repo, user=user)
     _human(home, "git", "commit", "-q", "-m", "three", cwd=repo, user=user)

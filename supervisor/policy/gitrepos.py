@@ -226,7 +226,7 @@ def _gitdir_entries(gitdir: str) -> list[RunsLater]:
     # that does not exist is carved by listing its directory, which git rewrites at every command
     # (landlock.NotedFs: the plan would be compiled again after each): only then, or where it exists.
     worktree_config = _mentions(join(common, "config"), b"worktreeconfig")
-    for place in (gitdir, *_subdirs(join(gitdir, "worktrees"))):
+    for place in (gitdir, *_listed(join(gitdir, "worktrees"), dirs=True)):
         if worktree_config or os.path.lexists(join(place, "config.worktree")):
             entries.append(RunsLater(join(place, "config.worktree"), _WORKTREE_CONFIG))
         if place != gitdir:
@@ -268,7 +268,7 @@ def _framework_configs(worktree: str, hook_dirs: list[str]) -> list[RunsLater]:
     next ``git commit``, outside any sandbox, through a hook that is itself protected."""
     found: list[RunsLater] = []
     for directory in hook_dirs:
-        for hook in _files(directory):
+        for hook in _listed(directory, dirs=False):
             if hook.endswith(".sample"):
                 continue
             text = _read(hook, 64 << 10)
@@ -280,14 +280,6 @@ def _framework_configs(worktree: str, hook_dirs: list[str]) -> list[RunsLater]:
                     path = os.path.normpath(os.path.join(worktree, config))
                     found.append(RunsLater(path, _FRAMEWORK.format(name=name)))
     return found
-
-
-def _files(path: str) -> list[str]:
-    try:
-        with os.scandir(path) as listing:
-            return [e.path for e in listing if e.is_file(follow_symlinks=False)]
-    except OSError:
-        return []
 
 
 def _read(path: str, limit: int = 1 << 20) -> bytes:
@@ -314,9 +306,14 @@ def _commondir(gitdir: str) -> str | None:
     return os.path.realpath(os.path.join(gitdir, common)) if common else None
 
 
-def _subdirs(path: str) -> list[str]:
+def _listed(path: str, *, dirs: bool) -> list[str]:
+    """The directories (``dirs``) or the regular files of ``path``, no symlink followed; [] if unreadable."""
     try:
         with os.scandir(path) as listing:
-            return [e.path for e in listing if e.is_dir(follow_symlinks=False)]
+            return [
+                e.path
+                for e in listing
+                if (e.is_dir(follow_symlinks=False) if dirs else e.is_file(follow_symlinks=False))
+            ]
     except OSError:
         return []
