@@ -245,14 +245,13 @@ def test_the_exec_hook_and_the_decision_see_the_same_bytes(home, monkeypatch):
     from nono_supervisor.linux import notify
     from nono_supervisor.linux.decisions import Deny
     from nono_supervisor.linux.landlock import LandlockPlan, RightsIndex, handled_fs
-    from nono_supervisor.policy.access import AccessIndex, real_paths
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), env=home.env, workdir=str(home.work))
     try:
         policy = session.state.policy
-        access = AccessIndex(policy, real_paths(policy, os.path.realpath))
+        access = session.state.access_index(policy)
     finally:
         session.close()
     path = ctypes.create_string_buffer(os.fsencode(home.key), 256)

@@ -357,13 +357,12 @@ def test_a_guarded_loop_continues_nothing(tmp_path):
 
     from nono_supervisor.linux import notify
     from nono_supervisor.linux.landlock import READ, LandlockPlan, RightsIndex, Rule, handled_fs
-    from nono_supervisor.policy.access import AccessIndex, real_paths
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions(), workdir=str(tmp_path))
     try:
-        access = AccessIndex(session.state.policy, real_paths(session.state.policy, os.path.realpath))
+        access = session.state.access_index(session.state.policy)
     finally:
         session.close()
     plan = LandlockPlan(7, handled_fs(7), 0, 0, (Rule(str(tmp_path), READ, "test"),))

@@ -260,7 +260,7 @@ def test_access_index_compares_the_policys_paths_where_they_really_are() -> None
 def test_access_index_needs_every_fact_it_compares() -> None:
     """A policy path missing from the facts is a caller's bug, never a silent "not there"."""
     with pytest.raises(KeyError):
-        AccessIndex(policy_of(), {})
+        AccessIndex(policy_of(), {}, {})
 
 
 def test_a_remembered_verdict_follows_a_deny_that_moves() -> None:
@@ -274,7 +274,7 @@ def test_a_remembered_verdict_follows_a_deny_that_moves() -> None:
     assert index.verdict(todo, "read").allowed and index.verdict(todo, "read").allowed
     assert index.denied_below(f"{HOME}/notes") == []
     after = FakeFs({**MACHINE, f"{HOME}/other/x": "file", f"{HOME}/hidden": "-> notes"})
-    index.relocate(real_paths(policy, after.realpath))
+    index.relocate(real_paths(policy, after.realpath), held_links(policy, after.readlink))
     assert (index.verdict(todo, "read").allowed, index.verdict(todo, "read").rule) == (False, "--deny")
     assert not index_of(policy, after).verdict(todo, "read").allowed  # the same as a fresh index
     assert index.verdict(f"{HOME}/other/x", "read").allowed

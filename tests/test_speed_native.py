@@ -193,13 +193,12 @@ def tree(tmp_path, monkeypatch):
 
 
 def _loop(plan: LandlockPlan, linked: bool, monkeypatch):
-    from nono_supervisor.policy.access import AccessIndex, real_paths
     from nono_supervisor.policy.profile import PolicyOptions
     from nono_supervisor.session import Session
 
     session = Session.create(PolicyOptions())
     try:
-        access = AccessIndex(session.state.policy, real_paths(session.state.policy, os.path.realpath))
+        access = session.state.access_index(session.state.policy)
     finally:
         session.close()
     dummy = os.open("/dev/null", os.O_RDONLY)

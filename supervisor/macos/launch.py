@@ -41,7 +41,8 @@ from nono_supervisor.macos.logstream import Denial as LoggedDenial
 from nono_supervisor.macos.logstream import LogMonitor
 from nono_supervisor.macos.process import SandboxedProcess
 from nono_supervisor.macos.seatbelt import generate_profile
-from nono_supervisor.policy.access import AccessIndex, real_paths
+from nono_supervisor.paths import link_target
+from nono_supervisor.policy.access import AccessIndex, held_links, real_paths
 from nono_supervisor.policy.profile import Policy
 
 if TYPE_CHECKING:
@@ -254,7 +255,11 @@ class _Reporter:
                 # network-outbound to an address ("*:443"): no path the policy could grant; as on Linux,
                 # where Landlock refuses TCP without a report, only --net-block decides it.
                 continue
-            index = index or AccessIndex(self.policy, real_paths(self.policy, os.path.realpath))
+            index = index or AccessIndex(
+                self.policy,
+                real_paths(self.policy, os.path.realpath),
+                held_links(self.policy, link_target),
+            )
             self.on_decision("deny", self.describe(denial, index))
 
     @staticmethod

@@ -100,22 +100,17 @@ def held_links(policy: Policy, readlink: Callable[[str], str | None]) -> dict[st
     return {path: found for path in dict.fromkeys(held) if (found := links_met(path, readlink))}
 
 
-def _spelled(
-    path: str, real: Mapping[str, str], memo: dict[str, list[tuple[str, str]]]
-) -> list[tuple[str, str]]:
-    """(prefix, name) for ``path`` and each directory above it but ``/``: the name as the policy spells it,
-    its parent resolved and its last component not. The name differs from ``real[prefix]`` where it is a
-    symlink. ``memo``: the lists already made (the held paths share most of their directories)."""
+def _spelled(path: str, real: Mapping[str, str], memo: dict[str, list[str]]) -> list[str]:
+    """The names of ``path`` and of each directory above it but ``/``, as the policy spells them: the
+    parent resolved, the last component not. ``memo``: the lists already made (the held paths share most
+    of their directories)."""
     node = os.path.normpath(path)
     found = memo.get(node)
     if found is None:
         parent = os.path.dirname(node)
         found = memo[node] = []
         if parent != node:
-            found += [
-                (node, os.path.join(real[parent], os.path.basename(node))),
-                *_spelled(parent, real, memo),
-            ]
+            found += [os.path.join(real[parent], os.path.basename(node)), *_spelled(parent, real, memo)]
     return found
 
 
@@ -158,9 +153,7 @@ class AccessIndex:
     (``stow``, or ``~/.cache/huggingface -> ./x``) moves the node it names (DESIGN invariant 12,
     ``linux.latedeny``)."""
 
-    def __init__(
-        self, policy: Policy, real: Mapping[str, str], links: Mapping[str, list[str]] | None = None
-    ) -> None:
+    def __init__(self, policy: Policy, real: Mapping[str, str], links: Mapping[str, list[str]]) -> None:
         self.policy = policy
         self._grants = [(real[g.path], g) for g in policy.grants]
         self._probes = [(self._real_pattern(probe.pattern, real), probe.rule) for probe in policy.probes]
@@ -177,7 +170,7 @@ class AccessIndex:
         the supervisor lists it, notify). A denied group (``~/.ssh``) or a sealed path is never listed."""
         return rule == "not granted" and path in self._discoverable
 
-    def relocate(self, real: Mapping[str, str], links: Mapping[str, list[str]] | None = None) -> None:
+    def relocate(self, real: Mapping[str, str], links: Mapping[str, list[str]]) -> None:
         """Resolve the denied, never-grantable and runs-later paths again, the names on the way to each
         denied node (``on_the_way``) and the names through a link on the way to each held one
         (``taken_away``) (``real``: ``real_paths`` of the policy, made again; ``links``: ``held_links``).
@@ -193,24 +186,21 @@ class AccessIndex:
         held = list(zip((d.path for d in self.policy.denies), self._denies, strict=True))
         held += [(p, (real[p], "never-grantable")) for p in self.policy.protected]
         held += [(entry.path, (real[entry.path], RUNS_LATER)) for entry in self.policy.runs_later]
-        memo: dict[str, list[tuple[str, str]]] = {}
+        memo: dict[str, list[str]] = {}
         for index, (spelled, (resolved, rule)) in enumerate(held):
-            names = _spelled(spelled, real, memo)  # the node's own name first, then each one above it
             if index < len(self._denies):
                 if (
                     any(under(root, resolved) for root in explicit)
                     and self._verdict(resolved, "read").allowed
                 ):
                     continue  # an explicit grant of the node itself overrides the deny
-                for _prefix, name in names[1:]:
+                for name in _spelled(spelled, real, memo)[1:]:  # the node's own name is [0]
                     on_the_way.setdefault(name, (spelled, rule))
-            # From the deepest link up: names the resolved checks (denied_below) do not see above the node.
-            deepest = next((i for i, (prefix, name) in enumerate(names) if real[prefix] != name), len(names))
-            for _prefix, name in names[deepest:]:
-                taken.setdefault(name, (spelled, rule))
-            # Each link a link's target passes (~/dotfiles under ~/.config/gh -> ../dotfiles/gh), and the
-            # directories holding it: removed, the spelling names nothing (tests/test_late_denies.py).
-            for link in (links or {}).get(spelled, ()):
+            # Each link its resolution passes (``held_links``: those its spelling passes, ~/.config/gh ->
+            # ../dotfiles/gh, and those their targets pass in turn, ~/dotfiles -> ~/src/dotfiles), and the
+            # directories holding each: the names the resolved checks (denied_below) do not see above the
+            # node; removed, the spelling names nothing (tests/test_late_denies.py).
+            for link in links.get(spelled, ()):
                 for name in (link, *_ancestors(link)[:-1]):
                     taken.setdefault(name, (spelled, rule))
         self._on_the_way = on_the_way
